@@ -1,0 +1,337 @@
+//! The MessagePack codec used on the wire and in the log (rmp-serde, named fields, so fields
+//! can be added without breaking older readers).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Largest message any shoal decoder accepts; larger ones are rejected before decoding.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why bytes could not be turned into a value, or a value into bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("message of {size} bytes is larger than the limit of {MAX_MESSAGE_BYTES} bytes")]
+    TooLarge { size: usize },
+    #[error("malformed {what}: {source}")]
+    Malformed {
+        what: &'static str,
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: rmp_serde::encode::Error,
+    },
+}
+
+/// Encodes a value as MessagePack with named fields.
+///
+/// # Errors
+/// Only for values serde cannot represent (not the case for shoal's own types).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    rmp_serde::to_vec_named(value).map_err(|source| CodecError::Encode {
+        what: std::any::type_name::<T>(),
+        source,
+    })
+}
+
+/// Decodes a value; `what` names it in the error.
+///
+/// # Errors
+/// Oversized input or bytes that are not a valid `T`.
+pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(CodecError::TooLarge { size: bytes.len() });
+    }
+    rmp_serde::from_slice(bytes).map_err(|source| CodecError::Malformed { what, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::*;
+    use crate::events::{Envelope, Event, PlannedStep, PlannedTask};
+    use crate::ids::*;
+    use crate::messages::*;
+    use crate::names::*;
+    use crate::resolve::PoolRule;
+    use crate::time::Timestamp;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-z0-9_-]{1,20}"
+    }
+    fn pool() -> impl Strategy<Value = PoolName> {
+        name().prop_map(|s| PoolName::parse(s).expect("strategy yields valid names"))
+    }
+    fn worker() -> impl Strategy<Value = WorkerName> {
+        name().prop_map(|s| WorkerName::parse(s).expect("valid"))
+    }
+    fn uuid() -> impl Strategy<Value = uuid::Uuid> {
+        any::<u128>().prop_map(uuid::Uuid::from_u128)
+    }
+    fn ts() -> impl Strategy<Value = Timestamp> {
+        (0i64..4_000_000_000_000).prop_map(Timestamp)
+    }
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            (any::<String>(), proptest::option::of(name()))
+                .prop_map(|(script, shell)| Action::Script { script, shell }),
+            Just(Action::Noop),
+        ]
+    }
+    fn outcome() -> impl Strategy<Value = Outcome> {
+        prop_oneof![
+            Just(Outcome::Succeeded),
+            Just(Outcome::Failed),
+            Just(Outcome::TimedOut),
+            Just(Outcome::Cancelled)
+        ]
+    }
+    fn lines() -> impl Strategy<Value = Vec<OutputLine>> {
+        proptest::collection::vec(
+            (any::<bool>(), ts(), any::<String>()).prop_map(|(e, at, line)| OutputLine {
+                stream: if e {
+                    OutputStream::Stderr
+                } else {
+                    OutputStream::Stdout
+                },
+                at,
+                line,
+            }),
+            0..5,
+        )
+    }
+    fn step() -> impl Strategy<Value = StepSpec> {
+        (
+            any::<String>(),
+            action(),
+            proptest::collection::vec(name(), 0..3),
+            proptest::option::of(pool()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u32>()),
+            proptest::collection::btree_map("[A-Z_]{1,8}", any::<String>(), 0..3),
+        )
+            .prop_map(
+                |(name, action, roles, pool, timeout_secs, max_parallel, variables)| StepSpec {
+                    name,
+                    action,
+                    roles: roles
+                        .into_iter()
+                        .map(|r| RoleName::parse(r).expect("valid"))
+                        .collect(),
+                    pool,
+                    timeout_secs,
+                    max_parallel,
+                    variables,
+                },
+            )
+    }
+
+    fn target() -> impl Strategy<Value = Target> {
+        (
+            name(),
+            0usize..7,
+            name(),
+            proptest::option::of(any::<String>()),
+            proptest::option::of(pool()),
+        )
+            .prop_map(|(n, k, env, endpoint, default_pool)| Target {
+                name: TargetName::parse(n).expect("valid"),
+                kind: TargetKind::ALL[k],
+                environment: EnvironmentName::parse(env).expect("valid"),
+                roles: vec![RoleName::parse("web").expect("valid")],
+                endpoint,
+                default_pool,
+            })
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            (pool(), proptest::option::of(any::<String>())).prop_map(|(pool, description)| {
+                Event::PoolRegistered {
+                    pool,
+                    region: None,
+                    description,
+                }
+            }),
+            target().prop_map(|target| Event::TargetRegistered { target }),
+            target().prop_map(|target| Event::TargetUpdated { target }),
+            (
+                uuid(),
+                any::<String>(),
+                proptest::collection::vec(step(), 0..3),
+                uuid(),
+                pool()
+            )
+                .prop_map(|(d, project, steps, t, pool)| Event::DeploymentCreated {
+                    deployment: DeploymentId(d),
+                    spec: DeploymentSpec {
+                        project,
+                        environment: EnvironmentName::parse("prod").expect("valid"),
+                        steps: steps.clone(),
+                    },
+                    steps: steps
+                        .iter()
+                        .map(|_| PlannedStep {
+                            tasks: vec![PlannedTask {
+                                task: TaskId(t),
+                                target: None,
+                                endpoint: None,
+                                pool: pool.clone(),
+                                rule: PoolRule::GlobalDefault,
+                            }],
+                        })
+                        .collect(),
+                }),
+            (uuid(), uuid(), any::<u32>(), pool()).prop_map(|(d, t, attempt, pool)| {
+                Event::TaskPlanned {
+                    deployment: DeploymentId(d),
+                    task: TaskId(t),
+                    attempt,
+                    pool,
+                    rule: PoolRule::Step,
+                }
+            }),
+            (
+                uuid(),
+                uuid(),
+                any::<u32>(),
+                worker(),
+                any::<u64>(),
+                lines()
+            )
+                .prop_map(|(d, t, attempt, worker, first_line, lines)| {
+                    Event::TaskOutput {
+                        deployment: DeploymentId(d),
+                        task: TaskId(t),
+                        attempt,
+                        worker,
+                        first_line,
+                        lines,
+                    }
+                }),
+            (
+                uuid(),
+                uuid(),
+                worker(),
+                outcome(),
+                proptest::option::of(any::<i32>()),
+                ts()
+            )
+                .prop_map(|(d, t, worker, outcome, exit_code, at)| {
+                    Event::TaskFinished {
+                        deployment: DeploymentId(d),
+                        task: TaskId(t),
+                        attempt: 1,
+                        worker,
+                        outcome,
+                        exit_code,
+                        reason: Some("r".into()),
+                        at,
+                    }
+                }),
+            (
+                any::<String>(),
+                any::<String>(),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(subject, reason, head)| Event::MessageRejected {
+                    subject,
+                    reason,
+                    size: head.len() as u64,
+                    head,
+                }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn events_round_trip(e in event()) {
+            let bytes = encode(&e).expect("encodes");
+            let back: Event = decode("event", &bytes).expect("decodes");
+            prop_assert_eq!(back, e);
+        }
+
+        #[test]
+        fn envelopes_round_trip(e in event(), seq in any::<u64>(), id in uuid(), t in ts(),
+                                corr in proptest::option::of(uuid()), hash in proptest::collection::vec(any::<u8>(), 32)) {
+            let env = Envelope {
+                seq, event_id: EventId(id), time: t, stream: e.stream(),
+                event_type: e.event_type().to_owned(), schema_version: e.schema_version(),
+                correlation_id: corr, causation_id: None,
+                payload: encode(&e).expect("encodes"), prev_hash: hash,
+            };
+            let bytes = encode(&env).expect("encodes");
+            let back: Envelope = decode("envelope", &bytes).expect("decodes");
+            prop_assert_eq!(back, env);
+        }
+
+        #[test]
+        fn task_messages_round_trip(d in uuid(), t in uuid(), attempt in any::<u32>(), p in pool(),
+                                    a in action(), s in step(), at in ts()) {
+            let m = TaskMessage {
+                schema_version: WIRE_SCHEMA_VERSION, deployment: DeploymentId(d), task: TaskId(t),
+                attempt, step_index: 3, step_name: s.name, target: None, endpoint: Some("x".into()),
+                pool: p, action: a, variables: s.variables, timeout_secs: s.timeout_secs,
+                planned_at: at,
+            };
+            let back: TaskMessage = decode("task", &encode(&m).expect("encodes")).expect("decodes");
+            prop_assert_eq!(back, m);
+        }
+
+        #[test]
+        fn worker_messages_round_trip(id in uuid(), w in worker(), p in pool(), t in uuid(),
+                                      o in outcome(), code in proptest::option::of(any::<i32>()), l in lines()) {
+            for body in [
+                WorkerBody::Joined { region: None, slots: 4, version: "0.1.0".into() },
+                WorkerBody::TaskStarted { deployment: DeploymentId(t), task: TaskId(t), attempt: 2 },
+                WorkerBody::TaskOutput { deployment: DeploymentId(t), task: TaskId(t), attempt: 2, first_line: 7, lines: l.clone() },
+                WorkerBody::TaskFinished { deployment: DeploymentId(t), task: TaskId(t), attempt: 2, outcome: o, exit_code: code, reason: None },
+            ] {
+                let m = WorkerMessage { schema_version: 1, event_id: EventId(id), worker: w.clone(), pool: p.clone(), sent_at: Timestamp(5), body };
+                let back: WorkerMessage = decode("worker message", &encode(&m).expect("encodes")).expect("decodes");
+                prop_assert_eq!(back, m);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<TaskMessage>("task", &bytes);
+            let _ = decode::<WorkerMessage>("worker message", &bytes);
+            let _ = decode::<Heartbeat>("heartbeat", &bytes);
+            let _ = decode::<Envelope>("envelope", &bytes);
+            let _ = decode::<Event>("event", &bytes);
+        }
+    }
+
+    #[test]
+    fn invalid_names_on_the_wire_are_rejected() {
+        let mut m: BTreeMap<&str, &str> = BTreeMap::new();
+        m.insert("name", "Not Valid");
+        let bytes = encode(&m).expect("encodes");
+        #[derive(serde::Deserialize, Debug)]
+        struct P {
+            #[expect(dead_code, reason = "only decoding is under test")]
+            name: PoolName,
+        }
+        let e = decode::<P>("pool", &bytes).expect_err("must reject");
+        assert!(
+            e.to_string()
+                .contains("pool name \"Not Valid\" contains 'N'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn oversized_messages_are_rejected_before_decoding() {
+        let big = vec![0u8; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(
+            decode::<Event>("event", &big),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,203 @@
+//! The facts recorded in the event log, and the envelope each is stored in.
+//!
+//! Every event type carries a schema version. Events are named in the past tense; the log
+//! stores them MessagePack-encoded inside an [`Envelope`] that chains to the previous record.
+
+use crate::domain::{DeploymentSpec, DeploymentState, Outcome, OutputLine, StepState, Target};
+use crate::ids::{DeploymentId, EventId, TaskId};
+use crate::names::{PoolName, RegionName, TargetName, WorkerName};
+use crate::resolve::PoolRule;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// The routing decision for one task, made when the deployment is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedTask {
+    pub task: TaskId,
+    pub target: Option<TargetName>,
+    pub endpoint: Option<String>,
+    pub pool: PoolName,
+    pub rule: PoolRule,
+}
+
+/// The tasks of one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    pub tasks: Vec<PlannedTask>,
+}
+
+/// Every fact shoal records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    PoolRegistered {
+        pool: PoolName,
+        region: Option<RegionName>,
+        description: Option<String>,
+    },
+    TargetRegistered {
+        target: Target,
+    },
+    /// The target's new definition, whole.
+    TargetUpdated {
+        target: Target,
+    },
+    DeploymentCreated {
+        deployment: DeploymentId,
+        spec: DeploymentSpec,
+        steps: Vec<PlannedStep>,
+    },
+    DeploymentStarted {
+        deployment: DeploymentId,
+    },
+    StepStarted {
+        deployment: DeploymentId,
+        step: u32,
+    },
+    /// The outbox entry: this attempt is to be published to its pool's queue.
+    TaskPlanned {
+        deployment: DeploymentId,
+        task: TaskId,
+        attempt: u32,
+        pool: PoolName,
+        rule: PoolRule,
+    },
+    /// The broker stored the task message.
+    TaskDispatched {
+        deployment: DeploymentId,
+        task: TaskId,
+        attempt: u32,
+    },
+    TaskStarted {
+        deployment: DeploymentId,
+        task: TaskId,
+        attempt: u32,
+        worker: WorkerName,
+        pool: PoolName,
+        at: Timestamp,
+    },
+    TaskOutput {
+        deployment: DeploymentId,
+        task: TaskId,
+        attempt: u32,
+        worker: WorkerName,
+        /// Index of the first line within the attempt's output.
+        first_line: u64,
+        lines: Vec<OutputLine>,
+    },
+    TaskFinished {
+        deployment: DeploymentId,
+        task: TaskId,
+        attempt: u32,
+        worker: WorkerName,
+        outcome: Outcome,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+        at: Timestamp,
+    },
+    StepFinished {
+        deployment: DeploymentId,
+        step: u32,
+        state: StepState,
+    },
+    DeploymentFinished {
+        deployment: DeploymentId,
+        state: DeploymentState,
+        reason: Option<String>,
+    },
+    WorkerJoined {
+        worker: WorkerName,
+        pool: PoolName,
+        region: Option<RegionName>,
+        slots: u32,
+        version: String,
+        at: Timestamp,
+    },
+    WorkerLeft {
+        worker: WorkerName,
+        pool: PoolName,
+        reason: String,
+        at: Timestamp,
+    },
+    /// A message on a shoal subject that could not be accepted; kept so nothing is lost.
+    MessageRejected {
+        subject: String,
+        reason: String,
+        size: u64,
+        /// The first bytes of the message, for diagnosis.
+        #[serde(with = "serde_bytes")]
+        head: Vec<u8>,
+    },
+}
+
+impl Event {
+    /// The event's type name, as recorded in the envelope.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::PoolRegistered { .. } => "PoolRegistered",
+            Event::TargetRegistered { .. } => "TargetRegistered",
+            Event::TargetUpdated { .. } => "TargetUpdated",
+            Event::DeploymentCreated { .. } => "DeploymentCreated",
+            Event::DeploymentStarted { .. } => "DeploymentStarted",
+            Event::StepStarted { .. } => "StepStarted",
+            Event::TaskPlanned { .. } => "TaskPlanned",
+            Event::TaskDispatched { .. } => "TaskDispatched",
+            Event::TaskStarted { .. } => "TaskStarted",
+            Event::TaskOutput { .. } => "TaskOutput",
+            Event::TaskFinished { .. } => "TaskFinished",
+            Event::StepFinished { .. } => "StepFinished",
+            Event::DeploymentFinished { .. } => "DeploymentFinished",
+            Event::WorkerJoined { .. } => "WorkerJoined",
+            Event::WorkerLeft { .. } => "WorkerLeft",
+            Event::MessageRejected { .. } => "MessageRejected",
+        }
+    }
+
+    /// The schema version of this event type. Bump it when a type's fields change
+    /// incompatibly, and teach the decoder the old shape.
+    pub fn schema_version(&self) -> u16 {
+        1
+    }
+
+    /// The stream this event belongs to, e.g. `deployment/<id>`.
+    pub fn stream(&self) -> String {
+        match self {
+            Event::PoolRegistered { pool, .. } => format!("pool/{pool}"),
+            Event::TargetRegistered { target } | Event::TargetUpdated { target } => {
+                format!("target/{}", target.name)
+            }
+            Event::DeploymentCreated { deployment, .. }
+            | Event::DeploymentStarted { deployment }
+            | Event::StepStarted { deployment, .. }
+            | Event::TaskPlanned { deployment, .. }
+            | Event::TaskDispatched { deployment, .. }
+            | Event::TaskStarted { deployment, .. }
+            | Event::TaskOutput { deployment, .. }
+            | Event::TaskFinished { deployment, .. }
+            | Event::StepFinished { deployment, .. }
+            | Event::DeploymentFinished { deployment, .. } => format!("deployment/{deployment}"),
+            Event::WorkerJoined { worker, .. } | Event::WorkerLeft { worker, .. } => {
+                format!("worker/{worker}")
+            }
+            Event::MessageRejected { .. } => "rejected".to_owned(),
+        }
+    }
+}
+
+/// One record of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub seq: u64,
+    pub event_id: EventId,
+    pub time: Timestamp,
+    pub stream: String,
+    pub event_type: String,
+    pub schema_version: u16,
+    pub correlation_id: Option<uuid::Uuid>,
+    pub causation_id: Option<uuid::Uuid>,
+    /// The MessagePack encoding of the [`Event`].
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// SHA-256 of the previous record's stored bytes (zeros for the first record).
+    #[serde(with = "serde_bytes")]
+    pub prev_hash: Vec<u8>,
+}

@@ -1,0 +1,22 @@
+//! Common types of shoal, shared by the planner, the workers and the CLI.
+//!
+//! Nothing in this crate does I/O: it owns identifiers, validated names, the domain model,
+//! the events of the log, the messages on the wire, subject names, the MessagePack codec and
+//! the pure pool-resolution rule.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod domain;
+pub mod events;
+pub mod ids;
+pub mod messages;
+pub mod names;
+pub mod resolve;
+pub mod subjects;
+pub mod time;
+
+pub use domain::*;
+pub use ids::*;
+pub use names::*;
+pub use resolve::{PoolRule, resolve_pool};
+pub use time::Timestamp;

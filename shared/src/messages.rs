@@ -1,0 +1,94 @@
+//! Messages on the wire between the planner and the workers.
+
+use crate::domain::{Action, Outcome, OutputLine};
+use crate::ids::{DeploymentId, EventId, TaskId};
+use crate::names::{PoolName, RegionName, TargetName, WorkerName};
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Schema version of [`TaskMessage`], [`WorkerMessage`] and [`Heartbeat`] written by this build.
+pub const WIRE_SCHEMA_VERSION: u16 = 1;
+
+/// One attempt of a task, published to `shoal.tasks.<pool>` with message id `<task>/<attempt>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    pub schema_version: u16,
+    pub deployment: DeploymentId,
+    pub task: TaskId,
+    pub attempt: u32,
+    pub step_index: u32,
+    pub step_name: String,
+    pub target: Option<TargetName>,
+    pub endpoint: Option<String>,
+    pub pool: PoolName,
+    pub action: Action,
+    pub variables: BTreeMap<String, String>,
+    pub timeout_secs: Option<u64>,
+    pub planned_at: Timestamp,
+}
+
+impl TaskMessage {
+    /// The JetStream message id, so a re-published attempt is de-duplicated by the broker.
+    pub fn message_id(&self) -> String {
+        format!("{}/{}", self.task, self.attempt)
+    }
+}
+
+/// A fact reported by a worker on `shoal.results.<pool>.<worker>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerMessage {
+    pub schema_version: u16,
+    /// Unique per fact; the planner's log de-duplicates on it.
+    pub event_id: EventId,
+    pub worker: WorkerName,
+    pub pool: PoolName,
+    pub sent_at: Timestamp,
+    pub body: WorkerBody,
+}
+
+/// What a worker reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerBody {
+    Joined {
+        region: Option<RegionName>,
+        slots: u32,
+        version: String,
+    },
+    Left {
+        reason: String,
+    },
+    TaskStarted {
+        deployment: DeploymentId,
+        task: TaskId,
+        attempt: u32,
+    },
+    TaskOutput {
+        deployment: DeploymentId,
+        task: TaskId,
+        attempt: u32,
+        first_line: u64,
+        lines: Vec<OutputLine>,
+    },
+    TaskFinished {
+        deployment: DeploymentId,
+        task: TaskId,
+        attempt: u32,
+        outcome: Outcome,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+    },
+}
+
+/// Liveness and load of a worker, on core NATS `shoal.heartbeat.<pool>.<worker>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub schema_version: u16,
+    pub worker: WorkerName,
+    pub pool: PoolName,
+    pub region: Option<RegionName>,
+    pub slots: u32,
+    pub busy: u32,
+    pub interval_ms: u64,
+    pub sent_at: Timestamp,
+}

@@ -1,0 +1,122 @@
+//! Subject and stream names, built from a configurable prefix (default `shoal`).
+
+use crate::ids::TaskId;
+use crate::names::{NameError, PoolName, WorkerName, check_name};
+
+/// Builds every subject and stream name of one shoal installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Subjects {
+            prefix: "shoal".to_owned(),
+        }
+    }
+}
+
+impl Subjects {
+    /// Subjects under `prefix`.
+    ///
+    /// # Errors
+    /// The prefix must be a safe subject token, like any name.
+    pub fn new(prefix: &str) -> Result<Subjects, NameError> {
+        check_name("subject prefix", prefix)?;
+        Ok(Subjects {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Work-queue stream of tasks, e.g. `SHOAL_TASKS`.
+    pub fn tasks_stream(&self) -> String {
+        format!(
+            "{}_TASKS",
+            self.prefix.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+
+    /// Stream of worker results, e.g. `SHOAL_RESULTS`.
+    pub fn results_stream(&self) -> String {
+        format!(
+            "{}_RESULTS",
+            self.prefix.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+
+    /// `shoal.tasks.<pool>`.
+    pub fn tasks(&self, pool: &PoolName) -> String {
+        format!("{}.tasks.{pool}", self.prefix)
+    }
+
+    /// `shoal.tasks.*`, the task stream's subjects.
+    pub fn tasks_all(&self) -> String {
+        format!("{}.tasks.*", self.prefix)
+    }
+
+    /// The durable consumer of a pool's queue; pool names are valid consumer names.
+    pub fn pool_consumer(&self, pool: &PoolName) -> String {
+        pool.as_str().to_owned()
+    }
+
+    /// `shoal.results.<pool>.<worker>`.
+    pub fn results(&self, pool: &PoolName, worker: &WorkerName) -> String {
+        format!("{}.results.{pool}.{worker}", self.prefix)
+    }
+
+    /// `shoal.results.>`.
+    pub fn results_all(&self) -> String {
+        format!("{}.results.>", self.prefix)
+    }
+
+    /// The planner's durable consumer of results.
+    pub fn results_consumer(&self) -> String {
+        "planner".to_owned()
+    }
+
+    /// `shoal.heartbeat.<pool>.<worker>`.
+    pub fn heartbeat(&self, pool: &PoolName, worker: &WorkerName) -> String {
+        format!("{}.heartbeat.{pool}.{worker}", self.prefix)
+    }
+
+    /// `shoal.heartbeat.>`.
+    pub fn heartbeat_all(&self) -> String {
+        format!("{}.heartbeat.>", self.prefix)
+    }
+
+    /// `shoal.cancel.<task>`.
+    pub fn cancel(&self, task: &TaskId) -> String {
+        format!("{}.cancel.{task}", self.prefix)
+    }
+
+    /// Inbox prefix of a pool's workers, so per-pool permissions can allow exactly it.
+    pub fn pool_inbox_prefix(&self, pool: &PoolName) -> String {
+        format!("_INBOX_{}_{pool}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_use_the_prefix_and_single_tokens() {
+        let s = Subjects::default();
+        let pool = PoolName::parse("eu-west").expect("valid");
+        let worker = WorkerName::parse("w1").expect("valid");
+        assert_eq!(s.tasks(&pool), "shoal.tasks.eu-west");
+        assert_eq!(s.results(&pool, &worker), "shoal.results.eu-west.w1");
+        assert_eq!(s.heartbeat(&pool, &worker), "shoal.heartbeat.eu-west.w1");
+        assert_eq!(s.tasks_stream(), "SHOAL_TASKS");
+        let custom = Subjects::new("acme").expect("valid");
+        assert_eq!(custom.tasks(&pool), "acme.tasks.eu-west");
+        assert_eq!(custom.results_stream(), "ACME_RESULTS");
+        assert!(Subjects::new("a.b").is_err());
+    }
+}
