@@ -1,0 +1,329 @@
+//! `POST|GET /api/deployments`, `GET /api/deployments/{id}` and a task's log.
+
+use super::{ApiError, AppState, parse_body};
+use crate::domain::Command;
+use crate::domain::state::{AttemptDoc, DeploymentDoc, TaskDoc};
+use crate::log::Proj;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use shoal_shared::{
+    Action, DeploymentId, DeploymentSpec, DeploymentState, EnvironmentName, OutputStream, PoolName,
+    PoolRule, RoleName, StepSpec, StepState, TargetName, TaskId, TaskState, Timestamp, WorkerName,
+};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateDeployment {
+    project: String,
+    environment: EnvironmentName,
+    steps: Vec<StepRequest>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepRequest {
+    name: String,
+    action: ActionRequest,
+    #[serde(default)]
+    roles: Vec<RoleName>,
+    #[serde(default)]
+    pool: Option<PoolName>,
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+    #[serde(default)]
+    max_parallel: Option<u32>,
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ActionRequest {
+    Script {
+        script: String,
+        #[serde(default)]
+        shell: Option<String>,
+    },
+    Noop {},
+}
+
+impl From<CreateDeployment> for DeploymentSpec {
+    fn from(r: CreateDeployment) -> DeploymentSpec {
+        DeploymentSpec {
+            project: r.project,
+            environment: r.environment,
+            steps: r
+                .steps
+                .into_iter()
+                .map(|s| StepSpec {
+                    name: s.name,
+                    action: match s.action {
+                        ActionRequest::Script { script, shell } => Action::Script { script, shell },
+                        ActionRequest::Noop {} => Action::Noop,
+                    },
+                    roles: s.roles,
+                    pool: s.pool,
+                    timeout_secs: s.timeout_secs,
+                    max_parallel: s.max_parallel,
+                    variables: s.variables,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Created {
+    id: DeploymentId,
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let req: CreateDeployment = parse_body(&body)?;
+    let id = DeploymentId::new();
+    app.writer
+        .execute(Command::CreateDeployment {
+            id,
+            spec: req.into(),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(Created { id })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<usize>,
+}
+
+/// A deployment in a list.
+#[derive(Serialize)]
+pub struct Summary {
+    id: DeploymentId,
+    project: String,
+    environment: EnvironmentName,
+    state: DeploymentState,
+    reason: Option<String>,
+    created_at: Timestamp,
+    finished_at: Option<Timestamp>,
+    steps: Vec<StepSummary>,
+}
+
+#[derive(Serialize)]
+pub struct StepSummary {
+    name: String,
+    state: StepState,
+    tasks: usize,
+}
+
+pub async fn list(
+    State(app): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Summary>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
+    let mut out = Vec::new();
+    // Ids are time-ordered: newest first is the tree in reverse.
+    for v in app
+        .log
+        .projections()
+        .tree(Proj::Deployments)
+        .iter()
+        .values()
+        .rev()
+        .take(limit)
+    {
+        let v = v.map_err(crate::log::LogError::from)?;
+        let d: DeploymentDoc = shoal_shared::codec::decode("deployment document", &v)
+            .map_err(crate::log::LogError::from)?;
+        out.push(Summary {
+            id: d.id,
+            project: d.project,
+            environment: d.environment,
+            state: d.state,
+            reason: d.reason,
+            created_at: d.created_at,
+            finished_at: d.finished_at,
+            steps: d
+                .steps
+                .iter()
+                .map(|s| StepSummary {
+                    name: s.name.clone(),
+                    state: s.state,
+                    tasks: s.tasks.len(),
+                })
+                .collect(),
+        });
+    }
+    Ok(Json(out))
+}
+
+/// A deployment with every task.
+#[derive(Serialize)]
+pub struct Detail {
+    id: DeploymentId,
+    project: String,
+    environment: EnvironmentName,
+    state: DeploymentState,
+    reason: Option<String>,
+    created_at: Timestamp,
+    started_at: Option<Timestamp>,
+    finished_at: Option<Timestamp>,
+    steps: Vec<StepDetail>,
+}
+
+#[derive(Serialize)]
+pub struct StepDetail {
+    index: u32,
+    name: String,
+    state: StepState,
+    tasks: Vec<TaskView>,
+}
+
+/// A task as the API shows it.
+#[derive(Serialize)]
+pub struct TaskView {
+    id: TaskId,
+    target: Option<TargetName>,
+    endpoint: Option<String>,
+    pool: PoolName,
+    pool_rule: PoolRule,
+    state: TaskState,
+    /// Why the task is not moving, when it waits for something.
+    waiting: Option<String>,
+    worker: Option<WorkerName>,
+    attempt: u32,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+    planned_at: Option<Timestamp>,
+    dispatched_at: Option<Timestamp>,
+    started_at: Option<Timestamp>,
+    finished_at: Option<Timestamp>,
+    output_lines: u64,
+    attempts: Vec<AttemptDoc>,
+}
+
+pub async fn show(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Detail>, ApiError> {
+    let d = load(&app, &id)?;
+    let online = app.liveness.online_per_pool(Timestamp::now());
+    let mut steps = Vec::with_capacity(d.steps.len());
+    for (index, s) in d.steps.iter().enumerate() {
+        let mut tasks = Vec::with_capacity(s.tasks.len());
+        for t in &s.tasks {
+            if let Some(doc) = app.log.doc::<TaskDoc>(Proj::Tasks, t.as_bytes())? {
+                tasks.push(task_view(doc, &online));
+            }
+        }
+        steps.push(StepDetail {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            name: s.name.clone(),
+            state: s.state,
+            tasks,
+        });
+    }
+    Ok(Json(Detail {
+        id: d.id,
+        project: d.project,
+        environment: d.environment,
+        state: d.state,
+        reason: d.reason,
+        created_at: d.created_at,
+        started_at: d.started_at,
+        finished_at: d.finished_at,
+        steps,
+    }))
+}
+
+fn task_view(t: TaskDoc, online: &HashMap<PoolName, usize>) -> TaskView {
+    let waiting =
+        matches!(t.state, TaskState::Planned | TaskState::Dispatched).then(|| {
+            match online.get(&t.pool).copied().unwrap_or(0) {
+                0 => format!("waiting for a worker in pool {}", t.pool),
+                _ => format!("queued in pool {}", t.pool),
+            }
+        });
+    TaskView {
+        id: t.id,
+        target: t.target,
+        endpoint: t.endpoint,
+        pool: t.pool,
+        pool_rule: t.pool_rule,
+        state: t.state,
+        waiting,
+        worker: t.worker,
+        attempt: t.attempt,
+        exit_code: t.exit_code,
+        reason: t.reason,
+        planned_at: t.planned_at,
+        dispatched_at: t.dispatched_at,
+        started_at: t.started_at,
+        finished_at: t.finished_at,
+        output_lines: t.output_lines,
+        attempts: t.attempts,
+    }
+}
+
+/// One line of a task's output.
+#[derive(Serialize)]
+pub struct LogLine {
+    attempt: u32,
+    stream: OutputStream,
+    at: Timestamp,
+    line: String,
+}
+
+#[derive(Serialize)]
+pub struct TaskLog {
+    task: TaskId,
+    state: TaskState,
+    lines: Vec<LogLine>,
+}
+
+pub async fn task_log(
+    State(app): State<AppState>,
+    Path((id, task)): Path<(String, String)>,
+) -> Result<Json<TaskLog>, ApiError> {
+    let d = load(&app, &id)?;
+    let task_id = TaskId::parse(&task).map_err(|_| {
+        ApiError::bad_request(format!("task: \"{task}\" is not a task id (a UUID)"))
+    })?;
+    let doc: TaskDoc = app
+        .log
+        .doc(Proj::Tasks, task_id.as_bytes())?
+        .filter(|t: &TaskDoc| t.deployment == d.id)
+        .ok_or_else(|| ApiError::not_found(format!("deployment {} has no task {task_id}", d.id)))?;
+    let lines = app
+        .log
+        .task_output(&task_id)?
+        .into_iter()
+        .map(|(attempt, l)| LogLine {
+            attempt,
+            stream: l.stream,
+            at: l.at,
+            line: l.line,
+        })
+        .collect();
+    Ok(Json(TaskLog {
+        task: task_id,
+        state: doc.state,
+        lines,
+    }))
+}
+
+fn load(app: &AppState, id: &str) -> Result<DeploymentDoc, ApiError> {
+    let id = DeploymentId::parse(id).map_err(|_| {
+        ApiError::bad_request(format!("id: \"{id}\" is not a deployment id (a UUID)"))
+    })?;
+    app.log
+        .doc(Proj::Deployments, id.as_bytes())?
+        .ok_or_else(|| ApiError::not_found(format!("unknown deployment {id}")))
+}

@@ -1,0 +1,148 @@
+//! The HTTP API (JSON). Writes go through the log writer and are answered after their events
+//! are durable; reads come from the committed projection trees. Errors are
+//! `{"error": "<what is wrong and what to do>"}` with 400, 404, 409 (500 for failures of the
+//! planner itself).
+
+mod deployments;
+mod events;
+mod pools;
+mod targets;
+mod workers;
+
+use crate::domain::Rejection;
+use crate::liveness::Liveness;
+use crate::log::writer::{WriteError, WriterHandle};
+use crate::log::{EventLog, LogError};
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::de::DeserializeOwned;
+use shoal_shared::PoolName;
+use shoal_shared::subjects::Subjects;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub writer: WriterHandle,
+    pub log: EventLog,
+    pub liveness: Liveness,
+    pub default_pool: PoolName,
+    pub js: async_nats::jetstream::Context,
+    pub subjects: Subjects,
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/pools", get(pools::list).post(pools::create))
+        .route("/api/targets", get(targets::list).post(targets::create))
+        .route(
+            "/api/targets/{name}",
+            get(targets::show).put(targets::update),
+        )
+        .route(
+            "/api/deployments",
+            get(deployments::list).post(deployments::create),
+        )
+        .route("/api/deployments/{id}", get(deployments::show))
+        .route(
+            "/api/deployments/{id}/tasks/{task}/log",
+            get(deployments::task_log),
+        )
+        .route("/api/workers", get(workers::list))
+        .route("/api/events", get(events::list))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; see the API reference in README.md")
+        })
+        .with_state(state)
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// 400 with a message saying what is wrong.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> ApiError {
+        match e {
+            WriteError::Rejected(Rejection::Invalid(m)) => ApiError::bad_request(m),
+            WriteError::Rejected(Rejection::NotFound(m)) => ApiError::not_found(m),
+            WriteError::Rejected(Rejection::Conflict(m)) => ApiError {
+                status: StatusCode::CONFLICT,
+                message: m,
+            },
+            WriteError::Unavailable(m) => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: m,
+            },
+        }
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> ApiError {
+        tracing::error!(error = %e, "event log read failed");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Parses a JSON body, naming the field at fault and refusing unknown fields listed in
+/// `allowed` (top level and per nested object, by path pattern).
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("malformed JSON: {inner}"))
+        } else if path == "." || path.is_empty() {
+            ApiError::bad_request(format!("invalid request body: {inner}"))
+        } else {
+            ApiError::bad_request(format!("{path}: {inner}"))
+        }
+    })
+}
+
+/// Deserializes a field that may be absent (`None`), `null` (`Some(None)`) or set.
+pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}

@@ -1,0 +1,104 @@
+//! The outbox dispatcher: publishes planned task attempts to `shoal.tasks.<pool>` with the
+//! message id `<task>/<attempt>` (so a re-publish after a crash is de-duplicated by the
+//! broker), and records `TaskDispatched` once the broker has stored each one. Many publishes
+//! are in flight at once; failures are retried with backoff, nothing is dropped.
+
+use crate::domain::Command;
+use crate::log::writer::WriterHandle;
+use async_nats::jetstream::{self, message::PublishMessage};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use shoal_shared::codec;
+use shoal_shared::messages::TaskMessage;
+use shoal_shared::subjects::Subjects;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Most publishes awaiting the broker's ack at once.
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// Runs until the channel closes or shutdown.
+pub async fn run(
+    js: jetstream::Context,
+    subjects: Subjects,
+    writer: WriterHandle,
+    mut rx: mpsc::UnboundedReceiver<TaskMessage>,
+    shutdown: CancellationToken,
+) {
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, Published>> = FuturesUnordered::new();
+    let mut retry: Vec<TaskMessage> = Vec::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let next = if !retry.is_empty() && in_flight.is_empty() {
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => { backoff = (backoff * 2).min(Duration::from_secs(5)); None }
+                () = shutdown.cancelled() => return,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    match done {
+                        Ok(task) => { backoff = Duration::from_millis(100); confirm(&writer, task).await; }
+                        Err((task, e)) => {
+                            tracing::warn!(error = %e, task.id = %task.task, pool = %task.pool, "task not stored by the broker yet; will retry");
+                            retry.push(task);
+                        }
+                    }
+                    continue;
+                }
+                msg = rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => match msg {
+                    Some(m) => Some(m),
+                    None => return,
+                },
+            }
+        };
+        let batch: Vec<TaskMessage> = match next {
+            Some(m) => vec![m],
+            None => std::mem::take(&mut retry),
+        };
+        for task in batch {
+            in_flight.push(Box::pin(publish(
+                js.clone(),
+                subjects.tasks(&task.pool),
+                task,
+            )));
+        }
+    }
+}
+
+/// A stored task, or the task and why it was not stored.
+type Published = Result<TaskMessage, (TaskMessage, String)>;
+
+async fn publish(js: jetstream::Context, subject: String, task: TaskMessage) -> Published {
+    let bytes = match codec::encode(&task) {
+        Ok(b) => b,
+        Err(e) => return Err((task, e.to_string())),
+    };
+    let msg = PublishMessage::build()
+        .payload(bytes.into())
+        .message_id(task.message_id());
+    match js.send_publish(subject, msg).await {
+        Ok(ack) => match ack.await {
+            Ok(_) => Ok(task),
+            Err(e) => Err((task, e.to_string())),
+        },
+        Err(e) => Err((task, e.to_string())),
+    }
+}
+
+async fn confirm(writer: &WriterHandle, task: TaskMessage) {
+    let cmd = Command::MarkDispatched {
+        deployment: task.deployment,
+        task: task.task,
+        attempt: task.attempt,
+    };
+    // Ordered submission is enough: the answer only matters if the log failed, and then the
+    // planner stops and the outbox re-publishes on restart.
+    if let Err(e) = writer.submit(cmd).await {
+        tracing::debug!(error = %e, "dispatch confirmation not recorded");
+    }
+}

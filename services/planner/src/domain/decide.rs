@@ -1,0 +1,463 @@
+//! Commands and the events they produce, or why they are refused.
+
+use super::state::State;
+use shoal_shared::events::{Event, PlannedStep, PlannedTask};
+use shoal_shared::messages::{WIRE_SCHEMA_VERSION, WorkerBody, WorkerMessage};
+use shoal_shared::{
+    Action, DeploymentId, DeploymentSpec, EnvironmentName, EventId, Pool, PoolName, RoleName,
+    Target, TargetKind, TargetName, TaskId, resolve_pool,
+};
+use std::collections::BTreeSet;
+
+/// What the planner is asked to do. Every change of state goes through one of these.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Registers the global default pool if the log does not have it yet.
+    EnsureDefaultPool,
+    RegisterPool(Pool),
+    RegisterTarget(Target),
+    UpdateTarget {
+        name: TargetName,
+        update: TargetUpdate,
+    },
+    CreateDeployment {
+        id: DeploymentId,
+        spec: DeploymentSpec,
+    },
+    /// The broker stored this task attempt.
+    MarkDispatched {
+        deployment: DeploymentId,
+        task: TaskId,
+        attempt: u32,
+    },
+    /// A fact reported by a worker.
+    WorkerReport(WorkerMessage),
+    /// A message that could not be decoded; recorded so nothing is lost. The id makes a
+    /// redelivered copy a duplicate.
+    RejectMessage {
+        id: EventId,
+        subject: String,
+        reason: String,
+        bytes: Vec<u8>,
+    },
+}
+
+impl Command {
+    /// The id of the fact this command records, when it comes from outside and may arrive
+    /// more than once; the writer drops commands whose id is already in the log.
+    pub fn fact_id(&self) -> Option<EventId> {
+        match self {
+            Command::WorkerReport(m) => Some(m.event_id),
+            Command::RejectMessage { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+/// A change to a target; `None` leaves a field as it is, `Some(None)` clears an optional one.
+#[derive(Debug, Clone, Default)]
+pub struct TargetUpdate {
+    pub kind: Option<TargetKind>,
+    pub environment: Option<EnvironmentName>,
+    pub roles: Option<Vec<RoleName>>,
+    pub endpoint: Option<Option<String>>,
+    pub default_pool: Option<Option<PoolName>>,
+}
+
+/// Why a command was refused; tells the caller what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The input is wrong (HTTP 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The thing does not exist (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request clashes with the current state (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// An event to append, with its id (a worker's own id for reported facts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub event: Event,
+}
+
+impl NewEvent {
+    /// An event with a fresh id.
+    pub fn new(event: Event) -> NewEvent {
+        NewEvent {
+            id: EventId::new(),
+            event,
+        }
+    }
+}
+
+/// Shells a script step may name.
+pub const SHELLS: [&str; 2] = ["bash", "sh"];
+
+/// Turns a command into events, checking it against the current state.
+///
+/// # Errors
+/// A [`Rejection`] saying what is wrong and what is known.
+pub fn decide(
+    state: &State,
+    default_pool: &PoolName,
+    cmd: &Command,
+) -> Result<Vec<NewEvent>, Rejection> {
+    match cmd {
+        Command::EnsureDefaultPool => Ok(if state.pools.contains_key(default_pool) {
+            vec![]
+        } else {
+            vec![NewEvent::new(Event::PoolRegistered {
+                pool: default_pool.clone(),
+                region: None,
+                description: Some("global default pool".to_owned()),
+            })]
+        }),
+        Command::RegisterPool(pool) => {
+            if state.pools.contains_key(&pool.name) {
+                return Err(Rejection::Invalid(format!(
+                    "name: pool \"{}\" already exists (known: {})",
+                    pool.name,
+                    known_pools(state)
+                )));
+            }
+            Ok(vec![NewEvent::new(Event::PoolRegistered {
+                pool: pool.name.clone(),
+                region: pool.region.clone(),
+                description: pool.description.clone(),
+            })])
+        }
+        Command::RegisterTarget(target) => {
+            if state.targets.contains_key(&target.name) {
+                return Err(Rejection::Invalid(format!(
+                    "name: target \"{0}\" already exists; change it with PUT /api/targets/{0}",
+                    target.name
+                )));
+            }
+            check_target(state, target)?;
+            Ok(vec![NewEvent::new(Event::TargetRegistered {
+                target: target.clone(),
+            })])
+        }
+        Command::UpdateTarget { name, update } => {
+            let Some(doc) = state.targets.get(name) else {
+                return Err(Rejection::NotFound(format!(
+                    "unknown target \"{name}\" (known: {})",
+                    join(state.targets.keys())
+                )));
+            };
+            let mut target = doc.target.clone();
+            if let Some(kind) = update.kind {
+                target.kind = kind;
+            }
+            if let Some(env) = &update.environment {
+                target.environment = env.clone();
+            }
+            if let Some(roles) = &update.roles {
+                target.roles = roles.clone();
+            }
+            if let Some(endpoint) = &update.endpoint {
+                target.endpoint = endpoint.clone();
+            }
+            if let Some(pool) = &update.default_pool {
+                target.default_pool = pool.clone();
+            }
+            check_target(state, &target)?;
+            if target == doc.target {
+                return Ok(vec![]);
+            }
+            Ok(vec![NewEvent::new(Event::TargetUpdated { target })])
+        }
+        Command::CreateDeployment { id, spec } => {
+            let steps = plan(state, default_pool, spec)?;
+            Ok(vec![NewEvent::new(Event::DeploymentCreated {
+                deployment: *id,
+                spec: spec.clone(),
+                steps,
+            })])
+        }
+        Command::MarkDispatched {
+            deployment,
+            task,
+            attempt,
+        } => Ok(if state.outbox.contains(&(*task, *attempt)) {
+            vec![NewEvent::new(Event::TaskDispatched {
+                deployment: *deployment,
+                task: *task,
+                attempt: *attempt,
+            })]
+        } else {
+            vec![]
+        }),
+        Command::WorkerReport(msg) => Ok(vec![report(state, msg)]),
+        Command::RejectMessage {
+            id,
+            subject,
+            reason,
+            bytes,
+        } => Ok(vec![NewEvent {
+            id: *id,
+            event: rejected(subject, reason, bytes),
+        }]),
+    }
+}
+
+/// The event recording a message that was refused, with its first bytes.
+pub fn rejected(subject: &str, reason: &str, bytes: &[u8]) -> Event {
+    Event::MessageRejected {
+        subject: subject.to_owned(),
+        reason: reason.to_owned(),
+        size: bytes.len() as u64,
+        head: bytes[..bytes.len().min(256)].to_vec(),
+    }
+}
+
+fn report(state: &State, msg: &WorkerMessage) -> NewEvent {
+    let id = msg.event_id;
+    let subject = format!("results.{}.{}", msg.pool, msg.worker);
+    if msg.schema_version > WIRE_SCHEMA_VERSION {
+        let reason = format!(
+            "unknown schema version {} from worker \"{}\" (this planner reads up to {WIRE_SCHEMA_VERSION}); upgrade the planner",
+            msg.schema_version, msg.worker
+        );
+        return NewEvent {
+            id,
+            event: rejected(&subject, &reason, &[]),
+        };
+    }
+    let task_known = |task: &TaskId, deployment: &DeploymentId| {
+        state
+            .tasks
+            .get(task)
+            .is_some_and(|t| t.deployment == *deployment)
+    };
+    let worker = msg.worker.clone();
+    let event = match &msg.body {
+        WorkerBody::Joined {
+            region,
+            slots,
+            version,
+        } => Event::WorkerJoined {
+            worker,
+            pool: msg.pool.clone(),
+            region: region.clone(),
+            slots: *slots,
+            version: version.clone(),
+            at: msg.sent_at,
+        },
+        WorkerBody::Left { reason } => Event::WorkerLeft {
+            worker,
+            pool: msg.pool.clone(),
+            reason: reason.clone(),
+            at: msg.sent_at,
+        },
+        WorkerBody::TaskStarted {
+            deployment, task, ..
+        }
+        | WorkerBody::TaskOutput {
+            deployment, task, ..
+        }
+        | WorkerBody::TaskFinished {
+            deployment, task, ..
+        } if !task_known(task, deployment) => {
+            let reason = format!(
+                "worker \"{}\" reported on unknown task {task} of deployment {deployment}",
+                msg.worker
+            );
+            rejected(&subject, &reason, &[])
+        }
+        WorkerBody::TaskStarted {
+            deployment,
+            task,
+            attempt,
+        } => Event::TaskStarted {
+            deployment: *deployment,
+            task: *task,
+            attempt: *attempt,
+            worker,
+            pool: msg.pool.clone(),
+            at: msg.sent_at,
+        },
+        WorkerBody::TaskOutput {
+            deployment,
+            task,
+            attempt,
+            first_line,
+            lines,
+        } => Event::TaskOutput {
+            deployment: *deployment,
+            task: *task,
+            attempt: *attempt,
+            worker,
+            first_line: *first_line,
+            lines: lines.clone(),
+        },
+        WorkerBody::TaskFinished {
+            deployment,
+            task,
+            attempt,
+            outcome,
+            exit_code,
+            reason,
+        } => Event::TaskFinished {
+            deployment: *deployment,
+            task: *task,
+            attempt: *attempt,
+            worker,
+            outcome: *outcome,
+            exit_code: *exit_code,
+            reason: reason.clone(),
+            at: msg.sent_at,
+        },
+    };
+    NewEvent { id, event }
+}
+
+fn check_target(state: &State, target: &Target) -> Result<(), Rejection> {
+    if let Some(pool) = &target.default_pool
+        && !state.pools.contains_key(pool)
+    {
+        return Err(Rejection::Invalid(format!(
+            "default_pool: unknown pool \"{pool}\" (known: {}); register it first with POST /api/pools",
+            known_pools(state)
+        )));
+    }
+    Ok(())
+}
+
+fn known_pools(state: &State) -> String {
+    join(state.pools.keys())
+}
+
+fn join<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let v: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+    if v.is_empty() {
+        "none".to_owned()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Validates a deployment and decides, for every step and target, which pool runs it.
+fn plan(
+    state: &State,
+    default_pool: &PoolName,
+    spec: &DeploymentSpec,
+) -> Result<Vec<PlannedStep>, Rejection> {
+    let invalid = |msg: String| Err(Rejection::Invalid(msg));
+    if spec.project.trim().is_empty() {
+        return invalid("project: must not be empty".to_owned());
+    }
+    if !state.environments().contains(&spec.environment) {
+        return invalid(format!(
+            "environment: unknown environment \"{}\" (known: {}); environments come from registered targets",
+            spec.environment,
+            join(state.environments())
+        ));
+    }
+    if spec.steps.is_empty() {
+        return invalid("steps: a deployment needs at least one step".to_owned());
+    }
+    let env_targets: Vec<&Target> = state
+        .targets
+        .values()
+        .map(|t| &t.target)
+        .filter(|t| t.environment == spec.environment)
+        .collect();
+    let mut names = BTreeSet::new();
+    let mut planned = Vec::with_capacity(spec.steps.len());
+    for (i, step) in spec.steps.iter().enumerate() {
+        let at = format!("steps[{i}]");
+        if step.name.trim().is_empty() {
+            return invalid(format!("{at}.name: must not be empty"));
+        }
+        if !names.insert(step.name.as_str()) {
+            return invalid(format!("{at}.name: duplicate step name \"{}\"", step.name));
+        }
+        if let Some(pool) = &step.pool
+            && !state.pools.contains_key(pool)
+        {
+            return invalid(format!(
+                "{at}.pool: unknown pool \"{pool}\" (known: {})",
+                known_pools(state)
+            ));
+        }
+        if let Action::Script {
+            shell: Some(shell), ..
+        } = &step.action
+            && !SHELLS.contains(&shell.as_str())
+        {
+            return invalid(format!(
+                "{at}.action.shell: unsupported shell \"{shell}\" (supported: {})",
+                SHELLS.join(", ")
+            ));
+        }
+        if step.timeout_secs == Some(0) {
+            return invalid(format!("{at}.timeout_secs: must be at least 1"));
+        }
+        if step.max_parallel == Some(0) {
+            return invalid(format!("{at}.max_parallel: must be at least 1"));
+        }
+        if let Some(bad) = step.variables.keys().find(|k| !is_env_name(k)) {
+            return invalid(format!(
+                "{at}.variables: \"{bad}\" is not a valid environment variable name (letters, digits and '_', not starting with a digit)"
+            ));
+        }
+        if let Some(bad) = step.variables.keys().find(|k| k.starts_with("SHOAL_")) {
+            return invalid(format!(
+                "{at}.variables: \"{bad}\" is reserved; SHOAL_* variables are set by the worker"
+            ));
+        }
+        let tasks = if step.roles.is_empty() {
+            let (pool, rule) = resolve_pool(step.pool.as_ref(), None, default_pool);
+            vec![PlannedTask {
+                task: TaskId::new(),
+                target: None,
+                endpoint: None,
+                pool,
+                rule,
+            }]
+        } else {
+            let matching: Vec<&&Target> = env_targets
+                .iter()
+                .filter(|t| t.roles.iter().any(|r| step.roles.contains(r)))
+                .collect();
+            if matching.is_empty() {
+                let roles_there: BTreeSet<&RoleName> =
+                    env_targets.iter().flat_map(|t| &t.roles).collect();
+                return invalid(format!(
+                    "{at}.roles: no target in environment \"{}\" has any of the roles [{}] (roles there: {})",
+                    spec.environment,
+                    join(&step.roles),
+                    join(roles_there)
+                ));
+            }
+            matching
+                .into_iter()
+                .map(|t| {
+                    let (pool, rule) =
+                        resolve_pool(step.pool.as_ref(), t.default_pool.as_ref(), default_pool);
+                    PlannedTask {
+                        task: TaskId::new(),
+                        target: Some(t.name.clone()),
+                        endpoint: t.endpoint.clone(),
+                        pool,
+                        rule,
+                    }
+                })
+                .collect()
+        };
+        planned.push(PlannedStep { tasks });
+    }
+    Ok(planned)
+}

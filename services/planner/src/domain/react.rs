@@ -1,0 +1,114 @@
+//! How a deployment advances: from its projected state, the next events that move it on
+//! (start it, start a step, plan tasks up to the step's parallelism, finish a step or the
+//! deployment). The writer applies them and asks again until nothing is left to do, in the
+//! same batch as the fact that caused them.
+
+use super::state::{State, TaskDoc};
+use shoal_shared::events::Event;
+use shoal_shared::{DeploymentId, DeploymentState, StepState, TaskState};
+
+/// The next events for a deployment, or none when it waits for facts from workers.
+pub fn next_events(state: &State, id: DeploymentId) -> Vec<Event> {
+    let Some(d) = state.deployments.get(&id) else {
+        return vec![];
+    };
+    match d.state {
+        DeploymentState::Queued => vec![Event::DeploymentStarted { deployment: id }],
+        DeploymentState::Running => {
+            let Some(index) = d
+                .steps
+                .iter()
+                .position(|s| matches!(s.state, StepState::Pending | StepState::Running))
+            else {
+                return vec![Event::DeploymentFinished {
+                    deployment: id,
+                    state: DeploymentState::Succeeded,
+                    reason: None,
+                }];
+            };
+            let step = &d.steps[index];
+            let step_no = u32::try_from(index).unwrap_or(u32::MAX);
+            if step.state == StepState::Pending {
+                return vec![Event::StepStarted {
+                    deployment: id,
+                    step: step_no,
+                }];
+            }
+            let tasks: Vec<&TaskDoc> = step
+                .tasks
+                .iter()
+                .filter_map(|t| state.tasks.get(t))
+                .collect();
+            if let Some(bad) = tasks
+                .iter()
+                .find(|t| t.state.is_terminal() && t.state != TaskState::Succeeded)
+            {
+                return vec![
+                    Event::StepFinished {
+                        deployment: id,
+                        step: step_no,
+                        state: StepState::Failed,
+                    },
+                    Event::DeploymentFinished {
+                        deployment: id,
+                        state: DeploymentState::Failed,
+                        reason: Some(failure_reason(&step.name, bad)),
+                    },
+                ];
+            }
+            if tasks.iter().all(|t| t.state == TaskState::Succeeded) {
+                return vec![Event::StepFinished {
+                    deployment: id,
+                    step: step_no,
+                    state: StepState::Succeeded,
+                }];
+            }
+            let limit = d
+                .spec
+                .steps
+                .get(index)
+                .and_then(|s| s.max_parallel)
+                .map_or(usize::MAX, |m| m as usize);
+            let active = tasks
+                .iter()
+                .filter(|t| {
+                    matches!(
+                        t.state,
+                        TaskState::Planned | TaskState::Dispatched | TaskState::Running
+                    )
+                })
+                .count();
+            tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Pending)
+                .take(limit.saturating_sub(active))
+                .map(|t| Event::TaskPlanned {
+                    deployment: id,
+                    task: t.id,
+                    attempt: t.attempt + 1,
+                    pool: t.pool.clone(),
+                    rule: t.pool_rule,
+                })
+                .collect()
+        }
+        DeploymentState::Succeeded | DeploymentState::Failed | DeploymentState::Cancelled => vec![],
+    }
+}
+
+fn failure_reason(step: &str, task: &TaskDoc) -> String {
+    let on = task
+        .target
+        .as_ref()
+        .map_or_else(String::new, |t| format!(" on target \"{t}\""));
+    let how = match (task.state, task.exit_code) {
+        (TaskState::TimedOut, _) => "timed out".to_owned(),
+        (TaskState::Cancelled, _) => "was cancelled".to_owned(),
+        (_, Some(code)) => format!("failed with exit code {code}"),
+        (_, None) => "failed".to_owned(),
+    };
+    let why = task
+        .reason
+        .as_ref()
+        .map_or_else(String::new, |r| format!(": {r}"));
+    format!("step \"{step}\" failed: task {}{on} {how}{why}", task.id)
+}

@@ -1,0 +1,483 @@
+//! The projections: what the log says about pools, targets, deployments, tasks and workers.
+//!
+//! [`State::apply`] is infallible and deterministic: the same events in the same order give
+//! the same documents byte for byte, which is what makes replay verifiable.
+
+use serde::{Deserialize, Serialize};
+use shoal_shared::events::{Envelope, Event};
+use shoal_shared::{
+    Action, DeploymentId, DeploymentSpec, DeploymentState, EnvironmentName, OutputLine, PoolName,
+    PoolRule, RegionName, StepState, Target, TargetName, TaskId, TaskState, Timestamp, WorkerName,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A registered pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolDoc {
+    pub name: PoolName,
+    pub region: Option<RegionName>,
+    pub description: Option<String>,
+    pub registered_at: Timestamp,
+}
+
+/// A registered target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetDoc {
+    #[serde(flatten)]
+    pub target: Target,
+    pub registered_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A deployment and its steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentDoc {
+    pub id: DeploymentId,
+    pub project: String,
+    pub environment: EnvironmentName,
+    pub state: DeploymentState,
+    pub reason: Option<String>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub steps: Vec<StepDoc>,
+    pub spec: DeploymentSpec,
+}
+
+/// One step of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepDoc {
+    pub name: String,
+    pub state: StepState,
+    pub tasks: Vec<TaskId>,
+}
+
+/// One attempt of a task on a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptDoc {
+    pub attempt: u32,
+    pub worker: Option<WorkerName>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub state: TaskState,
+    pub exit_code: Option<i32>,
+}
+
+/// One task: a step on one target (or on none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskDoc {
+    pub id: TaskId,
+    pub deployment: DeploymentId,
+    pub step: u32,
+    pub step_name: String,
+    pub target: Option<TargetName>,
+    pub endpoint: Option<String>,
+    pub pool: PoolName,
+    pub pool_rule: PoolRule,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub worker: Option<WorkerName>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub planned_at: Option<Timestamp>,
+    pub dispatched_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub output_lines: u64,
+    pub attempts: Vec<AttemptDoc>,
+}
+
+/// A worker that has joined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerDoc {
+    pub name: WorkerName,
+    pub pool: PoolName,
+    pub region: Option<RegionName>,
+    pub slots: u32,
+    pub version: String,
+    pub joined_at: Timestamp,
+    pub left_at: Option<Timestamp>,
+    pub left_reason: Option<String>,
+}
+
+/// A projection document's key; after a batch, each changed key is written from [`State`]
+/// (or removed when the state no longer holds it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DocKey {
+    Pool(PoolName),
+    Target(TargetName),
+    Deployment(DeploymentId),
+    Task(TaskId),
+    Worker(WorkerName),
+    Outbox(TaskId, u32),
+}
+
+/// Projection rows that are written once and never held in memory (task output, the
+/// per-stream index of the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Row {
+    /// Key: task id, attempt, line number (big-endian); value: the encoded [`OutputLine`].
+    Output {
+        task: TaskId,
+        attempt: u32,
+        line_no: u64,
+        line: OutputLine,
+    },
+    /// Key: stream, 0, sequence (big-endian); value: empty.
+    StreamIndex { stream: String, seq: u64 },
+}
+
+/// What applying events changed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub docs: BTreeSet<DocKey>,
+    pub rows: Vec<Row>,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty() && self.rows.is_empty()
+    }
+}
+
+/// Every projection of the log, in memory. Owned by the log writer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct State {
+    pub pools: BTreeMap<PoolName, PoolDoc>,
+    pub targets: BTreeMap<TargetName, TargetDoc>,
+    pub deployments: BTreeMap<DeploymentId, DeploymentDoc>,
+    pub tasks: BTreeMap<TaskId, TaskDoc>,
+    pub workers: BTreeMap<WorkerName, WorkerDoc>,
+    /// Task attempts planned but not yet confirmed by the broker.
+    pub outbox: BTreeSet<(TaskId, u32)>,
+    /// Deployments not yet finished, for quick lookups after restart.
+    pub active: BTreeSet<DeploymentId>,
+}
+
+impl State {
+    /// Applies one record of the log.
+    pub fn apply(&mut self, env: &Envelope, event: &Event, changes: &mut Changes) {
+        changes.rows.push(Row::StreamIndex {
+            stream: env.stream.clone(),
+            seq: env.seq,
+        });
+        let at = env.time;
+        match event {
+            Event::PoolRegistered {
+                pool,
+                region,
+                description,
+            } => {
+                self.pools.insert(
+                    pool.clone(),
+                    PoolDoc {
+                        name: pool.clone(),
+                        region: region.clone(),
+                        description: description.clone(),
+                        registered_at: at,
+                    },
+                );
+                changes.docs.insert(DocKey::Pool(pool.clone()));
+            }
+            Event::TargetRegistered { target } => {
+                self.targets.insert(
+                    target.name.clone(),
+                    TargetDoc {
+                        target: target.clone(),
+                        registered_at: at,
+                        updated_at: at,
+                    },
+                );
+                changes.docs.insert(DocKey::Target(target.name.clone()));
+            }
+            Event::TargetUpdated { target } => {
+                let registered_at = self
+                    .targets
+                    .get(&target.name)
+                    .map_or(at, |t| t.registered_at);
+                self.targets.insert(
+                    target.name.clone(),
+                    TargetDoc {
+                        target: target.clone(),
+                        registered_at,
+                        updated_at: at,
+                    },
+                );
+                changes.docs.insert(DocKey::Target(target.name.clone()));
+            }
+            Event::DeploymentCreated {
+                deployment,
+                spec,
+                steps,
+            } => {
+                let mut step_docs = Vec::with_capacity(steps.len());
+                for (index, (planned, step_spec)) in steps.iter().zip(&spec.steps).enumerate() {
+                    let index = u32::try_from(index).unwrap_or(u32::MAX);
+                    for t in &planned.tasks {
+                        self.tasks.insert(
+                            t.task,
+                            TaskDoc {
+                                id: t.task,
+                                deployment: *deployment,
+                                step: index,
+                                step_name: step_spec.name.clone(),
+                                target: t.target.clone(),
+                                endpoint: t.endpoint.clone(),
+                                pool: t.pool.clone(),
+                                pool_rule: t.rule,
+                                state: TaskState::Pending,
+                                attempt: 0,
+                                worker: None,
+                                exit_code: None,
+                                reason: None,
+                                planned_at: None,
+                                dispatched_at: None,
+                                started_at: None,
+                                finished_at: None,
+                                output_lines: 0,
+                                attempts: Vec::new(),
+                            },
+                        );
+                        changes.docs.insert(DocKey::Task(t.task));
+                    }
+                    step_docs.push(StepDoc {
+                        name: step_spec.name.clone(),
+                        state: StepState::Pending,
+                        tasks: planned.tasks.iter().map(|t| t.task).collect(),
+                    });
+                }
+                self.deployments.insert(
+                    *deployment,
+                    DeploymentDoc {
+                        id: *deployment,
+                        project: spec.project.clone(),
+                        environment: spec.environment.clone(),
+                        state: DeploymentState::Queued,
+                        reason: None,
+                        created_at: at,
+                        started_at: None,
+                        finished_at: None,
+                        steps: step_docs,
+                        spec: spec.clone(),
+                    },
+                );
+                self.active.insert(*deployment);
+                changes.docs.insert(DocKey::Deployment(*deployment));
+            }
+            Event::DeploymentStarted { deployment } => {
+                if let Some(d) = self.deployments.get_mut(deployment) {
+                    d.state = DeploymentState::Running;
+                    d.started_at = Some(at);
+                    changes.docs.insert(DocKey::Deployment(*deployment));
+                }
+            }
+            Event::StepStarted { deployment, step } => {
+                if let Some(s) = self.step_mut(*deployment, *step) {
+                    s.state = StepState::Running;
+                    changes.docs.insert(DocKey::Deployment(*deployment));
+                }
+            }
+            Event::TaskPlanned {
+                task,
+                attempt,
+                pool,
+                rule,
+                ..
+            } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.state = TaskState::Planned;
+                    t.attempt = *attempt;
+                    t.pool = pool.clone();
+                    t.pool_rule = *rule;
+                    t.planned_at = Some(at);
+                    t.worker = None;
+                    t.reason = None;
+                    t.attempts.push(AttemptDoc {
+                        attempt: *attempt,
+                        worker: None,
+                        started_at: None,
+                        finished_at: None,
+                        state: TaskState::Planned,
+                        exit_code: None,
+                    });
+                    changes.docs.insert(DocKey::Task(*task));
+                    self.outbox.insert((*task, *attempt));
+                    changes.docs.insert(DocKey::Outbox(*task, *attempt));
+                }
+            }
+            Event::TaskDispatched { task, attempt, .. } => {
+                if self.outbox.remove(&(*task, *attempt)) {
+                    changes.docs.insert(DocKey::Outbox(*task, *attempt));
+                }
+                if let Some(t) = self.tasks.get_mut(task)
+                    && t.attempt == *attempt
+                {
+                    if t.state == TaskState::Planned {
+                        t.state = TaskState::Dispatched;
+                        if let Some(a) = t.attempts.last_mut() {
+                            a.state = TaskState::Dispatched;
+                        }
+                    }
+                    t.dispatched_at = Some(at);
+                    changes.docs.insert(DocKey::Task(*task));
+                }
+            }
+            Event::TaskStarted {
+                task,
+                attempt,
+                worker,
+                at: started,
+                ..
+            } => {
+                if let Some(t) = self.tasks.get_mut(task)
+                    && t.attempt == *attempt
+                    && !t.state.is_terminal()
+                {
+                    t.state = TaskState::Running;
+                    t.worker = Some(worker.clone());
+                    t.started_at = Some(*started);
+                    if let Some(a) = t.attempts.last_mut() {
+                        a.state = TaskState::Running;
+                        a.worker = Some(worker.clone());
+                        a.started_at = Some(*started);
+                    }
+                    changes.docs.insert(DocKey::Task(*task));
+                }
+            }
+            Event::TaskOutput {
+                task,
+                attempt,
+                first_line,
+                lines,
+                ..
+            } => {
+                for (i, line) in lines.iter().enumerate() {
+                    changes.rows.push(Row::Output {
+                        task: *task,
+                        attempt: *attempt,
+                        line_no: first_line + i as u64,
+                        line: line.clone(),
+                    });
+                }
+                if let Some(t) = self.tasks.get_mut(task) {
+                    let end = first_line + lines.len() as u64;
+                    if t.attempt == *attempt && end > t.output_lines {
+                        t.output_lines = end;
+                        changes.docs.insert(DocKey::Task(*task));
+                    }
+                }
+            }
+            Event::TaskFinished {
+                task,
+                attempt,
+                worker,
+                outcome,
+                exit_code,
+                reason,
+                at: ended,
+                ..
+            } => {
+                if let Some(t) = self.tasks.get_mut(task)
+                    && t.attempt == *attempt
+                    && !t.state.is_terminal()
+                {
+                    let state = outcome.task_state();
+                    t.state = state;
+                    t.worker = Some(worker.clone());
+                    t.exit_code = *exit_code;
+                    t.reason = reason.clone();
+                    t.finished_at = Some(*ended);
+                    if let Some(a) = t.attempts.last_mut() {
+                        a.state = state;
+                        a.worker = Some(worker.clone());
+                        a.finished_at = Some(*ended);
+                        a.exit_code = *exit_code;
+                    }
+                    changes.docs.insert(DocKey::Task(*task));
+                }
+            }
+            Event::StepFinished {
+                deployment,
+                step,
+                state,
+            } => {
+                if let Some(s) = self.step_mut(*deployment, *step) {
+                    s.state = *state;
+                    changes.docs.insert(DocKey::Deployment(*deployment));
+                }
+            }
+            Event::DeploymentFinished {
+                deployment,
+                state,
+                reason,
+            } => {
+                if let Some(d) = self.deployments.get_mut(deployment) {
+                    d.state = *state;
+                    d.reason = reason.clone();
+                    d.finished_at = Some(at);
+                    changes.docs.insert(DocKey::Deployment(*deployment));
+                }
+                self.active.remove(deployment);
+            }
+            Event::WorkerJoined {
+                worker,
+                pool,
+                region,
+                slots,
+                version,
+                at: joined,
+            } => {
+                self.workers.insert(
+                    worker.clone(),
+                    WorkerDoc {
+                        name: worker.clone(),
+                        pool: pool.clone(),
+                        region: region.clone(),
+                        slots: *slots,
+                        version: version.clone(),
+                        joined_at: *joined,
+                        left_at: None,
+                        left_reason: None,
+                    },
+                );
+                changes.docs.insert(DocKey::Worker(worker.clone()));
+            }
+            Event::WorkerLeft {
+                worker,
+                reason,
+                at: left,
+                ..
+            } => {
+                if let Some(w) = self.workers.get_mut(worker) {
+                    w.left_at = Some(*left);
+                    w.left_reason = Some(reason.clone());
+                    changes.docs.insert(DocKey::Worker(worker.clone()));
+                }
+            }
+            Event::MessageRejected { .. } => {}
+        }
+    }
+
+    fn step_mut(&mut self, deployment: DeploymentId, step: u32) -> Option<&mut StepDoc> {
+        self.deployments
+            .get_mut(&deployment)?
+            .steps
+            .get_mut(step as usize)
+    }
+
+    /// The known environments: those of registered targets.
+    pub fn environments(&self) -> BTreeSet<&EnvironmentName> {
+        self.targets
+            .values()
+            .map(|t| &t.target.environment)
+            .collect()
+    }
+
+    /// The action and settings a task runs with, from its deployment's spec.
+    pub fn task_action(&self, task: &TaskDoc) -> Option<(&Action, &shoal_shared::StepSpec)> {
+        let d = self.deployments.get(&task.deployment)?;
+        let step = d.spec.steps.get(task.step as usize)?;
+        Some((&step.action, step))
+    }
+}

@@ -1,0 +1,167 @@
+//! Result ingestion: reads worker reports from the results stream, appends them to the log
+//! (de-duplicated by event id) and acknowledges each only after its batch is flushed.
+//! Heartbeats (core NATS) update the in-memory liveness view. Anything undecodable is
+//! recorded as `MessageRejected` and acknowledged, so it never blocks the queue.
+
+use crate::domain::Command;
+use crate::liveness::Liveness;
+use crate::log::writer::WriterHandle;
+use async_nats::jetstream;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use shoal_shared::EventId;
+use shoal_shared::codec;
+use shoal_shared::messages::{Heartbeat, WorkerMessage};
+use shoal_shared::subjects::Subjects;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Reports being appended at once.
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// Consumes the results stream until shutdown.
+pub async fn results(
+    js: jetstream::Context,
+    subjects: Subjects,
+    writer: WriterHandle,
+    shutdown: CancellationToken,
+) {
+    let (ack_tx, mut ack_rx) =
+        mpsc::channel::<(tokio::sync::oneshot::Receiver<_>, jetstream::Message)>(MAX_IN_FLIGHT);
+    // Acks in submission order, each after its command's batch is durable.
+    let acker = tokio::spawn(async move {
+        while let Some((reply, msg)) = ack_rx.recv().await {
+            match reply.await {
+                Ok(_) => {
+                    if let Err(e) = msg.ack().await {
+                        tracing::debug!(error = %e, "result ack not sent; it will be redelivered and de-duplicated");
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    while !shutdown.is_cancelled() {
+        let consumer = match js.get_stream(subjects.results_stream()).await {
+            Ok(s) => s
+                .get_consumer::<jetstream::consumer::pull::Config>(&subjects.results_consumer())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let consumer = match consumer {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "results consumer unavailable; retrying");
+                sleep_or(&shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(1000)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pull results; retrying");
+                sleep_or(&shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                m = messages.next() => m,
+                () = shutdown.cancelled() => None,
+            };
+            let msg = match next {
+                None => break,
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "results pull interrupted; resuming");
+                    break;
+                }
+            };
+            let cmd = match codec::decode::<WorkerMessage>("worker report", &msg.payload) {
+                Ok(report) => Command::WorkerReport(report),
+                Err(e) => {
+                    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                    tracing::warn!(error = %e, subject = %msg.subject, "rejecting a malformed worker report");
+                    Command::RejectMessage {
+                        id: stable_id(&subjects.results_stream(), seq),
+                        subject: msg.subject.to_string(),
+                        reason: e.to_string(),
+                        bytes: msg.payload.to_vec(),
+                    }
+                }
+            };
+            match writer.submit(cmd).await {
+                Ok(reply) => {
+                    if ack_tx.send((reply, msg)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+    drop(ack_tx);
+    let _ = acker.await;
+}
+
+/// The id of a rejected message: derived from its place in the stream, so a redelivery is
+/// recognised as the same fact.
+fn stable_id(stream: &str, seq: u64) -> EventId {
+    let digest = Sha256::digest(format!("{stream}/{seq}"));
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    EventId(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+}
+
+/// Listens to heartbeats until shutdown.
+pub async fn heartbeats(
+    client: async_nats::Client,
+    subjects: Subjects,
+    liveness: Liveness,
+    writer: WriterHandle,
+    shutdown: CancellationToken,
+) {
+    let mut sub = match client.subscribe(subjects.heartbeat_all()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to heartbeats; workers will show offline");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => match m { Some(m) => m, None => return },
+            () = shutdown.cancelled() => return,
+        };
+        match codec::decode::<Heartbeat>("heartbeat", &msg.payload) {
+            Ok(beat) => liveness.beat(beat),
+            Err(e) => {
+                tracing::warn!(error = %e, subject = %msg.subject, "rejecting a malformed heartbeat");
+                let _ = writer
+                    .submit(Command::RejectMessage {
+                        id: EventId::new(),
+                        subject: msg.subject.to_string(),
+                        reason: e.to_string(),
+                        bytes: msg.payload.to_vec(),
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+async fn sleep_or(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(d) => {}
+        () = shutdown.cancelled() => {}
+    }
+}

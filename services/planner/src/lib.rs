@@ -1,0 +1,196 @@
+//! shoal-planner: accepts deployments, decides which pool runs every task, dispatches them
+//! through JetStream, ingests what workers report, and records every fact in a sled event
+//! log from which all state is derived.
+//!
+//! Layout, in the order data flows: `api` (HTTP) → `log::writer` (the single writer, using the
+//! pure `domain`) → `dispatch` (outbox → `shoal.tasks.<pool>`) → workers → `ingest` (results
+//! and heartbeats) → `log::writer`. `broker` sets up JetStream; `replay` rebuilds and
+//! verifies projections offline.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod broker;
+pub mod dispatch;
+pub mod domain;
+pub mod ingest;
+pub mod liveness;
+pub mod log;
+pub mod replay;
+
+use crate::domain::Command;
+use crate::domain::state::PoolDoc;
+use crate::log::writer::Writer;
+use crate::log::{EventLog, Proj};
+use anyhow::Context as _;
+use shoal_shared::subjects::Subjects;
+use shoal_shared::{PoolName, WorkerName};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How a planner runs.
+#[derive(Debug, Clone)]
+pub struct PlannerConfig {
+    pub nats_url: String,
+    pub data_dir: PathBuf,
+    pub default_pool: PoolName,
+    /// Run a worker of the default pool inside the planner.
+    pub builtin_worker: bool,
+    pub builtin_slots: u32,
+    pub subjects: Subjects,
+}
+
+/// Runs the planner until `shutdown` is cancelled, serving HTTP on `listener`.
+///
+/// # Errors
+/// The data dir cannot be opened, the log is inconsistent, or the broker refuses the set-up.
+pub async fn run(
+    config: PlannerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let log = EventLog::open(&config.data_dir.join("log"))
+        .with_context(|| format!("cannot open the event log in {}", config.data_dir.display()))?;
+    let client = shoal_worker::nats::connect(&config.nats_url, "shoal-planner", None).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_broker(&js, &config.subjects, &shutdown).await?;
+
+    let (dispatch_tx, dispatch_rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer = Writer::open(
+        log.clone(),
+        config.default_pool.clone(),
+        dispatch_tx.clone(),
+    )?;
+    let backlog = writer.outbox_messages();
+    let (handle, writer_task) = writer.spawn(4096);
+    handle.execute(Command::EnsureDefaultPool).await?;
+    for pool in log.docs::<PoolDoc>(Proj::Pools)? {
+        broker::ensure_pool_consumer(&js, &config.subjects, &pool.name).await?;
+    }
+    if !backlog.is_empty() {
+        tracing::info!(
+            tasks = backlog.len(),
+            "re-publishing task attempts planned before the last stop"
+        );
+    }
+    for msg in backlog {
+        let _ = dispatch_tx.send(msg);
+    }
+    drop(dispatch_tx);
+
+    let liveness = liveness::Liveness::default();
+    let tasks = TaskTracker::new();
+    let stop_services = CancellationToken::new();
+    tasks.spawn(dispatch::run(
+        js.clone(),
+        config.subjects.clone(),
+        handle.clone(),
+        dispatch_rx,
+        stop_services.clone(),
+    ));
+    tasks.spawn(ingest::results(
+        js.clone(),
+        config.subjects.clone(),
+        handle.clone(),
+        stop_services.clone(),
+    ));
+    tasks.spawn(ingest::heartbeats(
+        client.clone(),
+        config.subjects.clone(),
+        liveness.clone(),
+        handle.clone(),
+        stop_services.clone(),
+    ));
+
+    let worker_stop = CancellationToken::new();
+    let builtin = if config.builtin_worker {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        let name = WorkerName::from_host(
+            &format!("builtin-{host}"),
+            &uuid::Uuid::new_v4().simple().to_string()[..6],
+        );
+        let mut wc = shoal_worker::WorkerConfig::new(
+            name.clone(),
+            config.default_pool.clone(),
+            config.data_dir.join("builtin-worker"),
+        );
+        wc.slots = config.builtin_slots;
+        wc.subjects = config.subjects.clone();
+        let wclient = shoal_worker::nats::connect(
+            &config.nats_url,
+            name.as_str(),
+            Some(config.subjects.pool_inbox_prefix(&config.default_pool)),
+        )
+        .await?;
+        tracing::info!(worker = %name, pool = %config.default_pool, "starting the built-in worker");
+        Some(tokio::spawn(shoal_worker::run(
+            wc,
+            wclient,
+            worker_stop.clone(),
+        )))
+    } else {
+        tracing::info!(pool = %config.default_pool, "built-in worker disabled; default-pool tasks wait for an external worker");
+        None
+    };
+
+    let app = api::AppState {
+        writer: handle.clone(),
+        log: log.clone(),
+        liveness,
+        default_pool: config.default_pool.clone(),
+        js: js.clone(),
+        subjects: config.subjects.clone(),
+    };
+    drop(handle);
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "planner ready");
+    let server = axum::serve(listener, api::router(app))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    server.await.context("HTTP server failed")?;
+
+    // Shutdown: stop taking work, let the built-in worker finish, stop ingesting, then let the
+    // writer flush and end, and drain the connection.
+    tracing::info!("planner shutting down");
+    worker_stop.cancel();
+    if let Some(w) = builtin {
+        let _ = w.await;
+    }
+    stop_services.cancel();
+    tasks.close();
+    tasks.wait().await;
+    match writer_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "event log writer failed"),
+        Err(e) => tracing::error!(error = %e, "event log writer panicked"),
+    }
+    log.flush().await?;
+    let _ = client.drain().await;
+    tracing::info!("planner stopped");
+    Ok(())
+}
+
+async fn ensure_broker(
+    js: &async_nats::jetstream::Context,
+    subjects: &Subjects,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut warned = false;
+    loop {
+        match broker::ensure_streams(js, subjects).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, "JetStream not ready (is nats-server running with -js?); retrying");
+                    warned = true;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled() => anyhow::bail!("stopped before JetStream was ready: {e}"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Worker liveness from heartbeats, kept in memory: heartbeats are frequent and carry no fact
+//! worth an event. A worker is online while its last heartbeat is younger than three
+//! heartbeat intervals.
+
+use shoal_shared::messages::Heartbeat;
+use shoal_shared::{PoolName, RegionName, Timestamp, WorkerName};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Heartbeats missed before a worker counts as offline.
+pub const MISSED_BEATS: u64 = 3;
+
+/// The last heartbeat of a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    pub pool: PoolName,
+    pub region: Option<RegionName>,
+    pub slots: u32,
+    pub busy: u32,
+    pub interval_ms: u64,
+    /// When the planner received it (its own clock, so worker clock skew does not matter).
+    pub last_seen: Timestamp,
+}
+
+impl Live {
+    /// Whether the worker counts as online at `now`.
+    pub fn online(&self, now: Timestamp) -> bool {
+        now.millis_since(self.last_seen) <= MISSED_BEATS * self.interval_ms.max(100) + 250
+    }
+}
+
+/// Shared view of worker liveness. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Liveness {
+    inner: Arc<Mutex<HashMap<WorkerName, Live>>>,
+}
+
+impl Liveness {
+    /// Records a heartbeat.
+    pub fn beat(&self, hb: Heartbeat) {
+        let live = Live {
+            pool: hb.pool,
+            region: hb.region,
+            slots: hb.slots,
+            busy: hb.busy,
+            interval_ms: hb.interval_ms,
+            last_seen: Timestamp::now(),
+        };
+        if let Ok(mut map) = self.inner.lock() {
+            map.insert(hb.worker, live);
+        }
+    }
+
+    /// Forgets a worker (it said it left).
+    pub fn remove(&self, worker: &WorkerName) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.remove(worker);
+        }
+    }
+
+    /// Every worker seen since start.
+    pub fn snapshot(&self) -> HashMap<WorkerName, Live> {
+        self.inner.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Online workers per pool.
+    pub fn online_per_pool(&self, now: Timestamp) -> HashMap<PoolName, usize> {
+        let mut out = HashMap::new();
+        for live in self.snapshot().values().filter(|l| l.online(now)) {
+            *out.entry(live.pool.clone()).or_insert(0) += 1;
+        }
+        out
+    }
+}

@@ -1,0 +1,324 @@
+//! The single writer of the log. Commands arrive on a bounded channel; the writer takes as
+//! many as are waiting (group commit), turns each into events against the in-memory state,
+//! lets deployments advance, writes the whole batch in one sled transaction, flushes once,
+//! and only then answers every command of the batch and hands new task attempts to the
+//! dispatcher.
+
+use super::{BatchWrite, EventLog, Head, LogError, doc_write, record_hash, row_write};
+use crate::domain::decide::{NewEvent, decide};
+use crate::domain::react::next_events;
+use crate::domain::{Changes, Command, Rejection, State};
+use shoal_shared::codec;
+use shoal_shared::events::{Envelope, Event};
+use shoal_shared::messages::{TaskMessage, WIRE_SCHEMA_VERSION};
+use shoal_shared::{DeploymentId, EventId, PoolName, TaskId, Timestamp};
+use std::collections::{BTreeSet, HashSet};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most commands taken into one transaction.
+pub const MAX_BATCH: usize = 512;
+
+/// What a command appended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// Sequence numbers of the appended events (empty: nothing to do, or a duplicate).
+    pub seqs: Vec<u64>,
+    /// The command was a fact already in the log.
+    pub duplicate: bool,
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The writer stopped (the planner is shutting down or the log failed).
+    #[error("the event log is not accepting writes: {0}")]
+    Unavailable(String),
+}
+
+struct Request {
+    cmd: Command,
+    reply: Option<oneshot::Sender<Result<Appended, Rejection>>>,
+}
+
+/// Sends commands to the writer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request").field("cmd", &self.cmd).finish()
+    }
+}
+
+impl WriterHandle {
+    /// Executes a command and waits until its events are durable.
+    ///
+    /// # Errors
+    /// The command was rejected, or the writer is gone.
+    pub async fn execute(&self, cmd: Command) -> Result<Appended, WriteError> {
+        let rx = self.submit(cmd).await?;
+        rx.await
+            .map_err(|_| WriteError::Unavailable("writer stopped before answering".into()))?
+            .map_err(WriteError::Rejected)
+    }
+
+    /// Queues a command in order and returns where its answer will arrive, so a caller can
+    /// keep many commands in flight while preserving their order.
+    ///
+    /// # Errors
+    /// The writer is gone.
+    pub async fn submit(
+        &self,
+        cmd: Command,
+    ) -> Result<oneshot::Receiver<Result<Appended, Rejection>>, WriteError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request {
+                cmd,
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|_| WriteError::Unavailable("writer stopped".into()))?;
+        Ok(rx)
+    }
+}
+
+/// The writer task's state.
+pub struct Writer {
+    log: EventLog,
+    state: State,
+    head: Head,
+    default_pool: PoolName,
+    dispatch: mpsc::UnboundedSender<TaskMessage>,
+}
+
+/// Changes of one batch not yet written.
+#[derive(Default)]
+struct Pending {
+    write: BatchWrite,
+    changes: Changes,
+    ids: HashSet<EventId>,
+    planned: Vec<(TaskId, u32)>,
+}
+
+impl Writer {
+    /// Loads the state from the log and prepares the writer. Returns the handle and the task
+    /// attempts that were planned but never confirmed by the broker (to publish again).
+    ///
+    /// # Errors
+    /// The log cannot be read.
+    pub fn open(
+        log: EventLog,
+        default_pool: PoolName,
+        dispatch: mpsc::UnboundedSender<TaskMessage>,
+    ) -> Result<Writer, LogError> {
+        let head = log.head()?;
+        let checkpoint = log.checkpoint()?;
+        if checkpoint != head.seq {
+            return Err(LogError::Corrupt(format!(
+                "projections are at {checkpoint} but the log is at {}; run `shoal-planner replay --rebuild`",
+                head.seq
+            )));
+        }
+        let state = log.load_state()?;
+        Ok(Writer {
+            log,
+            state,
+            head,
+            default_pool,
+            dispatch,
+        })
+    }
+
+    /// Task messages for every attempt still in the outbox.
+    pub fn outbox_messages(&self) -> Vec<TaskMessage> {
+        self.state
+            .outbox
+            .iter()
+            .filter_map(|(t, a)| self.task_message(t, *a))
+            .collect()
+    }
+
+    /// Starts the writer task; it runs until every handle is dropped or the log fails.
+    pub fn spawn(
+        self,
+        capacity: usize,
+    ) -> (WriterHandle, tokio::task::JoinHandle<Result<(), LogError>>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (WriterHandle { tx }, tokio::spawn(self.run(rx)))
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) -> Result<(), LogError> {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                break;
+            }
+            let mut pending = Pending::default();
+            let mut replies = Vec::with_capacity(batch.len());
+            for req in batch.drain(..) {
+                let result = self.handle(&req.cmd, &mut pending)?;
+                replies.push((req.reply, result));
+            }
+            if !pending.write.records.is_empty() {
+                self.commit(&mut pending).await?;
+            }
+            for (reply, result) in replies {
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            for (task, attempt) in pending.planned {
+                if let Some(msg) = self.task_message(&task, attempt) {
+                    let _ = self.dispatch.send(msg);
+                }
+            }
+        }
+        self.log.flush().await?;
+        tracing::info!(log.seq = self.head.seq, "event log writer stopped");
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        cmd: &Command,
+        p: &mut Pending,
+    ) -> Result<Result<Appended, Rejection>, LogError> {
+        if let Some(id) = cmd.fact_id()
+            && (p.ids.contains(&id) || self.log.contains_event(&id)?)
+        {
+            return Ok(Ok(Appended {
+                seqs: vec![],
+                duplicate: true,
+            }));
+        }
+        let events = match decide(&self.state, &self.default_pool, cmd) {
+            Ok(events) => events,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        let mut appended = Appended::default();
+        let mut touched = BTreeSet::new();
+        for e in events {
+            let cause = e.id;
+            if let Some(d) = advances(&e.event) {
+                touched.insert(d);
+            }
+            appended.seqs.push(self.append(e, None, p)?);
+            // Let each touched deployment advance as far as it can.
+            for d in std::mem::take(&mut touched) {
+                loop {
+                    let next = next_events(&self.state, d);
+                    if next.is_empty() {
+                        break;
+                    }
+                    for event in next {
+                        appended
+                            .seqs
+                            .push(self.append(NewEvent::new(event), Some(cause), p)?);
+                    }
+                }
+            }
+        }
+        Ok(Ok(appended))
+    }
+
+    fn append(
+        &mut self,
+        e: NewEvent,
+        cause: Option<EventId>,
+        p: &mut Pending,
+    ) -> Result<u64, LogError> {
+        let seq = self.head.seq + 1;
+        let env = Envelope {
+            seq,
+            event_id: e.id,
+            time: Timestamp::now(),
+            stream: e.event.stream(),
+            event_type: e.event.event_type().to_owned(),
+            schema_version: e.event.schema_version(),
+            correlation_id: deployment_of(&e.event).map(|d| d.0),
+            causation_id: cause.map(|c| c.0),
+            payload: codec::encode(&e.event)?,
+            prev_hash: self.head.hash.to_vec(),
+        };
+        let bytes = codec::encode(&env)?;
+        self.head = Head {
+            seq,
+            hash: record_hash(&bytes),
+        };
+        self.state.apply(&env, &e.event, &mut p.changes);
+        if let Event::TaskPlanned { task, attempt, .. } = &e.event {
+            p.planned.push((*task, *attempt));
+        }
+        p.ids.insert(e.id);
+        p.write.records.push((seq, bytes, e.id));
+        Ok(seq)
+    }
+
+    async fn commit(&mut self, p: &mut Pending) -> Result<(), LogError> {
+        let changes = std::mem::take(&mut p.changes);
+        for key in &changes.docs {
+            p.write.proj.push(doc_write(&self.state, key)?);
+        }
+        for row in &changes.rows {
+            let (proj, k, v) = row_write(row)?;
+            p.write.proj.push((proj, k, Some(v)));
+        }
+        p.write.head = self.head;
+        self.log.write(&p.write)?;
+        self.log.flush().await?;
+        Ok(())
+    }
+
+    fn task_message(&self, task: &TaskId, attempt: u32) -> Option<TaskMessage> {
+        let t = self.state.tasks.get(task)?;
+        let (action, step) = self.state.task_action(t)?;
+        Some(TaskMessage {
+            schema_version: WIRE_SCHEMA_VERSION,
+            deployment: t.deployment,
+            task: t.id,
+            attempt,
+            step_index: t.step,
+            step_name: t.step_name.clone(),
+            target: t.target.clone(),
+            endpoint: t.endpoint.clone(),
+            pool: t.pool.clone(),
+            action: action.clone(),
+            variables: step.variables.clone(),
+            timeout_secs: step.timeout_secs,
+            planned_at: t.planned_at.unwrap_or_default(),
+        })
+    }
+}
+
+/// The deployment whose progress an event can change: only these make the writer look for
+/// the next events, so output and dispatch confirmations cost no scan of the step.
+fn advances(event: &Event) -> Option<DeploymentId> {
+    match event {
+        Event::DeploymentCreated { deployment, .. } | Event::TaskFinished { deployment, .. } => {
+            Some(*deployment)
+        }
+        _ => None,
+    }
+}
+
+/// The deployment an event belongs to, if any.
+pub fn deployment_of(event: &Event) -> Option<DeploymentId> {
+    match event {
+        Event::DeploymentCreated { deployment, .. }
+        | Event::DeploymentStarted { deployment }
+        | Event::StepStarted { deployment, .. }
+        | Event::TaskPlanned { deployment, .. }
+        | Event::TaskDispatched { deployment, .. }
+        | Event::TaskStarted { deployment, .. }
+        | Event::TaskOutput { deployment, .. }
+        | Event::TaskFinished { deployment, .. }
+        | Event::StepFinished { deployment, .. }
+        | Event::DeploymentFinished { deployment, .. } => Some(*deployment),
+        _ => None,
+    }
+}

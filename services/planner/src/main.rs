@@ -1,0 +1,150 @@
+//! `shoal-planner`: serve (default) or `replay` the event log offline.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use shoal_planner::PlannerConfig;
+use shoal_shared::PoolName;
+use shoal_shared::subjects::Subjects;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// The shoal planner: routes deployment steps to worker pools and records every fact.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal-planner",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    serve: Serve,
+}
+
+#[derive(Debug, clap::Args)]
+struct Serve {
+    /// NATS server with JetStream.
+    #[arg(long, env = "SHOAL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Where the event log lives.
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API.
+    #[arg(long, env = "SHOAL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: String,
+    /// The global default pool.
+    #[arg(long, env = "SHOAL_DEFAULT_POOL", default_value = "default")]
+    default_pool: PoolName,
+    /// Do not run a worker of the default pool inside the planner.
+    #[arg(long, env = "SHOAL_NO_BUILTIN_WORKER")]
+    no_builtin_worker: bool,
+    /// Slots of the built-in worker.
+    #[arg(long, env = "SHOAL_BUILTIN_SLOTS", default_value_t = 4)]
+    builtin_slots: u32,
+    /// Subject prefix of the installation.
+    #[arg(long, env = "SHOAL_SUBJECT_PREFIX", default_value = "shoal")]
+    subject_prefix: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Verify the hash chain and rebuild every projection from the log, offline; exits 0
+    /// when the rebuilt projections equal the live ones.
+    Replay {
+        #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
+        data_dir: PathBuf,
+        /// Replace the live projections by the rebuilt ones instead of comparing.
+        #[arg(long)]
+        rebuild: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,async_nats=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    match args.command {
+        Some(Cmd::Replay { data_dir, rebuild }) => replay(&data_dir, rebuild),
+        None => serve(args.serve),
+    }
+}
+
+fn replay(data_dir: &std::path::Path, rebuild: bool) -> anyhow::Result<()> {
+    let log = shoal_planner::log::EventLog::open(&data_dir.join("log")).with_context(|| {
+        format!(
+            "cannot open the event log in {} (is a planner still running on it?)",
+            data_dir.display()
+        )
+    })?;
+    let started = std::time::Instant::now();
+    match shoal_planner::replay::replay(&log, rebuild) {
+        Ok(r) => {
+            let secs = started.elapsed().as_secs_f64();
+            println!("hash chain verified: {} events", r.events);
+            println!(
+                "projections {}: {} pools, {} targets, {} deployments, {} tasks, {} workers",
+                if rebuild {
+                    "rebuilt"
+                } else {
+                    "equal to the log"
+                },
+                r.pools,
+                r.targets,
+                r.deployments,
+                r.tasks,
+                r.workers
+            );
+            for (tree, rows) in r.rows {
+                println!("  {tree:<12} {rows} rows");
+            }
+            println!(
+                "replayed in {secs:.3} s ({:.0} events/s)",
+                r.events as f64 / secs.max(1e-9)
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("replay failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+#[tokio::main]
+async fn serve(s: Serve) -> anyhow::Result<()> {
+    let subjects = Subjects::new(&s.subject_prefix)?;
+    let listener = tokio::net::TcpListener::bind(&s.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", s.http_addr))?;
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        token.cancel();
+    });
+    let config = PlannerConfig {
+        nats_url: s.nats_url,
+        data_dir: s.data_dir,
+        default_pool: s.default_pool,
+        builtin_worker: !s.no_builtin_worker,
+        builtin_slots: s.builtin_slots,
+        subjects,
+    };
+    shoal_planner::run(config, listener, shutdown).await
+}

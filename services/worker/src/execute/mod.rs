@@ -1,0 +1,65 @@
+//! Step executors: what a worker does with a task's action.
+
+mod output;
+mod script;
+
+use crate::WorkerConfig;
+use crate::report::Reporter;
+use shoal_shared::messages::TaskMessage;
+use shoal_shared::{Action, Outcome};
+use tokio_util::sync::CancellationToken;
+
+pub use output::OutputSink;
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskResult {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    /// The worker stopped the attempt (drain deadline passed): hand the task back instead of
+    /// reporting an outcome.
+    pub interrupted: bool,
+}
+
+impl TaskResult {
+    fn failed(reason: String) -> TaskResult {
+        TaskResult {
+            outcome: Outcome::Failed,
+            exit_code: None,
+            reason: Some(reason),
+            interrupted: false,
+        }
+    }
+}
+
+/// Runs a task's action to its end, or until `kill` is cancelled.
+pub async fn run(
+    task: &TaskMessage,
+    config: &WorkerConfig,
+    reporter: &Reporter,
+    kill: &CancellationToken,
+) -> TaskResult {
+    match &task.action {
+        Action::Noop => TaskResult {
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            reason: None,
+            interrupted: false,
+        },
+        Action::Script { script, shell } => {
+            let sink = OutputSink::spawn(task, reporter.clone());
+            let result = script::run(
+                task,
+                script,
+                shell.as_deref().unwrap_or("bash"),
+                config,
+                &sink,
+                kill,
+            )
+            .await;
+            sink.finish().await;
+            result
+        }
+    }
+}

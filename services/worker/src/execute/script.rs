@@ -1,0 +1,207 @@
+//! Script steps: the script is written into a fresh per-task directory and run with the
+//! chosen shell in its own process group, so a timeout or cancellation ends every process
+//! it started (SIGTERM, then SIGKILL after a grace period).
+
+use super::{OutputSink, TaskResult};
+use crate::WorkerConfig;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use shoal_shared::messages::TaskMessage;
+use shoal_shared::{Outcome, OutputStream};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// Time between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Longest output line kept; longer lines are cut.
+const MAX_LINE: usize = 64 * 1024;
+
+pub(super) async fn run(
+    task: &TaskMessage,
+    script: &str,
+    shell: &str,
+    config: &WorkerConfig,
+    sink: &OutputSink,
+    kill: &CancellationToken,
+) -> TaskResult {
+    let dir = config
+        .work_dir
+        .join("tasks")
+        .join(format!("{}-{}", task.task, task.attempt));
+    let result = run_in(task, script, shell, config, sink, kill, &dir).await;
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+        tracing::debug!(error = %e, dir = %dir.display(), "task directory not removed");
+    }
+    result
+}
+
+async fn run_in(
+    task: &TaskMessage,
+    script: &str,
+    shell: &str,
+    config: &WorkerConfig,
+    sink: &OutputSink,
+    kill: &CancellationToken,
+    dir: &std::path::Path,
+) -> TaskResult {
+    if let Err(e) = tokio::fs::create_dir_all(dir).await {
+        return TaskResult::failed(format!(
+            "cannot create task directory {}: {e}",
+            dir.display()
+        ));
+    }
+    let path = dir.join("script.sh");
+    if let Err(e) = tokio::fs::write(&path, script).await {
+        return TaskResult::failed(format!("cannot write script to {}: {e}", path.display()));
+    }
+    let mut cmd = Command::new(shell);
+    cmd.arg(&path)
+        .current_dir(dir)
+        .envs(&task.variables)
+        .env("SHOAL_DEPLOYMENT_ID", task.deployment.to_string())
+        .env("SHOAL_TASK_ID", task.task.to_string())
+        .env("SHOAL_STEP", &task.step_name)
+        .env(
+            "SHOAL_TARGET",
+            task.target.as_ref().map_or("", |t| t.as_str()),
+        )
+        .env(
+            "SHOAL_TARGET_ENDPOINT",
+            task.endpoint.as_deref().unwrap_or(""),
+        )
+        .env("SHOAL_POOL", task.pool.as_str())
+        .env("SHOAL_WORKER", config.name.as_str())
+        .env(
+            "SHOAL_REGION",
+            config.region.as_ref().map_or("", |r| r.as_str()),
+        )
+        .env("SHOAL_ATTEMPT", task.attempt.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return TaskResult::failed(format!("cannot start {shell}: {e}")),
+    };
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw);
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let readers = async {
+        tokio::join!(
+            read_lines(stdout, OutputStream::Stdout, sink),
+            read_lines(stderr, OutputStream::Stderr, sink)
+        );
+    };
+    let timeout = task.timeout_secs.map(Duration::from_secs);
+    let supervise = async {
+        let ended = tokio::select! {
+            status = child.wait() => Ended::Exited(status),
+            () = sleep_opt(timeout) => Ended::TimedOut,
+            () = kill.cancelled() => Ended::Interrupted,
+        };
+        // Whatever happened, no process of this step outlives it.
+        if let Some(pgid) = pgid {
+            if !matches!(ended, Ended::Exited(_)) {
+                let _ = killpg(pgid, Signal::SIGTERM);
+                tokio::select! {
+                    _ = child.wait() => {}
+                    () = tokio::time::sleep(KILL_GRACE) => {}
+                }
+            }
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+        let _ = child.wait().await;
+        ended
+    };
+    let (ended, ()) = tokio::join!(supervise, readers);
+    match ended {
+        Ended::Exited(Ok(status)) => {
+            let code = status.code();
+            if status.success() {
+                TaskResult {
+                    outcome: Outcome::Succeeded,
+                    exit_code: code,
+                    reason: None,
+                    interrupted: false,
+                }
+            } else {
+                let reason = match code {
+                    Some(c) => format!("script exited with code {c}"),
+                    None => "script was killed by a signal".to_owned(),
+                };
+                TaskResult {
+                    outcome: Outcome::Failed,
+                    exit_code: code,
+                    reason: Some(reason),
+                    interrupted: false,
+                }
+            }
+        }
+        Ended::Exited(Err(e)) => {
+            TaskResult::failed(format!("lost track of the script process: {e}"))
+        }
+        Ended::TimedOut => TaskResult {
+            outcome: Outcome::TimedOut,
+            exit_code: None,
+            reason: Some(format!(
+                "timed out after {} s; its processes were terminated",
+                task.timeout_secs.unwrap_or(0)
+            )),
+            interrupted: false,
+        },
+        Ended::Interrupted => TaskResult {
+            outcome: Outcome::Cancelled,
+            exit_code: None,
+            reason: Some("the worker stopped before the task ended".to_owned()),
+            interrupted: true,
+        },
+    }
+}
+
+enum Ended {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    Interrupted,
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_lines<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    stream: OutputStream,
+    sink: &OutputSink,
+) {
+    let Some(pipe) = pipe else { return };
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                }
+                if buf.last() == Some(&b'\r') {
+                    buf.pop();
+                }
+                buf.truncate(MAX_LINE);
+                sink.line(stream, String::from_utf8_lossy(&buf).into_owned())
+                    .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Heartbeats on core NATS: liveness and load, never facts that must not be lost.
+
+use crate::WorkerConfig;
+use shoal_shared::messages::{Heartbeat, WIRE_SCHEMA_VERSION};
+use shoal_shared::{Timestamp, codec};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Publishes a heartbeat every interval until shutdown.
+pub async fn run(
+    client: async_nats::Client,
+    config: WorkerConfig,
+    slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
+    let subject = config.subjects.heartbeat(&config.pool, &config.name);
+    let mut tick = tokio::time::interval(config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
+        let beat = Heartbeat {
+            schema_version: WIRE_SCHEMA_VERSION,
+            worker: config.name.clone(),
+            pool: config.pool.clone(),
+            region: config.region.clone(),
+            slots: config.slots,
+            busy: config.slots.saturating_sub(free),
+            interval_ms: u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
+            sent_at: Timestamp::now(),
+        };
+        match codec::encode(&beat) {
+            Ok(bytes) => {
+                if let Err(e) = client.publish(subject.clone(), bytes.into()).await {
+                    tracing::debug!(error = %e, "heartbeat not sent");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode heartbeat"),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! shoal-worker: joins exactly one pool, connects outbound only to NATS, pulls that pool's
+//! tasks only while it has a free slot, runs them, and reports every fact to the planner.
+//!
+//! The same code runs as the `shoal-worker` binary and as the planner's built-in worker.
+#![forbid(unsafe_code)]
+
+pub mod execute;
+pub mod heartbeat;
+pub mod nats;
+pub mod pull;
+pub mod report;
+
+use shoal_shared::subjects::Subjects;
+use shoal_shared::{PoolName, RegionName, WorkerName};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub name: WorkerName,
+    pub pool: PoolName,
+    pub region: Option<RegionName>,
+    /// Tasks run at once.
+    pub slots: u32,
+    /// Per-task directories are made under `<work_dir>/tasks`.
+    pub work_dir: PathBuf,
+    pub subjects: Subjects,
+    /// How often the worker says it is alive.
+    pub heartbeat_interval: Duration,
+    /// How often a running task's message is kept alive (must be well under the consumer's
+    /// ack wait).
+    pub progress_interval: Duration,
+    /// How long running tasks may finish after shutdown begins before they are stopped and
+    /// handed back to the pool.
+    pub drain_timeout: Duration,
+    /// JetStream domain of the hub, when the worker connects through a leaf node.
+    pub js_domain: Option<String>,
+}
+
+impl WorkerConfig {
+    /// A configuration with the defaults for everything but the identity.
+    pub fn new(name: WorkerName, pool: PoolName, work_dir: PathBuf) -> WorkerConfig {
+        WorkerConfig {
+            name,
+            pool,
+            region: None,
+            slots: 4,
+            work_dir,
+            subjects: Subjects::default(),
+            heartbeat_interval: Duration::from_secs(2),
+            progress_interval: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            js_domain: None,
+        }
+    }
+}
+
+/// Runs a worker on an already connected client until `shutdown` is cancelled; then it stops
+/// pulling, lets running tasks finish, says it left, and returns.
+///
+/// # Errors
+/// The work directory cannot be created.
+pub async fn run(
+    config: WorkerConfig,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(config.work_dir.join("tasks")).map_err(|e| {
+        anyhow::anyhow!("cannot create work dir {}: {e}", config.work_dir.display())
+    })?;
+    let js = match &config.js_domain {
+        Some(domain) => async_nats::jetstream::with_domain(client.clone(), domain),
+        None => async_nats::jetstream::new(client.clone()),
+    };
+    let reporter = report::Reporter::new(js.clone(), &config, shutdown.clone());
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(config.slots as usize));
+    tracing::info!(
+        worker = %config.name, pool = %config.pool, slots = config.slots,
+        "worker joining its pool"
+    );
+    reporter
+        .send(shoal_shared::messages::WorkerBody::Joined {
+            region: config.region.clone(),
+            slots: config.slots,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .await;
+    let beats = tokio::spawn(heartbeat::run(
+        client.clone(),
+        config.clone(),
+        slots.clone(),
+        shutdown.clone(),
+    ));
+    pull::run(&config, js, reporter.clone(), slots, shutdown).await;
+    beats.abort();
+    reporter
+        .send_final(shoal_shared::messages::WorkerBody::Left {
+            reason: "shut down".to_owned(),
+        })
+        .await;
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "could not flush the connection on shutdown");
+    }
+    tracing::info!(worker = %config.name, "worker stopped");
+    Ok(())
+}

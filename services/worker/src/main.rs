@@ -1,0 +1,97 @@
+//! `shoal-worker`: joins one pool and runs its tasks. Opens no port.
+
+use clap::Parser;
+use shoal_shared::subjects::Subjects;
+use shoal_shared::{PoolName, RegionName, WorkerName};
+use shoal_worker::WorkerConfig;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Runs shoal deployment steps for one worker pool.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-worker", version)]
+struct Args {
+    /// NATS server to connect to (outbound only).
+    #[arg(long, env = "SHOAL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// The pool this worker serves.
+    #[arg(long, env = "SHOAL_POOL", default_value = "default")]
+    pool: PoolName,
+    /// The region the worker is in (informational).
+    #[arg(long, env = "SHOAL_REGION")]
+    region: Option<RegionName>,
+    /// Unique worker name; defaults to the host name plus a short random suffix.
+    #[arg(long, env = "SHOAL_WORKER_NAME")]
+    name: Option<WorkerName>,
+    /// Tasks run at once.
+    #[arg(long, env = "SHOAL_SLOTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    slots: u32,
+    /// Directory for per-task working directories.
+    #[arg(long, env = "SHOAL_WORK_DIR", default_value = "./shoal-work")]
+    work_dir: PathBuf,
+    /// Subject prefix of the installation.
+    #[arg(long, env = "SHOAL_SUBJECT_PREFIX", default_value = "shoal")]
+    subject_prefix: String,
+    /// Seconds between heartbeats.
+    #[arg(long, env = "SHOAL_HEARTBEAT_SECS", default_value_t = 2)]
+    heartbeat_secs: u64,
+    /// Seconds running tasks may take to finish on SIGTERM before they are handed back.
+    #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value_t = 30)]
+    drain_timeout: u64,
+    /// JetStream domain of the hub, when connecting through a leaf node.
+    #[arg(long, env = "SHOAL_JS_DOMAIN")]
+    js_domain: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,async_nats=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let subjects = Subjects::new(&args.subject_prefix)?;
+    let name = args.name.unwrap_or_else(|| {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        WorkerName::from_host(&host, &suffix[..6])
+    });
+    let mut config = WorkerConfig::new(name.clone(), args.pool.clone(), args.work_dir);
+    config.region = args.region;
+    config.slots = args.slots;
+    config.heartbeat_interval = Duration::from_secs(args.heartbeat_secs.max(1));
+    config.drain_timeout = Duration::from_secs(args.drain_timeout);
+    config.js_domain = args.js_domain;
+    config.subjects = subjects.clone();
+    let client = shoal_worker::nats::connect(
+        &args.nats_url,
+        name.as_str(),
+        Some(subjects.pool_inbox_prefix(&args.pool)),
+    )
+    .await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    shoal_worker::run(config, client, shutdown).await
+}
+
+async fn signal_shutdown(token: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown requested: no new tasks; finishing running ones");
+    token.cancel();
+}
