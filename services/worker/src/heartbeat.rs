@@ -4,14 +4,14 @@ use crate::WorkerConfig;
 use shoal_shared::messages::{Heartbeat, WIRE_SCHEMA_VERSION};
 use shoal_shared::{Timestamp, codec};
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicU32, Ordering};
 use tokio_util::sync::CancellationToken;
 
 /// Publishes a heartbeat every interval until shutdown.
 pub async fn run(
     client: async_nats::Client,
     config: WorkerConfig,
-    slots: Arc<Semaphore>,
+    running: Arc<AtomicU32>,
     shutdown: CancellationToken,
 ) {
     let subject = config.subjects.heartbeat(&config.pool, &config.name);
@@ -22,14 +22,13 @@ pub async fn run(
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
         let beat = Heartbeat {
             schema_version: WIRE_SCHEMA_VERSION,
             worker: config.name.clone(),
             pool: config.pool.clone(),
             region: config.region.clone(),
             slots: config.slots,
-            busy: config.slots.saturating_sub(free),
+            busy: running.load(Ordering::Relaxed),
             interval_ms: u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
             sent_at: Timestamp::now(),
         };

@@ -87,13 +87,14 @@ pub async fn run(
             version: env!("CARGO_PKG_VERSION").to_owned(),
         })
         .await;
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let beats = tokio::spawn(heartbeat::run(
         client.clone(),
         config.clone(),
-        slots.clone(),
+        running.clone(),
         shutdown.clone(),
     ));
-    pull::run(&config, js, reporter.clone(), slots, shutdown).await;
+    pull::run(&config, js, reporter.clone(), slots, running, shutdown).await;
     beats.abort();
     reporter
         .send_final(shoal_shared::messages::WorkerBody::Left {

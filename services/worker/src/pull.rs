@@ -9,6 +9,7 @@ use futures::StreamExt;
 use shoal_shared::codec;
 use shoal_shared::messages::{TaskMessage, WorkerBody};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,7 @@ pub async fn run(
     js: jetstream::Context,
     reporter: Reporter,
     slots: Arc<Semaphore>,
+    running: Arc<AtomicU32>,
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
@@ -74,7 +76,7 @@ pub async fn run(
                             msg,
                             config.clone(),
                             reporter.clone(),
-                            permit,
+                            (permit, Busy::new(&running)),
                             kill.clone(),
                         ));
                     }
@@ -152,7 +154,7 @@ async fn handle(
     msg: jetstream::Message,
     config: Arc<WorkerConfig>,
     reporter: Reporter,
-    _slot: OwnedSemaphorePermit,
+    _slot: (OwnedSemaphorePermit, Busy),
     kill: CancellationToken,
 ) {
     let task: TaskMessage = match codec::decode("task message", &msg.payload) {
@@ -217,5 +219,21 @@ async fn handle(
         }
     } else {
         let _ = msg.ack_with(AckKind::Nak(None)).await;
+    }
+}
+
+/// Counts a running task for heartbeats while it lives.
+struct Busy(Arc<AtomicU32>);
+
+impl Busy {
+    fn new(running: &Arc<AtomicU32>) -> Busy {
+        running.fetch_add(1, Ordering::Relaxed);
+        Busy(running.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

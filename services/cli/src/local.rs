@@ -1,0 +1,353 @@
+//! A local shoal installation made of real processes: `nats-server` on a free port with its
+//! own store dir, the planner and workers. Used by `shoal demo` and by the end-to-end tests,
+//! which stop, kill and restart its parts.
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// Where nats-server is looked for besides `PATH`.
+const NATS_SERVER_PATHS: [&str; 2] = ["/usr/sbin/nats-server", "/usr/bin/nats-server"];
+
+/// How to install nats-server, for error messages.
+pub const NATS_INSTALL_HINT: &str = "nats-server is not installed: install it with `sudo apt-get install -y nats-server` \
+     (Debian/Ubuntu) or from https://github.com/nats-io/nats-server/releases, then run this again";
+
+/// Finds the `nats-server` binary.
+///
+/// # Errors
+/// Not on `PATH` nor in the usual places; the message says how to install it.
+pub fn find_nats_server() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    NATS_SERVER_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!(NATS_INSTALL_HINT))
+}
+
+/// Finds a shoal binary (`shoal-planner`, `shoal-worker`) next to the running executable or
+/// one directory up (test executables live in `target/<profile>/deps`).
+///
+/// # Errors
+/// Not built; the message says how to build it.
+pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("SHOAL_BIN_DIR") {
+        let p = PathBuf::from(dir).join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let exe = std::env::current_exe().context("cannot find the running executable")?;
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let candidate = d.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent().map(Path::to_path_buf);
+    }
+    bail!(
+        "{name} not found next to {}; build every binary first with `cargo build --release` \
+         (or `cargo build` for debug builds), or set SHOAL_BIN_DIR",
+        exe.display()
+    )
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests on one machine).
+///
+/// # Errors
+/// No port could be bound.
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Waits until something accepts connections on `port`.
+///
+/// # Errors
+/// Nothing listened within `timeout`.
+pub async fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A child process with its output in a log file.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program args…`, output to `<log_dir>/<name>.log`.
+    ///
+    /// # Errors
+    /// The program cannot be started.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log_dir: &Path,
+    ) -> anyhow::Result<Proc> {
+        std::fs::create_dir_all(log_dir)?;
+        let log = log_dir.join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(program)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,async_nats=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: Signal) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` (SIGKILL after that).
+    ///
+    /// # Errors
+    /// Waiting failed.
+    pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal(Signal::SIGTERM);
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                self.child.kill().await?;
+                bail!(
+                    "{} did not stop within {timeout:?} of SIGTERM; killed it",
+                    self.name
+                )
+            }
+        }
+    }
+
+    /// SIGKILL, and waits for it to be gone.
+    ///
+    /// # Errors
+    /// Waiting failed.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// Whether it has exited, and how.
+    ///
+    /// # Errors
+    /// Waiting failed.
+    pub fn try_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// The process's output so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A nats-server with JetStream on a free port and a store dir of its own.
+#[derive(Debug)]
+pub struct Nats {
+    pub port: u16,
+    pub store: PathBuf,
+    log_dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Nats {
+    /// Starts nats-server and waits until it accepts connections.
+    ///
+    /// # Errors
+    /// nats-server is missing or does not come up.
+    pub async fn start(dir: &Path) -> anyhow::Result<Nats> {
+        let mut nats = Nats {
+            port: free_port()?,
+            store: dir.join("nats-store"),
+            log_dir: dir.join("logs"),
+            proc: None,
+        };
+        nats.restart().await?;
+        Ok(nats)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again (same port, same store) after a stop or kill.
+    ///
+    /// # Errors
+    /// It does not come up.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let bin = find_nats_server()?;
+        let args: Vec<String> = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            self.port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            self.store.display().to_string(),
+        ];
+        self.proc = Some(Proc::spawn("nats-server", &bin, &args, &self.log_dir)?);
+        wait_for_port(self.port, Duration::from_secs(10)).await
+    }
+
+    /// Stops it cleanly.
+    ///
+    /// # Errors
+    /// It did not stop.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate(Duration::from_secs(10)).await?;
+        }
+        Ok(())
+    }
+
+    /// Kills it (SIGKILL).
+    ///
+    /// # Errors
+    /// Waiting failed.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            p.kill().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Arguments of a planner process.
+pub fn planner_args(
+    nats_url: &str,
+    data_dir: &Path,
+    http_port: u16,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args = vec![
+        "--nats-url".to_owned(),
+        nats_url.to_owned(),
+        "--data-dir".to_owned(),
+        data_dir.display().to_string(),
+        "--http-addr".to_owned(),
+        format!("127.0.0.1:{http_port}"),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+/// Starts a planner and waits until its API answers.
+///
+/// # Errors
+/// The binary is missing or the planner does not come up (its log is in the error).
+pub async fn start_planner(
+    log_dir: &Path,
+    nats_url: &str,
+    data_dir: &Path,
+    http_port: u16,
+    extra: &[&str],
+) -> anyhow::Result<Proc> {
+    let bin = find_binary("shoal-planner")?;
+    let mut p = Proc::spawn(
+        "planner",
+        &bin,
+        &planner_args(nats_url, data_dir, http_port, extra),
+        log_dir,
+    )?;
+    let client = crate::client::ApiClient::new(&format!("http://127.0.0.1:{http_port}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if client.get("/api/pools").await.is_ok() {
+            return Ok(p);
+        }
+        if let Some(status) = p.try_status()? {
+            bail!(
+                "planner exited with {status} before it was ready:\n{}",
+                p.output()
+            );
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("planner not ready after 30 s:\n{}", p.output());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts a worker process of `pool` named `name`.
+///
+/// # Errors
+/// The binary is missing or cannot be started.
+pub fn start_worker(
+    log_dir: &Path,
+    nats_url: &str,
+    name: &str,
+    pool: &str,
+    region: Option<&str>,
+    work_dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Proc> {
+    let bin = find_binary("shoal-worker")?;
+    let mut args = vec![
+        "--nats-url".to_owned(),
+        nats_url.to_owned(),
+        "--name".to_owned(),
+        name.to_owned(),
+        "--pool".to_owned(),
+        pool.to_owned(),
+        "--work-dir".to_owned(),
+        work_dir.display().to_string(),
+    ];
+    if let Some(r) = region {
+        args.push("--region".to_owned());
+        args.push(r.to_owned());
+    }
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Proc::spawn(name, &bin, &args, log_dir)
+}
