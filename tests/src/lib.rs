@@ -1,0 +1,327 @@
+//! Harness of the end-to-end tests: a [`Cluster`] of real processes (nats-server on a random
+//! port with its own store dir, the planner, workers) in a temp dir, with helpers that poll
+//! the API with deadlines instead of sleeping. On a failing test the processes' logs are
+//! printed.
+#![forbid(unsafe_code)]
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use shoal_cli::client::{ApiClient, ClientError};
+use shoal_cli::local::{self, Nats, Proc};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use serde_json;
+
+/// Default deadline of a wait.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Real processes of one shoal installation.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nats: Nats,
+    pub planner: Option<Proc>,
+    pub api: ApiClient,
+    pub http_port: u16,
+    pub workers: Vec<Proc>,
+    planner_args: Vec<String>,
+}
+
+impl Cluster {
+    /// nats-server and a planner started with `planner_args` (e.g. `--no-builtin-worker`).
+    ///
+    /// # Errors
+    /// A part did not come up.
+    pub async fn start(planner_args: &[&str]) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("shoal-e2e-").tempdir()?;
+        let nats = Nats::start(dir.path()).await?;
+        let http_port = local::free_port()?;
+        let mut c = Cluster {
+            api: ApiClient::new(&format!("http://127.0.0.1:{http_port}")),
+            dir,
+            nats,
+            planner: None,
+            http_port,
+            workers: Vec::new(),
+            planner_args: planner_args.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        c.start_planner().await?;
+        Ok(c)
+    }
+
+    /// The planner's data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("planner-data")
+    }
+
+    fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// Starts the planner (again) on the same data dir and port.
+    ///
+    /// # Errors
+    /// It did not come up.
+    pub async fn start_planner(&mut self) -> anyhow::Result<()> {
+        let args: Vec<&str> = self.planner_args.iter().map(String::as_str).collect();
+        let p = local::start_planner(
+            &self.logs(),
+            &self.nats.url(),
+            &self.data_dir(),
+            self.http_port,
+            &args,
+        )
+        .await?;
+        self.planner = Some(p);
+        Ok(())
+    }
+
+    /// Stops the planner with SIGTERM and checks it exited 0.
+    ///
+    /// # Errors
+    /// It did not stop cleanly.
+    pub async fn stop_planner(&mut self) -> anyhow::Result<()> {
+        if let Some(mut p) = self.planner.take() {
+            let status = p.terminate(Duration::from_secs(30)).await?;
+            if !status.success() {
+                bail!("planner exited with {status}:\n{}", p.output());
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a pool.
+    ///
+    /// # Errors
+    /// The API refused.
+    pub async fn pool(&self, name: &str, region: &str) -> anyhow::Result<()> {
+        self.api
+            .post("/api/pools", &json!({"name": name, "region": region}))
+            .await?;
+        Ok(())
+    }
+
+    /// Registers a target.
+    ///
+    /// # Errors
+    /// The API refused.
+    pub async fn target(
+        &self,
+        name: &str,
+        env: &str,
+        roles: &[&str],
+        default_pool: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.api
+            .post(
+                "/api/targets",
+                &json!({"name": name, "kind": "azure-web-app", "environment": env, "roles": roles,
+                        "endpoint": format!("https://{name}.example.invalid"), "default_pool": default_pool}),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Starts a worker process.
+    ///
+    /// # Errors
+    /// It could not be started.
+    pub fn worker(
+        &mut self,
+        name: &str,
+        pool: &str,
+        region: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
+        let work = self.dir.path().join("work").join(name);
+        let p = local::start_worker(
+            &self.logs(),
+            &self.nats.url(),
+            name,
+            pool,
+            Some(region),
+            &work,
+            extra,
+        )?;
+        self.workers.push(p);
+        Ok(())
+    }
+
+    /// Waits until every named worker is online.
+    ///
+    /// # Errors
+    /// Not all came online in time.
+    pub async fn wait_online(&self, names: &[&str]) -> anyhow::Result<Value> {
+        self.wait_for("workers online", WAIT, || async {
+            let workers = self.api.get("/api/workers").await?;
+            let online = |n: &str| {
+                workers
+                    .as_array()
+                    .is_some_and(|ws| ws.iter().any(|w| w["name"] == n && w["status"] == "online"))
+            };
+            Ok(names.iter().all(|n| online(n)).then_some(workers))
+        })
+        .await
+    }
+
+    /// Submits a deployment and returns its id.
+    ///
+    /// # Errors
+    /// The API refused.
+    pub async fn deploy(&self, body: &Value) -> anyhow::Result<String> {
+        let created = self.api.post("/api/deployments", body).await?;
+        Ok(created["id"]
+            .as_str()
+            .context("no id in answer")?
+            .to_owned())
+    }
+
+    /// Waits until a deployment ends and returns it.
+    ///
+    /// # Errors
+    /// It did not end within `timeout`.
+    pub async fn finished(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
+        self.wait_for("deployment finished", timeout, || async {
+            let d = self.api.get(&format!("/api/deployments/{id}")).await?;
+            Ok(matches!(
+                d["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+            .then_some(d))
+        })
+        .await
+    }
+
+    /// Polls `check` until it yields a value or the deadline passes.
+    ///
+    /// # Errors
+    /// The deadline passed (the last error, if any, is in the message).
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last_err = None;
+        loop {
+            match check().await {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => {}
+                Err(e) => last_err = Some(e),
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for {what} (last error: {last_err:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs `shoal-planner replay` on the data dir: (exit success, stdout + stderr).
+    ///
+    /// # Errors
+    /// The binary could not be run.
+    pub fn replay(&self) -> anyhow::Result<(bool, String)> {
+        run_binary(
+            "shoal-planner",
+            &[
+                "replay",
+                "--data-dir",
+                &self.data_dir().display().to_string(),
+            ],
+        )
+    }
+
+    /// Runs the `shoal` CLI against this cluster: (exit success, stdout + stderr).
+    ///
+    /// # Errors
+    /// The binary could not be run.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<(bool, String)> {
+        let mut all = vec!["--api", self.api.base()];
+        all.extend_from_slice(args);
+        run_binary("shoal", &all)
+    }
+
+    /// Writes a file into the cluster's temp dir.
+    ///
+    /// # Errors
+    /// The file could not be written.
+    pub fn write_file(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut procs: Vec<&Proc> = self.workers.iter().collect();
+            procs.extend(self.planner.iter());
+            for p in procs {
+                eprintln!("----- {} log -----\n{}", p.name, tail(&p.output(), 200));
+            }
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs a shoal binary to its end.
+///
+/// # Errors
+/// It could not be run.
+pub fn run_binary(name: &str, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let out = std::process::Command::new(local::find_binary(name)?)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), text))
+}
+
+/// The tasks of a deployment, flattened: (step name, task).
+pub fn tasks(d: &Value) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for s in d["steps"].as_array().into_iter().flatten() {
+        for t in s["tasks"].as_array().into_iter().flatten() {
+            out.push((s["name"].as_str().unwrap_or_default().to_owned(), t.clone()));
+        }
+    }
+    out
+}
+
+/// Asserts an API call failed with `status` and a message containing every `parts`.
+///
+/// # Panics
+/// When it did not.
+pub fn assert_api_error(result: Result<Value, ClientError>, status: u16, parts: &[&str]) {
+    match result {
+        Ok(v) => panic!("expected HTTP {status}, got success: {v}"),
+        Err(e) => {
+            assert_eq!(e.status(), Some(status), "wrong status for error: {e}");
+            let text = e.to_string();
+            for p in parts {
+                assert!(text.contains(p), "error {text:?} does not mention {p:?}");
+            }
+        }
+    }
+}
+
+/// Whether a process id is alive.
+pub fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Reads a file if it exists.
+pub fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}

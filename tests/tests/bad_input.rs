@@ -1,0 +1,206 @@
+//! Every bad request gets a 4xx naming the problem and, where it helps, the known values.
+
+use shoal_e2e::serde_json::json;
+use shoal_e2e::{Cluster, assert_api_error};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_with_a_reason() -> anyhow::Result<()> {
+    let c = Cluster::start(&["--no-builtin-worker"]).await?;
+    let api = &c.api;
+    c.pool("eu-west", "eu").await?;
+    c.target("web-1", "prod", &["web"], Some("eu-west")).await?;
+
+    // Pools.
+    assert_api_error(
+        api.post("/api/pools", &json!({"name": "eu-west"})).await,
+        400,
+        &["already exists"],
+    );
+    assert_api_error(
+        api.post("/api/pools", &json!({"name": "EU West"})).await,
+        400,
+        &["name", "pool name \"EU West\" contains"],
+    );
+    assert_api_error(
+        api.post("/api/pools", &json!({"name": "a.b"})).await,
+        400,
+        &["contains '.'"],
+    );
+    assert_api_error(
+        api.post("/api/pools", &json!({"nam": "x"})).await,
+        400,
+        &["unknown field `nam`"],
+    );
+    assert_api_error(
+        api.post_raw("/api/pools", "{\"name\": ").await,
+        400,
+        &["malformed JSON"],
+    );
+
+    // Targets.
+    let target = |name: &str, kind: &str, pool: Option<&str>| json!({"name": name, "kind": kind, "environment": "prod", "roles": ["web"], "default_pool": pool});
+    assert_api_error(
+        api.post("/api/targets", &target("web-1", "ssh", None))
+            .await,
+        400,
+        &["target \"web-1\" already exists"],
+    );
+    assert_api_error(
+        api.post("/api/targets", &target("web-2", "ssh", Some("eu-wset")))
+            .await,
+        400,
+        &[
+            "default_pool",
+            "unknown pool \"eu-wset\"",
+            "known: default, eu-west",
+        ],
+    );
+    assert_api_error(
+        api.post("/api/targets", &target("web-2", "mainframe", None))
+            .await,
+        400,
+        &["kind", "mainframe", "azure-web-app"],
+    );
+    assert_api_error(
+        api.post("/api/targets", &json!({"name": "web-2", "kind": "ssh"}))
+            .await,
+        400,
+        &["environment"],
+    );
+    assert_api_error(
+        api.put("/api/targets/nope", &json!({"default_pool": null}))
+            .await,
+        404,
+        &["unknown target \"nope\"", "web-1"],
+    );
+    assert_api_error(
+        api.put("/api/targets/web-1", &json!({"default_pool": "mars"}))
+            .await,
+        400,
+        &["unknown pool \"mars\""],
+    );
+    assert_api_error(api.get("/api/targets/nope").await, 404, &["unknown target"]);
+
+    // Deployments.
+    let step =
+        json!({"name": "s", "roles": ["web"], "action": {"type": "script", "script": "true"}});
+    let deployment = |env: &str, steps: serde_json::Value| json!({"project": "p", "environment": env, "steps": steps});
+    assert_api_error(
+        api.post("/api/deployments", &deployment("qa", json!([step])))
+            .await,
+        400,
+        &["environment", "unknown environment \"qa\"", "known: prod"],
+    );
+    let mut bad = step.clone();
+    bad["pool"] = json!("eu-wset");
+    assert_api_error(
+        api.post("/api/deployments", &deployment("prod", json!([bad])))
+            .await,
+        400,
+        &[
+            "steps[0].pool",
+            "unknown pool \"eu-wset\"",
+            "known: default, eu-west",
+        ],
+    );
+    let mut bad = step.clone();
+    bad["roles"] = json!(["db"]);
+    bad["name"] = json!("s2");
+    assert_api_error(
+        api.post("/api/deployments", &deployment("prod", json!([step, bad])))
+            .await,
+        400,
+        &[
+            "steps[1].roles",
+            "no target in environment \"prod\"",
+            "[db]",
+            "roles there: web",
+        ],
+    );
+    assert_api_error(
+        api.post("/api/deployments", &deployment("prod", json!([step, step])))
+            .await,
+        400,
+        &["steps[1].name", "duplicate step name"],
+    );
+    assert_api_error(
+        api.post("/api/deployments", &deployment("prod", json!([])))
+            .await,
+        400,
+        &["steps", "at least one step"],
+    );
+    let mut bad = step.clone();
+    bad["action"] = json!({"type": "teleport"});
+    assert_api_error(
+        api.post("/api/deployments", &deployment("prod", json!([bad])))
+            .await,
+        400,
+        &["steps[0].action", "teleport"],
+    );
+    let mut bad = step.clone();
+    bad["poool"] = json!("eu-west");
+    assert_api_error(
+        api.post("/api/deployments", &deployment("prod", json!([bad])))
+            .await,
+        400,
+        &["steps[0]", "unknown field `poool`"],
+    );
+    let mut bad = step.clone();
+    bad["variables"] = json!({"1X": "y"});
+    assert_api_error(
+        api.post("/api/deployments", &deployment("prod", json!([bad])))
+            .await,
+        400,
+        &["steps[0].variables", "\"1X\""],
+    );
+    let mut bad = step.clone();
+    bad["timeout_secs"] = json!(0);
+    assert_api_error(
+        api.post("/api/deployments", &deployment("prod", json!([bad])))
+            .await,
+        400,
+        &["steps[0].timeout_secs"],
+    );
+    assert_api_error(
+        api.post_raw("/api/deployments", "not json").await,
+        400,
+        &["malformed JSON"],
+    );
+    assert_api_error(
+        api.get("/api/deployments/not-a-uuid").await,
+        400,
+        &["not a deployment id"],
+    );
+    assert_api_error(
+        api.get("/api/deployments/01a21e5c-0e05-731f-ae1c-566ed3017702")
+            .await,
+        404,
+        &["unknown deployment"],
+    );
+    assert_api_error(api.get("/api/events?limit=0").await, 400, &["limit"]);
+    assert_api_error(
+        api.get("/api/events?after=minus-one").await,
+        400,
+        &["after"],
+    );
+    assert_api_error(
+        api.get("/api/nothing-here").await,
+        404,
+        &["no such endpoint"],
+    );
+
+    // Nothing refused reached the log.
+    let events = api.get("/api/events?limit=1000").await?;
+    let types: Vec<&str> = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        ["PoolRegistered", "PoolRegistered", "TargetRegistered"],
+        "{types:?}"
+    );
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! How steps run: failures, exit codes, timeouts, ordering and parallelism.
+
+use shoal_e2e::serde_json::{Value, json};
+use shoal_e2e::{Cluster, WAIT, alive, tasks};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_script_fails_the_deployment_with_its_exit_code_and_later_steps_never_run()
+-> anyhow::Result<()> {
+    let c = Cluster::start(&[]).await?;
+    c.target("t1", "prod", &["web"], None).await?;
+    c.target("t2", "prod", &["web"], None).await?;
+    let id = c
+        .deploy(&json!({"project": "p", "environment": "prod", "steps": [
+            {"name": "breaks", "roles": ["web"], "action": {"type": "script",
+              "script": "echo about to fail; if [ \"$SHOAL_TARGET\" = t2 ]; then exit 7; fi"}},
+            {"name": "never", "action": {"type": "script", "script": "echo should not run"}}]}))
+        .await?;
+    let d = c.finished(&id, WAIT).await?;
+    assert_eq!(d["state"], "failed");
+    let reason = d["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("step \"breaks\"")
+            && reason.contains("t2")
+            && reason.contains("exit code 7"),
+        "{reason}"
+    );
+    let failed: Vec<Value> = tasks(&d)
+        .into_iter()
+        .map(|(_, t)| t)
+        .filter(|t| t["state"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["exit_code"], 7);
+    assert_eq!(failed[0]["target"], "t2");
+    assert_eq!(d["steps"][0]["state"], "failed");
+    assert_eq!(d["steps"][1]["state"], "pending");
+    assert_eq!(d["steps"][1]["tasks"][0]["state"], "pending");
+    assert!(d["steps"][1]["tasks"][0]["worker"].is_null());
+    // The failing task's output is kept.
+    let log = c
+        .api
+        .get(&format!(
+            "/api/deployments/{id}/tasks/{}/log",
+            failed[0]["id"].as_str().unwrap_or("")
+        ))
+        .await?;
+    assert_eq!(log["lines"][0]["line"], "about to fail");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_kills_the_scripts_whole_process_group() -> anyhow::Result<()> {
+    let c = Cluster::start(&[]).await?;
+    c.target("t1", "prod", &["web"], None).await?;
+    let pidfile = c.dir.path().join("child.pid");
+    let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+    let id = c
+        .deploy(&json!({"project": "p", "environment": "prod", "steps": [
+            {"name": "hangs", "timeout_secs": 1, "action": {"type": "script", "script": script}}]}))
+        .await?;
+    let d = c.finished(&id, WAIT).await?;
+    assert_eq!(d["state"], "failed");
+    let t = &d["steps"][0]["tasks"][0];
+    assert_eq!(t["state"], "timed_out", "{t:#}");
+    assert!(
+        t["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timed out after 1 s")
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
+    c.wait_for("background child to be gone", WAIT, || async {
+        Ok((!alive(pid)).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_run_in_order_and_max_parallel_bounds_a_step() -> anyhow::Result<()> {
+    let c = Cluster::start(&["--builtin-slots", "4"]).await?;
+    for i in 0..4 {
+        c.target(&format!("t{i}"), "prod", &["web"], None).await?;
+    }
+    let id = c
+        .deploy(&json!({"project": "p", "environment": "prod", "steps": [
+            {"name": "one-at-a-time", "roles": ["web"], "max_parallel": 1,
+             "action": {"type": "script", "script": "sleep 0.2"}},
+            {"name": "all-at-once", "roles": ["web"], "action": {"type": "script", "script": "sleep 0.2"}}]}))
+        .await?;
+    let d = c.finished(&id, WAIT).await?;
+    assert_eq!(d["state"], "succeeded");
+    let times = |step: usize| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = d["steps"][step]["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                (
+                    t["started_at"].as_str().unwrap_or("").to_owned(),
+                    t["finished_at"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let serial = times(0);
+    for pair in serial.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "max_parallel 1 overlapped: {pair:?}"
+        );
+    }
+    let parallel = times(1);
+    let last_serial_end = serial.iter().map(|t| t.1.clone()).max().unwrap_or_default();
+    assert!(
+        parallel.iter().all(|t| t.0 >= last_serial_end),
+        "step 2 started before step 1 ended"
+    );
+    assert!(
+        parallel.windows(2).any(|p| p[1].0 < p[0].1),
+        "unbounded step ran serially: {parallel:?}"
+    );
+    Ok(())
+}
