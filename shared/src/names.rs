@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn rejects_unsafe_tokens_with_the_reason() {
-        let e = PoolName::parse("eu.west").unwrap_err();
+        let e = PoolName::parse("eu.west").expect_err("refused");
         assert_eq!(
             e.to_string(),
             "pool name \"eu.west\" contains '.'; use only lowercase letters a-z, digits, '-' and '_'"

@@ -98,9 +98,7 @@ impl Reporter {
                 Ok(_) => return true,
                 Err(e) => {
                     let stopping = self.inner.shutdown.is_cancelled();
-                    if (stopping && !final_message)
-                        || (stopping && tokio::time::Instant::now() > give_up_at)
-                    {
+                    if stopping && (!final_message || tokio::time::Instant::now() > give_up_at) {
                         tracing::warn!(error = %e, "worker report not stored before shutdown");
                         return false;
                     }

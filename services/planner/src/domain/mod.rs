@@ -6,5 +6,73 @@ pub mod decide;
 pub mod react;
 pub mod state;
 
-pub use decide::{Command, Rejection};
+pub use decide::{Command, NewEvent, Rejection};
 pub use state::{Changes, DocKey, State};
+
+use shoal_shared::events::Event;
+use shoal_shared::{DeploymentId, EventId, PoolName};
+use std::collections::BTreeSet;
+
+/// Where a command's events go: the log writer, or a test's list. `append` must apply the
+/// event to the state it returns from `state`.
+pub trait EventSink {
+    type Error;
+    /// The state after every event appended so far.
+    fn state(&self) -> &State;
+    /// Appends and applies one event; `cause` is the event that led to it.
+    ///
+    /// # Errors
+    /// Whatever the sink cannot do (storage, for the writer).
+    fn append(&mut self, event: NewEvent, cause: Option<EventId>) -> Result<u64, Self::Error>;
+}
+
+/// Carries out a command: decides its events, appends them, and lets every deployment they
+/// touch advance as far as it can. Returns the sequence numbers appended, or the rejection.
+///
+/// # Errors
+/// The sink's own failure.
+pub fn handle<S: EventSink>(
+    sink: &mut S,
+    default_pool: &PoolName,
+    cmd: &Command,
+) -> Result<Result<Vec<u64>, Rejection>, S::Error> {
+    let events = match decide::decide(sink.state(), default_pool, cmd) {
+        Ok(events) => events,
+        Err(rejection) => return Ok(Err(rejection)),
+    };
+    let mut seqs = Vec::new();
+    let mut touched = BTreeSet::new();
+    for e in events {
+        let cause = e.id;
+        if let Some(d) = advances(&e.event) {
+            touched.insert(d);
+        }
+        seqs.push(sink.append(e, None)?);
+        for d in std::mem::take(&mut touched) {
+            loop {
+                let next = react::next_events(sink.state(), d);
+                if next.is_empty() {
+                    break;
+                }
+                for event in next {
+                    seqs.push(sink.append(NewEvent::new(event), Some(cause))?);
+                }
+            }
+        }
+    }
+    Ok(Ok(seqs))
+}
+
+/// The deployment whose progress an event can change: only these make the core look for
+/// the next events, so output and dispatch confirmations cost no scan of the step.
+fn advances(event: &Event) -> Option<DeploymentId> {
+    match event {
+        Event::DeploymentCreated { deployment, .. } | Event::TaskFinished { deployment, .. } => {
+            Some(*deployment)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -101,11 +101,11 @@ impl ProjTrees {
     }
 }
 
+/// One write to a projection tree: the tree, the key, and the value (`None`: remove).
+pub type ProjWrite = (Proj, Vec<u8>, Option<Vec<u8>>);
+
 /// Where a document lives, and its encoding (`None`: removed).
-pub fn doc_write(
-    state: &State,
-    key: &DocKey,
-) -> Result<(Proj, Vec<u8>, Option<Vec<u8>>), LogError> {
+pub fn doc_write(state: &State, key: &DocKey) -> Result<ProjWrite, LogError> {
     fn enc<T: serde::Serialize>(v: Option<&T>) -> Result<Option<Vec<u8>>, LogError> {
         Ok(v.map(codec::encode).transpose()?)
     }
@@ -178,7 +178,7 @@ pub struct Head {
 #[derive(Debug, Default)]
 pub struct BatchWrite {
     pub records: Vec<(u64, Vec<u8>, shoal_shared::EventId)>,
-    pub proj: Vec<(Proj, Vec<u8>, Option<Vec<u8>>)>,
+    pub proj: Vec<ProjWrite>,
     pub head: Head,
 }
 

@@ -5,14 +5,12 @@
 //! dispatcher.
 
 use super::{BatchWrite, EventLog, Head, LogError, doc_write, record_hash, row_write};
-use crate::domain::decide::{NewEvent, decide};
-use crate::domain::react::next_events;
-use crate::domain::{Changes, Command, Rejection, State};
+use crate::domain::{self, Changes, Command, EventSink, NewEvent, Rejection, State};
 use shoal_shared::codec;
 use shoal_shared::events::{Envelope, Event};
 use shoal_shared::messages::{TaskMessage, WIRE_SCHEMA_VERSION};
 use shoal_shared::{DeploymentId, EventId, PoolName, TaskId, Timestamp};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands taken into one transaction.
@@ -196,34 +194,17 @@ impl Writer {
                 duplicate: true,
             }));
         }
-        let events = match decide(&self.state, &self.default_pool, cmd) {
-            Ok(events) => events,
-            Err(rejection) => return Ok(Err(rejection)),
+        let default_pool = self.default_pool.clone();
+        let mut sink = BatchSink {
+            writer: self,
+            pending: p,
         };
-        let mut appended = Appended::default();
-        let mut touched = BTreeSet::new();
-        for e in events {
-            let cause = e.id;
-            if let Some(d) = advances(&e.event) {
-                touched.insert(d);
-            }
-            appended.seqs.push(self.append(e, None, p)?);
-            // Let each touched deployment advance as far as it can.
-            for d in std::mem::take(&mut touched) {
-                loop {
-                    let next = next_events(&self.state, d);
-                    if next.is_empty() {
-                        break;
-                    }
-                    for event in next {
-                        appended
-                            .seqs
-                            .push(self.append(NewEvent::new(event), Some(cause), p)?);
-                    }
-                }
-            }
-        }
-        Ok(Ok(appended))
+        Ok(
+            domain::handle(&mut sink, &default_pool, cmd)?.map(|seqs| Appended {
+                seqs,
+                duplicate: false,
+            }),
+        )
     }
 
     fn append(
@@ -295,14 +276,21 @@ impl Writer {
     }
 }
 
-/// The deployment whose progress an event can change: only these make the writer look for
-/// the next events, so output and dispatch confirmations cost no scan of the step.
-fn advances(event: &Event) -> Option<DeploymentId> {
-    match event {
-        Event::DeploymentCreated { deployment, .. } | Event::TaskFinished { deployment, .. } => {
-            Some(*deployment)
-        }
-        _ => None,
+/// The writer seen by the pure core while it handles one command of a batch.
+struct BatchSink<'a> {
+    writer: &'a mut Writer,
+    pending: &'a mut Pending,
+}
+
+impl EventSink for BatchSink<'_> {
+    type Error = LogError;
+
+    fn state(&self) -> &State {
+        &self.writer.state
+    }
+
+    fn append(&mut self, event: NewEvent, cause: Option<EventId>) -> Result<u64, LogError> {
+        self.writer.append(event, cause, self.pending)
     }
 }
 

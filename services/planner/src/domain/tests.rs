@@ -1,0 +1,418 @@
+//! Given/when/then tests of the pure core: commands against a state built from events.
+
+use super::decide::TargetUpdate;
+use super::{Changes, Command, EventSink, NewEvent, Rejection, State, handle};
+use shoal_shared::events::{Envelope, Event};
+use shoal_shared::messages::{WorkerBody, WorkerMessage};
+use shoal_shared::*;
+use std::convert::Infallible;
+
+/// An in-memory sink: applies events to a state and keeps them in order.
+#[derive(Default)]
+struct Memory {
+    state: State,
+    events: Vec<Event>,
+}
+
+impl EventSink for Memory {
+    type Error = Infallible;
+    fn state(&self) -> &State {
+        &self.state
+    }
+    fn append(&mut self, e: NewEvent, _: Option<EventId>) -> Result<u64, Infallible> {
+        let seq = self.events.len() as u64 + 1;
+        let env = Envelope {
+            seq,
+            event_id: e.id,
+            time: Timestamp(seq as i64),
+            stream: e.event.stream(),
+            event_type: e.event.event_type().into(),
+            schema_version: 1,
+            correlation_id: None,
+            causation_id: None,
+            payload: vec![],
+            prev_hash: vec![],
+        };
+        self.state.apply(&env, &e.event, &mut Changes::default());
+        self.events.push(e.event);
+        Ok(seq)
+    }
+}
+
+fn pool(s: &str) -> PoolName {
+    PoolName::parse(s).expect("valid")
+}
+
+fn default_pool() -> PoolName {
+    pool("default")
+}
+
+fn target(name: &str, roles: &[&str], default: Option<&str>) -> Target {
+    Target {
+        name: TargetName::parse(name).expect("valid"),
+        kind: TargetKind::AzureWebApp,
+        environment: EnvironmentName::parse("prod").expect("valid"),
+        roles: roles
+            .iter()
+            .map(|r| RoleName::parse(*r).expect("valid"))
+            .collect(),
+        endpoint: Some(format!("https://{name}")),
+        default_pool: default.map(pool),
+    }
+}
+
+fn step(name: &str, roles: &[&str], pool_name: Option<&str>) -> StepSpec {
+    StepSpec {
+        name: name.into(),
+        action: Action::Noop,
+        roles: roles
+            .iter()
+            .map(|r| RoleName::parse(*r).expect("valid"))
+            .collect(),
+        pool: pool_name.map(pool),
+        timeout_secs: None,
+        max_parallel: None,
+        variables: Default::default(),
+    }
+}
+
+/// Given: the default pool, pools eu-west and us-east, and targets.
+fn given(targets: &[Target]) -> Memory {
+    let mut m = Memory::default();
+    for cmd in [
+        Command::EnsureDefaultPool,
+        Command::RegisterPool(Pool {
+            name: pool("eu-west"),
+            region: None,
+            description: None,
+        }),
+        Command::RegisterPool(Pool {
+            name: pool("us-east"),
+            region: None,
+            description: None,
+        }),
+    ]
+    .into_iter()
+    .chain(targets.iter().cloned().map(Command::RegisterTarget))
+    {
+        when(&mut m, cmd).expect("given commands are valid");
+    }
+    m.events.clear();
+    m
+}
+
+fn when(m: &mut Memory, cmd: Command) -> Result<Vec<Event>, Rejection> {
+    let before = m.events.len();
+    match handle(m, &default_pool(), &cmd) {
+        Ok(r) => r.map(|_| m.events[before..].to_vec()),
+        Err(never) => match never {},
+    }
+}
+
+fn deploy(m: &mut Memory, steps: Vec<StepSpec>) -> (DeploymentId, Vec<Event>) {
+    let id = DeploymentId::new();
+    let spec = DeploymentSpec {
+        project: "p".into(),
+        environment: EnvironmentName::parse("prod").expect("valid"),
+        steps,
+    };
+    let events = when(m, Command::CreateDeployment { id, spec }).expect("valid deployment");
+    (id, events)
+}
+
+fn finish(m: &mut Memory, task: TaskId, outcome: Outcome, code: i32) -> Vec<Event> {
+    let t = m.state.tasks[&task].clone();
+    let report = WorkerMessage {
+        schema_version: 1,
+        event_id: EventId::new(),
+        worker: WorkerName::parse("w1").expect("valid"),
+        pool: t.pool.clone(),
+        sent_at: Timestamp(99),
+        body: WorkerBody::TaskFinished {
+            deployment: t.deployment,
+            task,
+            attempt: t.attempt,
+            outcome,
+            exit_code: Some(code),
+            reason: None,
+        },
+    };
+    when(m, Command::WorkerReport(report)).expect("reports are never rejected")
+}
+
+fn planned(events: &[Event]) -> Vec<(TaskId, PoolName, PoolRule)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::TaskPlanned {
+                task, pool, rule, ..
+            } => Some((*task, pool.clone(), *rule)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_deployment_records_every_routing_decision_and_plans_its_first_step() {
+    let mut m = given(&[
+        target("eu", &["web"], Some("eu-west")),
+        target("plain", &["web"], None),
+    ]);
+    let (id, events) = deploy(
+        &mut m,
+        vec![
+            step("a", &["web"], None),
+            step("b", &["web"], Some("us-east")),
+        ],
+    );
+    let Event::DeploymentCreated { steps, .. } = &events[0] else {
+        panic!("{events:?}")
+    };
+    let routes: Vec<(Option<String>, String, PoolRule)> = steps
+        .iter()
+        .flat_map(|s| &s.tasks)
+        .map(|t| {
+            (
+                t.target.as_ref().map(|t| t.to_string()),
+                t.pool.to_string(),
+                t.rule,
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            (Some("eu".into()), "eu-west".into(), PoolRule::TargetDefault),
+            (
+                Some("plain".into()),
+                "default".into(),
+                PoolRule::GlobalDefault
+            ),
+            (Some("eu".into()), "us-east".into(), PoolRule::Step),
+            (Some("plain".into()), "us-east".into(), PoolRule::Step),
+        ]
+    );
+    assert!(matches!(events[1], Event::DeploymentStarted { .. }));
+    assert!(matches!(events[2], Event::StepStarted { step: 0, .. }));
+    assert_eq!(planned(&events).len(), 2, "only the first step is planned");
+    assert_eq!(m.state.deployments[&id].state, DeploymentState::Running);
+    assert_eq!(m.state.outbox.len(), 2);
+}
+
+#[test]
+fn the_next_step_starts_only_when_every_task_of_the_previous_succeeded() {
+    let mut m = given(&[target("t1", &["web"], None), target("t2", &["web"], None)]);
+    let (id, events) = deploy(
+        &mut m,
+        vec![step("a", &["web"], None), step("b", &[], None)],
+    );
+    let first = planned(&events);
+    let after_one = finish(&mut m, first[0].0, Outcome::Succeeded, 0);
+    assert!(planned(&after_one).is_empty(), "{after_one:?}");
+    let after_two = finish(&mut m, first[1].0, Outcome::Succeeded, 0);
+    assert!(matches!(
+        after_two[1],
+        Event::StepFinished {
+            step: 0,
+            state: StepState::Succeeded,
+            ..
+        }
+    ));
+    assert!(matches!(after_two[2], Event::StepStarted { step: 1, .. }));
+    let second = planned(&after_two);
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].2, PoolRule::GlobalDefault);
+    let last = finish(&mut m, second[0].0, Outcome::Succeeded, 0);
+    assert!(matches!(
+        last.last(),
+        Some(Event::DeploymentFinished {
+            state: DeploymentState::Succeeded,
+            ..
+        })
+    ));
+    assert!(!m.state.active.contains(&id));
+}
+
+#[test]
+fn a_failed_task_fails_its_step_and_the_deployment_with_the_exit_code() {
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let (id, events) = deploy(
+        &mut m,
+        vec![step("a", &["web"], None), step("b", &[], None)],
+    );
+    let task = planned(&events)[0].0;
+    let after = finish(&mut m, task, Outcome::Failed, 7);
+    let Some(Event::DeploymentFinished { state, reason, .. }) = after.last() else {
+        panic!("{after:?}")
+    };
+    assert_eq!(*state, DeploymentState::Failed);
+    let reason = reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("exit code 7") && reason.contains("t1"),
+        "{reason}"
+    );
+    assert_eq!(m.state.tasks[&task].exit_code, Some(7));
+    assert_eq!(m.state.deployments[&id].steps[1].state, StepState::Pending);
+}
+
+#[test]
+fn max_parallel_plans_the_next_task_as_one_finishes() {
+    let mut m = given(&[
+        target("t1", &["web"], None),
+        target("t2", &["web"], None),
+        target("t3", &["web"], None),
+    ]);
+    let mut s = step("a", &["web"], None);
+    s.max_parallel = Some(2);
+    let (_, events) = deploy(&mut m, vec![s]);
+    let first = planned(&events);
+    assert_eq!(first.len(), 2);
+    let after = finish(&mut m, first[0].0, Outcome::Succeeded, 0);
+    assert_eq!(planned(&after).len(), 1);
+}
+
+#[test]
+fn a_result_of_a_superseded_attempt_or_a_repeated_outcome_changes_nothing() {
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let (_, events) = deploy(&mut m, vec![step("a", &["web"], None)]);
+    let task = planned(&events)[0].0;
+    finish(&mut m, task, Outcome::Succeeded, 0);
+    let before = m.state.clone();
+    // A second outcome for the same attempt (e.g. a redelivered task run twice) is recorded
+    // but not accepted: the task keeps its first outcome.
+    let again = finish(&mut m, task, Outcome::Failed, 1);
+    assert_eq!(again.len(), 1);
+    assert_eq!(m.state, before);
+}
+
+#[test]
+fn a_report_about_an_unknown_task_is_recorded_as_rejected() {
+    let mut m = given(&[]);
+    let report = WorkerMessage {
+        schema_version: 1,
+        event_id: EventId::new(),
+        worker: WorkerName::parse("w1").expect("valid"),
+        pool: pool("eu-west"),
+        sent_at: Timestamp(1),
+        body: WorkerBody::TaskStarted {
+            deployment: DeploymentId::new(),
+            task: TaskId::new(),
+            attempt: 1,
+        },
+    };
+    let events = when(&mut m, Command::WorkerReport(report)).expect("recorded");
+    let [Event::MessageRejected { reason, .. }] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert!(reason.contains("unknown task"), "{reason}");
+}
+
+#[test]
+fn a_report_with_a_newer_schema_is_recorded_as_rejected() {
+    let mut m = given(&[]);
+    let report = WorkerMessage {
+        schema_version: 99,
+        event_id: EventId::new(),
+        worker: WorkerName::parse("w1").expect("valid"),
+        pool: pool("eu-west"),
+        sent_at: Timestamp(1),
+        body: WorkerBody::Left { reason: "x".into() },
+    };
+    let events = when(&mut m, Command::WorkerReport(report)).expect("recorded");
+    let [Event::MessageRejected { reason, .. }] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert!(reason.contains("unknown schema version 99"), "{reason}");
+}
+
+#[test]
+fn refusals_name_the_field_and_the_known_values() {
+    let mut m = given(&[target("t1", &["web"], Some("eu-west"))]);
+    let id = DeploymentId::new();
+    let spec = |steps| DeploymentSpec {
+        project: "p".into(),
+        environment: EnvironmentName::parse("prod").expect("valid"),
+        steps,
+    };
+    let err = when(
+        &mut m,
+        Command::CreateDeployment {
+            id,
+            spec: spec(vec![step("a", &[], Some("eu-wset"))]),
+        },
+    )
+    .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "steps[0].pool: unknown pool \"eu-wset\" (known: default, eu-west, us-east)"
+    );
+    let err = when(
+        &mut m,
+        Command::CreateDeployment {
+            id,
+            spec: spec(vec![step("a", &["db"], None)]),
+        },
+    )
+    .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "steps[0].roles: no target in environment \"prod\" has any of the roles [db] (roles there: web)"
+    );
+    let err = when(
+        &mut m,
+        Command::RegisterTarget(target("t2", &["web"], Some("mars"))),
+    )
+    .expect_err("refused");
+    assert!(
+        err.to_string()
+            .starts_with("default_pool: unknown pool \"mars\""),
+        "{err}"
+    );
+    let err = when(
+        &mut m,
+        Command::UpdateTarget {
+            name: TargetName::parse("zz").expect("valid"),
+            update: TargetUpdate::default(),
+        },
+    )
+    .expect_err("refused");
+    assert!(matches!(err, Rejection::NotFound(_)));
+    assert!(m.events.is_empty(), "a refused command appends nothing");
+}
+
+#[test]
+fn a_target_update_that_changes_nothing_appends_nothing() {
+    let mut m = given(&[target("t1", &["web"], Some("eu-west"))]);
+    let update = TargetUpdate {
+        default_pool: Some(Some(pool("eu-west"))),
+        ..Default::default()
+    };
+    let events = when(
+        &mut m,
+        Command::UpdateTarget {
+            name: TargetName::parse("t1").expect("valid"),
+            update,
+        },
+    )
+    .expect("valid");
+    assert!(events.is_empty());
+    let update = TargetUpdate {
+        default_pool: Some(None),
+        ..Default::default()
+    };
+    let events = when(
+        &mut m,
+        Command::UpdateTarget {
+            name: TargetName::parse("t1").expect("valid"),
+            update,
+        },
+    )
+    .expect("valid");
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        m.state.targets[&TargetName::parse("t1").expect("valid")]
+            .target
+            .default_pool,
+        None
+    );
+}
