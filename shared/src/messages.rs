@@ -58,6 +58,15 @@ pub enum WorkerBody {
     Left {
         reason: String,
     },
+    /// A task message the worker could not accept (malformed, unknown schema, wrong pool);
+    /// the worker terminated it so it is not redelivered forever.
+    Rejected {
+        subject: String,
+        reason: String,
+        #[serde(with = "serde_bytes")]
+        head: Vec<u8>,
+        size: u64,
+    },
     TaskStarted {
         deployment: DeploymentId,
         task: TaskId,

@@ -62,9 +62,12 @@ pub async fn run(
         config.default_pool.clone(),
         dispatch_tx.clone(),
     )?;
-    let backlog = writer.outbox_messages();
+    let (backlog, confirmed) = writer.outbox();
     let (handle, writer_task) = writer.spawn(4096);
     handle.execute(Command::EnsureDefaultPool).await?;
+    for cmd in confirmed {
+        handle.execute(cmd).await?;
+    }
     for pool in log.docs::<PoolDoc>(Proj::Pools)? {
         broker::ensure_pool_consumer(&js, &config.subjects, &pool.name).await?;
     }

@@ -7,7 +7,7 @@ use crate::report::Reporter;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use shoal_shared::codec;
-use shoal_shared::messages::{TaskMessage, WorkerBody};
+use shoal_shared::messages::{TaskMessage, WIRE_SCHEMA_VERSION, WorkerBody};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -148,6 +148,25 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) {
     }
 }
 
+/// Decodes a task message and checks it is for this worker's pool and a schema it reads.
+fn accept(msg: &jetstream::Message, config: &WorkerConfig) -> Result<TaskMessage, String> {
+    let task: TaskMessage =
+        codec::decode("task message", &msg.payload).map_err(|e| e.to_string())?;
+    if task.schema_version > WIRE_SCHEMA_VERSION {
+        return Err(format!(
+            "task {} has schema version {}; this worker reads up to {WIRE_SCHEMA_VERSION}: upgrade the worker",
+            task.task, task.schema_version
+        ));
+    }
+    if task.pool != config.pool {
+        return Err(format!(
+            "task {} is for pool \"{}\" but this worker serves \"{}\"",
+            task.task, task.pool, config.pool
+        ));
+    }
+    Ok(task)
+}
+
 /// Runs one task message: report started, keep the message alive while running, report
 /// finished, and acknowledge only once the result is stored.
 async fn handle(
@@ -157,19 +176,23 @@ async fn handle(
     _slot: (OwnedSemaphorePermit, Busy),
     kill: CancellationToken,
 ) {
-    let task: TaskMessage = match codec::decode("task message", &msg.payload) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, subject = %msg.subject, "rejecting a malformed task message");
+    let task = match accept(&msg, &config) {
+        Ok(task) => task,
+        Err(reason) => {
+            tracing::error!(subject = %msg.subject, reason = %reason, "rejecting a task message");
+            let head = msg.payload[..msg.payload.len().min(256)].to_vec();
+            reporter
+                .send(WorkerBody::Rejected {
+                    subject: msg.subject.to_string(),
+                    reason,
+                    head,
+                    size: msg.payload.len() as u64,
+                })
+                .await;
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         }
     };
-    if task.pool != config.pool {
-        tracing::error!(task.id = %task.task, task.pool = %task.pool, pool = %config.pool, "task for another pool reached this worker; rejecting it");
-        let _ = msg.ack_with(AckKind::Term).await;
-        return;
-    }
     let span = tracing::info_span!("task", task.id = %task.task, attempt = task.attempt, step = %task.step_name);
     let _ = span.enter();
     if !reporter

@@ -249,6 +249,12 @@ fn report(state: &State, msg: &WorkerMessage) -> NewEvent {
             version: version.clone(),
             at: msg.sent_at,
         },
+        WorkerBody::Rejected { subject, reason, head, size } => Event::MessageRejected {
+            subject: subject.clone(),
+            reason: format!("worker \"{}\" rejected it: {reason}", msg.worker),
+            size: *size,
+            head: head.clone(),
+        },
         WorkerBody::Left { reason } => Event::WorkerLeft {
             worker,
             pool: msg.pool.clone(),

@@ -9,7 +9,7 @@ use crate::domain::{self, Changes, Command, EventSink, NewEvent, Rejection, Stat
 use shoal_shared::codec;
 use shoal_shared::events::{Envelope, Event};
 use shoal_shared::messages::{TaskMessage, WIRE_SCHEMA_VERSION};
-use shoal_shared::{DeploymentId, EventId, PoolName, TaskId, Timestamp};
+use shoal_shared::{DeploymentId, EventId, PoolName, TaskId, TaskState, Timestamp};
 use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
 
@@ -132,13 +132,26 @@ impl Writer {
         })
     }
 
-    /// Task messages for every attempt still in the outbox.
-    pub fn outbox_messages(&self) -> Vec<TaskMessage> {
-        self.state
-            .outbox
-            .iter()
-            .filter_map(|(t, a)| self.task_message(t, *a))
-            .collect()
+    /// What to do with every attempt still in the outbox after a restart: task messages to
+    /// publish again, and confirmations for attempts a worker already reported on (the
+    /// broker certainly had them; publishing again could only run them twice).
+    pub fn outbox(&self) -> (Vec<TaskMessage>, Vec<Command>) {
+        let mut publish = Vec::new();
+        let mut confirm = Vec::new();
+        for (task, attempt) in &self.state.outbox {
+            match self.state.tasks.get(task) {
+                Some(t) if t.attempt == *attempt && t.state == TaskState::Planned => {
+                    publish.extend(self.task_message(task, *attempt));
+                }
+                Some(t) => confirm.push(Command::MarkDispatched {
+                    deployment: t.deployment,
+                    task: *task,
+                    attempt: *attempt,
+                }),
+                None => {}
+            }
+        }
+        (publish, confirm)
     }
 
     /// Starts the writer task; it runs until every handle is dropped or the log fails.
