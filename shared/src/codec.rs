@@ -209,6 +209,7 @@ mod tests {
                         deployment: DeploymentId(d),
                         task: TaskId(t),
                         attempt,
+                        delivery: 2,
                         worker,
                         first_line,
                         lines,
@@ -227,6 +228,7 @@ mod tests {
                         deployment: DeploymentId(d),
                         task: TaskId(t),
                         attempt: 1,
+                        delivery: 1,
                         worker,
                         outcome,
                         exit_code,
@@ -288,9 +290,9 @@ mod tests {
                                       o in outcome(), code in proptest::option::of(any::<i32>()), l in lines()) {
             for body in [
                 WorkerBody::Joined { region: None, slots: 4, version: "0.1.0".into() },
-                WorkerBody::TaskStarted { deployment: DeploymentId(t), task: TaskId(t), attempt: 2 },
-                WorkerBody::TaskOutput { deployment: DeploymentId(t), task: TaskId(t), attempt: 2, first_line: 7, lines: l.clone() },
-                WorkerBody::TaskFinished { deployment: DeploymentId(t), task: TaskId(t), attempt: 2, outcome: o, exit_code: code, reason: None },
+                WorkerBody::TaskStarted { deployment: DeploymentId(t), task: TaskId(t), attempt: 2, delivery: 1 },
+                WorkerBody::TaskOutput { deployment: DeploymentId(t), task: TaskId(t), attempt: 2, delivery: 3, first_line: 7, lines: l.clone() },
+                WorkerBody::TaskFinished { deployment: DeploymentId(t), task: TaskId(t), attempt: 2, delivery: 1, outcome: o, exit_code: code, reason: None },
             ] {
                 let m = WorkerMessage { schema_version: 1, event_id: EventId(id), worker: w.clone(), pool: p.clone(), sent_at: Timestamp(5), body };
                 let back: WorkerMessage = decode("worker message", &encode(&m).expect("encodes")).expect("decodes");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 /// The kind of a deployment target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", try_from = "String")]
 pub enum TargetKind {
     AzureWebApp,
     AzureServiceFabric,
@@ -54,6 +54,13 @@ impl TargetKind {
                 let known: Vec<_> = Self::ALL.iter().map(|k| k.as_str()).collect();
                 format!("unknown target kind {s:?} (known: {})", known.join(", "))
             })
+    }
+}
+
+impl TryFrom<String> for TargetKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<TargetKind, String> {
+        TargetKind::parse(&s)
     }
 }
 
@@ -164,6 +171,11 @@ pub enum TaskState {
     Failed,
     TimedOut,
     Cancelled,
+    /// Never started: the deployment ended (failed or was cancelled) before its turn.
+    Skipped,
+    /// Only for a run in a task's history: its worker stopped without finishing it and the
+    /// broker delivered the attempt again.
+    Lost,
 }
 
 impl TaskState {
@@ -171,7 +183,7 @@ impl TaskState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Self::Succeeded | Self::Failed | Self::TimedOut | Self::Cancelled
+            Self::Succeeded | Self::Failed | Self::TimedOut | Self::Cancelled | Self::Skipped
         )
     }
 }

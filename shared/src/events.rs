@@ -71,6 +71,8 @@ pub enum Event {
         deployment: DeploymentId,
         task: TaskId,
         attempt: u32,
+        /// Broker delivery of this attempt: a run; above 1 an earlier run was lost.
+        delivery: u32,
         worker: WorkerName,
         pool: PoolName,
         at: Timestamp,
@@ -79,8 +81,9 @@ pub enum Event {
         deployment: DeploymentId,
         task: TaskId,
         attempt: u32,
+        delivery: u32,
         worker: WorkerName,
-        /// Index of the first line within the attempt's output.
+        /// Index of the first line within this run's output.
         first_line: u64,
         lines: Vec<OutputLine>,
     },
@@ -88,6 +91,7 @@ pub enum Event {
         deployment: DeploymentId,
         task: TaskId,
         attempt: u32,
+        delivery: u32,
         worker: WorkerName,
         outcome: Outcome,
         exit_code: Option<i32>,

@@ -33,8 +33,8 @@ async fn a_failed_script_fails_the_deployment_with_its_exit_code_and_later_steps
     assert_eq!(failed[0]["exit_code"], 7);
     assert_eq!(failed[0]["target"], "t2");
     assert_eq!(d["steps"][0]["state"], "failed");
-    assert_eq!(d["steps"][1]["state"], "pending");
-    assert_eq!(d["steps"][1]["tasks"][0]["state"], "pending");
+    assert_eq!(d["steps"][1]["state"], "skipped");
+    assert_eq!(d["steps"][1]["tasks"][0]["state"], "skipped");
     assert!(d["steps"][1]["tasks"][0]["worker"].is_null());
     // The failing task's output is kept.
     let log = c

@@ -28,7 +28,7 @@ enum Op {
         steps: Vec<(Vec<u8>, Option<u8>, Option<u32>)>,
     },
     Dispatched(usize),
-    Started(usize),
+    Started(usize, u32),
     Output(usize, u8),
     Finished(usize, u8, bool),
     Garbage(Vec<u8>),
@@ -54,7 +54,7 @@ fn op() -> impl Strategy<Value = Op> {
         )
         .prop_map(|steps| Op::Deploy { steps }),
         any::<usize>().prop_map(Op::Dispatched),
-        any::<usize>().prop_map(Op::Started),
+        (any::<usize>(), 1u32..4).prop_map(|(t, d)| Op::Started(t, d)),
         (any::<usize>(), 1u8..5).prop_map(|(t, n)| Op::Output(t, n)),
         (any::<usize>(), 0u8..4, any::<bool>()).prop_map(|(t, o, dup)| Op::Finished(t, o, dup)),
         proptest::collection::vec(any::<u8>(), 0..40).prop_map(Op::Garbage),
@@ -196,7 +196,7 @@ impl Harness {
                     .await;
                 }
             }
-            Op::Started(i) => {
+            Op::Started(i, delivery) => {
                 if let Some(t) = self.task(i) {
                     self.report(
                         &t,
@@ -204,6 +204,7 @@ impl Harness {
                             deployment: t.deployment,
                             task: t.task,
                             attempt: t.attempt,
+                            delivery,
                         },
                         false,
                     )
@@ -223,6 +224,7 @@ impl Harness {
                         deployment: t.deployment,
                         task: t.task,
                         attempt: t.attempt,
+                        delivery: 1,
                         first_line: 0,
                         lines,
                     };
@@ -241,6 +243,7 @@ impl Harness {
                         deployment: t.deployment,
                         task: t.task,
                         attempt: t.attempt,
+                        delivery: 1,
                         outcome,
                         exit_code: Some(i32::from(o)),
                         reason: None,

@@ -17,8 +17,11 @@ use tokio_util::task::TaskTracker;
 
 /// How long one pull request waits for work.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Delay before a task this worker cannot read yet (newer schema) is offered again.
+const NEWER_SCHEMA_DELAY: Duration = Duration::from_secs(30);
 
-/// Pulls and runs tasks until shutdown, then waits for running tasks.
+/// Pulls and runs tasks until shutdown, then waits for running tasks up to the drain
+/// deadline and hands back the rest.
 pub async fn run(
     config: &WorkerConfig,
     js: jetstream::Context,
@@ -37,8 +40,9 @@ pub async fn run(
         };
         loop {
             let first = tokio::select! {
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'outer },
+                biased;
                 () = shutdown.cancelled() => break 'outer,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'outer },
             };
             let mut permits = vec![first];
             while let Ok(p) = slots.clone().try_acquire_owned() {
@@ -61,28 +65,36 @@ pub async fn run(
             };
             loop {
                 let next = tokio::select! {
-                    m = batch.next() => m,
+                    biased;
                     () = shutdown.cancelled() => None,
+                    m = batch.next() => m,
                 };
                 match next {
                     None => break,
                     Some(Ok(msg)) => {
                         let Some(permit) = permits.pop() else {
-                            // The server sent more than asked; hand it back at once.
+                            // More than asked for: hand it back at once.
                             let _ = msg.ack_with(AckKind::Nak(None)).await;
                             continue;
                         };
+                        if shutdown.is_cancelled() {
+                            let _ = msg.ack_with(AckKind::Nak(None)).await;
+                            continue;
+                        }
+                        let slot = (permit, Busy::new(&running));
                         tracker.spawn(handle(
                             msg,
                             config.clone(),
                             reporter.clone(),
-                            (permit, Busy::new(&running)),
+                            slot,
                             kill.clone(),
                         ));
                     }
                     Some(Err(e)) => {
-                        tracing::debug!(error = %e, "pull batch ended with an error");
-                        break;
+                        tracing::warn!(error = %e, pool = %config.pool, "pull interrupted; checking the queue again");
+                        drop(permits);
+                        sleep_or_shutdown(Duration::from_millis(500), &shutdown).await;
+                        continue 'outer;
                     }
                 }
             }
@@ -148,26 +160,34 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) {
     }
 }
 
+/// Why a task message is not run.
+enum Refusal {
+    /// It can never be run here (malformed, another pool): terminate and report it.
+    Reject(String),
+    /// A newer worker may read it: offer it again later.
+    Later(String),
+}
+
 /// Decodes a task message and checks it is for this worker's pool and a schema it reads.
-fn accept(msg: &jetstream::Message, config: &WorkerConfig) -> Result<TaskMessage, String> {
+fn accept(msg: &jetstream::Message, config: &WorkerConfig) -> Result<TaskMessage, Refusal> {
     let task: TaskMessage =
-        codec::decode("task message", &msg.payload).map_err(|e| e.to_string())?;
+        codec::decode("task message", &msg.payload).map_err(|e| Refusal::Reject(e.to_string()))?;
     if task.schema_version > WIRE_SCHEMA_VERSION {
-        return Err(format!(
+        return Err(Refusal::Later(format!(
             "task {} has schema version {}; this worker reads up to {WIRE_SCHEMA_VERSION}: upgrade the worker",
             task.task, task.schema_version
-        ));
+        )));
     }
     if task.pool != config.pool {
-        return Err(format!(
+        return Err(Refusal::Reject(format!(
             "task {} is for pool \"{}\" but this worker serves \"{}\"",
             task.task, task.pool, config.pool
-        ));
+        )));
     }
     Ok(task)
 }
 
-/// Runs one task message: report started, keep the message alive while running, report
+/// Runs one task message: keep it alive from the start, report started, run, report
 /// finished, and acknowledge only once the result is stored.
 async fn handle(
     msg: jetstream::Message,
@@ -178,7 +198,12 @@ async fn handle(
 ) {
     let task = match accept(&msg, &config) {
         Ok(task) => task,
-        Err(reason) => {
+        Err(Refusal::Later(reason)) => {
+            tracing::warn!(subject = %msg.subject, reason = %reason, "handing back a task this worker cannot read");
+            let _ = msg.ack_with(AckKind::Nak(Some(NEWER_SCHEMA_DELAY))).await;
+            return;
+        }
+        Err(Refusal::Reject(reason)) => {
             tracing::error!(subject = %msg.subject, reason = %reason, "rejecting a task message");
             let head = msg.payload[..msg.payload.len().min(256)].to_vec();
             reporter
@@ -193,56 +218,78 @@ async fn handle(
             return;
         }
     };
-    let span = tracing::info_span!("task", task.id = %task.task, attempt = task.attempt, step = %task.step_name);
-    let _ = span.enter();
-    if !reporter
-        .send(WorkerBody::TaskStarted {
-            deployment: task.deployment,
-            task: task.task,
-            attempt: task.attempt,
-        })
-        .await
-    {
-        let _ = msg.ack_with(AckKind::Nak(None)).await;
-        return;
-    }
+    let delivery = msg
+        .info()
+        .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX));
+    let span = tracing::info_span!("task", task.id = %task.task, attempt = task.attempt, delivery, step = %task.step_name);
+    let _entered = span.enter();
+    // The message stays alive for as long as this worker holds it, reports included.
     let keepalive = {
-        let msg_acker = msg.clone();
+        let msg = msg.clone();
         let every = config.progress_interval;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Err(e) = msg_acker.ack_with(AckKind::Progress).await {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
                     tracing::debug!(error = %e, "progress ack not sent");
                 }
             }
         })
     };
-    let result = execute::run(&task, &config, &reporter, &kill).await;
-    keepalive.abort();
-    if result.interrupted {
-        let _ = msg.ack_with(AckKind::Nak(None)).await;
-        return;
-    }
-    let stored = reporter
-        .send(WorkerBody::TaskFinished {
-            deployment: task.deployment,
-            task: task.task,
-            attempt: task.attempt,
-            outcome: result.outcome,
-            exit_code: result.exit_code,
-            reason: result.reason,
+    let (deployment, task_id, attempt) = (task.deployment, task.task, task.attempt);
+    let started = reporter
+        .send(WorkerBody::TaskStarted {
+            deployment,
+            task: task_id,
+            attempt,
+            delivery,
         })
         .await;
-    if stored {
-        if let Err(e) = msg.double_ack().await {
-            tracing::warn!(error = %e, task.id = %task.task, "task acknowledgement not confirmed; the broker may redeliver it");
+    let result = if started {
+        Some(execute::run(&task, delivery, &config, &reporter, &kill).await)
+    } else {
+        None
+    };
+    let stored = match result {
+        Some(r) if !r.interrupted => {
+            reporter
+                .send(WorkerBody::TaskFinished {
+                    deployment,
+                    task: task_id,
+                    attempt,
+                    delivery,
+                    outcome: r.outcome,
+                    exit_code: r.exit_code,
+                    reason: r.reason,
+                })
+                .await
         }
+        _ => false,
+    };
+    if stored {
+        acknowledge(&msg, task_id).await;
     } else {
         let _ = msg.ack_with(AckKind::Nak(None)).await;
     }
+    keepalive.abort();
+}
+
+/// Acknowledges with confirmation, retrying a few times: a lost ack means the task runs again.
+async fn acknowledge(msg: &jetstream::Message, task: shoal_shared::TaskId) {
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..5 {
+        match msg.double_ack().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, task.id = %task, "task acknowledgement not confirmed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    tracing::error!(task.id = %task, "task acknowledgement never confirmed; the broker may deliver it again (its result is stored, a second run is recorded but not counted)");
 }
 
 /// Counts a running task for heartbeats while it lives.

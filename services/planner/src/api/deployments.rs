@@ -1,11 +1,10 @@
 //! `POST|GET /api/deployments`, `GET /api/deployments/{id}` and a task's log.
 
-use super::{ApiError, AppState, parse_body};
+use super::{ApiError, AppState, JsonBody};
 use crate::domain::Command;
 use crate::domain::state::{AttemptDoc, DeploymentDoc, TaskDoc};
 use crate::log::Proj;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -17,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateDeployment {
+pub(super) struct CreateDeployment {
     project: String,
     environment: EnvironmentName,
     steps: Vec<StepRequest>,
@@ -25,7 +24,7 @@ struct CreateDeployment {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StepRequest {
+pub(super) struct StepRequest {
     name: String,
     action: ActionRequest,
     #[serde(default)]
@@ -42,7 +41,7 @@ struct StepRequest {
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum ActionRequest {
+pub(super) enum ActionRequest {
     Script {
         script: String,
         #[serde(default)]
@@ -81,11 +80,10 @@ pub struct Created {
     id: DeploymentId,
 }
 
-pub async fn create(
+pub(super) async fn create(
     State(app): State<AppState>,
-    body: Bytes,
+    JsonBody(req): JsonBody<CreateDeployment>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    let req: CreateDeployment = parse_body(&body)?;
     let id = DeploymentId::new();
     app.writer
         .execute(Command::CreateDeployment {
@@ -122,7 +120,7 @@ pub struct StepSummary {
     tasks: usize,
 }
 
-pub async fn list(
+pub(super) async fn list(
     State(app): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<Summary>>, ApiError> {
@@ -209,7 +207,7 @@ pub struct TaskView {
     attempts: Vec<AttemptDoc>,
 }
 
-pub async fn show(
+pub(super) async fn show(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Detail>, ApiError> {
@@ -276,6 +274,8 @@ fn task_view(t: TaskDoc, online: &HashMap<PoolName, usize>) -> TaskView {
 #[derive(Serialize)]
 pub struct LogLine {
     attempt: u32,
+    /// The run of the attempt (broker delivery); above 1 when an earlier run's worker died.
+    run: u32,
     stream: OutputStream,
     at: Timestamp,
     line: String,
@@ -288,7 +288,7 @@ pub struct TaskLog {
     lines: Vec<LogLine>,
 }
 
-pub async fn task_log(
+pub(super) async fn task_log(
     State(app): State<AppState>,
     Path((id, task)): Path<(String, String)>,
 ) -> Result<Json<TaskLog>, ApiError> {
@@ -305,8 +305,9 @@ pub async fn task_log(
         .log
         .task_output(&task_id)?
         .into_iter()
-        .map(|(attempt, l)| LogLine {
+        .map(|(attempt, run, l)| LogLine {
             attempt,
+            run,
             stream: l.stream,
             at: l.at,
             line: l.line,

@@ -95,6 +95,10 @@ impl NewEvent {
     }
 }
 
+/// Most bytes of script plus variables a step may carry, so every task message stays well
+/// under the broker's default 1 MiB payload limit.
+pub const MAX_STEP_BYTES: usize = 256 * 1024;
+
 /// Shells a script step may name.
 pub const SHELLS: [&str; 2] = ["bash", "sh"];
 
@@ -249,7 +253,12 @@ fn report(state: &State, msg: &WorkerMessage) -> NewEvent {
             version: version.clone(),
             at: msg.sent_at,
         },
-        WorkerBody::Rejected { subject, reason, head, size } => Event::MessageRejected {
+        WorkerBody::Rejected {
+            subject,
+            reason,
+            head,
+            size,
+        } => Event::MessageRejected {
             subject: subject.clone(),
             reason: format!("worker \"{}\" rejected it: {reason}", msg.worker),
             size: *size,
@@ -280,10 +289,12 @@ fn report(state: &State, msg: &WorkerMessage) -> NewEvent {
             deployment,
             task,
             attempt,
+            delivery,
         } => Event::TaskStarted {
             deployment: *deployment,
             task: *task,
             attempt: *attempt,
+            delivery: *delivery,
             worker,
             pool: msg.pool.clone(),
             at: msg.sent_at,
@@ -292,12 +303,14 @@ fn report(state: &State, msg: &WorkerMessage) -> NewEvent {
             deployment,
             task,
             attempt,
+            delivery,
             first_line,
             lines,
         } => Event::TaskOutput {
             deployment: *deployment,
             task: *task,
             attempt: *attempt,
+            delivery: *delivery,
             worker,
             first_line: *first_line,
             lines: lines.clone(),
@@ -306,6 +319,7 @@ fn report(state: &State, msg: &WorkerMessage) -> NewEvent {
             deployment,
             task,
             attempt,
+            delivery,
             outcome,
             exit_code,
             reason,
@@ -313,6 +327,7 @@ fn report(state: &State, msg: &WorkerMessage) -> NewEvent {
             deployment: *deployment,
             task: *task,
             attempt: *attempt,
+            delivery: *delivery,
             worker,
             outcome: *outcome,
             exit_code: *exit_code,
@@ -406,6 +421,19 @@ fn plan(
             return invalid(format!(
                 "{at}.action.shell: unsupported shell \"{shell}\" (supported: {})",
                 SHELLS.join(", ")
+            ));
+        }
+        let size = match &step.action {
+            Action::Script { script, .. } => script.len(),
+            Action::Noop => 0,
+        } + step
+            .variables
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+        if size > MAX_STEP_BYTES {
+            return invalid(format!(
+                "{at}: script and variables are {size} bytes; the limit is {MAX_STEP_BYTES} (every task carries them through the broker); ship large files as packages instead"
             ));
         }
         if step.timeout_secs == Some(0) {

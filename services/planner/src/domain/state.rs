@@ -52,10 +52,13 @@ pub struct StepDoc {
     pub tasks: Vec<TaskId>,
 }
 
-/// One attempt of a task on a worker.
+/// One run of a task: an attempt as delivered to one worker. An attempt delivered again
+/// (its worker died) has several runs; every earlier one is `lost`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptDoc {
     pub attempt: u32,
+    /// The broker's delivery count of the attempt (0 until a worker starts it).
+    pub delivery: u32,
     pub worker: Option<WorkerName>,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
@@ -76,6 +79,8 @@ pub struct TaskDoc {
     pub pool_rule: PoolRule,
     pub state: TaskState,
     pub attempt: u32,
+    /// Delivery of the current attempt that runs (or ran) it.
+    pub delivery: u32,
     pub worker: Option<WorkerName>,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
@@ -116,10 +121,12 @@ pub enum DocKey {
 /// per-stream index of the log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Row {
-    /// Key: task id, attempt, line number (big-endian); value: the encoded [`OutputLine`].
+    /// Key: task id, attempt, delivery, line number (big-endian); value: the encoded
+    /// [`OutputLine`].
     Output {
         task: TaskId,
         attempt: u32,
+        delivery: u32,
         line_no: u64,
         line: OutputLine,
     },
@@ -228,6 +235,7 @@ impl State {
                                 pool_rule: t.rule,
                                 state: TaskState::Pending,
                                 attempt: 0,
+                                delivery: 0,
                                 worker: None,
                                 exit_code: None,
                                 reason: None,
@@ -291,10 +299,16 @@ impl State {
                     t.pool = pool.clone();
                     t.pool_rule = *rule;
                     t.planned_at = Some(at);
+                    t.delivery = 0;
                     t.worker = None;
                     t.reason = None;
+                    t.exit_code = None;
+                    t.started_at = None;
+                    t.finished_at = None;
+                    t.output_lines = 0;
                     t.attempts.push(AttemptDoc {
                         attempt: *attempt,
+                        delivery: 0,
                         worker: None,
                         started_at: None,
                         finished_at: None,
@@ -326,6 +340,7 @@ impl State {
             Event::TaskStarted {
                 task,
                 attempt,
+                delivery,
                 worker,
                 at: started,
                 ..
@@ -333,14 +348,42 @@ impl State {
                 if let Some(t) = self.tasks.get_mut(task)
                     && t.attempt == *attempt
                     && !t.state.is_terminal()
+                    && *delivery >= t.delivery
                 {
+                    if *delivery > t.delivery {
+                        // A new run of the attempt: any earlier run still marked running was
+                        // lost with its worker.
+                        for run in t.attempts.iter_mut().filter(|r| r.attempt == *attempt) {
+                            if run.state == TaskState::Running {
+                                run.state = TaskState::Lost;
+                            }
+                        }
+                        let fresh = t
+                            .attempts
+                            .last()
+                            .is_some_and(|r| r.attempt == *attempt && r.delivery == 0);
+                        if !fresh {
+                            t.attempts.push(AttemptDoc {
+                                attempt: *attempt,
+                                delivery: *delivery,
+                                worker: None,
+                                started_at: None,
+                                finished_at: None,
+                                state: TaskState::Running,
+                                exit_code: None,
+                            });
+                        }
+                        t.output_lines = 0;
+                    }
+                    t.delivery = *delivery;
                     t.state = TaskState::Running;
                     t.worker = Some(worker.clone());
                     t.started_at = Some(*started);
-                    if let Some(a) = t.attempts.last_mut() {
-                        a.state = TaskState::Running;
-                        a.worker = Some(worker.clone());
-                        a.started_at = Some(*started);
+                    if let Some(run) = t.attempts.last_mut() {
+                        run.delivery = *delivery;
+                        run.state = TaskState::Running;
+                        run.worker = Some(worker.clone());
+                        run.started_at = Some(*started);
                     }
                     changes.docs.insert(DocKey::Task(*task));
                 }
@@ -348,6 +391,7 @@ impl State {
             Event::TaskOutput {
                 task,
                 attempt,
+                delivery,
                 first_line,
                 lines,
                 ..
@@ -356,13 +400,14 @@ impl State {
                     changes.rows.push(Row::Output {
                         task: *task,
                         attempt: *attempt,
-                        line_no: first_line + i as u64,
+                        delivery: *delivery,
+                        line_no: first_line.saturating_add(i as u64),
                         line: line.clone(),
                     });
                 }
                 if let Some(t) = self.tasks.get_mut(task) {
-                    let end = first_line + lines.len() as u64;
-                    if t.attempt == *attempt && end > t.output_lines {
+                    let end = first_line.saturating_add(lines.len() as u64);
+                    if t.attempt == *attempt && t.delivery == *delivery && end > t.output_lines {
                         t.output_lines = end;
                         changes.docs.insert(DocKey::Task(*task));
                     }
@@ -371,6 +416,7 @@ impl State {
             Event::TaskFinished {
                 task,
                 attempt,
+                delivery,
                 worker,
                 outcome,
                 exit_code,
@@ -378,6 +424,7 @@ impl State {
                 at: ended,
                 ..
             } => {
+                // The first outcome of the current attempt counts, from whichever run.
                 if let Some(t) = self.tasks.get_mut(task)
                     && t.attempt == *attempt
                     && !t.state.is_terminal()
@@ -388,11 +435,16 @@ impl State {
                     t.exit_code = *exit_code;
                     t.reason = reason.clone();
                     t.finished_at = Some(*ended);
-                    if let Some(a) = t.attempts.last_mut() {
-                        a.state = state;
-                        a.worker = Some(worker.clone());
-                        a.finished_at = Some(*ended);
-                        a.exit_code = *exit_code;
+                    let run = t
+                        .attempts
+                        .iter_mut()
+                        .rev()
+                        .find(|r| r.attempt == *attempt && r.delivery == *delivery);
+                    if let Some(run) = run {
+                        run.state = state;
+                        run.worker = Some(worker.clone());
+                        run.finished_at = Some(*ended);
+                        run.exit_code = *exit_code;
                     }
                     changes.docs.insert(DocKey::Task(*task));
                 }
@@ -417,6 +469,20 @@ impl State {
                     d.reason = reason.clone();
                     d.finished_at = Some(at);
                     changes.docs.insert(DocKey::Deployment(*deployment));
+                    // What never started never will: say so instead of leaving it pending.
+                    for step in &mut d.steps {
+                        if step.state == StepState::Pending {
+                            step.state = StepState::Skipped;
+                        }
+                        for id in &step.tasks {
+                            if let Some(t) = self.tasks.get_mut(id)
+                                && t.state == TaskState::Pending
+                            {
+                                t.state = TaskState::Skipped;
+                                changes.docs.insert(DocKey::Task(*id));
+                            }
+                        }
+                    }
                 }
                 self.active.remove(deployment);
             }

@@ -132,6 +132,7 @@ fn finish(m: &mut Memory, task: TaskId, outcome: Outcome, code: i32) -> Vec<Even
             deployment: t.deployment,
             task,
             attempt: t.attempt,
+            delivery: 1,
             outcome,
             exit_code: Some(code),
             reason: None,
@@ -252,7 +253,9 @@ fn a_failed_task_fails_its_step_and_the_deployment_with_the_exit_code() {
         "{reason}"
     );
     assert_eq!(m.state.tasks[&task].exit_code, Some(7));
-    assert_eq!(m.state.deployments[&id].steps[1].state, StepState::Pending);
+    assert_eq!(m.state.deployments[&id].steps[1].state, StepState::Skipped);
+    let later = m.state.deployments[&id].steps[1].tasks[0];
+    assert_eq!(m.state.tasks[&later].state, TaskState::Skipped);
 }
 
 #[test]
@@ -298,6 +301,7 @@ fn a_report_about_an_unknown_task_is_recorded_as_rejected() {
             deployment: DeploymentId::new(),
             task: TaskId::new(),
             attempt: 1,
+            delivery: 1,
         },
     };
     let events = when(&mut m, Command::WorkerReport(report)).expect("recorded");
@@ -415,4 +419,81 @@ fn a_target_update_that_changes_nothing_appends_nothing() {
             .default_pool,
         None
     );
+}
+
+fn report(
+    m: &mut Memory,
+    task: TaskId,
+    worker: &str,
+    body: impl FnOnce(DeploymentId, u32) -> WorkerBody,
+) -> Vec<Event> {
+    let t = m.state.tasks[&task].clone();
+    let msg = WorkerMessage {
+        schema_version: 1,
+        event_id: EventId::new(),
+        worker: WorkerName::parse(worker).expect("valid"),
+        pool: t.pool.clone(),
+        sent_at: Timestamp(50),
+        body: body(t.deployment, t.attempt),
+    };
+    when(m, Command::WorkerReport(msg)).expect("reports are never rejected")
+}
+
+#[test]
+fn a_redelivered_attempt_is_a_new_run_and_the_lost_one_stays_in_the_history() {
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let (_, events) = deploy(&mut m, vec![step("a", &["web"], None)]);
+    let task = planned(&events)[0].0;
+    report(&mut m, task, "w1", |d, attempt| WorkerBody::TaskStarted {
+        deployment: d,
+        task,
+        attempt,
+        delivery: 1,
+    });
+    // w1 dies; the broker delivers the attempt to w2.
+    report(&mut m, task, "w2", |d, attempt| WorkerBody::TaskStarted {
+        deployment: d,
+        task,
+        attempt,
+        delivery: 2,
+    });
+    let t = &m.state.tasks[&task];
+    assert_eq!(
+        (t.delivery, t.worker.as_ref().map(|w| w.as_str())),
+        (2, Some("w2"))
+    );
+    let runs: Vec<(u32, TaskState, Option<&str>)> = t
+        .attempts
+        .iter()
+        .map(|r| (r.delivery, r.state, r.worker.as_ref().map(|w| w.as_str())))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            (1, TaskState::Lost, Some("w1")),
+            (2, TaskState::Running, Some("w2"))
+        ]
+    );
+    // A late start report of the lost run changes nothing.
+    let before = m.state.clone();
+    report(&mut m, task, "w1", |d, attempt| WorkerBody::TaskStarted {
+        deployment: d,
+        task,
+        attempt,
+        delivery: 1,
+    });
+    assert_eq!(m.state, before);
+    report(&mut m, task, "w2", |d, attempt| WorkerBody::TaskFinished {
+        deployment: d,
+        task,
+        attempt,
+        delivery: 2,
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+    });
+    let t = &m.state.tasks[&task];
+    assert_eq!(t.state, TaskState::Succeeded);
+    assert_eq!(t.attempts[1].state, TaskState::Succeeded);
+    assert_eq!(t.attempts[0].state, TaskState::Lost);
 }

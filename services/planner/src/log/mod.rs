@@ -137,10 +137,12 @@ pub fn row_write(row: &Row) -> Result<(Proj, Vec<u8>, Vec<u8>), LogError> {
         Row::Output {
             task,
             attempt,
+            delivery,
             line_no,
             line,
         } => {
             let mut key = outbox_key(task, *attempt);
+            key.extend_from_slice(&delivery.to_be_bytes());
             key.extend_from_slice(&line_no.to_be_bytes());
             (Proj::Output, key, codec::encode(line)?)
         }
@@ -252,11 +254,25 @@ impl EventLog {
     /// # Errors
     /// Storage failure.
     pub fn checkpoint(&self) -> Result<u64, LogError> {
-        Ok(self.meta.get(CHECKPOINT_KEY)?.map_or(0, |v| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&v[..8.min(v.len())]);
-            u64::from_be_bytes(b)
-        }))
+        match self.meta.get(CHECKPOINT_KEY)? {
+            None => Ok(0),
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| {
+                    LogError::Corrupt(format!("checkpoint record has {} bytes, want 8", v.len()))
+                }),
+        }
+    }
+
+    /// Sets the checkpoint and flushes: replay marks projections as not up to date (0) while
+    /// it rewrites them, so a crash in between is noticed at the next start.
+    ///
+    /// # Errors
+    /// Storage failure.
+    pub fn set_checkpoint(&self, seq: u64) -> Result<(), LogError> {
+        self.meta.insert(CHECKPOINT_KEY, &seq.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Whether an event id is already in the log.
@@ -417,22 +433,28 @@ impl EventLog {
         Ok(out)
     }
 
-    /// The output of a task, every attempt, in order: (attempt, line).
+    /// The output of a task, every run, in order: (attempt, delivery, line).
     ///
     /// # Errors
     /// Storage failure or undecodable rows.
-    pub fn task_output(&self, task: &TaskId) -> Result<Vec<(u32, OutputLine)>, LogError> {
+    pub fn task_output(&self, task: &TaskId) -> Result<Vec<(u32, u32, OutputLine)>, LogError> {
         self.live
             .tree(Proj::Output)
             .scan_prefix(task.as_bytes())
             .map(|kv| {
                 let (k, v) = kv?;
-                let mut attempt = [0u8; 4];
-                attempt.copy_from_slice(&k[16..20]);
-                Ok((
-                    u32::from_be_bytes(attempt),
-                    codec::decode("output line", &v)?,
-                ))
+                if k.len() != 32 {
+                    return Err(LogError::Corrupt(format!(
+                        "output key of {} bytes",
+                        k.len()
+                    )));
+                }
+                let number = |at: usize| {
+                    let mut b = [0u8; 4];
+                    b.copy_from_slice(&k[at..at + 4]);
+                    u32::from_be_bytes(b)
+                };
+                Ok((number(16), number(20), codec::decode("output line", &v)?))
             })
             .collect()
     }

@@ -36,6 +36,7 @@ impl TaskResult {
 /// Runs a task's action to its end, or until `kill` is cancelled.
 pub async fn run(
     task: &TaskMessage,
+    delivery: u32,
     config: &WorkerConfig,
     reporter: &Reporter,
     kill: &CancellationToken,
@@ -48,7 +49,7 @@ pub async fn run(
             interrupted: false,
         },
         Action::Script { script, shell } => {
-            let sink = OutputSink::spawn(task, reporter.clone());
+            let sink = OutputSink::spawn(task, delivery, reporter.clone());
             let result = script::run(
                 task,
                 script,

@@ -1,5 +1,5 @@
 //! Task output: lines are collected from the process and sent to the planner in order, in
-//! chunks of up to 256 lines, so a chatty script costs few messages.
+//! chunks of up to 256 lines and 256 KiB, so a chatty script costs few messages.
 
 use crate::report::Reporter;
 use shoal_shared::messages::{TaskMessage, WorkerBody};
@@ -7,6 +7,8 @@ use shoal_shared::{DeploymentId, OutputLine, OutputStream, TaskId, Timestamp};
 use tokio::sync::mpsc;
 
 const MAX_CHUNK_LINES: usize = 256;
+/// Output bytes per message, well under the broker's default 1 MiB payload limit.
+const MAX_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Where an executor writes output lines.
 #[derive(Debug)]
@@ -16,8 +18,8 @@ pub struct OutputSink {
 }
 
 impl OutputSink {
-    /// Starts the sender of one task attempt's output.
-    pub fn spawn(task: &TaskMessage, reporter: Reporter) -> OutputSink {
+    /// Starts the sender of one delivery of a task attempt's output.
+    pub fn spawn(task: &TaskMessage, delivery: u32, reporter: Reporter) -> OutputSink {
         let (tx, rx) = mpsc::channel(1024);
         let done = tokio::spawn(forward(
             rx,
@@ -25,6 +27,7 @@ impl OutputSink {
             task.deployment,
             task.task,
             task.attempt,
+            delivery,
         ));
         OutputSink { tx, done }
     }
@@ -54,23 +57,59 @@ async fn forward(
     deployment: DeploymentId,
     task: TaskId,
     attempt: u32,
+    delivery: u32,
 ) {
     let mut next_line = 0u64;
-    let mut chunk = Vec::with_capacity(MAX_CHUNK_LINES);
-    // Whatever arrived while the previous chunk was being stored goes out as the next chunk:
-    // a quiet script gets each line at once, a chatty one few large messages.
-    while rx.recv_many(&mut chunk, MAX_CHUNK_LINES).await > 0 {
-        let lines = std::mem::take(&mut chunk);
-        let count = lines.len() as u64;
-        reporter
-            .send(WorkerBody::TaskOutput {
-                deployment,
-                task,
-                attempt,
-                first_line: next_line,
-                lines,
-            })
-            .await;
-        next_line += count;
+    let mut received = Vec::with_capacity(MAX_CHUNK_LINES);
+    // Whatever arrived while the previous chunk was being stored goes out next: a quiet
+    // script gets each line at once, a chatty one few large messages, each under the size a
+    // broker accepts.
+    while rx.recv_many(&mut received, MAX_CHUNK_LINES).await > 0 {
+        let mut lines = Vec::new();
+        let mut bytes = 0;
+        for line in received.drain(..) {
+            if !lines.is_empty() && bytes + line.line.len() > MAX_CHUNK_BYTES {
+                next_line = send(
+                    &reporter,
+                    deployment,
+                    task,
+                    attempt,
+                    delivery,
+                    next_line,
+                    std::mem::take(&mut lines),
+                )
+                .await;
+                bytes = 0;
+            }
+            bytes += line.line.len();
+            lines.push(line);
+        }
+        next_line = send(
+            &reporter, deployment, task, attempt, delivery, next_line, lines,
+        )
+        .await;
     }
+}
+
+async fn send(
+    reporter: &Reporter,
+    deployment: DeploymentId,
+    task: TaskId,
+    attempt: u32,
+    delivery: u32,
+    first_line: u64,
+    lines: Vec<OutputLine>,
+) -> u64 {
+    let count = lines.len() as u64;
+    reporter
+        .send(WorkerBody::TaskOutput {
+            deployment,
+            task,
+            attempt,
+            delivery,
+            first_line,
+            lines,
+        })
+        .await;
+    first_line + count
 }
