@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Time between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
-/// Longest output line kept; longer lines are cut.
+/// Longest output line; longer lines are split into pieces of this size.
 const MAX_LINE: usize = 64 * 1024;
+/// How long output is still read after the step's processes are gone.
+const READER_GRACE: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(
     task: &TaskMessage,
@@ -111,17 +113,30 @@ async fn run_in(
         if let Some(pgid) = pgid {
             if !matches!(ended, Ended::Exited(_)) {
                 let _ = killpg(pgid, Signal::SIGTERM);
-                tokio::select! {
-                    _ = child.wait() => {}
-                    () = tokio::time::sleep(KILL_GRACE) => {}
-                }
+                grace(&mut child, pgid).await;
             }
             let _ = killpg(pgid, Signal::SIGKILL);
         }
         let _ = child.wait().await;
         ended
     };
-    let (ended, ()) = tokio::join!(supervise, readers);
+    tokio::pin!(supervise, readers);
+    let mut readers_done = false;
+    let ended = loop {
+        tokio::select! {
+            ended = &mut supervise => break ended,
+            () = &mut readers, if !readers_done => readers_done = true,
+        }
+    };
+    // A process that left the step's process group (setsid, `timeout`) may still hold the
+    // pipes open: take what it wrote shortly after, then stop reading rather than hang.
+    if !readers_done
+        && tokio::time::timeout(READER_GRACE, &mut readers)
+            .await
+            .is_err()
+    {
+        tracing::warn!(task.id = %task.task, "a process of the step escaped its process group and keeps its output open; output after this point is not collected");
+    }
     match ended {
         Ended::Exited(Ok(status)) => {
             let code = status.code();
@@ -166,6 +181,23 @@ async fn run_in(
     }
 }
 
+/// Waits until every process of the group has exited after SIGTERM, at most [`KILL_GRACE`].
+/// The shell itself usually dies at once; its children are what need the time.
+async fn grace(child: &mut tokio::process::Child, pgid: Pid) {
+    let deadline = tokio::time::Instant::now() + KILL_GRACE;
+    let mut reaped = false;
+    while tokio::time::Instant::now() < deadline && killpg(pgid, None).is_ok() {
+        if reaped {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        } else {
+            tokio::select! {
+                _ = child.wait() => reaped = true,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+}
+
 enum Ended {
     Exited(std::io::Result<std::process::ExitStatus>),
     TimedOut,
@@ -186,22 +218,39 @@ async fn read_lines<R: AsyncRead + Unpin>(
 ) {
     let Some(pipe) = pipe else { return };
     let mut reader = BufReader::new(pipe);
-    let mut buf = Vec::new();
+    let mut line: Vec<u8> = Vec::new();
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if buf.last() == Some(&b'\n') {
-                    buf.pop();
-                }
-                if buf.last() == Some(&b'\r') {
-                    buf.pop();
-                }
-                buf.truncate(MAX_LINE);
-                sink.line(stream, String::from_utf8_lossy(&buf).into_owned())
-                    .await;
-            }
+        let buf = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => buf,
+        };
+        let room = MAX_LINE - line.len();
+        let (take, complete) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) if i <= room => (i + 1, true),
+            _ => (
+                buf.len().min(room),
+                line.len() + buf.len().min(room) >= MAX_LINE,
+            ),
+        };
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if complete {
+            emit(&mut line, stream, sink).await;
         }
     }
+    if !line.is_empty() {
+        emit(&mut line, stream, sink).await;
+    }
+}
+
+async fn emit(line: &mut Vec<u8>, stream: OutputStream, sink: &OutputSink) {
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    sink.line(stream, String::from_utf8_lossy(line).into_owned())
+        .await;
+    line.clear();
 }
