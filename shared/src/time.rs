@@ -6,6 +6,9 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write.
+const MAX_RFC3339_MILLIS: i64 = 253_402_300_799_999;
+
 /// Milliseconds since the Unix epoch (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp(pub i64);
@@ -30,9 +33,11 @@ impl Timestamp {
         u64::try_from(self.0 - earlier.0).unwrap_or(0)
     }
 
-    /// RFC 3339 text with millisecond precision.
+    /// RFC 3339 text with millisecond precision. Times outside years 1970–9999 (which only
+    /// a broken clock produces) are shown clamped rather than failing.
     pub fn to_rfc3339(self) -> String {
-        let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(self.0).unwrap_or(0));
+        let ms = self.0.clamp(0, MAX_RFC3339_MILLIS);
+        let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
         humantime::format_rfc3339_millis(t).to_string()
     }
 }
@@ -68,5 +73,17 @@ impl<'de> Deserialize<'de> for Timestamp {
         } else {
             Ok(Timestamp(i64::deserialize(d)?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_timestamp_formats_without_panicking() {
+        assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(Timestamp(i64::MAX).to_rfc3339(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(Timestamp(i64::MIN).to_rfc3339(), "1970-01-01T00:00:00.000Z");
     }
 }

@@ -161,6 +161,22 @@ async fn bad_requests_are_refused_with_a_reason() -> anyhow::Result<()> {
         400,
         &["steps[0].timeout_secs"],
     );
+    let mut bad = step.clone();
+    bad["action"]["script"] = json!("#".repeat(300 * 1024));
+    assert_api_error(
+        api.post("/api/deployments", &deployment("prod", json!([bad])))
+            .await,
+        400,
+        &["steps[0]", "the limit is 262144"],
+    );
+    let mut huge = step.clone();
+    huge["action"]["script"] = json!("#".repeat(2 * 1024 * 1024));
+    assert_api_error(
+        api.post("/api/deployments", &deployment("prod", json!([huge])))
+            .await,
+        413,
+        &["larger than the limit"],
+    );
     assert_api_error(
         api.post_raw("/api/deployments", "not json").await,
         400,

@@ -87,3 +87,29 @@ pub async fn ensure_pool_consumer(
         .map_err(|e| anyhow::anyhow!("cannot create the queue consumer of pool {pool}: {e}"))?;
     Ok(())
 }
+
+/// Like [`ensure_pool_consumer`], retrying with backoff until it succeeds or `shutdown`.
+pub async fn ensure_pool_consumer_retrying(
+    js: jetstream::Context,
+    subjects: Subjects,
+    pool: PoolName,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match ensure_pool_consumer(&js, &subjects, &pool).await {
+            Ok(()) => {
+                tracing::info!(pool = %pool, "queue consumer of the pool is ready");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, pool = %pool, "queue consumer not created yet; retrying")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}

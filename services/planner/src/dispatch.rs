@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Most publishes awaiting the broker's ack at once.
 const MAX_IN_FLIGHT: usize = 4096;
+/// How long shutdown waits for the broker to confirm publishes in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs until the channel closes or shutdown.
 pub async fn run(
@@ -34,12 +36,12 @@ pub async fn run(
         let next = if !retry.is_empty() && in_flight.is_empty() {
             tokio::select! {
                 () = tokio::time::sleep(backoff) => { backoff = (backoff * 2).min(Duration::from_secs(5)); None }
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
             }
         } else {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                     match done {
                         Ok(task) => { backoff = Duration::from_millis(100); confirm(&writer, task).await; }
@@ -52,7 +54,7 @@ pub async fn run(
                 }
                 msg = rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => match msg {
                     Some(m) => Some(m),
-                    None => return,
+                    None => break,
                 },
             }
         };
@@ -67,6 +69,19 @@ pub async fn run(
                 task,
             )));
         }
+    }
+    // Confirm what the broker already has, so a later restart need not publish it again.
+    let drain = async {
+        while let Some(done) = in_flight.next().await {
+            if let Ok(task) = done {
+                confirm(&writer, task).await;
+            }
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        tracing::warn!(
+            "some task publishes were not confirmed before shutdown; they are published again at start"
+        );
     }
 }
 

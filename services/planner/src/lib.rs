@@ -68,8 +68,17 @@ pub async fn run(
     for cmd in confirmed {
         handle.execute(cmd).await?;
     }
+    let stop_services = CancellationToken::new();
     for pool in log.docs::<PoolDoc>(Proj::Pools)? {
-        broker::ensure_pool_consumer(&js, &config.subjects, &pool.name).await?;
+        if let Err(e) = broker::ensure_pool_consumer(&js, &config.subjects, &pool.name).await {
+            tracing::warn!(error = %e, pool = %pool.name, "queue consumer not ready; retrying in the background");
+            tokio::spawn(broker::ensure_pool_consumer_retrying(
+                js.clone(),
+                config.subjects.clone(),
+                pool.name,
+                stop_services.clone(),
+            ));
+        }
     }
     if !backlog.is_empty() {
         tracing::info!(
@@ -84,7 +93,6 @@ pub async fn run(
 
     let liveness = liveness::Liveness::default();
     let tasks = TaskTracker::new();
-    let stop_services = CancellationToken::new();
     tasks.spawn(dispatch::run(
         js.clone(),
         config.subjects.clone(),
@@ -147,12 +155,27 @@ pub async fn run(
         default_pool: config.default_pool.clone(),
         js: js.clone(),
         subjects: config.subjects.clone(),
+        shutdown: stop_services.clone(),
     };
     drop(handle);
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "planner ready");
     let server = axum::serve(listener, api::router(app))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    server.await.context("HTTP server failed")?;
+    let mut writer_task = writer_task;
+    tokio::select! {
+        served = server => served.context("HTTP server failed")?,
+        // The writer only ends early when the log failed: stop rather than serve stale state.
+        ended = &mut writer_task => {
+            shutdown.cancel();
+            worker_stop.cancel();
+            stop_services.cancel();
+            match ended {
+                Ok(Err(e)) => anyhow::bail!("event log writer failed: {e}"),
+                Ok(Ok(())) => anyhow::bail!("event log writer stopped unexpectedly"),
+                Err(e) => anyhow::bail!("event log writer panicked: {e}"),
+            }
+        }
+    }
 
     // Shutdown: stop taking work, let the built-in worker finish, stop ingesting, then let the
     // writer flush and end, and drain the connection.

@@ -57,6 +57,7 @@ pub fn replay(log: &EventLog, replace: bool) -> Result<ReplayReport, ReplayError
             });
         }
         if replace {
+            log.set_checkpoint(0)?;
             for p in Proj::ALL {
                 let live = log.projections().tree(p);
                 live.clear().map_err(LogError::from)?;
@@ -66,6 +67,7 @@ pub fn replay(log: &EventLog, replace: bool) -> Result<ReplayReport, ReplayError
                 }
             }
             log.flush_blocking()?;
+            log.set_checkpoint(head.seq)?;
         } else {
             compare(log.projections(), &fresh)?;
         }

@@ -36,7 +36,7 @@ pub struct EventView {
     prev_hash: String,
 }
 
-pub async fn list(
+pub(super) async fn list(
     State(app): State<AppState>,
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<EventView>>, ApiError> {

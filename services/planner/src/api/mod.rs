@@ -30,6 +30,8 @@ pub struct AppState {
     pub default_pool: PoolName,
     pub js: async_nats::jetstream::Context,
     pub subjects: Subjects,
+    /// Cancelled when the planner stops; ends background work started by handlers.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The API's routes.
@@ -53,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/workers", get(workers::list))
         .route("/api/events", get(events::list))
         .route("/healthz", get(|| async { "ok" }))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API reference in README.md")
         })
@@ -121,8 +124,32 @@ impl From<LogError> for ApiError {
     }
 }
 
-/// Parses a JSON body, naming the field at fault and refusing unknown fields listed in
-/// `allowed` (top level and per nested object, by path pattern).
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A JSON request body, parsed with [`parse_body`]; every failure is a JSON error answer.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError {
+                status: e.status(),
+                message: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    format!("request body is larger than the limit of {MAX_BODY_BYTES} bytes")
+                } else {
+                    format!("cannot read the request body: {}", e.body_text())
+                },
+            })?;
+        parse_body(&body).map(JsonBody)
+    }
+}
+
+/// Parses a JSON body, naming the field at fault (serde's unknown-field and invalid-value
+/// errors, prefixed with the path of the field).
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {

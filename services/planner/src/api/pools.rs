@@ -1,12 +1,11 @@
 //! `POST /api/pools`, `GET /api/pools`.
 
-use super::{ApiError, AppState, parse_body};
+use super::{ApiError, AppState, JsonBody};
 use crate::broker;
 use crate::domain::Command;
 use crate::domain::state::PoolDoc;
 use crate::log::Proj;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -14,7 +13,7 @@ use shoal_shared::{Pool, PoolName, RegionName, Timestamp};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreatePool {
+pub(super) struct CreatePool {
     name: PoolName,
     #[serde(default)]
     region: Option<RegionName>,
@@ -33,11 +32,10 @@ pub struct PoolView {
     workers_online: usize,
 }
 
-pub async fn create(
+pub(super) async fn create(
     State(app): State<AppState>,
-    body: Bytes,
+    JsonBody(req): JsonBody<CreatePool>,
 ) -> Result<(StatusCode, Json<PoolView>), ApiError> {
-    let req: CreatePool = parse_body(&body)?;
     let pool = Pool {
         name: req.name.clone(),
         region: req.region,
@@ -45,8 +43,14 @@ pub async fn create(
     };
     app.writer.execute(Command::RegisterPool(pool)).await?;
     if let Err(e) = broker::ensure_pool_consumer(&app.js, &app.subjects, &req.name).await {
-        // Recorded in the log; the planner creates missing consumers again at start.
-        tracing::error!(error = %e, pool = %req.name, "pool registered but its queue consumer is not created yet");
+        // The pool is recorded; its queue follows as soon as the broker accepts it.
+        tracing::warn!(error = %e, pool = %req.name, "pool registered; its queue consumer is retried in the background");
+        tokio::spawn(broker::ensure_pool_consumer_retrying(
+            app.js.clone(),
+            app.subjects.clone(),
+            req.name.clone(),
+            app.shutdown.clone(),
+        ));
     }
     let doc: PoolDoc = app
         .log
@@ -55,7 +59,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view(&app, doc))))
 }
 
-pub async fn list(State(app): State<AppState>) -> Result<Json<Vec<PoolView>>, ApiError> {
+pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<PoolView>>, ApiError> {
     let docs: Vec<PoolDoc> = app.log.docs(Proj::Pools)?;
     Ok(Json(docs.into_iter().map(|d| view(&app, d)).collect()))
 }

@@ -1,12 +1,11 @@
 //! `POST /api/targets`, `GET /api/targets`, `GET|PUT /api/targets/{name}`.
 
-use super::{ApiError, AppState, double_option, parse_body};
+use super::{ApiError, AppState, JsonBody, double_option};
 use crate::domain::Command;
 use crate::domain::decide::TargetUpdate;
 use crate::domain::state::TargetDoc;
 use crate::log::Proj;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -14,7 +13,7 @@ use shoal_shared::{EnvironmentName, PoolName, RoleName, Target, TargetKind, Targ
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateTarget {
+pub(super) struct CreateTarget {
     name: TargetName,
     kind: TargetKind,
     environment: EnvironmentName,
@@ -28,7 +27,7 @@ struct CreateTarget {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UpdateTarget {
+pub(super) struct UpdateTarget {
     #[serde(default)]
     kind: Option<TargetKind>,
     #[serde(default)]
@@ -41,11 +40,10 @@ struct UpdateTarget {
     default_pool: Option<Option<PoolName>>,
 }
 
-pub async fn create(
+pub(super) async fn create(
     State(app): State<AppState>,
-    body: Bytes,
+    JsonBody(req): JsonBody<CreateTarget>,
 ) -> Result<(StatusCode, Json<TargetDoc>), ApiError> {
-    let req: CreateTarget = parse_body(&body).map_err(kind_hint)?;
     let name = req.name.clone();
     let target = Target {
         name: req.name,
@@ -59,13 +57,12 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(load(&app, &name)?)))
 }
 
-pub async fn update(
+pub(super) async fn update(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    body: Bytes,
+    JsonBody(req): JsonBody<UpdateTarget>,
 ) -> Result<Json<TargetDoc>, ApiError> {
     let name = TargetName::parse(name).map_err(|e| ApiError::not_found(e.to_string()))?;
-    let req: UpdateTarget = parse_body(&body).map_err(kind_hint)?;
     let update = TargetUpdate {
         kind: req.kind,
         environment: req.environment,
@@ -82,11 +79,11 @@ pub async fn update(
     Ok(Json(load(&app, &name)?))
 }
 
-pub async fn list(State(app): State<AppState>) -> Result<Json<Vec<TargetDoc>>, ApiError> {
+pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<TargetDoc>>, ApiError> {
     Ok(Json(app.log.docs(Proj::Targets)?))
 }
 
-pub async fn show(
+pub(super) async fn show(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<TargetDoc>, ApiError> {
@@ -120,13 +117,4 @@ fn dedup(mut roles: Vec<RoleName>) -> Vec<RoleName> {
     roles.sort();
     roles.dedup();
     roles
-}
-
-/// serde names the variants it expected; say it in the API's words.
-fn kind_hint(e: ApiError) -> ApiError {
-    if e.message.starts_with("kind:") {
-        let known: Vec<&str> = TargetKind::ALL.iter().map(|k| k.as_str()).collect();
-        return ApiError::bad_request(format!("{} (known kinds: {})", e.message, known.join(", ")));
-    }
-    e
 }

@@ -23,7 +23,7 @@ pub struct WorkerView {
     version: String,
 }
 
-pub async fn list(State(app): State<AppState>) -> Result<Json<Vec<WorkerView>>, ApiError> {
+pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<WorkerView>>, ApiError> {
     let docs: Vec<WorkerDoc> = app.log.docs(Proj::Workers)?;
     let live = app.liveness.snapshot();
     let now = Timestamp::now();
