@@ -7,11 +7,12 @@
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use shoal_cli::client::{ApiClient, ClientError};
-use shoal_cli::local::{self, Nats, Proc};
+use shoal_cli::local::{self, Proc};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use serde_json;
+pub use shoal_cli::local::{Nats, free_port};
 
 /// Default deadline of a wait.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -33,8 +34,20 @@ impl Cluster {
     /// # Errors
     /// A part did not come up.
     pub async fn start(planner_args: &[&str]) -> anyhow::Result<Cluster> {
-        let dir = tempfile::Builder::new().prefix("shoal-e2e-").tempdir()?;
+        let dir = tempdir()?;
         let nats = Nats::start(dir.path()).await?;
+        Cluster::start_on(dir, nats, planner_args).await
+    }
+
+    /// A planner on a broker the test made (e.g. a hub with leaf nodes) in `dir`.
+    ///
+    /// # Errors
+    /// The planner did not come up.
+    pub async fn start_on(
+        dir: tempfile::TempDir,
+        nats: Nats,
+        planner_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
         let http_port = local::free_port()?;
         let mut c = Cluster {
             api: ApiClient::new(&format!("http://127.0.0.1:{http_port}")),
@@ -119,6 +132,32 @@ impl Cluster {
                         "endpoint": format!("https://{name}.example.invalid"), "default_pool": default_pool}),
             )
             .await?;
+        Ok(())
+    }
+
+    /// Starts a worker process connected to another server (a region's leaf node).
+    ///
+    /// # Errors
+    /// It could not be started.
+    pub fn worker_via(
+        &mut self,
+        nats_url: &str,
+        name: &str,
+        pool: &str,
+        region: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
+        let work = self.dir.path().join("work").join(name);
+        let p = local::start_worker(
+            &self.logs(),
+            nats_url,
+            name,
+            pool,
+            Some(region),
+            &work,
+            extra,
+        )?;
+        self.workers.push(p);
         Ok(())
     }
 
@@ -267,6 +306,14 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A temp dir for one test's processes.
+///
+/// # Errors
+/// It could not be made.
+pub fn tempdir() -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new().prefix("shoal-e2e-").tempdir()?)
 }
 
 fn tail(text: &str, lines: usize) -> String {

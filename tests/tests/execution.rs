@@ -124,3 +124,82 @@ async fn steps_run_in_order_and_max_parallel_bounds_a_step() -> anyhow::Result<(
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_escaping_the_process_group_cannot_hang_the_task() -> anyhow::Result<()> {
+    let c = Cluster::start(&[]).await?;
+    c.target("t1", "prod", &["web"], None).await?;
+    let pidfile = c.dir.path().join("escaped.pid");
+    // setsid puts sleep in a session of its own, out of reach of the group kill, and it keeps
+    // the output pipes open.
+    let script = format!(
+        "echo before; setsid sleep 300 & echo $! > {}; wait",
+        pidfile.display()
+    );
+    let id = c
+        .deploy(&json!({"project": "p", "environment": "prod", "steps": [
+            {"name": "escapes", "timeout_secs": 1, "action": {"type": "script", "script": script}}]}))
+        .await?;
+    let d = c.finished(&id, WAIT).await;
+    if let Ok(pid) = std::fs::read_to_string(&pidfile).map(|p| p.trim().parse::<i32>()) {
+        let _ = pid.map(|p| {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+        });
+    }
+    let d = d?;
+    let t = &d["steps"][0]["tasks"][0];
+    assert_eq!(t["state"], "timed_out", "{t:#}");
+    let log = c
+        .api
+        .get(&format!(
+            "/api/deployments/{id}/tasks/{}/log",
+            t["id"].as_str().unwrap_or("")
+        ))
+        .await?;
+    assert_eq!(log["lines"][0]["line"], "before");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_and_unterminated_output_is_kept_in_order_and_in_bounded_pieces() -> anyhow::Result<()>
+{
+    let c = Cluster::start(&[]).await?;
+    c.target("t1", "prod", &["web"], None).await?;
+    // 3,000 numbered lines, one 200 KiB line, and a last line without a newline.
+    let script = "for i in $(seq 1 3000); do echo \"line $i\"; done; head -c 204800 /dev/zero | tr '\\0' x; echo; printf tail";
+    let id = c
+        .deploy(&json!({"project": "p", "environment": "prod", "steps": [
+            {"name": "chatty", "action": {"type": "script", "script": script}}]}))
+        .await?;
+    let d = c.finished(&id, WAIT).await?;
+    assert_eq!(d["state"], "succeeded");
+    let task = d["steps"][0]["tasks"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let log = c
+        .api
+        .get(&format!("/api/deployments/{id}/tasks/{task}/log"))
+        .await?;
+    let lines: Vec<&str> = log["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["line"].as_str())
+        .collect();
+    for (i, line) in lines.iter().take(3000).enumerate() {
+        assert_eq!(*line, format!("line {}", i + 1));
+    }
+    // The long line arrives split into 64 KiB pieces: 3 full ones and the rest.
+    let long: Vec<usize> = lines[3000..lines.len() - 1]
+        .iter()
+        .map(|l| l.len())
+        .collect();
+    assert_eq!(long, [65536, 65536, 65536, 204800 - 3 * 65536]);
+    assert_eq!(lines.last(), Some(&"tail"));
+    assert_eq!(d["steps"][0]["tasks"][0]["output_lines"], lines.len());
+    Ok(())
+}

@@ -192,24 +192,66 @@ impl Proc {
     }
 }
 
-/// A nats-server with JetStream on a free port and a store dir of its own.
+/// A nats-server on a free port: a stand-alone JetStream server with a store dir of its own,
+/// or one made from a configuration (a hub, a region's leaf node).
 #[derive(Debug)]
 pub struct Nats {
     pub port: u16,
-    pub store: PathBuf,
+    name: String,
+    args: Vec<String>,
     log_dir: PathBuf,
     proc: Option<Proc>,
 }
 
 impl Nats {
-    /// Starts nats-server and waits until it accepts connections.
+    /// Starts a JetStream server with its store under `dir` and waits until it accepts
+    /// connections.
     ///
     /// # Errors
     /// nats-server is missing or does not come up.
     pub async fn start(dir: &Path) -> anyhow::Result<Nats> {
+        let port = free_port()?;
+        let args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            dir.join("nats-store").display().to_string(),
+        ];
+        Nats::launch(dir, "nats-server", port, args).await
+    }
+
+    /// Starts a server named `name` from a configuration; `config` gets the listen address
+    /// and port prepended, and may refer to `{dir}` (a directory of this server's own).
+    ///
+    /// # Errors
+    /// nats-server is missing, refuses the configuration, or does not come up.
+    pub async fn start_with_config(dir: &Path, name: &str, config: &str) -> anyhow::Result<Nats> {
+        let port = free_port()?;
+        let own = dir.join(name);
+        std::fs::create_dir_all(&own)?;
+        let text = format!(
+            "listen: 127.0.0.1:{port}\nserver_name: {name}\n{}",
+            config.replace("{dir}", &own.display().to_string())
+        );
+        let file = dir.join(format!("{name}.conf"));
+        std::fs::write(&file, text)?;
+        Nats::launch(
+            dir,
+            name,
+            port,
+            vec!["-c".into(), file.display().to_string()],
+        )
+        .await
+    }
+
+    async fn launch(dir: &Path, name: &str, port: u16, args: Vec<String>) -> anyhow::Result<Nats> {
         let mut nats = Nats {
-            port: free_port()?,
-            store: dir.join("nats-store"),
+            port,
+            name: name.to_owned(),
+            args,
             log_dir: dir.join("logs"),
             proc: None,
         };
@@ -228,16 +270,7 @@ impl Nats {
     /// It does not come up.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let bin = find_nats_server()?;
-        let args: Vec<String> = vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            self.port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            self.store.display().to_string(),
-        ];
-        self.proc = Some(Proc::spawn("nats-server", &bin, &args, &self.log_dir)?);
+        self.proc = Some(Proc::spawn(&self.name, &bin, &self.args, &self.log_dir)?);
         wait_for_port(self.port, Duration::from_secs(10)).await
     }
 
