@@ -291,10 +291,12 @@ async fn logs(api: &ApiClient, id: &str, task: Option<&str>) -> anyhow::Result<(
         }
         for l in log["lines"].as_array().into_iter().flatten() {
             let line = l["line"].as_str().unwrap_or("");
+            // attempt.run: a run above 1 is a redelivery after a worker was lost.
+            let run = format!("{}.{}", l["attempt"], l["run"]);
             if l["stream"] == "stderr" {
-                println!("{} ! {line}", l["attempt"]);
+                println!("{run} ! {line}");
             } else {
-                println!("{}   {line}", l["attempt"]);
+                println!("{run}   {line}");
             }
         }
     }
