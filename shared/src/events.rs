@@ -162,13 +162,9 @@ impl Event {
         1
     }
 
-    /// The stream this event belongs to, e.g. `deployment/<id>`.
-    pub fn stream(&self) -> String {
+    /// The deployment this event belongs to, if any.
+    pub fn deployment(&self) -> Option<DeploymentId> {
         match self {
-            Event::PoolRegistered { pool, .. } => format!("pool/{pool}"),
-            Event::TargetRegistered { target } | Event::TargetUpdated { target } => {
-                format!("target/{}", target.name)
-            }
             Event::DeploymentCreated { deployment, .. }
             | Event::DeploymentStarted { deployment }
             | Event::StepStarted { deployment, .. }
@@ -178,11 +174,30 @@ impl Event {
             | Event::TaskOutput { deployment, .. }
             | Event::TaskFinished { deployment, .. }
             | Event::StepFinished { deployment, .. }
-            | Event::DeploymentFinished { deployment, .. } => format!("deployment/{deployment}"),
+            | Event::DeploymentFinished { deployment, .. } => Some(*deployment),
+            Event::PoolRegistered { .. }
+            | Event::TargetRegistered { .. }
+            | Event::TargetUpdated { .. }
+            | Event::WorkerJoined { .. }
+            | Event::WorkerLeft { .. }
+            | Event::MessageRejected { .. } => None,
+        }
+    }
+
+    /// The stream this event belongs to, e.g. `deployment/<id>`.
+    pub fn stream(&self) -> String {
+        if let Some(deployment) = self.deployment() {
+            return format!("deployment/{deployment}");
+        }
+        match self {
+            Event::PoolRegistered { pool, .. } => format!("pool/{pool}"),
+            Event::TargetRegistered { target } | Event::TargetUpdated { target } => {
+                format!("target/{}", target.name)
+            }
             Event::WorkerJoined { worker, .. } | Event::WorkerLeft { worker, .. } => {
                 format!("worker/{worker}")
             }
-            Event::MessageRejected { .. } => "rejected".to_owned(),
+            _ => "rejected".to_owned(),
         }
     }
 }

@@ -161,7 +161,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts a worker process.
+    /// Starts a worker process connected to the cluster's broker.
     ///
     /// # Errors
     /// It could not be started.
@@ -172,18 +172,8 @@ impl Cluster {
         region: &str,
         extra: &[&str],
     ) -> anyhow::Result<()> {
-        let work = self.dir.path().join("work").join(name);
-        let p = local::start_worker(
-            &self.logs(),
-            &self.nats.url(),
-            name,
-            pool,
-            Some(region),
-            &work,
-            extra,
-        )?;
-        self.workers.push(p);
-        Ok(())
+        let url = self.nats.url();
+        self.worker_via(&url, name, pool, region, extra)
     }
 
     /// Waits until every named worker is online.

@@ -6,7 +6,6 @@ use shoal_planner::PlannerConfig;
 use shoal_shared::PoolName;
 use shoal_shared::subjects::Subjects;
 use std::path::PathBuf;
-use tokio_util::sync::CancellationToken;
 
 /// The shoal planner: routes deployment steps to worker pools and records every fact.
 #[derive(Debug, Parser)]
@@ -121,23 +120,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&s.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", s.http_addr))?;
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        token.cancel();
-    });
+    let shutdown = shoal_worker::signal::shutdown_on_signals();
     let config = PlannerConfig {
         nats_url: s.nats_url,
         data_dir: s.data_dir,

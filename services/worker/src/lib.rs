@@ -9,6 +9,7 @@ pub mod heartbeat;
 pub mod nats;
 pub mod pull;
 pub mod report;
+pub mod signal;
 
 use shoal_shared::subjects::Subjects;
 use shoal_shared::{PoolName, RegionName, WorkerName};

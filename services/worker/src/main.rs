@@ -6,7 +6,6 @@ use shoal_shared::{PoolName, RegionName, WorkerName};
 use shoal_worker::WorkerConfig;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// Runs shoal deployment steps for one worker pool.
 #[derive(Debug, Parser)]
@@ -75,23 +74,6 @@ async fn main() -> anyhow::Result<()> {
         Some(subjects.pool_inbox_prefix(&args.pool)),
     )
     .await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    let shutdown = shoal_worker::signal::shutdown_on_signals();
     shoal_worker::run(config, client, shutdown).await
-}
-
-async fn signal_shutdown(token: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown requested: no new tasks; finishing running ones");
-    token.cancel();
 }

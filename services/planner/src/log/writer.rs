@@ -9,7 +9,7 @@ use crate::domain::{self, Changes, Command, EventSink, NewEvent, Rejection, Stat
 use shoal_shared::codec;
 use shoal_shared::events::{Envelope, Event};
 use shoal_shared::messages::{TaskMessage, WIRE_SCHEMA_VERSION};
-use shoal_shared::{DeploymentId, EventId, PoolName, TaskId, TaskState, Timestamp};
+use shoal_shared::{EventId, PoolName, TaskId, TaskState, Timestamp};
 use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
 
@@ -234,7 +234,7 @@ impl Writer {
             stream: e.event.stream(),
             event_type: e.event.event_type().to_owned(),
             schema_version: e.event.schema_version(),
-            correlation_id: deployment_of(&e.event).map(|d| d.0),
+            correlation_id: e.event.deployment().map(|d| d.0),
             causation_id: cause.map(|c| c.0),
             payload: codec::encode(&e.event)?,
             prev_hash: self.head.hash.to_vec(),
@@ -304,22 +304,5 @@ impl EventSink for BatchSink<'_> {
 
     fn append(&mut self, event: NewEvent, cause: Option<EventId>) -> Result<u64, LogError> {
         self.writer.append(event, cause, self.pending)
-    }
-}
-
-/// The deployment an event belongs to, if any.
-pub fn deployment_of(event: &Event) -> Option<DeploymentId> {
-    match event {
-        Event::DeploymentCreated { deployment, .. }
-        | Event::DeploymentStarted { deployment }
-        | Event::StepStarted { deployment, .. }
-        | Event::TaskPlanned { deployment, .. }
-        | Event::TaskDispatched { deployment, .. }
-        | Event::TaskStarted { deployment, .. }
-        | Event::TaskOutput { deployment, .. }
-        | Event::TaskFinished { deployment, .. }
-        | Event::StepFinished { deployment, .. }
-        | Event::DeploymentFinished { deployment, .. } => Some(*deployment),
-        _ => None,
     }
 }
