@@ -12,17 +12,16 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub enum CodecError {
     #[error("message of {size} bytes is larger than the limit of {MAX_MESSAGE_BYTES} bytes")]
     TooLarge { size: usize },
-    #[error("malformed {what}: {source}")]
+    // The cause is part of the message (it is what users need to read), not a `source`.
+    #[error("malformed {what}: {cause}")]
     Malformed {
         what: &'static str,
-        #[source]
-        source: rmp_serde::decode::Error,
+        cause: rmp_serde::decode::Error,
     },
-    #[error("cannot encode {what}: {source}")]
+    #[error("cannot encode {what}: {cause}")]
     Encode {
         what: &'static str,
-        #[source]
-        source: rmp_serde::encode::Error,
+        cause: rmp_serde::encode::Error,
     },
 }
 
@@ -31,9 +30,9 @@ pub enum CodecError {
 /// # Errors
 /// Only for values serde cannot represent (not the case for shoal's own types).
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    rmp_serde::to_vec_named(value).map_err(|source| CodecError::Encode {
+    rmp_serde::to_vec_named(value).map_err(|cause| CodecError::Encode {
         what: std::any::type_name::<T>(),
-        source,
+        cause,
     })
 }
 
@@ -45,7 +44,7 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(CodecError::TooLarge { size: bytes.len() });
     }
-    rmp_serde::from_slice(bytes).map_err(|source| CodecError::Malformed { what, source })
+    rmp_serde::from_slice(bytes).map_err(|cause| CodecError::Malformed { what, cause })
 }
 
 #[cfg(test)]

@@ -147,14 +147,16 @@ impl Cluster {
         region: &str,
         extra: &[&str],
     ) -> anyhow::Result<()> {
+        // A test that passes its own --work-dir gets exactly that.
         let work = self.dir.path().join("work").join(name);
+        let own = extra.contains(&"--work-dir");
         let p = local::start_worker(
             &self.logs(),
             nats_url,
             name,
             pool,
             Some(region),
-            &work,
+            (!own).then_some(work.as_path()),
             extra,
         )?;
         self.workers.push(p);
@@ -191,6 +193,15 @@ impl Cluster {
             Ok(names.iter().all(|n| online(n)).then_some(workers))
         })
         .await
+        .map_err(|e| {
+            let logs: Vec<String> = self
+                .workers
+                .iter()
+                .filter(|p| names.contains(&p.name.as_str()))
+                .map(|p| format!("----- {} -----\n{}", p.name, tail(&p.output(), 30)))
+                .collect();
+            e.context(logs.join("\n"))
+        })
     }
 
     /// Submits a deployment and returns its id.

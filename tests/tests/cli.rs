@@ -65,6 +65,30 @@ action = { type = "script", script = "echo done" }
     );
     let id = out.split_whitespace().nth(1).unwrap_or_default().to_owned();
 
+    let (ok, out) = c.cli(&["deployment", "show", &id])?;
+    assert!(ok, "{out}");
+    let d = c.api.get(&format!("/api/deployments/{id}")).await?;
+    let task = d["steps"][0]["tasks"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let short = &task[task.len() - 8..];
+    assert!(
+        out.contains(short),
+        "deployment show prints the short task id:\n{out}"
+    );
+    let (ok, out) = c.cli(&["logs", &id, short])?;
+    assert!(
+        ok && out.contains("1.1   deployed web-eu") && !out.contains("done"),
+        "{out}"
+    );
+    let (ok, out) = c.cli(&["logs", &id, "zzzzzzzz"])?;
+    assert!(!ok && out.contains("has no task zzzzzzzz"), "{out}");
+    let (ok, out) = c.cli(&["target", "show", "web-eu"])?;
+    assert!(
+        ok && out.contains("default pool  eu-west") && out.contains("kind          azure-web-app"),
+        "{out}"
+    );
     let (ok, out) = c.cli(&["logs", &id])?;
     assert!(
         ok && out.contains("deployed web-eu") && out.contains("done"),

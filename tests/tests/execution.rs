@@ -203,3 +203,40 @@ async fn long_and_unterminated_output_is_kept_in_order_and_in_bounded_pieces() -
     assert_eq!(d["steps"][0]["tasks"][0]["output_lines"], lines.len());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_relative_work_dir_runs_scripts() -> anyhow::Result<()> {
+    let mut c = Cluster::start(&["--no-builtin-worker"]).await?;
+    // Processes run in the cluster's directory: this is the README's default kind of path.
+    c.worker(
+        "relative",
+        "default",
+        "eu",
+        &["--work-dir", "./relative-work"],
+    )?;
+    c.wait_online(&["relative"]).await?;
+    c.target("t1", "prod", &["web"], None).await?;
+    let id = c
+        .deploy(&json!({"project": "p", "environment": "prod", "steps": [
+            {"name": "pwd", "action": {"type": "script", "script": "pwd"}}]}))
+        .await?;
+    let d = c.finished(&id, WAIT).await?;
+    assert_eq!(d["state"], "succeeded", "{d:#}");
+    let t = &d["steps"][0]["tasks"][0];
+    let log = c
+        .api
+        .get(&format!(
+            "/api/deployments/{id}/tasks/{}/log",
+            t["id"].as_str().unwrap_or("")
+        ))
+        .await?;
+    let pwd = log["lines"][0]["line"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        pwd.starts_with('/') && pwd.contains("relative-work/tasks/"),
+        "{pwd}"
+    );
+    Ok(())
+}

@@ -63,6 +63,33 @@ async fn replay_after_a_clean_stop_equals_the_live_state() -> anyhow::Result<()>
         }
     };
     let before = snapshot(&c).await?;
+    let builtin = |workers: &shoal_e2e::serde_json::Value| {
+        workers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["pool"] == "default")
+            .filter_map(|w| w["name"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    let builtin_before = builtin(&c.api.get("/api/workers").await?);
+    assert_eq!(builtin_before.len(), 1, "{builtin_before:?}");
+
+    // Replay is offline: it refuses a log a running planner holds, and a dir without a log.
+    let (replay_ok, out) = c.replay()?;
+    assert!(
+        !replay_ok && out.contains("in use by another process") && out.contains("stop it first"),
+        "{out}"
+    );
+    let (replay_ok, out) = shoal_e2e::run_binary(
+        "shoal-planner",
+        &["replay", "--data-dir", "/nonexistent/shoal"],
+    )?;
+    assert!(
+        !replay_ok && out.contains("no event log in /nonexistent/shoal"),
+        "{out}"
+    );
+
     c.stop_planner().await?;
 
     let (replay_ok, out) = c.replay()?;
@@ -73,6 +100,8 @@ async fn replay_after_a_clean_stop_equals_the_live_state() -> anyhow::Result<()>
 
     c.start_planner().await?;
     let after = snapshot(&c).await?;
+    // The built-in worker keeps its name across restarts.
+    assert_eq!(builtin(&c.api.get("/api/workers").await?), builtin_before);
     // The restarted planner adds nothing to the log for a clean history (the built-in worker
     // joins again, which is a new fact after the snapshot's events).
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {

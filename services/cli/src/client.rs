@@ -8,12 +8,8 @@ use std::time::Duration;
 pub enum ClientError {
     #[error("{message} (HTTP {status})")]
     Api { status: u16, message: String },
-    #[error("cannot reach the planner at {api}: {source}; is it running? (set --api or SHOAL_API)")]
-    Unreachable {
-        api: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    #[error("cannot reach the planner at {api} ({cause}); is it running? (set --api or SHOAL_API)")]
+    Unreachable { api: String, cause: String },
 }
 
 impl ClientError {
@@ -94,9 +90,9 @@ impl ApiClient {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
-        let unreachable = |source| ClientError::Unreachable {
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             api: self.base.clone(),
-            source,
+            cause: innermost(&e),
         };
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
@@ -115,4 +111,13 @@ impl ApiClient {
             })
         }
     }
+}
+
+/// The deepest cause of an error ("Connection refused" rather than "error sending request").
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }

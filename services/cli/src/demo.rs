@@ -51,7 +51,7 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
             name,
             pool,
             Some(region),
-            &work,
+            Some(&work),
             &[],
         )?);
         println!("  worker:      {name} in pool {pool} (region {region})");

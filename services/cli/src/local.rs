@@ -120,8 +120,11 @@ impl Proc {
             .create(true)
             .append(true)
             .open(&log)?;
+        // Children run in the installation's directory, so relative paths stay inside it.
+        let cwd = log_dir.parent().unwrap_or(log_dir);
         let child = Command::new(program)
             .args(args)
+            .current_dir(cwd)
             .env("NO_COLOR", "1")
             .env(
                 "RUST_LOG",
@@ -353,7 +356,8 @@ pub async fn start_planner(
     }
 }
 
-/// Starts a worker process of `pool` named `name`.
+/// Starts a worker process of `pool` named `name`, with its own work dir when given (else
+/// the worker's default, relative to the installation's directory).
 ///
 /// # Errors
 /// The binary is missing or cannot be started.
@@ -363,7 +367,7 @@ pub fn start_worker(
     name: &str,
     pool: &str,
     region: Option<&str>,
-    work_dir: &Path,
+    work_dir: Option<&Path>,
     extra: &[&str],
 ) -> anyhow::Result<Proc> {
     let bin = find_binary("shoal-worker")?;
@@ -374,9 +378,11 @@ pub fn start_worker(
         name.to_owned(),
         "--pool".to_owned(),
         pool.to_owned(),
-        "--work-dir".to_owned(),
-        work_dir.display().to_string(),
     ];
+    if let Some(dir) = work_dir {
+        args.push("--work-dir".to_owned());
+        args.push(dir.display().to_string());
+    }
     if let Some(r) = region {
         args.push("--region".to_owned());
         args.push(r.to_owned());

@@ -171,10 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Target(TargetCmd::List) => render::targets(&api.get("/api/targets").await?),
         Cmd::Target(TargetCmd::Show { name }) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&api.get(&format!("/api/targets/{name}")).await?)?
-            );
+            render::target(&api.get(&format!("/api/targets/{name}")).await?);
         }
         Cmd::Target(TargetCmd::SetPool { name, pool, clear }) => {
             let pool = if clear { Value::Null } else { json!(pool) };
@@ -260,25 +257,33 @@ pub(crate) async fn follow(api: &ApiClient, id: &str, print: bool) -> anyhow::Re
 }
 
 async fn logs(api: &ApiClient, id: &str, task: Option<&str>) -> anyhow::Result<()> {
-    let tasks: Vec<(String, String)> = match task {
-        Some(t) => vec![(t.to_owned(), String::new())],
-        None => {
-            let d = api.get(&format!("/api/deployments/{id}")).await?;
-            let mut out = Vec::new();
-            for step in d["steps"].as_array().into_iter().flatten() {
-                for t in step["tasks"].as_array().into_iter().flatten() {
-                    let label = format!(
-                        "{} · {} · pool {}",
-                        step["name"].as_str().unwrap_or(""),
-                        t["target"].as_str().unwrap_or("(no target)"),
-                        t["pool"].as_str().unwrap_or("")
-                    );
-                    out.push((t["id"].as_str().unwrap_or_default().to_owned(), label));
-                }
-            }
-            out
+    let d = api.get(&format!("/api/deployments/{id}")).await?;
+    let mut tasks: Vec<(String, String)> = Vec::new();
+    for step in d["steps"].as_array().into_iter().flatten() {
+        for t in step["tasks"].as_array().into_iter().flatten() {
+            let label = format!(
+                "{} · {} · pool {}",
+                step["name"].as_str().unwrap_or(""),
+                t["target"].as_str().unwrap_or("(no target)"),
+                t["pool"].as_str().unwrap_or("")
+            );
+            tasks.push((t["id"].as_str().unwrap_or_default().to_owned(), label));
         }
-    };
+    }
+    // A task may be named by its full id or by the short id `deployment show` prints (its
+    // last characters).
+    if let Some(wanted) = task {
+        let all: Vec<String> = tasks.iter().map(|(t, _)| t.clone()).collect();
+        tasks.retain(|(t, _)| t == wanted || t.ends_with(wanted));
+        match tasks.len() {
+            0 => bail!(
+                "deployment {id} has no task {wanted} (its tasks: {})",
+                all.join(", ")
+            ),
+            1 => {}
+            _ => bail!("{wanted} matches several tasks of deployment {id}; give more of the id"),
+        }
+    }
     if tasks.is_empty() {
         bail!("deployment {id} has no tasks");
     }

@@ -63,6 +63,22 @@ pub fn targets(v: &Value) {
     println!("{t}");
 }
 
+pub fn target(x: &Value) {
+    let roles: Vec<String> = items(&x["roles"]).map(s).collect();
+    for (k, v) in [
+        ("target", s(&x["name"])),
+        ("kind", s(&x["kind"])),
+        ("environment", s(&x["environment"])),
+        ("roles", roles.join(", ")),
+        ("endpoint", s(&x["endpoint"])),
+        ("default pool", s(&x["default_pool"])),
+        ("registered", s(&x["registered_at"])),
+        ("updated", s(&x["updated_at"])),
+    ] {
+        println!("{k:<13} {v}");
+    }
+}
+
 pub fn workers(v: &Value) {
     let mut t = table(&[
         "worker",

@@ -22,6 +22,7 @@ use crate::domain::state::PoolDoc;
 use crate::log::writer::Writer;
 use crate::log::{EventLog, Proj};
 use anyhow::Context as _;
+use sha2::Digest as _;
 use shoal_shared::subjects::Subjects;
 use shoal_shared::{PoolName, WorkerName};
 use std::path::PathBuf;
@@ -120,10 +121,13 @@ pub async fn run(
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_default();
-        let name = WorkerName::from_host(
-            &format!("builtin-{host}"),
-            &uuid::Uuid::new_v4().simple().to_string()[..6],
-        );
+        // Stable across restarts (one planner per data dir), so a restart does not leave the
+        // previous incarnation listed as an offline worker.
+        let dir =
+            std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+        let digest = sha2::Sha256::digest(dir.display().to_string().as_bytes());
+        let suffix: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
+        let name = WorkerName::from_host(&format!("builtin-{host}"), &suffix);
         let mut wc = shoal_worker::WorkerConfig::new(
             name.clone(),
             config.default_pool.clone(),

@@ -59,26 +59,37 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,async_nats=warn".into()),
-        )
-        .init();
+fn main() {
+    shoal_worker::telemetry::init();
     let args = Args::parse();
-    match args.command {
+    let result = match args.command {
         Some(Cmd::Replay { data_dir, rebuild }) => replay(&data_dir, rebuild),
         None => serve(args.serve),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
     }
 }
 
 fn replay(data_dir: &std::path::Path, rebuild: bool) -> anyhow::Result<()> {
-    let log = shoal_planner::log::EventLog::open(&data_dir.join("log")).with_context(|| {
-        format!(
-            "cannot open the event log in {} (is a planner still running on it?)",
-            data_dir.display()
-        )
+    let dir = data_dir.join("log");
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "no event log in {} (looked for {}); is --data-dir the planner's data dir?",
+            data_dir.display(),
+            dir.display()
+        );
+    }
+    let log = shoal_planner::log::EventLog::open(&dir).map_err(|e| {
+        if e.to_string().contains("could not acquire lock") {
+            anyhow::anyhow!(
+                "the event log in {} is in use by another process, most likely a running planner; stop it first (replay works offline)",
+                data_dir.display()
+            )
+        } else {
+            anyhow::anyhow!("cannot open the event log in {}: {e}", data_dir.display())
+        }
     })?;
     let started = std::time::Instant::now();
     match shoal_planner::replay::replay(&log, rebuild) {

@@ -10,6 +10,7 @@ pub mod nats;
 pub mod pull;
 pub mod report;
 pub mod signal;
+pub mod telemetry;
 
 use shoal_shared::subjects::Subjects;
 use shoal_shared::{PoolName, RegionName, WorkerName};
@@ -68,8 +69,13 @@ pub async fn run(
     client: async_nats::Client,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut config = config;
     std::fs::create_dir_all(config.work_dir.join("tasks")).map_err(|e| {
         anyhow::anyhow!("cannot create work dir {}: {e}", config.work_dir.display())
+    })?;
+    // Scripts run inside their task directory: every path handed to them must be absolute.
+    config.work_dir = std::fs::canonicalize(&config.work_dir).map_err(|e| {
+        anyhow::anyhow!("cannot resolve work dir {}: {e}", config.work_dir.display())
     })?;
     let js = match &config.js_domain {
         Some(domain) => async_nats::jetstream::with_domain(client.clone(), domain),

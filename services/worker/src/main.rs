@@ -43,15 +43,20 @@ struct Args {
     js_domain: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,async_nats=warn".into()),
-        )
-        .init();
+fn main() {
+    shoal_worker::telemetry::init();
     let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new();
+    let result = runtime
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(args)));
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let subjects = Subjects::new(&args.subject_prefix)?;
     let name = args.name.unwrap_or_else(|| {
         let host = nix::unistd::gethostname()

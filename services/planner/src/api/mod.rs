@@ -156,11 +156,18 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            ApiError::bad_request(format!("malformed JSON: {inner}"))
-        } else if path == "." || path.is_empty() {
-            ApiError::bad_request(format!("invalid request body: {inner}"))
+            return ApiError::bad_request(format!("malformed JSON: {inner}"));
+        }
+        // The path names the field; a position in a body the user may not have written (the
+        // CLI builds it from TOML) would only mislead.
+        let text = inner.to_string();
+        let text = text
+            .rfind(" at line ")
+            .map_or(text.as_str(), |i| &text[..i]);
+        if path == "." || path.is_empty() {
+            ApiError::bad_request(format!("invalid request body: {text}"))
         } else {
-            ApiError::bad_request(format!("{path}: {inner}"))
+            ApiError::bad_request(format!("{path}: {text}"))
         }
     })
 }

@@ -41,7 +41,9 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<WorkerV
                 slots: l.map_or(d.slots, |l| l.slots),
                 busy_slots: if online { l.map_or(0, |l| l.busy) } else { 0 },
                 status: if online { "online" } else { "offline" },
-                last_seen: l.map(|l| l.last_seen),
+                // Heartbeats are not kept across planner restarts: until the next one, the
+                // last recorded fact about the worker stands in.
+                last_seen: l.map(|l| l.last_seen).or(d.left_at).or(Some(d.joined_at)),
                 region: d.region,
                 pool: d.pool,
                 name: d.name,

@@ -138,7 +138,7 @@ pub fn decide(
         Command::RegisterTarget(target) => {
             if state.targets.contains_key(&target.name) {
                 return Err(Rejection::Invalid(format!(
-                    "name: target \"{0}\" already exists; change it with PUT /api/targets/{0}",
+                    "name: target \"{0}\" already exists; change it with `shoal target set-pool {0}` or PUT /api/targets/{0}",
                     target.name
                 )));
             }
@@ -343,7 +343,7 @@ fn check_target(state: &State, target: &Target) -> Result<(), Rejection> {
         && !state.pools.contains_key(pool)
     {
         return Err(Rejection::Invalid(format!(
-            "default_pool: unknown pool \"{pool}\" (known: {}); register it first with POST /api/pools",
+            "default_pool: unknown pool \"{pool}\" (known: {}); register it first (`shoal pool add {pool}`, POST /api/pools)",
             known_pools(state)
         )));
     }

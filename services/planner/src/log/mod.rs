@@ -23,11 +23,25 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("event log storage failed: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     #[error("event log record could not be decoded: {0}")]
-    Codec(#[from] CodecError),
+    Codec(CodecError),
     #[error("event log is inconsistent: {0}")]
     Corrupt(String),
+}
+
+// Conversions by hand: the messages already include the cause, so it is not also a `source`
+// (an error chain would print it twice).
+impl From<sled::Error> for LogError {
+    fn from(e: sled::Error) -> Self {
+        LogError::Sled(e)
+    }
+}
+
+impl From<CodecError> for LogError {
+    fn from(e: CodecError) -> Self {
+        LogError::Codec(e)
+    }
 }
 
 impl From<TransactionError<LogError>> for LogError {
