@@ -34,15 +34,15 @@ pub fn next_events(state: &State, id: DeploymentId) -> Vec<Event> {
                     step: step_no,
                 }];
             }
-            let tasks: Vec<&TaskDoc> = step
-                .tasks
-                .iter()
-                .filter_map(|t| state.tasks.get(t))
-                .collect();
-            if let Some(bad) = tasks
-                .iter()
-                .find(|t| t.state.is_terminal() && t.state != TaskState::Succeeded)
-            {
+            let Some(progress) = state.progress.get(&(id, step_no)) else {
+                return vec![];
+            };
+            if progress.failed > 0 {
+                let bad = step
+                    .tasks
+                    .iter()
+                    .filter_map(|t| state.tasks.get(t))
+                    .find(|t| t.state.is_terminal() && t.state != TaskState::Succeeded);
                 return vec![
                     Event::StepFinished {
                         deployment: id,
@@ -52,11 +52,14 @@ pub fn next_events(state: &State, id: DeploymentId) -> Vec<Event> {
                     Event::DeploymentFinished {
                         deployment: id,
                         state: DeploymentState::Failed,
-                        reason: Some(failure_reason(&step.name, bad)),
+                        reason: Some(bad.map_or_else(
+                            || format!("step \"{}\" failed", step.name),
+                            |t| failure_reason(&step.name, t),
+                        )),
                     },
                 ];
             }
-            if tasks.iter().all(|t| t.state == TaskState::Succeeded) {
+            if progress.succeeded == step.tasks.len() {
                 return vec![Event::StepFinished {
                     deployment: id,
                     step: step_no,
@@ -69,19 +72,11 @@ pub fn next_events(state: &State, id: DeploymentId) -> Vec<Event> {
                 .get(index)
                 .and_then(|s| s.max_parallel)
                 .map_or(usize::MAX, |m| m as usize);
-            let active = tasks
+            step.tasks[progress.next.min(step.tasks.len())..]
                 .iter()
-                .filter(|t| {
-                    matches!(
-                        t.state,
-                        TaskState::Planned | TaskState::Dispatched | TaskState::Running
-                    )
-                })
-                .count();
-            tasks
-                .iter()
+                .filter_map(|t| state.tasks.get(t))
                 .filter(|t| t.state == TaskState::Pending)
-                .take(limit.saturating_sub(active))
+                .take(limit.saturating_sub(progress.active))
                 .map(|t| Event::TaskPlanned {
                     deployment: id,
                     task: t.id,

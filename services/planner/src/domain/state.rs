@@ -160,11 +160,116 @@ pub struct State {
     pub outbox: BTreeSet<(TaskId, u32)>,
     /// Deployments not yet finished, for quick lookups after restart.
     pub active: BTreeSet<DeploymentId>,
+    /// Task counts per step of active deployments, so advancing a step never scans its
+    /// tasks. Derived (not stored): rebuilt from the tasks by [`State::recount`].
+    pub progress: BTreeMap<(DeploymentId, u32), StepProgress>,
+}
+
+/// How many tasks of a step are in which state, and where planning continues.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StepProgress {
+    pub pending: usize,
+    /// Planned, dispatched or running.
+    pub active: usize,
+    pub succeeded: usize,
+    /// Failed, timed out or cancelled.
+    pub failed: usize,
+    /// Index in the step's task list before which no task is pending (tasks are planned in
+    /// list order).
+    pub next: usize,
+}
+
+impl StepProgress {
+    fn bucket(&mut self, state: TaskState) -> Option<&mut usize> {
+        match state {
+            TaskState::Pending => Some(&mut self.pending),
+            TaskState::Planned | TaskState::Dispatched | TaskState::Running => {
+                Some(&mut self.active)
+            }
+            TaskState::Succeeded => Some(&mut self.succeeded),
+            TaskState::Failed | TaskState::TimedOut | TaskState::Cancelled => {
+                Some(&mut self.failed)
+            }
+            TaskState::Skipped | TaskState::Lost => None,
+        }
+    }
 }
 
 impl State {
     /// Applies one record of the log.
     pub fn apply(&mut self, env: &Envelope, event: &Event, changes: &mut Changes) {
+        let watched = task_of(event).and_then(|id| {
+            self.tasks
+                .get(&id)
+                .map(|t| (id, t.deployment, t.step, t.state))
+        });
+        self.apply_event(env, event, changes);
+        if let Some((id, deployment, step, before)) = watched
+            && let Some(after) = self.tasks.get(&id).map(|t| t.state)
+            && after != before
+        {
+            self.moved(deployment, step, before, after);
+        }
+    }
+
+    /// Keeps a step's counts in step with one task's change of state.
+    fn moved(&mut self, deployment: DeploymentId, step: u32, before: TaskState, after: TaskState) {
+        let Some(p) = self.progress.get_mut(&(deployment, step)) else {
+            return;
+        };
+        if let Some(n) = p.bucket(before) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(n) = p.bucket(after) {
+            *n += 1;
+        }
+        if before == TaskState::Pending
+            && let Some(s) = self
+                .deployments
+                .get(&deployment)
+                .and_then(|d| d.steps.get(step as usize))
+        {
+            while p.next < s.tasks.len()
+                && self
+                    .tasks
+                    .get(&s.tasks[p.next])
+                    .is_some_and(|t| t.state != TaskState::Pending)
+            {
+                p.next += 1;
+            }
+        }
+    }
+
+    /// Rebuilds the step counts of active deployments from their tasks (after loading).
+    pub fn recount(&mut self) {
+        self.progress.clear();
+        for id in &self.active {
+            let Some(d) = self.deployments.get(id) else {
+                continue;
+            };
+            for (index, step) in d.steps.iter().enumerate() {
+                let mut p = StepProgress::default();
+                for t in step.tasks.iter().filter_map(|t| self.tasks.get(t)) {
+                    if let Some(n) = p.bucket(t.state) {
+                        *n += 1;
+                    }
+                }
+                p.next = step
+                    .tasks
+                    .iter()
+                    .position(|t| {
+                        self.tasks
+                            .get(t)
+                            .is_some_and(|t| t.state == TaskState::Pending)
+                    })
+                    .unwrap_or(step.tasks.len());
+                self.progress
+                    .insert((*id, u32::try_from(index).unwrap_or(u32::MAX)), p);
+            }
+        }
+    }
+
+    fn apply_event(&mut self, env: &Envelope, event: &Event, changes: &mut Changes) {
         changes.rows.push(Row::StreamIndex {
             stream: env.stream.clone(),
             seq: env.seq,
@@ -270,6 +375,14 @@ impl State {
                         spec: spec.clone(),
                     },
                 );
+                for (index, planned) in steps.iter().enumerate() {
+                    let p = StepProgress {
+                        pending: planned.tasks.len(),
+                        ..StepProgress::default()
+                    };
+                    self.progress
+                        .insert((*deployment, u32::try_from(index).unwrap_or(u32::MAX)), p);
+                }
                 self.active.insert(*deployment);
                 changes.docs.insert(DocKey::Deployment(*deployment));
             }
@@ -485,6 +598,7 @@ impl State {
                     }
                 }
                 self.active.remove(deployment);
+                self.progress.retain(|(d, _), _| d != deployment);
             }
             Event::WorkerJoined {
                 worker,
@@ -545,5 +659,16 @@ impl State {
         let d = self.deployments.get(&task.deployment)?;
         let step = d.spec.steps.get(task.step as usize)?;
         Some((&step.action, step))
+    }
+}
+
+/// The task an event changes the state of, if any.
+fn task_of(event: &Event) -> Option<TaskId> {
+    match event {
+        Event::TaskPlanned { task, .. }
+        | Event::TaskDispatched { task, .. }
+        | Event::TaskStarted { task, .. }
+        | Event::TaskFinished { task, .. } => Some(*task),
+        _ => None,
     }
 }

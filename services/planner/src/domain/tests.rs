@@ -103,10 +103,18 @@ fn given(targets: &[Target]) -> Memory {
 
 fn when(m: &mut Memory, cmd: Command) -> Result<Vec<Event>, Rejection> {
     let before = m.events.len();
-    match handle(m, &default_pool(), &cmd) {
+    let result = match handle(m, &default_pool(), &cmd) {
         Ok(r) => r.map(|_| m.events[before..].to_vec()),
         Err(never) => match never {},
-    }
+    };
+    // The counts kept event by event equal the counts recomputed from the tasks.
+    let mut recounted = m.state.clone();
+    recounted.recount();
+    assert_eq!(
+        recounted.progress, m.state.progress,
+        "step counts drifted after {cmd:?}"
+    );
+    result
 }
 
 fn deploy(m: &mut Memory, steps: Vec<StepSpec>) -> (DeploymentId, Vec<Event>) {

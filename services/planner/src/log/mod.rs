@@ -404,6 +404,7 @@ impl EventLog {
                 u32::from_be_bytes(attempt),
             ));
         }
+        state.recount();
         Ok(state)
     }
 
