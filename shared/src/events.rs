@@ -72,6 +72,7 @@ pub enum Event {
         task: TaskId,
         attempt: u32,
         /// Broker delivery of this attempt: a run; above 1 an earlier run was lost.
+        #[serde(default)]
         delivery: u32,
         worker: WorkerName,
         pool: PoolName,
@@ -81,6 +82,7 @@ pub enum Event {
         deployment: DeploymentId,
         task: TaskId,
         attempt: u32,
+        #[serde(default)]
         delivery: u32,
         worker: WorkerName,
         /// Index of the first line within this run's output.
@@ -91,6 +93,7 @@ pub enum Event {
         deployment: DeploymentId,
         task: TaskId,
         attempt: u32,
+        #[serde(default)]
         delivery: u32,
         worker: WorkerName,
         outcome: Outcome,

@@ -73,12 +73,14 @@ pub enum WorkerBody {
         attempt: u32,
         /// How many times the broker has delivered this attempt (1 = first run); more
         /// means an earlier run's worker died or stopped without finishing it.
+        #[serde(default)]
         delivery: u32,
     },
     TaskOutput {
         deployment: DeploymentId,
         task: TaskId,
         attempt: u32,
+        #[serde(default)]
         delivery: u32,
         first_line: u64,
         lines: Vec<OutputLine>,
@@ -87,6 +89,7 @@ pub enum WorkerBody {
         deployment: DeploymentId,
         task: TaskId,
         attempt: u32,
+        #[serde(default)]
         delivery: u32,
         outcome: Outcome,
         exit_code: Option<i32>,

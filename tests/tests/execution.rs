@@ -168,8 +168,9 @@ async fn long_and_unterminated_output_is_kept_in_order_and_in_bounded_pieces() -
 {
     let c = Cluster::start(&[]).await?;
     c.target("t1", "prod", &["web"], None).await?;
-    // 3,000 numbered lines, one 200 KiB line, and a last line without a newline.
-    let script = "for i in $(seq 1 3000); do echo \"line $i\"; done; head -c 204800 /dev/zero | tr '\\0' x; echo; printf tail";
+    // 3,000 numbered lines, a line of exactly 64 KiB, one of 200 KiB, and a last line
+    // without a newline.
+    let script = "for i in $(seq 1 3000); do echo \"line $i\"; done; head -c 65536 /dev/zero | tr '\\0' y; echo; head -c 204800 /dev/zero | tr '\\0' x; echo; printf tail";
     let id = c
         .deploy(&json!({"project": "p", "environment": "prod", "steps": [
             {"name": "chatty", "action": {"type": "script", "script": script}}]}))
@@ -193,12 +194,13 @@ async fn long_and_unterminated_output_is_kept_in_order_and_in_bounded_pieces() -
     for (i, line) in lines.iter().take(3000).enumerate() {
         assert_eq!(*line, format!("line {}", i + 1));
     }
-    // The long line arrives split into 64 KiB pieces: 3 full ones and the rest.
+    // A line of exactly 64 KiB stays one line; a longer one arrives in 64 KiB pieces.
     let long: Vec<usize> = lines[3000..lines.len() - 1]
         .iter()
         .map(|l| l.len())
         .collect();
-    assert_eq!(long, [65536, 65536, 65536, 204800 - 3 * 65536]);
+    assert_eq!(long, [65536, 65536, 65536, 65536, 204800 - 3 * 65536]);
+    assert!(lines[3000].bytes().all(|b| b == b'y') && lines[3001].bytes().all(|b| b == b'x'));
     assert_eq!(lines.last(), Some(&"tail"));
     assert_eq!(d["steps"][0]["tasks"][0]["output_lines"], lines.len());
     Ok(())

@@ -13,10 +13,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
+use tracing::Instrument as _;
 
 /// How long one pull request waits for work.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How long shutdown waits for each message of a pull already on its way.
+const HAND_BACK_WAIT: Duration = Duration::from_millis(200);
 /// Delay before a task this worker cannot read yet (newer schema) is offered again.
 const NEWER_SCHEMA_DELAY: Duration = Duration::from_secs(30);
 
@@ -66,7 +69,10 @@ pub async fn run(
             loop {
                 let next = tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => None,
+                    () = shutdown.cancelled() => {
+                        hand_back(&mut batch).await;
+                        break 'outer;
+                    }
                     m = batch.next() => m,
                 };
                 match next {
@@ -77,10 +83,6 @@ pub async fn run(
                             let _ = msg.ack_with(AckKind::Nak(None)).await;
                             continue;
                         };
-                        if shutdown.is_cancelled() {
-                            let _ = msg.ack_with(AckKind::Nak(None)).await;
-                            continue;
-                        }
                         let slot = (permit, Busy::new(&running));
                         tracker.spawn(handle(
                             msg,
@@ -111,6 +113,14 @@ pub async fn run(
         );
         kill.cancel();
         tracker.wait().await;
+    }
+}
+
+/// At shutdown: messages of the current pull that are already on their way are handed back
+/// at once (nak) rather than left to wait out the ack wait. Waits briefly for each.
+async fn hand_back(batch: &mut jetstream::consumer::pull::Batch) {
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(HAND_BACK_WAIT, batch.next()).await {
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
     }
 }
 
@@ -222,12 +232,26 @@ async fn handle(
         .info()
         .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX));
     let span = tracing::info_span!("task", task.id = %task.task, attempt = task.attempt, delivery, step = %task.step_name);
-    let _entered = span.enter();
-    // The message stays alive for as long as this worker holds it, reports included.
-    let keepalive = {
+    run_task(msg, task, delivery, config, reporter, kill)
+        .instrument(span)
+        .await;
+}
+
+/// Runs an accepted task to its end (see [`handle`]).
+async fn run_task(
+    msg: jetstream::Message,
+    task: TaskMessage,
+    delivery: u32,
+    config: Arc<WorkerConfig>,
+    reporter: Reporter,
+    kill: CancellationToken,
+) {
+    // The message stays alive for as long as this worker holds it, reports included; the
+    // keepalive ends with this function, however it ends.
+    let _keepalive = {
         let msg = msg.clone();
         let every = config.progress_interval;
-        tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
@@ -236,7 +260,7 @@ async fn handle(
                     tracing::debug!(error = %e, "progress ack not sent");
                 }
             }
-        })
+        }))
     };
     let (deployment, task_id, attempt) = (task.deployment, task.task, task.attempt);
     let started = reporter
@@ -273,7 +297,6 @@ async fn handle(
     } else {
         let _ = msg.ack_with(AckKind::Nak(None)).await;
     }
-    keepalive.abort();
 }
 
 /// Acknowledges with confirmation, retrying a few times: a lost ack means the task runs again.

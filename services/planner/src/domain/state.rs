@@ -58,6 +58,7 @@ pub struct StepDoc {
 pub struct AttemptDoc {
     pub attempt: u32,
     /// The broker's delivery count of the attempt (0 until a worker starts it).
+    #[serde(default)]
     pub delivery: u32,
     pub worker: Option<WorkerName>,
     pub started_at: Option<Timestamp>,
@@ -80,6 +81,7 @@ pub struct TaskDoc {
     pub state: TaskState,
     pub attempt: u32,
     /// Delivery of the current attempt that runs (or ran) it.
+    #[serde(default)]
     pub delivery: u32,
     pub worker: Option<WorkerName>,
     pub exit_code: Option<i32>,
@@ -537,29 +539,36 @@ impl State {
                 at: ended,
                 ..
             } => {
-                // The first outcome of the current attempt counts, from whichever run.
                 if let Some(t) = self.tasks.get_mut(task)
                     && t.attempt == *attempt
-                    && !t.state.is_terminal()
                 {
                     let state = outcome.task_state();
-                    t.state = state;
-                    t.worker = Some(worker.clone());
-                    t.exit_code = *exit_code;
-                    t.reason = reason.clone();
-                    t.finished_at = Some(*ended);
-                    let run = t
-                        .attempts
-                        .iter_mut()
-                        .rev()
-                        .find(|r| r.attempt == *attempt && r.delivery == *delivery);
+                    // Every run's own end goes into the history, even after the task has its
+                    // outcome (a run thought lost may still finish).
+                    let run = t.attempts.iter_mut().rev().find(|r| {
+                        r.attempt == *attempt && r.delivery == *delivery && !r.state.is_terminal()
+                    });
+                    let mut changed = false;
                     if let Some(run) = run {
                         run.state = state;
                         run.worker = Some(worker.clone());
                         run.finished_at = Some(*ended);
                         run.exit_code = *exit_code;
+                        changed = true;
                     }
-                    changes.docs.insert(DocKey::Task(*task));
+                    // The first outcome of the current attempt counts, from whichever run.
+                    if !t.state.is_terminal() {
+                        t.state = state;
+                        t.delivery = *delivery;
+                        t.worker = Some(worker.clone());
+                        t.exit_code = *exit_code;
+                        t.reason = reason.clone();
+                        t.finished_at = Some(*ended);
+                        changed = true;
+                    }
+                    if changed {
+                        changes.docs.insert(DocKey::Task(*task));
+                    }
                 }
             }
             Event::StepFinished {

@@ -505,3 +505,45 @@ fn a_redelivered_attempt_is_a_new_run_and_the_lost_one_stays_in_the_history() {
     assert_eq!(t.attempts[1].state, TaskState::Succeeded);
     assert_eq!(t.attempts[0].state, TaskState::Lost);
 }
+
+#[test]
+fn a_run_thought_lost_that_finishes_first_gives_the_outcome_and_the_later_run_is_still_recorded() {
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let (_, events) = deploy(&mut m, vec![step("a", &["web"], None)]);
+    let task = planned(&events)[0].0;
+    let started = |d: u32| {
+        move |dep, attempt| WorkerBody::TaskStarted {
+            deployment: dep,
+            task,
+            attempt,
+            delivery: d,
+        }
+    };
+    let finished = |d: u32, outcome| {
+        move |dep, attempt| WorkerBody::TaskFinished {
+            deployment: dep,
+            task,
+            attempt,
+            delivery: d,
+            outcome,
+            exit_code: Some(0),
+            reason: None,
+        }
+    };
+    report(&mut m, task, "w1", started(1));
+    report(&mut m, task, "w2", started(2));
+    // w1 was only cut off; it finishes first.
+    report(&mut m, task, "w1", finished(1, Outcome::Succeeded));
+    let t = &m.state.tasks[&task];
+    assert_eq!(
+        (t.state, t.delivery, t.worker.as_ref().map(|w| w.as_str())),
+        (TaskState::Succeeded, 1, Some("w1"))
+    );
+    assert_eq!(t.attempts[0].state, TaskState::Succeeded);
+    assert_eq!(t.attempts[1].state, TaskState::Running);
+    // w2's run ends too: its end is in the history, the task keeps the first outcome.
+    report(&mut m, task, "w2", finished(2, Outcome::Failed));
+    let t = &m.state.tasks[&task];
+    assert_eq!((t.state, t.delivery), (TaskState::Succeeded, 1));
+    assert_eq!(t.attempts[1].state, TaskState::Failed);
+}

@@ -18,8 +18,11 @@ use tokio_util::sync::CancellationToken;
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Longest output line; longer lines are split into pieces of this size.
 const MAX_LINE: usize = 64 * 1024;
-/// How long output is still read after the step's processes are gone.
+/// How long a pipe may stay silent after the step's processes are gone before it is left.
 const READER_GRACE: Duration = Duration::from_secs(2);
+/// How long a pipe is read at most after the step's processes are gone (an escaped process
+/// that keeps writing).
+const READER_CAP: Duration = Duration::from_secs(30);
 
 pub(super) async fn run(
     task: &TaskMessage,
@@ -96,11 +99,14 @@ async fn run_in(
         .map(Pid::from_raw);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
+    // Cancelled once every process of the step is gone; from then on a pipe that stays
+    // silent for READER_GRACE is given up (something escaped the group and holds it open).
+    let gone = CancellationToken::new();
     let readers = async {
         tokio::join!(
-            read_lines(stdout, OutputStream::Stdout, sink),
-            read_lines(stderr, OutputStream::Stderr, sink)
-        );
+            read_lines(stdout, OutputStream::Stdout, sink, &gone),
+            read_lines(stderr, OutputStream::Stderr, sink, &gone)
+        )
     };
     let timeout = task.timeout_secs.map(Duration::from_secs);
     let supervise = async {
@@ -118,23 +124,11 @@ async fn run_in(
             let _ = killpg(pgid, Signal::SIGKILL);
         }
         let _ = child.wait().await;
+        gone.cancel();
         ended
     };
-    tokio::pin!(supervise, readers);
-    let mut readers_done = false;
-    let ended = loop {
-        tokio::select! {
-            ended = &mut supervise => break ended,
-            () = &mut readers, if !readers_done => readers_done = true,
-        }
-    };
-    // A process that left the step's process group (setsid, `timeout`) may still hold the
-    // pipes open: take what it wrote shortly after, then stop reading rather than hang.
-    if !readers_done
-        && tokio::time::timeout(READER_GRACE, &mut readers)
-            .await
-            .is_err()
-    {
+    let (ended, (out_escaped, err_escaped)) = tokio::join!(supervise, readers);
+    if out_escaped || err_escaped {
         tracing::warn!(task.id = %task.task, "a process of the step escaped its process group and keeps its output open; output after this point is not collected");
     }
     match ended {
@@ -211,26 +205,48 @@ async fn sleep_opt(d: Option<Duration>) {
     }
 }
 
+/// Reads a pipe line by line into the sink until it closes. Once `gone` is cancelled (the
+/// step's processes are gone) a pipe silent for [`READER_GRACE`] is left; returns whether
+/// that happened. Waiting on the sink is never cut short, so no written line is lost.
 async fn read_lines<R: AsyncRead + Unpin>(
     pipe: Option<R>,
     stream: OutputStream,
     sink: &OutputSink,
-) {
-    let Some(pipe) = pipe else { return };
+    gone: &CancellationToken,
+) -> bool {
+    let Some(pipe) = pipe else { return false };
     let mut reader = BufReader::new(pipe);
     let mut line: Vec<u8> = Vec::new();
+    let mut escaped = false;
+    let mut cap: Option<tokio::time::Instant> = None;
     loop {
-        let buf = match reader.fill_buf().await {
+        // `fill_buf` is cancel-safe: nothing read is lost when the select drops it.
+        let filled = if gone.is_cancelled() {
+            let cap = *cap.get_or_insert_with(|| tokio::time::Instant::now() + READER_CAP);
+            let wait = READER_GRACE.min(cap.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(wait, reader.fill_buf()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    escaped = true;
+                    break;
+                }
+            }
+        } else {
+            tokio::select! {
+                r = reader.fill_buf() => r,
+                () = gone.cancelled() => continue,
+            }
+        };
+        let buf = match filled {
             Ok([]) | Err(_) => break,
             Ok(buf) => buf,
         };
         let room = MAX_LINE - line.len();
         let (take, complete) = match buf.iter().position(|b| *b == b'\n') {
             Some(i) if i <= room => (i + 1, true),
-            _ => (
-                buf.len().min(room),
-                line.len() + buf.len().min(room) >= MAX_LINE,
-            ),
+            // No newline within reach: a full piece is emitted only once a byte after it is
+            // known not to be the newline, so a line of exactly MAX_LINE stays one line.
+            _ => (buf.len().min(room), buf.len() > room),
         };
         line.extend_from_slice(&buf[..take]);
         reader.consume(take);
@@ -241,6 +257,7 @@ async fn read_lines<R: AsyncRead + Unpin>(
     if !line.is_empty() {
         emit(&mut line, stream, sink).await;
     }
+    escaped
 }
 
 async fn emit(line: &mut Vec<u8>, stream: OutputStream, sink: &OutputSink) {
