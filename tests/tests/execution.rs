@@ -37,14 +37,7 @@ async fn a_failed_script_fails_the_deployment_with_its_exit_code_and_later_steps
     assert_eq!(d["steps"][1]["tasks"][0]["state"], "skipped");
     assert!(d["steps"][1]["tasks"][0]["worker"].is_null());
     // The failing task's output is kept.
-    let log = c
-        .api
-        .get(&format!(
-            "/api/deployments/{id}/tasks/{}/log",
-            failed[0]["id"].as_str().unwrap_or("")
-        ))
-        .await?;
-    assert_eq!(log["lines"][0]["line"], "about to fail");
+    assert_eq!(c.output(&id, &failed[0]).await?[0], "about to fail");
     Ok(())
 }
 
@@ -152,14 +145,7 @@ async fn a_process_escaping_the_process_group_cannot_hang_the_task() -> anyhow::
     let d = d?;
     let t = &d["steps"][0]["tasks"][0];
     assert_eq!(t["state"], "timed_out", "{t:#}");
-    let log = c
-        .api
-        .get(&format!(
-            "/api/deployments/{id}/tasks/{}/log",
-            t["id"].as_str().unwrap_or("")
-        ))
-        .await?;
-    assert_eq!(log["lines"][0]["line"], "before");
+    assert_eq!(c.output(&id, t).await?[0], "before");
     Ok(())
 }
 
@@ -177,20 +163,7 @@ async fn long_and_unterminated_output_is_kept_in_order_and_in_bounded_pieces() -
         .await?;
     let d = c.finished(&id, WAIT).await?;
     assert_eq!(d["state"], "succeeded");
-    let task = d["steps"][0]["tasks"][0]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let log = c
-        .api
-        .get(&format!("/api/deployments/{id}/tasks/{task}/log"))
-        .await?;
-    let lines: Vec<&str> = log["lines"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["line"].as_str())
-        .collect();
+    let lines = c.output(&id, &d["steps"][0]["tasks"][0]).await?;
     for (i, line) in lines.iter().take(3000).enumerate() {
         assert_eq!(*line, format!("line {}", i + 1));
     }
@@ -201,7 +174,7 @@ async fn long_and_unterminated_output_is_kept_in_order_and_in_bounded_pieces() -
         .collect();
     assert_eq!(long, [65536, 65536, 65536, 65536, 204800 - 3 * 65536]);
     assert!(lines[3000].bytes().all(|b| b == b'y') && lines[3001].bytes().all(|b| b == b'x'));
-    assert_eq!(lines.last(), Some(&"tail"));
+    assert_eq!(lines.last().map(String::as_str), Some("tail"));
     assert_eq!(d["steps"][0]["tasks"][0]["output_lines"], lines.len());
     Ok(())
 }
@@ -225,17 +198,7 @@ async fn a_worker_with_a_relative_work_dir_runs_scripts() -> anyhow::Result<()> 
     let d = c.finished(&id, WAIT).await?;
     assert_eq!(d["state"], "succeeded", "{d:#}");
     let t = &d["steps"][0]["tasks"][0];
-    let log = c
-        .api
-        .get(&format!(
-            "/api/deployments/{id}/tasks/{}/log",
-            t["id"].as_str().unwrap_or("")
-        ))
-        .await?;
-    let pwd = log["lines"][0]["line"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let pwd = c.output(&id, t).await?[0].clone();
     assert!(
         pwd.starts_with('/') && pwd.contains("relative-work/tasks/"),
         "{pwd}"

@@ -79,14 +79,7 @@ async fn each_rule_routes_to_its_pool_and_only_that_pools_workers_run_it() -> an
             "task of pool {pool} ran on {worker}"
         );
         // The script saw where it ran.
-        let log = c
-            .api
-            .get(&format!(
-                "/api/deployments/{id}/tasks/{}/log",
-                t["id"].as_str().unwrap_or("")
-            ))
-            .await?;
-        let line = log["lines"][0]["line"].as_str().unwrap_or("").to_owned();
+        let line = c.output(&id, t).await?[0].clone();
         let region = match pool {
             "eu-west" => "eu",
             "us-east" => "us",
