@@ -81,8 +81,23 @@ struct Harness {
     tasks: Vec<TaskMessage>,
 }
 
+/// Reopens a sled database closed a moment ago: sled's background threads release the file
+/// lock shortly after the last handle is dropped, not at once.
+fn reopen<T, E: std::fmt::Debug>(open: impl Fn() -> Result<T, E>) -> T {
+    for _ in 0..100 {
+        match open() {
+            Ok(db) => return db,
+            Err(e) if format!("{e:?}").contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open the log: {e:?}"),
+        }
+    }
+    panic!("the log's lock was not released within 2 s")
+}
+
 fn open(dir: &std::path::Path) -> Harness {
-    let log = EventLog::open(dir).expect("opens");
+    let log = reopen(|| EventLog::open(dir));
     let (tx, planned) = mpsc::unbounded_channel();
     let writer = Writer::open(log.clone(), PoolName::parse("default").expect("valid"), tx)
         .expect("consistent");
@@ -315,7 +330,7 @@ async fn a_changed_record_breaks_the_chain_at_the_next_record() {
     assert_eq!(log.len(), 3);
     drop(log);
     {
-        let db = sled::open(dir.path()).expect("opens");
+        let db = reopen(|| sled::open(dir.path()));
         let events = db.open_tree("log.events").expect("tree");
         let key = 2u64.to_be_bytes();
         let mut record = events.get(key).expect("read").expect("record 2").to_vec();
@@ -324,7 +339,7 @@ async fn a_changed_record_breaks_the_chain_at_the_next_record() {
         events.insert(key, record).expect("write");
         db.flush().expect("flush");
     }
-    let log = EventLog::open(dir.path()).expect("opens");
+    let log = reopen(|| EventLog::open(dir.path()));
     match replay(&log, false) {
         Err(ReplayError::Chain { seq: 3, .. }) | Err(ReplayError::Log(_)) => {}
         other => panic!("tampering not detected: {other:?}"),
