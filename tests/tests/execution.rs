@@ -79,7 +79,7 @@ async fn steps_run_in_order_and_max_parallel_bounds_a_step() -> anyhow::Result<(
         .deploy(&json!({"project": "p", "environment": "prod", "steps": [
             {"name": "one-at-a-time", "roles": ["web"], "max_parallel": 1,
              "action": {"type": "script", "script": "sleep 0.2"}},
-            {"name": "all-at-once", "roles": ["web"], "action": {"type": "script", "script": "sleep 0.2"}}]}))
+            {"name": "all-at-once", "roles": ["web"], "action": {"type": "script", "script": "sleep 1"}}]}))
         .await?;
     let d = c.finished(&id, WAIT).await?;
     assert_eq!(d["state"], "succeeded");
