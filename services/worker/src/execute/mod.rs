@@ -52,6 +52,7 @@ pub async fn run(
             let sink = OutputSink::spawn(task, delivery, reporter.clone());
             let result = script::run(
                 task,
+                delivery,
                 script,
                 shell.as_deref().unwrap_or("bash"),
                 config,

@@ -26,6 +26,7 @@ const READER_CAP: Duration = Duration::from_secs(30);
 
 pub(super) async fn run(
     task: &TaskMessage,
+    delivery: u32,
     script: &str,
     shell: &str,
     config: &WorkerConfig,
@@ -35,7 +36,7 @@ pub(super) async fn run(
     let dir = config
         .work_dir
         .join("tasks")
-        .join(format!("{}-{}", task.task, task.attempt));
+        .join(format!("{}-{}-{delivery}", task.task, task.attempt));
     let result = run_in(task, script, shell, config, sink, kill, &dir).await;
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         tracing::debug!(error = %e, dir = %dir.display(), "task directory not removed");
