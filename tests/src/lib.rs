@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use shoal_cli::client::{ApiClient, ClientError};
 use shoal_cli::local::{self, Proc};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use serde_json;
@@ -385,9 +385,4 @@ pub fn assert_api_error(result: Result<Value, ClientError>, status: u16, parts: 
 /// Whether a process id is alive.
 pub fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-}
-
-/// Reads a file if it exists.
-pub fn read(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok()
 }

@@ -143,11 +143,6 @@ impl Proc {
         })
     }
 
-    /// The process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
     fn signal(&self, sig: Signal) {
         if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
             let _ = kill(Pid::from_raw(pid), sig);

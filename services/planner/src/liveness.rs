@@ -51,13 +51,6 @@ impl Liveness {
         }
     }
 
-    /// Forgets a worker (it said it left).
-    pub fn remove(&self, worker: &WorkerName) {
-        if let Ok(mut map) = self.inner.lock() {
-            map.remove(worker);
-        }
-    }
-
     /// Every worker seen since start.
     pub fn snapshot(&self) -> HashMap<WorkerName, Live> {
         self.inner.lock().map(|m| m.clone()).unwrap_or_default()

@@ -143,13 +143,6 @@ pub struct Changes {
     pub rows: Vec<Row>,
 }
 
-impl Changes {
-    /// Whether nothing changed.
-    pub fn is_empty(&self) -> bool {
-        self.docs.is_empty() && self.rows.is_empty()
-    }
-}
-
 /// Every projection of the log, in memory. Owned by the log writer.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct State {

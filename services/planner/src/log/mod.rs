@@ -518,11 +518,6 @@ impl EventLog {
         })
     }
 
-    /// The database, for replay's fresh trees.
-    pub fn db(&self) -> &sled::Db {
-        &self.db
-    }
-
     /// Opens a fresh set of projection trees under `prefix`, emptied first.
     ///
     /// # Errors
