@@ -117,6 +117,44 @@ pub struct StepSpec {
     pub max_parallel: Option<u32>,
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
+    /// Extra attempts after one that failed or timed out (0: none). Each is a new attempt.
+    #[serde(default)]
+    pub retries: u32,
+    /// Delay before the first retry ([`DEFAULT_RETRY_BACKOFF_SECS`] when unset); it doubles
+    /// for each later retry, up to [`MAX_RETRY_BACKOFF_SECS`].
+    #[serde(default)]
+    pub retry_backoff_secs: Option<u64>,
+    /// How many workers may start one attempt and stop without finishing it (died, were
+    /// killed, lost their connection, or handed it back at a drain deadline) before the
+    /// attempt fails ([`DEFAULT_MAX_ATTEMPTS`] when unset).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+/// Delay before a step's first retry when it does not set `retry_backoff_secs`.
+pub const DEFAULT_RETRY_BACKOFF_SECS: u64 = 5;
+/// Longest delay between two attempts of a task.
+pub const MAX_RETRY_BACKOFF_SECS: u64 = 300;
+/// Runs of one attempt when a step does not set `max_attempts`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+impl StepSpec {
+    /// The delay before attempt `next` (2 or later): the backoff doubled for each retry
+    /// before it, capped at [`MAX_RETRY_BACKOFF_SECS`].
+    pub fn retry_delay_ms(&self, next: u32) -> u64 {
+        let base = self
+            .retry_backoff_secs
+            .unwrap_or(DEFAULT_RETRY_BACKOFF_SECS)
+            .saturating_mul(1000);
+        let doublings = next.saturating_sub(2).min(32);
+        base.saturating_mul(1u64 << doublings)
+            .min(MAX_RETRY_BACKOFF_SECS * 1000)
+    }
+
+    /// Runs allowed per attempt.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS)
+    }
 }
 
 /// A deployment as submitted.
@@ -133,6 +171,8 @@ pub struct DeploymentSpec {
 pub enum DeploymentState {
     Queued,
     Running,
+    /// Cancellation was asked for; waiting for workers to stop what they run.
+    Cancelling,
     Succeeded,
     Failed,
     Cancelled,
@@ -154,6 +194,8 @@ pub enum StepState {
     Succeeded,
     Failed,
     Skipped,
+    /// The deployment was cancelled while the step ran.
+    Cancelled,
 }
 
 /// State of a task.
@@ -167,6 +209,8 @@ pub enum TaskState {
     /// In its pool's queue.
     Dispatched,
     Running,
+    /// The last attempt failed; the next one is planned when its backoff has passed.
+    RetryScheduled,
     Succeeded,
     Failed,
     TimedOut,
@@ -224,4 +268,43 @@ pub struct OutputLine {
     pub stream: OutputStream,
     pub at: crate::Timestamp,
     pub line: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(backoff: Option<u64>) -> StepSpec {
+        StepSpec {
+            name: "s".into(),
+            action: Action::Noop,
+            roles: vec![],
+            pool: None,
+            timeout_secs: None,
+            max_parallel: None,
+            variables: BTreeMap::new(),
+            retries: 10,
+            retry_backoff_secs: backoff,
+            max_attempts: None,
+        }
+    }
+
+    #[test]
+    fn retry_delay_doubles_from_the_backoff_and_is_capped() {
+        let s = step(Some(2));
+        let delays: Vec<u64> = (2..=10).map(|n| s.retry_delay_ms(n)).collect();
+        assert_eq!(
+            delays,
+            [
+                2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 300_000
+            ]
+        );
+        assert_eq!(s.retry_delay_ms(u32::MAX), MAX_RETRY_BACKOFF_SECS * 1000);
+        assert_eq!(
+            step(None).retry_delay_ms(2),
+            DEFAULT_RETRY_BACKOFF_SECS * 1000
+        );
+        assert_eq!(step(Some(0)).retry_delay_ms(5), 0);
+        assert_eq!(step(None).max_attempts(), DEFAULT_MAX_ATTEMPTS);
+    }
 }

@@ -66,6 +66,9 @@ pub enum Event {
         deployment: DeploymentId,
         task: TaskId,
         attempt: u32,
+        /// Where the broker stored the message, so a cancellation can remove it.
+        #[serde(default)]
+        stream_seq: Option<u64>,
     },
     TaskStarted {
         deployment: DeploymentId,
@@ -101,6 +104,20 @@ pub enum Event {
         reason: Option<String>,
         at: Timestamp,
     },
+    /// The planner gave up on a running task of a cancelled deployment: no worker confirmed
+    /// that it stopped.
+    TaskCancelled {
+        deployment: DeploymentId,
+        task: TaskId,
+        attempt: u32,
+        reason: String,
+    },
+    /// Someone asked to cancel the deployment: queued tasks are cancelled now, running ones
+    /// are told to stop.
+    DeploymentCancelRequested {
+        deployment: DeploymentId,
+        reason: String,
+    },
     StepFinished {
         deployment: DeploymentId,
         step: u32,
@@ -124,6 +141,15 @@ pub enum Event {
         pool: PoolName,
         reason: String,
         at: Timestamp,
+    },
+    /// The worker is to take no new tasks (maintenance) until resumed.
+    WorkerDrainRequested {
+        worker: WorkerName,
+        pool: PoolName,
+    },
+    WorkerResumed {
+        worker: WorkerName,
+        pool: PoolName,
     },
     /// A message on a shoal subject that could not be accepted; kept so nothing is lost.
     MessageRejected {
@@ -151,10 +177,14 @@ impl Event {
             Event::TaskStarted { .. } => "TaskStarted",
             Event::TaskOutput { .. } => "TaskOutput",
             Event::TaskFinished { .. } => "TaskFinished",
+            Event::TaskCancelled { .. } => "TaskCancelled",
+            Event::DeploymentCancelRequested { .. } => "DeploymentCancelRequested",
             Event::StepFinished { .. } => "StepFinished",
             Event::DeploymentFinished { .. } => "DeploymentFinished",
             Event::WorkerJoined { .. } => "WorkerJoined",
             Event::WorkerLeft { .. } => "WorkerLeft",
+            Event::WorkerDrainRequested { .. } => "WorkerDrainRequested",
+            Event::WorkerResumed { .. } => "WorkerResumed",
             Event::MessageRejected { .. } => "MessageRejected",
         }
     }
@@ -176,6 +206,8 @@ impl Event {
             | Event::TaskStarted { deployment, .. }
             | Event::TaskOutput { deployment, .. }
             | Event::TaskFinished { deployment, .. }
+            | Event::TaskCancelled { deployment, .. }
+            | Event::DeploymentCancelRequested { deployment, .. }
             | Event::StepFinished { deployment, .. }
             | Event::DeploymentFinished { deployment, .. } => Some(*deployment),
             Event::PoolRegistered { .. }
@@ -183,6 +215,8 @@ impl Event {
             | Event::TargetUpdated { .. }
             | Event::WorkerJoined { .. }
             | Event::WorkerLeft { .. }
+            | Event::WorkerDrainRequested { .. }
+            | Event::WorkerResumed { .. }
             | Event::MessageRejected { .. } => None,
         }
     }
@@ -197,7 +231,10 @@ impl Event {
             Event::TargetRegistered { target } | Event::TargetUpdated { target } => {
                 format!("target/{}", target.name)
             }
-            Event::WorkerJoined { worker, .. } | Event::WorkerLeft { worker, .. } => {
+            Event::WorkerJoined { worker, .. }
+            | Event::WorkerLeft { worker, .. }
+            | Event::WorkerDrainRequested { worker, .. }
+            | Event::WorkerResumed { worker, .. } => {
                 format!("worker/{worker}")
             }
             _ => "rejected".to_owned(),

@@ -26,6 +26,10 @@ pub struct TaskMessage {
     pub variables: BTreeMap<String, String>,
     pub timeout_secs: Option<u64>,
     pub planned_at: Timestamp,
+    /// Deliveries of this attempt a worker may start; a later one is reported failed without
+    /// running (its earlier workers all stopped without a result). 0: no limit.
+    #[serde(default)]
+    pub max_deliveries: u32,
 }
 
 impl TaskMessage {
@@ -108,4 +112,18 @@ pub struct Heartbeat {
     pub busy: u32,
     pub interval_ms: u64,
     pub sent_at: Timestamp,
+    /// The worker is draining: it takes no new tasks.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// An instruction to one worker, on core NATS `shoal.control.<pool>.<worker>`. The wanted
+/// state is also in the log and compared with every heartbeat, so a lost message is sent
+/// again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerControl {
+    pub schema_version: u16,
+    pub worker: WorkerName,
+    /// Stop taking tasks (maintenance) or take them again.
+    pub drain: bool,
 }

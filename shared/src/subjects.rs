@@ -95,6 +95,16 @@ impl Subjects {
         format!("{}.cancel.{task}", self.prefix)
     }
 
+    /// `shoal.cancel.*`: every cancellation, for workers to watch.
+    pub fn cancel_all(&self) -> String {
+        format!("{}.cancel.*", self.prefix)
+    }
+
+    /// `shoal.control.<pool>.<worker>`: instructions to one worker (drain, resume).
+    pub fn control(&self, pool: &PoolName, worker: &WorkerName) -> String {
+        format!("{}.control.{pool}.{worker}", self.prefix)
+    }
+
     /// Inbox prefix of a pool's workers, so per-pool permissions can allow exactly it.
     pub fn pool_inbox_prefix(&self, pool: &PoolName) -> String {
         format!("_INBOX_{}_{pool}", self.prefix)

@@ -33,6 +33,11 @@ impl Timestamp {
         u64::try_from(self.0 - earlier.0).unwrap_or(0)
     }
 
+    /// `ms` milliseconds later (saturating).
+    pub fn plus_millis(self, ms: u64) -> Timestamp {
+        Timestamp(self.0.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
+    }
+
     /// RFC 3339 text with millisecond precision. Times outside years 1970–9999 (which only
     /// a broken clock produces) are shown clamped rather than failing.
     pub fn to_rfc3339(self) -> String {

@@ -143,8 +143,14 @@ impl Proc {
         })
     }
 
-    fn signal(&self, sig: Signal) {
-        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.id().and_then(|p| i32::try_from(p).ok())
+    }
+
+    /// Sends a signal (ignored when it has exited).
+    pub fn signal(&self, sig: Signal) {
+        if let Some(pid) = self.pid() {
             let _ = kill(Pid::from_raw(pid), sig);
         }
     }

@@ -48,6 +48,19 @@ enum Cmd {
     Logs { id: String, task: Option<String> },
     /// Workers, their pools and liveness.
     Workers,
+    /// One worker: maintenance drain and resume.
+    #[command(subcommand)]
+    Worker(WorkerCmd),
+    /// Cancel a deployment: queued tasks never start, running ones are stopped.
+    Cancel {
+        id: String,
+        /// Recorded in the log with the cancellation.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Wait until the deployment has ended.
+        #[arg(long)]
+        wait: bool,
+    },
     /// The audit events, oldest first.
     Events {
         #[arg(long)]
@@ -114,6 +127,17 @@ enum TargetCmd {
         #[arg(long, conflicts_with = "pool")]
         clear: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkerCmd {
+    /// List workers (as `shoal workers`).
+    List,
+    /// Stop a worker taking new tasks (maintenance): running tasks finish, up to its drain
+    /// timeout, then are handed back to its pool. It stays drained across restarts.
+    Drain { name: String },
+    /// Let a drained worker take tasks again.
+    Resume { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,7 +218,38 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             render::deployment(&api.get(&format!("/api/deployments/{id}")).await?);
         }
         Cmd::Logs { id, task } => logs(&api, &id, task.as_deref()).await?,
-        Cmd::Workers => render::workers(&api.get("/api/workers").await?),
+        Cmd::Workers | Cmd::Worker(WorkerCmd::List) => {
+            render::workers(&api.get("/api/workers").await?);
+        }
+        Cmd::Worker(WorkerCmd::Drain { name }) => {
+            api.post(&format!("/api/workers/{name}/drain"), &json!({}))
+                .await?;
+            println!(
+                "worker {name} is draining: it takes no new tasks until `shoal worker resume {name}`"
+            );
+        }
+        Cmd::Worker(WorkerCmd::Resume { name }) => {
+            api.post(&format!("/api/workers/{name}/resume"), &json!({}))
+                .await?;
+            println!("worker {name} takes tasks again");
+        }
+        Cmd::Cancel { id, reason, wait } => {
+            let d = api
+                .post(
+                    &format!("/api/deployments/{id}/cancel"),
+                    &json!({ "reason": reason }),
+                )
+                .await?;
+            println!(
+                "deployment {id}: {}",
+                d["state"].as_str().unwrap_or("cancellation requested")
+            );
+            if wait {
+                let d = follow(&api, &id, true).await?;
+                render::deployment(&d);
+                return Ok(if d["state"] == "cancelled" { 0 } else { 1 });
+            }
+        }
         Cmd::Events {
             deployment,
             stream,

@@ -7,8 +7,12 @@ use shoal_shared::PoolName;
 use shoal_shared::subjects::Subjects;
 use std::time::Duration;
 
-/// How long a task message may go without an ack or progress ack before redelivery.
-pub const TASK_ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long a task message may go without an ack or progress ack before it is redelivered
+/// (by default): a worker that dies is noticed this long after its last progress ack.
+/// Workers send progress acks three times per ack wait.
+pub const TASK_ACK_WAIT: Duration = Duration::from_secs(10);
+/// The same for worker reports not acknowledged by a planner that died.
+pub const RESULT_ACK_WAIT: Duration = Duration::from_secs(10);
 /// JetStream de-duplication window for task and result messages.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -46,7 +50,7 @@ pub async fn ensure_streams(js: &jetstream::Context, subjects: &Subjects) -> any
             consumer::pull::Config {
                 durable_name: Some(subjects.results_consumer()),
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: RESULT_ACK_WAIT,
                 max_ack_pending: 20_000,
                 ..Default::default()
             },
@@ -56,7 +60,8 @@ pub async fn ensure_streams(js: &jetstream::Context, subjects: &Subjects) -> any
     Ok(())
 }
 
-/// Creates the durable consumer of a pool's queue if it does not exist.
+/// Creates the durable consumer of a pool's queue, or brings an existing one to this
+/// configuration (a changed ack wait takes effect at once).
 ///
 /// # Errors
 /// The broker refused or did not answer.
@@ -64,25 +69,25 @@ pub async fn ensure_pool_consumer(
     js: &jetstream::Context,
     subjects: &Subjects,
     pool: &PoolName,
+    ack_wait: Duration,
 ) -> anyhow::Result<()> {
     let stream = js
         .get_stream(subjects.tasks_stream())
         .await
         .map_err(|e| anyhow::anyhow!("task stream unavailable: {e}"))?;
     let name = subjects.pool_consumer(pool);
+    let config = consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some(format!("tasks of pool {pool}")),
+        filter_subject: subjects.tasks(pool),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_ack_pending: 10_000,
+        ..Default::default()
+    };
+    // On nats-server 2.9 a create with the name of an existing consumer updates it.
     stream
-        .get_or_create_consumer(
-            &name,
-            consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some(format!("tasks of pool {pool}")),
-                filter_subject: subjects.tasks(pool),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: TASK_ACK_WAIT,
-                max_ack_pending: 10_000,
-                ..Default::default()
-            },
-        )
+        .create_consumer(config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the queue consumer of pool {pool}: {e}"))?;
     Ok(())
@@ -93,11 +98,12 @@ pub async fn ensure_pool_consumer_retrying(
     js: jetstream::Context,
     subjects: Subjects,
     pool: PoolName,
+    ack_wait: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut delay = Duration::from_millis(500);
     loop {
-        match ensure_pool_consumer(&js, &subjects, &pool).await {
+        match ensure_pool_consumer(&js, &subjects, &pool, ack_wait).await {
             Ok(()) => {
                 tracing::info!(pool = %pool, "queue consumer of the pool is ready");
                 return;

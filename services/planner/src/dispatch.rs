@@ -44,7 +44,7 @@ pub async fn run(
                 () = shutdown.cancelled() => break,
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                     match done {
-                        Ok(task) => { backoff = Duration::from_millis(100); confirm(&writer, task).await; }
+                        Ok((task, seq)) => { backoff = Duration::from_millis(100); confirm(&writer, task, seq).await; }
                         Err((task, e)) => {
                             tracing::warn!(error = %e, task.id = %task.task, pool = %task.pool, "task not stored by the broker yet; will retry");
                             retry.push(task);
@@ -73,8 +73,8 @@ pub async fn run(
     // Confirm what the broker already has, so a later restart need not publish it again.
     let drain = async {
         while let Some(done) = in_flight.next().await {
-            if let Ok(task) = done {
-                confirm(&writer, task).await;
+            if let Ok((task, seq)) = done {
+                confirm(&writer, task, seq).await;
             }
         }
     };
@@ -85,8 +85,8 @@ pub async fn run(
     }
 }
 
-/// A stored task, or the task and why it was not stored.
-type Published = Result<TaskMessage, (TaskMessage, String)>;
+/// A stored task and where the broker stored it, or the task and why it was not stored.
+type Published = Result<(TaskMessage, u64), (TaskMessage, String)>;
 
 async fn publish(js: jetstream::Context, subject: String, task: TaskMessage) -> Published {
     let bytes = match codec::encode(&task) {
@@ -98,18 +98,19 @@ async fn publish(js: jetstream::Context, subject: String, task: TaskMessage) -> 
         .message_id(task.message_id());
     match js.send_publish(subject, msg).await {
         Ok(ack) => match ack.await {
-            Ok(_) => Ok(task),
+            Ok(ack) => Ok((task, ack.sequence)),
             Err(e) => Err((task, e.to_string())),
         },
         Err(e) => Err((task, e.to_string())),
     }
 }
 
-async fn confirm(writer: &WriterHandle, task: TaskMessage) {
+async fn confirm(writer: &WriterHandle, task: TaskMessage, seq: u64) {
     let cmd = Command::MarkDispatched {
         deployment: task.deployment,
         task: task.task,
         attempt: task.attempt,
+        stream_seq: Some(seq),
     };
     // Ordered submission is enough: the answer only matters if the log failed, and then the
     // planner stops and the outbox re-publishes on restart.

@@ -143,7 +143,12 @@ pub async fn heartbeats(
             () = shutdown.cancelled() => return,
         };
         match codec::decode::<Heartbeat>("heartbeat", &msg.payload) {
-            Ok(beat) => liveness.beat(beat),
+            Ok(beat) => {
+                let (worker, pool) = (beat.worker.clone(), beat.pool.clone());
+                if let Some(drain) = liveness.beat(beat) {
+                    crate::effects::send_control(&client, &subjects, &worker, &pool, drain).await;
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, subject = %msg.subject, "rejecting a malformed heartbeat");
                 let _ = writer

@@ -12,13 +12,14 @@ pub mod api;
 pub mod broker;
 pub mod dispatch;
 pub mod domain;
+pub mod effects;
 pub mod ingest;
 pub mod liveness;
 pub mod log;
 pub mod replay;
 
 use crate::domain::Command;
-use crate::domain::state::PoolDoc;
+use crate::domain::state::{PoolDoc, WorkerDoc};
 use crate::log::writer::Writer;
 use crate::log::{EventLog, Proj};
 use anyhow::Context as _;
@@ -40,6 +41,8 @@ pub struct PlannerConfig {
     pub builtin_worker: bool,
     pub builtin_slots: u32,
     pub subjects: Subjects,
+    /// How long a task message may go without a progress ack before redelivery.
+    pub task_ack_wait: Duration,
 }
 
 /// Runs the planner until `shutdown` is cancelled, serving HTTP on `listener`.
@@ -58,12 +61,18 @@ pub async fn run(
     ensure_broker(&js, &config.subjects, &shutdown).await?;
 
     let (dispatch_tx, dispatch_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = Writer::open(
         log.clone(),
         config.default_pool.clone(),
         dispatch_tx.clone(),
+        effects_tx.clone(),
     )?;
     let (backlog, confirmed) = writer.outbox();
+    for effect in writer.pending_effects() {
+        let _ = effects_tx.send(effect);
+    }
+    drop(effects_tx);
     let (handle, writer_task) = writer.spawn(4096);
     handle.execute(Command::EnsureDefaultPool).await?;
     for cmd in confirmed {
@@ -71,12 +80,16 @@ pub async fn run(
     }
     let stop_services = CancellationToken::new();
     for pool in log.docs::<PoolDoc>(Proj::Pools)? {
-        if let Err(e) = broker::ensure_pool_consumer(&js, &config.subjects, &pool.name).await {
+        if let Err(e) =
+            broker::ensure_pool_consumer(&js, &config.subjects, &pool.name, config.task_ack_wait)
+                .await
+        {
             tracing::warn!(error = %e, pool = %pool.name, "queue consumer not ready; retrying in the background");
             tokio::spawn(broker::ensure_pool_consumer_retrying(
                 js.clone(),
                 config.subjects.clone(),
                 pool.name,
+                config.task_ack_wait,
                 stop_services.clone(),
             ));
         }
@@ -93,7 +106,21 @@ pub async fn run(
     drop(dispatch_tx);
 
     let liveness = liveness::Liveness::default();
+    for w in log.docs::<WorkerDoc>(Proj::Workers)? {
+        if w.draining {
+            liveness.want_draining(&w.name, true);
+        }
+    }
     let tasks = TaskTracker::new();
+    tasks.spawn(effects::run(
+        client.clone(),
+        js.clone(),
+        config.subjects.clone(),
+        handle.clone(),
+        liveness.clone(),
+        effects_rx,
+        stop_services.clone(),
+    ));
     tasks.spawn(dispatch::run(
         js.clone(),
         config.subjects.clone(),
@@ -159,6 +186,7 @@ pub async fn run(
         default_pool: config.default_pool.clone(),
         js: js.clone(),
         subjects: config.subjects.clone(),
+        task_ack_wait: config.task_ack_wait,
         shutdown: stop_services.clone(),
     };
     drop(handle);

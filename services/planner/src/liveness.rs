@@ -18,6 +18,8 @@ pub struct Live {
     pub slots: u32,
     pub busy: u32,
     pub interval_ms: u64,
+    /// The worker says it is draining.
+    pub draining: bool,
     /// When the planner received it (its own clock, so worker clock skew does not matter).
     pub last_seen: Timestamp,
 }
@@ -33,21 +35,40 @@ impl Live {
 #[derive(Debug, Clone, Default)]
 pub struct Liveness {
     inner: Arc<Mutex<HashMap<WorkerName, Live>>>,
+    /// The drain state the log wants for each worker that has one.
+    wanted: Arc<Mutex<HashMap<WorkerName, bool>>>,
 }
 
 impl Liveness {
-    /// Records a heartbeat.
-    pub fn beat(&self, hb: Heartbeat) {
+    /// Records a heartbeat. Returns the drain state to send the worker when its own differs
+    /// from the one the log wants.
+    pub fn beat(&self, hb: Heartbeat) -> Option<bool> {
+        let wanted = self
+            .wanted
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&hb.worker).copied())
+            .unwrap_or(false);
+        let resend = (wanted != hb.draining).then_some(wanted);
         let live = Live {
             pool: hb.pool,
             region: hb.region,
             slots: hb.slots,
             busy: hb.busy,
             interval_ms: hb.interval_ms,
+            draining: hb.draining,
             last_seen: Timestamp::now(),
         };
         if let Ok(mut map) = self.inner.lock() {
             map.insert(hb.worker, live);
+        }
+        resend
+    }
+
+    /// Sets the drain state the log wants for a worker.
+    pub fn want_draining(&self, worker: &WorkerName, drain: bool) {
+        if let Ok(mut w) = self.wanted.lock() {
+            w.insert(worker.clone(), drain);
         }
     }
 

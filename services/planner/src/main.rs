@@ -44,6 +44,12 @@ struct Serve {
     /// Subject prefix of the installation.
     #[arg(long, env = "SHOAL_SUBJECT_PREFIX", default_value = "shoal")]
     subject_prefix: String,
+    /// Seconds a task may go without a progress ack before the broker gives it to another
+    /// worker of its pool: how soon a dead worker's task runs again. Workers send progress
+    /// acks three times per ack wait.
+    #[arg(long, env = "SHOAL_TASK_ACK_WAIT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    task_ack_wait_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +145,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         builtin_worker: !s.no_builtin_worker,
         builtin_slots: s.builtin_slots,
         subjects,
+        task_ack_wait: std::time::Duration::from_secs(s.task_ack_wait_secs),
     };
     shoal_planner::run(config, listener, shutdown).await
 }

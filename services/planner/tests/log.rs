@@ -31,6 +31,9 @@ enum Op {
     Started(usize, u32),
     Output(usize, u8),
     Finished(usize, u8, bool),
+    Cancel(usize),
+    RetryDue(usize),
+    GraceExpired(usize),
     Garbage(Vec<u8>),
 }
 
@@ -57,6 +60,9 @@ fn op() -> impl Strategy<Value = Op> {
         (any::<usize>(), 1u32..4).prop_map(|(t, d)| Op::Started(t, d)),
         (any::<usize>(), 1u8..5).prop_map(|(t, n)| Op::Output(t, n)),
         (any::<usize>(), 0u8..4, any::<bool>()).prop_map(|(t, o, dup)| Op::Finished(t, o, dup)),
+        any::<usize>().prop_map(Op::Cancel),
+        any::<usize>().prop_map(Op::RetryDue),
+        any::<usize>().prop_map(Op::GraceExpired),
         proptest::collection::vec(any::<u8>(), 0..40).prop_map(Op::Garbage),
     ]
 }
@@ -99,8 +105,14 @@ fn reopen<T, E: std::fmt::Debug>(open: impl Fn() -> Result<T, E>) -> T {
 fn open(dir: &std::path::Path) -> Harness {
     let log = reopen(|| EventLog::open(dir));
     let (tx, planned) = mpsc::unbounded_channel();
-    let writer = Writer::open(log.clone(), PoolName::parse("default").expect("valid"), tx)
-        .expect("consistent");
+    let (effects, _) = mpsc::unbounded_channel();
+    let writer = Writer::open(
+        log.clone(),
+        PoolName::parse("default").expect("valid"),
+        tx,
+        effects,
+    )
+    .expect("consistent");
     let (handle, task) = writer.spawn(64);
     Harness {
         log,
@@ -192,6 +204,9 @@ impl Harness {
                             timeout_secs: None,
                             max_parallel,
                             variables: Default::default(),
+                            retries: u32::from(i % 2 == 0),
+                            retry_backoff_secs: Some(0),
+                            max_attempts: None,
                         })
                         .collect(),
                 };
@@ -207,6 +222,33 @@ impl Harness {
                         deployment: t.deployment,
                         task: t.task,
                         attempt: t.attempt,
+                        stream_seq: Some(i as u64),
+                    })
+                    .await;
+                }
+            }
+            Op::Cancel(i) => {
+                if let Some(t) = self.task(i) {
+                    self.run(Command::CancelDeployment {
+                        id: t.deployment,
+                        reason: None,
+                    })
+                    .await;
+                }
+            }
+            Op::RetryDue(i) => {
+                if let Some(t) = self.task(i) {
+                    self.run(Command::RetryDue {
+                        task: t.task,
+                        attempt: t.attempt,
+                    })
+                    .await;
+                }
+            }
+            Op::GraceExpired(i) => {
+                if let Some(t) = self.task(i) {
+                    self.run(Command::CancelGraceExpired {
+                        deployment: t.deployment,
                     })
                     .await;
                 }

@@ -12,6 +12,7 @@ pub async fn run(
     client: async_nats::Client,
     config: WorkerConfig,
     running: Arc<AtomicU32>,
+    runtime: crate::control::Runtime,
     shutdown: CancellationToken,
 ) {
     let subject = config.subjects.heartbeat(&config.pool, &config.name);
@@ -31,6 +32,7 @@ pub async fn run(
             busy: running.load(Ordering::Relaxed),
             interval_ms: u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
             sent_at: Timestamp::now(),
+            draining: runtime.draining(),
         };
         match codec::encode(&beat) {
             Ok(bytes) => {

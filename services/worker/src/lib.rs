@@ -4,6 +4,7 @@
 //! The same code runs as the `shoal-worker` binary and as the planner's built-in worker.
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod execute;
 pub mod heartbeat;
 pub mod nats;
@@ -31,8 +32,8 @@ pub struct WorkerConfig {
     pub subjects: Subjects,
     /// How often the worker says it is alive.
     pub heartbeat_interval: Duration,
-    /// How often a running task's message is kept alive (must be well under the consumer's
-    /// ack wait).
+    /// How often a running task's message is kept alive at most; the worker makes it three
+    /// times per ack wait of its pool's queue when that is shorter.
     pub progress_interval: Duration,
     /// How long running tasks may finish after shutdown begins before they are stopped and
     /// handed back to the pool.
@@ -95,14 +96,32 @@ pub async fn run(
         })
         .await;
     let running = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let runtime = control::Runtime::new(&config);
+    let listener = tokio::spawn(control::listen(
+        client.clone(),
+        config.clone(),
+        runtime.clone(),
+        shutdown.clone(),
+    ));
     let beats = tokio::spawn(heartbeat::run(
         client.clone(),
         config.clone(),
         running.clone(),
+        runtime.clone(),
         shutdown.clone(),
     ));
-    pull::run(&config, js, reporter.clone(), slots, running, shutdown).await;
+    pull::run(
+        &config,
+        js,
+        reporter.clone(),
+        runtime,
+        slots,
+        running,
+        shutdown,
+    )
+    .await;
     beats.abort();
+    listener.abort();
     reporter
         .send_final(shoal_shared::messages::WorkerBody::Left {
             reason: "shut down".to_owned(),

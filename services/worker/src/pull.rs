@@ -2,12 +2,14 @@
 //! leaves tasks to its peers and a task's ack-wait clock never starts in a local buffer.
 
 use crate::WorkerConfig;
+use crate::control::Runtime;
 use crate::execute;
 use crate::report::Reporter;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use shoal_shared::codec;
 use shoal_shared::messages::{TaskMessage, WIRE_SCHEMA_VERSION, WorkerBody};
+use shoal_shared::{Outcome, TaskId};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -20,31 +22,39 @@ use tracing::Instrument as _;
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// How long shutdown waits for each message of a pull already on its way.
 const HAND_BACK_WAIT: Duration = Duration::from_millis(200);
-/// Delay before a task this worker cannot read yet (newer schema) is offered again.
-const NEWER_SCHEMA_DELAY: Duration = Duration::from_secs(30);
-
 /// Pulls and runs tasks until shutdown, then waits for running tasks up to the drain
-/// deadline and hands back the rest.
+/// deadline and hands back the rest. While the planner has the worker draining
+/// (maintenance), it pulls nothing and does the same without exiting.
 pub async fn run(
     config: &WorkerConfig,
     js: jetstream::Context,
     reporter: Reporter,
+    runtime: Runtime,
     slots: Arc<Semaphore>,
     running: Arc<AtomicU32>,
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    // Fired only after the drain deadline: running tasks are stopped and handed back.
-    let kill = CancellationToken::new();
+    // Fired only after a drain deadline: running tasks are stopped and handed back.
+    let mut kill = CancellationToken::new();
     let config = Arc::new(config.clone());
+    let mut draining = runtime.watch_draining();
     'outer: while !shutdown.is_cancelled() {
-        let Some(consumer) = find_consumer(&config, &js, &shutdown).await else {
+        let Some(consumer) = find_consumer(&config, &js, &runtime, &shutdown).await else {
             break;
         };
         loop {
+            let paused = *draining.borrow_and_update();
+            if paused {
+                if !pause(&config, &mut draining, &tracker, &mut kill, &shutdown).await {
+                    break 'outer;
+                }
+                continue;
+            }
             let first = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break 'outer,
+                _ = draining.changed() => continue,
                 p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'outer },
             };
             let mut permits = vec![first];
@@ -73,6 +83,10 @@ pub async fn run(
                         hand_back(&mut batch).await;
                         break 'outer;
                     }
+                    true = async { draining.wait_for(|d| *d).await.is_ok() } => {
+                        hand_back(&mut batch).await;
+                        break;
+                    }
                     m = batch.next() => m,
                 };
                 match next {
@@ -88,6 +102,7 @@ pub async fn run(
                             msg,
                             config.clone(),
                             reporter.clone(),
+                            runtime.clone(),
                             slot,
                             kill.clone(),
                         ));
@@ -116,6 +131,48 @@ pub async fn run(
     }
 }
 
+/// A maintenance drain: pulls nothing until resumed; running tasks finish, and those still
+/// running at the drain deadline are stopped and handed back. Returns `false` at shutdown.
+async fn pause(
+    config: &WorkerConfig,
+    draining: &mut tokio::sync::watch::Receiver<bool>,
+    tracker: &TaskTracker,
+    kill: &mut CancellationToken,
+    shutdown: &CancellationToken,
+) -> bool {
+    tracing::info!(pool = %config.pool, running = tracker.len(), "draining: taking no new tasks until resumed");
+    let deadline = tokio::time::sleep(config.drain_timeout);
+    tokio::pin!(deadline);
+    let mut deadline_passed = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            changed = draining.changed() => {
+                if changed.is_err() {
+                    return false;
+                }
+                let still = *draining.borrow_and_update();
+                if !still {
+                    tracing::info!(pool = %config.pool, "resumed: taking tasks again");
+                    return true;
+                }
+            }
+            () = &mut deadline, if !deadline_passed => {
+                deadline_passed = true;
+                if !tracker.is_empty() {
+                    tracing::warn!(
+                        drain_timeout_s = config.drain_timeout.as_secs(),
+                        running = tracker.len(),
+                        "running tasks did not finish before the drain deadline; stopping them and handing them back"
+                    );
+                    kill.cancel();
+                    *kill = CancellationToken::new();
+                }
+            }
+        }
+    }
+}
+
 /// At shutdown: messages of the current pull that are already on their way are handed back
 /// at once (nak) rather than left to wait out the ack wait. Waits briefly for each.
 async fn hand_back(batch: &mut jetstream::consumer::pull::Batch) {
@@ -127,6 +184,7 @@ async fn hand_back(batch: &mut jetstream::consumer::pull::Batch) {
 async fn find_consumer(
     config: &WorkerConfig,
     js: &jetstream::Context,
+    runtime: &Runtime,
     shutdown: &CancellationToken,
 ) -> Option<PullConsumer> {
     let stream_name = config.subjects.tasks_stream();
@@ -145,7 +203,14 @@ async fn find_consumer(
         };
         match found {
             Ok(c) => {
-                tracing::info!(pool = %config.pool, "pulling from the pool's queue");
+                let ack_wait = c.cached_info().config.ack_wait;
+                runtime.fit_progress_to(config, ack_wait);
+                tracing::info!(
+                    pool = %config.pool,
+                    ack_wait_ms = ack_wait.as_millis(),
+                    progress_ms = runtime.progress_interval().as_millis(),
+                    "pulling from the pool's queue"
+                );
                 return Some(c);
             }
             Err(e) => {
@@ -170,29 +235,23 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) {
     }
 }
 
-/// Why a task message is not run.
-enum Refusal {
-    /// It can never be run here (malformed, another pool): terminate and report it.
-    Reject(String),
-    /// A newer worker may read it: offer it again later.
-    Later(String),
-}
-
 /// Decodes a task message and checks it is for this worker's pool and a schema it reads.
-fn accept(msg: &jetstream::Message, config: &WorkerConfig) -> Result<TaskMessage, Refusal> {
+/// A refused message can never be run here: it is terminated and reported, never
+/// redelivered forever.
+fn accept(msg: &jetstream::Message, config: &WorkerConfig) -> Result<TaskMessage, String> {
     let task: TaskMessage =
-        codec::decode("task message", &msg.payload).map_err(|e| Refusal::Reject(e.to_string()))?;
-    if task.schema_version > WIRE_SCHEMA_VERSION {
-        return Err(Refusal::Later(format!(
-            "task {} has schema version {}; this worker reads up to {WIRE_SCHEMA_VERSION}: upgrade the worker",
+        codec::decode("task message", &msg.payload).map_err(|e| e.to_string())?;
+    if task.schema_version != WIRE_SCHEMA_VERSION {
+        return Err(format!(
+            "task {} has unknown schema version {} (this worker reads {WIRE_SCHEMA_VERSION}); run workers of the planner's version",
             task.task, task.schema_version
-        )));
+        ));
     }
     if task.pool != config.pool {
-        return Err(Refusal::Reject(format!(
+        return Err(format!(
             "task {} is for pool \"{}\" but this worker serves \"{}\"",
             task.task, task.pool, config.pool
-        )));
+        ));
     }
     Ok(task)
 }
@@ -203,17 +262,13 @@ async fn handle(
     msg: jetstream::Message,
     config: Arc<WorkerConfig>,
     reporter: Reporter,
+    runtime: Runtime,
     _slot: (OwnedSemaphorePermit, Busy),
     kill: CancellationToken,
 ) {
     let task = match accept(&msg, &config) {
         Ok(task) => task,
-        Err(Refusal::Later(reason)) => {
-            tracing::warn!(subject = %msg.subject, reason = %reason, "handing back a task this worker cannot read");
-            let _ = msg.ack_with(AckKind::Nak(Some(NEWER_SCHEMA_DELAY))).await;
-            return;
-        }
-        Err(Refusal::Reject(reason)) => {
+        Err(reason) => {
             tracing::error!(subject = %msg.subject, reason = %reason, "rejecting a task message");
             let head = msg.payload[..msg.payload.len().min(256)].to_vec();
             reporter
@@ -232,25 +287,75 @@ async fn handle(
         .info()
         .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX));
     let span = tracing::info_span!("task", task.id = %task.task, attempt = task.attempt, delivery, step = %task.step_name);
-    run_task(msg, task, delivery, config, reporter, kill)
-        .instrument(span)
+    async {
+        if task.max_deliveries > 0 && delivery > task.max_deliveries {
+            let reason = format!(
+                "not run again: this attempt was started {} times and every run ended without a result (its workers died, were stopped, or lost their connection); the step allows {} (max_attempts)",
+                delivery - 1,
+                task.max_deliveries
+            );
+            tracing::warn!(reason = %reason, "giving up on the task");
+            end_unrun(&msg, &task, delivery, &reporter, Outcome::Failed, reason).await;
+            return;
+        }
+        let Some(cancel) = runtime.start(task.task) else {
+            tracing::info!("not starting a task the planner cancelled");
+            let reason = "cancelled before it started".to_owned();
+            end_unrun(&msg, &task, delivery, &reporter, Outcome::Cancelled, reason).await;
+            return;
+        };
+        let id = task.task;
+        run_task(msg, task, delivery, config, reporter, &runtime, kill, cancel).await;
+        runtime.finish(id);
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Reports the end of an attempt this worker did not run, and takes it off the queue.
+async fn end_unrun(
+    msg: &jetstream::Message,
+    task: &TaskMessage,
+    delivery: u32,
+    reporter: &Reporter,
+    outcome: Outcome,
+    reason: String,
+) {
+    let stored = reporter
+        .send(WorkerBody::TaskFinished {
+            deployment: task.deployment,
+            task: task.task,
+            attempt: task.attempt,
+            delivery,
+            outcome,
+            exit_code: None,
+            reason: Some(reason),
+        })
         .await;
+    if stored {
+        acknowledge(msg, task.task).await;
+    } else {
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+    }
 }
 
 /// Runs an accepted task to its end (see [`handle`]).
+#[allow(clippy::too_many_arguments)]
 async fn run_task(
     msg: jetstream::Message,
     task: TaskMessage,
     delivery: u32,
     config: Arc<WorkerConfig>,
     reporter: Reporter,
+    runtime: &Runtime,
     kill: CancellationToken,
+    cancel: CancellationToken,
 ) {
     // The message stays alive for as long as this worker holds it, reports included; the
     // keepalive ends with this function, however it ends.
     let _keepalive = {
         let msg = msg.clone();
-        let every = config.progress_interval;
+        let every = runtime.progress_interval();
         AbortOnDropHandle::new(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -272,7 +377,7 @@ async fn run_task(
         })
         .await;
     let result = if started {
-        Some(execute::run(&task, delivery, &config, &reporter, &kill).await)
+        Some(execute::run(&task, delivery, &config, &reporter, &kill, &cancel).await)
     } else {
         None
     };
@@ -300,7 +405,7 @@ async fn run_task(
 }
 
 /// Acknowledges with confirmation, retrying a few times: a lost ack means the task runs again.
-async fn acknowledge(msg: &jetstream::Message, task: shoal_shared::TaskId) {
+async fn acknowledge(msg: &jetstream::Message, task: TaskId) {
     let mut delay = Duration::from_millis(100);
     for _ in 0..5 {
         match msg.double_ack().await {

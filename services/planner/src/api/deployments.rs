@@ -1,4 +1,5 @@
-//! `POST|GET /api/deployments`, `GET /api/deployments/{id}` and a task's log.
+//! `POST|GET /api/deployments`, `GET /api/deployments/{id}`, its cancellation and a task's
+//! log.
 
 use super::{ApiError, AppState, JsonBody};
 use crate::domain::Command;
@@ -37,6 +38,12 @@ pub(super) struct StepRequest {
     max_parallel: Option<u32>,
     #[serde(default)]
     variables: BTreeMap<String, String>,
+    #[serde(default)]
+    retries: u32,
+    #[serde(default)]
+    retry_backoff_secs: Option<u64>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +76,9 @@ impl From<CreateDeployment> for DeploymentSpec {
                     timeout_secs: s.timeout_secs,
                     max_parallel: s.max_parallel,
                     variables: s.variables,
+                    retries: s.retries,
+                    retry_backoff_secs: s.retry_backoff_secs,
+                    max_attempts: s.max_attempts,
                 })
                 .collect(),
         }
@@ -140,26 +150,30 @@ pub(super) async fn list(
         let v = v.map_err(crate::log::LogError::from)?;
         let d: DeploymentDoc = shoal_shared::codec::decode("deployment document", &v)
             .map_err(crate::log::LogError::from)?;
-        out.push(Summary {
-            id: d.id,
-            project: d.project,
-            environment: d.environment,
-            state: d.state,
-            reason: d.reason,
-            created_at: d.created_at,
-            finished_at: d.finished_at,
-            steps: d
-                .steps
-                .iter()
-                .map(|s| StepSummary {
-                    name: s.name.clone(),
-                    state: s.state,
-                    tasks: s.tasks.len(),
-                })
-                .collect(),
-        });
+        out.push(summary(d));
     }
     Ok(Json(out))
+}
+
+fn summary(d: DeploymentDoc) -> Summary {
+    Summary {
+        id: d.id,
+        project: d.project,
+        environment: d.environment,
+        state: d.state,
+        reason: d.reason,
+        created_at: d.created_at,
+        finished_at: d.finished_at,
+        steps: d
+            .steps
+            .iter()
+            .map(|s| StepSummary {
+                name: s.name.clone(),
+                state: s.state,
+                tasks: s.tasks.len(),
+            })
+            .collect(),
+    }
 }
 
 /// A deployment with every task.
@@ -204,7 +218,37 @@ pub struct TaskView {
     started_at: Option<Timestamp>,
     finished_at: Option<Timestamp>,
     output_lines: u64,
+    /// When the next attempt is planned (state `retry_scheduled`).
+    retry_at: Option<Timestamp>,
     attempts: Vec<AttemptDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CancelRequest {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /api/deployments/{id}/cancel` (body optional: `{"reason": "..."}`). Answers 202
+/// once the request is in the log; the deployment ends `cancelled` when its workers have
+/// stopped what they run.
+pub(super) async fn cancel(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Summary>), ApiError> {
+    let d = load(&app, &id)?;
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        super::parse_body::<CancelRequest>(&body)?.reason
+    };
+    app.writer
+        .execute(Command::CancelDeployment { id: d.id, reason })
+        .await?;
+    let d = load(&app, &d.id.to_string())?;
+    Ok((StatusCode::ACCEPTED, Json(summary(d))))
 }
 
 pub(super) async fn show(
@@ -266,6 +310,7 @@ fn task_view(t: TaskDoc, online: &HashMap<PoolName, usize>) -> TaskView {
         started_at: t.started_at,
         finished_at: t.finished_at,
         output_lines: t.output_lines,
+        retry_at: t.retry_at,
         attempts: t.attempts,
     }
 }

@@ -30,6 +30,8 @@ pub struct AppState {
     pub default_pool: PoolName,
     pub js: async_nats::jetstream::Context,
     pub subjects: Subjects,
+    /// Ack wait of the pools' queue consumers.
+    pub task_ack_wait: std::time::Duration,
     /// Cancelled when the planner stops; ends background work started by handlers.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -49,10 +51,22 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/deployments/{id}", get(deployments::show))
         .route(
+            "/api/deployments/{id}/cancel",
+            axum::routing::post(deployments::cancel),
+        )
+        .route(
             "/api/deployments/{id}/tasks/{task}/log",
             get(deployments::task_log),
         )
         .route("/api/workers", get(workers::list))
+        .route(
+            "/api/workers/{name}/drain",
+            axum::routing::post(workers::drain),
+        )
+        .route(
+            "/api/workers/{name}/resume",
+            axum::routing::post(workers::resume),
+        )
         .route("/api/events", get(events::list))
         .route("/healthz", get(|| async { "ok" }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

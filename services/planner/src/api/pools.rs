@@ -42,13 +42,16 @@ pub(super) async fn create(
         description: req.description,
     };
     app.writer.execute(Command::RegisterPool(pool)).await?;
-    if let Err(e) = broker::ensure_pool_consumer(&app.js, &app.subjects, &req.name).await {
+    if let Err(e) =
+        broker::ensure_pool_consumer(&app.js, &app.subjects, &req.name, app.task_ack_wait).await
+    {
         // The pool is recorded; its queue follows as soon as the broker accepts it.
         tracing::warn!(error = %e, pool = %req.name, "pool registered; its queue consumer is retried in the background");
         tokio::spawn(broker::ensure_pool_consumer_retrying(
             app.js.clone(),
             app.subjects.clone(),
             req.name.clone(),
+            app.task_ack_wait,
             app.shutdown.clone(),
         ));
     }

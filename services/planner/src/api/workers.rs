@@ -1,10 +1,13 @@
-//! `GET /api/workers`: workers that joined (from the log) with their liveness (heartbeats).
+//! `GET /api/workers`: workers that joined (from the log) with their liveness (heartbeats);
+//! `POST /api/workers/{name}/drain|resume`: maintenance mode.
 
 use super::{ApiError, AppState};
+use crate::domain::Command;
 use crate::domain::state::WorkerDoc;
 use crate::log::Proj;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use serde::Serialize;
 use shoal_shared::{PoolName, RegionName, Timestamp, WorkerName};
 
@@ -16,7 +19,11 @@ pub struct WorkerView {
     region: Option<RegionName>,
     slots: u32,
     busy_slots: u32,
+    /// `online`, `draining` (online, taking no new tasks), `offline` (missed
+    /// [`MISSED_BEATS`](crate::liveness::MISSED_BEATS) heartbeats) or `left`.
     status: &'static str,
+    /// Maintenance drain asked for (it survives restarts of the worker) until resumed.
+    drain_requested: bool,
     last_seen: Option<Timestamp>,
     joined_at: Timestamp,
     left_at: Option<Timestamp>,
@@ -37,10 +44,17 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<WorkerV
                 _ => false,
             };
             let online = !left && l.is_some_and(|l| l.online(now));
+            let status = match (left, online, l.is_some_and(|l| l.draining)) {
+                (true, _, _) => "left",
+                (false, false, _) => "offline",
+                (false, true, true) => "draining",
+                (false, true, false) => "online",
+            };
             WorkerView {
                 slots: l.map_or(d.slots, |l| l.slots),
                 busy_slots: if online { l.map_or(0, |l| l.busy) } else { 0 },
-                status: if online { "online" } else { "offline" },
+                status,
+                drain_requested: d.draining,
                 // Heartbeats are not kept across planner restarts: until the next one, the
                 // last recorded fact about the worker stands in.
                 last_seen: l.map(|l| l.last_seen).or(d.left_at).or(Some(d.joined_at)),
@@ -54,4 +68,49 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<WorkerV
         })
         .collect();
     Ok(Json(views))
+}
+
+/// The answer to drain and resume.
+#[derive(Serialize)]
+pub struct DrainView {
+    name: WorkerName,
+    drain_requested: bool,
+}
+
+pub(super) async fn drain(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<DrainView>), ApiError> {
+    set_draining(app, &name, true).await
+}
+
+pub(super) async fn resume(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<DrainView>), ApiError> {
+    set_draining(app, &name, false).await
+}
+
+/// Records the wanted state; the worker is told at once, and again at every heartbeat
+/// that shows otherwise. 202: the worker follows within a heartbeat.
+async fn set_draining(
+    app: AppState,
+    name: &str,
+    drain: bool,
+) -> Result<(StatusCode, Json<DrainView>), ApiError> {
+    let worker =
+        WorkerName::parse(name).map_err(|e| ApiError::bad_request(format!("name: {e}")))?;
+    app.writer
+        .execute(Command::DrainWorker {
+            worker: worker.clone(),
+            drain,
+        })
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DrainView {
+            name: worker,
+            drain_requested: drain,
+        }),
+    ))
 }

@@ -4,8 +4,9 @@ use super::state::State;
 use shoal_shared::events::{Event, PlannedStep, PlannedTask};
 use shoal_shared::messages::{WIRE_SCHEMA_VERSION, WorkerBody, WorkerMessage};
 use shoal_shared::{
-    Action, DeploymentId, DeploymentSpec, EnvironmentName, EventId, Pool, PoolName, RoleName,
-    Target, TargetKind, TargetName, TaskId, resolve_pool,
+    Action, DeploymentId, DeploymentSpec, DeploymentState, EnvironmentName, EventId, Pool,
+    PoolName, RoleName, Target, TargetKind, TargetName, TaskId, TaskState, WorkerName,
+    resolve_pool,
 };
 use std::collections::BTreeSet;
 
@@ -24,11 +25,32 @@ pub enum Command {
         id: DeploymentId,
         spec: DeploymentSpec,
     },
-    /// The broker stored this task attempt.
+    /// The broker stored this task attempt (at `stream_seq`, when known).
     MarkDispatched {
         deployment: DeploymentId,
         task: TaskId,
         attempt: u32,
+        stream_seq: Option<u64>,
+    },
+    /// Cancels a deployment: queued tasks never start, running ones are told to stop.
+    CancelDeployment {
+        id: DeploymentId,
+        reason: Option<String>,
+    },
+    /// The backoff of a failed attempt has passed: plan the next one.
+    RetryDue {
+        task: TaskId,
+        attempt: u32,
+    },
+    /// Workers had [`CANCEL_GRACE_SECS`] to confirm that a cancelled deployment's tasks
+    /// stopped; whatever still runs is given up on.
+    CancelGraceExpired {
+        deployment: DeploymentId,
+    },
+    /// Maintenance: a worker stops taking tasks (`drain`) or takes them again.
+    DrainWorker {
+        worker: WorkerName,
+        drain: bool,
     },
     /// A fact reported by a worker.
     WorkerReport(WorkerMessage),
@@ -98,6 +120,12 @@ impl NewEvent {
 /// Most bytes of script plus variables a step may carry, so every task message stays well
 /// under the broker's default 1 MiB payload limit.
 pub const MAX_STEP_BYTES: usize = 256 * 1024;
+
+/// Most retries a step may ask for.
+pub const MAX_RETRIES: u32 = 100;
+
+/// How long workers have to confirm that a cancelled deployment's running tasks stopped.
+pub const CANCEL_GRACE_SECS: u64 = 30;
 
 /// Shells a script step may name.
 pub const SHELLS: [&str; 2] = ["bash", "sh"];
@@ -188,15 +216,98 @@ pub fn decide(
             deployment,
             task,
             attempt,
+            stream_seq,
         } => Ok(if state.outbox.contains(&(*task, *attempt)) {
             vec![NewEvent::new(Event::TaskDispatched {
                 deployment: *deployment,
                 task: *task,
                 attempt: *attempt,
+                stream_seq: *stream_seq,
             })]
         } else {
             vec![]
         }),
+        Command::CancelDeployment { id, reason } => {
+            let Some(d) = state.deployments.get(id) else {
+                return Err(Rejection::NotFound(format!("unknown deployment {id}")));
+            };
+            match d.state {
+                DeploymentState::Cancelling => Ok(vec![]),
+                s if s.is_terminal() => Err(Rejection::Conflict(format!(
+                    "deployment {id} has already ended ({}); only a queued or running deployment can be cancelled",
+                    format!("{s:?}").to_lowercase()
+                ))),
+                _ => Ok(vec![NewEvent::new(Event::DeploymentCancelRequested {
+                    deployment: *id,
+                    reason: reason
+                        .clone()
+                        .filter(|r| !r.trim().is_empty())
+                        .unwrap_or_else(|| "cancelled on request".to_owned()),
+                })]),
+            }
+        }
+        Command::RetryDue { task, attempt } => Ok(match state.tasks.get(task) {
+            Some(t) if t.state == TaskState::RetryScheduled && t.attempt == *attempt => {
+                vec![NewEvent::new(Event::TaskPlanned {
+                    deployment: t.deployment,
+                    task: *task,
+                    attempt: attempt + 1,
+                    pool: t.pool.clone(),
+                    rule: t.pool_rule,
+                })]
+            }
+            _ => vec![],
+        }),
+        Command::CancelGraceExpired { deployment } => {
+            let Some(d) = state
+                .deployments
+                .get(deployment)
+                .filter(|d| d.state == DeploymentState::Cancelling)
+            else {
+                return Ok(vec![]);
+            };
+            Ok(d.steps
+                .iter()
+                .flat_map(|s| &s.tasks)
+                .filter_map(|t| state.tasks.get(t))
+                .filter(|t| t.state == TaskState::Running)
+                .map(|t| {
+                    let on = t
+                        .worker
+                        .as_ref()
+                        .map_or_else(String::new, |w| format!(" on worker \"{w}\""));
+                    NewEvent::new(Event::TaskCancelled {
+                        deployment: *deployment,
+                        task: t.id,
+                        attempt: t.attempt,
+                        reason: format!(
+                            "no worker confirmed within {CANCEL_GRACE_SECS} s that it stopped; its last run{on} may still be going"
+                        ),
+                    })
+                })
+                .collect())
+        }
+        Command::DrainWorker { worker, drain } => {
+            let Some(w) = state.workers.get(worker) else {
+                return Err(Rejection::NotFound(format!(
+                    "unknown worker \"{worker}\" (known: {})",
+                    join(state.workers.keys())
+                )));
+            };
+            Ok(if w.draining == *drain {
+                vec![]
+            } else if *drain {
+                vec![NewEvent::new(Event::WorkerDrainRequested {
+                    worker: worker.clone(),
+                    pool: w.pool.clone(),
+                })]
+            } else {
+                vec![NewEvent::new(Event::WorkerResumed {
+                    worker: worker.clone(),
+                    pool: w.pool.clone(),
+                })]
+            })
+        }
         Command::WorkerReport(msg) => Ok(vec![report(state, msg)]),
         Command::RejectMessage {
             id,
@@ -441,6 +552,15 @@ fn plan(
         }
         if step.max_parallel == Some(0) {
             return invalid(format!("{at}.max_parallel: must be at least 1"));
+        }
+        if step.max_attempts == Some(0) {
+            return invalid(format!("{at}.max_attempts: must be at least 1"));
+        }
+        if step.retries > MAX_RETRIES {
+            return invalid(format!(
+                "{at}.retries: {} is more than the limit of {MAX_RETRIES}",
+                step.retries
+            ));
         }
         if let Some(bad) = step.variables.keys().find(|k| !is_env_name(k)) {
             return invalid(format!(

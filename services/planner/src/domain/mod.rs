@@ -67,9 +67,10 @@ pub fn handle<S: EventSink>(
 /// the next events, so output and dispatch confirmations cost no scan of the step.
 fn advances(event: &Event) -> Option<DeploymentId> {
     match event {
-        Event::DeploymentCreated { deployment, .. } | Event::TaskFinished { deployment, .. } => {
-            Some(*deployment)
-        }
+        Event::DeploymentCreated { deployment, .. }
+        | Event::TaskFinished { deployment, .. }
+        | Event::TaskCancelled { deployment, .. }
+        | Event::DeploymentCancelRequested { deployment, .. } => Some(*deployment),
         _ => None,
     }
 }

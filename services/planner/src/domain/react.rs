@@ -86,6 +86,25 @@ pub fn next_events(state: &State, id: DeploymentId) -> Vec<Event> {
                 })
                 .collect()
         }
+        DeploymentState::Cancelling => {
+            // Finished once no task of the running step is still running on a worker.
+            let busy = d.steps.iter().enumerate().any(|(index, s)| {
+                s.state == StepState::Running
+                    && state
+                        .progress
+                        .get(&(id, u32::try_from(index).unwrap_or(u32::MAX)))
+                        .is_some_and(|p| p.active > 0)
+            });
+            if busy {
+                vec![]
+            } else {
+                vec![Event::DeploymentFinished {
+                    deployment: id,
+                    state: DeploymentState::Cancelled,
+                    reason: d.reason.clone(),
+                }]
+            }
+        }
         DeploymentState::Succeeded | DeploymentState::Failed | DeploymentState::Cancelled => vec![],
     }
 }

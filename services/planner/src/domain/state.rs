@@ -6,8 +6,9 @@
 use serde::{Deserialize, Serialize};
 use shoal_shared::events::{Envelope, Event};
 use shoal_shared::{
-    Action, DeploymentId, DeploymentSpec, DeploymentState, EnvironmentName, OutputLine, PoolName,
-    PoolRule, RegionName, StepState, Target, TargetName, TaskId, TaskState, Timestamp, WorkerName,
+    Action, DeploymentId, DeploymentSpec, DeploymentState, EnvironmentName, Outcome, OutputLine,
+    PoolName, PoolRule, RegionName, StepState, Target, TargetName, TaskId, TaskState, Timestamp,
+    WorkerName,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -92,6 +93,12 @@ pub struct TaskDoc {
     pub finished_at: Option<Timestamp>,
     pub output_lines: u64,
     pub attempts: Vec<AttemptDoc>,
+    /// When the next attempt is planned (state `retry_scheduled`).
+    #[serde(default)]
+    pub retry_at: Option<Timestamp>,
+    /// Where the broker stored the current attempt's message.
+    #[serde(default)]
+    pub stream_seq: Option<u64>,
 }
 
 /// A worker that has joined.
@@ -105,6 +112,9 @@ pub struct WorkerDoc {
     pub joined_at: Timestamp,
     pub left_at: Option<Timestamp>,
     pub left_reason: Option<String>,
+    /// Asked to take no new tasks until resumed (maintenance); survives restarts.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A projection document's key; after a batch, each changed key is written from [`State`]
@@ -178,9 +188,10 @@ impl StepProgress {
     fn bucket(&mut self, state: TaskState) -> Option<&mut usize> {
         match state {
             TaskState::Pending => Some(&mut self.pending),
-            TaskState::Planned | TaskState::Dispatched | TaskState::Running => {
-                Some(&mut self.active)
-            }
+            TaskState::Planned
+            | TaskState::Dispatched
+            | TaskState::Running
+            | TaskState::RetryScheduled => Some(&mut self.active),
             TaskState::Succeeded => Some(&mut self.succeeded),
             TaskState::Failed | TaskState::TimedOut | TaskState::Cancelled => {
                 Some(&mut self.failed)
@@ -238,10 +249,19 @@ impl State {
     /// Rebuilds the step counts of active deployments from their tasks (after loading).
     pub fn recount(&mut self) {
         self.progress.clear();
-        for id in &self.active {
-            let Some(d) = self.deployments.get(id) else {
-                continue;
-            };
+        for id in self.active.clone() {
+            self.recount_deployment(id);
+        }
+    }
+
+    /// Rebuilds the step counts of one active deployment (after a change to many of its
+    /// tasks at once).
+    fn recount_deployment(&mut self, id: DeploymentId) {
+        self.progress.retain(|(d, _), _| *d != id);
+        if !self.active.contains(&id) {
+            return;
+        }
+        if let Some(d) = self.deployments.get(&id) {
             for (index, step) in d.steps.iter().enumerate() {
                 let mut p = StepProgress::default();
                 for t in step.tasks.iter().filter_map(|t| self.tasks.get(t)) {
@@ -259,7 +279,7 @@ impl State {
                     })
                     .unwrap_or(step.tasks.len());
                 self.progress
-                    .insert((*id, u32::try_from(index).unwrap_or(u32::MAX)), p);
+                    .insert((id, u32::try_from(index).unwrap_or(u32::MAX)), p);
             }
         }
     }
@@ -345,6 +365,8 @@ impl State {
                                 finished_at: None,
                                 output_lines: 0,
                                 attempts: Vec::new(),
+                                retry_at: None,
+                                stream_seq: None,
                             },
                         );
                         changes.docs.insert(DocKey::Task(t.task));
@@ -414,6 +436,8 @@ impl State {
                     t.started_at = None;
                     t.finished_at = None;
                     t.output_lines = 0;
+                    t.retry_at = None;
+                    t.stream_seq = None;
                     t.attempts.push(AttemptDoc {
                         attempt: *attempt,
                         delivery: 0,
@@ -428,13 +452,19 @@ impl State {
                     changes.docs.insert(DocKey::Outbox(*task, *attempt));
                 }
             }
-            Event::TaskDispatched { task, attempt, .. } => {
+            Event::TaskDispatched {
+                task,
+                attempt,
+                stream_seq,
+                ..
+            } => {
                 if self.outbox.remove(&(*task, *attempt)) {
                     changes.docs.insert(DocKey::Outbox(*task, *attempt));
                 }
                 if let Some(t) = self.tasks.get_mut(task)
                     && t.attempt == *attempt
                 {
+                    t.stream_seq = *stream_seq;
                     if t.state == TaskState::Planned {
                         t.state = TaskState::Dispatched;
                         if let Some(a) = t.attempts.last_mut() {
@@ -455,7 +485,7 @@ impl State {
             } => {
                 if let Some(t) = self.tasks.get_mut(task)
                     && t.attempt == *attempt
-                    && !t.state.is_terminal()
+                    && in_flight(t.state)
                     && *delivery >= t.delivery
                 {
                     if *delivery > t.delivery {
@@ -532,6 +562,7 @@ impl State {
                 at: ended,
                 ..
             } => {
+                let retry_in = self.retry_delay(task, *attempt, *outcome);
                 if let Some(t) = self.tasks.get_mut(task)
                     && t.attempt == *attempt
                 {
@@ -548,21 +579,92 @@ impl State {
                         run.finished_at = Some(*ended);
                         run.exit_code = *exit_code;
                         changed = true;
+                    } else if !t
+                        .attempts
+                        .iter()
+                        .any(|r| r.attempt == *attempt && r.delivery == *delivery)
+                    {
+                        // Ended without a start report (not run: cancelled before it started, or
+                        // given up after too many lost runs): earlier runs still open are lost.
+                        for r in t.attempts.iter_mut().filter(|r| r.attempt == *attempt) {
+                            if r.state == TaskState::Running {
+                                r.state = TaskState::Lost;
+                            }
+                        }
+                        let fresh = t.attempts.last_mut().filter(|r| {
+                            r.attempt == *attempt && r.delivery == 0 && !r.state.is_terminal()
+                        });
+                        let run = match fresh {
+                            Some(r) => r,
+                            None => {
+                                t.attempts.push(AttemptDoc {
+                                    attempt: *attempt,
+                                    delivery: *delivery,
+                                    worker: None,
+                                    started_at: None,
+                                    finished_at: None,
+                                    state,
+                                    exit_code: None,
+                                });
+                                let last = t.attempts.len() - 1;
+                                &mut t.attempts[last]
+                            }
+                        };
+                        run.delivery = *delivery;
+                        run.state = state;
+                        run.worker = Some(worker.clone());
+                        run.finished_at = Some(*ended);
+                        run.exit_code = *exit_code;
+                        changed = true;
                     }
                     // The first outcome of the current attempt counts, from whichever run.
-                    if !t.state.is_terminal() {
+                    if in_flight(t.state) {
                         t.state = state;
                         t.delivery = *delivery;
                         t.worker = Some(worker.clone());
                         t.exit_code = *exit_code;
                         t.reason = reason.clone();
                         t.finished_at = Some(*ended);
+                        if let Some(ms) = retry_in {
+                            t.state = TaskState::RetryScheduled;
+                            t.retry_at = Some(at.plus_millis(ms));
+                        }
                         changed = true;
                     }
                     if changed {
                         changes.docs.insert(DocKey::Task(*task));
                     }
                 }
+            }
+            Event::TaskCancelled {
+                task,
+                attempt,
+                reason,
+                ..
+            } => {
+                if let Some(t) = self.tasks.get_mut(task)
+                    && t.attempt == *attempt
+                    && !t.state.is_terminal()
+                {
+                    t.state = TaskState::Cancelled;
+                    t.reason = Some(reason.clone());
+                    t.finished_at = Some(at);
+                    for r in t.attempts.iter_mut().filter(|r| r.attempt == *attempt) {
+                        if !r.state.is_terminal() && r.state != TaskState::Lost {
+                            r.state = TaskState::Lost;
+                        }
+                    }
+                    changes.docs.insert(DocKey::Task(*task));
+                }
+            }
+            Event::DeploymentCancelRequested { deployment, reason } => {
+                if let Some(d) = self.deployments.get_mut(deployment) {
+                    d.state = DeploymentState::Cancelling;
+                    d.reason = Some(reason.clone());
+                    changes.docs.insert(DocKey::Deployment(*deployment));
+                }
+                self.stop_queued(*deployment, at, "cancelled before it started", changes);
+                self.recount_deployment(*deployment);
             }
             Event::StepFinished {
                 deployment,
@@ -586,6 +688,10 @@ impl State {
                     changes.docs.insert(DocKey::Deployment(*deployment));
                     // What never started never will: say so instead of leaving it pending.
                     for step in &mut d.steps {
+                        if step.state == StepState::Running && *state == DeploymentState::Cancelled
+                        {
+                            step.state = StepState::Cancelled;
+                        }
                         if step.state == StepState::Pending {
                             step.state = StepState::Skipped;
                         }
@@ -598,6 +704,14 @@ impl State {
                             }
                         }
                     }
+                }
+                if *state == DeploymentState::Failed {
+                    self.stop_queued(
+                        *deployment,
+                        at,
+                        "not started: the deployment failed first",
+                        changes,
+                    );
                 }
                 self.active.remove(deployment);
                 self.progress.retain(|(d, _), _| d != deployment);
@@ -621,6 +735,7 @@ impl State {
                         joined_at: *joined,
                         left_at: None,
                         left_reason: None,
+                        draining: self.workers.get(worker).is_some_and(|w| w.draining),
                     },
                 );
                 changes.docs.insert(DocKey::Worker(worker.clone()));
@@ -637,7 +752,67 @@ impl State {
                     changes.docs.insert(DocKey::Worker(worker.clone()));
                 }
             }
+            Event::WorkerDrainRequested { worker, .. } | Event::WorkerResumed { worker, .. } => {
+                if let Some(w) = self.workers.get_mut(worker) {
+                    w.draining = matches!(event, Event::WorkerDrainRequested { .. });
+                    changes.docs.insert(DocKey::Worker(worker.clone()));
+                }
+            }
             Event::MessageRejected { .. } => {}
+        }
+    }
+
+    /// How long until the next attempt, when this outcome of the task's current attempt is
+    /// to be retried: a failure or timeout, retries left, and the deployment still running.
+    fn retry_delay(&self, task: &TaskId, attempt: u32, outcome: Outcome) -> Option<u64> {
+        if !matches!(outcome, Outcome::Failed | Outcome::TimedOut) {
+            return None;
+        }
+        let t = self.tasks.get(task)?;
+        let d = self.deployments.get(&t.deployment)?;
+        let step = d.spec.steps.get(t.step as usize)?;
+        (d.state == DeploymentState::Running
+            && t.attempt == attempt
+            && in_flight(t.state)
+            && attempt <= step.retries)
+            .then(|| step.retry_delay_ms(attempt + 1))
+    }
+
+    /// Cancels the tasks of a deployment that have not started (queued, or waiting for a
+    /// retry) and skips those whose step has not started; running ones are left to stop.
+    fn stop_queued(
+        &mut self,
+        deployment: DeploymentId,
+        at: Timestamp,
+        why: &str,
+        changes: &mut Changes,
+    ) {
+        let Some(d) = self.deployments.get(&deployment) else {
+            return;
+        };
+        for id in d.steps.iter().flat_map(|s| &s.tasks) {
+            let Some(t) = self.tasks.get_mut(id) else {
+                continue;
+            };
+            match t.state {
+                TaskState::Pending => t.state = TaskState::Skipped,
+                TaskState::Planned | TaskState::Dispatched | TaskState::RetryScheduled => {
+                    if t.state != TaskState::RetryScheduled {
+                        t.reason = Some(why.to_owned());
+                    }
+                    t.state = TaskState::Cancelled;
+                    t.finished_at = Some(at);
+                    t.retry_at = None;
+                    if let Some(r) = t.attempts.last_mut()
+                        && r.attempt == t.attempt
+                        && !r.state.is_terminal()
+                    {
+                        r.state = TaskState::Cancelled;
+                    }
+                }
+                _ => continue,
+            }
+            changes.docs.insert(DocKey::Task(*id));
         }
     }
 
@@ -670,7 +845,16 @@ fn task_of(event: &Event) -> Option<TaskId> {
         Event::TaskPlanned { task, .. }
         | Event::TaskDispatched { task, .. }
         | Event::TaskStarted { task, .. }
-        | Event::TaskFinished { task, .. } => Some(*task),
+        | Event::TaskFinished { task, .. }
+        | Event::TaskCancelled { task, .. } => Some(*task),
         _ => None,
     }
+}
+
+/// Whether a task's current attempt is on its way or running (its first outcome counts).
+fn in_flight(state: TaskState) -> bool {
+    matches!(
+        state,
+        TaskState::Planned | TaskState::Dispatched | TaskState::Running
+    )
 }

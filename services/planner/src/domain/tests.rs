@@ -73,6 +73,9 @@ fn step(name: &str, roles: &[&str], pool_name: Option<&str>) -> StepSpec {
         timeout_secs: None,
         max_parallel: None,
         variables: Default::default(),
+        retries: 0,
+        retry_backoff_secs: None,
+        max_attempts: None,
     }
 }
 
@@ -546,4 +549,272 @@ fn a_run_thought_lost_that_finishes_first_gives_the_outcome_and_the_later_run_is
     let t = &m.state.tasks[&task];
     assert_eq!((t.state, t.delivery), (TaskState::Succeeded, 1));
     assert_eq!(t.attempts[1].state, TaskState::Failed);
+}
+
+fn started(task: TaskId, delivery: u32) -> impl FnOnce(DeploymentId, u32) -> WorkerBody {
+    move |deployment, attempt| WorkerBody::TaskStarted {
+        deployment,
+        task,
+        attempt,
+        delivery,
+    }
+}
+
+fn ended(
+    task: TaskId,
+    delivery: u32,
+    outcome: Outcome,
+) -> impl FnOnce(DeploymentId, u32) -> WorkerBody {
+    move |deployment, attempt| WorkerBody::TaskFinished {
+        deployment,
+        task,
+        attempt,
+        delivery,
+        outcome,
+        exit_code: None,
+        reason: Some("why".into()),
+    }
+}
+
+#[test]
+fn a_failed_attempt_with_retries_left_is_retried_after_its_backoff_as_a_new_attempt() {
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let mut s = step("a", &["web"], None);
+    s.retries = 1;
+    s.retry_backoff_secs = Some(3);
+    let (id, events) = deploy(&mut m, vec![s]);
+    let task = planned(&events)[0].0;
+    report(&mut m, task, "w1", started(task, 1));
+    let events = report(&mut m, task, "w1", ended(task, 1, Outcome::TimedOut));
+    // No deployment failure: the task waits for its retry.
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::DeploymentFinished { .. })),
+        "{events:?}"
+    );
+    let t = &m.state.tasks[&task];
+    assert_eq!(t.state, TaskState::RetryScheduled);
+    let finished_at = m.events.len() as i64; // the memory sink's clock: one ms per event
+    assert_eq!(t.retry_at, Some(Timestamp(finished_at + 3_000)));
+    // A due command for another attempt changes nothing; the right one plans attempt 2.
+    assert_eq!(
+        when(&mut m, Command::RetryDue { task, attempt: 7 }).expect("ok"),
+        []
+    );
+    let events = when(&mut m, Command::RetryDue { task, attempt: 1 }).expect("ok");
+    assert!(
+        matches!(&events[..], [Event::TaskPlanned { attempt: 2, .. }]),
+        "{events:?}"
+    );
+    // The second failure uses up the retries: the deployment fails.
+    report(&mut m, task, "w2", started(task, 1));
+    let events = report(&mut m, task, "w2", ended(task, 1, Outcome::Failed));
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::DeploymentFinished {
+                state: DeploymentState::Failed,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    let t = &m.state.tasks[&task];
+    let attempts: Vec<(u32, TaskState)> = t.attempts.iter().map(|r| (r.attempt, r.state)).collect();
+    assert_eq!(attempts, [(1, TaskState::TimedOut), (2, TaskState::Failed)]);
+    assert_eq!(m.state.deployments[&id].state, DeploymentState::Failed);
+}
+
+#[test]
+fn a_cancelled_outcome_is_never_retried() {
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let mut s = step("a", &["web"], None);
+    s.retries = 3;
+    let (_, events) = deploy(&mut m, vec![s]);
+    let task = planned(&events)[0].0;
+    report(&mut m, task, "w1", started(task, 1));
+    report(&mut m, task, "w1", ended(task, 1, Outcome::Cancelled));
+    assert_eq!(m.state.tasks[&task].state, TaskState::Cancelled);
+}
+
+#[test]
+fn cancelling_stops_queued_tasks_at_once_and_ends_when_running_ones_have_stopped() {
+    let mut m = given(&[
+        target("t1", &["web"], None),
+        target("t2", &["web"], None),
+        target("t3", &["web"], None),
+    ]);
+    let (id, events) = deploy(
+        &mut m,
+        vec![step("a", &["web"], None), step("b", &[], None)],
+    );
+    let tasks: Vec<TaskId> = planned(&events).iter().map(|p| p.0).collect();
+    report(&mut m, tasks[0], "w1", started(tasks[0], 1));
+    let events = when(
+        &mut m,
+        Command::CancelDeployment {
+            id,
+            reason: Some("wrong build".into()),
+        },
+    )
+    .expect("a running deployment can be cancelled");
+    assert!(
+        matches!(&events[..], [Event::DeploymentCancelRequested { reason, .. }] if reason == "wrong build"),
+        "{events:?}"
+    );
+    let d = &m.state.deployments[&id];
+    assert_eq!(d.state, DeploymentState::Cancelling);
+    assert_eq!(m.state.tasks[&tasks[0]].state, TaskState::Running);
+    for t in &tasks[1..] {
+        assert_eq!(m.state.tasks[t].state, TaskState::Cancelled);
+    }
+    // Asking again changes nothing.
+    assert_eq!(
+        when(&mut m, Command::CancelDeployment { id, reason: None }).expect("idempotent"),
+        []
+    );
+    // The running task's worker stops it: the deployment ends cancelled, the next step skipped.
+    let events = report(
+        &mut m,
+        tasks[0],
+        "w1",
+        ended(tasks[0], 1, Outcome::Cancelled),
+    );
+    assert!(
+        matches!(
+            events.last(),
+            Some(Event::DeploymentFinished {
+                state: DeploymentState::Cancelled,
+                ..
+            })
+        ),
+        "{events:?}"
+    );
+    let d = &m.state.deployments[&id];
+    let steps: Vec<StepState> = d.steps.iter().map(|s| s.state).collect();
+    assert_eq!(steps, [StepState::Cancelled, StepState::Skipped]);
+    assert_eq!(d.reason.as_deref(), Some("wrong build"));
+    // An ended deployment cannot be cancelled; an unknown one is not found.
+    assert!(matches!(
+        when(&mut m, Command::CancelDeployment { id, reason: None }),
+        Err(Rejection::Conflict(_))
+    ));
+    assert!(matches!(
+        when(
+            &mut m,
+            Command::CancelDeployment {
+                id: DeploymentId::new(),
+                reason: None
+            }
+        ),
+        Err(Rejection::NotFound(_))
+    ));
+}
+
+#[test]
+fn a_cancelled_task_whose_worker_never_confirms_is_given_up_after_the_grace_period() {
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let (id, events) = deploy(&mut m, vec![step("a", &["web"], None)]);
+    let task = planned(&events)[0].0;
+    report(&mut m, task, "w1", started(task, 1));
+    when(&mut m, Command::CancelDeployment { id, reason: None }).expect("ok");
+    let events = when(&mut m, Command::CancelGraceExpired { deployment: id }).expect("ok");
+    assert!(
+        matches!(&events[..], [Event::TaskCancelled { reason, .. }, Event::DeploymentFinished { state: DeploymentState::Cancelled, .. }] if reason.contains("w1")),
+        "{events:?}"
+    );
+    assert_eq!(m.state.tasks[&task].attempts[0].state, TaskState::Lost);
+    // Too late: the worker's own report is still recorded in the history, nothing else moves.
+    report(&mut m, task, "w1", ended(task, 1, Outcome::Cancelled));
+    assert_eq!(m.state.tasks[&task].state, TaskState::Cancelled);
+}
+
+#[test]
+fn a_failing_step_cancels_its_queued_tasks() {
+    let mut m = given(&[target("t1", &["web"], None), target("t2", &["web"], None)]);
+    let (_, events) = deploy(&mut m, vec![step("a", &["web"], None)]);
+    let tasks: Vec<TaskId> = planned(&events).iter().map(|p| p.0).collect();
+    report(&mut m, tasks[0], "w1", started(tasks[0], 1));
+    report(&mut m, tasks[0], "w1", ended(tasks[0], 1, Outcome::Failed));
+    let t = &m.state.tasks[&tasks[1]];
+    assert_eq!(t.state, TaskState::Cancelled);
+    assert_eq!(
+        t.reason.as_deref(),
+        Some("not started: the deployment failed first")
+    );
+}
+
+#[test]
+fn an_attempt_given_up_after_lost_runs_fails_and_closes_the_open_run() {
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let (id, events) = deploy(&mut m, vec![step("a", &["web"], None)]);
+    let task = planned(&events)[0].0;
+    report(&mut m, task, "w1", started(task, 1));
+    report(&mut m, task, "w2", started(task, 2));
+    report(&mut m, task, "w3", started(task, 3));
+    // Delivery 4 is refused by w4 without running: every earlier run is lost.
+    report(&mut m, task, "w4", ended(task, 4, Outcome::Failed));
+    let t = &m.state.tasks[&task];
+    let runs: Vec<(u32, TaskState)> = t.attempts.iter().map(|r| (r.delivery, r.state)).collect();
+    assert_eq!(
+        runs,
+        [
+            (1, TaskState::Lost),
+            (2, TaskState::Lost),
+            (3, TaskState::Lost),
+            (4, TaskState::Failed)
+        ]
+    );
+    assert_eq!(t.state, TaskState::Failed);
+    assert_eq!(m.state.deployments[&id].state, DeploymentState::Failed);
+}
+
+#[test]
+fn draining_a_worker_is_recorded_once_and_survives_its_rejoining() {
+    let mut m = given(&[]);
+    let join = WorkerMessage {
+        schema_version: 1,
+        event_id: EventId::new(),
+        worker: WorkerName::parse("w1").expect("valid"),
+        pool: pool("eu-west"),
+        sent_at: Timestamp(1),
+        body: WorkerBody::Joined {
+            region: None,
+            slots: 2,
+            version: "0".into(),
+        },
+    };
+    when(&mut m, Command::WorkerReport(join.clone())).expect("ok");
+    let w1 = WorkerName::parse("w1").expect("valid");
+    let drain = |drain| Command::DrainWorker {
+        worker: w1.clone(),
+        drain,
+    };
+    assert_eq!(when(&mut m, drain(true)).expect("ok").len(), 1);
+    assert_eq!(when(&mut m, drain(true)).expect("ok"), []);
+    when(
+        &mut m,
+        Command::WorkerReport(WorkerMessage {
+            event_id: EventId::new(),
+            ..join
+        }),
+    )
+    .expect("ok");
+    assert!(m.state.workers[&w1].draining);
+    assert!(matches!(
+        &when(&mut m, drain(false)).expect("ok")[..],
+        [Event::WorkerResumed { .. }]
+    ));
+    assert!(!m.state.workers[&w1].draining);
+    assert!(matches!(
+        when(
+            &mut m,
+            Command::DrainWorker {
+                worker: WorkerName::parse("nobody").expect("valid"),
+                drain: true
+            }
+        ),
+        Err(Rejection::NotFound(_))
+    ));
 }

@@ -5,11 +5,15 @@
 //! dispatcher.
 
 use super::{BatchWrite, EventLog, Head, LogError, doc_write, record_hash, row_write};
+use crate::domain::decide::CANCEL_GRACE_SECS;
 use crate::domain::{self, Changes, Command, EventSink, NewEvent, Rejection, State};
+use crate::effects::Effect;
 use shoal_shared::codec;
 use shoal_shared::events::{Envelope, Event};
 use shoal_shared::messages::{TaskMessage, WIRE_SCHEMA_VERSION};
-use shoal_shared::{EventId, PoolName, TaskId, TaskState, Timestamp};
+use shoal_shared::{
+    DeploymentId, DeploymentState, EventId, PoolName, TaskId, TaskState, Timestamp,
+};
 use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
 
@@ -92,6 +96,7 @@ pub struct Writer {
     head: Head,
     default_pool: PoolName,
     dispatch: mpsc::UnboundedSender<TaskMessage>,
+    effects: mpsc::UnboundedSender<Effect>,
 }
 
 /// Changes of one batch not yet written.
@@ -101,6 +106,7 @@ struct Pending {
     changes: Changes,
     ids: HashSet<EventId>,
     planned: Vec<(TaskId, u32)>,
+    effects: Vec<Effect>,
 }
 
 impl Writer {
@@ -113,6 +119,7 @@ impl Writer {
         log: EventLog,
         default_pool: PoolName,
         dispatch: mpsc::UnboundedSender<TaskMessage>,
+        effects: mpsc::UnboundedSender<Effect>,
     ) -> Result<Writer, LogError> {
         let head = log.head()?;
         let checkpoint = log.checkpoint()?;
@@ -129,7 +136,38 @@ impl Writer {
             head,
             default_pool,
             dispatch,
+            effects,
         })
+    }
+
+    /// The effects still due after a restart: retries waiting for their backoff, and
+    /// cancellations whose tasks may still run (told again, with a fresh grace period).
+    pub fn pending_effects(&self) -> Vec<Effect> {
+        let mut out = Vec::new();
+        for t in self.state.tasks.values() {
+            if t.state == TaskState::RetryScheduled
+                && let Some(at) = t.retry_at
+            {
+                out.push(Effect::Schedule {
+                    at,
+                    cmd: Command::RetryDue {
+                        task: t.id,
+                        attempt: t.attempt,
+                    },
+                });
+            }
+        }
+        for id in &self.state.active {
+            if self
+                .state
+                .deployments
+                .get(id)
+                .is_some_and(|d| d.state == DeploymentState::Cancelling)
+            {
+                out.extend(cancel_effects(&self.state, *id, true));
+            }
+        }
+        out
     }
 
     /// What to do with every attempt still in the outbox after a restart: task messages to
@@ -147,6 +185,7 @@ impl Writer {
                     deployment: t.deployment,
                     task: *task,
                     attempt: *attempt,
+                    stream_seq: None,
                 }),
                 None => {}
             }
@@ -187,6 +226,9 @@ impl Writer {
                 if let Some(msg) = self.task_message(&task, attempt) {
                     let _ = self.dispatch.send(msg);
                 }
+            }
+            for effect in pending.effects {
+                let _ = self.effects.send(effect);
             }
         }
         self.log.flush().await?;
@@ -248,6 +290,7 @@ impl Writer {
         if let Event::TaskPlanned { task, attempt, .. } = &e.event {
             p.planned.push((*task, *attempt));
         }
+        effects_of(&self.state, &e.event, &mut p.effects);
         p.ids.insert(e.id);
         p.write.records.push((seq, bytes, e.id));
         Ok(seq)
@@ -285,6 +328,7 @@ impl Writer {
             variables: step.variables.clone(),
             timeout_secs: step.timeout_secs,
             planned_at: t.planned_at.unwrap_or_default(),
+            max_deliveries: step.max_attempts(),
         })
     }
 }
@@ -305,4 +349,90 @@ impl EventSink for BatchSink<'_> {
     fn append(&mut self, event: NewEvent, cause: Option<EventId>) -> Result<u64, LogError> {
         self.writer.append(event, cause, self.pending)
     }
+}
+
+/// What an event, just applied to `state`, asks the planner to do once it is durable.
+fn effects_of(state: &State, event: &Event, out: &mut Vec<Effect>) {
+    match event {
+        Event::TaskFinished { task, attempt, .. } => {
+            if let Some(t) = state.tasks.get(task)
+                && t.state == TaskState::RetryScheduled
+                && t.attempt == *attempt
+                && let Some(at) = t.retry_at
+            {
+                out.push(Effect::Schedule {
+                    at,
+                    cmd: Command::RetryDue {
+                        task: *task,
+                        attempt: *attempt,
+                    },
+                });
+            }
+        }
+        Event::DeploymentCancelRequested { deployment, .. } => {
+            out.extend(cancel_effects(state, *deployment, true));
+        }
+        Event::DeploymentFinished {
+            deployment,
+            state: DeploymentState::Failed,
+            ..
+        } => out.extend(cancel_effects(state, *deployment, false)),
+        // A task stored or started after it was cancelled: stop it again.
+        Event::TaskDispatched {
+            task, stream_seq, ..
+        } => {
+            if state.tasks.get(task).is_some_and(|t| t.state.is_terminal()) {
+                out.push(Effect::Cancel(vec![(*task, *stream_seq)]));
+            }
+        }
+        Event::TaskStarted {
+            deployment, task, ..
+        } => {
+            let ended = state.tasks.get(task).is_some_and(|t| t.state.is_terminal())
+                || state.deployments.get(deployment).is_some_and(|d| {
+                    d.state == DeploymentState::Cancelling || d.state.is_terminal()
+                });
+            if ended {
+                out.push(Effect::Cancel(vec![(*task, None)]));
+            }
+        }
+        Event::WorkerDrainRequested { worker, pool } | Event::WorkerResumed { worker, pool } => {
+            out.push(Effect::Control {
+                worker: worker.clone(),
+                pool: pool.clone(),
+                drain: matches!(event, Event::WorkerDrainRequested { .. }),
+            });
+        }
+        _ => {}
+    }
+}
+
+/// Stop every task of a deployment that was handed to the broker and may run or be queued;
+/// with `grace`, also give up on them after [`CANCEL_GRACE_SECS`].
+fn cancel_effects(state: &State, deployment: DeploymentId, grace: bool) -> Vec<Effect> {
+    let Some(d) = state.deployments.get(&deployment) else {
+        return vec![];
+    };
+    let tasks: Vec<(TaskId, Option<u64>)> = d
+        .steps
+        .iter()
+        .flat_map(|s| &s.tasks)
+        .filter_map(|t| state.tasks.get(t))
+        .filter(|t| {
+            t.state == TaskState::Running
+                || (t.state == TaskState::Cancelled && t.attempt > 0 && t.started_at.is_none())
+        })
+        .map(|t| (t.id, t.stream_seq))
+        .collect();
+    let mut out = Vec::new();
+    if !tasks.is_empty() {
+        out.push(Effect::Cancel(tasks));
+    }
+    if grace {
+        out.push(Effect::Schedule {
+            at: Timestamp::now().plus_millis(CANCEL_GRACE_SECS * 1000),
+            cmd: Command::CancelGraceExpired { deployment },
+        });
+    }
+    out
 }

@@ -33,15 +33,23 @@ impl TaskResult {
     }
 }
 
-/// Runs a task's action to its end, or until `kill` is cancelled.
+/// Runs a task's action to its end, until `kill` (the worker stops: hand it back) or until
+/// `cancel` (the planner cancelled it: its outcome is `cancelled`).
 pub async fn run(
     task: &TaskMessage,
     delivery: u32,
     config: &WorkerConfig,
     reporter: &Reporter,
     kill: &CancellationToken,
+    cancel: &CancellationToken,
 ) -> TaskResult {
     match &task.action {
+        Action::Noop if cancel.is_cancelled() => TaskResult {
+            outcome: Outcome::Cancelled,
+            exit_code: None,
+            reason: Some("cancelled".to_owned()),
+            interrupted: false,
+        },
         Action::Noop => TaskResult {
             outcome: Outcome::Succeeded,
             exit_code: Some(0),
@@ -58,6 +66,7 @@ pub async fn run(
                 config,
                 &sink,
                 kill,
+                cancel,
             )
             .await;
             sink.finish().await;

@@ -32,12 +32,13 @@ pub(super) async fn run(
     config: &WorkerConfig,
     sink: &OutputSink,
     kill: &CancellationToken,
+    cancel: &CancellationToken,
 ) -> TaskResult {
     let dir = config
         .work_dir
         .join("tasks")
         .join(format!("{}-{}-{delivery}", task.task, task.attempt));
-    let result = run_in(task, script, shell, config, sink, kill, &dir).await;
+    let result = run_in(task, script, shell, config, sink, (kill, cancel), &dir).await;
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         tracing::debug!(error = %e, dir = %dir.display(), "task directory not removed");
     }
@@ -50,7 +51,7 @@ async fn run_in(
     shell: &str,
     config: &WorkerConfig,
     sink: &OutputSink,
-    kill: &CancellationToken,
+    (kill, cancel): (&CancellationToken, &CancellationToken),
     dir: &std::path::Path,
 ) -> TaskResult {
     if let Err(e) = tokio::fs::create_dir_all(dir).await {
@@ -115,6 +116,7 @@ async fn run_in(
             status = child.wait() => Ended::Exited(status),
             () = sleep_opt(timeout) => Ended::TimedOut,
             () = kill.cancelled() => Ended::Interrupted,
+            () = cancel.cancelled() => Ended::Cancelled,
         };
         // Whatever happened, no process of this step outlives it.
         if let Some(pgid) = pgid {
@@ -167,6 +169,12 @@ async fn run_in(
             )),
             interrupted: false,
         },
+        Ended::Cancelled => TaskResult {
+            outcome: Outcome::Cancelled,
+            exit_code: None,
+            reason: Some("cancelled: its processes were terminated".to_owned()),
+            interrupted: false,
+        },
         Ended::Interrupted => TaskResult {
             outcome: Outcome::Cancelled,
             exit_code: None,
@@ -197,6 +205,7 @@ enum Ended {
     Exited(std::io::Result<std::process::ExitStatus>),
     TimedOut,
     Interrupted,
+    Cancelled,
 }
 
 async fn sleep_opt(d: Option<Duration>) {

@@ -1,0 +1,182 @@
+//! What the planner tells a running worker: cancellations (`shoal.cancel.<task>`, watched by
+//! every worker) and maintenance drain/resume (`shoal.control.<pool>.<worker>`). Both come on
+//! core NATS and may be lost; the planner sends cancellations more than once and compares the
+//! drain state with every heartbeat, and a worker remembers recent cancellations so a task
+//! cancelled while queued never starts here.
+
+use crate::WorkerConfig;
+use futures::StreamExt;
+use shoal_shared::messages::WorkerControl;
+use shoal_shared::{TaskId, codec};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How long a cancellation is remembered for tasks that arrive later.
+const REMEMBER: Duration = Duration::from_secs(15 * 60);
+
+/// State shared by the pull loop, running tasks, heartbeats and the control listener.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    running: Mutex<HashMap<TaskId, CancellationToken>>,
+    cancelled: Mutex<HashMap<TaskId, Instant>>,
+    draining: watch::Sender<bool>,
+    /// How often a running task's message is kept alive, in ms.
+    progress_ms: AtomicU64,
+}
+
+impl Runtime {
+    /// A runtime for a worker that is not draining.
+    pub fn new(config: &WorkerConfig) -> Runtime {
+        Runtime {
+            inner: Arc::new(Inner {
+                running: Mutex::default(),
+                cancelled: Mutex::default(),
+                draining: watch::Sender::new(false),
+                progress_ms: AtomicU64::new(millis(config.progress_interval)),
+            }),
+        }
+    }
+
+    /// Registers a task that starts running; its token fires when it is cancelled. `None`
+    /// when it was cancelled before it started.
+    pub fn start(&self, task: TaskId) -> Option<CancellationToken> {
+        if self.was_cancelled(task) {
+            return None;
+        }
+        let token = CancellationToken::new();
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.insert(task, token.clone());
+        }
+        Some(token)
+    }
+
+    /// Forgets a task that ended.
+    pub fn finish(&self, task: TaskId) {
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.remove(&task);
+        }
+    }
+
+    /// Whether the planner cancelled this task recently.
+    pub fn was_cancelled(&self, task: TaskId) -> bool {
+        self.inner
+            .cancelled
+            .lock()
+            .is_ok_and(|c| c.contains_key(&task))
+    }
+
+    /// Records a cancellation and stops the task if it runs here.
+    pub fn cancel(&self, task: TaskId) {
+        let now = Instant::now();
+        if let Ok(mut cancelled) = self.inner.cancelled.lock() {
+            cancelled.retain(|_, at| now.duration_since(*at) < REMEMBER);
+            cancelled.insert(task, now);
+        }
+        let token = self
+            .inner
+            .running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&task).cloned());
+        if let Some(token) = token {
+            tracing::info!(task.id = %task, "cancelled by the planner; stopping it");
+            token.cancel();
+        }
+    }
+
+    /// Whether the worker is draining (takes no new tasks).
+    pub fn draining(&self) -> bool {
+        *self.inner.draining.borrow()
+    }
+
+    /// Starts or ends a maintenance drain.
+    pub fn set_draining(&self, drain: bool) {
+        self.inner.draining.send_if_modified(|d| {
+            let changed = *d != drain;
+            *d = drain;
+            changed
+        });
+    }
+
+    /// Watches the drain state.
+    pub fn watch_draining(&self) -> watch::Receiver<bool> {
+        self.inner.draining.subscribe()
+    }
+
+    /// How often running tasks' messages are kept alive.
+    pub fn progress_interval(&self) -> Duration {
+        Duration::from_millis(self.inner.progress_ms.load(Ordering::Relaxed))
+    }
+
+    /// Keeps messages alive often enough for the queue's ack wait: three progress acks per
+    /// ack wait, never less often than configured.
+    pub fn fit_progress_to(&self, config: &WorkerConfig, ack_wait: Duration) {
+        let every = config
+            .progress_interval
+            .min(ack_wait / 3)
+            .max(Duration::from_millis(100));
+        self.inner
+            .progress_ms
+            .store(millis(every), Ordering::Relaxed);
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Listens for cancellations and instructions until shutdown.
+pub async fn listen(
+    client: async_nats::Client,
+    config: WorkerConfig,
+    runtime: Runtime,
+    shutdown: CancellationToken,
+) {
+    let cancel_subject = config.subjects.cancel_all();
+    let control_subject = config.subjects.control(&config.pool, &config.name);
+    let (mut cancels, mut controls) = match (
+        client.subscribe(cancel_subject.clone()).await,
+        client.subscribe(control_subject.clone()).await,
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot subscribe to cancellations and instructions; cancelled tasks will run to their end here");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            Some(msg) = cancels.next() => {
+                let id = msg.subject.rsplit('.').next().unwrap_or_default();
+                match id.parse::<uuid::Uuid>() {
+                    Ok(id) => runtime.cancel(TaskId(id)),
+                    Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "ignoring a cancellation for a malformed task id"),
+                }
+            }
+            Some(msg) = controls.next() => {
+                match codec::decode::<WorkerControl>("worker control", &msg.payload) {
+                    Ok(c) if c.worker == config.name => {
+                        if c.drain != runtime.draining() {
+                            tracing::info!(drain = c.drain, "{}", if c.drain { "draining on request: taking no new tasks" } else { "resuming on request: taking tasks again" });
+                        }
+                        runtime.set_draining(c.drain);
+                    }
+                    Ok(c) => tracing::warn!(to = %c.worker, "ignoring an instruction for another worker"),
+                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed instruction"),
+                }
+            }
+            else => return,
+        }
+    }
+}
