@@ -304,6 +304,76 @@ impl Cluster {
         run_binary("shoal", &all)
     }
 
+    /// Every event of the log (or of one stream), oldest first, read page by page.
+    ///
+    /// # Errors
+    /// The API refused.
+    pub async fn events(&self, stream: Option<&str>) -> anyhow::Result<Vec<Value>> {
+        let mut out: Vec<Value> = Vec::new();
+        let mut after = 0;
+        loop {
+            let mut path = format!("/api/events?after={after}&limit=10000");
+            if let Some(s) = stream {
+                path.push_str(&format!("&stream={s}"));
+            }
+            let page = self.api.get(&path).await?;
+            let page = page.as_array().context("events are a list")?;
+            let Some(last) = page.last() else {
+                return Ok(out);
+            };
+            after = last["seq"].as_u64().context("event without seq")?;
+            out.extend(page.iter().cloned());
+        }
+    }
+
+    /// A worker's process (the first one of that name still running).
+    ///
+    /// # Panics
+    /// No such worker was started.
+    pub fn worker_proc(&mut self, name: &str) -> &mut Proc {
+        self.workers
+            .iter_mut()
+            .rev()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no worker {name}"))
+    }
+
+    /// Kills a worker with SIGKILL (no drain, no goodbye).
+    ///
+    /// # Errors
+    /// It could not be killed.
+    pub async fn kill_worker(&mut self, name: &str) -> anyhow::Result<()> {
+        self.worker_proc(name).kill().await
+    }
+
+    /// Kills the planner with SIGKILL.
+    ///
+    /// # Errors
+    /// It could not be killed.
+    pub async fn kill_planner(&mut self) -> anyhow::Result<()> {
+        if let Some(mut p) = self.planner.take() {
+            p.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// The one task of a deployment's step on a target (or with no target), as the API
+    /// shows it now.
+    ///
+    /// # Errors
+    /// The API refused, or no such task.
+    pub async fn task(&self, deployment: &str, step: &str) -> anyhow::Result<Value> {
+        let d = self
+            .api
+            .get(&format!("/api/deployments/{deployment}"))
+            .await?;
+        tasks(&d)
+            .into_iter()
+            .find(|(s, _)| s == step)
+            .map(|(_, t)| t)
+            .with_context(|| format!("no task in step {step}"))
+    }
+
     /// Writes a file into the cluster's temp dir.
     ///
     /// # Errors
