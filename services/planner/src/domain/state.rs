@@ -524,6 +524,23 @@ impl State {
                         run.started_at = Some(*started);
                     }
                     changes.docs.insert(DocKey::Task(*task));
+                } else if let Some(t) = self.tasks.get_mut(task)
+                    && t.attempt == *attempt
+                    && t.state.is_terminal()
+                {
+                    // A run the task no longer needs (a broker that crashed before it stored an
+                    // ack delivers the message again; a worker that missed a cancellation):
+                    // kept in the history; the planner tells its worker to stop.
+                    t.attempts.push(AttemptDoc {
+                        attempt: *attempt,
+                        delivery: *delivery,
+                        worker: Some(worker.clone()),
+                        started_at: Some(*started),
+                        finished_at: None,
+                        state: TaskState::Running,
+                        exit_code: None,
+                    });
+                    changes.docs.insert(DocKey::Task(*task));
                 }
             }
             Event::TaskOutput {

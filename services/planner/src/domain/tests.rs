@@ -818,3 +818,30 @@ fn draining_a_worker_is_recorded_once_and_survives_its_rejoining() {
         Err(Rejection::NotFound(_))
     ));
 }
+
+#[test]
+fn a_repeated_run_after_the_task_ended_is_kept_in_the_history_without_changing_the_outcome() {
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let (_, events) = deploy(&mut m, vec![step("a", &["web"], None)]);
+    let task = planned(&events)[0].0;
+    report(&mut m, task, "w1", started(task, 1));
+    report(&mut m, task, "w1", ended(task, 1, Outcome::Succeeded));
+    // The broker lost the ack in a crash and delivers the message again, as delivery 1.
+    report(&mut m, task, "w2", started(task, 1));
+    report(&mut m, task, "w2", ended(task, 1, Outcome::Cancelled));
+    let t = &m.state.tasks[&task];
+    assert_eq!(t.state, TaskState::Succeeded);
+    assert_eq!(t.worker.as_ref().map(|w| w.as_str()), Some("w1"));
+    let runs: Vec<(u32, TaskState, Option<&str>)> = t
+        .attempts
+        .iter()
+        .map(|r| (r.delivery, r.state, r.worker.as_ref().map(|w| w.as_str())))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            (1, TaskState::Succeeded, Some("w1")),
+            (1, TaskState::Cancelled, Some("w2"))
+        ]
+    );
+}
