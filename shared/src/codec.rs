@@ -239,6 +239,35 @@ mod tests {
                     }
                 }),
             (
+                uuid(),
+                uuid(),
+                any::<u32>(),
+                proptest::option::of(any::<u64>())
+            )
+                .prop_map(|(d, t, attempt, stream_seq)| Event::TaskDispatched {
+                    deployment: DeploymentId(d),
+                    task: TaskId(t),
+                    attempt,
+                    stream_seq,
+                }),
+            (uuid(), uuid(), any::<u32>(), any::<String>()).prop_map(|(d, t, attempt, reason)| {
+                Event::TaskCancelled {
+                    deployment: DeploymentId(d),
+                    task: TaskId(t),
+                    attempt,
+                    reason,
+                }
+            }),
+            (uuid(), any::<String>()).prop_map(|(d, reason)| Event::DeploymentCancelRequested {
+                deployment: DeploymentId(d),
+                reason,
+            }),
+            (worker(), pool(), any::<bool>()).prop_map(|(worker, pool, drain)| if drain {
+                Event::WorkerDrainRequested { worker, pool }
+            } else {
+                Event::WorkerResumed { worker, pool }
+            }),
+            (
                 any::<String>(),
                 any::<String>(),
                 proptest::collection::vec(any::<u8>(), 0..64)
@@ -309,6 +338,22 @@ mod tests {
             let _ = decode::<Heartbeat>("heartbeat", &bytes);
             let _ = decode::<Envelope>("envelope", &bytes);
             let _ = decode::<Event>("event", &bytes);
+            let _ = decode::<WorkerControl>("worker control", &bytes);
+        }
+
+        #[test]
+        fn truncated_messages_are_rejected(e in event(), w in worker(), p in pool(), t in uuid(), cut in any::<proptest::sample::Index>()) {
+            let report = WorkerMessage {
+                schema_version: WIRE_SCHEMA_VERSION, event_id: EventId(t), worker: w, pool: p,
+                sent_at: Timestamp(1),
+                body: WorkerBody::TaskStarted { deployment: DeploymentId(t), task: TaskId(t), attempt: 1, delivery: 1 },
+            };
+            let bytes = encode(&report).expect("encodes");
+            let at = cut.index(bytes.len());
+            prop_assert!(decode::<WorkerMessage>("worker message", &bytes[..at]).is_err());
+            let bytes = encode(&e).expect("encodes");
+            let at = cut.index(bytes.len());
+            prop_assert!(decode::<Event>("event", &bytes[..at]).is_err());
         }
     }
 

@@ -1,7 +1,8 @@
-//! Every bad request gets a 4xx naming the problem and, where it helps, the known values.
+//! Every bad request gets a 4xx naming the problem and, where it helps, the known values;
+//! every bad message on the wire is rejected, recorded with its reason, and never blocks.
 
-use shoal_e2e::serde_json::json;
-use shoal_e2e::{Cluster, assert_api_error};
+use shoal_e2e::serde_json::{Value, json};
+use shoal_e2e::{Cluster, WAIT, assert_api_error};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_a_reason() -> anyhow::Result<()> {
@@ -218,5 +219,129 @@ async fn bad_requests_are_refused_with_a_reason() -> anyhow::Result<()> {
         ["PoolRegistered", "PoolRegistered", "TargetRegistered"],
         "{types:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_on_the_wire_are_rejected_recorded_and_never_redelivered() -> anyhow::Result<()>
+{
+    use shoal_shared::messages::{TaskMessage, WorkerBody, WorkerMessage};
+    use shoal_shared::{Action, DeploymentId, EventId, PoolName, TaskId, Timestamp, WorkerName};
+
+    let mut c = Cluster::start(&["--no-builtin-worker"]).await?;
+    c.target("t1", "prod", &["web"], None).await?;
+    c.worker("w1", "default", "local", &[])?;
+    c.wait_online(&["w1"]).await?;
+    let client = async_nats::connect(c.nats.url()).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let pool = |p: &str| PoolName::parse(p).expect("valid");
+    let task = |schema_version: u16, pool: PoolName| TaskMessage {
+        schema_version,
+        deployment: DeploymentId::new(),
+        task: TaskId::new(),
+        attempt: 1,
+        step_index: 0,
+        step_name: "s".into(),
+        target: None,
+        endpoint: None,
+        pool,
+        action: Action::Noop,
+        variables: Default::default(),
+        timeout_secs: None,
+        planned_at: Timestamp::now(),
+        max_deliveries: 3,
+    };
+    let valid = shoal_shared::codec::encode(&task(1, pool("default")))?;
+    let to_tasks: Vec<Vec<u8>> = vec![
+        b"\xc1 not messagepack".to_vec(),
+        valid[..valid.len() / 2].to_vec(),
+        shoal_shared::codec::encode(&task(99, pool("default")))?,
+        shoal_shared::codec::encode(&task(1, pool("eu-west")))?,
+    ];
+    for bytes in to_tasks {
+        js.publish("shoal.tasks.default", bytes.into())
+            .await?
+            .await?;
+    }
+    let report = |schema_version: u16| WorkerMessage {
+        schema_version,
+        event_id: EventId::new(),
+        worker: WorkerName::parse("w1").expect("valid"),
+        pool: pool("default"),
+        sent_at: Timestamp::now(),
+        body: WorkerBody::TaskFinished {
+            deployment: DeploymentId::new(),
+            task: TaskId::new(),
+            attempt: 1,
+            delivery: 1,
+            outcome: shoal_shared::Outcome::Succeeded,
+            exit_code: Some(0),
+            reason: None,
+        },
+    };
+    let to_results: Vec<Vec<u8>> = vec![
+        b"garbage".to_vec(),
+        shoal_shared::codec::encode(&report(1))?,
+        shoal_shared::codec::encode(&report(99))?,
+    ];
+    for bytes in to_results {
+        js.publish("shoal.results.default.w1", bytes.into())
+            .await?
+            .await?;
+    }
+    client
+        .publish("shoal.heartbeat.default.w1", "not a heartbeat".into())
+        .await?;
+    client.flush().await?;
+
+    let rejected = c
+        .wait_for("eight rejections in the log", WAIT, || async {
+            let events = c.events(None).await?;
+            let r: Vec<Value> = events
+                .into_iter()
+                .filter(|e| e["type"] == "MessageRejected")
+                .map(|e| e["data"].clone())
+                .collect();
+            Ok((r.len() >= 8).then_some(r))
+        })
+        .await?;
+    assert_eq!(rejected.len(), 8, "{rejected:#?}");
+    let reasons: Vec<String> = rejected
+        .iter()
+        .map(|r| format!("{} {}", r["subject"], r["reason"]))
+        .collect();
+    for expected in [
+        "shoal.tasks.default",
+        "unknown schema version 99",
+        "is for pool \\\"eu-west\\\"",
+        "reported on unknown task",
+        "shoal.results.default.w1",
+        "shoal.heartbeat.default.w1",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "no rejection mentions {expected}: {reasons:#?}"
+        );
+    }
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("unknown schema version 99"))
+            .count(),
+        2,
+        "{reasons:#?}"
+    );
+    // Terminated, not redelivered: the queue is empty and nothing is pending.
+    c.wait_for("an empty task queue", WAIT, || async {
+        let mut stream = js.get_stream("SHOAL_TASKS").await?;
+        Ok((stream.info().await?.state.messages == 0).then_some(()))
+    })
+    .await?;
+    // And the worker and planner go on serving.
+    let id = c
+        .deploy(&json!({"project": "p", "environment": "prod",
+                        "steps": [{"name": "after", "roles": ["web"], "action": {"type": "noop"}}]}))
+        .await?;
+    assert_eq!(c.finished(&id, WAIT).await?["state"], "succeeded");
     Ok(())
 }

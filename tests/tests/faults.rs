@@ -136,7 +136,11 @@ async fn nothing_is_lost_while_workers_the_planner_and_the_broker_are_killed() -
 
 async fn done(c: &Cluster, id: &str) -> Option<Value> {
     let d = c.api.get(&format!("/api/deployments/{id}")).await.ok()?;
-    matches!(d["state"].as_str(), Some("succeeded" | "failed" | "cancelled")).then_some(d)
+    matches!(
+        d["state"].as_str(),
+        Some("succeeded" | "failed" | "cancelled")
+    )
+    .then_some(d)
 }
 
 /// Every task of the round ended once, in its own pool, and the deployment succeeded.
@@ -176,7 +180,10 @@ async fn check_round(c: &Cluster, id: &str, d: &Value) -> anyhow::Result<()> {
                     .map(|(_, _, prefix)| *prefix)
                     .expect("a pool of the test");
                 let worker = data["worker"].as_str().unwrap_or_default();
-                assert!(worker.starts_with(prefix), "{worker} ran {task} of another pool");
+                assert!(
+                    worker.starts_with(prefix),
+                    "{worker} ran {task} of another pool"
+                );
             }
             Some("TaskFinished") => {
                 let run = (
@@ -194,10 +201,17 @@ async fn check_round(c: &Cluster, id: &str, d: &Value) -> anyhow::Result<()> {
             _ => {}
         }
     }
-    eprintln!("{} tasks ended once; {repeats} repeated run(s) recorded", pool_of.len());
+    eprintln!(
+        "{} tasks ended once; {repeats} repeated run(s) recorded",
+        pool_of.len()
+    );
     for task in pool_of.keys() {
         assert_eq!(planned.get(task), Some(&1), "task {task} planned once");
-        assert_eq!(dispatched.get(task), Some(&1), "task {task} dispatched once");
+        assert_eq!(
+            dispatched.get(task),
+            Some(&1),
+            "task {task} dispatched once"
+        );
         // The accepted outcome is the first end of its attempt; it is the task's state.
         let ends = finishes.get(task).map(Vec::as_slice).unwrap_or_default();
         assert!(!ends.is_empty(), "task {task} never ended in the log");

@@ -305,7 +305,8 @@ async fn handle(
             return;
         };
         let id = task.task;
-        run_task(msg, task, delivery, config, reporter, &runtime, kill, cancel).await;
+        let stops = execute::Stops { kill, cancel };
+        run_task(msg, task, delivery, config, reporter, &runtime, stops).await;
         runtime.finish(id);
     }
     .instrument(span)
@@ -340,7 +341,6 @@ async fn end_unrun(
 }
 
 /// Runs an accepted task to its end (see [`handle`]).
-#[allow(clippy::too_many_arguments)]
 async fn run_task(
     msg: jetstream::Message,
     task: TaskMessage,
@@ -348,8 +348,7 @@ async fn run_task(
     config: Arc<WorkerConfig>,
     reporter: Reporter,
     runtime: &Runtime,
-    kill: CancellationToken,
-    cancel: CancellationToken,
+    stops: execute::Stops,
 ) {
     // The message stays alive for as long as this worker holds it, reports included; the
     // keepalive ends with this function, however it ends.
@@ -377,7 +376,7 @@ async fn run_task(
         })
         .await;
     let result = if started {
-        Some(execute::run(&task, delivery, &config, &reporter, &kill, &cancel).await)
+        Some(execute::run(&task, delivery, &config, &reporter, &stops).await)
     } else {
         None
     };

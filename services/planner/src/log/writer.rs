@@ -380,10 +380,8 @@ fn effects_of(state: &State, event: &Event, out: &mut Vec<Effect>) {
         // A task stored or started after it was cancelled: stop it again.
         Event::TaskDispatched {
             task, stream_seq, ..
-        } => {
-            if state.tasks.get(task).is_some_and(|t| t.state.is_terminal()) {
-                out.push(Effect::Cancel(vec![(*task, *stream_seq)]));
-            }
+        } if state.tasks.get(task).is_some_and(|t| t.state.is_terminal()) => {
+            out.push(Effect::Cancel(vec![(*task, *stream_seq)]));
         }
         Event::TaskStarted {
             deployment, task, ..

@@ -11,6 +11,15 @@ use tokio_util::sync::CancellationToken;
 
 pub use output::OutputSink;
 
+/// What can end a running task early.
+#[derive(Debug, Clone, Default)]
+pub struct Stops {
+    /// The worker stops (drain deadline passed): hand the task back.
+    pub kill: CancellationToken,
+    /// The planner cancelled the task: its outcome is `cancelled`.
+    pub cancel: CancellationToken,
+}
+
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskResult {
@@ -33,18 +42,16 @@ impl TaskResult {
     }
 }
 
-/// Runs a task's action to its end, until `kill` (the worker stops: hand it back) or until
-/// `cancel` (the planner cancelled it: its outcome is `cancelled`).
+/// Runs a task's action to its end, or until one of `stops` fires.
 pub async fn run(
     task: &TaskMessage,
     delivery: u32,
     config: &WorkerConfig,
     reporter: &Reporter,
-    kill: &CancellationToken,
-    cancel: &CancellationToken,
+    stops: &Stops,
 ) -> TaskResult {
     match &task.action {
-        Action::Noop if cancel.is_cancelled() => TaskResult {
+        Action::Noop if stops.cancel.is_cancelled() => TaskResult {
             outcome: Outcome::Cancelled,
             exit_code: None,
             reason: Some("cancelled".to_owned()),
@@ -65,8 +72,7 @@ pub async fn run(
                 shell.as_deref().unwrap_or("bash"),
                 config,
                 &sink,
-                kill,
-                cancel,
+                stops,
             )
             .await;
             sink.finish().await;

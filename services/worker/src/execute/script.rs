@@ -2,7 +2,7 @@
 //! chosen shell in its own process group, so a timeout or cancellation ends every process
 //! it started (SIGTERM, then SIGKILL after a grace period).
 
-use super::{OutputSink, TaskResult};
+use super::{OutputSink, Stops, TaskResult};
 use crate::WorkerConfig;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -31,14 +31,13 @@ pub(super) async fn run(
     shell: &str,
     config: &WorkerConfig,
     sink: &OutputSink,
-    kill: &CancellationToken,
-    cancel: &CancellationToken,
+    stops: &Stops,
 ) -> TaskResult {
     let dir = config
         .work_dir
         .join("tasks")
         .join(format!("{}-{}-{delivery}", task.task, task.attempt));
-    let result = run_in(task, script, shell, config, sink, (kill, cancel), &dir).await;
+    let result = run_in(task, script, shell, config, sink, stops, &dir).await;
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         tracing::debug!(error = %e, dir = %dir.display(), "task directory not removed");
     }
@@ -51,7 +50,7 @@ async fn run_in(
     shell: &str,
     config: &WorkerConfig,
     sink: &OutputSink,
-    (kill, cancel): (&CancellationToken, &CancellationToken),
+    stops: &Stops,
     dir: &std::path::Path,
 ) -> TaskResult {
     if let Err(e) = tokio::fs::create_dir_all(dir).await {
@@ -115,8 +114,8 @@ async fn run_in(
         let ended = tokio::select! {
             status = child.wait() => Ended::Exited(status),
             () = sleep_opt(timeout) => Ended::TimedOut,
-            () = kill.cancelled() => Ended::Interrupted,
-            () = cancel.cancelled() => Ended::Cancelled,
+            () = stops.kill.cancelled() => Ended::Interrupted,
+            () = stops.cancel.cancelled() => Ended::Cancelled,
         };
         // Whatever happened, no process of this step outlives it.
         if let Some(pgid) = pgid {
