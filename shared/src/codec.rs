@@ -52,6 +52,7 @@ mod tests {
     use super::*;
     use crate::domain::*;
     use crate::events::{Envelope, Event, PlannedStep, PlannedTask};
+    use crate::health::*;
     use crate::ids::*;
     use crate::messages::*;
     use crate::names::*;
@@ -140,15 +141,55 @@ mod tests {
             name(),
             proptest::option::of(any::<String>()),
             proptest::option::of(pool()),
+            proptest::option::of(probe()),
+            proptest::option::of(any::<u64>()),
         )
-            .prop_map(|(n, k, env, endpoint, default_pool)| Target {
-                name: TargetName::parse(n).expect("valid"),
-                kind: TargetKind::ALL[k],
-                environment: EnvironmentName::parse(env).expect("valid"),
-                roles: vec![RoleName::parse("web").expect("valid")],
-                endpoint,
-                default_pool,
-            })
+            .prop_map(
+                |(n, k, env, endpoint, default_pool, health_check, health_interval_secs)| Target {
+                    name: TargetName::parse(n).expect("valid"),
+                    kind: TargetKind::ALL[k],
+                    environment: EnvironmentName::parse(env).expect("valid"),
+                    roles: vec![RoleName::parse("web").expect("valid")],
+                    endpoint,
+                    default_pool,
+                    health_check,
+                    health_interval_secs,
+                },
+            )
+    }
+
+    fn probe() -> impl Strategy<Value = HealthCheck> {
+        prop_oneof![
+            (any::<String>(), proptest::option::of(any::<u64>())).prop_map(
+                |(address, timeout_secs)| HealthCheck::Tcp {
+                    address,
+                    timeout_secs
+                }
+            ),
+            (any::<String>(), proptest::option::of(any::<u16>())).prop_map(
+                |(url, expect_status)| {
+                    HealthCheck::Http {
+                        url,
+                        expect_status,
+                        timeout_secs: Some(3),
+                    }
+                }
+            ),
+            any::<String>().prop_map(|script| HealthCheck::Script {
+                script,
+                timeout_secs: None
+            }),
+        ]
+    }
+
+    fn health_state() -> impl Strategy<Value = HealthState> {
+        prop_oneof![
+            Just(HealthState::Unknown),
+            Just(HealthState::Healthy),
+            Just(HealthState::HealthyWithWarnings),
+            Just(HealthState::Unhealthy),
+            Just(HealthState::Unavailable),
+        ]
     }
 
     fn event() -> impl Strategy<Value = Event> {
@@ -175,6 +216,7 @@ mod tests {
                         project,
                         environment: EnvironmentName::parse("prod").expect("valid"),
                         steps: steps.clone(),
+                        unhealthy_targets: UnhealthyTargets::Skip,
                     },
                     steps: steps
                         .iter()
@@ -262,6 +304,44 @@ mod tests {
                 deployment: DeploymentId(d),
                 reason,
             }),
+            (uuid(), name(), pool(), probe(), ts()).prop_map(|(c, t, pool, probe, at)| {
+                Event::HealthCheckPlanned {
+                    check: CheckId(c),
+                    target: TargetName::parse(t).expect("valid"),
+                    pool,
+                    rule: PoolRule::TargetDefault,
+                    probe,
+                    trigger: crate::events::CheckTrigger::OnDemand,
+                    deadline_at: at,
+                }
+            }),
+            (
+                uuid(),
+                name(),
+                worker(),
+                pool(),
+                health_state(),
+                proptest::option::of(any::<String>()),
+                any::<u64>()
+            )
+                .prop_map(|(c, t, worker, pool, state, reason, duration_ms)| {
+                    Event::TargetHealthChecked {
+                        check: CheckId(c),
+                        target: TargetName::parse(t).expect("valid"),
+                        task: Some(TaskId(c)),
+                        worker,
+                        pool,
+                        state,
+                        reason,
+                        duration_ms,
+                        at: Timestamp(5),
+                    }
+                }),
+            (uuid(), name(), any::<String>()).prop_map(|(d, t, reason)| Event::TargetSkipped {
+                deployment: DeploymentId(d),
+                target: TargetName::parse(t).expect("valid"),
+                reason,
+            }),
             (worker(), pool(), any::<bool>()).prop_map(|(worker, pool, drain)| if drain {
                 Event::WorkerDrainRequested { worker, pool }
             } else {
@@ -310,7 +390,7 @@ mod tests {
                 schema_version: WIRE_SCHEMA_VERSION, deployment: DeploymentId(d), task: TaskId(t),
                 attempt, step_index: 3, step_name: s.name, target: None, endpoint: Some("x".into()),
                 pool: p, action: a, variables: s.variables, timeout_secs: s.timeout_secs,
-                planned_at: at, max_deliveries: 3,
+                planned_at: at, max_deliveries: 3, probe: None,
             };
             let back: TaskMessage = decode("task", &encode(&m).expect("encodes")).expect("decodes");
             prop_assert_eq!(back, m);
@@ -339,6 +419,7 @@ mod tests {
             let _ = decode::<Envelope>("envelope", &bytes);
             let _ = decode::<Event>("event", &bytes);
             let _ = decode::<WorkerControl>("worker control", &bytes);
+            let _ = decode::<CheckMessage>("check message", &bytes);
         }
 
         #[test]

@@ -1,5 +1,6 @@
 //! The domain model: pools, targets, deployments, steps, actions and their states.
 
+use crate::health::{HealthCheck, UnhealthyTargets};
 use crate::names::{EnvironmentName, PoolName, RegionName, RoleName, TargetName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -81,6 +82,22 @@ pub struct Target {
     pub roles: Vec<RoleName>,
     pub endpoint: Option<String>,
     pub default_pool: Option<PoolName>,
+    /// The probe its health checks run; without one, a target with an endpoint gets
+    /// [`HealthCheck::default_for`] its endpoint.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Seconds between scheduled checks (the planner's default when unset).
+    #[serde(default)]
+    pub health_interval_secs: Option<u64>,
+}
+
+impl Target {
+    /// The probe its checks run: the explicit one, else the default for its endpoint.
+    pub fn probe(&self) -> Option<HealthCheck> {
+        self.health_check
+            .clone()
+            .or_else(|| self.endpoint.as_deref().and_then(HealthCheck::default_for))
+    }
 }
 
 /// What a step does on a worker.
@@ -96,6 +113,9 @@ pub enum Action {
     /// Does nothing and succeeds: exercises the whole dispatch path without starting a
     /// process. For testing and benchmarking.
     Noop,
+    /// Checks the health of the step's targets again (their probes) and applies the
+    /// deployment's `unhealthy_targets` option to those found unhealthy.
+    HealthCheck,
 }
 
 /// One step of a deployment process.
@@ -163,6 +183,9 @@ pub struct DeploymentSpec {
     pub project: String,
     pub environment: EnvironmentName,
     pub steps: Vec<StepSpec>,
+    /// What to do with targets that are unhealthy before a step runs on them.
+    #[serde(default)]
+    pub unhealthy_targets: UnhealthyTargets,
 }
 
 /// State of a deployment.

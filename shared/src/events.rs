@@ -4,11 +4,22 @@
 //! stores them MessagePack-encoded inside an [`Envelope`] that chains to the previous record.
 
 use crate::domain::{DeploymentSpec, DeploymentState, Outcome, OutputLine, StepState, Target};
-use crate::ids::{DeploymentId, EventId, TaskId};
+use crate::health::{HealthCheck, HealthState};
+use crate::ids::{CheckId, DeploymentId, EventId, TaskId};
 use crate::names::{PoolName, RegionName, TargetName, WorkerName};
 use crate::resolve::PoolRule;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
+
+/// Why a health check ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckTrigger {
+    /// The target's interval came round.
+    Scheduled,
+    /// Someone asked (`POST /api/targets/{name}/health-check`).
+    OnDemand,
+}
 
 /// The routing decision for one task, made when the deployment is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +153,44 @@ pub enum Event {
         reason: String,
         at: Timestamp,
     },
+    /// A health check of a target was planned, routed like the target's steps without an
+    /// explicit pool (its default pool, else the global default).
+    HealthCheckPlanned {
+        check: CheckId,
+        target: TargetName,
+        pool: PoolName,
+        rule: PoolRule,
+        probe: HealthCheck,
+        trigger: CheckTrigger,
+        deadline_at: Timestamp,
+    },
+    /// A worker ran a probe of the target.
+    TargetHealthChecked {
+        check: CheckId,
+        target: TargetName,
+        /// The `health_check` step task that ran it, if any.
+        task: Option<TaskId>,
+        worker: WorkerName,
+        pool: PoolName,
+        state: HealthState,
+        reason: Option<String>,
+        duration_ms: u64,
+        at: Timestamp,
+    },
+    /// No worker of the pool ran the check before its deadline.
+    HealthCheckUnavailable {
+        check: CheckId,
+        target: TargetName,
+        pool: PoolName,
+        reason: String,
+    },
+    /// A deployment leaves a target out from here on, because it is unhealthy
+    /// (`unhealthy_targets: skip`).
+    TargetSkipped {
+        deployment: DeploymentId,
+        target: TargetName,
+        reason: String,
+    },
     /// The worker is to take no new tasks (maintenance) until resumed.
     WorkerDrainRequested {
         worker: WorkerName,
@@ -178,6 +227,10 @@ impl Event {
             Event::TaskOutput { .. } => "TaskOutput",
             Event::TaskFinished { .. } => "TaskFinished",
             Event::TaskCancelled { .. } => "TaskCancelled",
+            Event::HealthCheckPlanned { .. } => "HealthCheckPlanned",
+            Event::TargetHealthChecked { .. } => "TargetHealthChecked",
+            Event::HealthCheckUnavailable { .. } => "HealthCheckUnavailable",
+            Event::TargetSkipped { .. } => "TargetSkipped",
             Event::DeploymentCancelRequested { .. } => "DeploymentCancelRequested",
             Event::StepFinished { .. } => "StepFinished",
             Event::DeploymentFinished { .. } => "DeploymentFinished",
@@ -207,6 +260,7 @@ impl Event {
             | Event::TaskOutput { deployment, .. }
             | Event::TaskFinished { deployment, .. }
             | Event::TaskCancelled { deployment, .. }
+            | Event::TargetSkipped { deployment, .. }
             | Event::DeploymentCancelRequested { deployment, .. }
             | Event::StepFinished { deployment, .. }
             | Event::DeploymentFinished { deployment, .. } => Some(*deployment),
@@ -217,6 +271,9 @@ impl Event {
             | Event::WorkerLeft { .. }
             | Event::WorkerDrainRequested { .. }
             | Event::WorkerResumed { .. }
+            | Event::HealthCheckPlanned { .. }
+            | Event::TargetHealthChecked { .. }
+            | Event::HealthCheckUnavailable { .. }
             | Event::MessageRejected { .. } => None,
         }
     }
@@ -231,6 +288,9 @@ impl Event {
             Event::TargetRegistered { target } | Event::TargetUpdated { target } => {
                 format!("target/{}", target.name)
             }
+            Event::HealthCheckPlanned { target, .. }
+            | Event::TargetHealthChecked { target, .. }
+            | Event::HealthCheckUnavailable { target, .. } => format!("target/{target}"),
             Event::WorkerJoined { worker, .. }
             | Event::WorkerLeft { worker, .. }
             | Event::WorkerDrainRequested { worker, .. }

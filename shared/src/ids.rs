@@ -64,3 +64,7 @@ id_type!(
     /// One event; the log de-duplicates on it.
     EventId
 );
+id_type!(
+    /// One health check of a target.
+    CheckId
+);

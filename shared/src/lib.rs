@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod domain;
 pub mod events;
+pub mod health;
 pub mod ids;
 pub mod messages;
 pub mod names;
@@ -16,6 +17,7 @@ pub mod subjects;
 pub mod time;
 
 pub use domain::*;
+pub use health::{HealthCheck, HealthState, UnhealthyTargets};
 pub use ids::*;
 pub use names::*;
 pub use resolve::{PoolRule, resolve_pool};

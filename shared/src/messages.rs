@@ -1,7 +1,8 @@
 //! Messages on the wire between the planner and the workers.
 
 use crate::domain::{Action, Outcome, OutputLine};
-use crate::ids::{DeploymentId, EventId, TaskId};
+use crate::health::{HealthCheck, HealthState};
+use crate::ids::{CheckId, DeploymentId, EventId, TaskId};
 use crate::names::{PoolName, RegionName, TargetName, WorkerName};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,38 @@ pub struct TaskMessage {
     /// running (its earlier workers all stopped without a result). 0: no limit.
     #[serde(default)]
     pub max_deliveries: u32,
+    /// The target's probe, for a `health_check` step.
+    #[serde(default)]
+    pub probe: Option<HealthCheck>,
+}
+
+/// Header of a message on `shoal.tasks.<pool>` saying what its payload is; absent: a
+/// [`TaskMessage`].
+pub const KIND_HEADER: &str = "Shoal-Kind";
+/// [`KIND_HEADER`] value of a [`CheckMessage`].
+pub const KIND_HEALTH_CHECK: &str = "health-check";
+
+/// A health check of a target, published to `shoal.tasks.<pool>` with message id
+/// `check/<id>` and header `Shoal-Kind: health-check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckMessage {
+    pub schema_version: u16,
+    pub check: CheckId,
+    pub target: TargetName,
+    pub pool: PoolName,
+    pub endpoint: Option<String>,
+    pub probe: HealthCheck,
+    pub planned_at: Timestamp,
+    /// A worker that gets it later does not run it: the planner has already called the
+    /// target `unavailable`, and a newer check will follow.
+    pub deadline_at: Timestamp,
+}
+
+impl CheckMessage {
+    /// The JetStream message id.
+    pub fn message_id(&self) -> String {
+        format!("check/{}", self.check)
+    }
 }
 
 impl TaskMessage {
@@ -99,6 +132,16 @@ pub enum WorkerBody {
         exit_code: Option<i32>,
         reason: Option<String>,
     },
+    /// A probe ran: a scheduled or asked-for check, or one of a `health_check` step
+    /// (`task`, with a check id of the worker's own).
+    HealthChecked {
+        check: CheckId,
+        target: TargetName,
+        task: Option<TaskId>,
+        state: HealthState,
+        reason: Option<String>,
+        duration_ms: u64,
+    },
 }
 
 /// Liveness and load of a worker, on core NATS `shoal.heartbeat.<pool>.<worker>`.
@@ -115,6 +158,12 @@ pub struct Heartbeat {
     /// The worker is draining: it takes no new tasks.
     #[serde(default)]
     pub draining: bool,
+    /// Free space where tasks run, in MiB.
+    #[serde(default)]
+    pub free_disk_mb: Option<u64>,
+    /// What the worker finds wrong with itself (e.g. little free disk); empty: healthy.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// An instruction to one worker, on core NATS `shoal.control.<pool>.<worker>`. The wanted

@@ -49,6 +49,13 @@ impl Cluster {
         planner_args: &[&str],
     ) -> anyhow::Result<Cluster> {
         let http_port = local::free_port()?;
+        // Scheduled health checks are off unless a test asks for them: the targets' example
+        // endpoints are unreachable, and a scheduled check would make them unhealthy (and
+        // stop deployments) at a random moment.
+        let mut planner_args: Vec<&str> = planner_args.to_vec();
+        if !planner_args.contains(&"--health-interval-secs") {
+            planner_args.extend(["--health-interval-secs", "0"]);
+        }
         let mut c = Cluster {
             api: ApiClient::new(&format!("http://127.0.0.1:{http_port}")),
             dir,

@@ -112,11 +112,34 @@ enum TargetCmd {
         /// The pool its steps and health checks run in unless a step says otherwise.
         #[arg(long)]
         default_pool: Option<String>,
+        /// Health check: a TCP connection to HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT", group = "probe")]
+        check_tcp: Option<String>,
+        /// Health check: a GET of URL answering --expect-status (200).
+        #[arg(long, value_name = "URL", group = "probe")]
+        check_http: Option<String>,
+        #[arg(long, requires = "check_http")]
+        expect_status: Option<u16>,
+        /// Health check: a script (exit 0 healthy, 2 healthy with warnings, else unhealthy).
+        #[arg(long, value_name = "SCRIPT", group = "probe")]
+        check_script: Option<String>,
+        /// Seconds between scheduled checks (the planner's default when unset).
+        #[arg(long)]
+        health_interval: Option<u64>,
     },
     /// List targets.
     List,
     /// Show one target.
     Show { name: String },
+    /// Check a target's health now, on a worker of its pool.
+    Check {
+        name: String,
+        /// Wait for the result; exit non-zero unless healthy.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A target's health history.
+    Health { name: String },
     /// Set or clear a target's default pool.
     SetPool {
         name: String,
@@ -187,15 +210,35 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             roles,
             endpoint,
             default_pool,
+            check_tcp,
+            check_http,
+            expect_status,
+            check_script,
+            health_interval,
         }) => {
+            let health_check = match (check_tcp, check_http, check_script) {
+                (Some(address), _, _) => json!({"type": "tcp", "address": address}),
+                (_, Some(url), _) => {
+                    json!({"type": "http", "url": url, "expect_status": expect_status})
+                }
+                (_, _, Some(script)) => json!({"type": "script", "script": script}),
+                _ => Value::Null,
+            };
             let body = json!({"name": name, "kind": kind, "environment": environment, "roles": roles,
-                              "endpoint": endpoint, "default_pool": default_pool});
+                              "endpoint": endpoint, "default_pool": default_pool,
+                              "health_check": health_check, "health_interval_secs": health_interval});
             api.post("/api/targets", &body).await?;
             println!("target {name} registered");
         }
         Cmd::Target(TargetCmd::List) => render::targets(&api.get("/api/targets").await?),
         Cmd::Target(TargetCmd::Show { name }) => {
             render::target(&api.get(&format!("/api/targets/{name}")).await?);
+        }
+        Cmd::Target(TargetCmd::Check { name, wait }) => {
+            return check(&api, &name, wait).await;
+        }
+        Cmd::Target(TargetCmd::Health { name }) => {
+            render::health(&api.get(&format!("/api/targets/{name}/health")).await?);
         }
         Cmd::Target(TargetCmd::SetPool { name, pool, clear }) => {
             let pool = if clear { Value::Null } else { json!(pool) };
@@ -266,6 +309,48 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Demo { keep } => return demo::run(keep).await,
     }
     Ok(0)
+}
+
+/// Asks for a check of a target; with `wait`, follows it to its result.
+async fn check(api: &ApiClient, name: &str, wait: bool) -> anyhow::Result<i32> {
+    let c = api
+        .post(&format!("/api/targets/{name}/health-check"), &json!({}))
+        .await?;
+    let id = c["check"].as_str().unwrap_or_default().to_owned();
+    println!(
+        "checking {name}: check {id} in pool {} ({})",
+        c["pool"].as_str().unwrap_or(""),
+        c["rule"].as_str().unwrap_or("")
+    );
+    if !wait {
+        return Ok(0);
+    }
+    loop {
+        let h = api.get(&format!("/api/targets/{name}/health")).await?;
+        if let Some(r) = h["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["check"] == id.as_str())
+        {
+            let state = r["state"].as_str().unwrap_or("");
+            println!(
+                "{name}: {state}{} (worker {}, pool {}, {} ms)",
+                r["reason"]
+                    .as_str()
+                    .map_or(String::new(), |why| format!(": {why}")),
+                r["worker"].as_str().unwrap_or("-"),
+                r["pool"].as_str().unwrap_or("-"),
+                r["duration_ms"]
+            );
+            return Ok(if matches!(state, "healthy" | "healthy_with_warnings") {
+                0
+            } else {
+                1
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Reads a deployment file (TOML with the same structure as the API's JSON).

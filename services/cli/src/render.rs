@@ -48,6 +48,8 @@ pub fn targets(v: &Value) {
         "roles",
         "default pool",
         "endpoint",
+        "health",
+        "checked",
     ]);
     for x in items(v) {
         let roles: Vec<String> = items(&x["roles"]).map(s).collect();
@@ -58,6 +60,8 @@ pub fn targets(v: &Value) {
             roles.join(","),
             s(&x["default_pool"]),
             s(&x["endpoint"]),
+            s(&x["health"]["state"]),
+            s(&x["health"]["checked_at"]),
         ]);
     }
     println!("{t}");
@@ -74,8 +78,47 @@ pub fn target(x: &Value) {
         ("default pool", s(&x["default_pool"])),
         ("registered", s(&x["registered_at"])),
         ("updated", s(&x["updated_at"])),
+        ("probe", compact(&x["probe"])),
+        ("health", s(&x["health"]["state"])),
+        ("reason", s(&x["health"]["reason"])),
+        ("checked", s(&x["health"]["checked_at"])),
+        (
+            "checked by",
+            format!(
+                "{} in pool {} ({})",
+                s(&x["health"]["worker"]),
+                s(&x["health"]["pool"]),
+                s(&x["health"]["rule"])
+            ),
+        ),
     ] {
         println!("{k:<13} {v}");
+    }
+}
+
+/// A target's health history, oldest first.
+pub fn health(v: &Value) {
+    let mut t = table(&["checked", "state", "worker", "pool", "rule", "ms", "reason"]);
+    for h in items(&v["history"]) {
+        t.add_row(vec![
+            s(&h["checked_at"]),
+            s(&h["state"]),
+            s(&h["worker"]),
+            s(&h["pool"]),
+            s(&h["rule"]),
+            s(&h["duration_ms"]),
+            s(&h["reason"]),
+        ]);
+    }
+    println!("{t}");
+    println!("{}: {}", s(&v["target"]), s(&v["state"]));
+}
+
+fn compact(v: &Value) -> String {
+    if v.is_null() {
+        "-".to_owned()
+    } else {
+        v.to_string()
     }
 }
 
@@ -85,16 +128,26 @@ pub fn workers(v: &Value) {
         "pool",
         "region",
         "status",
+        "health",
         "busy/slots",
+        "free disk MiB",
         "last seen",
     ]);
     for w in items(v) {
+        let warnings: Vec<String> = items(&w["warnings"]).map(s).collect();
+        let health = if warnings.is_empty() {
+            s(&w["health"])
+        } else {
+            format!("{}: {}", s(&w["health"]), warnings.join("; "))
+        };
         t.add_row(vec![
             s(&w["name"]),
             s(&w["pool"]),
             s(&w["region"]),
             s(&w["status"]),
+            health,
             format!("{}/{}", s(&w["busy_slots"]), s(&w["slots"])),
+            s(&w["free_disk_mb"]),
             s(&w["last_seen"]),
         ]);
     }

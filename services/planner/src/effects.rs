@@ -8,7 +8,9 @@ use crate::domain::Command;
 use crate::liveness::Liveness;
 use crate::log::writer::WriterHandle;
 use futures::StreamExt;
-use shoal_shared::messages::{WIRE_SCHEMA_VERSION, WorkerControl};
+use shoal_shared::messages::{
+    CheckMessage, KIND_HEADER, KIND_HEALTH_CHECK, WIRE_SCHEMA_VERSION, WorkerControl,
+};
 use shoal_shared::subjects::Subjects;
 use shoal_shared::{PoolName, TaskId, Timestamp, WorkerName, codec};
 use std::time::Duration;
@@ -24,6 +26,9 @@ pub enum Effect {
     Cancel(Vec<(TaskId, Option<u64>)>),
     /// Submit a command at a time.
     Schedule { at: Timestamp, cmd: Command },
+    /// Publish a health check to its pool's queue (retried until stored or past its
+    /// deadline).
+    PublishCheck(CheckMessage),
     /// Tell a worker to drain (take no new tasks) or resume.
     Control {
         worker: WorkerName,
@@ -69,6 +74,9 @@ pub async fn run(
                     let wait = at.millis_since(Timestamp::now());
                     due.insert(Due::Submit(cmd), Duration::from_millis(wait));
                 }
+                Some(Effect::PublishCheck(check)) => {
+                    tokio::spawn(publish_check(js.clone(), subjects.clone(), check, shutdown.clone()));
+                }
                 Some(Effect::Control { worker, pool, drain }) => {
                     liveness.want_draining(&worker, drain);
                     send_control(&client, &subjects, &worker, &pool, drain).await;
@@ -83,6 +91,45 @@ pub async fn run(
                 }
                 Due::Resend(ids) => publish_cancels(&client, &subjects, &ids).await,
             },
+        }
+    }
+}
+
+/// Publishes a check with message id `check/<id>`, so a copy published again after a
+/// restart is dropped by the broker. Gives up at its deadline: the planner then calls the
+/// target unavailable.
+async fn publish_check(
+    js: async_nats::jetstream::Context,
+    subjects: Subjects,
+    check: CheckMessage,
+    shutdown: CancellationToken,
+) {
+    let bytes: bytes::Bytes = match codec::encode(&check) {
+        Ok(b) => b.into(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a health check");
+            return;
+        }
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(KIND_HEADER, KIND_HEALTH_CHECK);
+    let mut backoff = Duration::from_millis(100);
+    while Timestamp::now() < check.deadline_at && !shutdown.is_cancelled() {
+        let msg = async_nats::jetstream::message::PublishMessage::build()
+            .payload(bytes.clone())
+            .headers(headers.clone())
+            .message_id(check.message_id());
+        let stored = match js.send_publish(subjects.tasks(&check.pool), msg).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match stored {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, target = %check.target, "health check not stored by the broker yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod broker;
 pub mod dispatch;
 pub mod domain;
 pub mod effects;
+pub mod health;
 pub mod ingest;
 pub mod liveness;
 pub mod log;
@@ -43,6 +44,11 @@ pub struct PlannerConfig {
     pub subjects: Subjects,
     /// How long a task message may go without a progress ack before redelivery.
     pub task_ack_wait: Duration,
+    /// Default time between scheduled health checks of a target; zero: none scheduled.
+    pub health_interval: Duration,
+    /// How long a check may wait for a worker of its pool (plus its probe's timeout) before
+    /// the target is `unavailable`.
+    pub health_deadline: Duration,
 }
 
 /// Runs the planner until `shutdown` is cancelled, serving HTTP on `listener`.
@@ -128,6 +134,13 @@ pub async fn run(
         dispatch_rx,
         stop_services.clone(),
     ));
+    tasks.spawn(health::schedule(
+        log.clone(),
+        handle.clone(),
+        config.health_interval,
+        config.health_deadline,
+        stop_services.clone(),
+    ));
     tasks.spawn(ingest::results(
         js.clone(),
         config.subjects.clone(),
@@ -187,6 +200,7 @@ pub async fn run(
         js: js.clone(),
         subjects: config.subjects.clone(),
         task_ack_wait: config.task_ack_wait,
+        health_deadline_secs: config.health_deadline.as_secs(),
         shutdown: stop_services.clone(),
     };
     drop(handle);

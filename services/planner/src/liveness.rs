@@ -20,6 +20,9 @@ pub struct Live {
     pub interval_ms: u64,
     /// The worker says it is draining.
     pub draining: bool,
+    pub free_disk_mb: Option<u64>,
+    /// What the worker finds wrong with itself.
+    pub warnings: Vec<String>,
     /// When the planner received it (its own clock, so worker clock skew does not matter).
     pub last_seen: Timestamp,
 }
@@ -57,6 +60,8 @@ impl Liveness {
             busy: hb.busy,
             interval_ms: hb.interval_ms,
             draining: hb.draining,
+            free_disk_mb: hb.free_disk_mb,
+            warnings: hb.warnings,
             last_seen: Timestamp::now(),
         };
         if let Ok(mut map) = self.inner.lock() {

@@ -50,6 +50,15 @@ struct Serve {
     #[arg(long, env = "SHOAL_TASK_ACK_WAIT_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     task_ack_wait_secs: u64,
+    /// Seconds between scheduled health checks of a target that does not set its own
+    /// (jittered); 0 schedules none (checks then run only on request and in deployments).
+    #[arg(long, env = "SHOAL_HEALTH_INTERVAL_SECS", default_value_t = 60)]
+    health_interval_secs: u64,
+    /// Seconds a health check may wait for a worker of its pool (plus its probe's timeout)
+    /// before the target is called `unavailable`.
+    #[arg(long, env = "SHOAL_HEALTH_DEADLINE_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    health_deadline_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +155,8 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         builtin_slots: s.builtin_slots,
         subjects,
         task_ack_wait: std::time::Duration::from_secs(s.task_ack_wait_secs),
+        health_interval: std::time::Duration::from_secs(s.health_interval_secs),
+        health_deadline: std::time::Duration::from_secs(s.health_deadline_secs),
     };
     shoal_planner::run(config, listener, shutdown).await
 }

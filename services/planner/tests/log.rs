@@ -34,6 +34,9 @@ enum Op {
     Cancel(usize),
     RetryDue(usize),
     GraceExpired(usize),
+    Check(u8),
+    Checked(u8, u8),
+    CheckDeadline(u8),
     Garbage(Vec<u8>),
 }
 
@@ -63,6 +66,9 @@ fn op() -> impl Strategy<Value = Op> {
         any::<usize>().prop_map(Op::Cancel),
         any::<usize>().prop_map(Op::RetryDue),
         any::<usize>().prop_map(Op::GraceExpired),
+        (0u8..5).prop_map(Op::Check),
+        (0u8..5, 0u8..3).prop_map(|(t, s)| Op::Checked(t, s)),
+        (0u8..5).prop_map(Op::CheckDeadline),
         proptest::collection::vec(any::<u8>(), 0..40).prop_map(Op::Garbage),
     ]
 }
@@ -173,8 +179,10 @@ impl Harness {
                     kind: TargetKind::Kubernetes,
                     environment: EnvironmentName::parse("prod").expect("valid"),
                     roles: roles.into_iter().map(role).collect(),
-                    endpoint: None,
+                    endpoint: Some(format!("t{name}.internal:443")),
                     default_pool: p.map(pool),
+                    health_check: None,
+                    health_interval_secs: None,
                 };
                 self.run(Command::RegisterTarget(target)).await;
             }
@@ -190,15 +198,25 @@ impl Harness {
                 .await;
             }
             Op::Deploy { steps } => {
+                let unhealthy_targets = if steps.len() % 2 == 0 {
+                    UnhealthyTargets::Skip
+                } else {
+                    UnhealthyTargets::Fail
+                };
                 let spec = DeploymentSpec {
                     project: "p".into(),
                     environment: EnvironmentName::parse("prod").expect("valid"),
+                    unhealthy_targets,
                     steps: steps
                         .into_iter()
                         .enumerate()
                         .map(|(i, (roles, p, max_parallel))| StepSpec {
                             name: format!("s{i}"),
-                            action: Action::Noop,
+                            action: if i % 3 == 1 && !roles.is_empty() {
+                                Action::HealthCheck
+                            } else {
+                                Action::Noop
+                            },
                             roles: roles.into_iter().map(role).collect(),
                             pool: p.map(pool),
                             timeout_secs: None,
@@ -241,6 +259,47 @@ impl Harness {
                     self.run(Command::RetryDue {
                         task: t.task,
                         attempt: t.attempt,
+                    })
+                    .await;
+                }
+            }
+            Op::Check(name) => {
+                self.run(Command::CheckTarget {
+                    target: tname(name),
+                    trigger: shoal_shared::events::CheckTrigger::OnDemand,
+                    at: Timestamp(1_000),
+                    deadline_secs: 5,
+                })
+                .await;
+            }
+            Op::Checked(name, s) => {
+                let check = self.pending_check(name).unwrap_or_default();
+                let msg = WorkerMessage {
+                    schema_version: 1,
+                    event_id: EventId::new(),
+                    worker: WorkerName::parse("w1").expect("valid"),
+                    pool: pool(0),
+                    sent_at: Timestamp(9),
+                    body: WorkerBody::HealthChecked {
+                        check,
+                        target: tname(name),
+                        task: None,
+                        state: [
+                            HealthState::Healthy,
+                            HealthState::HealthyWithWarnings,
+                            HealthState::Unhealthy,
+                        ][s as usize % 3],
+                        reason: Some("probe".into()),
+                        duration_ms: 3,
+                    },
+                };
+                self.run(Command::WorkerReport(msg)).await;
+            }
+            Op::CheckDeadline(name) => {
+                if let Some(check) = self.pending_check(name) {
+                    self.run(Command::CheckDeadline {
+                        target: tname(name),
+                        check,
                     })
                     .await;
                 }
@@ -318,6 +377,17 @@ impl Harness {
                 .await;
             }
         }
+    }
+
+    fn pending_check(&self, name: u8) -> Option<CheckId> {
+        self.log
+            .doc::<shoal_planner::domain::state::TargetDoc>(
+                Proj::Targets,
+                tname(name).as_str().as_bytes(),
+            )
+            .ok()
+            .flatten()
+            .and_then(|t| t.pending_check.map(|p| p.check))
     }
 
     async fn close(self) -> EventLog {

@@ -23,6 +23,19 @@ pub async fn run(
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
+        let free_disk_mb = free_disk_mb(&config.work_dir);
+        let warnings = match free_disk_mb {
+            Some(free) if free < config.min_free_disk_mb => vec![format!(
+                "only {free} MiB free in {} (warning below {} MiB)",
+                config.work_dir.display(),
+                config.min_free_disk_mb
+            )],
+            Some(_) => vec![],
+            None => vec![format!(
+                "cannot read the free space of {}",
+                config.work_dir.display()
+            )],
+        };
         let beat = Heartbeat {
             schema_version: WIRE_SCHEMA_VERSION,
             worker: config.name.clone(),
@@ -33,6 +46,8 @@ pub async fn run(
             interval_ms: u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
             sent_at: Timestamp::now(),
             draining: runtime.draining(),
+            free_disk_mb,
+            warnings,
         };
         match codec::encode(&beat) {
             Ok(bytes) => {
@@ -43,4 +58,11 @@ pub async fn run(
             Err(e) => tracing::error!(error = %e, "cannot encode heartbeat"),
         }
     }
+}
+
+/// Free space available to the worker in `dir`, in MiB.
+fn free_disk_mb(dir: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let bytes = st.blocks_available().saturating_mul(st.fragment_size());
+    Some(bytes / (1024 * 1024))
 }

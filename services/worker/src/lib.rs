@@ -40,6 +40,8 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     /// JetStream domain of the hub, when the worker connects through a leaf node.
     pub js_domain: Option<String>,
+    /// Free disk (MiB) in the work dir below which the worker warns in its heartbeats.
+    pub min_free_disk_mb: u64,
 }
 
 impl WorkerConfig {
@@ -56,6 +58,7 @@ impl WorkerConfig {
             progress_interval: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             js_domain: None,
+            min_free_disk_mb: 1024,
         }
     }
 }

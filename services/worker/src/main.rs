@@ -41,6 +41,10 @@ struct Args {
     /// JetStream domain of the hub, when connecting through a leaf node.
     #[arg(long, env = "SHOAL_JS_DOMAIN")]
     js_domain: Option<String>,
+    /// Below this much free disk (MiB) in the work dir the worker reports itself
+    /// `healthy_with_warnings`.
+    #[arg(long, env = "SHOAL_MIN_FREE_DISK_MB", default_value_t = 1024)]
+    min_free_disk_mb: u64,
 }
 
 fn main() {
@@ -72,6 +76,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.heartbeat_interval = Duration::from_secs(args.heartbeat_secs.max(1));
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
     config.js_domain = args.js_domain;
+    config.min_free_disk_mb = args.min_free_disk_mb;
     config.subjects = subjects.clone();
     let client = shoal_worker::nats::connect(
         &args.nats_url,

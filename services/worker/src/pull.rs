@@ -8,8 +8,10 @@ use crate::report::Reporter;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use shoal_shared::codec;
-use shoal_shared::messages::{TaskMessage, WIRE_SCHEMA_VERSION, WorkerBody};
-use shoal_shared::{Outcome, TaskId};
+use shoal_shared::messages::{
+    CheckMessage, KIND_HEADER, KIND_HEALTH_CHECK, TaskMessage, WIRE_SCHEMA_VERSION, WorkerBody,
+};
+use shoal_shared::{Outcome, Timestamp};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -266,22 +268,17 @@ async fn handle(
     _slot: (OwnedSemaphorePermit, Busy),
     kill: CancellationToken,
 ) {
+    let is_check = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(KIND_HEADER))
+        .is_some_and(|v| v.as_str() == KIND_HEALTH_CHECK);
+    if is_check {
+        return check(msg, &config, &reporter, &runtime).await;
+    }
     let task = match accept(&msg, &config) {
         Ok(task) => task,
-        Err(reason) => {
-            tracing::error!(subject = %msg.subject, reason = %reason, "rejecting a task message");
-            let head = msg.payload[..msg.payload.len().min(256)].to_vec();
-            reporter
-                .send(WorkerBody::Rejected {
-                    subject: msg.subject.to_string(),
-                    reason,
-                    head,
-                    size: msg.payload.len() as u64,
-                })
-                .await;
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
-        }
+        Err(reason) => return reject(&msg, &reporter, reason).await,
     };
     let delivery = msg
         .info()
@@ -313,6 +310,86 @@ async fn handle(
     .await;
 }
 
+/// Terminates a message that can never run here and reports why.
+async fn reject(msg: &jetstream::Message, reporter: &Reporter, reason: String) {
+    tracing::error!(subject = %msg.subject, reason = %reason, "rejecting a message of the pool's queue");
+    let head = msg.payload[..msg.payload.len().min(256)].to_vec();
+    reporter
+        .send(WorkerBody::Rejected {
+            subject: msg.subject.to_string(),
+            reason,
+            head,
+            size: msg.payload.len() as u64,
+        })
+        .await;
+    let _ = msg.ack_with(AckKind::Term).await;
+}
+
+/// Runs a health check of a target and reports what it found. A check whose deadline has
+/// passed is dropped: the planner has called the target unavailable and plans a new one.
+async fn check(
+    msg: jetstream::Message,
+    config: &WorkerConfig,
+    reporter: &Reporter,
+    runtime: &Runtime,
+) {
+    let check: CheckMessage = match codec::decode("health check message", &msg.payload) {
+        Ok(c) => c,
+        Err(e) => return reject(&msg, reporter, e.to_string()).await,
+    };
+    if check.schema_version != WIRE_SCHEMA_VERSION || check.pool != config.pool {
+        let reason = format!(
+            "health check {} (schema version {}, pool \"{}\") cannot run on this worker (schema version {WIRE_SCHEMA_VERSION}, pool \"{}\")",
+            check.check, check.schema_version, check.pool, config.pool
+        );
+        return reject(&msg, reporter, reason).await;
+    }
+    if Timestamp::now() > check.deadline_at {
+        tracing::info!(check.id = %check.check, target = %check.target, "dropping a health check past its deadline");
+        acknowledge(&msg, check.check.0).await;
+        return;
+    }
+    let _keepalive = keepalive(&msg, runtime.progress_interval());
+    let found = execute::probe::run(
+        &check.probe,
+        check.target.as_str(),
+        check.endpoint.as_deref(),
+        config,
+    )
+    .await;
+    tracing::info!(check.id = %check.check, target = %check.target, state = ?found.state, duration_ms = found.duration_ms, "target checked");
+    let stored = reporter
+        .send(WorkerBody::HealthChecked {
+            check: check.check,
+            target: check.target.clone(),
+            task: None,
+            state: found.state,
+            reason: found.reason,
+            duration_ms: found.duration_ms,
+        })
+        .await;
+    if stored {
+        acknowledge(&msg, check.check.0).await;
+    } else {
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+    }
+}
+
+/// Keeps a held message alive with progress acks until dropped.
+fn keepalive(msg: &jetstream::Message, every: Duration) -> AbortOnDropHandle<()> {
+    let msg = msg.clone();
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                tracing::debug!(error = %e, "progress ack not sent");
+            }
+        }
+    }))
+}
+
 /// Reports the end of an attempt this worker did not run, and takes it off the queue.
 async fn end_unrun(
     msg: &jetstream::Message,
@@ -334,7 +411,7 @@ async fn end_unrun(
         })
         .await;
     if stored {
-        acknowledge(msg, task.task).await;
+        acknowledge(msg, task.task.0).await;
     } else {
         let _ = msg.ack_with(AckKind::Nak(None)).await;
     }
@@ -352,20 +429,7 @@ async fn run_task(
 ) {
     // The message stays alive for as long as this worker holds it, reports included; the
     // keepalive ends with this function, however it ends.
-    let _keepalive = {
-        let msg = msg.clone();
-        let every = runtime.progress_interval();
-        AbortOnDropHandle::new(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    tracing::debug!(error = %e, "progress ack not sent");
-                }
-            }
-        }))
-    };
+    let _keepalive = keepalive(&msg, runtime.progress_interval());
     let (deployment, task_id, attempt) = (task.deployment, task.task, task.attempt);
     let started = reporter
         .send(WorkerBody::TaskStarted {
@@ -397,14 +461,14 @@ async fn run_task(
         _ => false,
     };
     if stored {
-        acknowledge(&msg, task_id).await;
+        acknowledge(&msg, task_id.0).await;
     } else {
         let _ = msg.ack_with(AckKind::Nak(None)).await;
     }
 }
 
 /// Acknowledges with confirmation, retrying a few times: a lost ack means the task runs again.
-async fn acknowledge(msg: &jetstream::Message, task: TaskId) {
+async fn acknowledge(msg: &jetstream::Message, task: uuid::Uuid) {
     let mut delay = Duration::from_millis(100);
     for _ in 0..5 {
         match msg.double_ack().await {

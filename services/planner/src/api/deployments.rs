@@ -21,6 +21,8 @@ pub(super) struct CreateDeployment {
     project: String,
     environment: EnvironmentName,
     steps: Vec<StepRequest>,
+    #[serde(default)]
+    unhealthy_targets: shoal_shared::UnhealthyTargets,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +57,7 @@ pub(super) enum ActionRequest {
         shell: Option<String>,
     },
     Noop {},
+    HealthCheck {},
 }
 
 impl From<CreateDeployment> for DeploymentSpec {
@@ -62,6 +65,7 @@ impl From<CreateDeployment> for DeploymentSpec {
         DeploymentSpec {
             project: r.project,
             environment: r.environment,
+            unhealthy_targets: r.unhealthy_targets,
             steps: r
                 .steps
                 .into_iter()
@@ -70,6 +74,7 @@ impl From<CreateDeployment> for DeploymentSpec {
                     action: match s.action {
                         ActionRequest::Script { script, shell } => Action::Script { script, shell },
                         ActionRequest::Noop {} => Action::Noop,
+                        ActionRequest::HealthCheck {} => Action::HealthCheck,
                     },
                     roles: s.roles,
                     pool: s.pool,

@@ -32,6 +32,8 @@ pub struct AppState {
     pub subjects: Subjects,
     /// Ack wait of the pools' queue consumers.
     pub task_ack_wait: std::time::Duration,
+    /// Seconds a health check may wait for a worker before the target is `unavailable`.
+    pub health_deadline_secs: u64,
     /// Cancelled when the planner stops; ends background work started by handlers.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -44,6 +46,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/targets/{name}",
             get(targets::show).put(targets::update),
+        )
+        .route("/api/targets/{name}/health", get(targets::health))
+        .route(
+            "/api/targets/{name}/health-check",
+            axum::routing::post(targets::check),
         )
         .route(
             "/api/deployments",

@@ -24,6 +24,10 @@ pub struct WorkerView {
     status: &'static str,
     /// Maintenance drain asked for (it survives restarts of the worker) until resumed.
     drain_requested: bool,
+    /// `healthy`, `healthy_with_warnings` (see `warnings`), or `offline`.
+    health: &'static str,
+    warnings: Vec<String>,
+    free_disk_mb: Option<u64>,
     last_seen: Option<Timestamp>,
     joined_at: Timestamp,
     left_at: Option<Timestamp>,
@@ -50,7 +54,16 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<WorkerV
                 (false, true, true) => "draining",
                 (false, true, false) => "online",
             };
+            let warnings = l.map(|l| l.warnings.clone()).unwrap_or_default();
+            let health = match (online, warnings.is_empty()) {
+                (false, _) => "offline",
+                (true, true) => "healthy",
+                (true, false) => "healthy_with_warnings",
+            };
             WorkerView {
+                health,
+                warnings,
+                free_disk_mb: l.and_then(|l| l.free_disk_mb),
                 slots: l.map_or(d.slots, |l| l.slots),
                 busy_slots: if online { l.map_or(0, |l| l.busy) } else { 0 },
                 status,

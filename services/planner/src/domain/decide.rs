@@ -1,12 +1,12 @@
 //! Commands and the events they produce, or why they are refused.
 
 use super::state::State;
-use shoal_shared::events::{Event, PlannedStep, PlannedTask};
+use shoal_shared::events::{CheckTrigger, Event, PlannedStep, PlannedTask};
 use shoal_shared::messages::{WIRE_SCHEMA_VERSION, WorkerBody, WorkerMessage};
 use shoal_shared::{
-    Action, DeploymentId, DeploymentSpec, DeploymentState, EnvironmentName, EventId, Pool,
-    PoolName, RoleName, Target, TargetKind, TargetName, TaskId, TaskState, WorkerName,
-    resolve_pool,
+    Action, CheckId, DeploymentId, DeploymentSpec, DeploymentState, EnvironmentName, EventId,
+    HealthCheck, Pool, PoolName, RoleName, Target, TargetKind, TargetName, TaskId, TaskState,
+    Timestamp, WorkerName, resolve_pool,
 };
 use std::collections::BTreeSet;
 
@@ -52,6 +52,20 @@ pub enum Command {
         worker: WorkerName,
         drain: bool,
     },
+    /// Check a target's health on a worker of its pool, unless a check already on its way
+    /// to that pool can still answer. `at` is now; the check must be answered within
+    /// `deadline_secs` plus its probe's timeout.
+    CheckTarget {
+        target: TargetName,
+        trigger: CheckTrigger,
+        at: Timestamp,
+        deadline_secs: u64,
+    },
+    /// A check's deadline passed: if it is still unanswered, the target is `unavailable`.
+    CheckDeadline {
+        target: TargetName,
+        check: CheckId,
+    },
     /// A fact reported by a worker.
     WorkerReport(WorkerMessage),
     /// A message that could not be decoded; recorded so nothing is lost. The id makes a
@@ -84,6 +98,8 @@ pub struct TargetUpdate {
     pub roles: Option<Vec<RoleName>>,
     pub endpoint: Option<Option<String>>,
     pub default_pool: Option<Option<PoolName>>,
+    pub health_check: Option<Option<HealthCheck>>,
+    pub health_interval_secs: Option<Option<u64>>,
 }
 
 /// Why a command was refused; tells the caller what to do.
@@ -198,6 +214,12 @@ pub fn decide(
             if let Some(pool) = &update.default_pool {
                 target.default_pool = pool.clone();
             }
+            if let Some(check) = &update.health_check {
+                target.health_check = check.clone();
+            }
+            if let Some(secs) = update.health_interval_secs {
+                target.health_interval_secs = secs;
+            }
             check_target(state, &target)?;
             if target == doc.target {
                 return Ok(vec![]);
@@ -287,6 +309,62 @@ pub fn decide(
                 })
                 .collect())
         }
+        Command::CheckTarget {
+            target,
+            trigger,
+            at,
+            deadline_secs,
+        } => {
+            let doc = known_target(state, target)?;
+            let Some(probe) = doc.target.probe() else {
+                return Err(Rejection::Conflict(format!(
+                    "target \"{target}\" has no health check and no endpoint to probe; set one (PUT /api/targets/{target} with \"health_check\")"
+                )));
+            };
+            let (pool, rule) = resolve_pool(None, doc.target.default_pool.as_ref(), default_pool);
+            if let Some(p) = &doc.pending_check
+                && p.pool == pool
+                && p.probe == probe
+                && p.deadline_at > *at
+            {
+                return Ok(vec![]);
+            }
+            let deadline_at = at.plus_millis(
+                deadline_secs
+                    .saturating_add(probe.timeout_secs())
+                    .saturating_mul(1000),
+            );
+            Ok(vec![NewEvent::new(Event::HealthCheckPlanned {
+                check: CheckId::new(),
+                target: target.clone(),
+                pool,
+                rule,
+                probe,
+                trigger: *trigger,
+                deadline_at,
+            })])
+        }
+        Command::CheckDeadline { target, check } => Ok(
+            match state
+                .targets
+                .get(target)
+                .and_then(|t| t.pending_check.as_ref())
+            {
+                Some(p) if p.check == *check => {
+                    let secs = p.deadline_at.millis_since(p.planned_at) / 1000;
+                    vec![NewEvent::new(Event::HealthCheckUnavailable {
+                        check: *check,
+                        target: target.clone(),
+                        pool: p.pool.clone(),
+                        reason: format!(
+                            "no worker of pool \"{}\" ran the check within {secs} s; is a worker of the pool online?",
+                            p.pool
+                        ),
+                    })]
+                }
+                _ => vec![],
+            },
+        ),
         Command::DrainWorker { worker, drain } => {
             let Some(w) = state.workers.get(worker) else {
                 return Err(Rejection::NotFound(format!(
@@ -381,6 +459,31 @@ fn report(state: &State, msg: &WorkerMessage) -> NewEvent {
             reason: reason.clone(),
             at: msg.sent_at,
         },
+        WorkerBody::HealthChecked { target, .. } if !state.targets.contains_key(target) => {
+            let reason = format!(
+                "worker \"{}\" reported a health check of unknown target \"{target}\"",
+                msg.worker
+            );
+            rejected(&subject, &reason, &[])
+        }
+        WorkerBody::HealthChecked {
+            check,
+            target,
+            task,
+            state: health,
+            reason,
+            duration_ms,
+        } => Event::TargetHealthChecked {
+            check: *check,
+            target: target.clone(),
+            task: *task,
+            worker,
+            pool: msg.pool.clone(),
+            state: *health,
+            reason: reason.clone(),
+            duration_ms: *duration_ms,
+            at: msg.sent_at,
+        },
         WorkerBody::TaskStarted {
             deployment, task, ..
         }
@@ -449,7 +552,29 @@ fn report(state: &State, msg: &WorkerMessage) -> NewEvent {
     NewEvent { id, event }
 }
 
+fn known_target<'a>(
+    state: &'a State,
+    target: &TargetName,
+) -> Result<&'a super::state::TargetDoc, Rejection> {
+    state.targets.get(target).ok_or_else(|| {
+        Rejection::NotFound(format!(
+            "unknown target \"{target}\" (known: {})",
+            join(state.targets.keys())
+        ))
+    })
+}
+
 fn check_target(state: &State, target: &Target) -> Result<(), Rejection> {
+    if let Some(check) = &target.health_check {
+        check
+            .validate()
+            .map_err(|e| Rejection::Invalid(format!("health_check.{e}")))?;
+    }
+    if target.health_interval_secs == Some(0) {
+        return Err(Rejection::Invalid(
+            "health_interval_secs: must be at least 1".to_owned(),
+        ));
+    }
     if let Some(pool) = &target.default_pool
         && !state.pools.contains_key(pool)
     {
@@ -536,7 +661,7 @@ fn plan(
         }
         let size = match &step.action {
             Action::Script { script, .. } => script.len(),
-            Action::Noop => 0,
+            Action::Noop | Action::HealthCheck => 0,
         } + step
             .variables
             .iter()
@@ -571,6 +696,23 @@ fn plan(
             return invalid(format!(
                 "{at}.variables: \"{bad}\" is reserved; SHOAL_* variables are set by the worker"
             ));
+        }
+        if step.action == Action::HealthCheck {
+            if step.roles.is_empty() {
+                return invalid(format!(
+                    "{at}.roles: a health_check step checks targets; give it roles"
+                ));
+            }
+            if let Some(t) = env_targets
+                .iter()
+                .filter(|t| t.roles.iter().any(|r| step.roles.contains(r)))
+                .find(|t| t.probe().is_none())
+            {
+                return invalid(format!(
+                    "{at}: target \"{}\" has no health check and no endpoint to probe",
+                    t.name
+                ));
+            }
         }
         let tasks = if step.roles.is_empty() {
             let (pool, rule) = resolve_pool(step.pool.as_ref(), None, default_pool);

@@ -3,9 +3,12 @@
 //! deployment). The writer applies them and asks again until nothing is left to do, in the
 //! same batch as the fact that caused them.
 
-use super::state::{State, TaskDoc};
+use super::state::{DeploymentDoc, State, StepDoc, TaskDoc};
 use shoal_shared::events::Event;
-use shoal_shared::{DeploymentId, DeploymentState, StepState, TaskState};
+use shoal_shared::{
+    Action, DeploymentId, DeploymentState, HealthState, StepState, TargetName, TaskState,
+    UnhealthyTargets,
+};
 
 /// The next events for a deployment, or none when it waits for facts from workers.
 pub fn next_events(state: &State, id: DeploymentId) -> Vec<Event> {
@@ -28,15 +31,74 @@ pub fn next_events(state: &State, id: DeploymentId) -> Vec<Event> {
             };
             let step = &d.steps[index];
             let step_no = u32::try_from(index).unwrap_or(u32::MAX);
+            let spec = d.spec.steps.get(index);
+            let checks = spec.is_some_and(|s| s.action == Action::HealthCheck);
             if step.state == StepState::Pending {
-                return vec![Event::StepStarted {
-                    deployment: id,
-                    step: step_no,
-                }];
+                // A health_check step looks for itself; any other step first deals with
+                // targets known to be unhealthy.
+                let unhealthy = if checks {
+                    vec![]
+                } else {
+                    unhealthy_targets(state, d, step)
+                };
+                if unhealthy.is_empty() {
+                    return vec![Event::StepStarted {
+                        deployment: id,
+                        step: step_no,
+                    }];
+                }
+                return match d.spec.unhealthy_targets {
+                    UnhealthyTargets::Fail => {
+                        let list: Vec<String> = unhealthy
+                            .iter()
+                            .map(|(t, why)| format!("\"{t}\" ({why})"))
+                            .collect();
+                        vec![Event::DeploymentFinished {
+                            deployment: id,
+                            state: DeploymentState::Failed,
+                            reason: Some(format!(
+                                "step \"{}\" not started: unhealthy targets: {} (unhealthy_targets: fail)",
+                                step.name,
+                                list.join(", ")
+                            )),
+                        }]
+                    }
+                    UnhealthyTargets::Skip => unhealthy
+                        .into_iter()
+                        .map(|(target, why)| Event::TargetSkipped {
+                            deployment: id,
+                            target,
+                            reason: format!("unhealthy before step \"{}\": {why}", step.name),
+                        })
+                        .collect(),
+                };
             }
             let Some(progress) = state.progress.get(&(id, step_no)) else {
                 return vec![];
             };
+            if checks && progress.failed > 0 && d.spec.unhealthy_targets == UnhealthyTargets::Skip {
+                // The step found these unhealthy: leave them out instead of failing.
+                let found: Vec<Event> = step
+                    .tasks
+                    .iter()
+                    .filter_map(|t| state.tasks.get(t))
+                    .filter(|t| matches!(t.state, TaskState::Failed | TaskState::TimedOut))
+                    .filter_map(|t| {
+                        let target = t.target.clone()?;
+                        (!d.skipped_targets.contains_key(&target)).then(|| Event::TargetSkipped {
+                            deployment: id,
+                            target,
+                            reason: t
+                                .reason
+                                .clone()
+                                .unwrap_or_else(|| "its health check failed".to_owned()),
+                        })
+                    })
+                    .collect();
+                if !found.is_empty() {
+                    return found;
+                }
+            }
             if progress.failed > 0 {
                 let bad = step
                     .tasks
@@ -59,17 +121,18 @@ pub fn next_events(state: &State, id: DeploymentId) -> Vec<Event> {
                     },
                 ];
             }
-            if progress.succeeded == step.tasks.len() {
+            if progress.succeeded + progress.skipped == step.tasks.len() {
                 return vec![Event::StepFinished {
                     deployment: id,
                     step: step_no,
-                    state: StepState::Succeeded,
+                    state: if progress.succeeded == 0 && !step.tasks.is_empty() {
+                        StepState::Skipped
+                    } else {
+                        StepState::Succeeded
+                    },
                 }];
             }
-            let limit = d
-                .spec
-                .steps
-                .get(index)
+            let limit = spec
                 .and_then(|s| s.max_parallel)
                 .map_or(usize::MAX, |m| m as usize);
             step.tasks[progress.next.min(step.tasks.len())..]
@@ -107,6 +170,36 @@ pub fn next_events(state: &State, id: DeploymentId) -> Vec<Event> {
         }
         DeploymentState::Succeeded | DeploymentState::Failed | DeploymentState::Cancelled => vec![],
     }
+}
+
+/// Targets of a step's tasks not yet run that are known to be unhealthy (and not already
+/// skipped), with the reason of their last check.
+fn unhealthy_targets(
+    state: &State,
+    d: &DeploymentDoc,
+    step: &StepDoc,
+) -> Vec<(TargetName, String)> {
+    let mut out: Vec<(TargetName, String)> = Vec::new();
+    for t in step.tasks.iter().filter_map(|t| state.tasks.get(t)) {
+        let Some(name) = &t.target else { continue };
+        if t.state != TaskState::Pending
+            || d.skipped_targets.contains_key(name)
+            || out.iter().any(|(n, _)| n == name)
+        {
+            continue;
+        }
+        if let Some(doc) = state.targets.get(name)
+            && doc.health_state() == HealthState::Unhealthy
+        {
+            let why = doc
+                .health
+                .as_ref()
+                .and_then(|h| h.reason.clone())
+                .unwrap_or_else(|| "its last health check failed".to_owned());
+            out.push((name.clone(), why));
+        }
+    }
+    out
 }
 
 fn failure_reason(step: &str, task: &TaskDoc) -> String {

@@ -4,11 +4,12 @@
 //! the same documents byte for byte, which is what makes replay verifiable.
 
 use serde::{Deserialize, Serialize};
-use shoal_shared::events::{Envelope, Event};
+use shoal_shared::events::{CheckTrigger, Envelope, Event};
+use shoal_shared::health::HEALTH_HISTORY;
 use shoal_shared::{
-    Action, DeploymentId, DeploymentSpec, DeploymentState, EnvironmentName, Outcome, OutputLine,
-    PoolName, PoolRule, RegionName, StepState, Target, TargetName, TaskId, TaskState, Timestamp,
-    WorkerName,
+    Action, CheckId, DeploymentId, DeploymentSpec, DeploymentState, EnvironmentName, HealthCheck,
+    HealthState, Outcome, OutputLine, PoolName, PoolRule, RegionName, StepState, Target,
+    TargetName, TaskId, TaskState, Timestamp, WorkerName,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +29,43 @@ pub struct TargetDoc {
     pub target: Target,
     pub registered_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The last health check's result; `None`: never checked (`unknown`).
+    #[serde(default)]
+    pub health: Option<HealthRecord>,
+    /// The last [`HEALTH_HISTORY`] results, oldest first.
+    #[serde(default)]
+    pub health_history: Vec<HealthRecord>,
+    /// A check planned and not yet answered.
+    #[serde(default)]
+    pub pending_check: Option<PendingCheck>,
+}
+
+/// One result of a health check of a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    pub check: CheckId,
+    pub state: HealthState,
+    pub reason: Option<String>,
+    pub checked_at: Timestamp,
+    /// The worker that ran it (none when no worker did: `unavailable`).
+    pub worker: Option<WorkerName>,
+    pub pool: PoolName,
+    pub rule: Option<PoolRule>,
+    pub duration_ms: Option<u64>,
+    /// The `health_check` step task that ran it, if any.
+    pub task: Option<TaskId>,
+}
+
+/// A health check on its way to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCheck {
+    pub check: CheckId,
+    pub pool: PoolName,
+    pub rule: PoolRule,
+    pub probe: HealthCheck,
+    pub trigger: CheckTrigger,
+    pub planned_at: Timestamp,
+    pub deadline_at: Timestamp,
 }
 
 /// A deployment and its steps.
@@ -43,6 +81,9 @@ pub struct DeploymentDoc {
     pub finished_at: Option<Timestamp>,
     pub steps: Vec<StepDoc>,
     pub spec: DeploymentSpec,
+    /// Targets left out because they were unhealthy, with why.
+    #[serde(default)]
+    pub skipped_targets: BTreeMap<TargetName, String>,
 }
 
 /// One step of a deployment.
@@ -179,6 +220,8 @@ pub struct StepProgress {
     pub succeeded: usize,
     /// Failed, timed out or cancelled.
     pub failed: usize,
+    /// Left out (their target was skipped as unhealthy).
+    pub skipped: usize,
     /// Index in the step's task list before which no task is pending (tasks are planned in
     /// list order).
     pub next: usize,
@@ -196,7 +239,8 @@ impl StepProgress {
             TaskState::Failed | TaskState::TimedOut | TaskState::Cancelled => {
                 Some(&mut self.failed)
             }
-            TaskState::Skipped | TaskState::Lost => None,
+            TaskState::Skipped => Some(&mut self.skipped),
+            TaskState::Lost => None,
         }
     }
 }
@@ -314,24 +358,119 @@ impl State {
                         target: target.clone(),
                         registered_at: at,
                         updated_at: at,
+                        health: None,
+                        health_history: Vec::new(),
+                        pending_check: None,
                     },
                 );
                 changes.docs.insert(DocKey::Target(target.name.clone()));
             }
             Event::TargetUpdated { target } => {
-                let registered_at = self
-                    .targets
-                    .get(&target.name)
-                    .map_or(at, |t| t.registered_at);
-                self.targets.insert(
-                    target.name.clone(),
-                    TargetDoc {
-                        target: target.clone(),
-                        registered_at,
-                        updated_at: at,
-                    },
-                );
-                changes.docs.insert(DocKey::Target(target.name.clone()));
+                if let Some(doc) = self.targets.get_mut(&target.name) {
+                    doc.target = target.clone();
+                    doc.updated_at = at;
+                    changes.docs.insert(DocKey::Target(target.name.clone()));
+                }
+            }
+            Event::HealthCheckPlanned {
+                check,
+                target,
+                pool,
+                rule,
+                probe,
+                trigger,
+                deadline_at,
+            } => {
+                if let Some(doc) = self.targets.get_mut(target) {
+                    doc.pending_check = Some(PendingCheck {
+                        check: *check,
+                        pool: pool.clone(),
+                        rule: *rule,
+                        probe: probe.clone(),
+                        trigger: *trigger,
+                        planned_at: at,
+                        deadline_at: *deadline_at,
+                    });
+                    changes.docs.insert(DocKey::Target(target.clone()));
+                }
+            }
+            Event::TargetHealthChecked {
+                check,
+                target,
+                task,
+                worker,
+                pool,
+                state,
+                reason,
+                duration_ms,
+                at: checked_at,
+            } => {
+                let step_rule = task.and_then(|t| self.tasks.get(&t)).map(|t| t.pool_rule);
+                if let Some(doc) = self.targets.get_mut(target) {
+                    let pending = doc.pending_check.take_if(|p| p.check == *check);
+                    let record = HealthRecord {
+                        check: *check,
+                        state: *state,
+                        reason: reason.clone(),
+                        checked_at: *checked_at,
+                        worker: Some(worker.clone()),
+                        pool: pool.clone(),
+                        rule: pending.map(|p| p.rule).or(step_rule),
+                        duration_ms: Some(*duration_ms),
+                        task: *task,
+                    };
+                    doc.record_health(record);
+                    changes.docs.insert(DocKey::Target(target.clone()));
+                }
+            }
+            Event::HealthCheckUnavailable {
+                check,
+                target,
+                pool,
+                reason,
+            } => {
+                if let Some(doc) = self.targets.get_mut(target) {
+                    let rule = doc
+                        .pending_check
+                        .take_if(|p| p.check == *check)
+                        .map(|p| p.rule);
+                    doc.record_health(HealthRecord {
+                        check: *check,
+                        state: HealthState::Unavailable,
+                        reason: Some(reason.clone()),
+                        checked_at: at,
+                        worker: None,
+                        pool: pool.clone(),
+                        rule,
+                        duration_ms: None,
+                        task: None,
+                    });
+                    changes.docs.insert(DocKey::Target(target.clone()));
+                }
+            }
+            Event::TargetSkipped {
+                deployment,
+                target,
+                reason,
+            } => {
+                if let Some(d) = self.deployments.get_mut(deployment) {
+                    d.skipped_targets.insert(target.clone(), reason.clone());
+                    changes.docs.insert(DocKey::Deployment(*deployment));
+                    for id in d.steps.iter().flat_map(|s| &s.tasks) {
+                        if let Some(t) = self.tasks.get_mut(id)
+                            && t.target.as_ref() == Some(target)
+                            && matches!(
+                                t.state,
+                                TaskState::Pending | TaskState::Failed | TaskState::TimedOut
+                            )
+                        {
+                            t.state = TaskState::Skipped;
+                            t.reason = Some(format!("target skipped: {reason}"));
+                            changes.docs.insert(DocKey::Task(*id));
+                        }
+                    }
+                }
+                self.recount_deployment(*deployment);
             }
             Event::DeploymentCreated {
                 deployment,
@@ -390,6 +529,7 @@ impl State {
                         finished_at: None,
                         steps: step_docs,
                         spec: spec.clone(),
+                        skipped_targets: BTreeMap::new(),
                     },
                 );
                 for (index, planned) in steps.iter().enumerate() {
@@ -853,6 +993,23 @@ impl State {
         let d = self.deployments.get(&task.deployment)?;
         let step = d.spec.steps.get(task.step as usize)?;
         Some((&step.action, step))
+    }
+}
+
+impl TargetDoc {
+    /// Makes a result the target's health and keeps it in the bounded history.
+    fn record_health(&mut self, record: HealthRecord) {
+        self.health = Some(record.clone());
+        self.health_history.push(record);
+        let excess = self.health_history.len().saturating_sub(HEALTH_HISTORY);
+        self.health_history.drain(..excess);
+    }
+
+    /// The target's health state (`unknown` when never checked).
+    pub fn health_state(&self) -> HealthState {
+        self.health
+            .as_ref()
+            .map_or(HealthState::Unknown, |h| h.state)
     }
 }
 

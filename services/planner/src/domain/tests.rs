@@ -58,6 +58,8 @@ fn target(name: &str, roles: &[&str], default: Option<&str>) -> Target {
             .collect(),
         endpoint: Some(format!("https://{name}")),
         default_pool: default.map(pool),
+        health_check: None,
+        health_interval_secs: None,
     }
 }
 
@@ -126,6 +128,7 @@ fn deploy(m: &mut Memory, steps: Vec<StepSpec>) -> (DeploymentId, Vec<Event>) {
         project: "p".into(),
         environment: EnvironmentName::parse("prod").expect("valid"),
         steps,
+        unhealthy_targets: UnhealthyTargets::Fail,
     };
     let events = when(m, Command::CreateDeployment { id, spec }).expect("valid deployment");
     (id, events)
@@ -348,6 +351,7 @@ fn refusals_name_the_field_and_the_known_values() {
         project: "p".into(),
         environment: EnvironmentName::parse("prod").expect("valid"),
         steps,
+        unhealthy_targets: UnhealthyTargets::Fail,
     };
     let err = when(
         &mut m,
@@ -844,4 +848,315 @@ fn a_repeated_run_after_the_task_ended_is_kept_in_the_history_without_changing_t
             (1, TaskState::Cancelled, Some("w2"))
         ]
     );
+}
+
+fn check(m: &mut Memory, name: &str) -> Vec<Event> {
+    when(
+        m,
+        Command::CheckTarget {
+            target: TargetName::parse(name).expect("valid"),
+            trigger: shoal_shared::events::CheckTrigger::OnDemand,
+            at: Timestamp(1_000),
+            deadline_secs: 20,
+        },
+    )
+    .expect("a target with an endpoint can be checked")
+}
+
+fn checked(m: &mut Memory, name: &str, health: HealthState, reason: &str) -> Vec<Event> {
+    let target = TargetName::parse(name).expect("valid");
+    let doc = &m.state.targets[&target];
+    let (check, pool) = doc
+        .pending_check
+        .as_ref()
+        .map_or((CheckId::new(), pool("default")), |p| {
+            (p.check, p.pool.clone())
+        });
+    let msg = WorkerMessage {
+        schema_version: 1,
+        event_id: EventId::new(),
+        worker: WorkerName::parse("w-eu").expect("valid"),
+        pool,
+        sent_at: Timestamp(2_000),
+        body: WorkerBody::HealthChecked {
+            check,
+            target,
+            task: None,
+            state: health,
+            reason: Some(reason.into()),
+            duration_ms: 12,
+        },
+    };
+    when(m, Command::WorkerReport(msg)).expect("reports are never rejected")
+}
+
+#[test]
+fn a_check_runs_in_the_targets_default_pool_else_the_global_default_and_follows_a_pool_change() {
+    let mut m = given(&[
+        target("eu", &["web"], Some("eu-west")),
+        target("plain", &["web"], None),
+    ]);
+    let routed = |events: &[Event]| match events {
+        [
+            Event::HealthCheckPlanned {
+                pool, rule, probe, ..
+            },
+        ] => (pool.to_string(), *rule, probe.clone()),
+        other => panic!("{other:?}"),
+    };
+    let (p, rule, probe) = routed(&check(&mut m, "eu"));
+    assert_eq!((p.as_str(), rule), ("eu-west", PoolRule::TargetDefault));
+    assert_eq!(
+        probe,
+        HealthCheck::Tcp {
+            address: "eu:443".into(),
+            timeout_secs: None
+        }
+    );
+    let (p, rule, _) = routed(&check(&mut m, "plain"));
+    assert_eq!((p.as_str(), rule), ("default", PoolRule::GlobalDefault));
+    // A check already on its way to the same pool answers for a second request.
+    assert_eq!(check(&mut m, "eu"), []);
+    // After a change of default pool the next check goes to the new pool at once.
+    when(
+        &mut m,
+        Command::UpdateTarget {
+            name: TargetName::parse("eu").expect("valid"),
+            update: TargetUpdate {
+                default_pool: Some(Some(pool("us-east"))),
+                ..Default::default()
+            },
+        },
+    )
+    .expect("valid update");
+    let (p, rule, _) = routed(&check(&mut m, "eu"));
+    assert_eq!((p.as_str(), rule), ("us-east", PoolRule::TargetDefault));
+}
+
+#[test]
+fn results_become_the_targets_health_with_a_bounded_history() {
+    let mut m = given(&[target("eu", &["web"], Some("eu-west"))]);
+    let name = TargetName::parse("eu").expect("valid");
+    assert_eq!(m.state.targets[&name].health_state(), HealthState::Unknown);
+    check(&mut m, "eu");
+    checked(&mut m, "eu", HealthState::HealthyWithWarnings, "disk 91%");
+    let doc = &m.state.targets[&name];
+    let h = doc.health.as_ref().expect("checked");
+    assert_eq!(h.state, HealthState::HealthyWithWarnings);
+    assert_eq!(h.worker.as_ref().map(|w| w.as_str()), Some("w-eu"));
+    assert_eq!(h.pool.as_str(), "eu-west");
+    assert_eq!(h.rule, Some(PoolRule::TargetDefault));
+    assert_eq!(h.duration_ms, Some(12));
+    assert!(doc.pending_check.is_none());
+    for _ in 0..30 {
+        checked(&mut m, "eu", HealthState::Unhealthy, "refused");
+    }
+    let doc = &m.state.targets[&name];
+    assert_eq!(
+        doc.health_history.len(),
+        shoal_shared::health::HEALTH_HISTORY
+    );
+    assert_eq!(doc.health_state(), HealthState::Unhealthy);
+    // A report about a target nobody registered is recorded as rejected.
+    let msg = WorkerMessage {
+        schema_version: 1,
+        event_id: EventId::new(),
+        worker: WorkerName::parse("w-eu").expect("valid"),
+        pool: pool("eu-west"),
+        sent_at: Timestamp(1),
+        body: WorkerBody::HealthChecked {
+            check: CheckId::new(),
+            target: TargetName::parse("ghost").expect("valid"),
+            task: None,
+            state: HealthState::Healthy,
+            reason: None,
+            duration_ms: 1,
+        },
+    };
+    let events = when(&mut m, Command::WorkerReport(msg)).expect("recorded");
+    assert!(
+        matches!(&events[..], [Event::MessageRejected { reason, .. }] if reason.contains("unknown target \"ghost\""))
+    );
+}
+
+#[test]
+fn a_check_no_worker_ran_before_its_deadline_makes_the_target_unavailable_naming_the_pool() {
+    let mut m = given(&[target("eu", &["web"], Some("eu-west"))]);
+    let name = TargetName::parse("eu").expect("valid");
+    check(&mut m, "eu");
+    let pending = m.state.targets[&name]
+        .pending_check
+        .clone()
+        .expect("pending");
+    // The deadline of another check changes nothing.
+    let other = Command::CheckDeadline {
+        target: name.clone(),
+        check: CheckId::new(),
+    };
+    assert_eq!(when(&mut m, other).expect("ok"), []);
+    let events = when(
+        &mut m,
+        Command::CheckDeadline {
+            target: name.clone(),
+            check: pending.check,
+        },
+    )
+    .expect("ok");
+    assert!(
+        matches!(&events[..], [Event::HealthCheckUnavailable { reason, .. }] if reason.contains("pool \"eu-west\""))
+    );
+    let h = m.state.targets[&name].health.clone().expect("recorded");
+    assert_eq!((h.state, h.worker), (HealthState::Unavailable, None));
+    // A target without endpoint or check cannot be checked; an unknown one is not found.
+    let mut bare = target("bare", &["web"], None);
+    bare.endpoint = None;
+    when(&mut m, Command::RegisterTarget(bare)).expect("valid");
+    let refuse = |m: &mut Memory, name: &str| {
+        when(
+            m,
+            Command::CheckTarget {
+                target: TargetName::parse(name).expect("valid"),
+                trigger: shoal_shared::events::CheckTrigger::Scheduled,
+                at: Timestamp(1),
+                deadline_secs: 1,
+            },
+        )
+    };
+    assert!(
+        matches!(refuse(&mut m, "bare"), Err(Rejection::Conflict(e)) if e.contains("no health check"))
+    );
+    assert!(matches!(
+        refuse(&mut m, "ghost"),
+        Err(Rejection::NotFound(_))
+    ));
+}
+
+fn deploy_with(
+    m: &mut Memory,
+    policy: UnhealthyTargets,
+    steps: Vec<StepSpec>,
+) -> (DeploymentId, Vec<Event>) {
+    let id = DeploymentId::new();
+    let spec = DeploymentSpec {
+        project: "p".into(),
+        environment: EnvironmentName::parse("prod").expect("valid"),
+        steps,
+        unhealthy_targets: policy,
+    };
+    let events = when(m, Command::CreateDeployment { id, spec }).expect("valid deployment");
+    (id, events)
+}
+
+#[test]
+fn an_unhealthy_target_stops_the_deployment_before_its_step_naming_it() {
+    let mut m = given(&[
+        target("good", &["web"], None),
+        target("bad", &["web"], None),
+    ]);
+    check(&mut m, "bad");
+    checked(&mut m, "bad", HealthState::Unhealthy, "connection refused");
+    let (id, events) = deploy_with(
+        &mut m,
+        UnhealthyTargets::Fail,
+        vec![step("a", &["web"], None)],
+    );
+    assert!(planned(&events).is_empty(), "{events:?}");
+    let d = &m.state.deployments[&id];
+    assert_eq!(d.state, DeploymentState::Failed);
+    let reason = d.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("\"bad\" (connection refused)") && !reason.contains("good"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn skip_leaves_unhealthy_targets_out_and_runs_the_rest() {
+    let mut m = given(&[
+        target("good", &["web"], None),
+        target("bad", &["web"], None),
+    ]);
+    check(&mut m, "bad");
+    checked(&mut m, "bad", HealthState::Unhealthy, "connection refused");
+    let (id, events) = deploy_with(
+        &mut m,
+        UnhealthyTargets::Skip,
+        vec![step("a", &["web"], None), step("b", &["web"], None)],
+    );
+    let skipped: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::TargetSkipped { target, reason, .. } => Some(format!("{target}: {reason}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        skipped,
+        ["bad: unhealthy before step \"a\": connection refused"]
+    );
+    let tasks = planned(&events);
+    assert_eq!(tasks.len(), 1);
+    finish(&mut m, tasks[0].0, Outcome::Succeeded, 0);
+    // Step b plans only the healthy target too, and the deployment succeeds.
+    let b: Vec<TaskId> = m.state.deployments[&id].steps[1].tasks.clone();
+    let runnable: Vec<&TaskId> = b
+        .iter()
+        .filter(|t| m.state.tasks[*t].state != TaskState::Skipped)
+        .collect();
+    assert_eq!(runnable.len(), 1);
+    let t = *runnable[0];
+    finish(&mut m, t, Outcome::Succeeded, 0);
+    assert_eq!(m.state.deployments[&id].state, DeploymentState::Succeeded);
+}
+
+#[test]
+fn a_health_check_step_that_finds_a_target_unhealthy_skips_it_or_fails() {
+    for policy in [UnhealthyTargets::Skip, UnhealthyTargets::Fail] {
+        let mut m = given(&[
+            target("good", &["web"], None),
+            target("bad", &["web"], None),
+        ]);
+        let mut hc = step("recheck", &["web"], None);
+        hc.action = Action::HealthCheck;
+        let (id, events) = deploy_with(&mut m, policy, vec![hc, step("deploy", &["web"], None)]);
+        let tasks = planned(&events);
+        let bad = tasks
+            .iter()
+            .find(|(t, _, _)| m.state.tasks[t].target.as_ref().map(|n| n.as_str()) == Some("bad"))
+            .map(|(t, _, _)| *t)
+            .expect("a check of bad");
+        let good = tasks.iter().map(|p| p.0).find(|t| *t != bad).expect("good");
+        finish(&mut m, good, Outcome::Succeeded, 0);
+        let events = finish(&mut m, bad, Outcome::Failed, 1);
+        let d = &m.state.deployments[&id];
+        match policy {
+            UnhealthyTargets::Skip => {
+                assert!(
+                    events
+                        .iter()
+                        .any(|e| matches!(e, Event::TargetSkipped { target, .. } if target.as_str() == "bad")),
+                    "{events:?}"
+                );
+                assert_eq!(d.state, DeploymentState::Running);
+                assert_eq!(d.steps[0].state, StepState::Succeeded);
+                let deploy_states: Vec<TaskState> = d.steps[1]
+                    .tasks
+                    .iter()
+                    .map(|t| m.state.tasks[t].state)
+                    .collect();
+                assert!(
+                    deploy_states.contains(&TaskState::Skipped),
+                    "{deploy_states:?}"
+                );
+                assert!(
+                    deploy_states.contains(&TaskState::Planned),
+                    "{deploy_states:?}"
+                );
+            }
+            UnhealthyTargets::Fail => {
+                assert_eq!(d.state, DeploymentState::Failed);
+                assert!(d.reason.clone().unwrap_or_default().contains("\"bad\""));
+            }
+        }
+    }
 }

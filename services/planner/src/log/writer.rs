@@ -6,11 +6,12 @@
 
 use super::{BatchWrite, EventLog, Head, LogError, doc_write, record_hash, row_write};
 use crate::domain::decide::CANCEL_GRACE_SECS;
+use crate::domain::state::{PendingCheck, TargetDoc};
 use crate::domain::{self, Changes, Command, EventSink, NewEvent, Rejection, State};
 use crate::effects::Effect;
 use shoal_shared::codec;
 use shoal_shared::events::{Envelope, Event};
-use shoal_shared::messages::{TaskMessage, WIRE_SCHEMA_VERSION};
+use shoal_shared::messages::{CheckMessage, TaskMessage, WIRE_SCHEMA_VERSION};
 use shoal_shared::{
     DeploymentId, DeploymentState, EventId, PoolName, TaskId, TaskState, Timestamp,
 };
@@ -155,6 +156,11 @@ impl Writer {
                         attempt: t.attempt,
                     },
                 });
+            }
+        }
+        for doc in self.state.targets.values() {
+            if let Some(p) = &doc.pending_check {
+                out.extend(check_effects(doc, p));
             }
         }
         for id in &self.state.active {
@@ -329,6 +335,14 @@ impl Writer {
             timeout_secs: step.timeout_secs,
             planned_at: t.planned_at.unwrap_or_default(),
             max_deliveries: step.max_attempts(),
+            probe: match action {
+                shoal_shared::Action::HealthCheck => t
+                    .target
+                    .as_ref()
+                    .and_then(|n| self.state.targets.get(n))
+                    .and_then(|d| d.target.probe()),
+                _ => None,
+            },
         })
     }
 }
@@ -394,6 +408,13 @@ fn effects_of(state: &State, event: &Event, out: &mut Vec<Effect>) {
                 out.push(Effect::Cancel(vec![(*task, None)]));
             }
         }
+        Event::HealthCheckPlanned { target, .. } => {
+            if let Some(doc) = state.targets.get(target)
+                && let Some(p) = &doc.pending_check
+            {
+                out.extend(check_effects(doc, p));
+            }
+        }
         Event::WorkerDrainRequested { worker, pool } | Event::WorkerResumed { worker, pool } => {
             out.push(Effect::Control {
                 worker: worker.clone(),
@@ -403,6 +424,29 @@ fn effects_of(state: &State, event: &Event, out: &mut Vec<Effect>) {
         }
         _ => {}
     }
+}
+
+/// Publish a planned check and watch its deadline.
+fn check_effects(doc: &TargetDoc, p: &PendingCheck) -> [Effect; 2] {
+    [
+        Effect::PublishCheck(CheckMessage {
+            schema_version: WIRE_SCHEMA_VERSION,
+            check: p.check,
+            target: doc.target.name.clone(),
+            pool: p.pool.clone(),
+            endpoint: doc.target.endpoint.clone(),
+            probe: p.probe.clone(),
+            planned_at: p.planned_at,
+            deadline_at: p.deadline_at,
+        }),
+        Effect::Schedule {
+            at: p.deadline_at,
+            cmd: Command::CheckDeadline {
+                target: doc.target.name.clone(),
+                check: p.check,
+            },
+        },
+    ]
 }
 
 /// Stop every task of a deployment that was handed to the broker and may run or be queued;

@@ -1,12 +1,13 @@
 //! Step executors: what a worker does with a task's action.
 
 mod output;
+pub mod probe;
 mod script;
 
 use crate::WorkerConfig;
 use crate::report::Reporter;
-use shoal_shared::messages::TaskMessage;
-use shoal_shared::{Action, Outcome};
+use shoal_shared::messages::{TaskMessage, WorkerBody};
+use shoal_shared::{Action, CheckId, HealthState, Outcome};
 use tokio_util::sync::CancellationToken;
 
 pub use output::OutputSink;
@@ -63,6 +64,7 @@ pub async fn run(
             reason: None,
             interrupted: false,
         },
+        Action::HealthCheck => health_step(task, config, reporter).await,
         Action::Script { script, shell } => {
             let sink = OutputSink::spawn(task, delivery, reporter.clone());
             let result = script::run(
@@ -78,5 +80,38 @@ pub async fn run(
             sink.finish().await;
             result
         }
+    }
+}
+
+/// A `health_check` step: probes the task's target, reports the result as the target's
+/// health, and succeeds unless the target is unhealthy.
+async fn health_step(task: &TaskMessage, config: &WorkerConfig, reporter: &Reporter) -> TaskResult {
+    let (Some(probe), Some(target)) = (&task.probe, &task.target) else {
+        return TaskResult::failed("the task carries no target or probe to check".to_owned());
+    };
+    let found = probe::run(probe, target.as_str(), task.endpoint.as_deref(), config).await;
+    reporter
+        .send(WorkerBody::HealthChecked {
+            check: CheckId::new(),
+            target: target.clone(),
+            task: Some(task.task),
+            state: found.state,
+            reason: found.reason.clone(),
+            duration_ms: found.duration_ms,
+        })
+        .await;
+    match found.state {
+        HealthState::Healthy | HealthState::HealthyWithWarnings => TaskResult {
+            outcome: Outcome::Succeeded,
+            exit_code: None,
+            reason: found.reason,
+            interrupted: false,
+        },
+        _ => TaskResult::failed(format!(
+            "target \"{target}\" is unhealthy: {}",
+            found
+                .reason
+                .unwrap_or_else(|| "its probe failed".to_owned())
+        )),
     }
 }
