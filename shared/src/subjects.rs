@@ -90,7 +90,8 @@ impl Subjects {
         format!("{}.heartbeat.>", self.prefix)
     }
 
-    /// `shoal.cancel.<task>`.
+    /// `shoal.cancel.<task>`; the payload is the last attempt cancelled ([`cancel_payload`]),
+    /// empty for every attempt.
     pub fn cancel(&self, task: &TaskId) -> String {
         format!("{}.cancel.{task}", self.prefix)
     }
@@ -98,6 +99,17 @@ impl Subjects {
     /// `shoal.cancel.*`: every cancellation, for workers to watch.
     pub fn cancel_all(&self) -> String {
         format!("{}.cancel.*", self.prefix)
+    }
+
+    /// `shoal.drain-state.<pool>.<worker>`: a starting worker asks the planner (request and
+    /// reply) whether it is to stay drained.
+    pub fn drain_state(&self, pool: &PoolName, worker: &WorkerName) -> String {
+        format!("{}.drain-state.{pool}.{worker}", self.prefix)
+    }
+
+    /// `shoal.drain-state.>`, answered by the planner.
+    pub fn drain_state_all(&self) -> String {
+        format!("{}.drain-state.>", self.prefix)
     }
 
     /// `shoal.control.<pool>.<worker>`: instructions to one worker (drain, resume).
@@ -111,9 +123,36 @@ impl Subjects {
     }
 }
 
+/// The payload of a cancellation of every attempt of a task up to `attempt` (`None`: all).
+pub fn cancel_payload(attempt: Option<u32>) -> String {
+    attempt.map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// The last attempt a cancellation payload cancels (`u32::MAX`: all); `None` when it is not
+/// a cancellation payload.
+pub fn parse_cancel_payload(payload: &[u8]) -> Option<u32> {
+    if payload.is_empty() {
+        return Some(u32::MAX);
+    }
+    std::str::from_utf8(payload).ok()?.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cancellation_payloads_name_the_last_attempt_or_all() {
+        assert_eq!(
+            parse_cancel_payload(cancel_payload(None).as_bytes()),
+            Some(u32::MAX)
+        );
+        assert_eq!(
+            parse_cancel_payload(cancel_payload(Some(3)).as_bytes()),
+            Some(3)
+        );
+        assert_eq!(parse_cancel_payload(b"three"), None);
+    }
 
     #[test]
     fn subjects_use_the_prefix_and_single_tokens() {

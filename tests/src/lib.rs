@@ -333,7 +333,7 @@ impl Cluster {
         }
     }
 
-    /// A worker's process (the first one of that name still running).
+    /// A worker's process: the one of that name started last.
     ///
     /// # Panics
     /// No such worker was started.

@@ -130,7 +130,7 @@ async fn an_attempt_whose_workers_keep_dying_fails_after_max_attempts_saying_so(
     assert_eq!(states, ["lost", "lost", "failed"], "{t:#}");
     let reason = t["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("started 2 times") && reason.contains("workers died"),
+        reason.contains("delivered 2 times") && reason.contains("workers died"),
         "{reason}"
     );
     assert!(
@@ -381,6 +381,27 @@ async fn a_drained_worker_finishes_what_it_runs_takes_nothing_new_until_resumed(
     assert_eq!(d["state"], "succeeded");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(c.task(&second, "quick").await?["state"], "dispatched");
+    // Restarted during maintenance, it stays drained: it asks before it pulls.
+    let status = c
+        .worker_proc("w1")
+        .terminate(Duration::from_secs(20))
+        .await?;
+    assert!(status.success());
+    c.worker("w1", "eu-west", "eu", &["--heartbeat-secs", "1"])?;
+    c.wait_for("w1 back, draining", WAIT, || async {
+        let ws = c.api.get("/api/workers").await?;
+        Ok(ws
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|w| w["name"] == "w1" && w["status"] == "draining")
+            .then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = c.task(&second, "quick").await?;
+    assert_eq!(t["state"], "dispatched", "{t:#}");
+    assert_eq!(t["waiting"], "waiting for a worker in pool eu-west");
     let (ok, out) = c.cli(&["worker", "resume", "w1"])?;
     assert!(ok, "{out}");
     let d = c.finished(&second, WAIT).await?;
@@ -398,7 +419,8 @@ async fn a_drained_worker_finishes_what_it_runs_takes_nothing_new_until_resumed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_hands_back_what_outlives_the_deadline_and_exits_zero() -> anyhow::Result<()>
 {
-    let mut c = Cluster::start(PLANNER).await?;
+    // A long ack wait: the task must come back by the hand-back, not by the broker's timer.
+    let mut c = Cluster::start(&["--no-builtin-worker", "--task-ack-wait-secs", "60"]).await?;
     c.pool("eu-west", "eu").await?;
     c.target("shop-eu", "prod", &["web"], Some("eu-west"))
         .await?;
@@ -417,6 +439,12 @@ async fn sigterm_drains_hands_back_what_outlives_the_deadline_and_exits_zero() -
     assert!(status.success(), "w1 exited with {status}");
     // Handed back, not waiting out the ack wait: another worker runs it at once.
     c.worker("w2", "eu-west", "eu", &[])?;
+    c.wait_for(
+        "the task on w2, well inside the ack wait",
+        Duration::from_secs(20),
+        || async { Ok((c.task(&id, "long").await?["worker"] == "w2").then_some(())) },
+    )
+    .await?;
     let d = c.finished(&id, WAIT).await?;
     assert_eq!(d["state"], "succeeded", "{d:#}");
     let t = c.task(&id, "long").await?;

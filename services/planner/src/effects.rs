@@ -11,7 +11,7 @@ use futures::StreamExt;
 use shoal_shared::messages::{
     CheckMessage, KIND_HEADER, KIND_HEALTH_CHECK, WIRE_SCHEMA_VERSION, WorkerControl,
 };
-use shoal_shared::subjects::Subjects;
+use shoal_shared::subjects::{Subjects, cancel_payload};
 use shoal_shared::{PoolName, TaskId, Timestamp, WorkerName, codec};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -21,9 +21,8 @@ use tokio_util::time::DelayQueue;
 /// Something to do once a batch of the log is durable.
 #[derive(Debug, Clone)]
 pub enum Effect {
-    /// Tell workers to stop these tasks; remove the queued message at the given stream
-    /// sequence, when known, so a task not yet taken never starts.
-    Cancel(Vec<(TaskId, Option<u64>)>),
+    /// Tell workers to stop these tasks, and take queued messages off the queue.
+    Cancel(Vec<Stop>),
     /// Submit a command at a time.
     Schedule { at: Timestamp, cmd: Command },
     /// Publish a health check to its pool's queue (retried until stored or past its
@@ -37,13 +36,24 @@ pub enum Effect {
     },
 }
 
+/// One task to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    pub task: TaskId,
+    /// Its attempts up to this one (`u32::MAX`: all) are cancelled.
+    pub upto: u32,
+    /// The queued message of a task that never started: stream sequence and attempt (its
+    /// message id is checked before the message is deleted).
+    pub queued: Option<(u64, u32)>,
+}
+
 /// Cancellations travel on core NATS, which may drop them while a worker reconnects: each
 /// is sent again after these delays.
 const CANCEL_RESENDS: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(8)];
 
 enum Due {
     Submit(Command),
-    Resend(Vec<TaskId>),
+    Resend(Vec<Stop>),
 }
 
 /// Carries out effects until shutdown.
@@ -62,13 +72,17 @@ pub async fn run(
             () = shutdown.cancelled() => return,
             effect = rx.recv() => match effect {
                 None => return,
-                Some(Effect::Cancel(tasks)) => {
-                    let ids: Vec<TaskId> = tasks.iter().map(|(t, _)| *t).collect();
-                    publish_cancels(&client, &subjects, &ids).await;
-                    remove_queued(&js, &subjects, &tasks).await;
+                Some(Effect::Cancel(stops)) => {
                     for after in CANCEL_RESENDS {
-                        due.insert(Due::Resend(ids.clone()), after);
+                        due.insert(Due::Resend(stops.clone()), after);
                     }
+                    // Broker I/O off this loop: a broker that is down must not hold up
+                    // retries, deadlines and instructions.
+                    let (client, js, subjects) = (client.clone(), js.clone(), subjects.clone());
+                    tokio::spawn(async move {
+                        publish_cancels(&client, &subjects, &stops).await;
+                        remove_queued(&js, &subjects, &stops).await;
+                    });
                 }
                 Some(Effect::Schedule { at, cmd }) => {
                     let wait = at.millis_since(Timestamp::now());
@@ -89,7 +103,10 @@ pub async fn run(
                         return;
                     }
                 }
-                Due::Resend(ids) => publish_cancels(&client, &subjects, &ids).await,
+                Due::Resend(stops) => {
+                    let (client, subjects) = (client.clone(), subjects.clone());
+                    tokio::spawn(async move { publish_cancels(&client, &subjects, &stops).await });
+                }
             },
         }
     }
@@ -134,25 +151,23 @@ async fn publish_check(
     }
 }
 
-async fn publish_cancels(client: &async_nats::Client, subjects: &Subjects, tasks: &[TaskId]) {
-    for task in tasks {
+async fn publish_cancels(client: &async_nats::Client, subjects: &Subjects, stops: &[Stop]) {
+    for stop in stops {
+        let upto = (stop.upto != u32::MAX).then_some(stop.upto);
         if let Err(e) = client
-            .publish(subjects.cancel(task), bytes::Bytes::new())
+            .publish(subjects.cancel(&stop.task), cancel_payload(upto).into())
             .await
         {
-            tracing::warn!(error = %e, task.id = %task, "cancellation not sent; it is sent again shortly");
+            tracing::warn!(error = %e, task.id = %stop.task, "cancellation not sent; it is sent again shortly");
         }
     }
 }
 
-/// Removes the queued messages of cancelled tasks. A message a worker already took is gone
-/// or about to be (its worker is told to stop); either way there is nothing to report.
-async fn remove_queued(
-    js: &async_nats::jetstream::Context,
-    subjects: &Subjects,
-    tasks: &[(TaskId, Option<u64>)],
-) {
-    if tasks.iter().all(|(_, seq)| seq.is_none()) {
+/// Removes the queued messages of cancelled tasks that never started, after checking that
+/// the sequence still holds that task's message (a stream made anew numbers from 1 again).
+/// A message a worker already took is gone or about to be (its worker is told to stop).
+async fn remove_queued(js: &async_nats::jetstream::Context, subjects: &Subjects, stops: &[Stop]) {
+    if stops.iter().all(|s| s.queued.is_none()) {
         return;
     }
     let stream = match js.get_stream(subjects.tasks_stream()).await {
@@ -162,16 +177,67 @@ async fn remove_queued(
             return;
         }
     };
-    for (task, seq) in tasks {
-        if let Some(seq) = seq {
-            match stream.delete_message(*seq).await {
-                Ok(_) => {
-                    tracing::debug!(task.id = %task, seq, "removed a cancelled task from its queue")
-                }
-                Err(e) => {
-                    tracing::debug!(task.id = %task, seq, error = %e, "cancelled task no longer queued")
-                }
+    for stop in stops {
+        let Some((seq, attempt)) = stop.queued else {
+            continue;
+        };
+        let expected = format!("{}/{attempt}", stop.task);
+        let holds_it = match stream.get_raw_message(seq).await {
+            Ok(m) => m
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .is_some_and(|id| id.as_str() == expected),
+            Err(_) => false,
+        };
+        if !holds_it {
+            tracing::debug!(task.id = %stop.task, seq, "cancelled task no longer queued");
+            continue;
+        }
+        match stream.delete_message(seq).await {
+            Ok(_) => {
+                tracing::debug!(task.id = %stop.task, seq, "removed a cancelled task from its queue")
             }
+            Err(e) => {
+                tracing::debug!(task.id = %stop.task, seq, error = %e, "cancelled task no longer queued")
+            }
+        }
+    }
+}
+
+/// Answers workers that ask, as they start, whether they are to stay drained.
+pub async fn answer_drain_state(
+    client: async_nats::Client,
+    subjects: Subjects,
+    liveness: Liveness,
+    shutdown: CancellationToken,
+) {
+    let mut sub = match client.subscribe(subjects.drain_state_all()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot answer drain-state questions; restarted workers take tasks until their first heartbeat");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        let (Some(reply), Some(name)) = (msg.reply, msg.subject.rsplit('.').next()) else {
+            continue;
+        };
+        let Ok(worker) = WorkerName::parse(name) else {
+            continue;
+        };
+        let answer = WorkerControl {
+            schema_version: WIRE_SCHEMA_VERSION,
+            drain: liveness.wanted_draining(&worker),
+            worker,
+        };
+        if let Ok(bytes) = codec::encode(&answer)
+            && let Err(e) = client.publish(reply, bytes.into()).await
+        {
+            tracing::debug!(error = %e, "drain-state answer not sent");
         }
     }
 }

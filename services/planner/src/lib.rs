@@ -118,6 +118,12 @@ pub async fn run(
         }
     }
     let tasks = TaskTracker::new();
+    tasks.spawn(effects::answer_drain_state(
+        client.clone(),
+        config.subjects.clone(),
+        liveness.clone(),
+        stop_services.clone(),
+    ));
     tasks.spawn(effects::run(
         client.clone(),
         js.clone(),

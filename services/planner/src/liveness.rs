@@ -70,6 +70,15 @@ impl Liveness {
         resend
     }
 
+    /// The drain state the log wants for a worker.
+    pub fn wanted_draining(&self, worker: &WorkerName) -> bool {
+        self.wanted
+            .lock()
+            .ok()
+            .and_then(|w| w.get(worker).copied())
+            .unwrap_or(false)
+    }
+
     /// Sets the drain state the log wants for a worker.
     pub fn want_draining(&self, worker: &WorkerName, drain: bool) {
         if let Ok(mut w) = self.wanted.lock() {
@@ -85,7 +94,12 @@ impl Liveness {
     /// Online workers per pool.
     pub fn online_per_pool(&self, now: Timestamp) -> HashMap<PoolName, usize> {
         let mut out = HashMap::new();
-        for live in self.snapshot().values().filter(|l| l.online(now)) {
+        // A draining worker takes nothing: it does not count for its pool.
+        for live in self
+            .snapshot()
+            .values()
+            .filter(|l| l.online(now) && !l.draining)
+        {
             *out.entry(live.pool.clone()).or_insert(0) += 1;
         }
         out

@@ -7,6 +7,7 @@
 use crate::WorkerConfig;
 use futures::StreamExt;
 use shoal_shared::messages::WorkerControl;
+use shoal_shared::subjects::parse_cancel_payload;
 use shoal_shared::{TaskId, codec};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,10 +26,14 @@ pub struct Runtime {
     inner: Arc<Inner>,
 }
 
+/// One run on this worker: task, attempt, delivery.
+pub type RunKey = (TaskId, u32, u32);
+
 #[derive(Debug)]
 struct Inner {
-    running: Mutex<HashMap<TaskId, CancellationToken>>,
-    cancelled: Mutex<HashMap<TaskId, Instant>>,
+    running: Mutex<HashMap<RunKey, CancellationToken>>,
+    /// Cancelled tasks: every attempt up to the number, and when it was heard.
+    cancelled: Mutex<HashMap<TaskId, (u32, Instant)>>,
     draining: watch::Sender<bool>,
     /// How often a running task's message is kept alive, in ms.
     progress_ms: AtomicU64,
@@ -47,48 +52,55 @@ impl Runtime {
         }
     }
 
-    /// Registers a task that starts running; its token fires when it is cancelled. `None`
-    /// when it was cancelled before it started.
-    pub fn start(&self, task: TaskId) -> Option<CancellationToken> {
-        if self.was_cancelled(task) {
+    /// Registers a run that starts; its token fires when it is cancelled. `None` when its
+    /// attempt was cancelled before it started.
+    pub fn start(&self, run: RunKey) -> Option<CancellationToken> {
+        if self.was_cancelled(run.0, run.1) {
             return None;
         }
         let token = CancellationToken::new();
         if let Ok(mut running) = self.inner.running.lock() {
-            running.insert(task, token.clone());
+            running.insert(run, token.clone());
         }
         Some(token)
     }
 
-    /// Forgets a task that ended.
-    pub fn finish(&self, task: TaskId) {
+    /// Forgets a run that ended.
+    pub fn finish(&self, run: RunKey) {
         if let Ok(mut running) = self.inner.running.lock() {
-            running.remove(&task);
+            running.remove(&run);
         }
     }
 
-    /// Whether the planner cancelled this task recently.
-    pub fn was_cancelled(&self, task: TaskId) -> bool {
+    /// Whether the planner cancelled this attempt of the task recently.
+    pub fn was_cancelled(&self, task: TaskId, attempt: u32) -> bool {
         self.inner
             .cancelled
             .lock()
-            .is_ok_and(|c| c.contains_key(&task))
+            .is_ok_and(|c| c.get(&task).is_some_and(|(upto, _)| attempt <= *upto))
     }
 
-    /// Records a cancellation and stops the task if it runs here.
-    pub fn cancel(&self, task: TaskId) {
+    /// Records a cancellation of the task's attempts up to `upto` and stops those that run
+    /// here.
+    pub fn cancel(&self, task: TaskId, upto: u32) {
         let now = Instant::now();
         if let Ok(mut cancelled) = self.inner.cancelled.lock() {
-            cancelled.retain(|_, at| now.duration_since(*at) < REMEMBER);
-            cancelled.insert(task, now);
+            cancelled.retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
+            let entry = cancelled.entry(task).or_insert((upto, now));
+            *entry = (entry.0.max(upto), now);
         }
-        let token = self
+        let tokens: Vec<CancellationToken> = self
             .inner
             .running
             .lock()
-            .ok()
-            .and_then(|r| r.get(&task).cloned());
-        if let Some(token) = token {
+            .map(|r| {
+                r.iter()
+                    .filter(|((t, attempt, _), _)| *t == task && *attempt <= upto)
+                    .map(|(_, token)| token.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for token in tokens {
             tracing::info!(task.id = %task, "cancelled by the planner; stopping it");
             token.cancel();
         }
@@ -159,9 +171,9 @@ pub async fn listen(
             () = shutdown.cancelled() => return,
             Some(msg) = cancels.next() => {
                 let id = msg.subject.rsplit('.').next().unwrap_or_default();
-                match id.parse::<uuid::Uuid>() {
-                    Ok(id) => runtime.cancel(TaskId(id)),
-                    Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "ignoring a cancellation for a malformed task id"),
+                match (id.parse::<uuid::Uuid>(), parse_cancel_payload(&msg.payload)) {
+                    (Ok(id), Some(upto)) => runtime.cancel(TaskId(id), upto),
+                    _ => tracing::warn!(subject = %msg.subject, "ignoring a malformed cancellation"),
                 }
             }
             Some(msg) = controls.next() => {
@@ -178,5 +190,45 @@ pub async fn listen(
             }
             else => return,
         }
+    }
+}
+
+/// Asks the planner whether this worker is to stay drained, so a worker restarted during
+/// maintenance does not take tasks before the planner could tell it. Without an answer
+/// (the planner is down) it starts undrained; the next heartbeat corrects it.
+pub async fn ask_drain_state(
+    client: &async_nats::Client,
+    config: &WorkerConfig,
+    runtime: &Runtime,
+) {
+    let subject = config.subjects.drain_state(&config.pool, &config.name);
+    let asked = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request(subject, bytes::Bytes::new()),
+    )
+    .await;
+    match asked {
+        Ok(Ok(reply)) => match codec::decode::<WorkerControl>("worker control", &reply.payload) {
+            Ok(c) if c.worker == config.name => {
+                if c.drain {
+                    tracing::info!(
+                        "the planner has this worker drained: taking no tasks until resumed"
+                    );
+                }
+                runtime.set_draining(c.drain);
+            }
+            Ok(_) => {
+                tracing::warn!("the planner answered about another worker; starting undrained")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed drain state from the planner; starting undrained")
+            }
+        },
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "no drain state from the planner (is it running?); starting undrained")
+        }
+        Err(_) => tracing::info!(
+            "the planner did not say whether to stay drained within 2 s; starting undrained"
+        ),
     }
 }

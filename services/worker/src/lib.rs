@@ -106,6 +106,7 @@ pub async fn run(
         runtime.clone(),
         shutdown.clone(),
     ));
+    control::ask_drain_state(&client, &config, &runtime).await;
     let beats = tokio::spawn(heartbeat::run(
         client.clone(),
         config.clone(),

@@ -22,6 +22,8 @@ use tracing::Instrument as _;
 
 /// How long one pull request waits for work.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How often the queue's ack wait is read again, to fit progress acks to it.
+const REFIT_EVERY: Duration = Duration::from_secs(30);
 /// How long shutdown waits for each message of a pull already on its way.
 const HAND_BACK_WAIT: Duration = Duration::from_millis(200);
 /// Pulls and runs tasks until shutdown, then waits for running tasks up to the drain
@@ -42,10 +44,18 @@ pub async fn run(
     let config = Arc::new(config.clone());
     let mut draining = runtime.watch_draining();
     'outer: while !shutdown.is_cancelled() {
-        let Some(consumer) = find_consumer(&config, &js, &runtime, &shutdown).await else {
+        let Some(mut consumer) = find_consumer(&config, &js, &runtime, &shutdown).await else {
             break;
         };
+        let mut fitted = tokio::time::Instant::now();
         loop {
+            // The planner may restart with another ack wait: follow it.
+            if fitted.elapsed() > REFIT_EVERY {
+                fitted = tokio::time::Instant::now();
+                if let Ok(info) = consumer.info().await {
+                    runtime.fit_progress_to(&config, info.config.ack_wait);
+                }
+            }
             let paused = *draining.borrow_and_update();
             if paused {
                 if !pause(&config, &mut draining, &tracker, &mut kill, &shutdown).await {
@@ -240,22 +250,32 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) {
 /// Decodes a task message and checks it is for this worker's pool and a schema it reads.
 /// A refused message can never be run here: it is terminated and reported, never
 /// redelivered forever.
-fn accept(msg: &jetstream::Message, config: &WorkerConfig) -> Result<TaskMessage, String> {
-    let task: TaskMessage =
-        codec::decode("task message", &msg.payload).map_err(|e| e.to_string())?;
-    if task.schema_version != WIRE_SCHEMA_VERSION {
-        return Err(format!(
-            "task {} has unknown schema version {} (this worker reads {WIRE_SCHEMA_VERSION}); run workers of the planner's version",
-            task.task, task.schema_version
-        ));
+fn accept(msg: &jetstream::Message, config: &WorkerConfig) -> Result<TaskMessage, Refusal> {
+    let task: TaskMessage = codec::decode("task message", &msg.payload)
+        .map_err(|e| Refusal::Unreadable(e.to_string()))?;
+    if task.schema_version > WIRE_SCHEMA_VERSION {
+        let reason = format!(
+            "task {} has unknown schema version {} (this worker reads up to {WIRE_SCHEMA_VERSION}); upgrade the workers of pool \"{}\"",
+            task.task, task.schema_version, config.pool
+        );
+        return Err(Refusal::Unrunnable(Box::new(task), reason));
     }
     if task.pool != config.pool {
-        return Err(format!(
+        let reason = format!(
             "task {} is for pool \"{}\" but this worker serves \"{}\"",
             task.task, task.pool, config.pool
-        ));
+        );
+        return Err(Refusal::Unrunnable(Box::new(task), reason));
     }
     Ok(task)
+}
+
+/// Why a task message is not run.
+enum Refusal {
+    /// Not a task message at all.
+    Unreadable(String),
+    /// A task, but not one this worker can run: it ends failed, so it does not hang.
+    Unrunnable(Box<TaskMessage>, String),
 }
 
 /// Runs one task message: keep it alive from the start, report started, run, report
@@ -278,16 +298,28 @@ async fn handle(
     }
     let task = match accept(&msg, &config) {
         Ok(task) => task,
-        Err(reason) => return reject(&msg, &reporter, reason).await,
+        Err(Refusal::Unreadable(reason)) => return reject(&msg, &reporter, reason).await,
+        Err(Refusal::Unrunnable(task, reason)) => {
+            let delivery = delivery_of(&msg);
+            tracing::error!(subject = %msg.subject, reason = %reason, "refusing a task this worker cannot run");
+            reporter
+                .send(WorkerBody::Rejected {
+                    subject: msg.subject.to_string(),
+                    reason: reason.clone(),
+                    head: msg.payload[..msg.payload.len().min(256)].to_vec(),
+                    size: msg.payload.len() as u64,
+                })
+                .await;
+            end_unrun(&msg, &task, delivery, &reporter, Outcome::Failed, reason).await;
+            return;
+        }
     };
-    let delivery = msg
-        .info()
-        .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX));
+    let delivery = delivery_of(&msg);
     let span = tracing::info_span!("task", task.id = %task.task, attempt = task.attempt, delivery, step = %task.step_name);
     async {
         if task.max_deliveries > 0 && delivery > task.max_deliveries {
             let reason = format!(
-                "not run again: this attempt was started {} times and every run ended without a result (its workers died, were stopped, or lost their connection); the step allows {} (max_attempts)",
+                "not run again: this attempt was delivered {} times and no run ended with a result (the workers died, were killed, lost their connection, or handed it back at a drain deadline); the step allows {} (max_attempts)",
                 delivery - 1,
                 task.max_deliveries
             );
@@ -295,19 +327,25 @@ async fn handle(
             end_unrun(&msg, &task, delivery, &reporter, Outcome::Failed, reason).await;
             return;
         }
-        let Some(cancel) = runtime.start(task.task) else {
+        let run = (task.task, task.attempt, delivery);
+        let Some(cancel) = runtime.start(run) else {
             tracing::info!("not starting a task the planner cancelled");
             let reason = "cancelled before it started".to_owned();
             end_unrun(&msg, &task, delivery, &reporter, Outcome::Cancelled, reason).await;
             return;
         };
-        let id = task.task;
         let stops = execute::Stops { kill, cancel };
         run_task(msg, task, delivery, config, reporter, &runtime, stops).await;
-        runtime.finish(id);
+        runtime.finish(run);
     }
     .instrument(span)
     .await;
+}
+
+/// How many times the broker has delivered the message (1 the first time).
+fn delivery_of(msg: &jetstream::Message) -> u32 {
+    msg.info()
+        .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
 }
 
 /// Terminates a message that can never run here and reports why.

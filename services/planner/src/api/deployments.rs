@@ -216,6 +216,8 @@ pub struct TaskView {
     waiting: Option<String>,
     worker: Option<WorkerName>,
     attempt: u32,
+    /// The run of the attempt that counts (broker delivery; above 1 after a lost run).
+    delivery: u32,
     exit_code: Option<i32>,
     reason: Option<String>,
     planned_at: Option<Timestamp>,
@@ -308,6 +310,7 @@ fn task_view(t: TaskDoc, online: &HashMap<PoolName, usize>) -> TaskView {
         waiting,
         worker: t.worker,
         attempt: t.attempt,
+        delivery: t.delivery,
         exit_code: t.exit_code,
         reason: t.reason,
         planned_at: t.planned_at,

@@ -623,12 +623,16 @@ impl State {
                 at: started,
                 ..
             } => {
-                if let Some(t) = self.tasks.get_mut(task)
-                    && t.attempt == *attempt
-                    && in_flight(t.state)
-                    && *delivery >= t.delivery
-                {
-                    if *delivery > t.delivery {
+                let Some(t) = self.tasks.get_mut(task) else {
+                    return;
+                };
+                if t.attempt == *attempt && in_flight(t.state) && *delivery >= t.delivery {
+                    // The same delivery count from another worker while the run goes on: the
+                    // broker lost its count (it was killed) and delivered the message again.
+                    let repeat = *delivery == t.delivery
+                        && t.state == TaskState::Running
+                        && t.worker.as_ref() != Some(worker);
+                    if *delivery > t.delivery || repeat {
                         // A new run of the attempt: any earlier run still marked running was
                         // lost with its worker.
                         for run in t.attempts.iter_mut().filter(|r| r.attempt == *attempt) {
@@ -664,13 +668,11 @@ impl State {
                         run.started_at = Some(*started);
                     }
                     changes.docs.insert(DocKey::Task(*task));
-                } else if let Some(t) = self.tasks.get_mut(task)
-                    && t.attempt == *attempt
-                    && t.state.is_terminal()
-                {
+                } else if (t.attempt == *attempt && !in_flight(t.state)) || *attempt < t.attempt {
                     // A run the task no longer needs (a broker that crashed before it stored an
-                    // ack delivers the message again; a worker that missed a cancellation):
-                    // kept in the history; the planner tells its worker to stop.
+                    // ack delivers the message again; a worker that missed a cancellation; a
+                    // repeat of an attempt already given up for a retry): kept in the history;
+                    // the planner tells its worker to stop.
                     t.attempts.push(AttemptDoc {
                         attempt: *attempt,
                         delivery: *delivery,
@@ -720,9 +722,8 @@ impl State {
                 ..
             } => {
                 let retry_in = self.retry_delay(task, *attempt, *outcome);
-                if let Some(t) = self.tasks.get_mut(task)
-                    && t.attempt == *attempt
-                {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    let current = t.attempt == *attempt;
                     let state = outcome.task_state();
                     // Every run's own end goes into the history, even after the task has its
                     // outcome (a run thought lost may still finish).
@@ -736,10 +737,11 @@ impl State {
                         run.finished_at = Some(*ended);
                         run.exit_code = *exit_code;
                         changed = true;
-                    } else if !t
-                        .attempts
-                        .iter()
-                        .any(|r| r.attempt == *attempt && r.delivery == *delivery)
+                    } else if current
+                        && !t
+                            .attempts
+                            .iter()
+                            .any(|r| r.attempt == *attempt && r.delivery == *delivery)
                     {
                         // Ended without a start report (not run: cancelled before it started, or
                         // given up after too many lost runs): earlier runs still open are lost.
@@ -775,7 +777,7 @@ impl State {
                         changed = true;
                     }
                     // The first outcome of the current attempt counts, from whichever run.
-                    if in_flight(t.state) {
+                    if current && in_flight(t.state) {
                         t.state = state;
                         t.delivery = *delivery;
                         t.worker = Some(worker.clone());

@@ -731,7 +731,16 @@ fn a_cancelled_task_whose_worker_never_confirms_is_given_up_after_the_grace_peri
     assert_eq!(m.state.tasks[&task].attempts[0].state, TaskState::Lost);
     // Too late: the worker's own report is still recorded in the history, nothing else moves.
     report(&mut m, task, "w1", ended(task, 1, Outcome::Cancelled));
-    assert_eq!(m.state.tasks[&task].state, TaskState::Cancelled);
+    let t = &m.state.tasks[&task];
+    assert_eq!(t.state, TaskState::Cancelled);
+    assert_eq!(
+        (
+            t.attempts.len(),
+            t.attempts[0].state,
+            t.attempts[0].finished_at.is_some()
+        ),
+        (1, TaskState::Cancelled, true)
+    );
 }
 
 #[test]
@@ -1159,4 +1168,86 @@ fn a_health_check_step_that_finds_a_target_unhealthy_skips_it_or_fails() {
             }
         }
     }
+}
+
+#[test]
+fn a_repeat_of_an_attempt_given_up_for_a_retry_is_recorded_as_its_own_run() {
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let mut s = step("a", &["web"], None);
+    s.retries = 1;
+    let (_, events) = deploy(&mut m, vec![s]);
+    let task = planned(&events)[0].0;
+    report(&mut m, task, "w1", started(task, 1));
+    report(&mut m, task, "w1", ended(task, 1, Outcome::Failed));
+    when(&mut m, Command::RetryDue { task, attempt: 1 }).expect("ok");
+    // Attempt 2 is planned; a broker that lost its ack hands attempt 1 to w2.
+    let msg = WorkerMessage {
+        schema_version: 1,
+        event_id: EventId::new(),
+        worker: WorkerName::parse("w2").expect("valid"),
+        pool: pool("default"),
+        sent_at: Timestamp(60),
+        body: WorkerBody::TaskStarted {
+            deployment: m.state.tasks[&task].deployment,
+            task,
+            attempt: 1,
+            delivery: 1,
+        },
+    };
+    when(&mut m, Command::WorkerReport(msg.clone())).expect("ok");
+    let t = &m.state.tasks[&task];
+    assert_eq!((t.attempt, t.state), (2, TaskState::Planned));
+    let runs: Vec<(u32, TaskState, Option<&str>)> = t
+        .attempts
+        .iter()
+        .map(|r| (r.attempt, r.state, r.worker.as_ref().map(|w| w.as_str())))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            (1, TaskState::Failed, Some("w1")),
+            (2, TaskState::Planned, None),
+            (1, TaskState::Running, Some("w2"))
+        ]
+    );
+    // Its end closes that run and nothing else.
+    let end = WorkerMessage {
+        event_id: EventId::new(),
+        body: WorkerBody::TaskFinished {
+            deployment: t.deployment,
+            task,
+            attempt: 1,
+            delivery: 1,
+            outcome: Outcome::Cancelled,
+            exit_code: None,
+            reason: None,
+        },
+        ..msg
+    };
+    when(&mut m, Command::WorkerReport(end)).expect("ok");
+    let t = &m.state.tasks[&task];
+    assert_eq!((t.attempt, t.state), (2, TaskState::Planned));
+    assert_eq!(t.attempts[2].state, TaskState::Cancelled);
+}
+
+#[test]
+fn the_same_delivery_from_another_worker_while_running_is_a_new_run() {
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let (_, events) = deploy(&mut m, vec![step("a", &["web"], None)]);
+    let task = planned(&events)[0].0;
+    report(&mut m, task, "w1", started(task, 1));
+    report(&mut m, task, "w2", started(task, 1));
+    let t = &m.state.tasks[&task];
+    let runs: Vec<(TaskState, Option<&str>)> = t
+        .attempts
+        .iter()
+        .map(|r| (r.state, r.worker.as_ref().map(|w| w.as_str())))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            (TaskState::Lost, Some("w1")),
+            (TaskState::Running, Some("w2"))
+        ]
+    );
 }

@@ -8,7 +8,7 @@ use super::{BatchWrite, EventLog, Head, LogError, doc_write, record_hash, row_wr
 use crate::domain::decide::CANCEL_GRACE_SECS;
 use crate::domain::state::{PendingCheck, TargetDoc};
 use crate::domain::{self, Changes, Command, EventSink, NewEvent, Rejection, State};
-use crate::effects::Effect;
+use crate::effects::{Effect, Stop};
 use shoal_shared::codec;
 use shoal_shared::events::{Envelope, Event};
 use shoal_shared::messages::{CheckMessage, TaskMessage, WIRE_SCHEMA_VERSION};
@@ -391,21 +391,53 @@ fn effects_of(state: &State, event: &Event, out: &mut Vec<Effect>) {
             state: DeploymentState::Failed,
             ..
         } => out.extend(cancel_effects(state, *deployment, false)),
-        // A task stored or started after it was cancelled: stop it again.
+        // A task stored after it was cancelled before it started: take it off the queue.
         Event::TaskDispatched {
-            task, stream_seq, ..
-        } if state.tasks.get(task).is_some_and(|t| t.state.is_terminal()) => {
-            out.push(Effect::Cancel(vec![(*task, *stream_seq)]));
+            task,
+            attempt,
+            stream_seq,
+            ..
+        } if state
+            .tasks
+            .get(task)
+            .is_some_and(|t| t.state.is_terminal() && t.started_at.is_none()) =>
+        {
+            out.push(Effect::Cancel(vec![Stop {
+                task: *task,
+                upto: u32::MAX,
+                queued: stream_seq.map(|seq| (seq, *attempt)),
+            }]));
         }
+        // A run the task does not need (it ended, its deployment is stopping, or the run is
+        // of an attempt already given up for a retry): stop it.
         Event::TaskStarted {
-            deployment, task, ..
+            deployment,
+            task,
+            attempt,
+            ..
         } => {
-            let ended = state.tasks.get(task).is_some_and(|t| t.state.is_terminal())
-                || state.deployments.get(deployment).is_some_and(|d| {
-                    d.state == DeploymentState::Cancelling || d.state.is_terminal()
-                });
-            if ended {
-                out.push(Effect::Cancel(vec![(*task, None)]));
+            let Some(t) = state.tasks.get(task) else {
+                return;
+            };
+            let stopping = state
+                .deployments
+                .get(deployment)
+                .is_some_and(|d| d.state == DeploymentState::Cancelling || d.state.is_terminal());
+            let upto = if t.state.is_terminal() || stopping {
+                Some(u32::MAX)
+            } else if *attempt < t.attempt
+                || (*attempt == t.attempt && t.state == TaskState::RetryScheduled)
+            {
+                Some(*attempt)
+            } else {
+                None
+            };
+            if let Some(upto) = upto {
+                out.push(Effect::Cancel(vec![Stop {
+                    task: *task,
+                    upto,
+                    queued: None,
+                }]));
             }
         }
         Event::HealthCheckPlanned { target, .. } => {
@@ -450,12 +482,14 @@ fn check_effects(doc: &TargetDoc, p: &PendingCheck) -> [Effect; 2] {
 }
 
 /// Stop every task of a deployment that was handed to the broker and may run or be queued;
-/// with `grace`, also give up on them after [`CANCEL_GRACE_SECS`].
+/// with `grace`, also give up on them after [`CANCEL_GRACE_SECS`]. Only the messages of tasks
+/// that never started are taken off the queue: a running task's message must come back if
+/// its worker dies, so that another worker reports it cancelled.
 fn cancel_effects(state: &State, deployment: DeploymentId, grace: bool) -> Vec<Effect> {
     let Some(d) = state.deployments.get(&deployment) else {
         return vec![];
     };
-    let tasks: Vec<(TaskId, Option<u64>)> = d
+    let tasks: Vec<Stop> = d
         .steps
         .iter()
         .flat_map(|s| &s.tasks)
@@ -464,7 +498,15 @@ fn cancel_effects(state: &State, deployment: DeploymentId, grace: bool) -> Vec<E
             t.state == TaskState::Running
                 || (t.state == TaskState::Cancelled && t.attempt > 0 && t.started_at.is_none())
         })
-        .map(|t| (t.id, t.stream_seq))
+        .map(|t| Stop {
+            task: t.id,
+            upto: u32::MAX,
+            queued: if t.state == TaskState::Running {
+                None
+            } else {
+                t.stream_seq.map(|seq| (seq, t.attempt))
+            },
+        })
         .collect();
     let mut out = Vec::new();
     if !tasks.is_empty() {
