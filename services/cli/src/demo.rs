@@ -58,12 +58,16 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
     }
     wait_for_workers(&api, 4).await?;
 
+    // The endpoints are placeholders; a script probe stands in for a real management API.
+    let probe =
+        json!({"type": "script", "script": "echo \"$SHOAL_TARGET answered $SHOAL_WORKER\""});
     let targets = [
         json!({"name": "shop-eu", "kind": "azure-web-app", "environment": "production", "roles": ["web"],
-               "endpoint": "https://shop-eu.example.invalid", "default_pool": "eu-west"}),
+               "endpoint": "https://shop-eu.example.invalid", "default_pool": "eu-west", "health_check": probe}),
         json!({"name": "shop-us", "kind": "kubernetes", "environment": "production", "roles": ["web"],
-               "endpoint": "https://k8s-us.example.invalid", "default_pool": "us-east"}),
-        json!({"name": "edge-cdn", "kind": "cloud-region", "environment": "production", "roles": ["web"]}),
+               "endpoint": "https://k8s-us.example.invalid", "default_pool": "us-east", "health_check": probe}),
+        json!({"name": "edge-cdn", "kind": "cloud-region", "environment": "production", "roles": ["web"],
+               "health_check": probe}),
     ];
     for t in &targets {
         api.post("/api/targets", t).await?;
@@ -71,6 +75,17 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
     println!(
         "\ntargets: shop-eu (default pool eu-west), shop-us (default pool us-east), edge-cdn (no default pool)"
     );
+    println!("health checks run on a worker of each target's pool:");
+    for t in ["shop-eu", "shop-us", "edge-cdn"] {
+        let r = checked(&api, t).await?;
+        println!(
+            "  {t:<9} {} by {} in pool {} ({})",
+            r["state"].as_str().unwrap_or(""),
+            r["worker"].as_str().unwrap_or("-"),
+            r["pool"].as_str().unwrap_or("-"),
+            r["rule"].as_str().unwrap_or("-")
+        );
+    }
     let script = "echo \"$SHOAL_STEP for ${SHOAL_TARGET:-no target} on $SHOAL_WORKER (pool $SHOAL_POOL, region ${SHOAL_REGION:-none})\"; sleep 0.2";
     let deployment = json!({
         "project": "shop",
@@ -134,5 +149,29 @@ async fn wait_for_workers(api: &ApiClient, n: usize) -> anyhow::Result<()> {
             anyhow::bail!("only {online} of {n} workers came online within 30 s");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asks for a health check of a target and waits for its result.
+async fn checked(api: &ApiClient, target: &str) -> anyhow::Result<serde_json::Value> {
+    let asked = api
+        .post(&format!("/api/targets/{target}/health-check"), &json!({}))
+        .await?;
+    let id = asked["check"].as_str().unwrap_or_default().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = api.get(&format!("/api/targets/{target}/health")).await?;
+        if let Some(r) = h["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["check"] == id.as_str())
+        {
+            return Ok(r.clone());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the health check of {target} did not finish within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
