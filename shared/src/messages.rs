@@ -26,6 +26,10 @@ pub struct TaskMessage {
     pub variables: BTreeMap<String, String>,
     pub timeout_secs: Option<u64>,
     pub planned_at: Timestamp,
+    /// When the attempt was planned, in microseconds since the Unix epoch: `planned_at` at a
+    /// precision that latency measurements (`shoal-bench`) need. 0 from older planners.
+    #[serde(default)]
+    pub planned_at_us: i64,
 }
 
 impl TaskMessage {
