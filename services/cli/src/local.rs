@@ -184,6 +184,11 @@ impl Proc {
         Ok(self.child.try_wait()?)
     }
 
+    /// The process id, while it runs (`shoal-bench` reads its memory use from `/proc`).
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The process's output so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
