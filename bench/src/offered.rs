@@ -77,7 +77,7 @@ pub async fn run(layout: Layout, rate: u32, seconds: f64, warmup: f64) -> anyhow
     observer
         .wait_finished(total, Duration::from_secs(120))
         .await?;
-    shoal.wait_succeeded(&ids, Duration::from_secs(60)).await?;
+    shoal.wait_ingested(Duration::from_secs(120)).await?;
     let rss = shoal.planner_rss_mib();
     let (s2s, missing) = observer.schedule_to_start_ms(measured_from);
     drop(observer);
@@ -86,6 +86,12 @@ pub async fn run(layout: Layout, rate: u32, seconds: f64, warmup: f64) -> anyhow
         facts.succeeded() == total,
         "{} of {total} tasks succeeded in the log",
         facts.succeeded()
+    );
+    ensure!(
+        facts.deployments_succeeded == ids.len(),
+        "{} of {} deployments succeeded in the log",
+        facts.deployments_succeeded,
+        ids.len()
     );
     if missing > 0 {
         eprintln!("note: {missing} tasks lack a wire timestamp (observer)");

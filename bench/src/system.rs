@@ -13,7 +13,7 @@ use shoal_cli::local::{self, Nats, Proc};
 use shoal_planner::log::{EventLog, decode_event};
 use shoal_shared::events::Event;
 use shoal_shared::messages::{TaskMessage, WorkerBody, WorkerMessage};
-use shoal_shared::{Outcome, TaskId, Timestamp, codec};
+use shoal_shared::{DeploymentState, Outcome, TaskId, Timestamp, codec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -186,29 +186,40 @@ impl Shoal {
             .context("the planner answered a deployment without an id")
     }
 
-    /// Waits until every deployment succeeded.
+    /// Waits until the planner has taken in every worker report: its results consumer has
+    /// nothing pending or unacknowledged, and it acknowledges a report only once it is in the
+    /// log. Asks the broker, not the planner, so waiting does not load what is measured.
     ///
     /// # Errors
-    /// One failed, or they did not end in time.
-    pub async fn wait_succeeded(&self, ids: &[String], timeout: Duration) -> anyhow::Result<()> {
+    /// Not within `timeout`.
+    pub async fn wait_ingested(&self, timeout: Duration) -> anyhow::Result<()> {
+        let client = async_nats::connect(self.nats_url()).await?;
+        let js = async_nats::jetstream::new(client);
         let deadline = tokio::time::Instant::now() + timeout;
-        for id in ids {
-            loop {
-                let d = self.api.get(&format!("/api/deployments/{id}")).await?;
-                match d["state"].as_str() {
-                    Some("succeeded") => break,
-                    Some("failed" | "cancelled") => {
-                        bail!("deployment {id} ended {}: {}", d["state"], d["reason"])
-                    }
-                    _ => {}
-                }
-                if tokio::time::Instant::now() > deadline {
-                    bail!("deployment {id} still {} after {timeout:?}", d["state"]);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream("SHOAL_RESULTS")
+            .await
+            .map_err(|e| anyhow::anyhow!("no results stream: {e}"))?
+            .get_consumer("planner")
+            .await
+            .map_err(|e| anyhow::anyhow!("no results consumer: {e}"))?;
+        loop {
+            let info = consumer
+                .info()
+                .await
+                .map_err(|e| anyhow::anyhow!("results consumer info: {e}"))?;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                return Ok(());
             }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the planner still has {} reports pending and {} unacknowledged after {timeout:?}",
+                    info.num_pending,
+                    info.num_ack_pending
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(())
     }
 
     /// Stops the workers and the planner (SIGTERM, each must exit cleanly), reads the
@@ -250,6 +261,8 @@ pub struct LogFacts {
     pub events: u64,
     pub planned_ms: HashMap<TaskId, i64>,
     pub finished_ms: HashMap<TaskId, (i64, Outcome)>,
+    /// Deployments that ended `succeeded`.
+    pub deployments_succeeded: usize,
 }
 
 impl LogFacts {
@@ -283,6 +296,10 @@ impl LogFacts {
                         .entry(task)
                         .or_insert((env.time.millis(), outcome));
                 }
+                Event::DeploymentFinished {
+                    state: DeploymentState::Succeeded,
+                    ..
+                } => facts.deployments_succeeded += 1,
                 _ => {}
             }
         }

@@ -62,7 +62,7 @@ pub async fn run(layout: Layout, tasks: usize, action: Value) -> anyhow::Result<
     let ids = ids.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     let timeout = Duration::from_secs(120) + Duration::from_millis(5 * n as u64);
     observer.wait_finished(n, timeout).await?;
-    shoal.wait_succeeded(&ids, Duration::from_secs(60)).await?;
+    shoal.wait_ingested(Duration::from_secs(120)).await?;
     let rss = shoal.planner_rss_mib();
     let (schedule_to_start, missing) = observer.schedule_to_start_ms(0);
     drop(observer);
@@ -71,6 +71,12 @@ pub async fn run(layout: Layout, tasks: usize, action: Value) -> anyhow::Result<
         facts.succeeded() == n,
         "{} of {n} tasks succeeded in the log",
         facts.succeeded()
+    );
+    ensure!(
+        facts.deployments_succeeded == ids.len(),
+        "{} of {} deployments succeeded in the log",
+        facts.deployments_succeeded,
+        ids.len()
     );
     if missing > 0 {
         eprintln!("note: {missing} tasks lack a wire timestamp (observer)");
