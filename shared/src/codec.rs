@@ -390,7 +390,7 @@ mod tests {
                 schema_version: WIRE_SCHEMA_VERSION, deployment: DeploymentId(d), task: TaskId(t),
                 attempt, step_index: 3, step_name: s.name, target: None, endpoint: Some("x".into()),
                 pool: p, action: a, variables: s.variables, timeout_secs: s.timeout_secs,
-                planned_at: at, max_deliveries: 3, probe: None,
+                planned_at: at, max_deliveries: 3, probe: None, planned_at_us: at.millis() * 1000,
             };
             let back: TaskMessage = decode("task", &encode(&m).expect("encodes")).expect("decodes");
             prop_assert_eq!(back, m);

@@ -34,6 +34,10 @@ pub struct TaskMessage {
     /// The target's probe, for a `health_check` step.
     #[serde(default)]
     pub probe: Option<HealthCheck>,
+    /// When the attempt was planned, in microseconds since the Unix epoch: `planned_at` at a
+    /// precision that latency measurements (`shoal-bench`) need. 0 from older planners.
+    #[serde(default)]
+    pub planned_at_us: i64,
 }
 
 /// Header of a message on `shoal.tasks.<pool>` saying what its payload is; absent: a

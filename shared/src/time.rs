@@ -23,6 +23,16 @@ impl Timestamp {
         Timestamp(i64::try_from(ms).unwrap_or(i64::MAX))
     }
 
+    /// The current time in microseconds since the epoch, for latency measurements finer than
+    /// a `Timestamp`.
+    pub fn now_micros() -> i64 {
+        let us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        i64::try_from(us).unwrap_or(i64::MAX)
+    }
+
     /// Milliseconds since the epoch.
     pub fn millis(self) -> i64 {
         self.0

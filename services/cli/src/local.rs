@@ -143,7 +143,7 @@ impl Proc {
         })
     }
 
-    /// The process id, while it runs.
+    /// The process id, while it runs (`shoal-bench` reads its memory use from `/proc`).
     pub fn pid(&self) -> Option<i32> {
         self.child.id().and_then(|p| i32::try_from(p).ok())
     }

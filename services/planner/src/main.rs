@@ -74,6 +74,11 @@ enum Cmd {
     },
 }
 
+/// sled allocates and frees a node copy for most writes; under load glibc's allocator took
+/// half of the writer's time (consolidating free chunks). See docs/BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     shoal_worker::telemetry::init();
     let args = Args::parse();

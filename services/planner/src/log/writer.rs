@@ -106,7 +106,8 @@ struct Pending {
     write: BatchWrite,
     changes: Changes,
     ids: HashSet<EventId>,
-    planned: Vec<(TaskId, u32)>,
+    /// Attempts planned in this batch, with when (µs since the epoch) for the task message.
+    planned: Vec<(TaskId, u32, i64)>,
     effects: Vec<Effect>,
 }
 
@@ -185,7 +186,7 @@ impl Writer {
         for (task, attempt) in &self.state.outbox {
             match self.state.tasks.get(task) {
                 Some(t) if t.attempt == *attempt && t.state == TaskState::Planned => {
-                    publish.extend(self.task_message(task, *attempt));
+                    publish.extend(self.task_message(task, *attempt, None));
                 }
                 Some(t) => confirm.push(Command::MarkDispatched {
                     deployment: t.deployment,
@@ -228,8 +229,8 @@ impl Writer {
                     let _ = reply.send(result);
                 }
             }
-            for (task, attempt) in pending.planned {
-                if let Some(msg) = self.task_message(&task, attempt) {
+            for (task, attempt, at_us) in pending.planned {
+                if let Some(msg) = self.task_message(&task, attempt, Some(at_us)) {
                     let _ = self.dispatch.send(msg);
                 }
             }
@@ -294,7 +295,7 @@ impl Writer {
         };
         self.state.apply(&env, &e.event, &mut p.changes);
         if let Event::TaskPlanned { task, attempt, .. } = &e.event {
-            p.planned.push((*task, *attempt));
+            p.planned.push((*task, *attempt, Timestamp::now_micros()));
         }
         effects_of(&self.state, &e.event, &mut p.effects);
         p.ids.insert(e.id);
@@ -317,7 +318,14 @@ impl Writer {
         Ok(())
     }
 
-    fn task_message(&self, task: &TaskId, attempt: u32) -> Option<TaskMessage> {
+    /// The message of a planned attempt; `planned_at_us` is known only in the batch that
+    /// planned it (after a restart the log's millisecond time stands in).
+    fn task_message(
+        &self,
+        task: &TaskId,
+        attempt: u32,
+        planned_at_us: Option<i64>,
+    ) -> Option<TaskMessage> {
         let t = self.state.tasks.get(task)?;
         let (action, step) = self.state.task_action(t)?;
         Some(TaskMessage {
@@ -343,6 +351,8 @@ impl Writer {
                     .and_then(|d| d.target.probe()),
                 _ => None,
             },
+            planned_at_us: planned_at_us
+                .unwrap_or_else(|| t.planned_at.unwrap_or_default().millis() * 1000),
         })
     }
 }

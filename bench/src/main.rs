@@ -1,0 +1,423 @@
+//! `shoal-bench`: measures shoal against a raw JetStream loop on the same broker, and its
+//! event log and memory. Every scenario starts its own nats-server on a free port with a
+//! temp store dir and real `shoal-planner` / `shoal-worker` processes; results are printed as
+//! a table and written as JSON. See `docs/BENCHMARKS.md`.
+#![forbid(unsafe_code)]
+
+mod eventlog;
+mod machine;
+mod offered;
+mod raw;
+mod stats;
+mod system;
+mod throughput;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use comfy_table::{Table, presets::UTF8_FULL};
+use serde_json::{Value, json};
+use shoal_cli::local::Nats;
+use stats::{Latency, round};
+use std::path::PathBuf;
+use system::Layout;
+
+/// The planner's allocator: the event-log scenario runs the planner's writer and replay in
+/// this process, and must measure them as the planner runs them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Benchmarks of shoal: dispatch throughput and latency against raw JetStream, the event
+/// log, replay, and memory.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Every scenario, in order.
+    All(Opts),
+    /// 1. The raw JetStream loop (the floor).
+    Raw(Opts),
+    /// 2. shoal end to end with no-op steps (runs the raw loop too, for the ratio).
+    Noop(Opts),
+    /// 3. shoal end to end with script steps (`bash`, script `true`).
+    Script(Opts),
+    /// 4. Schedule-to-start under a fixed offered load.
+    Offered(Opts),
+    /// 5. Event-log append and replay throughput, planner memory.
+    Log(Opts),
+    /// 6. Tasks/s over 1, 10 and 100 pools and 1, 4 and 16 workers.
+    Scale(Opts),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct Opts {
+    /// Small sizes: a smoke test that finishes in seconds (figures are not meaningful).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Tasks of the no-op run (and messages of the raw loop).
+    #[arg(long)]
+    tasks: Option<usize>,
+    /// Workers of the raw loop and the no-op and script runs.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Pools of the raw loop and the no-op and script runs.
+    #[arg(long)]
+    pools: Option<usize>,
+    /// Slots per worker (messages in hand per raw consumer).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Offered load, tasks per second.
+    #[arg(long)]
+    rate: Option<u32>,
+    /// Events appended by the event-log scenario.
+    #[arg(long)]
+    events: Option<u64>,
+}
+
+/// Sizes of one run.
+struct Sizes {
+    tasks: usize,
+    script_tasks: usize,
+    layout: Layout,
+    rate: u32,
+    offered_seconds: f64,
+    warmup_seconds: f64,
+    offered_layout: Layout,
+    events: u64,
+    scale_tasks: usize,
+    scale: Vec<(usize, usize)>,
+}
+
+impl Sizes {
+    fn of(o: &Opts) -> Sizes {
+        let layout = Layout {
+            pools: o.pools.unwrap_or(4),
+            workers: o.workers.unwrap_or(4),
+            slots: o.slots.unwrap_or(64),
+        };
+        if o.quick {
+            Sizes {
+                tasks: o.tasks.unwrap_or(400),
+                script_tasks: 20,
+                layout: Layout {
+                    pools: o.pools.unwrap_or(2),
+                    workers: o.workers.unwrap_or(2),
+                    slots: o.slots.unwrap_or(16),
+                },
+                rate: o.rate.unwrap_or(200),
+                offered_seconds: 1.0,
+                warmup_seconds: 0.2,
+                offered_layout: Layout {
+                    pools: 1,
+                    workers: 1,
+                    slots: 16,
+                },
+                events: o.events.unwrap_or(8_000),
+                scale_tasks: 100,
+                scale: vec![(1, 1), (2, 2)],
+            }
+        } else {
+            Sizes {
+                tasks: o.tasks.unwrap_or(100_000),
+                script_tasks: 2_000,
+                layout,
+                rate: o.rate.unwrap_or(1_000),
+                offered_seconds: 10.0,
+                warmup_seconds: 1.0,
+                offered_layout: Layout {
+                    pools: 1,
+                    workers: 4,
+                    slots: 16,
+                },
+                events: o.events.unwrap_or(1_000_000),
+                scale_tasks: 20_000,
+                scale: vec![(1, 1), (1, 4), (1, 16), (10, 16), (100, 100)],
+            }
+        }
+    }
+}
+
+/// The results of one run: JSON fields and table rows.
+#[derive(Default)]
+struct Results {
+    json: serde_json::Map<String, Value>,
+    rows: Vec<[String; 3]>,
+    raw_rate: Option<f64>,
+}
+
+impl Results {
+    fn set(&mut self, key: &str, v: impl serde::Serialize) {
+        self.json.insert(
+            key.to_owned(),
+            serde_json::to_value(v).unwrap_or(Value::Null),
+        );
+    }
+
+    fn row(&mut self, scenario: &str, params: String, figures: String) {
+        self.rows.push([scenario.to_owned(), params, figures]);
+    }
+}
+
+fn lat(l: &Latency) -> String {
+    format!(
+        "p50 {:.3} / p99 {:.3} / max {:.3} ms",
+        l.p50_ms, l.p99_ms, l.max_ms
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (which, opts) = match &cli.scenario {
+        Scenario::All(o) => ("all", o),
+        Scenario::Raw(o) => ("raw", o),
+        Scenario::Noop(o) => ("noop", o),
+        Scenario::Script(o) => ("script", o),
+        Scenario::Offered(o) => ("offered", o),
+        Scenario::Log(o) => ("log", o),
+        Scenario::Scale(o) => ("scale", o),
+    };
+    let sizes = Sizes::of(opts);
+    let machine = machine::Machine::detect();
+    eprintln!(
+        "shoal-bench {which}{} on {} cores ({}), {}",
+        if opts.quick { " --quick" } else { "" },
+        machine.cores,
+        machine.cpu_model,
+        machine.nats_server
+    );
+    let mut r = Results::default();
+    r.set("machine", &machine);
+    r.set("quick", opts.quick);
+    r.set("scenario", which);
+    let run_all = which == "all";
+    let mut expected = 0usize;
+    let mut succeeded = 0usize;
+
+    if run_all || which == "raw" || which == "noop" {
+        eprintln!("[1] raw JetStream loop …");
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-bench-raw-")
+            .tempdir()?;
+        let mut nats = Nats::start(dir.path()).await?;
+        let l = sizes.layout;
+        let raw = raw::run(
+            &nats.url(),
+            sizes.tasks,
+            l.pools,
+            l.workers,
+            l.slots as usize,
+        )
+        .await
+        .context("raw loop")?;
+        nats.stop().await?;
+        r.set("raw_loop_msgs_per_s", round(raw.msgs_per_s));
+        r.raw_rate = Some(raw.msgs_per_s);
+        r.row(
+            "1 raw JetStream loop",
+            format!(
+                "{} msgs of {} B, {} pools, {} consumers × {} in hand",
+                raw.params.messages,
+                raw.params.task_message_bytes,
+                raw.params.pools,
+                raw.params.workers,
+                raw.params.in_flight_per_worker
+            ),
+            format!(
+                "{:.0} msgs/s\npublish→consumer {}\npublish→result consumed {}",
+                raw.msgs_per_s,
+                lat(&raw.publish_to_receive),
+                lat(&raw.publish_to_result)
+            ),
+        );
+        r.set("raw_loop", &raw);
+    }
+    if run_all || which == "noop" {
+        eprintln!("[2] shoal end to end, no-op steps …");
+        let o = throughput::run(sizes.layout, sizes.tasks, json!({"type": "noop"}))
+            .await
+            .context("no-op scenario")?;
+        expected += o.params.tasks;
+        succeeded += o.tasks_succeeded;
+        r.set("noop_tasks_per_s", round(o.tasks_per_s));
+        let ratio = r.raw_rate.map(|raw| round(o.tasks_per_s / raw));
+        r.set("noop_ratio_to_raw", ratio);
+        r.set("planner_rss_mb_after_100k_tasks", o.planner_rss_mib);
+        r.row(
+            "2 shoal, no-op steps",
+            throughput_params(&o.params),
+            format!(
+                "{:.0} tasks/s ({} of raw)\nschedule-to-start {}\nend-to-end (log) {}\nplanner RSS {} MiB",
+                o.tasks_per_s,
+                ratio.map_or_else(|| "-".into(), |x| format!("{:.0}%", x * 100.0)),
+                lat(&o.schedule_to_start),
+                lat(&o.end_to_end),
+                o.planner_rss_mib.unwrap_or(0.0)
+            ),
+        );
+        r.set("noop", &o);
+    }
+    if run_all || which == "script" {
+        eprintln!("[3] shoal end to end, script steps …");
+        let o = throughput::run(
+            sizes.layout,
+            sizes.script_tasks,
+            json!({"type": "script", "script": "true", "shell": "bash"}),
+        )
+        .await
+        .context("script scenario")?;
+        expected += o.params.tasks;
+        succeeded += o.tasks_succeeded;
+        r.set("script_tasks_per_s", round(o.tasks_per_s));
+        r.row(
+            "3 shoal, script steps",
+            throughput_params(&o.params),
+            format!(
+                "{:.0} tasks/s\nschedule-to-start {}\nend-to-end (log) {}",
+                o.tasks_per_s,
+                lat(&o.schedule_to_start),
+                lat(&o.end_to_end)
+            ),
+        );
+        r.set("script", &o);
+    }
+    if run_all || which == "offered" {
+        eprintln!("[4] latency under offered load …");
+        let o = offered::run(
+            sizes.offered_layout,
+            sizes.rate,
+            sizes.offered_seconds,
+            sizes.warmup_seconds,
+        )
+        .await
+        .context("offered-load scenario")?;
+        expected += o.tasks;
+        succeeded += o.tasks;
+        r.set(
+            "schedule_to_start_p50_ms",
+            round(o.schedule_to_start.p50_ms),
+        );
+        r.set(
+            "schedule_to_start_p99_ms",
+            round(o.schedule_to_start.p99_ms),
+        );
+        r.row(
+            "4 offered load",
+            format!(
+                "{}/s for {} s (+{} s warm-up), one-task deployments over HTTP, {} pool, {} workers × {} slots",
+                o.params.rate_per_s,
+                o.params.seconds,
+                o.params.warmup_seconds,
+                o.params.pools,
+                o.params.workers,
+                o.params.slots_per_worker
+            ),
+            format!(
+                "submitted at {:.0}/s, {} tasks measured\nschedule-to-start {}\nend-to-end (log) {}",
+                o.achieved_submit_rate_per_s,
+                o.measured_tasks,
+                lat(&o.schedule_to_start),
+                lat(&o.end_to_end)
+            ),
+        );
+        r.set("offered_load", &o);
+    }
+    if run_all || which == "log" {
+        eprintln!("[5] event log …");
+        let o = eventlog::run(sizes.events)
+            .await
+            .context("event-log scenario")?;
+        r.set("append_events_per_s", round(o.append_events_per_s));
+        r.set("replay_events_per_s", round(o.replay_events_per_s));
+        r.set("planner_rss_mb_after_1m_events", o.planner_rss_mib);
+        r.row(
+            "5 event log",
+            format!(
+                "{} events ({} no-op tasks in deployments of {}), group commit, flush per batch",
+                o.params.events, o.params.tasks, o.params.tasks_per_deployment
+            ),
+            format!(
+                "append {:.0} events/s\nreplay {:.0} events/s ({:.1} s)\nread+verify+apply only {:.0} events/s\nplanner RSS on this log {} MiB\nlog on disk {} MiB",
+                o.append_events_per_s,
+                o.replay_events_per_s,
+                o.replay_seconds,
+                o.fold_events_per_s,
+                o.planner_rss_mib.unwrap_or(0.0),
+                o.log_disk_mib
+            ),
+        );
+        r.set("event_log", &o);
+    }
+    if run_all || which == "scale" {
+        let mut runs = Vec::new();
+        for (pools, workers) in &sizes.scale {
+            eprintln!("[6] scale: {pools} pools, {workers} workers …");
+            let layout = Layout {
+                pools: *pools,
+                workers: *workers,
+                slots: sizes.layout.slots,
+            };
+            let o = throughput::run(layout, sizes.scale_tasks, json!({"type": "noop"}))
+                .await
+                .with_context(|| format!("scale scenario ({pools} pools, {workers} workers)"))?;
+            expected += o.params.tasks;
+            succeeded += o.tasks_succeeded;
+            r.row(
+                "6 scale",
+                throughput_params(&o.params),
+                format!(
+                    "{:.0} tasks/s\nschedule-to-start {}",
+                    o.tasks_per_s,
+                    lat(&o.schedule_to_start)
+                ),
+            );
+            runs.push(o);
+        }
+        r.set(
+            "scale_tasks_per_s",
+            runs.iter()
+                .map(|o| {
+                    json!({"pools": o.params.pools, "workers": o.params.workers,
+                           "tasks_per_s": round(o.tasks_per_s)})
+                })
+                .collect::<Vec<_>>(),
+        );
+        r.set("scale", &runs);
+    }
+    r.set("tasks_expected", expected);
+    r.set("tasks_finished", succeeded);
+    r.set("all_tasks_finished", expected == succeeded);
+
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL)
+        .set_header(vec!["scenario", "parameters", "result"]);
+    for row in &r.rows {
+        table.add_row(row.to_vec());
+    }
+    println!("{table}");
+    let text = serde_json::to_string_pretty(&Value::Object(r.json))?;
+    if let Some(path) = &opts.json {
+        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("results written to {}", path.display());
+    }
+    anyhow::ensure!(
+        expected == succeeded,
+        "only {succeeded} of {expected} tasks finished"
+    );
+    Ok(())
+}
+
+fn throughput_params(p: &throughput::Params) -> String {
+    format!(
+        "{} tasks ({} deployments × {} targets), {} pools, {} workers × {} slots",
+        p.tasks, p.deployments, p.targets, p.pools, p.workers, p.slots_per_worker
+    )
+}

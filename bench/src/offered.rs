@@ -1,0 +1,115 @@
+//! Scenario 4: latency under an offered load. One-task deployments are submitted over HTTP at
+//! a fixed rate (each request sent on its tick, whether or not earlier ones were answered),
+//! after a warm-up at the same rate that is not counted.
+
+use crate::stats::{Latency, per_second};
+use crate::system::{Layout, Observer, Shoal, pool};
+use anyhow::{Context as _, ensure};
+use serde::Serialize;
+use serde_json::json;
+use shoal_shared::Timestamp;
+use std::time::Duration;
+
+/// Parameters of the offered-load run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Params {
+    pub rate_per_s: u32,
+    pub seconds: f64,
+    pub warmup_seconds: f64,
+    pub pools: usize,
+    pub workers: usize,
+    pub slots_per_worker: u32,
+}
+
+/// What it measured (tasks planned after the warm-up).
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub params: Params,
+    pub tasks: usize,
+    pub measured_tasks: usize,
+    pub achieved_submit_rate_per_s: f64,
+    pub schedule_to_start: Latency,
+    pub end_to_end: Latency,
+    pub planner_rss_mib: Option<f64>,
+}
+
+/// Runs the offered load.
+///
+/// # Errors
+/// A part did not come up, a submission failed, or not every task succeeded in time.
+pub async fn run(layout: Layout, rate: u32, seconds: f64, warmup: f64) -> anyhow::Result<Outcome> {
+    let shoal = Shoal::start(layout).await?;
+    let observer = Observer::start(&shoal.nats_url()).await?;
+    // The environment must exist: one target in it (the steps themselves name no role).
+    shoal.targets(1).await?;
+    let body = json!({"project": "bench", "environment": "bench",
+        "steps": [{"name": "bench", "pool": pool(0), "action": {"type": "noop"}}]});
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "small positive counts"
+    )]
+    let (total, warm) = (
+        (f64::from(rate) * (seconds + warmup)).round() as usize,
+        (f64::from(rate) * warmup).round() as usize,
+    );
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut submitted = Vec::with_capacity(total);
+    let start = Timestamp::now_micros();
+    let mut measured_from = start;
+    for i in 0..total {
+        tick.tick().await;
+        if i == warm {
+            measured_from = Timestamp::now_micros();
+        }
+        let api = shoal.api.clone();
+        let body = body.clone();
+        submitted.push(tokio::spawn(
+            async move { Shoal::deploy(&api, &body).await },
+        ));
+    }
+    let submit_end = Timestamp::now_micros();
+    let mut ids = Vec::with_capacity(total);
+    for s in submitted {
+        ids.push(s.await.context("submission task")??);
+    }
+    observer
+        .wait_finished(total, Duration::from_secs(120))
+        .await?;
+    shoal.wait_ingested(Duration::from_secs(120)).await?;
+    let rss = shoal.planner_rss_mib();
+    let (s2s, missing) = observer.schedule_to_start_ms(measured_from);
+    drop(observer);
+    let facts = shoal.stop().await?;
+    ensure!(
+        facts.succeeded() == total,
+        "{} of {total} tasks succeeded in the log",
+        facts.succeeded()
+    );
+    ensure!(
+        facts.deployments_succeeded == ids.len(),
+        "{} of {} deployments succeeded in the log",
+        facts.deployments_succeeded,
+        ids.len()
+    );
+    if missing > 0 {
+        eprintln!("note: {missing} tasks lack a wire timestamp (observer)");
+    }
+    Ok(Outcome {
+        params: Params {
+            rate_per_s: rate,
+            seconds,
+            warmup_seconds: warmup,
+            pools: layout.pools,
+            workers: layout.workers,
+            slots_per_worker: layout.slots,
+        },
+        tasks: total,
+        measured_tasks: s2s.len(),
+        achieved_submit_rate_per_s: per_second(total as u64, submit_end - start),
+        schedule_to_start: Latency::of(s2s),
+        end_to_end: Latency::of(facts.end_to_end_ms(measured_from)),
+        planner_rss_mib: rss,
+    })
+}

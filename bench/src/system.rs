@@ -1,0 +1,462 @@
+//! A shoal installation made of real processes for one scenario: nats-server on a free port
+//! with a temp store dir, the `shoal-planner` binary (no built-in worker), and `shoal-worker`
+//! processes spread over the pools; plus an observer that timestamps, on the benchmark's own
+//! clock, every task message and every worker report the broker carries, and the reading of
+//! the planner's event log after it stopped.
+
+use crate::stats::us_to_ms;
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use shoal_cli::client::ApiClient;
+use shoal_cli::local::{self, Nats, Proc};
+use shoal_planner::log::{EventLog, decode_event};
+use shoal_shared::events::Event;
+use shoal_shared::messages::{TaskMessage, WorkerBody, WorkerMessage};
+use shoal_shared::{DeploymentState, Outcome, TaskId, Timestamp, codec};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How a scenario's installation is made.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub pools: usize,
+    pub workers: usize,
+    pub slots: u32,
+}
+
+/// The running installation.
+pub struct Shoal {
+    dir: tempfile::TempDir,
+    nats: Nats,
+    planner: Option<Proc>,
+    workers: Vec<Proc>,
+    pub api: ApiClient,
+    pub layout: Layout,
+}
+
+impl Shoal {
+    /// Starts nats-server, the planner, registers `bench-0…` pools and starts the workers
+    /// (worker `i` serves pool `i mod pools`), and waits until every worker is online.
+    ///
+    /// # Errors
+    /// A part did not come up.
+    pub async fn start(layout: Layout) -> anyhow::Result<Shoal> {
+        let dir = tempfile::Builder::new().prefix("shoal-bench-").tempdir()?;
+        Shoal::start_in(dir, layout).await
+    }
+
+    /// Like [`Shoal::start`] in a given directory (whose `planner-data` may hold a log).
+    ///
+    /// # Errors
+    /// A part did not come up.
+    pub async fn start_in(dir: tempfile::TempDir, layout: Layout) -> anyhow::Result<Shoal> {
+        let nats = Nats::start(dir.path()).await?;
+        let http_port = local::free_port()?;
+        let planner = local::start_planner(
+            &dir.path().join("logs"),
+            &nats.url(),
+            &dir.path().join("planner-data"),
+            http_port,
+            &["--no-builtin-worker"],
+        )
+        .await?;
+        let mut shoal = Shoal {
+            api: ApiClient::new(&format!("http://127.0.0.1:{http_port}")),
+            dir,
+            nats,
+            planner: Some(planner),
+            workers: Vec::new(),
+            layout,
+        };
+        for p in 0..layout.pools {
+            shoal
+                .api
+                .post("/api/pools", &json!({"name": pool(p), "region": "bench"}))
+                .await
+                .with_context(|| format!("cannot register pool {}", pool(p)))?;
+        }
+        let slots = layout.slots.to_string();
+        for w in 0..layout.workers {
+            let name = format!("w{w}");
+            let work = shoal.dir.path().join("work").join(&name);
+            shoal.workers.push(local::start_worker(
+                &shoal.dir.path().join("logs"),
+                &shoal.nats.url(),
+                &name,
+                &pool(w % layout.pools.max(1)),
+                Some("bench"),
+                Some(&work),
+                &["--slots", &slots],
+            )?);
+        }
+        shoal.wait_online().await?;
+        Ok(shoal)
+    }
+
+    /// The broker's URL.
+    pub fn nats_url(&self) -> String {
+        self.nats.url()
+    }
+
+    /// Where the planner keeps its log.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("planner-data")
+    }
+
+    /// The planner's resident memory now, in MiB.
+    pub fn planner_rss_mib(&self) -> Option<f64> {
+        self.planner
+            .as_ref()
+            .and_then(Proc::pid)
+            .and_then(crate::machine::rss_mib)
+    }
+
+    async fn wait_online(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let online = self
+                .api
+                .get("/api/workers")
+                .await
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .map_or(0, |ws| {
+                    ws.iter().filter(|w| w["status"] == "online").count()
+                });
+            if online >= self.layout.workers {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .workers
+                    .iter()
+                    .take(3)
+                    .map(|p| format!("----- {} -----\n{}", p.name, p.output()))
+                    .collect();
+                bail!(
+                    "only {online} of {} workers online after 60 s\n{}",
+                    self.layout.workers,
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Registers `count` targets in environment `bench` with role `bench`, target `j` in pool
+    /// `j mod pools`, a few requests at a time.
+    ///
+    /// # Errors
+    /// The API refused one.
+    pub async fn targets(&self, count: usize) -> anyhow::Result<()> {
+        let pools = self.layout.pools.max(1);
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..count)
+            .map(|j| {
+                let api = self.api.clone();
+                async move {
+                    api.post(
+                        "/api/targets",
+                        &json!({"name": format!("t{j}"), "kind": "cloud-region",
+                                "environment": "bench", "roles": ["bench"],
+                                "default_pool": pool(j % pools)}),
+                    )
+                    .await
+                    .with_context(|| format!("cannot register target t{j}"))?;
+                    Ok(())
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Submits a deployment and returns its id.
+    ///
+    /// # Errors
+    /// The API refused it.
+    pub async fn deploy(api: &ApiClient, body: &Value) -> anyhow::Result<String> {
+        let created = api.post("/api/deployments", body).await?;
+        created["id"]
+            .as_str()
+            .map(str::to_owned)
+            .context("the planner answered a deployment without an id")
+    }
+
+    /// Waits until the planner has taken in every worker report: its results consumer has
+    /// nothing pending or unacknowledged, and it acknowledges a report only once it is in the
+    /// log. Asks the broker, not the planner, so waiting does not load what is measured.
+    ///
+    /// # Errors
+    /// Not within `timeout`.
+    pub async fn wait_ingested(&self, timeout: Duration) -> anyhow::Result<()> {
+        let client = async_nats::connect(self.nats_url()).await?;
+        let js = async_nats::jetstream::new(client);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream("SHOAL_RESULTS")
+            .await
+            .map_err(|e| anyhow::anyhow!("no results stream: {e}"))?
+            .get_consumer("planner")
+            .await
+            .map_err(|e| anyhow::anyhow!("no results consumer: {e}"))?;
+        loop {
+            let info = consumer
+                .info()
+                .await
+                .map_err(|e| anyhow::anyhow!("results consumer info: {e}"))?;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the planner still has {} reports pending and {} unacknowledged after {timeout:?}",
+                    info.num_pending,
+                    info.num_ack_pending
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the workers and the planner (SIGTERM, each must exit cleanly), reads the
+    /// planner's log, and stops the broker.
+    ///
+    /// # Errors
+    /// A process did not stop cleanly or the log cannot be read.
+    pub async fn stop(mut self) -> anyhow::Result<LogFacts> {
+        for w in &mut self.workers {
+            w.terminate(Duration::from_secs(30)).await?;
+        }
+        if let Some(mut p) = self.planner.take() {
+            let status = p.terminate(Duration::from_secs(60)).await?;
+            if !status.success() {
+                bail!("planner exited with {status}:\n{}", p.output());
+            }
+        }
+        let facts = LogFacts::read(&self.data_dir().join("log")).await?;
+        self.nats.stop().await?;
+        Ok(facts)
+    }
+}
+
+/// The name of pool `p`.
+pub fn pool(p: usize) -> String {
+    format!("bench-{p}")
+}
+
+/// The request body of a deployment with one step over every `bench` target.
+pub fn over_targets(action: &Value) -> Value {
+    json!({"project": "bench", "environment": "bench",
+           "steps": [{"name": "bench", "roles": ["bench"], "action": action}]})
+}
+
+/// What the planner's log says about tasks: when each was planned and finished (the log's
+/// millisecond times), and how it ended.
+#[derive(Debug, Default)]
+pub struct LogFacts {
+    pub events: u64,
+    pub planned_ms: HashMap<TaskId, i64>,
+    pub finished_ms: HashMap<TaskId, (i64, Outcome)>,
+    /// Deployments that ended `succeeded`.
+    pub deployments_succeeded: usize,
+}
+
+impl LogFacts {
+    /// Reads a stopped planner's log (waiting for sled to release its lock).
+    ///
+    /// # Errors
+    /// The log cannot be opened or read.
+    pub async fn read(dir: &Path) -> anyhow::Result<LogFacts> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let log = loop {
+            match EventLog::open(dir) {
+                Ok(log) => break log,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e).context("cannot open the planner's log"),
+            }
+        };
+        let mut facts = LogFacts::default();
+        for record in log.records() {
+            let (_, env) = record?;
+            facts.events += 1;
+            match decode_event(&env)? {
+                Event::TaskPlanned { task, .. } => {
+                    facts.planned_ms.entry(task).or_insert(env.time.millis());
+                }
+                Event::TaskFinished { task, outcome, .. } => {
+                    facts
+                        .finished_ms
+                        .entry(task)
+                        .or_insert((env.time.millis(), outcome));
+                }
+                Event::DeploymentFinished {
+                    state: DeploymentState::Succeeded,
+                    ..
+                } => facts.deployments_succeeded += 1,
+                _ => {}
+            }
+        }
+        Ok(facts)
+    }
+
+    /// Tasks that succeeded according to the log.
+    pub fn succeeded(&self) -> usize {
+        self.finished_ms
+            .values()
+            .filter(|(_, o)| *o == Outcome::Succeeded)
+            .count()
+    }
+
+    /// The last `TaskFinished` time, in µs since the epoch.
+    pub fn last_finished_us(&self) -> i64 {
+        self.finished_ms
+            .values()
+            .map(|(t, _)| *t)
+            .max()
+            .unwrap_or(0)
+            * 1000
+    }
+
+    /// Planned → finished in the log, per task, in ms (tasks planned at or after `from_us`).
+    pub fn end_to_end_ms(&self, from_us: i64) -> Vec<f64> {
+        self.finished_ms
+            .iter()
+            .filter_map(|(task, (fin, _))| {
+                let planned = *self.planned_ms.get(task)?;
+                (planned * 1000 >= from_us - 999).then(|| us_to_ms((fin - planned) * 1000))
+            })
+            .collect()
+    }
+}
+
+/// Times seen on the wire for one task, µs since the epoch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen {
+    /// From the task message (`planned_at_us`, stamped by the planner's writer).
+    pub planned_us: i64,
+    /// When the observer received the worker's `TaskStarted` report.
+    pub started_us: i64,
+    /// When the observer received the worker's `TaskFinished` report.
+    pub finished_us: i64,
+}
+
+/// Subscribes (core NATS, so it takes nothing from the queues) to every task message and
+/// every worker report, and stamps them on arrival.
+pub struct Observer {
+    seen: Arc<Mutex<HashMap<TaskId, Seen>>>,
+    finished: Arc<std::sync::atomic::AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _client: async_nats::Client,
+}
+
+impl Observer {
+    /// Starts observing the default subjects on `url`.
+    ///
+    /// # Errors
+    /// The broker is unreachable.
+    pub async fn start(url: &str) -> anyhow::Result<Observer> {
+        let client = async_nats::ConnectOptions::new()
+            .subscription_capacity(1 << 20)
+            .connect(url)
+            .await?;
+        let seen: Arc<Mutex<HashMap<TaskId, Seen>>> = Arc::default();
+        let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut task_sub = client.subscribe("shoal.tasks.>").await?;
+        let mut result_sub = client.subscribe("shoal.results.>").await?;
+        client.flush().await?;
+        let s = seen.clone();
+        let tasks_task = tokio::spawn(async move {
+            while let Some(msg) = task_sub.next().await {
+                if let Ok(t) = codec::decode::<TaskMessage>("task", &msg.payload) {
+                    lock(&s).entry(t.task).or_default().planned_us = t.planned_at_us;
+                }
+            }
+        });
+        let (s, f) = (seen.clone(), finished.clone());
+        let results_task = tokio::spawn(async move {
+            while let Some(msg) = result_sub.next().await {
+                let now = Timestamp::now_micros();
+                let Ok(report) = codec::decode::<WorkerMessage>("report", &msg.payload) else {
+                    continue;
+                };
+                match report.body {
+                    WorkerBody::TaskStarted { task, .. } => {
+                        let mut seen = lock(&s);
+                        let e = seen.entry(task).or_default();
+                        if e.started_us == 0 {
+                            e.started_us = now;
+                        }
+                    }
+                    WorkerBody::TaskFinished { task, .. } => {
+                        let mut seen = lock(&s);
+                        let e = seen.entry(task).or_default();
+                        if e.finished_us == 0 {
+                            e.finished_us = now;
+                            f.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(Observer {
+            seen,
+            finished,
+            tasks: vec![tasks_task, results_task],
+            _client: client,
+        })
+    }
+
+    /// Waits until `count` tasks were reported finished.
+    ///
+    /// # Errors
+    /// Not within `timeout`.
+    pub async fn wait_finished(&self, count: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let n = self.finished.load(std::sync::atomic::Ordering::Relaxed);
+            if n >= count {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("only {n} of {count} tasks reported finished after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Schedule-to-start (planned → the worker's `TaskStarted` seen) per task planned at or
+    /// after `from_us`, in ms; and how many tasks lack one of the two times.
+    pub fn schedule_to_start_ms(&self, from_us: i64) -> (Vec<f64>, usize) {
+        let seen = lock(&self.seen);
+        let mut out = Vec::with_capacity(seen.len());
+        let mut missing = 0;
+        for s in seen.values() {
+            if s.planned_us == 0 || s.started_us == 0 {
+                missing += 1;
+            } else if s.planned_us >= from_us {
+                out.push(us_to_ms(s.started_us - s.planned_us));
+            }
+        }
+        (out, missing)
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

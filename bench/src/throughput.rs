@@ -1,0 +1,103 @@
+//! Scenarios 2, 3 and 6: N tasks submitted at once (deployments of up to 1,000 targets each,
+//! targets spread over the pools) through the real planner and worker processes; measured
+//! until the last `TaskFinished` is in the planner's log.
+
+use crate::stats::{Latency, per_second, us_to_ms};
+use crate::system::{Layout, Observer, Shoal, over_targets};
+use anyhow::{Context as _, ensure};
+use futures::StreamExt as _;
+use serde::Serialize;
+use serde_json::Value;
+use shoal_shared::Timestamp;
+use std::time::Duration;
+
+/// Parameters of a throughput run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Params {
+    pub tasks: usize,
+    pub pools: usize,
+    pub workers: usize,
+    pub slots_per_worker: u32,
+    pub targets: usize,
+    pub deployments: usize,
+    pub action: Value,
+}
+
+/// What a throughput run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub params: Params,
+    pub tasks_per_s: f64,
+    pub seconds: f64,
+    /// Planned (the writer's µs stamp in the task message) → the worker's `TaskStarted` seen.
+    pub schedule_to_start: Latency,
+    /// Planned → finished, both from the planner's log (millisecond resolution).
+    pub end_to_end: Latency,
+    pub tasks_succeeded: usize,
+    pub events_in_log: u64,
+    pub planner_rss_mib: Option<f64>,
+}
+
+/// Most targets (so tasks) per deployment.
+const MAX_TARGETS: usize = 1000;
+
+/// Runs `tasks` tasks of `action` (rounded up to whole deployments) on a fresh installation.
+///
+/// # Errors
+/// A part did not come up, or not every task succeeded in time.
+pub async fn run(layout: Layout, tasks: usize, action: Value) -> anyhow::Result<Outcome> {
+    let shoal = Shoal::start(layout).await?;
+    let observer = Observer::start(&shoal.nats_url()).await?;
+    let targets = tasks.clamp(layout.pools.max(1), MAX_TARGETS);
+    shoal.targets(targets).await?;
+    let deployments = tasks.div_ceil(targets);
+    let n = deployments * targets;
+    let body = over_targets(&action);
+    let start = Timestamp::now_micros();
+    let ids: Vec<anyhow::Result<String>> = futures::stream::iter(0..deployments)
+        .map(|_| Shoal::deploy(&shoal.api, &body))
+        .buffered(4)
+        .collect()
+        .await;
+    let ids = ids.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let timeout = Duration::from_secs(120) + Duration::from_millis(5 * n as u64);
+    observer.wait_finished(n, timeout).await?;
+    shoal.wait_ingested(Duration::from_secs(120)).await?;
+    let rss = shoal.planner_rss_mib();
+    let (schedule_to_start, missing) = observer.schedule_to_start_ms(0);
+    drop(observer);
+    let facts = shoal.stop().await.context("stopping the installation")?;
+    ensure!(
+        facts.succeeded() == n,
+        "{} of {n} tasks succeeded in the log",
+        facts.succeeded()
+    );
+    ensure!(
+        facts.deployments_succeeded == ids.len(),
+        "{} of {} deployments succeeded in the log",
+        facts.deployments_succeeded,
+        ids.len()
+    );
+    if missing > 0 {
+        eprintln!("note: {missing} tasks lack a wire timestamp (observer)");
+    }
+    let end = facts.last_finished_us();
+    Ok(Outcome {
+        params: Params {
+            tasks: n,
+            pools: layout.pools,
+            workers: layout.workers,
+            slots_per_worker: layout.slots,
+            targets,
+            deployments,
+            action,
+        },
+        tasks_per_s: per_second(n as u64, end - start),
+        seconds: us_to_ms(end - start) / 1000.0,
+        schedule_to_start: Latency::of(schedule_to_start),
+        end_to_end: Latency::of(facts.end_to_end_ms(0)),
+        tasks_succeeded: facts.succeeded(),
+        events_in_log: facts.events,
+        planner_rss_mib: rss,
+    })
+}

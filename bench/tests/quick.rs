@@ -1,0 +1,44 @@
+//! The quick mode of the benchmark as a smoke test: every scenario runs to its end with real
+//! processes and every task finishes. No timing is asserted.
+
+use std::process::Command;
+
+#[test]
+fn quick_benchmark_completes_and_every_task_finishes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json_path = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal-bench"))
+        .args(["all", "--quick", "--json"])
+        .arg(&json_path)
+        .output()
+        .expect("shoal-bench runs (are shoal-planner and shoal-worker built? `cargo build --workspace`)");
+    let log = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "shoal-bench failed: {log}");
+    let text = std::fs::read_to_string(&json_path).expect("JSON written");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    for field in [
+        "raw_loop_msgs_per_s",
+        "noop_tasks_per_s",
+        "noop_ratio_to_raw",
+        "script_tasks_per_s",
+        "schedule_to_start_p50_ms",
+        "schedule_to_start_p99_ms",
+        "replay_events_per_s",
+        "planner_rss_mb_after_1m_events",
+    ] {
+        assert!(
+            v[field].is_number(),
+            "{field} missing or not a number in {text}"
+        );
+    }
+    assert!(v["machine"]["cores"].is_number(), "{text}");
+    assert!(v["machine"]["cpu_model"].is_string(), "{text}");
+    assert!(v["noop"]["params"]["tasks"].is_number(), "{text}");
+    assert_eq!(v["all_tasks_finished"], true, "{text}");
+    assert_eq!(v["tasks_finished"], v["tasks_expected"], "{text}");
+    assert!(v["tasks_expected"].as_u64().unwrap_or(0) > 0, "{text}");
+}
