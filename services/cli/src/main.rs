@@ -325,7 +325,22 @@ async fn check(api: &ApiClient, name: &str, wait: bool) -> anyhow::Result<i32> {
     if !wait {
         return Ok(0);
     }
+    // The planner calls the target unavailable at the deadline; a check replaced by a newer
+    // one (its pool changed) is never answered.
+    let give_up = c["deadline_at"]
+        .as_str()
+        .and_then(|d| humantime::parse_rfc3339(d).ok())
+        .map_or_else(
+            || std::time::SystemTime::now() + Duration::from_secs(120),
+            |d| d + Duration::from_secs(10),
+        );
     loop {
+        if std::time::SystemTime::now() > give_up {
+            println!(
+                "{name}: no result of check {id} by its deadline; see `shoal target health {name}`"
+            );
+            return Ok(1);
+        }
         let h = api.get(&format!("/api/targets/{name}/health")).await?;
         if let Some(r) = h["history"]
             .as_array()

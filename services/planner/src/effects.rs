@@ -137,11 +137,21 @@ async fn publish_check(
             .headers(headers.clone())
             .message_id(check.message_id());
         let stored = match js.send_publish(subjects.tasks(&check.pool), msg).await {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match stored {
-            Ok(()) => return,
+            Ok(seq) => {
+                // A pool without workers would collect a check per interval forever: what
+                // no worker took by the deadline is taken off the queue.
+                let wait = check.deadline_at.millis_since(Timestamp::now());
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                remove_if_still_queued(&js, &subjects, seq, &check.message_id()).await;
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, target = %check.target, "health check not stored by the broker yet; retrying");
                 tokio::time::sleep(backoff).await;
@@ -167,41 +177,38 @@ async fn publish_cancels(client: &async_nats::Client, subjects: &Subjects, stops
 /// the sequence still holds that task's message (a stream made anew numbers from 1 again).
 /// A message a worker already took is gone or about to be (its worker is told to stop).
 async fn remove_queued(js: &async_nats::jetstream::Context, subjects: &Subjects, stops: &[Stop]) {
-    if stops.iter().all(|s| s.queued.is_none()) {
-        return;
-    }
-    let stream = match js.get_stream(subjects.tasks_stream()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot reach the task stream to remove cancelled tasks; workers skip them when they arrive");
-            return;
-        }
-    };
     for stop in stops {
         let Some((seq, attempt)) = stop.queued else {
             continue;
         };
         let expected = format!("{}/{attempt}", stop.task);
-        let holds_it = match stream.get_raw_message(seq).await {
-            Ok(m) => m
-                .headers
-                .get(async_nats::header::NATS_MESSAGE_ID)
-                .is_some_and(|id| id.as_str() == expected),
-            Err(_) => false,
-        };
-        if !holds_it {
+        if remove_if_still_queued(js, subjects, seq, &expected).await {
+            tracing::debug!(task.id = %stop.task, seq, "removed a cancelled task from its queue");
+        } else {
             tracing::debug!(task.id = %stop.task, seq, "cancelled task no longer queued");
-            continue;
-        }
-        match stream.delete_message(seq).await {
-            Ok(_) => {
-                tracing::debug!(task.id = %stop.task, seq, "removed a cancelled task from its queue")
-            }
-            Err(e) => {
-                tracing::debug!(task.id = %stop.task, seq, error = %e, "cancelled task no longer queued")
-            }
         }
     }
+}
+
+/// Deletes the message at `seq` of the task stream if it is still the one with `msg_id`
+/// (a stream made anew numbers from 1 again).
+async fn remove_if_still_queued(
+    js: &async_nats::jetstream::Context,
+    subjects: &Subjects,
+    seq: u64,
+    msg_id: &str,
+) -> bool {
+    let Ok(stream) = js.get_stream(subjects.tasks_stream()).await else {
+        return false;
+    };
+    let holds_it = match stream.get_raw_message(seq).await {
+        Ok(m) => m
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .is_some_and(|id| id.as_str() == msg_id),
+        Err(_) => false,
+    };
+    holds_it && stream.delete_message(seq).await.is_ok()
 }
 
 /// Answers workers that ask, as they start, whether they are to stay drained.

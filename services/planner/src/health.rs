@@ -63,6 +63,7 @@ pub async fn schedule(
             }
             *next = now.plus_millis(jitter(every, 0.9, 1.1));
             let cmd = Command::CheckTarget {
+                check: shoal_shared::CheckId::new(),
                 target: doc.target.name.clone(),
                 trigger: CheckTrigger::Scheduled,
                 at: now,

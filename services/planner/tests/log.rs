@@ -265,6 +265,7 @@ impl Harness {
             }
             Op::Check(name) => {
                 self.run(Command::CheckTarget {
+                    check: CheckId::new(),
                     target: tname(name),
                     trigger: shoal_shared::events::CheckTrigger::OnDemand,
                     at: Timestamp(1_000),

@@ -382,8 +382,9 @@ async fn check(
         );
         return reject(&msg, reporter, reason).await;
     }
-    if Timestamp::now() > check.deadline_at {
-        tracing::info!(check.id = %check.check, target = %check.target, "dropping a health check past its deadline");
+    let finish_by = Timestamp::now().plus_millis(check.probe.timeout_secs().saturating_mul(1000));
+    if finish_by > check.deadline_at {
+        tracing::info!(check.id = %check.check, target = %check.target, "dropping a health check that cannot end before its deadline");
         acknowledge(&msg, check.check.0).await;
         return;
     }

@@ -84,8 +84,8 @@ pub struct HealthView {
 pub struct CheckingView {
     check: CheckId,
     pool: PoolName,
-    rule: PoolRule,
-    deadline_at: Timestamp,
+    rule: Option<PoolRule>,
+    deadline_at: Option<Timestamp>,
 }
 
 fn view(doc: TargetDoc) -> TargetView {
@@ -104,8 +104,8 @@ fn view(doc: TargetDoc) -> TargetView {
             checking: doc.pending_check.as_ref().map(|p| CheckingView {
                 check: p.check,
                 pool: p.pool.clone(),
-                rule: p.rule,
-                deadline_at: p.deadline_at,
+                rule: Some(p.rule),
+                deadline_at: Some(p.deadline_at),
             }),
         },
         target: doc.target,
@@ -202,18 +202,44 @@ pub(super) async fn check(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<CheckingView>), ApiError> {
     let name = TargetName::parse(name).map_err(|e| ApiError::not_found(e.to_string()))?;
-    app.writer
+    let ours = CheckId::new();
+    let appended = app
+        .writer
         .execute(Command::CheckTarget {
+            check: ours,
             target: name.clone(),
             trigger: CheckTrigger::OnDemand,
             at: Timestamp::now(),
             deadline_secs: app.health_deadline_secs,
         })
         .await?;
-    let checking = view(load(&app, &name)?).health.checking.ok_or_else(|| {
-        ApiError::not_found("the check was answered before it could be shown; see its history")
-    })?;
-    Ok((StatusCode::ACCEPTED, Json(checking)))
+    let doc = load(&app, &name)?;
+    let wanted = if appended.seqs.is_empty() {
+        doc.pending_check.as_ref().map(|p| p.check)
+    } else {
+        Some(ours)
+    };
+    // Still on its way, or (a fast worker) already answered: either way, this check.
+    let checking = view(doc.clone())
+        .health
+        .checking
+        .filter(|c| Some(c.check) == wanted);
+    let answered = || {
+        doc.health_history
+            .iter()
+            .rev()
+            .find(|r| Some(r.check) == wanted)
+            .map(|r| CheckingView {
+                check: r.check,
+                pool: r.pool.clone(),
+                rule: r.rule,
+                deadline_at: None,
+            })
+    };
+    let found = checking
+        .or_else(answered)
+        .ok_or_else(|| ApiError::not_found("no check of this target is under way"))?;
+    Ok((StatusCode::ACCEPTED, Json(found)))
 }
 
 fn load(app: &AppState, name: &TargetName) -> Result<TargetDoc, ApiError> {

@@ -56,6 +56,8 @@ pub enum Command {
     /// to that pool can still answer. `at` is now; the check must be answered within
     /// `deadline_secs` plus its probe's timeout.
     CheckTarget {
+        /// The id of the check if a new one is planned.
+        check: CheckId,
         target: TargetName,
         trigger: CheckTrigger,
         at: Timestamp,
@@ -310,6 +312,7 @@ pub fn decide(
                 .collect())
         }
         Command::CheckTarget {
+            check,
             target,
             trigger,
             at,
@@ -335,7 +338,7 @@ pub fn decide(
                     .saturating_mul(1000),
             );
             Ok(vec![NewEvent::new(Event::HealthCheckPlanned {
-                check: CheckId::new(),
+                check: *check,
                 target: target.clone(),
                 pool,
                 rule,
@@ -698,6 +701,11 @@ fn plan(
             ));
         }
         if step.action == Action::HealthCheck {
+            if step.pool.is_some() {
+                return invalid(format!(
+                    "{at}.pool: a health_check step checks each target from its own pool (its default pool, else the global default); remove pool"
+                ));
+            }
             if step.roles.is_empty() {
                 return invalid(format!(
                     "{at}.roles: a health_check step checks targets; give it roles"

@@ -408,6 +408,10 @@ impl State {
                 let step_rule = task.and_then(|t| self.tasks.get(&t)).map(|t| t.pool_rule);
                 if let Some(doc) = self.targets.get_mut(target) {
                     let pending = doc.pending_check.take_if(|p| p.check == *check);
+                    // The answer to the check under way, or a deployment's own check, is the
+                    // target's health; a late answer (to a check already called unavailable
+                    // or replaced after a pool change) only joins the history.
+                    let counts = pending.is_some() || task.is_some();
                     let record = HealthRecord {
                         check: *check,
                         state: *state,
@@ -419,7 +423,11 @@ impl State {
                         duration_ms: Some(*duration_ms),
                         task: *task,
                     };
-                    doc.record_health(record);
+                    if counts {
+                        doc.record_health(record);
+                    } else {
+                        doc.record_history(record);
+                    }
                     changes.docs.insert(DocKey::Target(target.clone()));
                 }
             }
@@ -456,13 +464,18 @@ impl State {
                 if let Some(d) = self.deployments.get_mut(deployment) {
                     d.skipped_targets.insert(target.clone(), reason.clone());
                     changes.docs.insert(DocKey::Deployment(*deployment));
-                    for id in d.steps.iter().flat_map(|s| &s.tasks) {
+                    // Its tasks not yet run, and the failed check of the running step (a
+                    // health_check step that found it unhealthy).
+                    for (id, running) in d.steps.iter().flat_map(|s| {
+                        s.tasks
+                            .iter()
+                            .map(move |t| (t, s.state == StepState::Running))
+                    }) {
                         if let Some(t) = self.tasks.get_mut(id)
                             && t.target.as_ref() == Some(target)
-                            && matches!(
-                                t.state,
-                                TaskState::Pending | TaskState::Failed | TaskState::TimedOut
-                            )
+                            && (t.state == TaskState::Pending
+                                || (running
+                                    && matches!(t.state, TaskState::Failed | TaskState::TimedOut)))
                         {
                             t.state = TaskState::Skipped;
                             t.reason = Some(format!("target skipped: {reason}"));
@@ -1002,6 +1015,11 @@ impl TargetDoc {
     /// Makes a result the target's health and keeps it in the bounded history.
     fn record_health(&mut self, record: HealthRecord) {
         self.health = Some(record.clone());
+        self.record_history(record);
+    }
+
+    /// Keeps a result in the bounded history only.
+    fn record_history(&mut self, record: HealthRecord) {
         self.health_history.push(record);
         let excess = self.health_history.len().saturating_sub(HEALTH_HISTORY);
         self.health_history.drain(..excess);

@@ -863,6 +863,7 @@ fn check(m: &mut Memory, name: &str) -> Vec<Event> {
     when(
         m,
         Command::CheckTarget {
+            check: CheckId::new(),
             target: TargetName::parse(name).expect("valid"),
             trigger: shoal_shared::events::CheckTrigger::OnDemand,
             at: Timestamp(1_000),
@@ -958,8 +959,17 @@ fn results_become_the_targets_health_with_a_bounded_history() {
     assert_eq!(h.duration_ms, Some(12));
     assert!(doc.pending_check.is_none());
     for _ in 0..30 {
+        check(&mut m, "eu");
         checked(&mut m, "eu", HealthState::Unhealthy, "refused");
     }
+    // A late answer to a check no longer under way joins the history only.
+    checked(&mut m, "eu", HealthState::Healthy, "late");
+    let doc = &m.state.targets[&name];
+    assert_eq!(doc.health_state(), HealthState::Unhealthy);
+    assert_eq!(
+        doc.health_history.last().map(|r| r.state),
+        Some(HealthState::Healthy)
+    );
     let doc = &m.state.targets[&name];
     assert_eq!(
         doc.health_history.len(),
@@ -1024,6 +1034,7 @@ fn a_check_no_worker_ran_before_its_deadline_makes_the_target_unavailable_naming
         when(
             m,
             Command::CheckTarget {
+                check: CheckId::new(),
                 target: TargetName::parse(name).expect("valid"),
                 trigger: shoal_shared::events::CheckTrigger::Scheduled,
                 at: Timestamp(1),
@@ -1250,4 +1261,38 @@ fn the_same_delivery_from_another_worker_while_running_is_a_new_run() {
             (TaskState::Running, Some("w2"))
         ]
     );
+}
+
+#[test]
+fn a_health_check_step_takes_no_pool_and_needs_targets_with_probes() {
+    let mut m = given(&[target("eu", &["web"], Some("eu-west"))]);
+    let spec = |s: StepSpec| DeploymentSpec {
+        project: "p".into(),
+        environment: EnvironmentName::parse("prod").expect("valid"),
+        steps: vec![s],
+        unhealthy_targets: UnhealthyTargets::Fail,
+    };
+    let mut pinned = step("recheck", &["web"], Some("us-east"));
+    pinned.action = Action::HealthCheck;
+    let e = when(
+        &mut m,
+        Command::CreateDeployment {
+            id: DeploymentId::new(),
+            spec: spec(pinned),
+        },
+    );
+    assert!(matches!(e, Err(Rejection::Invalid(e)) if e.starts_with("steps[0].pool")));
+    let mut bare = target("bare", &["db"], None);
+    bare.endpoint = None;
+    when(&mut m, Command::RegisterTarget(bare)).expect("valid");
+    let mut s = step("recheck", &["db"], None);
+    s.action = Action::HealthCheck;
+    let e = when(
+        &mut m,
+        Command::CreateDeployment {
+            id: DeploymentId::new(),
+            spec: spec(s),
+        },
+    );
+    assert!(matches!(e, Err(Rejection::Invalid(e)) if e.contains("\"bare\" has no health check")));
 }
