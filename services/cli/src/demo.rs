@@ -157,21 +157,7 @@ async fn checked(api: &ApiClient, target: &str) -> anyhow::Result<serde_json::Va
     let asked = api
         .post(&format!("/api/targets/{target}/health-check"), &json!({}))
         .await?;
-    let id = asked["check"].as_str().unwrap_or_default().to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let h = api.get(&format!("/api/targets/{target}/health")).await?;
-        if let Some(r) = h["history"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["check"] == id.as_str())
-        {
-            return Ok(r.clone());
-        }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("the health check of {target} did not finish within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::check_result(api, target, &asked)
+        .await?
+        .with_context(|| format!("the health check of {target} got no result by its deadline"))
 }

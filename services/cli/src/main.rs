@@ -313,59 +313,70 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// Asks for a check of a target; with `wait`, follows it to its result.
 async fn check(api: &ApiClient, name: &str, wait: bool) -> anyhow::Result<i32> {
-    let c = api
+    let asked = api
         .post(&format!("/api/targets/{name}/health-check"), &json!({}))
         .await?;
-    let id = c["check"].as_str().unwrap_or_default().to_owned();
+    let id = asked["check"].as_str().unwrap_or_default().to_owned();
     println!(
         "checking {name}: check {id} in pool {} ({})",
-        c["pool"].as_str().unwrap_or(""),
-        c["rule"].as_str().unwrap_or("")
+        asked["pool"].as_str().unwrap_or(""),
+        asked["rule"].as_str().unwrap_or("")
     );
     if !wait {
         return Ok(0);
     }
-    // The planner calls the target unavailable at the deadline; a check replaced by a newer
-    // one (its pool changed) is never answered.
-    let give_up = c["deadline_at"]
+    let Some(r) = check_result(api, name, &asked).await? else {
+        println!(
+            "{name}: no result of check {id} by its deadline; see `shoal target health {name}`"
+        );
+        return Ok(1);
+    };
+    let state = r["state"].as_str().unwrap_or("");
+    println!(
+        "{name}: {state}{} (worker {}, pool {}, {} ms)",
+        r["reason"]
+            .as_str()
+            .map_or(String::new(), |why| format!(": {why}")),
+        r["worker"].as_str().unwrap_or("-"),
+        r["pool"].as_str().unwrap_or("-"),
+        r["duration_ms"]
+    );
+    Ok(if matches!(state, "healthy" | "healthy_with_warnings") {
+        0
+    } else {
+        1
+    })
+}
+
+/// Waits for the result of a check (`asked`: the answer of `POST …/health-check`) in the
+/// target's history. `None` 10 s after the check's deadline: the planner calls the target
+/// unavailable at the deadline, and a check replaced by a newer one is never answered.
+pub(crate) async fn check_result(
+    api: &ApiClient,
+    name: &str,
+    asked: &Value,
+) -> anyhow::Result<Option<Value>> {
+    let id = asked["check"].as_str().unwrap_or_default();
+    let give_up = asked["deadline_at"]
         .as_str()
         .and_then(|d| humantime::parse_rfc3339(d).ok())
         .map_or_else(
             || std::time::SystemTime::now() + Duration::from_secs(120),
             |d| d + Duration::from_secs(10),
         );
-    loop {
-        if std::time::SystemTime::now() > give_up {
-            println!(
-                "{name}: no result of check {id} by its deadline; see `shoal target health {name}`"
-            );
-            return Ok(1);
-        }
+    while std::time::SystemTime::now() < give_up {
         let h = api.get(&format!("/api/targets/{name}/health")).await?;
         if let Some(r) = h["history"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|r| r["check"] == id.as_str())
+            .find(|r| r["check"] == id)
         {
-            let state = r["state"].as_str().unwrap_or("");
-            println!(
-                "{name}: {state}{} (worker {}, pool {}, {} ms)",
-                r["reason"]
-                    .as_str()
-                    .map_or(String::new(), |why| format!(": {why}")),
-                r["worker"].as_str().unwrap_or("-"),
-                r["pool"].as_str().unwrap_or("-"),
-                r["duration_ms"]
-            );
-            return Ok(if matches!(state, "healthy" | "healthy_with_warnings") {
-                0
-            } else {
-                1
-            });
+            return Ok(Some(r.clone()));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(None)
 }
 
 /// Reads a deployment file (TOML with the same structure as the API's JSON).
