@@ -46,12 +46,7 @@ impl Liveness {
     /// Records a heartbeat. Returns the drain state to send the worker when its own differs
     /// from the one the log wants.
     pub fn beat(&self, hb: Heartbeat) -> Option<bool> {
-        let wanted = self
-            .wanted
-            .lock()
-            .ok()
-            .and_then(|w| w.get(&hb.worker).copied())
-            .unwrap_or(false);
+        let wanted = self.wanted_draining(&hb.worker);
         let resend = (wanted != hb.draining).then_some(wanted);
         let live = Live {
             pool: hb.pool,

@@ -375,7 +375,7 @@ async fn check(
         Ok(c) => c,
         Err(e) => return reject(&msg, reporter, e.to_string()).await,
     };
-    if check.schema_version != WIRE_SCHEMA_VERSION || check.pool != config.pool {
+    if check.schema_version > WIRE_SCHEMA_VERSION || check.pool != config.pool {
         let reason = format!(
             "health check {} (schema version {}, pool \"{}\") cannot run on this worker (schema version {WIRE_SCHEMA_VERSION}, pool \"{}\")",
             check.check, check.schema_version, check.pool, config.pool
