@@ -99,6 +99,39 @@ pub fn next_events(state: &State, id: DeploymentId) -> Vec<Event> {
                     return found;
                 }
             }
+            if checks && progress.failed > 0 {
+                // Let the step's other checks end, to name every unhealthy target.
+                if progress.active > 0 {
+                    return vec![];
+                }
+                let unhealthy: Vec<String> = step
+                    .tasks
+                    .iter()
+                    .filter_map(|t| state.tasks.get(t))
+                    .filter(|t| matches!(t.state, TaskState::Failed | TaskState::TimedOut))
+                    .map(|t| {
+                        let name = t.target.as_ref().map_or("-", |n| n.as_str());
+                        let why = t.reason.as_deref().unwrap_or("its check failed");
+                        format!("\"{name}\" ({why})")
+                    })
+                    .collect();
+                return vec![
+                    Event::StepFinished {
+                        deployment: id,
+                        step: step_no,
+                        state: StepState::Failed,
+                    },
+                    Event::DeploymentFinished {
+                        deployment: id,
+                        state: DeploymentState::Failed,
+                        reason: Some(format!(
+                            "step \"{}\" found unhealthy targets: {} (unhealthy_targets: fail)",
+                            step.name,
+                            unhealthy.join(", ")
+                        )),
+                    },
+                ];
+            }
             if progress.failed > 0 {
                 let bad = step
                     .tasks

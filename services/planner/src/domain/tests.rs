@@ -1296,3 +1296,22 @@ fn a_health_check_step_takes_no_pool_and_needs_targets_with_probes() {
     );
     assert!(matches!(e, Err(Rejection::Invalid(e)) if e.contains("\"bare\" has no health check")));
 }
+
+#[test]
+fn a_failing_health_check_step_waits_for_its_other_checks_and_names_every_unhealthy_target() {
+    let mut m = given(&[target("a", &["web"], None), target("b", &["web"], None)]);
+    let mut hc = step("recheck", &["web"], None);
+    hc.action = Action::HealthCheck;
+    let (id, events) = deploy_with(&mut m, UnhealthyTargets::Fail, vec![hc]);
+    let tasks: Vec<TaskId> = planned(&events).iter().map(|p| p.0).collect();
+    finish(&mut m, tasks[0], Outcome::Failed, 1);
+    assert_eq!(m.state.deployments[&id].state, DeploymentState::Running);
+    finish(&mut m, tasks[1], Outcome::Failed, 1);
+    let d = &m.state.deployments[&id];
+    assert_eq!(d.state, DeploymentState::Failed);
+    let reason = d.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("\"a\"") && reason.contains("\"b\""),
+        "{reason}"
+    );
+}

@@ -64,7 +64,7 @@ pub async fn run(
             reason: None,
             interrupted: false,
         },
-        Action::HealthCheck => health_step(task, config, reporter).await,
+        Action::HealthCheck => health_step(task, config, reporter, stops).await,
         Action::Script { script, shell } => {
             let sink = OutputSink::spawn(task, delivery, reporter.clone());
             let result = script::run(
@@ -85,11 +85,30 @@ pub async fn run(
 
 /// A `health_check` step: probes the task's target, reports the result as the target's
 /// health, and succeeds unless the target is unhealthy.
-async fn health_step(task: &TaskMessage, config: &WorkerConfig, reporter: &Reporter) -> TaskResult {
+async fn health_step(
+    task: &TaskMessage,
+    config: &WorkerConfig,
+    reporter: &Reporter,
+    stops: &Stops,
+) -> TaskResult {
     let (Some(probe), Some(target)) = (&task.probe, &task.target) else {
         return TaskResult::failed("the task carries no target or probe to check".to_owned());
     };
-    let found = probe::run(probe, target.as_str(), task.endpoint.as_deref(), config).await;
+    let found = tokio::select! {
+        found = probe::run(probe, target.as_str(), task.endpoint.as_deref(), config) => found,
+        () = stops.cancel.cancelled() => return TaskResult {
+            outcome: Outcome::Cancelled,
+            exit_code: None,
+            reason: Some("cancelled: its probe was stopped".to_owned()),
+            interrupted: false,
+        },
+        () = stops.kill.cancelled() => return TaskResult {
+            outcome: Outcome::Cancelled,
+            exit_code: None,
+            reason: Some("the worker stopped before the check ended".to_owned()),
+            interrupted: true,
+        },
+    };
     reporter
         .send(WorkerBody::HealthChecked {
             check: CheckId::new(),

@@ -134,11 +134,15 @@ async fn script(
             Some(format!("cannot start bash: {e}")),
         ),
         Ok(child) => {
-            let pgid = child
-                .id()
-                .and_then(|id| i32::try_from(id).ok())
-                .map(Pid::from_raw);
-            let ended = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            // Nothing a probe started outlives it, even when the probe is dropped half-way
+            // (its task was cancelled or the worker stops).
+            let _group = KillGroup(
+                child
+                    .id()
+                    .and_then(|id| i32::try_from(id).ok())
+                    .map(Pid::from_raw),
+            );
+            match tokio::time::timeout(timeout, child.wait_with_output()).await {
                 Ok(Ok(out)) => {
                     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
                     text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -170,16 +174,22 @@ async fn script(
                         timeout.as_secs()
                     )),
                 ),
-            };
-            // Nothing a probe started outlives it.
-            if let Some(pgid) = pgid {
-                let _ = killpg(pgid, Signal::SIGKILL);
             }
-            ended
         }
     };
     let _ = tokio::fs::remove_dir_all(&dir).await;
     result
+}
+
+/// Kills a process group when dropped.
+struct KillGroup(Option<Pid>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
 }
 
 /// The end of a probe's output, trimmed to a reason-sized piece.
