@@ -4,7 +4,7 @@
 
 use crate::stats::{Latency, per_second};
 use crate::system::{Layout, Observer, Shoal, pool};
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use serde::Serialize;
 use serde_json::json;
 use shoal_shared::Timestamp;
@@ -82,17 +82,7 @@ pub async fn run(layout: Layout, rate: u32, seconds: f64, warmup: f64) -> anyhow
     let (s2s, missing) = observer.schedule_to_start_ms(measured_from);
     drop(observer);
     let facts = shoal.stop().await?;
-    ensure!(
-        facts.succeeded() == total,
-        "{} of {total} tasks succeeded in the log",
-        facts.succeeded()
-    );
-    ensure!(
-        facts.deployments_succeeded == ids.len(),
-        "{} of {} deployments succeeded in the log",
-        facts.deployments_succeeded,
-        ids.len()
-    );
+    facts.ensure_all_succeeded(total, ids.len())?;
     if missing > 0 {
         eprintln!("note: {missing} tasks lack a wire timestamp (observer)");
     }

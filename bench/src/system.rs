@@ -314,6 +314,24 @@ impl LogFacts {
             .count()
     }
 
+    /// Fails unless the log says that `tasks` tasks and `deployments` deployments succeeded.
+    ///
+    /// # Errors
+    /// Fewer succeeded.
+    pub fn ensure_all_succeeded(&self, tasks: usize, deployments: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.succeeded() == tasks,
+            "{} of {tasks} tasks succeeded in the log",
+            self.succeeded()
+        );
+        anyhow::ensure!(
+            self.deployments_succeeded == deployments,
+            "{} of {deployments} deployments succeeded in the log",
+            self.deployments_succeeded
+        );
+        Ok(())
+    }
+
     /// The last `TaskFinished` time, in µs since the epoch.
     pub fn last_finished_us(&self) -> i64 {
         self.finished_ms

@@ -4,7 +4,7 @@
 
 use crate::stats::{Latency, per_second, us_to_ms};
 use crate::system::{Layout, Observer, Shoal, over_targets};
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use futures::StreamExt as _;
 use serde::Serialize;
 use serde_json::Value;
@@ -67,17 +67,7 @@ pub async fn run(layout: Layout, tasks: usize, action: Value) -> anyhow::Result<
     let (schedule_to_start, missing) = observer.schedule_to_start_ms(0);
     drop(observer);
     let facts = shoal.stop().await.context("stopping the installation")?;
-    ensure!(
-        facts.succeeded() == n,
-        "{} of {n} tasks succeeded in the log",
-        facts.succeeded()
-    );
-    ensure!(
-        facts.deployments_succeeded == ids.len(),
-        "{} of {} deployments succeeded in the log",
-        facts.deployments_succeeded,
-        ids.len()
-    );
+    facts.ensure_all_succeeded(n, ids.len())?;
     if missing > 0 {
         eprintln!("note: {missing} tasks lack a wire timestamp (observer)");
     }

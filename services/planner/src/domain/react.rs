@@ -115,22 +115,15 @@ pub fn next_events(state: &State, id: DeploymentId) -> Vec<Event> {
                         format!("\"{name}\" ({why})")
                     })
                     .collect();
-                return vec![
-                    Event::StepFinished {
-                        deployment: id,
-                        step: step_no,
-                        state: StepState::Failed,
-                    },
-                    Event::DeploymentFinished {
-                        deployment: id,
-                        state: DeploymentState::Failed,
-                        reason: Some(format!(
-                            "step \"{}\" found unhealthy targets: {} (unhealthy_targets: fail)",
-                            step.name,
-                            unhealthy.join(", ")
-                        )),
-                    },
-                ];
+                return step_failed(
+                    id,
+                    step_no,
+                    format!(
+                        "step \"{}\" found unhealthy targets: {} (unhealthy_targets: fail)",
+                        step.name,
+                        unhealthy.join(", ")
+                    ),
+                );
             }
             if progress.failed > 0 {
                 let bad = step
@@ -138,21 +131,14 @@ pub fn next_events(state: &State, id: DeploymentId) -> Vec<Event> {
                     .iter()
                     .filter_map(|t| state.tasks.get(t))
                     .find(|t| t.state.is_terminal() && t.state != TaskState::Succeeded);
-                return vec![
-                    Event::StepFinished {
-                        deployment: id,
-                        step: step_no,
-                        state: StepState::Failed,
-                    },
-                    Event::DeploymentFinished {
-                        deployment: id,
-                        state: DeploymentState::Failed,
-                        reason: Some(bad.map_or_else(
-                            || format!("step \"{}\" failed", step.name),
-                            |t| failure_reason(&step.name, t),
-                        )),
-                    },
-                ];
+                return step_failed(
+                    id,
+                    step_no,
+                    bad.map_or_else(
+                        || format!("step \"{}\" failed", step.name),
+                        |t| failure_reason(&step.name, t),
+                    ),
+                );
             }
             if progress.succeeded + progress.skipped == step.tasks.len() {
                 return vec![Event::StepFinished {
@@ -233,6 +219,22 @@ fn unhealthy_targets(
         }
     }
     out
+}
+
+/// A step failed, and with it the deployment.
+fn step_failed(deployment: DeploymentId, step: u32, reason: String) -> Vec<Event> {
+    vec![
+        Event::StepFinished {
+            deployment,
+            step,
+            state: StepState::Failed,
+        },
+        Event::DeploymentFinished {
+            deployment,
+            state: DeploymentState::Failed,
+            reason: Some(reason),
+        },
+    ]
 }
 
 fn failure_reason(step: &str, task: &TaskDoc) -> String {
