@@ -1,7 +1,8 @@
 //! The fault suite: a deployment of 240 tasks over two pools while workers, the planner and
 //! the broker are killed (SIGKILL) at seeded random moments and restarted; afterwards every
 //! task has ended exactly once, the log has no duplicate, its hash chain verifies and replay
-//! equals the live projections.
+//! equals the live projections. Beside it, under the same faults, a deployment whose steps
+//! are retried and one that is cancelled while it runs both end as they must.
 //!
 //! `SHOAL_CHAOS_SEED=<n>` replays a run (the seed is printed); `SHOAL_SOAK_SECS=<n>` keeps
 //! deploying under faults for that long (a soak) instead of one round.
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 const POOLS: [(&str, &str, &str); 2] = [("eu-west", "eu", "e"), ("us-east", "us", "u")];
 const WORKERS_PER_POOL: usize = 3;
 const TARGETS_PER_POOL: usize = 60;
+/// Targets per pool of the side deployments (retried, cancelled) of each round.
+const SIDE_TARGETS_PER_POOL: usize = 5;
 /// Faults per round in the default (CI) run.
 const FAULTS: usize = 6;
 /// Worker flags: few slots, so a round lasts long enough for its faults.
@@ -50,6 +53,10 @@ async fn nothing_is_lost_while_workers_the_planner_and_the_broker_are_killed() -
             c.target(&format!("{prefix}t{i}"), "prod", &["web"], Some(pool))
                 .await?;
         }
+        for i in 0..SIDE_TARGETS_PER_POOL {
+            c.target(&format!("{prefix}b{i}"), "prod", &["batch"], Some(pool))
+                .await?;
+        }
         for i in 1..=WORKERS_PER_POOL {
             let name = format!("{prefix}{i}");
             c.worker(&name, pool, region, WORKER)?;
@@ -69,9 +76,33 @@ async fn nothing_is_lost_while_workers_the_planner_and_the_broker_are_killed() -
                  "action": {"type": "script", "script": "sleep 0.$((5 + RANDOM % 5)); echo done"}},
                 {"name": "check", "roles": ["web"], "max_attempts": 20, "action": {"type": "noop"}}]}))
             .await?;
+        // Beside it, under the same faults: a step that fails its first attempt and is
+        // retried, and a deployment cancelled while its tasks run.
+        let flaky = c
+            .deploy(&json!({"project": "chaos-retry", "environment": "prod", "steps": [
+                {"name": "flaky", "roles": ["batch"], "max_attempts": 20, "retries": 2,
+                 "retry_backoff_secs": 1,
+                 "action": {"type": "script", "script": "[ \"$SHOAL_ATTEMPT\" -ge 2 ] || exit 7; echo ok"}}]}))
+            .await?;
+        let doomed = c
+            .deploy(
+                &json!({"project": "chaos-cancel", "environment": "prod", "steps": [
+                {"name": "long", "roles": ["batch"], "max_attempts": 20,
+                 "action": {"type": "script", "script": "sleep 60"}}]}),
+            )
+            .await?;
         let mut faults = Vec::new();
         let mut finished = None;
+        let mut cancelled = false;
         for _ in 0..FAULTS {
+            if !cancelled {
+                // The planner may be down right now: ask until it answers.
+                cancelled = c
+                    .api
+                    .post(&format!("/api/deployments/{doomed}/cancel"), &json!({}))
+                    .await
+                    .is_ok();
+            }
             tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
             if let Some(d) = done(&c, &id).await {
                 finished = Some(d);
@@ -111,6 +142,21 @@ async fn nothing_is_lost_while_workers_the_planner_and_the_broker_are_killed() -
             None => c.finished(&id, Duration::from_secs(240)).await?,
         };
         check_round(&c, &id, &d).await?;
+        if !cancelled {
+            c.wait_for(
+                "the cancellation accepted",
+                Duration::from_secs(60),
+                || async {
+                    Ok(c.api
+                        .post(&format!("/api/deployments/{doomed}/cancel"), &json!({}))
+                        .await
+                        .is_ok()
+                        .then_some(()))
+                },
+            )
+            .await?;
+        }
+        check_side(&c, &flaky, &doomed).await?;
         if soak.is_none_or(|s| started.elapsed() >= s) {
             break;
         }
@@ -131,6 +177,33 @@ async fn nothing_is_lost_while_workers_the_planner_and_the_broker_are_killed() -
         events.len(),
         out.lines().next().unwrap_or("")
     );
+    Ok(())
+}
+
+/// The retried deployment succeeded on second attempts; the cancelled one ended cancelled
+/// with every task ended.
+async fn check_side(c: &Cluster, flaky: &str, doomed: &str) -> anyhow::Result<()> {
+    let d = c.finished(flaky, Duration::from_secs(240)).await?;
+    assert_eq!(d["state"], "succeeded", "{d:#}");
+    for (_, t) in tasks(&d) {
+        assert_eq!(t["attempt"], 2, "{t:#}");
+        let attempts: Vec<(u64, &str)> = t["attempts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| Some((a["attempt"].as_u64()?, a["state"].as_str()?)))
+            .collect();
+        assert!(attempts.contains(&(1, "failed")), "{t:#}");
+        assert!(attempts.contains(&(2, "succeeded")), "{t:#}");
+    }
+    let d = c.finished(doomed, Duration::from_secs(240)).await?;
+    assert_eq!(d["state"], "cancelled", "{d:#}");
+    for (_, t) in tasks(&d) {
+        assert!(
+            matches!(t["state"].as_str(), Some("cancelled" | "skipped")),
+            "{t:#}"
+        );
+    }
     Ok(())
 }
 
