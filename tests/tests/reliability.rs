@@ -38,6 +38,15 @@ fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// A cluster with pool eu-west (no worker yet) and its target shop-eu (role web).
+async fn shop_eu(planner: &[&str]) -> anyhow::Result<Cluster> {
+    let c = Cluster::start(planner).await?;
+    c.pool("eu-west", "eu").await?;
+    c.target("shop-eu", "prod", &["web"], Some("eu-west"))
+        .await?;
+    Ok(c)
+}
+
 async fn wait_task_state(c: &Cluster, id: &str, step: &str, state: &str) -> anyhow::Result<Value> {
     c.wait_for(&format!("task of {step} {state}"), WAIT, || async {
         let t = c.task(id, step).await?;
@@ -48,10 +57,7 @@ async fn wait_task_state(c: &Cluster, id: &str, step: &str, state: &str) -> anyh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_task_runs_again_on_another_worker_of_its_pool() -> anyhow::Result<()> {
-    let mut c = Cluster::start(PLANNER).await?;
-    c.pool("eu-west", "eu").await?;
-    c.target("shop-eu", "prod", &["web"], Some("eu-west"))
-        .await?;
+    let mut c = shop_eu(PLANNER).await?;
     c.worker("w1", "eu-west", "eu", &["--slots", "1"])?;
     c.wait_online(&["w1"]).await?;
     let id = c
@@ -108,10 +114,7 @@ async fn a_killed_workers_task_runs_again_on_another_worker_of_its_pool() -> any
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_whose_workers_keep_dying_fails_after_max_attempts_saying_so()
 -> anyhow::Result<()> {
-    let mut c = Cluster::start(PLANNER).await?;
-    c.pool("eu-west", "eu").await?;
-    c.target("shop-eu", "prod", &["web"], Some("eu-west"))
-        .await?;
+    let mut c = shop_eu(PLANNER).await?;
     for w in ["w1", "w2", "w3"] {
         c.worker(w, "eu-west", "eu", &["--slots", "1"])?;
     }
@@ -193,10 +196,7 @@ async fn a_silent_worker_shows_offline_with_when_it_was_last_seen_and_comes_back
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_attempt_is_retried_after_its_backoff_as_a_new_attempt() -> anyhow::Result<()> {
-    let mut c = Cluster::start(PLANNER).await?;
-    c.pool("eu-west", "eu").await?;
-    c.target("shop-eu", "prod", &["web"], Some("eu-west"))
-        .await?;
+    let mut c = shop_eu(PLANNER).await?;
     c.worker("w1", "eu-west", "eu", &[])?;
     c.wait_online(&["w1"]).await?;
     let marks = c.dir.path().join("marks");
@@ -348,10 +348,7 @@ async fn cancelling_stops_running_processes_and_queued_tasks_never_start() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_worker_finishes_what_it_runs_takes_nothing_new_until_resumed()
 -> anyhow::Result<()> {
-    let mut c = Cluster::start(PLANNER).await?;
-    c.pool("eu-west", "eu").await?;
-    c.target("shop-eu", "prod", &["web"], Some("eu-west"))
-        .await?;
+    let mut c = shop_eu(PLANNER).await?;
     c.worker("w1", "eu-west", "eu", &["--heartbeat-secs", "1"])?;
     c.wait_online(&["w1"]).await?;
     let first = c
@@ -420,10 +417,7 @@ async fn a_drained_worker_finishes_what_it_runs_takes_nothing_new_until_resumed(
 async fn sigterm_drains_hands_back_what_outlives_the_deadline_and_exits_zero() -> anyhow::Result<()>
 {
     // A long ack wait: the task must come back by the hand-back, not by the broker's timer.
-    let mut c = Cluster::start(&["--no-builtin-worker", "--task-ack-wait-secs", "60"]).await?;
-    c.pool("eu-west", "eu").await?;
-    c.target("shop-eu", "prod", &["web"], Some("eu-west"))
-        .await?;
+    let mut c = shop_eu(&["--no-builtin-worker", "--task-ack-wait-secs", "60"]).await?;
     c.worker("w1", "eu-west", "eu", &["--drain-timeout", "1"])?;
     c.wait_online(&["w1"]).await?;
     let script = r#"if [ "$SHOAL_WORKER" = w1 ]; then sleep 60; fi; echo ran on $SHOAL_WORKER"#;
