@@ -68,13 +68,13 @@ pub async fn run(
 
     let (dispatch_tx, dispatch_rx) = tokio::sync::mpsc::unbounded_channel();
     let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
-    let writer = Writer::open(
+    let mut writer = Writer::open(
         log.clone(),
         config.default_pool.clone(),
         dispatch_tx.clone(),
         effects_tx.clone(),
     )?;
-    let (backlog, confirmed) = writer.outbox();
+    let (backlog, confirmed) = writer.outbox()?;
     for effect in writer.pending_effects() {
         let _ = effects_tx.send(effect);
     }

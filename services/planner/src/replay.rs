@@ -1,13 +1,15 @@
-//! Offline replay: verifies the hash chain of the log, rebuilds every projection from the log
-//! into fresh trees, and compares them with the live ones byte for byte.
+//! Offline replay: verifies the hash chain of the log, rebuilds every projection and the
+//! stream index from the records in memory, and compares them with the stored ones byte for
+//! byte (or, with `replace`, writes the rebuilt ones over them).
 
 use crate::domain::{Changes, DocKey, State};
 use crate::log::{
-    EventLog, Head, LogError, Proj, ProjTrees, decode_event, doc_write, record_hash, row_write,
+    EventLog, Head, LogError, Proj, chunk_records, decode_event, describe_key, doc_write,
+    record_hash, row_write, stream_rows,
 };
-use std::collections::BTreeSet;
-
-const REBUILD_PREFIX: &str = "rebuild";
+use shoal_shared::codec;
+use shoal_shared::events::Envelope;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What replay found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +20,7 @@ pub struct ReplayReport {
     pub deployments: usize,
     pub tasks: usize,
     pub workers: usize,
-    /// Rows per projection tree, in [`Proj::ALL`] order.
+    /// Rows per projection, in [`Proj::ALL`] order, then the stream index.
     pub rows: Vec<(&'static str, usize)>,
 }
 
@@ -44,165 +46,161 @@ pub enum ReplayError {
 /// # Errors
 /// A broken chain, an undecodable record, or (without `replace`) the first difference.
 pub fn replay(log: &EventLog, replace: bool) -> Result<ReplayReport, ReplayError> {
-    let fresh = log.fresh_projections(REBUILD_PREFIX)?;
-    let result = rebuild_into(log, &fresh).and_then(|(report, head)| {
-        let stored = log.head()?;
-        if stored != head {
-            return Err(ReplayError::Chain {
-                seq: head.seq,
-                what: format!(
-                    "log head says sequence {} but the records end at {}",
-                    stored.seq, head.seq
-                ),
-            });
-        }
-        if replace {
-            log.set_checkpoint(0)?;
-            for p in Proj::ALL {
-                let live = log.projections().tree(p);
-                live.clear().map_err(LogError::from)?;
-                for kv in fresh.tree(p).iter() {
-                    let (k, v) = kv.map_err(LogError::from)?;
-                    live.insert(k, v).map_err(LogError::from)?;
-                }
-            }
-            log.flush_blocking()?;
-            log.set_checkpoint(head.seq)?;
-        } else {
-            compare(log.projections(), &fresh)?;
-        }
-        Ok(report)
-    });
-    log.drop_projections(REBUILD_PREFIX)?;
-    result
-}
-
-fn rebuild_into(log: &EventLog, out: &ProjTrees) -> Result<(ReplayReport, Head), ReplayError> {
-    let mut state = State::default();
-    let mut head = Head::default();
-    let mut keys: BTreeSet<DocKey> = BTreeSet::new();
-    let mut batches: Vec<sled::Batch> = Proj::ALL.iter().map(|_| sled::Batch::default()).collect();
-    let mut pending = 0usize;
-    for record in log.records() {
-        let (bytes, env) = record?;
-        let seq = head.seq + 1;
-        if env.seq != seq {
-            return Err(ReplayError::Chain {
-                seq,
-                what: format!("found sequence {} instead", env.seq),
-            });
-        }
-        if env.prev_hash != head.hash {
-            return Err(ReplayError::Chain {
-                seq,
-                what:
-                    "previous-record hash does not match: a record was changed, removed or inserted"
-                        .into(),
-            });
-        }
-        let event = decode_event(&env).map_err(LogError::from)?;
-        if event.event_type() != env.event_type {
-            return Err(ReplayError::Chain {
-                seq,
-                what: format!(
-                    "envelope says {} but payload is {}",
-                    env.event_type,
-                    event.event_type()
-                ),
-            });
-        }
-        let mut changes = Changes::default();
-        state.apply(&env, &event, &mut changes);
-        keys.extend(changes.docs);
-        for row in &changes.rows {
-            let (p, k, v) = row_write(row)?;
-            batches[index(p)].insert(k, v);
-            pending += 1;
-        }
-        if pending >= 10_000 {
-            flush_batches(out, &mut batches)?;
-            pending = 0;
-        }
-        head = Head {
-            seq,
-            hash: record_hash(&bytes),
-        };
+    let rebuilt = rebuild(log)?;
+    let stored = log.head()?;
+    if stored != rebuilt.head {
+        return Err(ReplayError::Chain {
+            seq: rebuilt.head.seq,
+            what: format!(
+                "log head says sequence {} but the records end at {}",
+                stored.seq, rebuilt.head.seq
+            ),
+        });
     }
-    for key in &keys {
-        let (p, k, v) = doc_write(&state, key)?;
-        if let Some(v) = v {
-            batches[index(p)].insert(k, v);
+    let mut rows: Vec<(&'static str, usize)> = Proj::ALL.iter().map(|p| (p.name(), 0)).collect();
+    rows.push(("streams", 0));
+    for k in rebuilt.derived.keys() {
+        let (name, _) = describe_key(k);
+        let name = if name == "stream index" { "streams" } else { name };
+        if let Some(r) = rows.iter_mut().find(|(n, _)| *n == name) {
+            r.1 += 1;
         }
     }
-    flush_batches(out, &mut batches)?;
+    let state = &rebuilt.state;
     let report = ReplayReport {
-        events: head.seq,
+        events: rebuilt.head.seq,
         pools: state.pools.len(),
         targets: state.targets.len(),
         deployments: state.deployments.len(),
         tasks: state.tasks.len(),
         workers: state.workers.len(),
-        rows: Proj::ALL
-            .iter()
-            .map(|p| (p.name(), out.tree(*p).len()))
-            .collect(),
+        rows,
     };
-    Ok((report, head))
-}
-
-fn index(p: Proj) -> usize {
-    Proj::ALL.iter().position(|q| *q == p).unwrap_or(0)
-}
-
-fn flush_batches(out: &ProjTrees, batches: &mut [sled::Batch]) -> Result<(), LogError> {
-    for (p, b) in Proj::ALL.iter().zip(batches.iter_mut()) {
-        out.tree(*p).apply_batch(std::mem::take(b))?;
+    if replace {
+        log.set_checkpoint(0)?;
+        log.replace_derived(rebuilt.derived)?;
+        log.set_checkpoint(rebuilt.head.seq)?;
+    } else {
+        compare(log, &rebuilt.derived)?;
     }
-    Ok(())
+    Ok(report)
 }
 
-fn compare(live: &ProjTrees, rebuilt: &ProjTrees) -> Result<(), ReplayError> {
-    for p in Proj::ALL {
-        let mut a = live.tree(p).iter();
-        let mut b = rebuilt.tree(p).iter();
-        loop {
-            match (
-                a.next().transpose().map_err(LogError::from)?,
-                b.next().transpose().map_err(LogError::from)?,
-            ) {
-                (None, None) => break,
-                (Some((k, _)), None) => {
-                    return Err(differs(p, &k, "present live, missing from the log"));
+/// The state, chain head and every derived key/value, rebuilt from the records.
+struct Rebuilt {
+    state: State,
+    head: Head,
+    derived: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+fn rebuild(log: &EventLog) -> Result<Rebuilt, ReplayError> {
+    let mut state = State::default();
+    let mut head = Head::default();
+    let mut keys: BTreeSet<DocKey> = BTreeSet::new();
+    let mut derived = BTreeMap::new();
+    let mut changes = Changes::default();
+    let mut streams: Vec<(u64, String)> = Vec::new();
+    for chunk in log.chunks() {
+        let (first, value) = chunk?;
+        streams.clear();
+        for bytes in chunk_records(&value)? {
+            let seq = head.seq + 1;
+            let env: Envelope = codec::decode("log record", bytes).map_err(LogError::from)?;
+            if env.seq != seq {
+                return Err(ReplayError::Chain {
+                    seq,
+                    what: format!("found sequence {} instead", env.seq),
+                });
+            }
+            if env.prev_hash != head.hash {
+                return Err(ReplayError::Chain {
+                    seq,
+                    what: "previous-record hash does not match: a record was changed, removed or inserted".into(),
+                });
+            }
+            let event = decode_event(&env).map_err(LogError::from)?;
+            if event.event_type() != env.event_type {
+                return Err(ReplayError::Chain {
+                    seq,
+                    what: format!(
+                        "envelope says {} but payload is {}",
+                        env.event_type,
+                        event.event_type()
+                    ),
+                });
+            }
+            state.apply(&env, &event, &mut changes);
+            for row in changes.rows.drain(..) {
+                let (p, k, v) = row_write(&row)?;
+                derived.insert(p.key(&k), v);
+            }
+            keys.append(&mut changes.docs);
+            streams.push((seq, env.stream));
+            head = Head {
+                seq,
+                hash: record_hash(bytes),
+            };
+        }
+        if streams.first().is_some_and(|(seq, _)| *seq != first) {
+            return Err(ReplayError::Chain {
+                seq: first,
+                what: format!(
+                    "chunk keyed {first} starts with sequence {}",
+                    streams[0].0
+                ),
+            });
+        }
+        derived.extend(stream_rows(
+            first,
+            streams.iter().map(|(seq, s)| (*seq, s.as_str())),
+        ));
+    }
+    for key in &keys {
+        let (p, k, v) = doc_write(&state, key)?;
+        if let Some(v) = v {
+            derived.insert(p.key(&k), v);
+        }
+    }
+    Ok(Rebuilt {
+        state,
+        head,
+        derived,
+    })
+}
+
+/// Walks the stored derived keys and the rebuilt ones side by side, in key order.
+fn compare(log: &EventLog, rebuilt: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), ReplayError> {
+    let mut live = log.derived();
+    let mut ours = rebuilt.iter();
+    let (mut a, mut b) = (live.next().transpose()?, ours.next());
+    loop {
+        match (&a, b) {
+            (None, None) => return Ok(()),
+            (Some((k, _)), None) => {
+                return Err(differs(k, "present live, missing from the log"));
+            }
+            (None, Some((k, _))) => return Err(differs(k, "derived from the log, missing live")),
+            (Some((ka, va)), Some((kb, vb))) => {
+                if ka.as_ref() < kb.as_slice() {
+                    return Err(differs(ka, "present live, missing from the log"));
                 }
-                (None, Some((k, _))) => {
-                    return Err(differs(p, &k, "derived from the log, missing live"));
+                if ka.as_ref() > kb.as_slice() {
+                    return Err(differs(kb, "derived from the log, missing live"));
                 }
-                (Some((ka, va)), Some((kb, vb))) => {
-                    if ka != kb {
-                        let (k, what) = if ka < kb {
-                            (ka, "present live, missing from the log")
-                        } else {
-                            (kb, "derived from the log, missing live")
-                        };
-                        return Err(differs(p, &k, what));
-                    }
-                    if va != vb {
-                        return Err(differs(p, &ka, "live value differs from the rebuilt one"));
-                    }
+                if va.as_ref() != vb.as_slice() {
+                    return Err(differs(ka, "live value differs from the rebuilt one"));
                 }
+                a = live.next().transpose()?;
+                b = ours.next();
             }
         }
     }
-    Ok(())
 }
 
-fn differs(p: Proj, key: &[u8], what: &str) -> ReplayError {
-    let key = match std::str::from_utf8(key) {
-        Ok(s) if s.chars().all(|c| !c.is_control()) => format!("{s:?}"),
-        _ => key.iter().map(|b| format!("{b:02x}")).collect(),
-    };
+fn differs(key: &[u8], what: &str) -> ReplayError {
+    let (tree, key) = describe_key(key);
     ReplayError::Differs {
-        tree: p.name(),
+        tree,
         key,
         what: what.to_owned(),
     }

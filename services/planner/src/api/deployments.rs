@@ -141,22 +141,9 @@ pub(super) async fn list(
 ) -> Result<Json<Vec<Summary>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
-    let mut out = Vec::new();
-    // Ids are time-ordered: newest first is the tree in reverse.
-    for v in app
-        .log
-        .projections()
-        .tree(Proj::Deployments)
-        .iter()
-        .values()
-        .rev()
-        .take(limit)
-    {
-        let v = v.map_err(crate::log::LogError::from)?;
-        let d: DeploymentDoc = shoal_shared::codec::decode("deployment document", &v)
-            .map_err(crate::log::LogError::from)?;
-        out.push(summary(d));
-    }
+    // Ids are time-ordered: newest first is the key order reversed.
+    let docs: Vec<DeploymentDoc> = app.log.docs_rev(Proj::Deployments, limit)?;
+    let out = docs.into_iter().map(summary).collect();
     Ok(Json(out))
 }
 

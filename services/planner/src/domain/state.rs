@@ -170,8 +170,7 @@ pub enum DocKey {
     Outbox(TaskId, u32),
 }
 
-/// Projection rows that are written once and never held in memory (task output, the
-/// per-stream index of the log).
+/// Projection rows that are written once and never held in memory (task output).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Row {
     /// Key: task id, attempt, delivery, line number (big-endian); value: the encoded
@@ -183,8 +182,6 @@ pub enum Row {
         line_no: u64,
         line: OutputLine,
     },
-    /// Key: stream, 0, sequence (big-endian); value: empty.
-    StreamIndex { stream: String, seq: u64 },
 }
 
 /// What applying events changed.
@@ -290,6 +287,18 @@ impl State {
         }
     }
 
+    /// Forgets a deployment and its tasks (the log writer keeps only unfinished deployments
+    /// in memory; their documents stay on disk).
+    pub fn evict(&mut self, id: &DeploymentId) {
+        if let Some(d) = self.deployments.remove(id) {
+            for t in d.steps.iter().flat_map(|s| &s.tasks) {
+                self.tasks.remove(t);
+            }
+        }
+        self.active.remove(id);
+        self.progress.retain(|(d, _), _| d != id);
+    }
+
     /// Rebuilds the step counts of active deployments from their tasks (after loading).
     pub fn recount(&mut self) {
         self.progress.clear();
@@ -329,10 +338,6 @@ impl State {
     }
 
     fn apply_event(&mut self, env: &Envelope, event: &Event, changes: &mut Changes) {
-        changes.rows.push(Row::StreamIndex {
-            stream: env.stream.clone(),
-            seq: env.seq,
-        });
         let at = env.time;
         match event {
             Event::PoolRegistered {

@@ -1,9 +1,21 @@
-//! The event log in sled: one tree of records keyed by big-endian sequence number, each a
-//! MessagePack [`Envelope`] chained by SHA-256 to the previous record; an index of event ids
-//! for de-duplication; and the projection trees, written in the same transaction as the
-//! records they derive from.
+//! The event log in sled, in one tree so that a batch is one atomic `apply_batch` (sled's
+//! multi-tree transactions read every key before writing it, which cost the writer most of
+//! its time). Keys start with a one-byte space:
 //!
-//! Only the [`writer`] appends. Readers (the HTTP API, replay) read committed trees.
+//! | space | key | value |
+//! |---|---|---|
+//! | `e` | sequence of the chunk's first record | a chunk: records, each a MessagePack [`Envelope`] chained by SHA-256 to the previous record, framed by a 4-byte length |
+//! | `s` | stream, 0, the chunk's first sequence | sequences (8 bytes each) of that stream's records in the chunk |
+//! | `i` | event id of a fact reported from outside | its sequence (de-duplication) |
+//! | `m` | `head`, `checkpoint` | the chain's end; the sequence the projections are up to date with |
+//! | `p` | projection tag, document key | the projection document or row |
+//!
+//! A batch's records are cut into chunks of about [`CHUNK_BYTES`], so the log costs a few
+//! sled keys per hundred events rather than three per event, and a replay reads it in large
+//! sequential values. Projections are written in the same `apply_batch` as the records they
+//! derive from.
+//!
+//! Only the [`writer`] appends. Readers (the HTTP API, replay) read committed keys.
 
 pub mod writer;
 
@@ -13,9 +25,9 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use shoal_shared::codec::{self, CodecError};
 use shoal_shared::events::{Envelope, Event};
-use shoal_shared::{OutputLine, TaskId};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use shoal_shared::{DeploymentId, EventId, OutputLine, TaskId};
+use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 
 /// Why the log could not be read or written. All of these are infrastructure failures: the
@@ -44,16 +56,21 @@ impl From<CodecError> for LogError {
     }
 }
 
-impl From<TransactionError<LogError>> for LogError {
-    fn from(e: TransactionError<LogError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => LogError::Sled(e),
-        }
-    }
-}
+/// Records of a batch are cut into chunks of about this many bytes. Small enough that a sled
+/// leaf of chunks stays below sled's blob threshold (128 KiB), large enough that the log
+/// costs few keys.
+pub const CHUNK_BYTES: usize = 8 * 1024;
 
-/// The projection trees.
+const CHUNKS: u8 = b'e';
+const STREAMS: u8 = b's';
+const FACTS: u8 = b'i';
+const PROJ: u8 = b'p';
+
+// The `m` space.
+const HEAD_KEY: &[u8] = b"mhead";
+const CHECKPOINT_KEY: &[u8] = b"mcheckpoint";
+
+/// The projections, each a key space of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proj {
     Pools,
@@ -63,12 +80,11 @@ pub enum Proj {
     Workers,
     Outbox,
     Output,
-    Streams,
 }
 
 impl Proj {
-    /// Every projection tree.
-    pub const ALL: [Proj; 8] = [
+    /// Every projection.
+    pub const ALL: [Proj; 7] = [
         Proj::Pools,
         Proj::Targets,
         Proj::Deployments,
@@ -76,10 +92,9 @@ impl Proj {
         Proj::Workers,
         Proj::Outbox,
         Proj::Output,
-        Proj::Streams,
     ];
 
-    /// The tree's name without prefix.
+    /// The projection's name.
     pub fn name(self) -> &'static str {
         match self {
             Proj::Pools => "pools",
@@ -89,33 +104,41 @@ impl Proj {
             Proj::Workers => "workers",
             Proj::Outbox => "outbox",
             Proj::Output => "output",
-            Proj::Streams => "streams",
         }
     }
-}
 
-/// One set of projection trees (live ones, or fresh ones that replay rebuilds).
-#[derive(Debug, Clone)]
-pub struct ProjTrees {
-    trees: Vec<sled::Tree>,
-}
-
-impl ProjTrees {
-    fn open(db: &sled::Db, prefix: &str) -> Result<ProjTrees, LogError> {
-        let trees = Proj::ALL
-            .iter()
-            .map(|p| db.open_tree(format!("{prefix}.{}", p.name())))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ProjTrees { trees })
+    fn tag(self) -> u8 {
+        match self {
+            Proj::Pools => b'P',
+            Proj::Targets => b'T',
+            Proj::Deployments => b'D',
+            Proj::Tasks => b'K',
+            Proj::Workers => b'W',
+            Proj::Outbox => b'O',
+            Proj::Output => b'L',
+        }
     }
 
-    /// The tree of one projection.
-    pub fn tree(&self, p: Proj) -> &sled::Tree {
-        &self.trees[Proj::ALL.iter().position(|q| *q == p).unwrap_or(0)]
+    fn of_tag(tag: u8) -> Option<Proj> {
+        Proj::ALL.into_iter().find(|p| p.tag() == tag)
+    }
+
+    /// The prefix of the projection's keys in the tree.
+    fn prefix(self) -> [u8; 2] {
+        [PROJ, self.tag()]
+    }
+
+    /// A document's key in the tree.
+    pub fn key(self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(key.len() + 2);
+        k.extend_from_slice(&self.prefix());
+        k.extend_from_slice(key);
+        k
     }
 }
 
-/// One write to a projection tree: the tree, the key, and the value (`None`: remove).
+/// One write to a projection: the projection, the document's key, and the value (`None`:
+/// remove).
 pub type ProjWrite = (Proj, Vec<u8>, Option<Vec<u8>>);
 
 /// Where a document lives, and its encoding (`None`: removed).
@@ -160,7 +183,6 @@ pub fn row_write(row: &Row) -> Result<(Proj, Vec<u8>, Vec<u8>), LogError> {
             key.extend_from_slice(&line_no.to_be_bytes());
             (Proj::Output, key, codec::encode(line)?)
         }
-        Row::StreamIndex { stream, seq } => (Proj::Streams, stream_key(stream, *seq), Vec::new()),
     })
 }
 
@@ -170,12 +192,36 @@ fn outbox_key(task: &TaskId, attempt: u32) -> Vec<u8> {
     key
 }
 
-fn stream_key(stream: &str, seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.len() + 9);
+fn chunk_key(first: u64) -> [u8; 9] {
+    let mut k = [CHUNKS; 9];
+    k[1..].copy_from_slice(&first.to_be_bytes());
+    k
+}
+
+fn stream_prefix(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 10);
+    key.push(STREAMS);
     key.extend_from_slice(stream.as_bytes());
     key.push(0);
-    key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+fn stream_key(stream: &str, chunk: u64) -> Vec<u8> {
+    let mut key = stream_prefix(stream);
+    key.extend_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+fn fact_key(id: &EventId) -> [u8; 17] {
+    let mut k = [FACTS; 17];
+    k[1..].copy_from_slice(id.as_bytes());
+    k
+}
+
+fn be_u64(bytes: &[u8], what: &str) -> Result<u64, LogError> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .map_err(|_| LogError::Corrupt(format!("{what} has {} bytes, want 8", bytes.len())))
 }
 
 /// SHA-256 of a stored record.
@@ -190,53 +236,119 @@ pub struct Head {
     pub hash: [u8; 32],
 }
 
-/// Everything one batch writes, in one transaction.
+/// One encoded record of a batch.
+#[derive(Debug)]
+pub struct Record {
+    pub seq: u64,
+    pub bytes: Vec<u8>,
+    pub stream: String,
+    /// The id of a fact reported from outside (a worker report, a rejected message), kept
+    /// for de-duplication; `None` for facts the planner decided itself.
+    pub fact: Option<EventId>,
+}
+
+/// Everything one batch writes, atomically.
 #[derive(Debug, Default)]
 pub struct BatchWrite {
-    pub records: Vec<(u64, Vec<u8>, shoal_shared::EventId)>,
+    pub records: Vec<Record>,
     pub proj: Vec<ProjWrite>,
     pub head: Head,
 }
 
-const HEAD_KEY: &[u8] = b"head";
-const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+/// How consecutive records of the given sizes are cut into chunks: each chunk is closed once
+/// it holds [`CHUNK_BYTES`] or more.
+pub fn cut_chunks(sizes: impl IntoIterator<Item = usize>) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes, mut n) = (0, 0, 0);
+    for size in sizes {
+        bytes += size + 4;
+        n += 1;
+        if bytes >= CHUNK_BYTES {
+            out.push(start..n);
+            start = n;
+            bytes = 0;
+        }
+    }
+    if start < n {
+        out.push(start..n);
+    }
+    out
+}
 
-/// The event log and its projections in one sled database.
+/// A chunk's value: its records, each after its length (4 bytes, big-endian).
+pub fn encode_chunk<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        let len = u32::try_from(r.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+/// The records of a chunk's value.
+///
+/// # Errors
+/// The value is not a well-framed chunk.
+pub fn chunk_records(value: &[u8]) -> Result<Vec<&[u8]>, LogError> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while !rest.is_empty() {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(LogError::Corrupt("chunk ends inside a record length".into()));
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err(LogError::Corrupt(format!(
+                "chunk record of {len} bytes, only {} left",
+                tail.len()
+            )));
+        }
+        out.push(&tail[..len]);
+        rest = &tail[len..];
+    }
+    Ok(out)
+}
+
+/// The stream index rows of one chunk: for every stream, the sequences of its records.
+pub fn stream_rows<'a>(
+    first: u64,
+    records: impl IntoIterator<Item = (u64, &'a str)>,
+) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for (seq, stream) in records {
+        rows.entry(stream_key(stream, first))
+            .or_default()
+            .extend_from_slice(&seq.to_be_bytes());
+    }
+    rows
+}
+
+/// The event log and its projections in one sled tree.
 #[derive(Debug, Clone)]
 pub struct EventLog {
     db: sled::Db,
-    events: sled::Tree,
-    event_ids: sled::Tree,
-    meta: sled::Tree,
-    live: ProjTrees,
+    tree: sled::Tree,
 }
 
+const TREE: &str = "shoal";
+
 impl EventLog {
-    /// Opens (or creates) the log under `dir`.
+    /// Opens (or creates) the log under `dir`. A log in the earlier layout (one sled tree per
+    /// kind of record) is moved into this one first, records unchanged.
     ///
     /// # Errors
-    /// The directory cannot be opened by sled (missing permissions, another process holds it).
+    /// The directory cannot be opened by sled (missing permissions, another process holds
+    /// it), or an earlier log cannot be moved.
     pub fn open(dir: &Path) -> Result<EventLog, LogError> {
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(32 * 1024 * 1024)
             .open()?;
-        let events = db.open_tree("log.events")?;
-        let event_ids = db.open_tree("log.event_ids")?;
-        let meta = db.open_tree("log.meta")?;
-        let live = ProjTrees::open(&db, "proj")?;
-        Ok(EventLog {
-            db,
-            events,
-            event_ids,
-            meta,
-            live,
-        })
-    }
-
-    /// The live projection trees.
-    pub fn projections(&self) -> &ProjTrees {
-        &self.live
+        let tree = db.open_tree(TREE)?;
+        let log = EventLog { db, tree };
+        migrate::from_trees(&log)?;
+        Ok(log)
     }
 
     /// The last record's sequence number and hash (zero for an empty log).
@@ -244,15 +356,13 @@ impl EventLog {
     /// # Errors
     /// Storage failure or a malformed head record.
     pub fn head(&self) -> Result<Head, LogError> {
-        match self.meta.get(HEAD_KEY)? {
+        match self.tree.get(HEAD_KEY)? {
             None => Ok(Head::default()),
             Some(v) if v.len() == 40 => {
-                let mut seq = [0u8; 8];
-                seq.copy_from_slice(&v[..8]);
                 let mut hash = [0u8; 32];
                 hash.copy_from_slice(&v[8..]);
                 Ok(Head {
-                    seq: u64::from_be_bytes(seq),
+                    seq: be_u64(&v[..8], "head record")?,
                     hash,
                 })
             }
@@ -268,13 +378,9 @@ impl EventLog {
     /// # Errors
     /// Storage failure.
     pub fn checkpoint(&self) -> Result<u64, LogError> {
-        match self.meta.get(CHECKPOINT_KEY)? {
+        match self.tree.get(CHECKPOINT_KEY)? {
             None => Ok(0),
-            Some(v) => <[u8; 8]>::try_from(v.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| {
-                    LogError::Corrupt(format!("checkpoint record has {} bytes, want 8", v.len()))
-                }),
+            Some(v) => be_u64(&v, "checkpoint record"),
         }
     }
 
@@ -284,55 +390,54 @@ impl EventLog {
     /// # Errors
     /// Storage failure.
     pub fn set_checkpoint(&self, seq: u64) -> Result<(), LogError> {
-        self.meta.insert(CHECKPOINT_KEY, &seq.to_be_bytes())?;
+        self.tree.insert(CHECKPOINT_KEY, &seq.to_be_bytes())?;
         self.db.flush()?;
         Ok(())
     }
 
-    /// Whether an event id is already in the log.
+    /// Whether a fact with this id is already in the log.
     ///
     /// # Errors
     /// Storage failure.
-    pub fn contains_event(&self, id: &shoal_shared::EventId) -> Result<bool, LogError> {
-        Ok(self.event_ids.contains_key(id.as_bytes())?)
+    pub fn contains_event(&self, id: &EventId) -> Result<bool, LogError> {
+        Ok(self.tree.contains_key(fact_key(id))?)
     }
 
-    /// Writes a batch atomically: records, their ids, projection changes, head and checkpoint.
-    /// Not durable until [`EventLog::flush`].
+    /// Writes a batch atomically: records in chunks, their stream index, fact ids,
+    /// projection changes, head and checkpoint. Not durable until [`EventLog::flush`].
     ///
     /// # Errors
     /// Storage failure; nothing of the batch is written then.
     pub fn write(&self, batch: &BatchWrite) -> Result<(), LogError> {
-        let mut events = sled::Batch::default();
-        let mut ids = sled::Batch::default();
-        for (seq, bytes, id) in &batch.records {
-            events.insert(&seq.to_be_bytes(), bytes.as_slice());
-            ids.insert(id.as_bytes(), &seq.to_be_bytes());
+        let mut b = sled::Batch::default();
+        for range in cut_chunks(batch.records.iter().map(|r| r.bytes.len())) {
+            let records = &batch.records[range];
+            let first = records[0].seq;
+            b.insert(
+                &chunk_key(first),
+                encode_chunk(records.iter().map(|r| r.bytes.as_slice())),
+            );
+            for (k, v) in stream_rows(first, records.iter().map(|r| (r.seq, r.stream.as_str()))) {
+                b.insert(k, v);
+            }
+            for r in records {
+                if let Some(id) = &r.fact {
+                    b.insert(&fact_key(id), &r.seq.to_be_bytes());
+                }
+            }
         }
-        let mut meta = sled::Batch::default();
         let mut head = batch.head.seq.to_be_bytes().to_vec();
         head.extend_from_slice(&batch.head.hash);
-        meta.insert(HEAD_KEY, head);
-        meta.insert(CHECKPOINT_KEY, &batch.head.seq.to_be_bytes());
-        let mut proj: Vec<sled::Batch> = Proj::ALL.iter().map(|_| sled::Batch::default()).collect();
+        b.insert(HEAD_KEY, head);
+        b.insert(CHECKPOINT_KEY, &batch.head.seq.to_be_bytes());
         for (p, key, value) in &batch.proj {
-            let i = Proj::ALL.iter().position(|q| q == p).unwrap_or(0);
+            let key = p.key(key);
             match value {
-                Some(v) => proj[i].insert(key.as_slice(), v.as_slice()),
-                None => proj[i].remove(key.as_slice()),
+                Some(v) => b.insert(key, v.as_slice()),
+                None => b.remove(key),
             }
         }
-        let mut trees: Vec<&sled::Tree> = vec![&self.events, &self.event_ids, &self.meta];
-        trees.extend(Proj::ALL.iter().map(|p| self.live.tree(*p)));
-        trees.as_slice().transaction(|t| {
-            t[0].apply_batch(&events)?;
-            t[1].apply_batch(&ids)?;
-            t[2].apply_batch(&meta)?;
-            for (i, b) in proj.iter().enumerate() {
-                t[3 + i].apply_batch(b)?;
-            }
-            Ok::<(), ConflictableTransactionError<LogError>>(())
-        })?;
+        self.tree.apply_batch(b)?;
         Ok(())
     }
 
@@ -354,41 +459,35 @@ impl EventLog {
         Ok(())
     }
 
-    /// Reads the projections back into memory (after a restart).
+    /// Reads what the writer keeps in memory (after a restart): pools, targets, workers, the
+    /// outbox, and deployments not yet finished with their tasks. Finished deployments stay
+    /// on disk; [`EventLog::deployment`] brings one back when a late report names it.
     ///
     /// # Errors
     /// Storage failure or undecodable documents.
     pub fn load_state(&self) -> Result<State, LogError> {
-        fn all<T: DeserializeOwned>(
-            tree: &sled::Tree,
-            what: &'static str,
-        ) -> Result<Vec<T>, LogError> {
-            tree.iter()
-                .values()
-                .map(|v| Ok(codec::decode(what, &v?)?))
-                .collect()
-        }
         let mut state = State::default();
-        for p in all::<PoolDoc>(self.live.tree(Proj::Pools), "pool document")? {
+        for p in self.docs::<PoolDoc>(Proj::Pools)? {
             state.pools.insert(p.name.clone(), p);
         }
-        for t in all::<TargetDoc>(self.live.tree(Proj::Targets), "target document")? {
+        for t in self.docs::<TargetDoc>(Proj::Targets)? {
             state.targets.insert(t.target.name.clone(), t);
         }
-        for d in all::<DeploymentDoc>(self.live.tree(Proj::Deployments), "deployment document")? {
-            if !d.state.is_terminal() {
-                state.active.insert(d.id);
-            }
-            state.deployments.insert(d.id, d);
-        }
-        for t in all::<TaskDoc>(self.live.tree(Proj::Tasks), "task document")? {
-            state.tasks.insert(t.id, t);
-        }
-        for w in all::<WorkerDoc>(self.live.tree(Proj::Workers), "worker document")? {
+        for w in self.docs::<WorkerDoc>(Proj::Workers)? {
             state.workers.insert(w.name.clone(), w);
         }
-        for k in self.live.tree(Proj::Outbox).iter().keys() {
+        for d in self.docs::<DeploymentDoc>(Proj::Deployments)? {
+            if !d.state.is_terminal() {
+                for t in self.tasks_of(&d)? {
+                    state.tasks.insert(t.id, t);
+                }
+                state.active.insert(d.id);
+                state.deployments.insert(d.id, d);
+            }
+        }
+        for k in self.tree.scan_prefix(Proj::Outbox.prefix()).keys() {
             let k = k?;
+            let k = &k[2..];
             if k.len() != 20 {
                 return Err(LogError::Corrupt(format!(
                     "outbox key of {} bytes",
@@ -408,17 +507,65 @@ impl EventLog {
         Ok(state)
     }
 
+    /// A deployment's document and its tasks' documents, as last committed.
+    ///
+    /// # Errors
+    /// Storage failure or undecodable documents.
+    pub fn deployment(
+        &self,
+        id: &DeploymentId,
+    ) -> Result<Option<(DeploymentDoc, Vec<TaskDoc>)>, LogError> {
+        let Some(d) = self.doc::<DeploymentDoc>(Proj::Deployments, id.as_bytes())? else {
+            return Ok(None);
+        };
+        let tasks = self.tasks_of(&d)?;
+        Ok(Some((d, tasks)))
+    }
+
+    fn tasks_of(&self, d: &DeploymentDoc) -> Result<Vec<TaskDoc>, LogError> {
+        let mut out = Vec::new();
+        for id in d.steps.iter().flat_map(|s| &s.tasks) {
+            if let Some(t) = self.doc::<TaskDoc>(Proj::Tasks, id.as_bytes())? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The chunk holding sequence `seq` (the last chunk starting at or before it).
+    fn chunk_at(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, LogError> {
+        match self.tree.range(chunk_key(0)..=chunk_key(seq)).next_back() {
+            Some(kv) => {
+                let (k, v) = kv?;
+                Ok(Some((be_u64(&k[1..], "chunk key")?, v)))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Records with sequence numbers after `after`, oldest first, at most `limit`.
     ///
     /// # Errors
     /// Storage failure or undecodable records.
     pub fn read(&self, after: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
-        self.events
-            .range((after.saturating_add(1)).to_be_bytes()..)
-            .values()
-            .take(limit)
-            .map(|v| Ok(codec::decode("log record", &v?)?))
-            .collect()
+        let start = match self.chunk_at(after.saturating_add(1))? {
+            Some((first, _)) => first,
+            None => 0,
+        };
+        let mut out = Vec::new();
+        for kv in self.tree.range(chunk_key(start)..=chunk_key(u64::MAX)) {
+            let (_, v) = kv?;
+            for r in chunk_records(&v)? {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let env: Envelope = codec::decode("log record", r)?;
+                if env.seq > after {
+                    out.push(env);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Records of one stream after `after`, oldest first, at most `limit`.
@@ -431,18 +578,37 @@ impl EventLog {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Envelope>, LogError> {
-        let mut prefix = stream.as_bytes().to_vec();
-        prefix.push(0);
-        let start = stream_key(stream, after.saturating_add(1));
+        let prefix = stream_prefix(stream);
+        let from = stream_key(stream, after.saturating_add(1));
+        // The row of the chunk that may hold `after + 1` starts before it.
+        let start = match self.tree.range(prefix.clone()..from.clone()).next_back() {
+            Some(kv) => kv?.0.to_vec(),
+            None => from,
+        };
         let mut out = Vec::new();
-        for k in self.live.tree(Proj::Streams).range(start..) {
-            let (k, _) = k?;
+        for kv in self.tree.range(start..) {
+            let (k, seqs) = kv?;
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
             }
-            let seq = &k[prefix.len()..];
-            if let Some(v) = self.events.get(seq)? {
-                out.push(codec::decode("log record", &v)?);
+            let first = be_u64(&k[prefix.len()..], "stream index key")?;
+            let wanted: Vec<u64> = seqs
+                .chunks(8)
+                .map(|s| be_u64(s, "stream index entry"))
+                .collect::<Result<_, _>>()?;
+            if wanted.last().is_none_or(|last| *last <= after) {
+                continue;
+            }
+            let Some(chunk) = self.tree.get(chunk_key(first))? else {
+                return Err(LogError::Corrupt(format!(
+                    "stream {stream} names chunk {first}, which is missing"
+                )));
+            };
+            for r in chunk_records(&chunk)? {
+                let env: Envelope = codec::decode("log record", r)?;
+                if env.seq > after && wanted.contains(&env.seq) && out.len() < limit {
+                    out.push(env);
+                }
             }
         }
         Ok(out)
@@ -453,11 +619,11 @@ impl EventLog {
     /// # Errors
     /// Storage failure or undecodable rows.
     pub fn task_output(&self, task: &TaskId) -> Result<Vec<(u32, u32, OutputLine)>, LogError> {
-        self.live
-            .tree(Proj::Output)
-            .scan_prefix(task.as_bytes())
+        self.tree
+            .scan_prefix(Proj::Output.key(task.as_bytes()))
             .map(|kv| {
                 let (k, v) = kv?;
+                let k = &k[2..];
                 if k.len() != 32 {
                     return Err(LogError::Corrupt(format!(
                         "output key of {} bytes",
@@ -479,9 +645,8 @@ impl EventLog {
     /// # Errors
     /// Storage failure or an undecodable document.
     pub fn doc<T: DeserializeOwned>(&self, p: Proj, key: &[u8]) -> Result<Option<T>, LogError> {
-        self.live
-            .tree(p)
-            .get(key)?
+        self.tree
+            .get(p.key(key))?
             .map(|v| Ok(codec::decode(p.name(), &v)?))
             .transpose()
     }
@@ -491,53 +656,117 @@ impl EventLog {
     /// # Errors
     /// Storage failure or an undecodable document.
     pub fn docs<T: DeserializeOwned>(&self, p: Proj) -> Result<Vec<T>, LogError> {
-        self.live
-            .tree(p)
-            .iter()
+        self.tree
+            .scan_prefix(p.prefix())
             .values()
             .map(|v| Ok(codec::decode(p.name(), &v?)?))
             .collect()
     }
 
-    /// Number of records in the log.
-    pub fn len(&self) -> usize {
-        self.events.len()
+    /// Reads the last `limit` documents of a projection, last key first.
+    ///
+    /// # Errors
+    /// Storage failure or an undecodable document.
+    pub fn docs_rev<T: DeserializeOwned>(&self, p: Proj, limit: usize) -> Result<Vec<T>, LogError> {
+        self.tree
+            .scan_prefix(p.prefix())
+            .values()
+            .rev()
+            .take(limit)
+            .map(|v| Ok(codec::decode(p.name(), &v?)?))
+            .collect()
     }
 
-    /// Whether the log is empty.
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+    /// Number of records in the log.
+    ///
+    /// # Errors
+    /// Storage failure.
+    pub fn len(&self) -> Result<u64, LogError> {
+        Ok(self.head()?.seq)
+    }
+
+    /// The chunks of the log, oldest first: (first sequence, value).
+    pub fn chunks(&self) -> impl Iterator<Item = Result<(u64, sled::IVec), LogError>> + '_ {
+        self.tree
+            .range(chunk_key(0)..=chunk_key(u64::MAX))
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((be_u64(&k[1..], "chunk key")?, v))
+            })
     }
 
     /// Iterates over every record: (stored bytes, decoded envelope), oldest first.
-    pub fn records(&self) -> impl Iterator<Item = Result<(sled::IVec, Envelope), LogError>> + '_ {
-        self.events.iter().values().map(|v| {
-            let v = v?;
-            let env: Envelope = codec::decode("log record", &v)?;
-            Ok((v, env))
+    pub fn records(&self) -> impl Iterator<Item = Result<(Vec<u8>, Envelope), LogError>> + '_ {
+        self.chunks().flat_map(|chunk| {
+            let decoded: Vec<Result<(Vec<u8>, Envelope), LogError>> = match chunk {
+                Err(e) => vec![Err(e)],
+                Ok((_, v)) => match chunk_records(&v) {
+                    Err(e) => vec![Err(e)],
+                    Ok(records) => records
+                        .into_iter()
+                        .map(|r| Ok((r.to_vec(), codec::decode("log record", r)?)))
+                        .collect(),
+                },
+            };
+            decoded
         })
     }
 
-    /// Opens a fresh set of projection trees under `prefix`, emptied first.
-    ///
-    /// # Errors
-    /// Storage failure.
-    pub fn fresh_projections(&self, prefix: &str) -> Result<ProjTrees, LogError> {
-        for p in Proj::ALL {
-            self.db.drop_tree(format!("{prefix}.{}", p.name()))?;
-        }
-        ProjTrees::open(&self.db, prefix)
+    /// Everything derived from the records (the stream index and the projections), in key
+    /// order, for replay to compare: (key, value).
+    pub fn derived(&self) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), LogError>> + '_ {
+        self.tree
+            .range([PROJ].as_slice()..[PROJ + 1].as_slice())
+            .chain(self.tree.range([STREAMS].as_slice()..[STREAMS + 1].as_slice()))
+            .map(|kv| Ok(kv?))
     }
 
-    /// Drops a set of projection trees made by [`EventLog::fresh_projections`].
+    /// Replaces everything derived from the records (replay's repair), in batches; the
+    /// caller has set the checkpoint to 0 first.
     ///
     /// # Errors
     /// Storage failure.
-    pub fn drop_projections(&self, prefix: &str) -> Result<(), LogError> {
-        for p in Proj::ALL {
-            self.db.drop_tree(format!("{prefix}.{}", p.name()))?;
+    pub fn replace_derived(
+        &self,
+        rows: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), LogError> {
+        for space in [PROJ, STREAMS] {
+            let mut b = sled::Batch::default();
+            for k in self.tree.range([space].as_slice()..[space + 1].as_slice()).keys() {
+                b.remove(k?);
+            }
+            self.tree.apply_batch(b)?;
         }
+        let mut b = sled::Batch::default();
+        let mut n = 0;
+        for (k, v) in rows {
+            b.insert(k, v);
+            n += 1;
+            if n % 10_000 == 0 {
+                self.tree.apply_batch(std::mem::take(&mut b))?;
+            }
+        }
+        self.tree.apply_batch(b)?;
+        self.db.flush()?;
         Ok(())
+    }
+}
+
+/// Names a key of the tree for a person: the projection (or index) and the key inside it.
+pub fn describe_key(key: &[u8]) -> (&'static str, String) {
+    fn show(key: &[u8]) -> String {
+        match std::str::from_utf8(key) {
+            Ok(s) if s.chars().all(|c| !c.is_control()) => format!("{s:?}"),
+            _ => key.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+    match key {
+        [PROJ, tag, rest @ ..] => (
+            Proj::of_tag(*tag).map_or("unknown projection", Proj::name),
+            show(rest),
+        ),
+        [STREAMS, rest @ ..] => ("stream index", show(rest)),
+        _ => ("unknown", show(key)),
     }
 }
 
@@ -547,4 +776,103 @@ impl EventLog {
 /// The payload is not an event this build knows.
 pub fn decode_event(env: &Envelope) -> Result<Event, CodecError> {
     codec::decode("event payload", &env.payload)
+}
+
+mod migrate {
+    //! Moving a log of the earlier layout (trees `log.events`, `log.event_ids`, `log.meta`,
+    //! `proj.*`) into the one tree. Records are copied unchanged, so the chain and every
+    //! event id stay as they were; the stream index is rebuilt from the records.
+
+    use super::{
+        CHECKPOINT_KEY, EventLog, HEAD_KEY, LogError, Proj, chunk_key, cut_chunks, encode_chunk,
+        fact_key, stream_rows,
+    };
+    use shoal_shared::EventId;
+    use shoal_shared::codec;
+    use shoal_shared::events::Envelope;
+
+    const OLD_EVENTS: &str = "log.events";
+    const DONE_KEY: &[u8] = b"mmigrated";
+
+    pub(super) fn from_trees(log: &EventLog) -> Result<(), LogError> {
+        let names = log.db.tree_names();
+        if !names.iter().any(|n| n.as_ref() == OLD_EVENTS.as_bytes()) {
+            return Ok(());
+        }
+        if log.tree.get(DONE_KEY)?.is_none() {
+            // Start over if an earlier attempt was cut short.
+            log.tree.clear()?;
+            copy(log)?;
+            log.tree.insert(DONE_KEY, &[1u8])?;
+            log.db.flush()?;
+        }
+        for name in names {
+            if name.starts_with(b"log.") || name.starts_with(b"proj.") {
+                log.db.drop_tree(name)?;
+            }
+        }
+        log.db.flush()?;
+        tracing::info!("event log moved to the single-tree layout");
+        Ok(())
+    }
+
+    fn copy(log: &EventLog) -> Result<(), LogError> {
+        let events = log.db.open_tree(OLD_EVENTS)?;
+        let mut pending: Vec<(u64, Vec<u8>, String)> = Vec::new();
+        for v in events.iter().values() {
+            let v = v?;
+            let env: Envelope = codec::decode("log record", &v)?;
+            pending.push((env.seq, v.to_vec(), env.stream));
+            if pending.len() >= 4096 {
+                write_records(log, &mut pending)?;
+            }
+        }
+        write_records(log, &mut pending)?;
+        let ids = log.db.open_tree("log.event_ids")?;
+        let mut b = sled::Batch::default();
+        for kv in ids.iter() {
+            let (k, v) = kv?;
+            if let Ok(id) = <[u8; 16]>::try_from(k.as_ref()) {
+                b.insert(&fact_key(&EventId(uuid::Uuid::from_bytes(id))), v);
+            }
+        }
+        log.tree.apply_batch(b)?;
+        for p in Proj::ALL {
+            let old = log.db.open_tree(format!("proj.{}", p.name()))?;
+            let mut b = sled::Batch::default();
+            for kv in old.iter() {
+                let (k, v) = kv?;
+                b.insert(p.key(&k), v);
+            }
+            log.tree.apply_batch(b)?;
+        }
+        let meta = log.db.open_tree("log.meta")?;
+        for (old, new) in [(b"head".as_slice(), HEAD_KEY), (b"checkpoint", CHECKPOINT_KEY)] {
+            if let Some(v) = meta.get(old)? {
+                log.tree.insert(new, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_records(
+        log: &EventLog,
+        pending: &mut Vec<(u64, Vec<u8>, String)>,
+    ) -> Result<(), LogError> {
+        let mut b = sled::Batch::default();
+        for range in cut_chunks(pending.iter().map(|r| r.1.len())) {
+            let records = &pending[range];
+            let first = records[0].0;
+            b.insert(
+                &chunk_key(first),
+                encode_chunk(records.iter().map(|r| r.1.as_slice())),
+            );
+            for (k, v) in stream_rows(first, records.iter().map(|r| (r.0, r.2.as_str()))) {
+                b.insert(k, v);
+            }
+        }
+        log.tree.apply_batch(b)?;
+        pending.clear();
+        Ok(())
+    }
 }

@@ -4,7 +4,7 @@
 //! and only then answers every command of the batch and hands new task attempts to the
 //! dispatcher.
 
-use super::{BatchWrite, EventLog, Head, LogError, doc_write, record_hash, row_write};
+use super::{BatchWrite, EventLog, Head, LogError, Record, doc_write, record_hash, row_write};
 use crate::domain::decide::CANCEL_GRACE_SECS;
 use crate::domain::state::{PendingCheck, TargetDoc};
 use crate::domain::{self, Changes, Command, EventSink, NewEvent, Rejection, State};
@@ -15,7 +15,7 @@ use shoal_shared::messages::{CheckMessage, TaskMessage, WIRE_SCHEMA_VERSION};
 use shoal_shared::{
     DeploymentId, DeploymentState, EventId, PoolName, TaskId, TaskState, Timestamp,
 };
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands taken into one transaction.
@@ -98,6 +98,8 @@ pub struct Writer {
     default_pool: PoolName,
     dispatch: mpsc::UnboundedSender<TaskMessage>,
     effects: mpsc::UnboundedSender<Effect>,
+    /// Keep finished deployments in memory (only for tests that compare both ways).
+    keep_finished: bool,
 }
 
 /// Changes of one batch not yet written.
@@ -105,7 +107,14 @@ pub struct Writer {
 struct Pending {
     write: BatchWrite,
     changes: Changes,
+    /// Ids of the facts from outside in this batch.
     ids: HashSet<EventId>,
+    /// The fact id of the command being handled.
+    fact: Option<EventId>,
+    /// Finished deployments brought back from disk for this batch.
+    faulted: BTreeSet<DeploymentId>,
+    /// Deployments that finished in this batch.
+    finished: BTreeSet<DeploymentId>,
     /// Attempts planned in this batch, with when (µs since the epoch) for the task message.
     planned: Vec<(TaskId, u32, i64)>,
     effects: Vec<Effect>,
@@ -139,7 +148,17 @@ impl Writer {
             default_pool,
             dispatch,
             effects,
+            keep_finished: false,
         })
+    }
+
+    /// Keeps finished deployments in memory instead of reading them back when needed: the
+    /// writer as it was before it bounded its memory. Tests run histories both ways and
+    /// expect the same decisions.
+    #[must_use]
+    pub fn keep_finished(mut self, keep: bool) -> Writer {
+        self.keep_finished = keep;
+        self
     }
 
     /// The effects still due after a restart: retries waiting for their backoff, and
@@ -180,10 +199,17 @@ impl Writer {
     /// What to do with every attempt still in the outbox after a restart: task messages to
     /// publish again, and confirmations for attempts a worker already reported on (the
     /// broker certainly had them; publishing again could only run them twice).
-    pub fn outbox(&self) -> (Vec<TaskMessage>, Vec<Command>) {
+    ///
+    /// # Errors
+    /// The log cannot be read.
+    pub fn outbox(&mut self) -> Result<(Vec<TaskMessage>, Vec<Command>), LogError> {
         let mut publish = Vec::new();
         let mut confirm = Vec::new();
-        for (task, attempt) in &self.state.outbox {
+        let entries: Vec<(TaskId, u32)> = self.state.outbox.iter().copied().collect();
+        for (task, _) in &entries {
+            self.fault_in_task(task)?;
+        }
+        for (task, attempt) in &entries {
             match self.state.tasks.get(task) {
                 Some(t) if t.attempt == *attempt && t.state == TaskState::Planned => {
                     publish.extend(self.task_message(task, *attempt, None));
@@ -197,7 +223,90 @@ impl Writer {
                 None => {}
             }
         }
-        (publish, confirm)
+        self.evict_finished();
+        Ok((publish, confirm))
+    }
+
+    /// Brings a finished deployment and its tasks back from disk when a command names it:
+    /// the writer keeps only unfinished deployments in memory.
+    fn fault_in(&mut self, id: &DeploymentId, p: &mut Pending) -> Result<(), LogError> {
+        if self.state.deployments.contains_key(id) {
+            return Ok(());
+        }
+        if let Some((doc, tasks)) = self.log.deployment(id)? {
+            for t in tasks {
+                self.state.tasks.insert(t.id, t);
+            }
+            if !doc.state.is_terminal() {
+                // Cannot happen (unfinished deployments are always in memory); count it
+                // anyway rather than plan from wrong numbers.
+                self.state.active.insert(*id);
+                self.state.deployments.insert(*id, doc);
+                self.state.recount();
+            } else {
+                self.state.deployments.insert(*id, doc);
+            }
+            p.faulted.insert(*id);
+        }
+        Ok(())
+    }
+
+    /// Like [`Writer::fault_in`], for a command that names only a task.
+    fn fault_in_task(&mut self, task: &TaskId) -> Result<Option<DeploymentId>, LogError> {
+        if let Some(t) = self.state.tasks.get(task) {
+            return Ok(Some(t.deployment));
+        }
+        let Some(t) = self
+            .log
+            .doc::<crate::domain::state::TaskDoc>(super::Proj::Tasks, task.as_bytes())?
+        else {
+            return Ok(None);
+        };
+        let mut scratch = Pending::default();
+        self.fault_in(&t.deployment, &mut scratch)?;
+        Ok(Some(t.deployment))
+    }
+
+    /// The deployments a command needs in memory.
+    fn faults_of(&mut self, cmd: &Command, p: &mut Pending) -> Result<(), LogError> {
+        use shoal_shared::messages::WorkerBody;
+        let deployment = match cmd {
+            Command::CreateDeployment { id, .. }
+            | Command::CancelDeployment { id, .. }
+            | Command::CancelGraceExpired { deployment: id }
+            | Command::MarkDispatched { deployment: id, .. } => Some(*id),
+            Command::RetryDue { task, .. } => self.fault_in_task(task)?,
+            Command::WorkerReport(m) => match &m.body {
+                WorkerBody::TaskStarted { deployment, .. }
+                | WorkerBody::TaskOutput { deployment, .. }
+                | WorkerBody::TaskFinished { deployment, .. } => Some(*deployment),
+                WorkerBody::HealthChecked { task: Some(t), .. } => self.fault_in_task(t)?,
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(id) = deployment {
+            self.fault_in(&id, p)?;
+        }
+        Ok(())
+    }
+
+    /// Drops every finished deployment and its tasks from memory (their documents are
+    /// committed).
+    fn evict_finished(&mut self) {
+        if self.keep_finished {
+            return;
+        }
+        let finished: Vec<DeploymentId> = self
+            .state
+            .deployments
+            .iter()
+            .filter(|(_, d)| d.state.is_terminal())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in finished {
+            self.state.evict(&id);
+        }
     }
 
     /// Starts the writer task; it runs until every handle is dropped or the log fails.
@@ -237,6 +346,22 @@ impl Writer {
             for effect in pending.effects {
                 let _ = self.effects.send(effect);
             }
+            // Finished deployments leave memory once committed and handed on.
+            let evict = if self.keep_finished {
+                BTreeSet::new()
+            } else {
+                &pending.faulted | &pending.finished
+            };
+            for id in &evict {
+                if self
+                    .state
+                    .deployments
+                    .get(id)
+                    .is_some_and(|d| d.state.is_terminal())
+                {
+                    self.state.evict(id);
+                }
+            }
         }
         self.log.flush().await?;
         tracing::info!(log.seq = self.head.seq, "event log writer stopped");
@@ -248,7 +373,8 @@ impl Writer {
         cmd: &Command,
         p: &mut Pending,
     ) -> Result<Result<Appended, Rejection>, LogError> {
-        if let Some(id) = cmd.fact_id()
+        p.fact = cmd.fact_id();
+        if let Some(id) = p.fact
             && (p.ids.contains(&id) || self.log.contains_event(&id)?)
         {
             return Ok(Ok(Appended {
@@ -256,6 +382,7 @@ impl Writer {
                 duplicate: true,
             }));
         }
+        self.faults_of(cmd, p)?;
         let default_pool = self.default_pool.clone();
         let mut sink = BatchSink {
             writer: self,
@@ -298,8 +425,19 @@ impl Writer {
             p.planned.push((*task, *attempt, Timestamp::now_micros()));
         }
         effects_of(&self.state, &e.event, &mut p.effects);
-        p.ids.insert(e.id);
-        p.write.records.push((seq, bytes, e.id));
+        if let Event::DeploymentFinished { deployment, .. } = &e.event {
+            p.finished.insert(*deployment);
+        }
+        let fact = (p.fact == Some(e.id)).then_some(e.id);
+        if let Some(id) = fact {
+            p.ids.insert(id);
+        }
+        p.write.records.push(Record {
+            seq,
+            bytes,
+            stream: env.stream,
+            fact,
+        });
         Ok(seq)
     }
 
