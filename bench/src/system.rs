@@ -12,7 +12,7 @@ use shoal_cli::client::ApiClient;
 use shoal_cli::local::{self, Nats, Proc};
 use shoal_planner::log::{EventLog, decode_event};
 use shoal_shared::events::Event;
-use shoal_shared::messages::{TaskMessage, WorkerBody, WorkerMessage};
+use shoal_shared::messages::{KIND_HEADER, TaskMessage, WorkerBody, decode_results};
 use shoal_shared::{DeploymentState, Outcome, TaskId, Timestamp, codec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -401,26 +401,33 @@ impl Observer {
         let results_task = tokio::spawn(async move {
             while let Some(msg) = result_sub.next().await {
                 let now = Timestamp::now_micros();
-                let Ok(report) = codec::decode::<WorkerMessage>("report", &msg.payload) else {
+                let kind = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(KIND_HEADER))
+                    .map(|v| v.as_str());
+                let Ok(reports) = decode_results(kind, &msg.payload) else {
                     continue;
                 };
-                match report.body {
-                    WorkerBody::TaskStarted { task, .. } => {
-                        let mut seen = lock(&s);
-                        let e = seen.entry(task).or_default();
-                        if e.started_us == 0 {
-                            e.started_us = now;
+                for report in reports {
+                    match report.body {
+                        WorkerBody::TaskStarted { task, .. } => {
+                            let mut seen = lock(&s);
+                            let e = seen.entry(task).or_default();
+                            if e.started_us == 0 {
+                                e.started_us = now;
+                            }
                         }
-                    }
-                    WorkerBody::TaskFinished { task, .. } => {
-                        let mut seen = lock(&s);
-                        let e = seen.entry(task).or_default();
-                        if e.finished_us == 0 {
-                            e.finished_us = now;
-                            f.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        WorkerBody::TaskFinished { task, .. } => {
+                            let mut seen = lock(&s);
+                            let e = seen.entry(task).or_default();
+                            if e.finished_us == 0 {
+                                e.finished_us = now;
+                                f.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                         }
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
         });

@@ -412,6 +412,28 @@ mod tests {
         }
 
         #[test]
+        fn worker_batches_round_trip(ids in proptest::collection::vec(uuid(), 0..8), w in worker(), p in pool(),
+                                     t in uuid(), l in lines()) {
+            let reports: Vec<WorkerMessage> = ids.iter().enumerate().map(|(i, id)| WorkerMessage {
+                schema_version: WIRE_SCHEMA_VERSION, event_id: EventId(*id), worker: w.clone(), pool: p.clone(),
+                sent_at: Timestamp(5),
+                body: if i % 2 == 0 {
+                    WorkerBody::TaskStarted { deployment: DeploymentId(t), task: TaskId(t), attempt: 1, delivery: 1 }
+                } else {
+                    WorkerBody::TaskOutput { deployment: DeploymentId(t), task: TaskId(t), attempt: 1, delivery: 1, first_line: 0, lines: l.clone() }
+                },
+            }).collect();
+            let batch = WorkerBatch { schema_version: WIRE_SCHEMA_VERSION, reports: reports.clone() };
+            let bytes = encode(&batch).expect("encodes");
+            let back: WorkerBatch = decode("worker report batch", &bytes).expect("decodes");
+            prop_assert_eq!(&back, &batch);
+            let read = decode_results(Some(KIND_REPORT_BATCH), &bytes).expect("reads");
+            prop_assert_eq!(&read, &reports);
+            let borrowed: Vec<&WorkerMessage> = reports.iter().collect();
+            prop_assert_eq!(encode_batch(&borrowed).expect("encodes"), bytes);
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode::<TaskMessage>("task", &bytes);
             let _ = decode::<WorkerMessage>("worker message", &bytes);
@@ -420,6 +442,9 @@ mod tests {
             let _ = decode::<Event>("event", &bytes);
             let _ = decode::<WorkerControl>("worker control", &bytes);
             let _ = decode::<CheckMessage>("check message", &bytes);
+            let _ = decode::<WorkerBatch>("worker report batch", &bytes);
+            let _ = decode_results(None, &bytes);
+            let _ = decode_results(Some(KIND_REPORT_BATCH), &bytes);
         }
 
         #[test]
@@ -432,6 +457,11 @@ mod tests {
             let bytes = encode(&report).expect("encodes");
             let at = cut.index(bytes.len());
             prop_assert!(decode::<WorkerMessage>("worker message", &bytes[..at]).is_err());
+            let batch = WorkerBatch { schema_version: WIRE_SCHEMA_VERSION, reports: vec![report.clone(), report] };
+            let bytes = encode(&batch).expect("encodes");
+            let at = cut.index(bytes.len());
+            prop_assert!(decode::<WorkerBatch>("worker report batch", &bytes[..at]).is_err());
+            prop_assert!(decode_results(Some(KIND_REPORT_BATCH), &bytes[..at]).is_err());
             let bytes = encode(&e).expect("encodes");
             let at = cut.index(bytes.len());
             prop_assert!(decode::<Event>("event", &bytes[..at]).is_err());
@@ -452,6 +482,45 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("pool name \"Not Valid\" contains 'N'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn results_are_read_by_their_kind() {
+        let report = WorkerMessage {
+            schema_version: WIRE_SCHEMA_VERSION,
+            event_id: EventId::new(),
+            worker: WorkerName::parse("w1").expect("valid"),
+            pool: PoolName::parse("default").expect("valid"),
+            sent_at: Timestamp(1),
+            body: WorkerBody::Left { reason: "r".into() },
+        };
+        // A single report, as older workers send it.
+        let single = encode(&report).expect("encodes");
+        let read = decode_results(None, &single).expect("reads");
+        assert_eq!(read, vec![report.clone()]);
+        // The same bytes said to be a batch, and a batch without the header, are unreadable.
+        assert!(decode_results(Some(KIND_REPORT_BATCH), &single).is_err());
+        let batch = WorkerBatch {
+            schema_version: WIRE_SCHEMA_VERSION,
+            reports: vec![report.clone(), report.clone()],
+        };
+        let bytes = encode(&batch).expect("encodes");
+        assert!(decode_results(None, &bytes).is_err());
+        // A batch from a newer build, and a kind this build does not know, say what to do.
+        let newer = WorkerBatch {
+            schema_version: WIRE_SCHEMA_VERSION + 1,
+            ..batch
+        };
+        let e = decode_results(Some(KIND_REPORT_BATCH), &encode(&newer).expect("encodes"))
+            .expect_err("must reject");
+        assert!(e.to_string().contains("unknown schema version 2"), "{e}");
+        assert!(e.to_string().contains("upgrade the planner"), "{e}");
+        let e = decode_results(Some("report-zip"), &bytes).expect_err("must reject");
+        assert!(
+            e.to_string()
+                .contains("unknown message kind \"report-zip\""),
             "{e}"
         );
     }

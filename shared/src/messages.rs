@@ -1,5 +1,6 @@
 //! Messages on the wire between the planner and the workers.
 
+use crate::codec::{self, CodecError};
 use crate::domain::{Action, Outcome, OutputLine};
 use crate::health::{HealthCheck, HealthState};
 use crate::ids::{CheckId, DeploymentId, EventId, TaskId};
@@ -8,7 +9,8 @@ use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Schema version of [`TaskMessage`], [`WorkerMessage`] and [`Heartbeat`] written by this build.
+/// Schema version of [`TaskMessage`], [`WorkerMessage`], [`WorkerBatch`] and [`Heartbeat`]
+/// written by this build.
 pub const WIRE_SCHEMA_VERSION: u16 = 1;
 
 /// One attempt of a task, published to `shoal.tasks.<pool>` with message id `<task>/<attempt>`.
@@ -86,6 +88,90 @@ pub struct WorkerMessage {
     pub pool: PoolName,
     pub sent_at: Timestamp,
     pub body: WorkerBody,
+}
+
+/// [`KIND_HEADER`] value of a [`WorkerBatch`] on `shoal.results.<pool>.<worker>`; absent: a
+/// single [`WorkerMessage`].
+pub const KIND_REPORT_BATCH: &str = "report-batch";
+
+/// Reports of one worker that were ready together, sent as one message on
+/// `shoal.results.<pool>.<worker>` with header `Shoal-Kind: report-batch` (one publish and
+/// one broker store for all of them). The planner records them in order and acknowledges the
+/// message once all are in its log; each keeps its own event id, so a redelivered batch is
+/// de-duplicated report by report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerBatch {
+    pub schema_version: u16,
+    pub reports: Vec<WorkerMessage>,
+}
+
+/// The JetStream message id of a [`WorkerBatch`] whose first report is `first`: that report
+/// is in this batch only, so the id names the batch on every retry and the broker
+/// de-duplicates a re-sent one.
+pub fn batch_message_id(first: EventId) -> String {
+    format!("batch/{first}")
+}
+
+/// Encodes reports as a [`WorkerBatch`] without copying them: the same bytes as encoding a
+/// `WorkerBatch` that owns them.
+///
+/// # Errors
+/// Only for values serde cannot represent (not the case for shoal's own types).
+pub fn encode_batch(reports: &[&WorkerMessage]) -> Result<Vec<u8>, CodecError> {
+    /// [`WorkerBatch`], borrowing its reports; the field names and order must stay the same.
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        schema_version: u16,
+        reports: &'a [&'a WorkerMessage],
+    }
+    codec::encode(&Borrowed {
+        schema_version: WIRE_SCHEMA_VERSION,
+        reports,
+    })
+}
+
+/// Why a message on `shoal.results.<pool>.<worker>` holds no report the planner can read.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(
+        "report batch has unknown schema version {found} (this build reads up to {WIRE_SCHEMA_VERSION}); upgrade the planner"
+    )]
+    UnknownBatchSchema { found: u16 },
+    #[error(
+        "unknown message kind \"{0}\" on a results subject (this build reads a single report or \"{KIND_REPORT_BATCH}\"); upgrade the planner"
+    )]
+    UnknownKind(String),
+}
+
+/// The reports in one message on `shoal.results.<pool>.<worker>`, in the order sent: a
+/// [`WorkerBatch`] when `kind` (its [`KIND_HEADER`]) says so, else a single
+/// [`WorkerMessage`] (what workers before batching send, and what a lone report is sent as).
+///
+/// # Errors
+/// Undecodable bytes, a batch of an unknown schema version, or an unknown kind: the whole
+/// message is unreadable.
+pub fn decode_results(
+    kind: Option<&str>,
+    payload: &[u8],
+) -> Result<Vec<WorkerMessage>, ResultsError> {
+    match kind {
+        None => Ok(vec![codec::decode::<WorkerMessage>(
+            "worker report",
+            payload,
+        )?]),
+        Some(KIND_REPORT_BATCH) => {
+            let batch = codec::decode::<WorkerBatch>("worker report batch", payload)?;
+            if batch.schema_version > WIRE_SCHEMA_VERSION {
+                return Err(ResultsError::UnknownBatchSchema {
+                    found: batch.schema_version,
+                });
+            }
+            Ok(batch.reports)
+        }
+        Some(other) => Err(ResultsError::UnknownKind(other.to_owned())),
+    }
 }
 
 /// What a worker reports.

@@ -228,7 +228,9 @@ async fn bad_requests_are_refused_with_a_reason() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_on_the_wire_are_rejected_recorded_and_never_redelivered() -> anyhow::Result<()>
 {
-    use shoal_shared::messages::{TaskMessage, WorkerBody, WorkerMessage};
+    use shoal_shared::messages::{
+        KIND_HEADER, KIND_REPORT_BATCH, TaskMessage, WorkerBatch, WorkerBody, WorkerMessage,
+    };
     use shoal_shared::{Action, DeploymentId, EventId, PoolName, TaskId, Timestamp, WorkerName};
 
     let mut c = Cluster::start(&["--no-builtin-worker"]).await?;
@@ -294,24 +296,46 @@ async fn bad_messages_on_the_wire_are_rejected_recorded_and_never_redelivered() 
             .await?
             .await?;
     }
+    // Batches of reports: unreadable, of an unknown schema, of an unknown kind, and a
+    // readable one whose two reports are each refused on their own.
+    let batch = |schema_version: u16, reports: Vec<WorkerMessage>| {
+        shoal_shared::codec::encode(&WorkerBatch {
+            schema_version,
+            reports,
+        })
+    };
+    let to_batches: Vec<(&str, Vec<u8>)> = vec![
+        (KIND_REPORT_BATCH, b"\x92garbage".to_vec()),
+        (KIND_REPORT_BATCH, batch(99, vec![report(1)])?),
+        ("report-zip", batch(1, vec![report(1)])?),
+        (KIND_REPORT_BATCH, batch(1, vec![report(1), report(99)])?),
+    ];
+    for (kind, bytes) in to_batches {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(KIND_HEADER, kind);
+        js.publish_with_headers("shoal.results.default.w1", headers, bytes.into())
+            .await?
+            .await?;
+    }
     client
         .publish("shoal.heartbeat.default.w1", "not a heartbeat".into())
         .await?;
     client.flush().await?;
 
     let rejected = c
-        .wait_for("ten rejections in the log", WAIT, || async {
+        .wait_for("fifteen rejections in the log", WAIT, || async {
             let events = c.events(None).await?;
             let r: Vec<Value> = events
                 .into_iter()
                 .filter(|e| e["type"] == "MessageRejected")
                 .map(|e| e["data"].clone())
                 .collect();
-            Ok((r.len() >= 10).then_some(r))
+            Ok((r.len() >= 15).then_some(r))
         })
         .await?;
     // Four on the task subject (the two that decode also end their task, here an unknown
-    // one: two more), three on the results subject, one heartbeat.
+    // one: two more), three on the results subject, one heartbeat; then three batches
+    // refused whole and the two reports of the readable one.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let again = c.events(None).await?;
     assert_eq!(
@@ -319,10 +343,10 @@ async fn bad_messages_on_the_wire_are_rejected_recorded_and_never_redelivered() 
             .iter()
             .filter(|e| e["type"] == "MessageRejected")
             .count(),
-        10,
+        15,
         "nothing is redelivered and rejected again"
     );
-    assert_eq!(rejected.len(), 10, "{rejected:#?}");
+    assert_eq!(rejected.len(), 15, "{rejected:#?}");
     let reasons: Vec<String> = rejected
         .iter()
         .map(|r| format!("{} {}", r["subject"], r["reason"]))
@@ -334,6 +358,9 @@ async fn bad_messages_on_the_wire_are_rejected_recorded_and_never_redelivered() 
         "reported on unknown task",
         "shoal.results.default.w1",
         "shoal.heartbeat.default.w1",
+        "malformed worker report batch",
+        "report batch has unknown schema version 99",
+        "unknown message kind \\\"report-zip\\\"",
     ] {
         assert!(
             reasons.iter().any(|r| r.contains(expected)),
@@ -345,7 +372,16 @@ async fn bad_messages_on_the_wire_are_rejected_recorded_and_never_redelivered() 
             .iter()
             .filter(|r| r.contains("unknown schema version 99"))
             .count(),
-        2,
+        4,
+        "{reasons:#?}"
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("reported on unknown task"))
+            .count(),
+        // the two ended tasks, the single report, the first report of the batch
+        4,
         "{reasons:#?}"
     );
     // Terminated, not redelivered: the queue is empty and nothing is pending.

@@ -1,5 +1,6 @@
 //! How steps run: failures, exit codes, timeouts, ordering and parallelism.
 
+use futures::StreamExt as _;
 use shoal_e2e::serde_json::{Value, json};
 use shoal_e2e::{Cluster, WAIT, alive, tasks};
 
@@ -203,5 +204,68 @@ async fn a_worker_with_a_relative_work_dir_runs_scripts() -> anyhow::Result<()> 
         pwd.starts_with('/') && pwd.contains("relative-work/tasks/"),
         "{pwd}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_reports_every_start_output_and_end_in_order() -> anyhow::Result<()> {
+    // Many short tasks with output at once on one worker: its reports leave in batches.
+    let mut c = Cluster::start(&["--no-builtin-worker"]).await?;
+    c.worker("busy", "default", "eu", &["--slots", "32"])?;
+    c.wait_online(&["busy"]).await?;
+    // Watch the worker's messages (a plain subscription takes nothing from the stream).
+    let client = async_nats::connect(c.nats.url()).await?;
+    let mut watch = client.subscribe("shoal.results.default.busy").await?;
+    client.flush().await?;
+    let targets = 80;
+    for i in 0..targets {
+        c.target(&format!("t{i}"), "prod", &["web"], None).await?;
+    }
+    let script = "echo \"$SHOAL_TARGET 1\"; sleep 0.05; for i in $(seq 2 20); do echo \"$SHOAL_TARGET $i\"; done";
+    let id = c
+        .deploy(&json!({"project": "p", "environment": "prod", "steps": [
+            {"name": "chatty", "roles": ["web"], "action": {"type": "script", "script": script}}]}))
+        .await?;
+    let d = c.finished(&id, WAIT).await?;
+    assert_eq!(d["state"], "succeeded", "{d:#}");
+    let (mut messages, mut batches) = (0, 0);
+    while let Ok(Some(m)) =
+        tokio::time::timeout(std::time::Duration::from_millis(200), watch.next()).await
+    {
+        messages += 1;
+        batches += usize::from(m.headers.is_some_and(|h| h.get("Shoal-Kind").is_some()));
+    }
+    // Not asserted: how reports group depends on timing.
+    eprintln!("{messages} messages from the worker, {batches} of them batches");
+    let events = c.events(Some(&format!("deployment/{id}"))).await?;
+    let all = tasks(&d);
+    assert_eq!(all.len(), targets);
+    for (_, t) in &all {
+        let task = t["id"].as_str().unwrap_or_default();
+        // This task's reports, in log order.
+        let mine: Vec<(&str, &Value)> = events
+            .iter()
+            .filter(|e| e["data"]["task"] == task)
+            .filter_map(|e| e["type"].as_str().map(|k| (k, &e["data"])))
+            .filter(|(k, _)| k.starts_with("Task") && *k != "TaskPlanned" && *k != "TaskDispatched")
+            .collect();
+        let kinds: Vec<&str> = mine.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds.first(), Some(&"TaskStarted"), "{task}: {kinds:?}");
+        assert_eq!(kinds.last(), Some(&"TaskFinished"), "{task}: {kinds:?}");
+        assert!(
+            kinds[1..kinds.len() - 1].iter().all(|k| *k == "TaskOutput"),
+            "{task}: {kinds:?}"
+        );
+        // The output chunks follow each other without gap or overlap.
+        let mut next = 0;
+        for (_, out) in &mine[1..mine.len() - 1] {
+            assert_eq!(out["first_line"], next, "{task}: {kinds:?}");
+            next += out["lines"].as_array().map_or(0, Vec::len) as u64;
+        }
+        assert_eq!(next, 20, "{task}");
+        let target = t["target"].as_str().unwrap_or_default();
+        let expected: Vec<String> = (1..=20).map(|i| format!("{target} {i}")).collect();
+        assert_eq!(c.output(&id, t).await?, expected);
+    }
     Ok(())
 }

@@ -1,5 +1,7 @@
-//! Result ingestion: reads worker reports from the results stream, appends them to the log
-//! (de-duplicated by event id) and acknowledges each only after its batch is flushed.
+//! Result ingestion: reads worker reports from the results stream (one report per message,
+//! or a batch of them with header `Shoal-Kind: report-batch`), appends them to the log in
+//! order (de-duplicated by event id) and acknowledges each message only after all of its
+//! reports are flushed.
 //! Heartbeats (core NATS) update the in-memory liveness view. Anything undecodable is
 //! recorded as `MessageRejected` and acknowledged, so it never blocks the queue.
 
@@ -11,13 +13,13 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use shoal_shared::EventId;
 use shoal_shared::codec;
-use shoal_shared::messages::{Heartbeat, WorkerMessage};
+use shoal_shared::messages::{Heartbeat, KIND_HEADER, decode_results};
 use shoal_shared::subjects::Subjects;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Reports being appended at once.
+/// Messages being appended at once (each a report or a batch of them).
 const MAX_IN_FLIGHT: usize = 4096;
 
 /// Consumes the results stream until shutdown.
@@ -27,18 +29,24 @@ pub async fn results(
     writer: WriterHandle,
     shutdown: CancellationToken,
 ) {
-    let (ack_tx, mut ack_rx) =
-        mpsc::channel::<(tokio::sync::oneshot::Receiver<_>, jetstream::Message)>(MAX_IN_FLIGHT);
-    // Acks in submission order, each after its command's batch is durable.
+    // Each message with the writer's answers to its commands (one per report), which arrive
+    // once the commands' batches are durable.
+    let (ack_tx, mut ack_rx) = mpsc::channel::<(
+        Vec<tokio::sync::oneshot::Receiver<_>>,
+        jetstream::Message,
+    )>(MAX_IN_FLIGHT);
+    // Acks in submission order, each after all its commands' batches are durable.
     let acker = tokio::spawn(async move {
-        while let Some((reply, msg)) = ack_rx.recv().await {
-            match reply.await {
-                Ok(_) => {
-                    if let Err(e) = msg.ack().await {
-                        tracing::debug!(error = %e, "result ack not sent; it will be redelivered and de-duplicated");
-                    }
+        while let Some((replies, msg)) = ack_rx.recv().await {
+            for reply in replies {
+                if reply.await.is_err() {
+                    // The writer stopped before the report was durable: leave the message
+                    // unacknowledged, to be redelivered.
+                    return;
                 }
-                Err(_) => return,
+            }
+            if let Err(e) = msg.ack().await {
+                tracing::debug!(error = %e, "result ack not sent; it will be redelivered and de-duplicated");
             }
         }
     });
@@ -86,26 +94,34 @@ pub async fn results(
                     break;
                 }
             };
-            let cmd = match codec::decode::<WorkerMessage>("worker report", &msg.payload) {
-                Ok(report) => Command::WorkerReport(report),
+            let kind = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(KIND_HEADER))
+                .map(|v| v.as_str());
+            let cmds: Vec<Command> = match decode_results(kind, &msg.payload) {
+                Ok(reports) => reports.into_iter().map(Command::WorkerReport).collect(),
                 Err(e) => {
                     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
                     tracing::warn!(error = %e, subject = %msg.subject, "rejecting a malformed worker report");
-                    Command::RejectMessage {
+                    vec![Command::RejectMessage {
                         id: stable_id(&subjects.results_stream(), seq),
                         subject: msg.subject.to_string(),
                         reason: e.to_string(),
                         bytes: msg.payload.to_vec(),
-                    }
+                    }]
                 }
             };
-            match writer.submit(cmd).await {
-                Ok(reply) => {
-                    if ack_tx.send((reply, msg)).await.is_err() {
-                        return;
-                    }
+            // In order, so a batch's reports enter the log as the worker sent them.
+            let mut replies = Vec::with_capacity(cmds.len());
+            for cmd in cmds {
+                match writer.submit(cmd).await {
+                    Ok(reply) => replies.push(reply),
+                    Err(_) => return,
                 }
-                Err(_) => return,
+            }
+            if ack_tx.send((replies, msg)).await.is_err() {
+                return;
             }
         }
     }
