@@ -134,7 +134,8 @@ fn rebuild(log: &EventLog) -> Result<Rebuilt, ReplayError> {
                 let (p, k, v) = row_write(&row)?;
                 derived.insert(p.key(&k), v);
             }
-            keys.append(&mut changes.docs);
+            // Not `append`: it merges both whole sets, every record.
+            keys.extend(std::mem::take(&mut changes.docs));
             streams.push((seq, env.stream));
             head = Head {
                 seq,
