@@ -2,14 +2,13 @@
 //! stream index from the records in memory, and compares them with the stored ones byte for
 //! byte (or, with `replace`, writes the rebuilt ones over them).
 
-use crate::domain::{Changes, DocKey, State};
+use crate::domain::{Changes, State};
 use crate::log::{
-    EventLog, Head, LogError, Proj, chunk_records, decode_event, describe_key, doc_write,
-    record_hash, row_write, stream_rows,
+    EventLog, Head, LogError, Proj, chunk_records, decode_event, describe_key, record_hash,
+    row_write, stream_rows,
 };
 use shoal_shared::codec;
 use shoal_shared::events::Envelope;
-use std::collections::{BTreeMap, BTreeSet};
 
 /// What replay found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,16 +57,29 @@ pub fn replay(log: &EventLog, replace: bool) -> Result<ReplayReport, ReplayError
         });
     }
     let mut rows: Vec<(&'static str, usize)> = Proj::ALL.iter().map(|p| (p.name(), 0)).collect();
-    rows.push(("streams", 0));
-    for k in rebuilt.derived.keys() {
-        let (name, _) = describe_key(k);
-        let name = if name == "stream index" { "streams" } else { name };
+    rows.push((STREAMS, 0));
+    let mut count = |key: &[u8]| {
+        let (name, _) = describe_key(key);
+        let name = if name == "stream index" { STREAMS } else { name };
         if let Some(r) = rows.iter_mut().find(|(n, _)| *n == name) {
             r.1 += 1;
         }
+    };
+    if replace {
+        let mut all = Vec::new();
+        for kv in expected(&rebuilt) {
+            let kv = kv?;
+            count(&kv.0);
+            all.push(kv);
+        }
+        log.set_checkpoint(0)?;
+        log.replace_derived(all)?;
+        log.set_checkpoint(rebuilt.head.seq)?;
+    } else {
+        compare(log, expected(&rebuilt), &mut count)?;
     }
     let state = &rebuilt.state;
-    let report = ReplayReport {
+    Ok(ReplayReport {
         events: rebuilt.head.seq,
         pools: state.pools.len(),
         targets: state.targets.len(),
@@ -75,29 +87,23 @@ pub fn replay(log: &EventLog, replace: bool) -> Result<ReplayReport, ReplayError
         tasks: state.tasks.len(),
         workers: state.workers.len(),
         rows,
-    };
-    if replace {
-        log.set_checkpoint(0)?;
-        log.replace_derived(rebuilt.derived)?;
-        log.set_checkpoint(rebuilt.head.seq)?;
-    } else {
-        compare(log, &rebuilt.derived)?;
-    }
-    Ok(report)
+    })
 }
 
-/// The state, chain head and every derived key/value, rebuilt from the records.
+const STREAMS: &str = "streams";
+
+/// The state and chain head rebuilt from the records, with the rows written once (task
+/// output, the stream index), sorted by key.
 struct Rebuilt {
     state: State,
     head: Head,
-    derived: BTreeMap<Vec<u8>, Vec<u8>>,
+    rows: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 fn rebuild(log: &EventLog) -> Result<Rebuilt, ReplayError> {
     let mut state = State::default();
     let mut head = Head::default();
-    let mut keys: BTreeSet<DocKey> = BTreeSet::new();
-    let mut derived = BTreeMap::new();
+    let mut rows = Vec::new();
     let mut changes = Changes::default();
     let mut streams: Vec<(u64, String)> = Vec::new();
     for chunk in log.chunks() {
@@ -132,10 +138,10 @@ fn rebuild(log: &EventLog) -> Result<Rebuilt, ReplayError> {
             state.apply(&env, &event, &mut changes);
             for row in changes.rows.drain(..) {
                 let (p, k, v) = row_write(&row)?;
-                derived.insert(p.key(&k), v);
+                rows.push((p.key(&k), v));
             }
-            // Not `append`: it merges both whole sets, every record.
-            keys.extend(std::mem::take(&mut changes.docs));
+            // Every document in the rebuilt state is compared at the end.
+            changes.docs.clear();
             streams.push((seq, env.stream));
             head = Head {
                 seq,
@@ -145,37 +151,89 @@ fn rebuild(log: &EventLog) -> Result<Rebuilt, ReplayError> {
         if streams.first().is_some_and(|(seq, _)| *seq != first) {
             return Err(ReplayError::Chain {
                 seq: first,
-                what: format!(
-                    "chunk keyed {first} starts with sequence {}",
-                    streams[0].0
-                ),
+                what: format!("chunk keyed {first} starts with sequence {}", streams[0].0),
             });
         }
-        derived.extend(stream_rows(
+        rows.extend(stream_rows(
             first,
             streams.iter().map(|(seq, s)| (*seq, s.as_str())),
         ));
     }
-    for key in &keys {
-        let (p, k, v) = doc_write(&state, key)?;
-        if let Some(v) = v {
-            derived.insert(p.key(&k), v);
-        }
+    // A row written again (a repeated output line) replaces the earlier one, as in the
+    // tree: sort stably and keep the last of equal keys.
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.reverse();
+    rows.dedup_by(|later, earlier| later.0 == earlier.0);
+    rows.reverse();
+    Ok(Rebuilt { state, head, rows })
+}
+
+type Kv = Result<(Vec<u8>, Vec<u8>), LogError>;
+
+/// Every derived key and value the rebuilt state implies, in the tree's key order: each
+/// projection's documents come from the state's ordered maps (their keys sort as their
+/// encodings do), encoded one at a time rather than held. [`compare`] checks the order.
+fn expected(r: &Rebuilt) -> impl Iterator<Item = Kv> + '_ {
+    fn docs<'a, K: 'a, V: serde::Serialize + 'a>(
+        p: Proj,
+        map: impl Iterator<Item = (&'a K, &'a V)> + 'a,
+        key: impl Fn(&K) -> Vec<u8> + 'a,
+    ) -> Box<dyn Iterator<Item = Kv> + 'a> {
+        Box::new(map.map(move |(k, v)| Ok((p.key(&key(k)), codec::encode(v)?))))
     }
-    Ok(Rebuilt {
-        state,
-        head,
-        derived,
-    })
+    let s = &r.state;
+    let output = Proj::Output.key(b"");
+    let split = r.rows.partition_point(|(k, _)| k.as_slice() < output.as_slice());
+    let rows = |range: std::ops::Range<usize>| -> Box<dyn Iterator<Item = Kv> + '_> {
+        Box::new(r.rows[range].iter().map(|(k, v)| Ok((k.clone(), v.clone()))))
+    };
+    let outbox = Box::new(s.outbox.iter().map(|(task, attempt)| {
+        let mut k = task.as_bytes().to_vec();
+        k.extend_from_slice(&attempt.to_be_bytes());
+        Ok((Proj::Outbox.key(&k), Vec::new()))
+    }));
+    let output_end = split + r.rows[split..].partition_point(|(k, _)| k.starts_with(&output));
+    // Projection tags in byte order: D, K, L, O, P, T, W; then the stream index (`s`).
+    let parts: Vec<Box<dyn Iterator<Item = Kv> + '_>> = vec![
+        rows(0..split),
+        docs(Proj::Deployments, s.deployments.iter(), |id| id.as_bytes().to_vec()),
+        docs(Proj::Tasks, s.tasks.iter(), |id| id.as_bytes().to_vec()),
+        rows(split..output_end),
+        outbox,
+        docs(Proj::Pools, s.pools.iter(), |n| n.as_str().into()),
+        docs(Proj::Targets, s.targets.iter(), |n| n.as_str().into()),
+        docs(Proj::Workers, s.workers.iter(), |n| n.as_str().into()),
+        rows(output_end..r.rows.len()),
+    ];
+    parts.into_iter().flatten()
 }
 
 /// Walks the stored derived keys and the rebuilt ones side by side, in key order.
-fn compare(log: &EventLog, rebuilt: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), ReplayError> {
+fn compare(
+    log: &EventLog,
+    rebuilt: impl Iterator<Item = Kv>,
+    count: &mut impl FnMut(&[u8]),
+) -> Result<(), ReplayError> {
     let mut live = log.derived();
-    let mut ours = rebuilt.iter();
-    let (mut a, mut b) = (live.next().transpose()?, ours.next());
+    let mut ours = rebuilt;
+    let mut last: Vec<u8> = Vec::new();
+    let mut next_ours = |last: &mut Vec<u8>| -> Result<Option<(Vec<u8>, Vec<u8>)>, ReplayError> {
+        let Some(kv) = ours.next().transpose()? else {
+            return Ok(None);
+        };
+        if !last.is_empty() && kv.0 <= *last {
+            let (tree, key) = describe_key(&kv.0);
+            return Err(LogError::Corrupt(format!(
+                "replay rebuilt {tree} {key} out of key order (a bug in replay)"
+            ))
+            .into());
+        }
+        last.clone_from(&kv.0);
+        Ok(Some(kv))
+    };
+    let (mut a, mut b) = (live.next().transpose()?, next_ours(&mut last)?);
     loop {
-        match (&a, b) {
+        match (&a, &b) {
             (None, None) => return Ok(()),
             (Some((k, _)), None) => {
                 return Err(differs(k, "present live, missing from the log"));
@@ -191,8 +249,9 @@ fn compare(log: &EventLog, rebuilt: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), R
                 if va.as_ref() != vb.as_slice() {
                     return Err(differs(ka, "live value differs from the rebuilt one"));
                 }
+                count(kb);
                 a = live.next().transpose()?;
-                b = ours.next();
+                b = next_ours(&mut last)?;
             }
         }
     }
