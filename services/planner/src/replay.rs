@@ -60,7 +60,11 @@ pub fn replay(log: &EventLog, replace: bool) -> Result<ReplayReport, ReplayError
     rows.push((STREAMS, 0));
     let mut count = |key: &[u8]| {
         let (name, _) = describe_key(key);
-        let name = if name == "stream index" { STREAMS } else { name };
+        let name = if name == "stream index" {
+            STREAMS
+        } else {
+            name
+        };
         if let Some(r) = rows.iter_mut().find(|(n, _)| *n == name) {
             r.1 += 1;
         }
@@ -100,16 +104,20 @@ struct Rebuilt {
     rows: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-fn rebuild(log: &EventLog) -> Result<Rebuilt, ReplayError> {
-    let mut state = State::default();
+/// One chunk's records, the chain verified and the envelopes decoded.
+struct Decoded {
+    first: u64,
+    records: Vec<Envelope>,
+}
+
+/// Reads the chunks, verifies the chain and decodes every envelope, sending each chunk on;
+/// runs on its own thread beside [`rebuild`], which decodes and applies the events.
+/// Returns the chain's end.
+fn verify(log: &EventLog, out: &std::sync::mpsc::SyncSender<Result<Decoded, ReplayError>>) -> Head {
     let mut head = Head::default();
-    let mut rows = Vec::new();
-    let mut changes = Changes::default();
-    let mut streams: Vec<(u64, String)> = Vec::new();
-    for chunk in log.chunks() {
-        let (first, value) = chunk?;
-        streams.clear();
-        for bytes in chunk_records(&value)? {
+    let chunk_of = |first: u64, value: &[u8], head: &mut Head| -> Result<Decoded, ReplayError> {
+        let mut records = Vec::new();
+        for bytes in chunk_records(value)? {
             let seq = head.seq + 1;
             let env: Envelope = codec::decode("log record", bytes).map_err(LogError::from)?;
             if env.seq != seq {
@@ -124,41 +132,77 @@ fn rebuild(log: &EventLog) -> Result<Rebuilt, ReplayError> {
                     what: "previous-record hash does not match: a record was changed, removed or inserted".into(),
                 });
             }
-            let event = decode_event(&env).map_err(LogError::from)?;
-            if event.event_type() != env.event_type {
-                return Err(ReplayError::Chain {
-                    seq,
-                    what: format!(
-                        "envelope says {} but payload is {}",
-                        env.event_type,
-                        event.event_type()
-                    ),
-                });
-            }
-            state.apply(&env, &event, &mut changes);
-            for row in changes.rows.drain(..) {
-                let (p, k, v) = row_write(&row)?;
-                rows.push((p.key(&k), v));
-            }
-            // Every document in the rebuilt state is compared at the end.
-            changes.docs.clear();
-            streams.push((seq, env.stream));
-            head = Head {
+            *head = Head {
                 seq,
                 hash: record_hash(bytes),
             };
+            records.push(env);
         }
-        if streams.first().is_some_and(|(seq, _)| *seq != first) {
+        if records.first().is_some_and(|env| env.seq != first) {
             return Err(ReplayError::Chain {
                 seq: first,
-                what: format!("chunk keyed {first} starts with sequence {}", streams[0].0),
+                what: format!(
+                    "chunk keyed {first} starts with sequence {}",
+                    records[0].seq
+                ),
             });
         }
-        rows.extend(stream_rows(
-            first,
-            streams.iter().map(|(seq, s)| (*seq, s.as_str())),
-        ));
+        Ok(Decoded { first, records })
+    };
+    for chunk in log.chunks() {
+        let decoded = chunk
+            .map_err(ReplayError::from)
+            .and_then(|(first, value)| chunk_of(first, &value, &mut head));
+        let failed = decoded.is_err();
+        if out.send(decoded).is_err() || failed {
+            break;
+        }
     }
+    head
+}
+
+fn rebuild(log: &EventLog) -> Result<Rebuilt, ReplayError> {
+    let mut state = State::default();
+    let mut rows = Vec::new();
+    let mut changes = Changes::default();
+    // Reading and verifying the chain (hashes, envelopes) take about as long as decoding and
+    // applying the events: one thread each.
+    let (tx, rx) = std::sync::mpsc::sync_channel(256);
+    let head = std::thread::scope(|scope| -> Result<Head, ReplayError> {
+        let verifier = scope.spawn(move || verify(log, &tx));
+        for decoded in rx {
+            let Decoded { first, records } = decoded?;
+            let mut streams = Vec::with_capacity(records.len());
+            for env in records {
+                let event = decode_event(&env).map_err(LogError::from)?;
+                if event.event_type() != env.event_type {
+                    return Err(ReplayError::Chain {
+                        seq: env.seq,
+                        what: format!(
+                            "envelope says {} but payload is {}",
+                            env.event_type,
+                            event.event_type()
+                        ),
+                    });
+                }
+                state.apply(&env, &event, &mut changes);
+                for row in changes.rows.drain(..) {
+                    let (p, k, v) = row_write(&row)?;
+                    rows.push((p.key(&k), v));
+                }
+                // Every document in the rebuilt state is compared at the end.
+                changes.docs.clear();
+                streams.push((env.seq, env.stream));
+            }
+            rows.extend(stream_rows(
+                first,
+                streams.iter().map(|(seq, s)| (*seq, s.as_str())),
+            ));
+        }
+        verifier
+            .join()
+            .map_err(|_| LogError::Corrupt("the verifying thread panicked".into()).into())
+    })?;
     // A row written again (a repeated output line) replaces the earlier one, as in the
     // tree: sort stably and keep the last of equal keys.
     rows.sort_by(|a, b| a.0.cmp(&b.0));
@@ -168,7 +212,8 @@ fn rebuild(log: &EventLog) -> Result<Rebuilt, ReplayError> {
     Ok(Rebuilt { state, head, rows })
 }
 
-type Kv = Result<(Vec<u8>, Vec<u8>), LogError>;
+type Pair = (Vec<u8>, Vec<u8>);
+type Kv = Result<Pair, LogError>;
 
 /// Every derived key and value the rebuilt state implies, in the tree's key order: each
 /// projection's documents come from the state's ordered maps (their keys sort as their
@@ -183,9 +228,15 @@ fn expected(r: &Rebuilt) -> impl Iterator<Item = Kv> + '_ {
     }
     let s = &r.state;
     let output = Proj::Output.key(b"");
-    let split = r.rows.partition_point(|(k, _)| k.as_slice() < output.as_slice());
+    let split = r
+        .rows
+        .partition_point(|(k, _)| k.as_slice() < output.as_slice());
     let rows = |range: std::ops::Range<usize>| -> Box<dyn Iterator<Item = Kv> + '_> {
-        Box::new(r.rows[range].iter().map(|(k, v)| Ok((k.clone(), v.clone()))))
+        Box::new(
+            r.rows[range]
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), v.clone()))),
+        )
     };
     let outbox = Box::new(s.outbox.iter().map(|(task, attempt)| {
         let mut k = task.as_bytes().to_vec();
@@ -196,7 +247,9 @@ fn expected(r: &Rebuilt) -> impl Iterator<Item = Kv> + '_ {
     // Projection tags in byte order: D, K, L, O, P, T, W; then the stream index (`s`).
     let parts: Vec<Box<dyn Iterator<Item = Kv> + '_>> = vec![
         rows(0..split),
-        docs(Proj::Deployments, s.deployments.iter(), |id| id.as_bytes().to_vec()),
+        docs(Proj::Deployments, s.deployments.iter(), |id| {
+            id.as_bytes().to_vec()
+        }),
         docs(Proj::Tasks, s.tasks.iter(), |id| id.as_bytes().to_vec()),
         rows(split..output_end),
         outbox,
@@ -208,16 +261,37 @@ fn expected(r: &Rebuilt) -> impl Iterator<Item = Kv> + '_ {
     parts.into_iter().flatten()
 }
 
-/// Walks the stored derived keys and the rebuilt ones side by side, in key order.
+/// Walks the stored derived keys and the rebuilt ones side by side, in key order. The stored
+/// ones are read on a second thread while this one encodes the rebuilt ones.
 fn compare(
     log: &EventLog,
     rebuilt: impl Iterator<Item = Kv>,
     count: &mut impl FnMut(&[u8]),
 ) -> Result<(), ReplayError> {
-    let mut live = log.derived();
-    let mut ours = rebuilt;
+    type Stored = Vec<Result<(sled::IVec, sled::IVec), LogError>>;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Stored>(64);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut live = log.derived();
+            loop {
+                let part: Stored = live.by_ref().take(1024).collect();
+                if part.is_empty() || tx.send(part).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut live = rx.into_iter().flatten();
+        walk(&mut live, rebuilt, count)
+    })
+}
+
+fn walk(
+    live: &mut impl Iterator<Item = Result<(sled::IVec, sled::IVec), LogError>>,
+    mut ours: impl Iterator<Item = Kv>,
+    count: &mut impl FnMut(&[u8]),
+) -> Result<(), ReplayError> {
     let mut last: Vec<u8> = Vec::new();
-    let mut next_ours = |last: &mut Vec<u8>| -> Result<Option<(Vec<u8>, Vec<u8>)>, ReplayError> {
+    let mut next_ours = |last: &mut Vec<u8>| -> Result<Option<Pair>, ReplayError> {
         let Some(kv) = ours.next().transpose()? else {
             return Ok(None);
         };

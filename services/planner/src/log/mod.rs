@@ -295,7 +295,9 @@ pub fn chunk_records(value: &[u8]) -> Result<Vec<&[u8]>, LogError> {
     let mut rest = value;
     while !rest.is_empty() {
         let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(LogError::Corrupt("chunk ends inside a record length".into()));
+            return Err(LogError::Corrupt(
+                "chunk ends inside a record length".into(),
+            ));
         };
         let len = u32::from_be_bytes(*len) as usize;
         if tail.len() < len {
@@ -685,6 +687,14 @@ impl EventLog {
         Ok(self.head()?.seq)
     }
 
+    /// Whether the log holds no record.
+    ///
+    /// # Errors
+    /// Storage failure.
+    pub fn is_empty(&self) -> Result<bool, LogError> {
+        Ok(self.len()? == 0)
+    }
+
     /// The chunks of the log, oldest first: (first sequence, value).
     pub fn chunks(&self) -> impl Iterator<Item = Result<(u64, sled::IVec), LogError>> + '_ {
         self.tree
@@ -717,7 +727,10 @@ impl EventLog {
     pub fn derived(&self) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), LogError>> + '_ {
         self.tree
             .range([PROJ].as_slice()..[PROJ + 1].as_slice())
-            .chain(self.tree.range([STREAMS].as_slice()..[STREAMS + 1].as_slice()))
+            .chain(
+                self.tree
+                    .range([STREAMS].as_slice()..[STREAMS + 1].as_slice()),
+            )
             .map(|kv| Ok(kv?))
     }
 
@@ -732,7 +745,11 @@ impl EventLog {
     ) -> Result<(), LogError> {
         for space in [PROJ, STREAMS] {
             let mut b = sled::Batch::default();
-            for k in self.tree.range([space].as_slice()..[space + 1].as_slice()).keys() {
+            for k in self
+                .tree
+                .range([space].as_slice()..[space + 1].as_slice())
+                .keys()
+            {
                 b.remove(k?);
             }
             self.tree.apply_batch(b)?;
@@ -847,7 +864,10 @@ mod migrate {
             log.tree.apply_batch(b)?;
         }
         let meta = log.db.open_tree("log.meta")?;
-        for (old, new) in [(b"head".as_slice(), HEAD_KEY), (b"checkpoint", CHECKPOINT_KEY)] {
+        for (old, new) in [
+            (b"head".as_slice(), HEAD_KEY),
+            (b"checkpoint", CHECKPOINT_KEY),
+        ] {
             if let Some(v) = meta.get(old)? {
                 log.tree.insert(new, v)?;
             }
