@@ -102,6 +102,32 @@ pub struct Writer {
     keep_finished: bool,
 }
 
+type Reply = (
+    Option<oneshot::Sender<Result<Appended, Rejection>>>,
+    Result<Appended, Rejection>,
+);
+
+/// What a written batch hands on once it is durable.
+struct Done {
+    /// Whether it wrote anything (else nothing needs a flush).
+    wrote: bool,
+    replies: Vec<Reply>,
+    messages: Vec<TaskMessage>,
+    effects: Vec<Effect>,
+    evict: BTreeSet<DeploymentId>,
+}
+
+impl Done {
+    /// Joins a later batch that waits for the same flush.
+    fn append(&mut self, mut later: Done) {
+        self.wrote |= later.wrote;
+        self.replies.append(&mut later.replies);
+        self.messages.append(&mut later.messages);
+        self.effects.append(&mut later.effects);
+        self.evict.append(&mut later.evict);
+    }
+}
+
 /// Changes of one batch not yet written.
 #[derive(Default)]
 struct Pending {
@@ -320,52 +346,119 @@ impl Writer {
 
     async fn run(mut self, mut rx: mpsc::Receiver<Request>) -> Result<(), LogError> {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        // Pipelined group commit: while one flush is on its way to disk, the next commands
+        // are decided and written; they wait for a flush that starts after their write.
+        // Answers, task messages and effects go out only once their batch is durable, in
+        // order.
+        let mut flushing: Option<(tokio::task::JoinHandle<Result<(), LogError>>, Done)> = None;
+        let mut waiting: Option<Done> = None;
         loop {
-            if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                break;
-            }
-            let mut pending = Pending::default();
-            let mut replies = Vec::with_capacity(batch.len());
-            for req in batch.drain(..) {
-                let result = self.handle(&req.cmd, &mut pending)?;
-                replies.push((req.reply, result));
-            }
-            if !pending.write.records.is_empty() {
-                self.commit(&mut pending).await?;
-            }
-            for (reply, result) in replies {
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
+            tokio::select! {
+                biased;
+                flushed = async {
+                    match flushing.as_mut() {
+                        Some((flush, _)) => flush.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    flushed.map_err(|e| LogError::Corrupt(format!("log flush task failed: {e}")))??;
+                    if let Some((_, done)) = flushing.take() {
+                        self.release(done);
+                    }
+                    match waiting.take() {
+                        Some(done) if done.wrote => flushing = Some((self.start_flush(), done)),
+                        Some(done) => self.release(done),
+                        None => {}
+                    }
                 }
-            }
-            for (task, attempt, at_us) in pending.planned {
-                if let Some(msg) = self.task_message(&task, attempt, Some(at_us)) {
-                    let _ = self.dispatch.send(msg);
-                }
-            }
-            for effect in pending.effects {
-                let _ = self.effects.send(effect);
-            }
-            // Finished deployments leave memory once committed and handed on.
-            let evict = if self.keep_finished {
-                BTreeSet::new()
-            } else {
-                &pending.faulted | &pending.finished
-            };
-            for id in &evict {
-                if self
-                    .state
-                    .deployments
-                    .get(id)
-                    .is_some_and(|d| d.state.is_terminal())
-                {
-                    self.state.evict(id);
+                n = rx.recv_many(&mut batch, MAX_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let done = self.decide(&mut batch)?;
+                    match (&flushing, waiting.as_mut()) {
+                        (None, _) if done.wrote => flushing = Some((self.start_flush(), done)),
+                        (None, _) => self.release(done),
+                        (Some(_), None) => waiting = Some(done),
+                        (Some(_), Some(w)) => w.append(done),
+                    }
                 }
             }
         }
+        if let Some((flush, done)) = flushing.take() {
+            flush
+                .await
+                .map_err(|e| LogError::Corrupt(format!("log flush task failed: {e}")))??;
+            self.release(done);
+        }
         self.log.flush().await?;
+        if let Some(done) = waiting.take() {
+            self.release(done);
+        }
         tracing::info!(log.seq = self.head.seq, "event log writer stopped");
         Ok(())
+    }
+
+    fn start_flush(&self) -> tokio::task::JoinHandle<Result<(), LogError>> {
+        let log = self.log.clone();
+        tokio::spawn(async move { log.flush().await })
+    }
+
+    /// Decides a batch of commands and writes its events (not yet durable).
+    fn decide(&mut self, batch: &mut Vec<Request>) -> Result<Done, LogError> {
+        let mut pending = Pending::default();
+        let mut replies = Vec::with_capacity(batch.len());
+        for req in batch.drain(..) {
+            let result = self.handle(&req.cmd, &mut pending)?;
+            replies.push((req.reply, result));
+        }
+        let wrote = !pending.write.records.is_empty();
+        if wrote {
+            self.write(&mut pending)?;
+        }
+        let messages = pending
+            .planned
+            .iter()
+            .filter_map(|(task, attempt, at_us)| self.task_message(task, *attempt, Some(*at_us)))
+            .collect();
+        let evict = if self.keep_finished {
+            BTreeSet::new()
+        } else {
+            &pending.faulted | &pending.finished
+        };
+        Ok(Done {
+            wrote,
+            replies,
+            messages,
+            effects: pending.effects,
+            evict,
+        })
+    }
+
+    /// Hands on what a durable batch produced.
+    fn release(&mut self, done: Done) {
+        for (reply, result) in done.replies {
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        }
+        for msg in done.messages {
+            let _ = self.dispatch.send(msg);
+        }
+        for effect in done.effects {
+            let _ = self.effects.send(effect);
+        }
+        // Finished deployments leave memory once committed and handed on.
+        for id in &done.evict {
+            if self
+                .state
+                .deployments
+                .get(id)
+                .is_some_and(|d| d.state.is_terminal())
+            {
+                self.state.evict(id);
+            }
+        }
     }
 
     fn handle(
@@ -441,7 +534,7 @@ impl Writer {
         Ok(seq)
     }
 
-    async fn commit(&mut self, p: &mut Pending) -> Result<(), LogError> {
+    fn write(&mut self, p: &mut Pending) -> Result<(), LogError> {
         let changes = std::mem::take(&mut p.changes);
         for key in &changes.docs {
             p.write.proj.push(doc_write(&self.state, key)?);
@@ -452,7 +545,6 @@ impl Writer {
         }
         p.write.head = self.head;
         self.log.write(&p.write)?;
-        self.log.flush().await?;
         Ok(())
     }
 
