@@ -320,10 +320,12 @@ async fn main() -> anyhow::Result<()> {
                 o.params.slots_per_worker
             ),
             format!(
-                "submitted at {:.0}/s, {} tasks measured\nschedule-to-start {}\nend-to-end (log) {}",
+                "submitted at {:.0}/s, {} tasks measured\nschedule-to-start {}\n  planned → on the broker {}\n  on the broker → started {}\nend-to-end (log) {}",
                 o.achieved_submit_rate_per_s,
                 o.measured_tasks,
                 lat(&o.schedule_to_start),
+                lat(&o.planned_to_queued),
+                lat(&o.queued_to_started),
                 lat(&o.end_to_end)
             ),
         );

@@ -29,6 +29,10 @@ pub struct Outcome {
     pub measured_tasks: usize,
     pub achieved_submit_rate_per_s: f64,
     pub schedule_to_start: Latency,
+    /// The first part of schedule-to-start: planned → the task message on the broker.
+    pub planned_to_queued: Latency,
+    /// The second part: on the broker → the worker's `TaskStarted` report.
+    pub queued_to_started: Latency,
     pub end_to_end: Latency,
     pub planner_rss_mib: Option<f64>,
 }
@@ -80,6 +84,7 @@ pub async fn run(layout: Layout, rate: u32, seconds: f64, warmup: f64) -> anyhow
     shoal.wait_ingested(Duration::from_secs(120)).await?;
     let rss = shoal.planner_rss_mib();
     let (s2s, missing) = observer.schedule_to_start_ms(measured_from);
+    let (to_queue, to_start) = observer.phases_ms(measured_from);
     drop(observer);
     let facts = shoal.stop().await?;
     facts.ensure_all_succeeded(total, ids.len())?;
@@ -99,6 +104,8 @@ pub async fn run(layout: Layout, rate: u32, seconds: f64, warmup: f64) -> anyhow
         measured_tasks: s2s.len(),
         achieved_submit_rate_per_s: per_second(total as u64, submit_end - start),
         schedule_to_start: Latency::of(s2s),
+        planned_to_queued: Latency::of(to_queue),
+        queued_to_started: Latency::of(to_start),
         end_to_end: Latency::of(facts.end_to_end_ms(measured_from)),
         planner_rss_mib: rss,
     })

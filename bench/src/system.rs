@@ -359,6 +359,8 @@ impl LogFacts {
 pub struct Seen {
     /// From the task message (`planned_at_us`, stamped by the planner's writer).
     pub planned_us: i64,
+    /// When the observer received the task message (it is on the broker).
+    pub queued_us: i64,
     /// When the observer received the worker's `TaskStarted` report.
     pub started_us: i64,
     /// When the observer received the worker's `TaskFinished` report.
@@ -392,8 +394,14 @@ impl Observer {
         let s = seen.clone();
         let tasks_task = tokio::spawn(async move {
             while let Some(msg) = task_sub.next().await {
+                let now = Timestamp::now_micros();
                 if let Ok(t) = codec::decode::<TaskMessage>("task", &msg.payload) {
-                    lock(&s).entry(t.task).or_default().planned_us = t.planned_at_us;
+                    let mut seen = lock(&s);
+                    let e = seen.entry(t.task).or_default();
+                    e.planned_us = t.planned_at_us;
+                    if e.queued_us == 0 {
+                        e.queued_us = now;
+                    }
                 }
             }
         });
@@ -471,6 +479,25 @@ impl Observer {
             }
         }
         (out, missing)
+    }
+
+    /// Schedule-to-start in two parts, per task planned at or after `from_us`, in ms:
+    /// planned → the task message seen on the broker (the writer's commit and flush, the
+    /// dispatcher's publish), and seen on the broker → the worker's `TaskStarted` seen (the
+    /// pull, the worker, its report).
+    pub fn phases_ms(&self, from_us: i64) -> (Vec<f64>, Vec<f64>) {
+        let seen = lock(&self.seen);
+        seen.values()
+            .filter(|s| {
+                s.planned_us >= from_us && s.planned_us > 0 && s.queued_us > 0 && s.started_us > 0
+            })
+            .map(|s| {
+                (
+                    us_to_ms(s.queued_us - s.planned_us),
+                    us_to_ms(s.started_us - s.queued_us),
+                )
+            })
+            .unzip()
     }
 }
 
