@@ -562,3 +562,186 @@ async fn a_repeated_worker_report_is_appended_once() {
         .count();
     assert_eq!(finished, 1);
 }
+
+/// The records of a chunk (4-byte big-endian length, then the record), as the log frames them.
+fn framed(chunk: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < chunk.len() {
+        let len = u32::from_be_bytes(chunk[at..at + 4].try_into().expect("4 bytes")) as usize;
+        out.push(chunk[at + 4..at + 4 + len].to_vec());
+        at += 4 + len;
+    }
+    out
+}
+
+/// A log written by an earlier version (one sled tree per kind of record) is moved into the
+/// one tree when it is opened: the same records and chain, the same projections, every stream
+/// readable, and the old trees gone.
+#[tokio::test]
+async fn a_log_in_the_earlier_layout_is_moved_over_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = open(dir.path());
+    h.run(Command::EnsureDefaultPool).await;
+    h.apply(Op::Target {
+        name: 1,
+        roles: vec![0],
+        pool: None,
+    })
+    .await;
+    h.apply(Op::Deploy {
+        steps: vec![(vec![0], None, None)],
+    })
+    .await;
+    for op in [
+        Op::Dispatched(0),
+        Op::Started(0, 1),
+        Op::Output(0, 3),
+        Op::Finished(0, 0, true),
+    ] {
+        h.apply(op).await;
+    }
+    let log = h.close().await;
+    let records = log.read(0, usize::MAX).expect("reads");
+    assert!(records.len() > 5, "a history to move");
+    let stream = records
+        .iter()
+        .find(|e| e.stream.starts_with("deployment/"))
+        .expect("a deployment stream")
+        .stream
+        .clone();
+    let in_stream = log.read_stream(&stream, 0, usize::MAX).expect("reads");
+    let state = log.load_state().expect("loads");
+    drop(log);
+    {
+        let db = reopen(|| sled::open(dir.path()));
+        let tree = db.open_tree("shoal").expect("tree");
+        let events = db.open_tree("log.events").expect("tree");
+        let ids = db.open_tree("log.event_ids").expect("tree");
+        let meta = db.open_tree("log.meta").expect("tree");
+        for kv in tree.iter() {
+            let (k, v) = kv.expect("reads");
+            match k[0] {
+                b'e' => {
+                    for record in framed(&v) {
+                        let env: shoal_shared::events::Envelope =
+                            shoal_shared::codec::decode("record", &record).expect("decodes");
+                        events.insert(env.seq.to_be_bytes(), record).expect("write");
+                    }
+                }
+                b'i' => {
+                    ids.insert(&k[1..], v).expect("write");
+                }
+                b'm' => {
+                    meta.insert(&k[1..], v).expect("write");
+                }
+                b'p' => {
+                    let p = Proj::ALL
+                        .into_iter()
+                        .find(|p| p.key(b"")[..] == k[..2])
+                        .expect("a known projection");
+                    db.open_tree(format!("proj.{}", p.name()))
+                        .expect("tree")
+                        .insert(&k[2..], v)
+                        .expect("write");
+                }
+                _ => {}
+            }
+        }
+        drop(tree);
+        db.drop_tree("shoal").expect("drop");
+        db.flush().expect("flush");
+    }
+    let log = reopen(|| EventLog::open(dir.path()));
+    assert_eq!(log.read(0, usize::MAX).expect("reads"), records);
+    assert_eq!(
+        log.read_stream(&stream, 0, usize::MAX).expect("reads"),
+        in_stream
+    );
+    assert_eq!(log.load_state().expect("loads"), state);
+    replay(&log, false).expect("replay equals the moved projections");
+    drop(log);
+    let db = reopen(|| sled::open(dir.path()));
+    assert!(
+        !db.tree_names()
+            .iter()
+            .any(|n| n.starts_with(b"log.") || n.starts_with(b"proj.")),
+        "old trees are dropped: {:?}",
+        db.tree_names()
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Paging through the log and through one stream, a few records at a time, gives exactly the
+/// records read at once, whatever chunk boundaries fall in between.
+#[tokio::test]
+async fn paging_through_the_log_and_a_stream_misses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = open(dir.path());
+    h.run(Command::EnsureDefaultPool).await;
+    for i in 0..4 {
+        h.apply(Op::Target {
+            name: i,
+            roles: vec![0],
+            pool: None,
+        })
+        .await;
+    }
+    for _ in 0..3 {
+        h.apply(Op::Deploy {
+            steps: vec![(vec![0], None, None), (vec![0], None, None)],
+        })
+        .await;
+    }
+    for i in 0..6 {
+        h.apply(Op::Dispatched(i)).await;
+        h.apply(Op::Started(i, 1)).await;
+        h.apply(Op::Finished(i, 0, false)).await;
+    }
+    let log = h.close().await;
+    let all = log.read(0, usize::MAX).expect("reads");
+    assert_eq!(all.len() as u64, log.len().expect("head"));
+    for limit in [1, 3, 7] {
+        let mut paged = Vec::new();
+        loop {
+            let after = paged
+                .last()
+                .map_or(0, |e: &shoal_shared::events::Envelope| e.seq);
+            let page = log.read(after, limit).expect("reads");
+            assert!(page.len() <= limit);
+            if page.is_empty() {
+                break;
+            }
+            paged.extend(page);
+        }
+        assert_eq!(paged, all, "paging the log by {limit}");
+    }
+    let stream = all
+        .iter()
+        .find(|e| e.stream.starts_with("deployment/"))
+        .expect("a deployment")
+        .stream
+        .clone();
+    let whole: Vec<_> = all.iter().filter(|e| e.stream == stream).cloned().collect();
+    assert_eq!(
+        log.read_stream(&stream, 0, usize::MAX).expect("reads"),
+        whole
+    );
+    for limit in [1, 2, 5] {
+        let mut paged = Vec::new();
+        loop {
+            let after = paged
+                .last()
+                .map_or(0, |e: &shoal_shared::events::Envelope| e.seq);
+            let page = log.read_stream(&stream, after, limit).expect("reads");
+            assert!(page.len() <= limit);
+            if page.is_empty() {
+                break;
+            }
+            paged.extend(page);
+        }
+        assert_eq!(paged, whole, "paging stream {stream} by {limit}");
+    }
+}

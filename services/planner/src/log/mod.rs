@@ -823,7 +823,8 @@ mod migrate {
             log.tree.insert(DONE_KEY, &[1u8])?;
             log.db.flush()?;
         }
-        for name in names {
+        // Names again: copying opened (so created) every old projection tree.
+        for name in log.db.tree_names() {
             if name.starts_with(b"log.") || name.starts_with(b"proj.") {
                 log.db.drop_tree(name)?;
             }
