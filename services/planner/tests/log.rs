@@ -536,10 +536,8 @@ async fn a_changed_projection_is_reported_and_rebuild_repairs_it() {
     replay(&log, false).expect("equal after rebuild");
 }
 
-#[tokio::test]
-async fn a_repeated_worker_report_is_appended_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut h = open(dir.path());
+/// The default pool, one target and a deployment of one step with one task on it.
+async fn one_task_deployment(h: &mut Harness) {
     h.run(Command::EnsureDefaultPool).await;
     h.apply(Op::Target {
         name: 1,
@@ -551,6 +549,13 @@ async fn a_repeated_worker_report_is_appended_once() {
         steps: vec![(vec![0], None, None)],
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_repeated_worker_report_is_appended_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = open(dir.path());
+    one_task_deployment(&mut h).await;
     let before = h.log.len().expect("head");
     h.apply(Op::Finished(0, 0, true)).await;
     let log = h.close().await;
@@ -582,17 +587,7 @@ fn framed(chunk: &[u8]) -> Vec<Vec<u8>> {
 async fn a_log_in_the_earlier_layout_is_moved_over_unchanged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut h = open(dir.path());
-    h.run(Command::EnsureDefaultPool).await;
-    h.apply(Op::Target {
-        name: 1,
-        roles: vec![0],
-        pool: None,
-    })
-    .await;
-    h.apply(Op::Deploy {
-        steps: vec![(vec![0], None, None)],
-    })
-    .await;
+    one_task_deployment(&mut h).await;
     for op in [
         Op::Dispatched(0),
         Op::Started(0, 1),
@@ -674,6 +669,27 @@ async fn a_log_in_the_earlier_layout_is_moved_over_unchanged() {
     );
 }
 
+/// Reads page after page (each at most `limit` records, after the last one read) until a page
+/// is empty.
+fn page_all(
+    limit: usize,
+    read: impl Fn(u64) -> Vec<shoal_shared::events::Envelope>,
+) -> Vec<shoal_shared::events::Envelope> {
+    let mut paged: Vec<shoal_shared::events::Envelope> = Vec::new();
+    loop {
+        let page = read(paged.last().map_or(0, |e| e.seq));
+        assert!(
+            page.len() <= limit,
+            "a page of {} for a limit of {limit}",
+            page.len()
+        );
+        if page.is_empty() {
+            return paged;
+        }
+        paged.extend(page);
+    }
+}
+
 /// Paging through the log and through one stream, a few records at a time, gives exactly the
 /// records read at once, whatever chunk boundaries fall in between.
 #[tokio::test]
@@ -704,18 +720,7 @@ async fn paging_through_the_log_and_a_stream_misses_and_repeats_nothing() {
     let all = log.read(0, usize::MAX).expect("reads");
     assert_eq!(all.len() as u64, log.len().expect("head"));
     for limit in [1, 3, 7] {
-        let mut paged = Vec::new();
-        loop {
-            let after = paged
-                .last()
-                .map_or(0, |e: &shoal_shared::events::Envelope| e.seq);
-            let page = log.read(after, limit).expect("reads");
-            assert!(page.len() <= limit);
-            if page.is_empty() {
-                break;
-            }
-            paged.extend(page);
-        }
+        let paged = page_all(limit, |after| log.read(after, limit).expect("reads"));
         assert_eq!(paged, all, "paging the log by {limit}");
     }
     let stream = all
@@ -730,18 +735,9 @@ async fn paging_through_the_log_and_a_stream_misses_and_repeats_nothing() {
         whole
     );
     for limit in [1, 2, 5] {
-        let mut paged = Vec::new();
-        loop {
-            let after = paged
-                .last()
-                .map_or(0, |e: &shoal_shared::events::Envelope| e.seq);
-            let page = log.read_stream(&stream, after, limit).expect("reads");
-            assert!(page.len() <= limit);
-            if page.is_empty() {
-                break;
-            }
-            paged.extend(page);
-        }
+        let paged = page_all(limit, |after| {
+            log.read_stream(&stream, after, limit).expect("reads")
+        });
         assert_eq!(paged, whole, "paging stream {stream} by {limit}");
     }
 }
