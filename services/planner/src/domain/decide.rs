@@ -229,6 +229,11 @@ pub fn decide(
             Ok(vec![NewEvent::new(Event::TargetUpdated { target })])
         }
         Command::CreateDeployment { id, spec } => {
+            if state.deployments.contains_key(id) {
+                return Err(Rejection::Conflict(format!(
+                    "deployment {id} already exists"
+                )));
+            }
             let steps = plan(state, default_pool, spec)?;
             Ok(vec![NewEvent::new(Event::DeploymentCreated {
                 deployment: *id,

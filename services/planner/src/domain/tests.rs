@@ -1315,3 +1315,14 @@ fn a_failing_health_check_step_waits_for_its_other_checks_and_names_every_unheal
         "{reason}"
     );
 }
+
+#[test]
+fn a_deployment_id_already_used_is_refused() {
+    let mut m = given(&[target("web-1", &["web"], None)]);
+    let (id, _) = deploy(&mut m, vec![step("a", &["web"], None)]);
+    let spec = m.state.deployments[&id].spec.clone();
+    assert!(matches!(
+        when(&mut m, Command::CreateDeployment { id, spec }),
+        Err(Rejection::Conflict(e)) if e.contains("already exists")
+    ));
+}

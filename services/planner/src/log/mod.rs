@@ -580,6 +580,10 @@ impl EventLog {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Envelope>, LogError> {
+        if stream.contains('\0') {
+            // No stream is named so; the byte would match other streams' index keys.
+            return Ok(Vec::new());
+        }
         let prefix = stream_prefix(stream);
         let from = stream_key(stream, after.saturating_add(1));
         // The row of the chunk that may hold `after + 1` starts before it.
@@ -755,11 +759,11 @@ impl EventLog {
             self.tree.apply_batch(b)?;
         }
         let mut b = sled::Batch::default();
-        let mut n = 0;
+        let mut n = 0usize;
         for (k, v) in rows {
             b.insert(k, v);
             n += 1;
-            if n % 10_000 == 0 {
+            if n.is_multiple_of(10_000) {
                 self.tree.apply_batch(std::mem::take(&mut b))?;
             }
         }
@@ -847,22 +851,14 @@ mod migrate {
         }
         write_records(log, &mut pending)?;
         let ids = log.db.open_tree("log.event_ids")?;
-        let mut b = sled::Batch::default();
-        for kv in ids.iter() {
-            let (k, v) = kv?;
-            if let Ok(id) = <[u8; 16]>::try_from(k.as_ref()) {
-                b.insert(&fact_key(&EventId(uuid::Uuid::from_bytes(id))), v);
-            }
-        }
-        log.tree.apply_batch(b)?;
+        copy_tree(log, &ids, |k| {
+            <[u8; 16]>::try_from(k)
+                .ok()
+                .map(|id| fact_key(&EventId(uuid::Uuid::from_bytes(id))).to_vec())
+        })?;
         for p in Proj::ALL {
             let old = log.db.open_tree(format!("proj.{}", p.name()))?;
-            let mut b = sled::Batch::default();
-            for kv in old.iter() {
-                let (k, v) = kv?;
-                b.insert(p.key(&k), v);
-            }
-            log.tree.apply_batch(b)?;
+            copy_tree(log, &old, |k| Some(p.key(k)))?;
         }
         let meta = log.db.open_tree("log.meta")?;
         for (old, new) in [
@@ -873,6 +869,29 @@ mod migrate {
                 log.tree.insert(new, v)?;
             }
         }
+        Ok(())
+    }
+
+    /// Copies a tree's entries under new keys (`None`: skip), a few thousand per batch so
+    /// that a large tree (task output) never sits in memory whole.
+    fn copy_tree(
+        log: &EventLog,
+        from: &sled::Tree,
+        key: impl Fn(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<(), LogError> {
+        let mut b = sled::Batch::default();
+        let mut n = 0usize;
+        for kv in from.iter() {
+            let (k, v) = kv?;
+            if let Some(k) = key(&k) {
+                b.insert(k, v);
+                n += 1;
+                if n.is_multiple_of(4096) {
+                    log.tree.apply_batch(std::mem::take(&mut b))?;
+                }
+            }
+        }
+        log.tree.apply_batch(b)?;
         Ok(())
     }
 

@@ -232,8 +232,11 @@ impl Writer {
         let mut publish = Vec::new();
         let mut confirm = Vec::new();
         let entries: Vec<(TaskId, u32)> = self.state.outbox.iter().copied().collect();
+        let mut scratch = Pending::default();
         for (task, _) in &entries {
-            self.fault_in_task(task)?;
+            if let Some(d) = self.deployment_of(task)? {
+                self.fault_in(&d, &mut scratch)?;
+            }
         }
         for (task, attempt) in &entries {
             match self.state.tasks.get(task) {
@@ -277,20 +280,15 @@ impl Writer {
         Ok(())
     }
 
-    /// Like [`Writer::fault_in`], for a command that names only a task.
-    fn fault_in_task(&mut self, task: &TaskId) -> Result<Option<DeploymentId>, LogError> {
+    /// The deployment of a task, in memory or on disk (for a command that names only a task).
+    fn deployment_of(&self, task: &TaskId) -> Result<Option<DeploymentId>, LogError> {
         if let Some(t) = self.state.tasks.get(task) {
             return Ok(Some(t.deployment));
         }
-        let Some(t) = self
+        Ok(self
             .log
             .doc::<crate::domain::state::TaskDoc>(super::Proj::Tasks, task.as_bytes())?
-        else {
-            return Ok(None);
-        };
-        let mut scratch = Pending::default();
-        self.fault_in(&t.deployment, &mut scratch)?;
-        Ok(Some(t.deployment))
+            .map(|t| t.deployment))
     }
 
     /// The deployments a command needs in memory.
@@ -301,12 +299,12 @@ impl Writer {
             | Command::CancelDeployment { id, .. }
             | Command::CancelGraceExpired { deployment: id }
             | Command::MarkDispatched { deployment: id, .. } => Some(*id),
-            Command::RetryDue { task, .. } => self.fault_in_task(task)?,
+            Command::RetryDue { task, .. } => self.deployment_of(task)?,
             Command::WorkerReport(m) => match &m.body {
                 WorkerBody::TaskStarted { deployment, .. }
                 | WorkerBody::TaskOutput { deployment, .. }
                 | WorkerBody::TaskFinished { deployment, .. } => Some(*deployment),
-                WorkerBody::HealthChecked { task: Some(t), .. } => self.fault_in_task(t)?,
+                WorkerBody::HealthChecked { task: Some(t), .. } => self.deployment_of(t)?,
                 _ => None,
             },
             _ => None,
@@ -375,7 +373,24 @@ impl Writer {
                     if n == 0 {
                         break;
                     }
-                    let done = self.decide(&mut batch)?;
+                    let done = match self.decide(&mut batch) {
+                        Ok(done) => done,
+                        Err(e) => {
+                            // Batches written before this one may be durable: answer them
+                            // before stopping, as a writer without pipelining would have.
+                            if let Some((flush, done)) = flushing.take()
+                                && matches!(flush.await, Ok(Ok(())))
+                            {
+                                self.release(done);
+                                if let Some(done) = waiting.take()
+                                    && self.log.flush().await.is_ok()
+                                {
+                                    self.release(done);
+                                }
+                            }
+                            return Err(e);
+                        }
+                    };
                     match (&flushing, waiting.as_mut()) {
                         (None, _) if done.wrote => flushing = Some((self.start_flush(), done)),
                         (None, _) => self.release(done),
