@@ -68,6 +68,11 @@ async fn six_hundred_tasks_over_two_pools_all_end_once_in_their_pool() -> anyhow
         .filter(|e| e["type"] == "TaskFinished")
         .count();
     assert_eq!(finished, 600);
+    // The finished deployment and its 600 tasks are on disk, no longer in the planner's memory.
+    let status = c.api.get("/api/status").await?;
+    assert_eq!(status["deployments_in_memory"], 0, "{status}");
+    assert_eq!(status["tasks_in_memory"], 0, "{status}");
+    assert!(status["log_seq"].as_u64().unwrap_or(0) > 2400, "{status}");
     c.stop_planner().await?;
     let (ok, out) = c.replay()?;
     assert!(ok && out.contains("600 tasks"), "{out}");

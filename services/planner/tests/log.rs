@@ -5,6 +5,7 @@
 use proptest::prelude::*;
 use shoal_planner::domain::Command;
 use shoal_planner::domain::decide::TargetUpdate;
+use shoal_planner::domain::state::DeploymentDoc;
 use shoal_planner::log::writer::{WriteError, Writer, WriterHandle};
 use shoal_planner::log::{EventLog, Proj};
 use shoal_planner::replay::{ReplayError, replay};
@@ -450,6 +451,17 @@ proptest! {
             for op in ops {
                 h.apply(op).await;
             }
+            // Only unfinished deployments and their tasks stay in the writer's memory.
+            let unfinished: Vec<DeploymentDoc> = h
+                .log
+                .docs::<DeploymentDoc>(Proj::Deployments)
+                .expect("reads")
+                .into_iter()
+                .filter(|d| !d.state.is_terminal())
+                .collect();
+            let tasks: usize = unfinished.iter().flat_map(|d| &d.steps).map(|s| s.tasks.len()).sum();
+            let (held, held_tasks, _) = h.handle.in_memory();
+            assert_eq!((held, held_tasks), (unfinished.len(), tasks), "deployments and tasks in memory");
             let log = h.close().await;
             let report = replay(&log, false).expect("replay equals live");
             assert_eq!(report.events, log.len().expect("head"));

@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(workers::resume),
         )
         .route("/api/events", get(events::list))
+        .route("/api/status", get(status))
         .route("/healthz", get(|| async { "ok" }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(|| async {
@@ -200,4 +201,17 @@ where
     D: serde::Deserializer<'de>,
 {
     <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// What the planner holds: the log's last sequence, and the unfinished deployments and their
+/// tasks the writer keeps in memory (finished ones stay on disk).
+async fn status(
+    axum::extract::State(app): axum::extract::State<AppState>,
+) -> axum::Json<serde_json::Value> {
+    let (deployments, tasks, seq) = app.writer.in_memory();
+    axum::Json(serde_json::json!({
+        "log_seq": seq,
+        "deployments_in_memory": deployments,
+        "tasks_in_memory": tasks,
+    }))
 }

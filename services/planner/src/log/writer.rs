@@ -16,6 +16,8 @@ use shoal_shared::{
     DeploymentId, DeploymentState, EventId, PoolName, TaskId, TaskState, Timestamp,
 };
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands taken into one transaction.
@@ -49,6 +51,16 @@ struct Request {
 #[derive(Debug, Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Request>,
+    memory: Arc<InMemory>,
+}
+
+/// What the writer holds in memory, as of its last durable batch (for `GET /api/status` and
+/// for tests that the writer's memory stays bounded).
+#[derive(Debug, Default)]
+pub struct InMemory {
+    pub deployments: AtomicUsize,
+    pub tasks: AtomicUsize,
+    pub log_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for Request {
@@ -58,6 +70,15 @@ impl std::fmt::Debug for Request {
 }
 
 impl WriterHandle {
+    /// Deployments and tasks the writer holds in memory, and the log's last sequence.
+    pub fn in_memory(&self) -> (usize, usize, u64) {
+        (
+            self.memory.deployments.load(Ordering::Relaxed),
+            self.memory.tasks.load(Ordering::Relaxed),
+            self.memory.log_seq.load(Ordering::Relaxed),
+        )
+    }
+
     /// Executes a command and waits until its events are durable.
     ///
     /// # Errors
@@ -100,6 +121,7 @@ pub struct Writer {
     effects: mpsc::UnboundedSender<Effect>,
     /// Keep finished deployments in memory (only for tests that compare both ways).
     keep_finished: bool,
+    memory: Arc<InMemory>,
 }
 
 type Reply = (
@@ -175,6 +197,7 @@ impl Writer {
             dispatch,
             effects,
             keep_finished: false,
+            memory: Arc::default(),
         })
     }
 
@@ -335,11 +358,14 @@ impl Writer {
 
     /// Starts the writer task; it runs until every handle is dropped or the log fails.
     pub fn spawn(
-        self,
+        mut self,
         capacity: usize,
     ) -> (WriterHandle, tokio::task::JoinHandle<Result<(), LogError>>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (WriterHandle { tx }, tokio::spawn(self.run(rx)))
+        let memory = Arc::new(InMemory::default());
+        self.memory = memory.clone();
+        self.count_memory();
+        (WriterHandle { tx, memory }, tokio::spawn(self.run(rx)))
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Request>) -> Result<(), LogError> {
@@ -452,6 +478,19 @@ impl Writer {
 
     /// Hands on what a durable batch produced.
     fn release(&mut self, done: Done) {
+        // Finished deployments leave memory once committed (before the answers go out, so a
+        // caller that has its answer sees the memory counted without them).
+        for id in &done.evict {
+            if self
+                .state
+                .deployments
+                .get(id)
+                .is_some_and(|d| d.state.is_terminal())
+            {
+                self.state.evict(id);
+            }
+        }
+        self.count_memory();
         for (reply, result) in done.replies {
             if let Some(reply) = reply {
                 let _ = reply.send(result);
@@ -463,17 +502,14 @@ impl Writer {
         for effect in done.effects {
             let _ = self.effects.send(effect);
         }
-        // Finished deployments leave memory once committed and handed on.
-        for id in &done.evict {
-            if self
-                .state
-                .deployments
-                .get(id)
-                .is_some_and(|d| d.state.is_terminal())
-            {
-                self.state.evict(id);
-            }
-        }
+    }
+
+    fn count_memory(&self) {
+        let m = &self.memory;
+        m.deployments
+            .store(self.state.deployments.len(), Ordering::Relaxed);
+        m.tasks.store(self.state.tasks.len(), Ordering::Relaxed);
+        m.log_seq.store(self.head.seq, Ordering::Relaxed);
     }
 
     fn handle(
