@@ -746,6 +746,13 @@ async fn paging_through_the_log_and_a_stream_misses_and_repeats_nothing() {
         log.read_stream(&stream, 0, usize::MAX).expect("reads"),
         whole
     );
+    // A name with NUL bytes is no stream: it reads as empty, not as another stream's rows.
+    let mangled = format!("{stream}\0\0\0\0");
+    assert_eq!(log.read_stream(&mangled, 0, 10).expect("reads"), vec![]);
+    assert_eq!(
+        log.read_stream("deployment/\0", 0, 10).expect("reads"),
+        vec![]
+    );
     for limit in [1, 2, 5] {
         let paged = page_all(limit, |after| {
             log.read_stream(&stream, after, limit).expect("reads")
