@@ -295,6 +295,7 @@ async fn main() -> anyhow::Result<()> {
             sizes.rate,
             sizes.offered_seconds,
             sizes.warmup_seconds,
+            1,
         )
         .await
         .context("offered-load scenario")?;
@@ -330,6 +331,40 @@ async fn main() -> anyhow::Result<()> {
             ),
         );
         r.set("offered_load", &o);
+        // The same task rate in deployments of 10 tasks: what a submission's shape costs.
+        let g = offered::run(
+            sizes.offered_layout,
+            sizes.rate,
+            sizes.offered_seconds,
+            sizes.warmup_seconds,
+            10,
+        )
+        .await
+        .context("offered-load scenario, deployments of 10 tasks")?;
+        expected += g.tasks;
+        succeeded += g.tasks;
+        r.row(
+            "4 offered load",
+            format!(
+                "{}/s tasks as {}/s deployments of 10 targets for {} s (+{} s warm-up), {} pool, {} workers × {} slots",
+                g.params.rate_per_s,
+                g.params.rate_per_s / 10,
+                g.params.seconds,
+                g.params.warmup_seconds,
+                g.params.pools,
+                g.params.workers,
+                g.params.slots_per_worker
+            ),
+            format!(
+                "{} tasks measured\nschedule-to-start {}\n  planned → on the broker {}\n  on the broker → started {}\nend-to-end (log) {}",
+                g.measured_tasks,
+                lat(&g.schedule_to_start),
+                lat(&g.planned_to_queued),
+                lat(&g.queued_to_started),
+                lat(&g.end_to_end)
+            ),
+        );
+        r.set("offered_load_in_deployments_of_10", &g);
     }
     if run_all || which == "log" {
         eprintln!("[5] event log …");

@@ -19,6 +19,9 @@ pub struct Params {
     pub pools: usize,
     pub workers: usize,
     pub slots_per_worker: u32,
+    /// 1: every task is a deployment of its own (the harshest shape); more: deployments of
+    /// that many tasks, submitted at rate / tasks_per_deployment a second.
+    pub tasks_per_deployment: u32,
 }
 
 /// What it measured (tasks planned after the warm-up).
@@ -41,23 +44,39 @@ pub struct Outcome {
 ///
 /// # Errors
 /// A part did not come up, a submission failed, or not every task succeeded in time.
-pub async fn run(layout: Layout, rate: u32, seconds: f64, warmup: f64) -> anyhow::Result<Outcome> {
+pub async fn run(
+    layout: Layout,
+    rate: u32,
+    seconds: f64,
+    warmup: f64,
+    per_deployment: u32,
+) -> anyhow::Result<Outcome> {
     let shoal = Shoal::start(layout).await?;
     let observer = Observer::start(&shoal.nats_url()).await?;
-    // The environment must exist: one target in it (the steps themselves name no role).
-    shoal.targets(1).await?;
-    let body = json!({"project": "bench", "environment": "bench",
-        "steps": [{"name": "bench", "pool": pool(0), "action": {"type": "noop"}}]});
+    let per_deployment = per_deployment.max(1);
+    // One task per deployment: a step that names no role (the environment must still exist,
+    // so one target is registered). More: a step over that many targets, all in pool 0.
+    shoal.targets(per_deployment as usize).await?;
+    let body = if per_deployment == 1 {
+        json!({"project": "bench", "environment": "bench",
+            "steps": [{"name": "bench", "pool": pool(0), "action": {"type": "noop"}}]})
+    } else {
+        json!({"project": "bench", "environment": "bench",
+            "steps": [{"name": "bench", "pool": pool(0), "roles": ["bench"],
+                       "action": {"type": "noop"}}]})
+    };
+    // Deployments per second, so that tasks arrive at `rate` a second.
+    let rate_d = (rate / per_deployment).max(1);
     #[expect(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
         reason = "small positive counts"
     )]
     let (total, warm) = (
-        (f64::from(rate) * (seconds + warmup)).round() as usize,
-        (f64::from(rate) * warmup).round() as usize,
+        (f64::from(rate_d) * (seconds + warmup)).round() as usize,
+        (f64::from(rate_d) * warmup).round() as usize,
     );
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate_d)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut submitted = Vec::with_capacity(total);
     let start = Timestamp::now_micros();
@@ -74,6 +93,8 @@ pub async fn run(layout: Layout, rate: u32, seconds: f64, warmup: f64) -> anyhow
         ));
     }
     let submit_end = Timestamp::now_micros();
+    let deployments = total;
+    let total = deployments * per_deployment as usize;
     let mut ids = Vec::with_capacity(total);
     for s in submitted {
         ids.push(s.await.context("submission task")??);
@@ -99,6 +120,7 @@ pub async fn run(layout: Layout, rate: u32, seconds: f64, warmup: f64) -> anyhow
             pools: layout.pools,
             workers: layout.workers,
             slots_per_worker: layout.slots,
+            tasks_per_deployment: per_deployment,
         },
         tasks: total,
         measured_tasks: s2s.len(),
