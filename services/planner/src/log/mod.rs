@@ -312,6 +312,27 @@ pub fn chunk_records(value: &[u8]) -> Result<Vec<&[u8]>, LogError> {
     Ok(out)
 }
 
+/// Adds consecutive records to a batch: cut into chunks, each with its stream index rows,
+/// and the ids of the facts among them.
+fn put_records(b: &mut sled::Batch, records: &[Record]) {
+    for range in cut_chunks(records.iter().map(|r| r.bytes.len())) {
+        let chunk = &records[range];
+        let first = chunk[0].seq;
+        b.insert(
+            &chunk_key(first),
+            encode_chunk(chunk.iter().map(|r| r.bytes.as_slice())),
+        );
+        for (k, v) in stream_rows(first, chunk.iter().map(|r| (r.seq, r.stream.as_str()))) {
+            b.insert(k, v);
+        }
+        for r in chunk {
+            if let Some(id) = &r.fact {
+                b.insert(&fact_key(id), &r.seq.to_be_bytes());
+            }
+        }
+    }
+}
+
 /// The stream index rows of one chunk: for every stream, the sequences of its records.
 pub fn stream_rows<'a>(
     first: u64,
@@ -412,22 +433,7 @@ impl EventLog {
     /// Storage failure; nothing of the batch is written then.
     pub fn write(&self, batch: &BatchWrite) -> Result<(), LogError> {
         let mut b = sled::Batch::default();
-        for range in cut_chunks(batch.records.iter().map(|r| r.bytes.len())) {
-            let records = &batch.records[range];
-            let first = records[0].seq;
-            b.insert(
-                &chunk_key(first),
-                encode_chunk(records.iter().map(|r| r.bytes.as_slice())),
-            );
-            for (k, v) in stream_rows(first, records.iter().map(|r| (r.seq, r.stream.as_str()))) {
-                b.insert(k, v);
-            }
-            for r in records {
-                if let Some(id) = &r.fact {
-                    b.insert(&fact_key(id), &r.seq.to_be_bytes());
-                }
-            }
-        }
+        put_records(&mut b, &batch.records);
         let mut head = batch.head.seq.to_be_bytes().to_vec();
         head.extend_from_slice(&batch.head.hash);
         b.insert(HEAD_KEY, head);
@@ -805,8 +811,7 @@ mod migrate {
     //! event id stay as they were; the stream index is rebuilt from the records.
 
     use super::{
-        CHECKPOINT_KEY, EventLog, HEAD_KEY, LogError, Proj, chunk_key, cut_chunks, encode_chunk,
-        fact_key, stream_rows,
+        CHECKPOINT_KEY, EventLog, HEAD_KEY, LogError, Proj, Record, fact_key, put_records,
     };
     use shoal_shared::EventId;
     use shoal_shared::codec;
@@ -840,11 +845,17 @@ mod migrate {
 
     fn copy(log: &EventLog) -> Result<(), LogError> {
         let events = log.db.open_tree(OLD_EVENTS)?;
-        let mut pending: Vec<(u64, Vec<u8>, String)> = Vec::new();
+        let mut pending: Vec<Record> = Vec::new();
         for v in events.iter().values() {
             let v = v?;
             let env: Envelope = codec::decode("log record", &v)?;
-            pending.push((env.seq, v.to_vec(), env.stream));
+            // Fact ids are copied from the old index below.
+            pending.push(Record {
+                seq: env.seq,
+                bytes: v.to_vec(),
+                stream: env.stream,
+                fact: None,
+            });
             if pending.len() >= 4096 {
                 write_records(log, &mut pending)?;
             }
@@ -895,22 +906,9 @@ mod migrate {
         Ok(())
     }
 
-    fn write_records(
-        log: &EventLog,
-        pending: &mut Vec<(u64, Vec<u8>, String)>,
-    ) -> Result<(), LogError> {
+    fn write_records(log: &EventLog, pending: &mut Vec<Record>) -> Result<(), LogError> {
         let mut b = sled::Batch::default();
-        for range in cut_chunks(pending.iter().map(|r| r.1.len())) {
-            let records = &pending[range];
-            let first = records[0].0;
-            b.insert(
-                &chunk_key(first),
-                encode_chunk(records.iter().map(|r| r.1.as_slice())),
-            );
-            for (k, v) in stream_rows(first, records.iter().map(|r| (r.0, r.2.as_str()))) {
-                b.insert(k, v);
-            }
-        }
+        put_records(&mut b, pending);
         log.tree.apply_batch(b)?;
         pending.clear();
         Ok(())
