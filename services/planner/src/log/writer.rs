@@ -124,6 +124,14 @@ pub struct Writer {
     memory: Arc<InMemory>,
 }
 
+/// A flush on its way to disk and the batches it makes durable.
+type Flushing = (tokio::task::JoinHandle<Result<(), LogError>>, Done);
+
+/// The result of a flush task.
+fn joined(r: Result<Result<(), LogError>, tokio::task::JoinError>) -> Result<(), LogError> {
+    r.map_err(|e| LogError::Corrupt(format!("log flush task failed: {e}")))?
+}
+
 type Reply = (
     Option<oneshot::Sender<Result<Appended, Rejection>>>,
     Result<Appended, Rejection>,
@@ -289,14 +297,13 @@ impl Writer {
             for t in tasks {
                 self.state.tasks.insert(t.id, t);
             }
-            if !doc.state.is_terminal() {
+            let unfinished = !doc.state.is_terminal();
+            self.state.deployments.insert(*id, doc);
+            if unfinished {
                 // Cannot happen (unfinished deployments are always in memory); count it
                 // anyway rather than plan from wrong numbers.
                 self.state.active.insert(*id);
-                self.state.deployments.insert(*id, doc);
                 self.state.recount();
-            } else {
-                self.state.deployments.insert(*id, doc);
             }
             p.faulted.insert(*id);
         }
@@ -341,18 +348,23 @@ impl Writer {
     /// Drops every finished deployment and its tasks from memory (their documents are
     /// committed).
     fn evict_finished(&mut self) {
-        if self.keep_finished {
-            return;
+        let ids: Vec<DeploymentId> = self.state.deployments.keys().copied().collect();
+        for id in &ids {
+            self.evict_if_finished(id);
         }
-        let finished: Vec<DeploymentId> = self
-            .state
-            .deployments
-            .iter()
-            .filter(|(_, d)| d.state.is_terminal())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in finished {
-            self.state.evict(&id);
+    }
+
+    /// Drops a deployment and its tasks from memory if it is finished (its documents are
+    /// committed), unless the writer keeps finished ones.
+    fn evict_if_finished(&mut self, id: &DeploymentId) {
+        if !self.keep_finished
+            && self
+                .state
+                .deployments
+                .get(id)
+                .is_some_and(|d| d.state.is_terminal())
+        {
+            self.state.evict(id);
         }
     }
 
@@ -374,7 +386,7 @@ impl Writer {
         // are decided and written; they wait for a flush that starts after their write.
         // Answers, task messages and effects go out only once their batch is durable, in
         // order.
-        let mut flushing: Option<(tokio::task::JoinHandle<Result<(), LogError>>, Done)> = None;
+        let mut flushing: Option<Flushing> = None;
         let mut waiting: Option<Done> = None;
         loop {
             tokio::select! {
@@ -385,7 +397,7 @@ impl Writer {
                         None => std::future::pending().await,
                     }
                 } => {
-                    flushed.map_err(|e| LogError::Corrupt(format!("log flush task failed: {e}")))??;
+                    joined(flushed)?;
                     if let Some((_, done)) = flushing.take() {
                         self.release(done);
                     }
@@ -404,16 +416,7 @@ impl Writer {
                         Err(e) => {
                             // Batches written before this one may be durable: answer them
                             // before stopping, as a writer without pipelining would have.
-                            if let Some((flush, done)) = flushing.take()
-                                && matches!(flush.await, Ok(Ok(())))
-                            {
-                                self.release(done);
-                                if let Some(done) = waiting.take()
-                                    && self.log.flush().await.is_ok()
-                                {
-                                    self.release(done);
-                                }
-                            }
+                            let _ = self.settle(flushing.take(), waiting.take()).await;
                             return Err(e);
                         }
                     };
@@ -426,17 +429,26 @@ impl Writer {
                 }
             }
         }
-        if let Some((flush, done)) = flushing.take() {
-            flush
-                .await
-                .map_err(|e| LogError::Corrupt(format!("log flush task failed: {e}")))??;
+        self.settle(flushing, waiting).await?;
+        tracing::info!(log.seq = self.head.seq, "event log writer stopped");
+        Ok(())
+    }
+
+    /// Waits for the flush in flight and answers its batch, then flushes and answers the
+    /// batches written since: before stopping, what is durable gets its answers.
+    async fn settle(
+        &mut self,
+        flushing: Option<Flushing>,
+        waiting: Option<Done>,
+    ) -> Result<(), LogError> {
+        if let Some((flush, done)) = flushing {
+            joined(flush.await)?;
             self.release(done);
         }
         self.log.flush().await?;
-        if let Some(done) = waiting.take() {
+        if let Some(done) = waiting {
             self.release(done);
         }
-        tracing::info!(log.seq = self.head.seq, "event log writer stopped");
         Ok(())
     }
 
@@ -462,17 +474,12 @@ impl Writer {
             .iter()
             .filter_map(|(task, attempt, at_us)| self.task_message(task, *attempt, Some(*at_us)))
             .collect();
-        let evict = if self.keep_finished {
-            BTreeSet::new()
-        } else {
-            &pending.faulted | &pending.finished
-        };
         Ok(Done {
             wrote,
             replies,
             messages,
             effects: pending.effects,
-            evict,
+            evict: &pending.faulted | &pending.finished,
         })
     }
 
@@ -481,14 +488,7 @@ impl Writer {
         // Finished deployments leave memory once committed (before the answers go out, so a
         // caller that has its answer sees the memory counted without them).
         for id in &done.evict {
-            if self
-                .state
-                .deployments
-                .get(id)
-                .is_some_and(|d| d.state.is_terminal())
-            {
-                self.state.evict(id);
-            }
+            self.evict_if_finished(id);
         }
         self.count_memory();
         for (reply, result) in done.replies {
