@@ -4,8 +4,8 @@
 
 use crate::domain::{Changes, State};
 use crate::log::{
-    EventLog, Head, LogError, Proj, chunk_records, decode_event, describe_key, record_hash,
-    row_write, stream_rows,
+    EventLog, Head, LogError, Proj, STREAM_INDEX, chunk_records, decode_event, describe_key,
+    key_space, record_hash, row_write, stream_rows,
 };
 use shoal_shared::codec;
 use shoal_shared::events::Envelope;
@@ -57,14 +57,9 @@ pub fn replay(log: &EventLog, replace: bool) -> Result<ReplayReport, ReplayError
         });
     }
     let mut rows: Vec<(&'static str, usize)> = Proj::ALL.iter().map(|p| (p.name(), 0)).collect();
-    rows.push((STREAMS, 0));
+    rows.push((STREAM_INDEX, 0));
     let mut count = |key: &[u8]| {
-        let (name, _) = describe_key(key);
-        let name = if name == "stream index" {
-            STREAMS
-        } else {
-            name
-        };
+        let name = key_space(key);
         if let Some(r) = rows.iter_mut().find(|(n, _)| *n == name) {
             r.1 += 1;
         }
@@ -93,8 +88,6 @@ pub fn replay(log: &EventLog, replace: bool) -> Result<ReplayReport, ReplayError
         rows,
     })
 }
-
-const STREAMS: &str = "streams";
 
 /// The state and chain head rebuilt from the records, with the rows written once (task
 /// output, the stream index), sorted by key.

@@ -779,22 +779,30 @@ impl EventLog {
     }
 }
 
+/// The name of the projection (or index) a derived key belongs to: a projection's name, or
+/// [`STREAM_INDEX`].
+pub fn key_space(key: &[u8]) -> &'static str {
+    match key {
+        [PROJ, tag, ..] => Proj::of_tag(*tag).map_or("unknown projection", Proj::name),
+        [STREAMS, ..] => STREAM_INDEX,
+        _ => "unknown",
+    }
+}
+
+/// The name of the stream index among the derived key spaces.
+pub const STREAM_INDEX: &str = "streams";
+
 /// Names a key of the tree for a person: the projection (or index) and the key inside it.
 pub fn describe_key(key: &[u8]) -> (&'static str, String) {
-    fn show(key: &[u8]) -> String {
-        match std::str::from_utf8(key) {
-            Ok(s) if s.chars().all(|c| !c.is_control()) => format!("{s:?}"),
-            _ => key.iter().map(|b| format!("{b:02x}")).collect(),
-        }
-    }
-    match key {
-        [PROJ, tag, rest @ ..] => (
-            Proj::of_tag(*tag).map_or("unknown projection", Proj::name),
-            show(rest),
-        ),
-        [STREAMS, rest @ ..] => ("stream index", show(rest)),
-        _ => ("unknown", show(key)),
-    }
+    let rest = match key {
+        [PROJ, _, rest @ ..] | [STREAMS, rest @ ..] => rest,
+        _ => key,
+    };
+    let shown = match std::str::from_utf8(rest) {
+        Ok(s) if s.chars().all(|c| !c.is_control()) => format!("{s:?}"),
+        _ => rest.iter().map(|b| format!("{b:02x}")).collect(),
+    };
+    (key_space(key), shown)
 }
 
 /// Decodes the event inside a record.
