@@ -190,14 +190,22 @@ impl Cluster {
     /// # Errors
     /// Not all came online in time.
     pub async fn wait_online(&self, names: &[&str]) -> anyhow::Result<Value> {
-        self.wait_for("workers online", WAIT, || async {
+        self.wait_status(names, "online").await
+    }
+
+    /// Waits until every named worker shows `status` (`online`, `draining`, …).
+    ///
+    /// # Errors
+    /// Not all showed it in time.
+    pub async fn wait_status(&self, names: &[&str], status: &str) -> anyhow::Result<Value> {
+        self.wait_for(&format!("workers {status}"), WAIT, || async {
             let workers = self.api.get("/api/workers").await?;
-            let online = |n: &str| {
+            let shows = |n: &str| {
                 workers
                     .as_array()
-                    .is_some_and(|ws| ws.iter().any(|w| w["name"] == n && w["status"] == "online"))
+                    .is_some_and(|ws| ws.iter().any(|w| w["name"] == n && w["status"] == status))
             };
-            Ok(names.iter().all(|n| online(n)).then_some(workers))
+            Ok(names.iter().all(|n| shows(n)).then_some(workers))
         })
         .await
         .map_err(|e| {

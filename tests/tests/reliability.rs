@@ -358,16 +358,7 @@ async fn a_drained_worker_finishes_what_it_runs_takes_nothing_new_until_resumed(
     wait_task_state(&c, &first, "long", "running").await?;
     let (ok, out) = c.cli(&["worker", "drain", "w1"])?;
     assert!(ok, "{out}");
-    c.wait_for("w1 draining", WAIT, || async {
-        let ws = c.api.get("/api/workers").await?;
-        Ok(ws
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|w| w["name"] == "w1" && w["status"] == "draining")
-            .then_some(()))
-    })
-    .await?;
+    c.wait_status(&["w1"], "draining").await?;
     let second = c
         .deploy(&one_step(
             json!({"name": "quick", "roles": ["web"], "action": {"type": "noop"}}),
@@ -385,16 +376,7 @@ async fn a_drained_worker_finishes_what_it_runs_takes_nothing_new_until_resumed(
         .await?;
     assert!(status.success());
     c.worker("w1", "eu-west", "eu", &["--heartbeat-secs", "1"])?;
-    c.wait_for("w1 back, draining", WAIT, || async {
-        let ws = c.api.get("/api/workers").await?;
-        Ok(ws
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|w| w["name"] == "w1" && w["status"] == "draining")
-            .then_some(()))
-    })
-    .await?;
+    c.wait_status(&["w1"], "draining").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t = c.task(&second, "quick").await?;
     assert_eq!(t["state"], "dispatched", "{t:#}");
