@@ -80,10 +80,13 @@
 //! ).unwrap();
 //! # let _ = std::fs::remove_dir_all("my_db");
 //! ```
+// shoal: built as a path dependency, whose lints cargo does not cap; the lints of sled's own
+// CI are not shoal's to enforce.
+#![allow(warnings)]
 #![doc(
     html_logo_url = "https://raw.githubusercontent.com/spacejam/sled/master/art/tree_face_anti-transphobia.png"
 )]
-#![deny(
+#![allow(
     missing_docs,
     future_incompatible,
     nonstandard_style,
@@ -94,7 +97,7 @@
     unsafe_code,
     unused_qualifications
 )]
-#![deny(
+#![allow(
     // over time, consider enabling the commented-out lints below
     clippy::cast_lossless,
     clippy::cast_possible_truncation,

@@ -68,7 +68,12 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // shoal: one job needs one thread. `notify_all` woke every idle
+        // thread (at least DESIRED_WAITING_THREADS) for each job, and all
+        // but one went back to sleep: a storm of futex wake-ups and context
+        // switches for every flush. A waiter re-checks the queue under the
+        // mutex before it sleeps, so waking one cannot lose a job.
+        self.cv.notify_one();
 
         len
     }
