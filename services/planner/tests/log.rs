@@ -580,6 +580,35 @@ async fn a_repeated_worker_report_is_appended_once() {
     assert_eq!(finished, 1);
 }
 
+/// A replay that stops while it rewrites the projections leaves them marked behind the log:
+/// the writer refuses to start on them until a rebuild finishes.
+#[tokio::test]
+async fn projections_left_behind_by_an_unfinished_replay_stop_the_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = open(dir.path());
+    one_task_deployment(&mut h).await;
+    let log = h.close().await;
+    let head = log.head().expect("head").seq;
+    assert_eq!(log.checkpoint().expect("checkpoint"), head);
+    log.set_checkpoint(0).expect("marked");
+    let (tx, _) = mpsc::unbounded_channel();
+    let (effects, _) = mpsc::unbounded_channel();
+    let refused = Writer::open(
+        log.clone(),
+        PoolName::parse("default").expect("valid"),
+        tx,
+        effects,
+    )
+    .err()
+    .expect("the writer refuses projections behind the log");
+    assert!(
+        refused.to_string().contains("replay --rebuild"),
+        "{refused}"
+    );
+    replay(&log, true).expect("rebuild");
+    assert_eq!(log.checkpoint().expect("checkpoint"), head);
+}
+
 /// The records of a chunk (4-byte big-endian length, then the record), as the log frames them.
 fn framed(chunk: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();

@@ -7,7 +7,7 @@
 //! | `e` | sequence of the chunk's first record | a chunk: records, each a MessagePack [`Envelope`] chained by SHA-256 to the previous record, framed by a 4-byte length |
 //! | `s` | stream, 0, the chunk's first sequence | sequences (8 bytes each) of that stream's records in the chunk |
 //! | `i` | event id of a fact reported from outside | its sequence (de-duplication) |
-//! | `m` | `head`, `checkpoint` | the chain's end; the sequence the projections are up to date with |
+//! | `m` | `head`, `checkpoint` | the chain's end; the sequence the projections are up to date with, kept only while replay rewrites them (else the head) |
 //! | `p` | projection tag, document key | the projection document or row |
 //!
 //! A batch's records are cut into chunks of about [`CHUNK_BYTES`], so the log costs a few
@@ -371,6 +371,11 @@ impl EventLog {
         let tree = db.open_tree(TREE)?;
         let log = EventLog { db, tree };
         migrate::from_trees(&log)?;
+        // Logs written before the checkpoint record was kept only while replay runs carry
+        // one equal to the head.
+        if log.tree.get(CHECKPOINT_KEY)?.is_some() && log.checkpoint()? == log.head()?.seq {
+            log.set_checkpoint(log.head()?.seq)?;
+        }
         Ok(log)
     }
 
@@ -396,24 +401,31 @@ impl EventLog {
         }
     }
 
-    /// The sequence number projections are up to date with.
+    /// The sequence number projections are up to date with. Every batch writes its records
+    /// and projection changes atomically, so that is the head, unless a checkpoint record
+    /// says otherwise: replay leaves one while it rewrites the projections.
     ///
     /// # Errors
     /// Storage failure.
     pub fn checkpoint(&self) -> Result<u64, LogError> {
         match self.tree.get(CHECKPOINT_KEY)? {
-            None => Ok(0),
+            None => Ok(self.head()?.seq),
             Some(v) => be_u64(&v, "checkpoint record"),
         }
     }
 
     /// Sets the checkpoint and flushes: replay marks projections as not up to date (0) while
-    /// it rewrites them, so a crash in between is noticed at the next start.
+    /// it rewrites them, so a crash in between is noticed at the next start. Setting it to
+    /// the head removes the record.
     ///
     /// # Errors
     /// Storage failure.
     pub fn set_checkpoint(&self, seq: u64) -> Result<(), LogError> {
-        self.tree.insert(CHECKPOINT_KEY, &seq.to_be_bytes())?;
+        if seq == self.head()?.seq {
+            self.tree.remove(CHECKPOINT_KEY)?;
+        } else {
+            self.tree.insert(CHECKPOINT_KEY, &seq.to_be_bytes())?;
+        }
         self.db.flush()?;
         Ok(())
     }
@@ -427,7 +439,7 @@ impl EventLog {
     }
 
     /// Writes a batch atomically: records in chunks, their stream index, fact ids,
-    /// projection changes, head and checkpoint. Not durable until [`EventLog::flush`].
+    /// projection changes and the head. Not durable until [`EventLog::flush`].
     ///
     /// # Errors
     /// Storage failure; nothing of the batch is written then.
@@ -437,7 +449,6 @@ impl EventLog {
         let mut head = batch.head.seq.to_be_bytes().to_vec();
         head.extend_from_slice(&batch.head.hash);
         b.insert(HEAD_KEY, head);
-        b.insert(CHECKPOINT_KEY, &batch.head.seq.to_be_bytes());
         for (p, key, value) in &batch.proj {
             let key = p.key(key);
             match value {
