@@ -125,12 +125,10 @@ pub struct Writer {
 }
 
 /// A flush on its way to disk and the batches it makes durable.
-type Flushing = (tokio::task::JoinHandle<Result<(), LogError>>, Done);
+type Flushing = (Flush, Done);
 
-/// The result of a flush task.
-fn joined(r: Result<Result<(), LogError>, tokio::task::JoinError>) -> Result<(), LogError> {
-    r.map_err(|e| LogError::Corrupt(format!("log flush task failed: {e}")))?
-}
+/// A flush of the log, polled by the writer itself (no task of its own to wake).
+type Flush = std::pin::Pin<Box<dyn Future<Output = Result<(), LogError>> + Send>>;
 
 type Reply = (
     Option<oneshot::Sender<Result<Appended, Rejection>>>,
@@ -397,7 +395,7 @@ impl Writer {
                         None => std::future::pending().await,
                     }
                 } => {
-                    joined(flushed)?;
+                    flushed?;
                     if let Some((_, done)) = flushing.take() {
                         self.release(done);
                     }
@@ -442,7 +440,7 @@ impl Writer {
         waiting: Option<Done>,
     ) -> Result<(), LogError> {
         if let Some((flush, done)) = flushing {
-            joined(flush.await)?;
+            flush.await?;
             self.release(done);
         }
         self.log.flush().await?;
@@ -452,9 +450,9 @@ impl Writer {
         Ok(())
     }
 
-    fn start_flush(&self) -> tokio::task::JoinHandle<Result<(), LogError>> {
+    fn start_flush(&self) -> Flush {
         let log = self.log.clone();
-        tokio::spawn(async move { log.flush().await })
+        Box::pin(async move { log.flush().await })
     }
 
     /// Decides a batch of commands and writes its events (not yet durable).
