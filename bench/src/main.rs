@@ -79,6 +79,10 @@ struct Opts {
     /// Events appended by the event-log scenario.
     #[arg(long)]
     events: Option<u64>,
+    /// Offered load: also write every measured task's times as CSV to FILE.1 (one-task
+    /// deployments) and FILE.10, for a look at where the tail comes from.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
 }
 
 /// Sizes of one run.
@@ -299,6 +303,7 @@ async fn main() -> anyhow::Result<()> {
                 sizes.offered_seconds,
                 sizes.warmup_seconds,
                 per_deployment,
+                opts.trace.as_deref(),
             )
             .await
             .with_context(|| {

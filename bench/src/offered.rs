@@ -50,6 +50,7 @@ pub async fn run(
     seconds: f64,
     warmup: f64,
     per_deployment: u32,
+    trace: Option<&std::path::Path>,
 ) -> anyhow::Result<Outcome> {
     let shoal = Shoal::start(layout).await?;
     let observer = Observer::start(&shoal.nats_url()).await?;
@@ -106,6 +107,13 @@ pub async fn run(
     let rss = shoal.planner_rss_mib();
     let (s2s, missing) = observer.schedule_to_start_ms(measured_from);
     let (to_queue, to_start) = observer.phases_ms(measured_from);
+    if let Some(path) = trace {
+        let mut path = path.as_os_str().to_owned();
+        path.push(format!(".{per_deployment}"));
+        observer
+            .write_trace(std::path::Path::new(&path), measured_from)
+            .context("writing the trace")?;
+    }
     drop(observer);
     let facts = shoal.stop().await?;
     facts.ensure_all_succeeded(total, ids.len())?;

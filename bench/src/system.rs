@@ -481,6 +481,27 @@ impl Observer {
         (out, missing)
     }
 
+    /// Writes the times of every task planned at or after `from_us` as CSV, in µs since the
+    /// epoch: planned, on the broker, started, finished (0: not seen), in order of planning.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn write_trace(&self, path: &std::path::Path, from_us: i64) -> std::io::Result<()> {
+        use std::fmt::Write as _;
+        let seen = lock(&self.seen);
+        let mut rows: Vec<&Seen> = seen.values().filter(|s| s.planned_us >= from_us).collect();
+        rows.sort_by_key(|s| s.planned_us);
+        let mut out = String::from("planned_us,queued_us,started_us,finished_us\n");
+        for s in rows {
+            let _ = writeln!(
+                out,
+                "{},{},{},{}",
+                s.planned_us, s.queued_us, s.started_us, s.finished_us
+            );
+        }
+        std::fs::write(path, out)
+    }
+
     /// Schedule-to-start in two parts, per task planned at or after `from_us`, in ms:
     /// planned → the task message seen on the broker (the writer's commit and flush, the
     /// dispatcher's publish), and seen on the broker → the worker's `TaskStarted` seen (the

@@ -7,9 +7,12 @@ use std::process::Command;
 fn quick_benchmark_completes_and_every_task_finishes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let json_path = dir.path().join("bench.json");
+    let trace = dir.path().join("trace");
     let out = Command::new(env!("CARGO_BIN_EXE_shoal-bench"))
         .args(["all", "--quick", "--json"])
         .arg(&json_path)
+        .arg("--trace")
+        .arg(&trace)
         .output()
         .expect("shoal-bench runs (are shoal-planner and shoal-worker built? `cargo build --workspace`)");
     let log = format!(
@@ -41,4 +44,27 @@ fn quick_benchmark_completes_and_every_task_finishes() {
     assert_eq!(v["all_tasks_finished"], true, "{text}");
     assert_eq!(v["tasks_finished"], v["tasks_expected"], "{text}");
     assert!(v["tasks_expected"].as_u64().unwrap_or(0) > 0, "{text}");
+    // The offered-load trace: a row per measured task, each seen planned and started.
+    for shape in ["1", "10"] {
+        let csv = std::fs::read_to_string(dir.path().join(format!("trace.{shape}")))
+            .expect("trace written");
+        let rows: Vec<Vec<i64>> = csv
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(|f| f.parse().expect("a number")).collect())
+            .collect();
+        let measured = v[if shape == "1" {
+            "offered_load"
+        } else {
+            "offered_load_in_deployments_of_10"
+        }]["measured_tasks"]
+            .as_u64()
+            .expect("measured tasks");
+        assert_eq!(rows.len() as u64, measured, "{csv}");
+        assert!(
+            rows.iter()
+                .all(|r| r.len() == 4 && r[0] > 0 && r[2] >= r[0]),
+            "{csv}"
+        );
+    }
 }
