@@ -113,8 +113,13 @@ fn open(dir: &std::path::Path) -> Harness {
     open_with(dir, false)
 }
 
-fn open_with(dir: &std::path::Path, keep_finished: bool) -> Harness {
-    let log = reopen(|| EventLog::open(dir));
+/// A writer on `log` (global default pool `default`), and where its task messages arrive.
+fn writer_on(
+    log: &EventLog,
+) -> (
+    Result<Writer, shoal_planner::log::LogError>,
+    mpsc::UnboundedReceiver<TaskMessage>,
+) {
     let (tx, planned) = mpsc::unbounded_channel();
     let (effects, _) = mpsc::unbounded_channel();
     let writer = Writer::open(
@@ -122,9 +127,14 @@ fn open_with(dir: &std::path::Path, keep_finished: bool) -> Harness {
         PoolName::parse("default").expect("valid"),
         tx,
         effects,
-    )
-    .expect("consistent")
-    .keep_finished(keep_finished);
+    );
+    (writer, planned)
+}
+
+fn open_with(dir: &std::path::Path, keep_finished: bool) -> Harness {
+    let log = reopen(|| EventLog::open(dir));
+    let (writer, planned) = writer_on(&log);
+    let writer = writer.expect("consistent").keep_finished(keep_finished);
     let (handle, task) = writer.spawn(64);
     Harness {
         log,
@@ -591,22 +601,20 @@ async fn projections_left_behind_by_an_unfinished_replay_stop_the_writer() {
     let head = log.head().expect("head").seq;
     assert_eq!(log.checkpoint().expect("checkpoint"), head);
     log.set_checkpoint(0).expect("marked");
-    let (tx, _) = mpsc::unbounded_channel();
-    let (effects, _) = mpsc::unbounded_channel();
-    let refused = Writer::open(
-        log.clone(),
-        PoolName::parse("default").expect("valid"),
-        tx,
-        effects,
-    )
-    .err()
-    .expect("the writer refuses projections behind the log");
+    let refused = writer_on(&log)
+        .0
+        .err()
+        .expect("the writer refuses projections behind the log");
     assert!(
         refused.to_string().contains("replay --rebuild"),
         "{refused}"
     );
     replay(&log, true).expect("rebuild");
     assert_eq!(log.checkpoint().expect("checkpoint"), head);
+    assert!(
+        writer_on(&log).0.is_ok(),
+        "the writer starts after the rebuild"
+    );
 }
 
 /// The records of a chunk (4-byte big-endian length, then the record), as the log frames them.
