@@ -617,6 +617,37 @@ async fn projections_left_behind_by_an_unfinished_replay_stop_the_writer() {
     );
 }
 
+/// A log written before the checkpoint record was kept only during replay carries one equal
+/// to the head. Opened now, that record goes, so the batches written from then on (which no
+/// longer update it) do not leave the projections looking behind.
+#[tokio::test]
+async fn a_checkpoint_record_from_an_earlier_version_does_not_stop_the_next_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = open(dir.path());
+    one_task_deployment(&mut h).await;
+    let log = h.close().await;
+    let head = log.head().expect("head").seq;
+    drop(log);
+    {
+        let db = reopen(|| sled::open(dir.path()));
+        let tree = db.open_tree("shoal").expect("tree");
+        tree.insert(b"mcheckpoint", &head.to_be_bytes())
+            .expect("written as an earlier version did");
+        db.flush().expect("flushed");
+    }
+    let mut h = open(dir.path());
+    h.apply(Op::Pool(1)).await;
+    let log = h.close().await;
+    assert!(log.head().expect("head").seq > head);
+    drop(log);
+    let h = open(dir.path());
+    assert_eq!(
+        h.log.checkpoint().expect("checkpoint"),
+        h.log.head().expect("head").seq
+    );
+    h.close().await;
+}
+
 /// The records of a chunk (4-byte big-endian length, then the record), as the log frames them.
 fn framed(chunk: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
