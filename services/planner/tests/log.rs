@@ -573,6 +573,15 @@ async fn one_task_deployment(h: &mut Harness) {
     .await;
 }
 
+/// A log holding [`one_task_deployment`], closed, and its head.
+async fn closed_log_with_one_deployment(dir: &std::path::Path) -> (EventLog, u64) {
+    let mut h = open(dir);
+    one_task_deployment(&mut h).await;
+    let log = h.close().await;
+    let head = log.head().expect("head").seq;
+    (log, head)
+}
+
 #[tokio::test]
 async fn a_repeated_worker_report_is_appended_once() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -595,10 +604,7 @@ async fn a_repeated_worker_report_is_appended_once() {
 #[tokio::test]
 async fn projections_left_behind_by_an_unfinished_replay_stop_the_writer() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut h = open(dir.path());
-    one_task_deployment(&mut h).await;
-    let log = h.close().await;
-    let head = log.head().expect("head").seq;
+    let (log, head) = closed_log_with_one_deployment(dir.path()).await;
     assert_eq!(log.checkpoint().expect("checkpoint"), head);
     log.set_checkpoint(0).expect("marked");
     let refused = writer_on(&log)
@@ -623,10 +629,7 @@ async fn projections_left_behind_by_an_unfinished_replay_stop_the_writer() {
 #[tokio::test]
 async fn a_checkpoint_record_from_an_earlier_version_does_not_stop_the_next_start() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut h = open(dir.path());
-    one_task_deployment(&mut h).await;
-    let log = h.close().await;
-    let head = log.head().expect("head").seq;
+    let (log, head) = closed_log_with_one_deployment(dir.path()).await;
     drop(log);
     {
         let db = reopen(|| sled::open(dir.path()));

@@ -373,8 +373,11 @@ impl EventLog {
         migrate::from_trees(&log)?;
         // Logs written before the checkpoint record was kept only while replay runs carry
         // one equal to the head.
-        if log.tree.get(CHECKPOINT_KEY)?.is_some() && log.checkpoint()? == log.head()?.seq {
-            log.set_checkpoint(log.head()?.seq)?;
+        let head = log.head()?.seq;
+        if let Some(v) = log.tree.get(CHECKPOINT_KEY)?
+            && be_u64(&v, "checkpoint record")? == head
+        {
+            log.set_checkpoint(head)?;
         }
         Ok(log)
     }
