@@ -139,6 +139,8 @@ type Reply = (
 struct Done {
     /// Whether it wrote anything (else nothing needs a flush).
     wrote: bool,
+    /// The log's last sequence once it is durable.
+    seq: u64,
     replies: Vec<Reply>,
     messages: Vec<TaskMessage>,
     effects: Vec<Effect>,
@@ -149,6 +151,7 @@ impl Done {
     /// Joins a later batch that waits for the same flush.
     fn append(&mut self, mut later: Done) {
         self.wrote |= later.wrote;
+        self.seq = later.seq;
         self.replies.append(&mut later.replies);
         self.messages.append(&mut later.messages);
         self.effects.append(&mut later.effects);
@@ -374,7 +377,7 @@ impl Writer {
         let (tx, rx) = mpsc::channel(capacity);
         let memory = Arc::new(InMemory::default());
         self.memory = memory.clone();
-        self.count_memory();
+        self.count_memory(self.head.seq);
         (WriterHandle { tx, memory }, tokio::spawn(self.run(rx)))
     }
 
@@ -474,6 +477,7 @@ impl Writer {
             .collect();
         Ok(Done {
             wrote,
+            seq: self.head.seq,
             replies,
             messages,
             effects: pending.effects,
@@ -488,7 +492,7 @@ impl Writer {
         for id in &done.evict {
             self.evict_if_finished(id);
         }
-        self.count_memory();
+        self.count_memory(done.seq);
         for (reply, result) in done.replies {
             if let Some(reply) = reply {
                 let _ = reply.send(result);
@@ -502,12 +506,14 @@ impl Writer {
         }
     }
 
-    fn count_memory(&self) {
+    /// Publishes what is held in memory and the last durable sequence (the writer's head may
+    /// already be a batch further, written but still being flushed).
+    fn count_memory(&self, durable_seq: u64) {
         let m = &self.memory;
         m.deployments
             .store(self.state.deployments.len(), Ordering::Relaxed);
         m.tasks.store(self.state.tasks.len(), Ordering::Relaxed);
-        m.log_seq.store(self.head.seq, Ordering::Relaxed);
+        m.log_seq.store(durable_seq, Ordering::Relaxed);
     }
 
     fn handle(
