@@ -651,6 +651,16 @@ async fn a_checkpoint_record_from_an_earlier_version_does_not_stop_the_next_star
     h.close().await;
 }
 
+/// The stream of the first deployment among `records`.
+fn a_deployment_stream(records: &[shoal_shared::events::Envelope]) -> String {
+    records
+        .iter()
+        .find(|e| e.stream.starts_with("deployment/"))
+        .expect("a deployment stream")
+        .stream
+        .clone()
+}
+
 /// The records of a chunk (4-byte big-endian length, then the record), as the log frames them.
 fn framed(chunk: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -682,12 +692,7 @@ async fn a_log_in_the_earlier_layout_is_moved_over_unchanged() {
     let log = h.close().await;
     let records = log.read(0, usize::MAX).expect("reads");
     assert!(records.len() > 5, "a history to move");
-    let stream = records
-        .iter()
-        .find(|e| e.stream.starts_with("deployment/"))
-        .expect("a deployment stream")
-        .stream
-        .clone();
+    let stream = a_deployment_stream(&records);
     let in_stream = log.read_stream(&stream, 0, usize::MAX).expect("reads");
     let state = log.load_state().expect("loads");
     drop(log);
@@ -806,12 +811,7 @@ async fn paging_through_the_log_and_a_stream_misses_and_repeats_nothing() {
         let paged = page_all(limit, |after| log.read(after, limit).expect("reads"));
         assert_eq!(paged, all, "paging the log by {limit}");
     }
-    let stream = all
-        .iter()
-        .find(|e| e.stream.starts_with("deployment/"))
-        .expect("a deployment")
-        .stream
-        .clone();
+    let stream = a_deployment_stream(&all);
     let whole: Vec<_> = all.iter().filter(|e| e.stream == stream).cloned().collect();
     assert_eq!(
         log.read_stream(&stream, 0, usize::MAX).expect("reads"),
