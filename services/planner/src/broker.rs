@@ -7,10 +7,6 @@ use shoal_shared::PoolName;
 use shoal_shared::subjects::Subjects;
 use std::time::Duration;
 
-/// How long a task message may go without an ack or progress ack before it is redelivered
-/// (by default): a worker that dies is noticed this long after its last progress ack.
-/// Workers send progress acks three times per ack wait.
-pub const TASK_ACK_WAIT: Duration = Duration::from_secs(10);
 /// The same for worker reports not acknowledged by a planner that died.
 pub const RESULT_ACK_WAIT: Duration = Duration::from_secs(10);
 /// JetStream de-duplication window for task and result messages.
@@ -93,7 +89,8 @@ pub async fn ensure_pool_consumer(
     Ok(())
 }
 
-/// Like [`ensure_pool_consumer`], retrying with backoff until it succeeds or `shutdown`.
+/// Like [`ensure_pool_consumer`], retrying with backoff until it succeeds or `shutdown`: a
+/// pool registered while the broker is away gets its queue once the broker is back.
 pub async fn ensure_pool_consumer_retrying(
     js: jetstream::Context,
     subjects: Subjects,

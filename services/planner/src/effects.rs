@@ -1,10 +1,15 @@
-//! What the planner does because of facts in its log, once they are durable: tell workers to
-//! stop cancelled tasks (and take their queued messages off the queue), submit commands
-//! later (retries after their backoff, the end of a cancellation's grace), and tell a worker
-//! to drain or resume. The writer sends these after each flush; after a restart they are
-//! derived again from the projections, so none is lost with the process.
+//! Carries out what the planner decided to do because of facts in its log, once they are
+//! durable (the decisions are `domain::effects`): tell workers to stop cancelled tasks (and
+//! take their queued messages off the queue), submit commands later (retries after their
+//! backoff, deadlines, the end of a cancellation's grace), publish health checks, tell a
+//! worker to drain or resume, create pools' queue consumers, and keep the health schedule.
+//! The writer sends effects after each flush; after a restart they are derived again from
+//! the projections, so none is lost with the process.
 
+use crate::broker;
 use crate::domain::Command;
+use crate::domain::effects::{Effect, Stop};
+use crate::health;
 use crate::liveness::Liveness;
 use crate::log::writer::WriterHandle;
 use futures::StreamExt;
@@ -12,44 +17,30 @@ use shoal_shared::messages::{
     CheckMessage, KIND_HEADER, KIND_HEALTH_CHECK, WIRE_SCHEMA_VERSION, WorkerControl,
 };
 use shoal_shared::subjects::{Subjects, cancel_payload};
-use shoal_shared::{PoolName, TaskId, Timestamp, WorkerName, codec};
+use shoal_shared::{PoolName, Timestamp, WorkerName, codec};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
-/// Something to do once a batch of the log is durable.
-#[derive(Debug, Clone)]
-pub enum Effect {
-    /// Tell workers to stop these tasks, and take queued messages off the queue.
-    Cancel(Vec<Stop>),
-    /// Submit a command at a time.
-    Schedule { at: Timestamp, cmd: Command },
-    /// Publish a health check to its pool's queue (retried until stored or past its
-    /// deadline).
-    PublishCheck(CheckMessage),
-    /// Tell a worker to drain (take no new tasks) or resume.
-    Control {
-        worker: WorkerName,
-        pool: PoolName,
-        drain: bool,
-    },
-}
-
-/// One task to stop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stop {
-    pub task: TaskId,
-    /// Its attempts up to this one (`u32::MAX`: all) are cancelled.
-    pub upto: u32,
-    /// The queued message of a task that never started: stream sequence and attempt (its
-    /// message id is checked before the message is deleted).
-    pub queued: Option<(u64, u32)>,
-}
-
 /// Cancellations travel on core NATS, which may drop them while a worker reconnects: each
 /// is sent again after these delays.
 const CANCEL_RESENDS: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(8)];
+
+/// What effects are carried out with.
+pub struct Runner {
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub subjects: Subjects,
+    /// Where commands due later are submitted.
+    pub writer: WriterHandle,
+    /// Holds the drain state wanted of each worker.
+    pub liveness: Liveness,
+    /// The ack wait every pool's queue consumer gets.
+    pub task_ack_wait: Duration,
+    /// When each target is checked next.
+    pub health: health::Schedule,
+}
 
 enum Due {
     Submit(Command),
@@ -58,56 +49,85 @@ enum Due {
 
 /// Carries out effects until shutdown.
 pub async fn run(
-    client: async_nats::Client,
-    js: async_nats::jetstream::Context,
-    subjects: Subjects,
-    writer: WriterHandle,
-    liveness: Liveness,
+    mut runner: Runner,
     mut rx: mpsc::UnboundedReceiver<Effect>,
     shutdown: CancellationToken,
 ) {
     let mut due: DelayQueue<Due> = DelayQueue::new();
     loop {
-        tokio::select! {
+        let cmd = tokio::select! {
             () = shutdown.cancelled() => return,
             effect = rx.recv() => match effect {
                 None => return,
-                Some(Effect::Cancel(stops)) => {
-                    for after in CANCEL_RESENDS {
-                        due.insert(Due::Resend(stops.clone()), after);
-                    }
-                    // Broker I/O off this loop: a broker that is down must not hold up
-                    // retries, deadlines and instructions.
-                    let (client, js, subjects) = (client.clone(), js.clone(), subjects.clone());
-                    tokio::spawn(async move {
-                        publish_cancels(&client, &subjects, &stops).await;
-                        remove_queued(&js, &subjects, &stops).await;
-                    });
-                }
-                Some(Effect::Schedule { at, cmd }) => {
-                    let wait = at.millis_since(Timestamp::now());
-                    due.insert(Due::Submit(cmd), Duration::from_millis(wait));
-                }
-                Some(Effect::PublishCheck(check)) => {
-                    tokio::spawn(publish_check(js.clone(), subjects.clone(), check, shutdown.clone()));
-                }
-                Some(Effect::Control { worker, pool, drain }) => {
-                    liveness.want_draining(&worker, drain);
-                    send_control(&client, &subjects, &worker, &pool, drain).await;
+                Some(effect) => {
+                    runner.carry_out(effect, &mut due, &shutdown).await;
+                    continue;
                 }
             },
             Some(expired) = due.next(), if !due.is_empty() => match expired.into_inner() {
-                Due::Submit(cmd) => {
-                    if let Err(e) = writer.submit(cmd).await {
-                        tracing::warn!(error = %e, "scheduled command not submitted; the planner is stopping");
-                        return;
-                    }
-                }
+                Due::Submit(cmd) => cmd,
                 Due::Resend(stops) => {
-                    let (client, subjects) = (client.clone(), subjects.clone());
+                    let (client, subjects) = (runner.client.clone(), runner.subjects.clone());
                     tokio::spawn(async move { publish_cancels(&client, &subjects, &stops).await });
+                    continue;
                 }
             },
+            cmd = runner.health.next() => cmd,
+        };
+        if let Err(e) = runner.writer.submit(cmd).await {
+            tracing::warn!(error = %e, "scheduled command not submitted; the planner is stopping");
+            return;
+        }
+    }
+}
+
+impl Runner {
+    /// Starts one effect: broker I/O goes to tasks of its own, so a broker that is down does
+    /// not hold up retries, deadlines and instructions.
+    async fn carry_out(
+        &mut self,
+        effect: Effect,
+        due: &mut DelayQueue<Due>,
+        shutdown: &CancellationToken,
+    ) {
+        match effect {
+            Effect::Cancel(stops) => {
+                for after in CANCEL_RESENDS {
+                    due.insert(Due::Resend(stops.clone()), after);
+                }
+                let (client, js) = (self.client.clone(), self.js.clone());
+                let subjects = self.subjects.clone();
+                tokio::spawn(async move {
+                    publish_cancels(&client, &subjects, &stops).await;
+                    remove_queued(&js, &subjects, &stops).await;
+                });
+            }
+            Effect::Schedule { at, cmd } => {
+                let wait = at.millis_since(Timestamp::now());
+                due.insert(Due::Submit(cmd), Duration::from_millis(wait));
+            }
+            Effect::PublishCheck(check) => {
+                let (js, subjects) = (self.js.clone(), self.subjects.clone());
+                tokio::spawn(publish_check(js, subjects, check, shutdown.clone()));
+            }
+            Effect::Control {
+                worker,
+                pool,
+                drain,
+            } => {
+                self.liveness.want_draining(&worker, drain);
+                send_control(&self.client, &self.subjects, &worker, &pool, drain).await;
+            }
+            Effect::EnsureConsumer(pool) => {
+                tokio::spawn(broker::ensure_pool_consumer_retrying(
+                    self.js.clone(),
+                    self.subjects.clone(),
+                    pool,
+                    self.task_ack_wait,
+                    shutdown.clone(),
+                ));
+            }
+            Effect::ScheduleHealth { target, every } => self.health.set(target, every),
         }
     }
 }

@@ -1,89 +1,163 @@
 //! The health-check schedule: every target with a probe is checked every interval (its own
-//! `health_interval_secs`, else the planner's), at a random offset so a thousand targets do
-//! not fire at once. The schedule lives in memory; the checks themselves, their routing and
-//! their results are facts in the log.
+//! `health_interval_secs`, else the planner's), the first time at a random point of it so a
+//! thousand targets do not fire at once, then every interval ×0.9–1.1. The schedule is a
+//! timer queue in memory, told of every target by effects (`Effect::ScheduleHealth`, from
+//! registrations, updates and the planner's start); the checks themselves, their routing
+//! and their results are facts in the log.
 
 use crate::domain::Command;
-use crate::domain::state::TargetDoc;
-use crate::log::writer::WriterHandle;
-use crate::log::{EventLog, Proj};
+use crate::domain::effects::CheckEvery;
+use futures::StreamExt;
 use rand::Rng;
 use shoal_shared::events::CheckTrigger;
-use shoal_shared::{TargetName, Timestamp};
+use shoal_shared::{CheckId, TargetName, Timestamp};
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
+use tokio_util::time::{DelayQueue, delay_queue};
 
-/// How often the schedule looks for due checks.
-const TICK: Duration = Duration::from_secs(1);
+/// The shortest time between scheduled checks of a target (an interval of zero from an old
+/// log must not make the schedule spin).
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Submits scheduled checks until shutdown. Does nothing when `interval` is zero.
-pub async fn schedule(
-    log: EventLog,
-    writer: WriterHandle,
+/// When each scheduled target is checked next.
+pub struct Schedule {
+    /// The planner's interval; zero: nothing is scheduled.
     interval: Duration,
+    /// How long a check may wait for a worker before its target is `unavailable`.
     deadline: Duration,
-    shutdown: CancellationToken,
-) {
-    if interval.is_zero() {
-        tracing::info!(
-            "scheduled health checks are off; targets are checked on request and by health_check steps"
-        );
-        return;
-    }
-    let mut due: HashMap<TargetName, Timestamp> = HashMap::new();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+    due: DelayQueue<TargetName>,
+    /// Each scheduled target's timer and interval.
+    targets: HashMap<TargetName, (delay_queue::Key, Duration)>,
+}
+
+impl Schedule {
+    /// An empty schedule; with a zero `interval` it stays empty.
+    pub fn new(interval: Duration, deadline: Duration) -> Schedule {
+        if interval.is_zero() {
+            tracing::info!(
+                "scheduled health checks are off; targets are checked on request and by health_check steps"
+            );
         }
-        let targets: Vec<TargetDoc> = match log.docs(Proj::Targets) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read targets for the health schedule");
-                continue;
+        Schedule {
+            interval,
+            deadline,
+            due: DelayQueue::new(),
+            targets: HashMap::new(),
+        }
+    }
+
+    /// Checks a target this often from now on, or (`None`) no longer. A target already
+    /// scheduled keeps its next check; its new interval counts from then.
+    pub fn set(&mut self, target: TargetName, every: Option<CheckEvery>) {
+        let every = match every {
+            _ if self.interval.is_zero() => None,
+            None => None,
+            Some(CheckEvery::PlannerInterval) => Some(self.interval),
+            Some(CheckEvery::Secs(s)) => Some(Duration::from_secs(s)),
+        }
+        .map(|d| d.max(MIN_INTERVAL));
+        match (every, self.targets.get_mut(&target)) {
+            (None, Some(_)) => {
+                if let Some((key, _)) = self.targets.remove(&target) {
+                    self.due.remove(&key);
+                }
             }
-        };
-        let now = Timestamp::now();
-        for doc in targets {
-            if doc.target.probe().is_none() {
-                continue;
+            (None, None) => {}
+            (Some(every), Some((_, interval))) => *interval = every,
+            (Some(every), None) => {
+                let key = self.due.insert(target.clone(), jitter(every, 0.0, 1.0));
+                self.targets.insert(target, (key, every));
             }
-            let every = doc
-                .target
-                .health_interval_secs
-                .map_or(interval, Duration::from_secs);
-            let next = due
-                .entry(doc.target.name.clone())
-                .or_insert_with(|| now.plus_millis(jitter(every, 0.0, 1.0)));
-            if now < *next {
-                continue;
+        }
+    }
+
+    /// Waits for the next target due and plans its following check; returns the command
+    /// that checks it now. Never ready while nothing is scheduled.
+    pub async fn next(&mut self) -> Command {
+        loop {
+            if self.due.is_empty() {
+                std::future::pending::<()>().await;
             }
-            *next = now.plus_millis(jitter(every, 0.9, 1.1));
-            let cmd = Command::CheckTarget {
-                check: shoal_shared::CheckId::new(),
-                target: doc.target.name.clone(),
-                trigger: CheckTrigger::Scheduled,
-                at: now,
-                deadline_secs: deadline.as_secs(),
+            let Some(expired) = self.due.next().await else {
+                continue;
             };
-            if let Err(e) = writer.submit(cmd).await {
-                tracing::warn!(error = %e, "health schedule stopped: the log takes no writes");
-                return;
-            }
+            let target = expired.into_inner();
+            let Some((key, every)) = self.targets.get_mut(&target) else {
+                continue;
+            };
+            *key = self.due.insert(target.clone(), jitter(*every, 0.9, 1.1));
+            return Command::CheckTarget {
+                check: CheckId::new(),
+                target,
+                trigger: CheckTrigger::Scheduled,
+                at: Timestamp::now(),
+                deadline_secs: self.deadline.as_secs(),
+            };
         }
     }
 }
 
-/// A random share (between `low` and `high`) of `every`, in ms.
-fn jitter(every: Duration, low: f64, high: f64) -> u64 {
-    let ms = every.as_millis() as f64;
+/// A random share (between `low` and `high`) of `every`.
+fn jitter(every: Duration, low: f64, high: f64) -> Duration {
     let share = if high > low {
         rand::rng().random_range(low..high)
     } else {
         low
     };
-    (ms * share) as u64
+    every.mul_f64(share)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> TargetName {
+        TargetName::parse(s).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn a_target_with_a_probe_is_checked_within_its_interval_and_again_after_it() {
+        let mut s = Schedule::new(Duration::from_secs(60), Duration::from_secs(30));
+        s.set(name("web-1"), Some(CheckEvery::Secs(1)));
+        let started = tokio::time::Instant::now();
+        let wait = Duration::from_secs(10);
+        let first = tokio::time::timeout(wait, s.next())
+            .await
+            .expect("a first check");
+        let Command::CheckTarget { target, .. } = first else {
+            panic!("expected a check, got {first:?}");
+        };
+        assert_eq!(target, name("web-1"));
+        let after_first = started.elapsed();
+        // Timers fire late under load, never early.
+        assert!(
+            after_first <= Duration::from_secs(3),
+            "first check after {after_first:?}"
+        );
+        tokio::time::timeout(wait, s.next())
+            .await
+            .expect("a second check");
+        let between = started.elapsed() - after_first;
+        assert!(
+            between >= Duration::from_millis(900) && between <= Duration::from_secs(3),
+            "second check {between:?} after the first"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_target_without_a_probe_or_with_the_schedule_off_is_never_checked() {
+        let mut s = Schedule::new(Duration::from_secs(1), Duration::from_secs(30));
+        s.set(name("web-1"), Some(CheckEvery::PlannerInterval));
+        s.set(name("web-1"), None);
+        let mut off = Schedule::new(Duration::ZERO, Duration::from_secs(30));
+        off.set(name("web-2"), Some(CheckEvery::Secs(1)));
+        let waited = tokio::time::timeout(Duration::from_millis(1500), async {
+            tokio::select! {
+                _ = s.next() => {}
+                _ = off.next() => {}
+            }
+        })
+        .await;
+        assert!(waited.is_err(), "no check is due");
+    }
 }

@@ -20,7 +20,7 @@ pub mod log;
 pub mod replay;
 
 use crate::domain::Command;
-use crate::domain::state::{PoolDoc, WorkerDoc};
+use crate::domain::state::WorkerDoc;
 use crate::log::writer::Writer;
 use crate::log::{EventLog, Proj};
 use anyhow::Context as _;
@@ -85,21 +85,6 @@ pub async fn run(
         handle.execute(cmd).await?;
     }
     let stop_services = CancellationToken::new();
-    for pool in log.docs::<PoolDoc>(Proj::Pools)? {
-        if let Err(e) =
-            broker::ensure_pool_consumer(&js, &config.subjects, &pool.name, config.task_ack_wait)
-                .await
-        {
-            tracing::warn!(error = %e, pool = %pool.name, "queue consumer not ready; retrying in the background");
-            tokio::spawn(broker::ensure_pool_consumer_retrying(
-                js.clone(),
-                config.subjects.clone(),
-                pool.name,
-                config.task_ack_wait,
-                stop_services.clone(),
-            ));
-        }
-    }
     if !backlog.is_empty() {
         tracing::info!(
             tasks = backlog.len(),
@@ -124,27 +109,21 @@ pub async fn run(
         liveness.clone(),
         stop_services.clone(),
     ));
-    tasks.spawn(effects::run(
-        client.clone(),
-        js.clone(),
-        config.subjects.clone(),
-        handle.clone(),
-        liveness.clone(),
-        effects_rx,
-        stop_services.clone(),
-    ));
+    let runner = effects::Runner {
+        client: client.clone(),
+        js: js.clone(),
+        subjects: config.subjects.clone(),
+        writer: handle.clone(),
+        liveness: liveness.clone(),
+        task_ack_wait: config.task_ack_wait,
+        health: health::Schedule::new(config.health_interval, config.health_deadline),
+    };
+    tasks.spawn(effects::run(runner, effects_rx, stop_services.clone()));
     tasks.spawn(dispatch::run(
         js.clone(),
         config.subjects.clone(),
         handle.clone(),
         dispatch_rx,
-        stop_services.clone(),
-    ));
-    tasks.spawn(health::schedule(
-        log.clone(),
-        handle.clone(),
-        config.health_interval,
-        config.health_deadline,
         stop_services.clone(),
     ));
     tasks.spawn(ingest::results(
@@ -203,9 +182,7 @@ pub async fn run(
         log: log.clone(),
         liveness,
         default_pool: config.default_pool.clone(),
-        js: js.clone(),
         subjects: config.subjects.clone(),
-        task_ack_wait: config.task_ack_wait,
         health_deadline_secs: config.health_deadline.as_secs(),
         shutdown: stop_services.clone(),
     };

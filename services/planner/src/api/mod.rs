@@ -28,10 +28,7 @@ pub struct AppState {
     pub log: EventLog,
     pub liveness: Liveness,
     pub default_pool: PoolName,
-    pub js: async_nats::jetstream::Context,
     pub subjects: Subjects,
-    /// Ack wait of the pools' queue consumers.
-    pub task_ack_wait: std::time::Duration,
     /// Seconds a health check may wait for a worker before the target is `unavailable`.
     pub health_deadline_secs: u64,
     /// Cancelled when the planner stops; ends background work started by handlers.

@@ -1,7 +1,6 @@
 //! `POST /api/pools`, `GET /api/pools`.
 
 use super::{ApiError, AppState, JsonBody};
-use crate::broker;
 use crate::domain::Command;
 use crate::domain::state::PoolDoc;
 use crate::log::Proj;
@@ -41,20 +40,8 @@ pub(super) async fn create(
         region: req.region,
         description: req.description,
     };
+    // Its queue consumer is created by the effect of the registration, once it is durable.
     app.writer.execute(Command::RegisterPool(pool)).await?;
-    if let Err(e) =
-        broker::ensure_pool_consumer(&app.js, &app.subjects, &req.name, app.task_ack_wait).await
-    {
-        // The pool is recorded; its queue follows as soon as the broker accepts it.
-        tracing::warn!(error = %e, pool = %req.name, "pool registered; its queue consumer is retried in the background");
-        tokio::spawn(broker::ensure_pool_consumer_retrying(
-            app.js.clone(),
-            app.subjects.clone(),
-            req.name.clone(),
-            app.task_ack_wait,
-            app.shutdown.clone(),
-        ));
-    }
     let doc: PoolDoc = app
         .log
         .doc(Proj::Pools, req.name.as_str().as_bytes())?

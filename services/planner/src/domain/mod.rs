@@ -3,6 +3,7 @@
 //! its facts change (`react`). No I/O: everything here is tested without NATS or sled.
 
 pub mod decide;
+pub mod effects;
 pub mod react;
 pub mod state;
 

@@ -5,16 +5,12 @@
 //! dispatcher.
 
 use super::{BatchWrite, EventLog, Head, LogError, Record, doc_write, record_hash, row_write};
-use crate::domain::decide::CANCEL_GRACE_SECS;
-use crate::domain::state::{PendingCheck, TargetDoc};
+use crate::domain::effects::{self, Effect};
 use crate::domain::{self, Changes, Command, EventSink, NewEvent, Rejection, State};
-use crate::effects::{Effect, Stop};
 use shoal_shared::codec;
 use shoal_shared::events::{Envelope, Event};
-use shoal_shared::messages::{CheckMessage, TaskMessage, WIRE_SCHEMA_VERSION};
-use shoal_shared::{
-    DeploymentId, DeploymentState, EventId, PoolName, TaskId, TaskState, Timestamp,
-};
+use shoal_shared::messages::TaskMessage;
+use shoal_shared::{DeploymentId, EventId, PoolName, TaskId, TaskState, Timestamp};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -219,39 +215,9 @@ impl Writer {
         self
     }
 
-    /// The effects still due after a restart: retries waiting for their backoff, and
-    /// cancellations whose tasks may still run (told again, with a fresh grace period).
+    /// The effects still due after a restart (see [`effects::pending_effects`]).
     pub fn pending_effects(&self) -> Vec<Effect> {
-        let mut out = Vec::new();
-        for t in self.state.tasks.values() {
-            if t.state == TaskState::RetryScheduled
-                && let Some(at) = t.retry_at
-            {
-                out.push(Effect::Schedule {
-                    at,
-                    cmd: Command::RetryDue {
-                        task: t.id,
-                        attempt: t.attempt,
-                    },
-                });
-            }
-        }
-        for doc in self.state.targets.values() {
-            if let Some(p) = &doc.pending_check {
-                out.extend(check_effects(doc, p));
-            }
-        }
-        for id in &self.state.active {
-            if self
-                .state
-                .deployments
-                .get(id)
-                .is_some_and(|d| d.state == DeploymentState::Cancelling)
-            {
-                out.extend(cancel_effects(&self.state, *id, true));
-            }
-        }
-        out
+        effects::pending_effects(&self.state, Timestamp::now())
     }
 
     /// What to do with every attempt still in the outbox after a restart: task messages to
@@ -273,7 +239,7 @@ impl Writer {
         for (task, attempt) in &entries {
             match self.state.tasks.get(task) {
                 Some(t) if t.attempt == *attempt && t.state == TaskState::Planned => {
-                    publish.extend(self.task_message(task, *attempt, None));
+                    publish.extend(effects::task_message(&self.state, task, *attempt, None));
                 }
                 Some(t) => confirm.push(Command::MarkDispatched {
                     deployment: t.deployment,
@@ -473,7 +439,9 @@ impl Writer {
         let messages = pending
             .planned
             .iter()
-            .filter_map(|(task, attempt, at_us)| self.task_message(task, *attempt, Some(*at_us)))
+            .filter_map(|(task, attempt, at_us)| {
+                effects::task_message(&self.state, task, *attempt, Some(*at_us))
+            })
             .collect();
         Ok(Done {
             wrote,
@@ -551,10 +519,11 @@ impl Writer {
         p: &mut Pending,
     ) -> Result<u64, LogError> {
         let seq = self.head.seq + 1;
+        let now = Timestamp::now();
         let env = Envelope {
             seq,
             event_id: e.id,
-            time: Timestamp::now(),
+            time: now,
             stream: e.event.stream(),
             event_type: e.event.event_type().to_owned(),
             schema_version: e.event.schema_version(),
@@ -572,7 +541,7 @@ impl Writer {
         if let Event::TaskPlanned { task, attempt, .. } = &e.event {
             p.planned.push((*task, *attempt, Timestamp::now_micros()));
         }
-        effects_of(&self.state, &e.event, &mut p.effects);
+        effects::effects_of(&self.state, &e.event, now, &mut p.effects);
         if let Event::DeploymentFinished { deployment, .. } = &e.event {
             p.finished.insert(*deployment);
         }
@@ -602,44 +571,6 @@ impl Writer {
         self.log.write(&p.write)?;
         Ok(())
     }
-
-    /// The message of a planned attempt; `planned_at_us` is known only in the batch that
-    /// planned it (after a restart the log's millisecond time stands in).
-    fn task_message(
-        &self,
-        task: &TaskId,
-        attempt: u32,
-        planned_at_us: Option<i64>,
-    ) -> Option<TaskMessage> {
-        let t = self.state.tasks.get(task)?;
-        let (action, step) = self.state.task_action(t)?;
-        Some(TaskMessage {
-            schema_version: WIRE_SCHEMA_VERSION,
-            deployment: t.deployment,
-            task: t.id,
-            attempt,
-            step_index: t.step,
-            step_name: t.step_name.clone(),
-            target: t.target.clone(),
-            endpoint: t.endpoint.clone(),
-            pool: t.pool.clone(),
-            action: action.clone(),
-            variables: step.variables.clone(),
-            timeout_secs: step.timeout_secs,
-            planned_at: t.planned_at.unwrap_or_default(),
-            max_deliveries: step.max_attempts(),
-            probe: match action {
-                shoal_shared::Action::HealthCheck => t
-                    .target
-                    .as_ref()
-                    .and_then(|n| self.state.targets.get(n))
-                    .and_then(|d| d.target.probe()),
-                _ => None,
-            },
-            planned_at_us: planned_at_us
-                .unwrap_or_else(|| t.planned_at.unwrap_or_default().millis() * 1000),
-        })
-    }
 }
 
 /// The writer seen by the pure core while it handles one command of a batch.
@@ -658,160 +589,4 @@ impl EventSink for BatchSink<'_> {
     fn append(&mut self, event: NewEvent, cause: Option<EventId>) -> Result<u64, LogError> {
         self.writer.append(event, cause, self.pending)
     }
-}
-
-/// What an event, just applied to `state`, asks the planner to do once it is durable.
-fn effects_of(state: &State, event: &Event, out: &mut Vec<Effect>) {
-    match event {
-        Event::TaskFinished { task, attempt, .. } => {
-            if let Some(t) = state.tasks.get(task)
-                && t.state == TaskState::RetryScheduled
-                && t.attempt == *attempt
-                && let Some(at) = t.retry_at
-            {
-                out.push(Effect::Schedule {
-                    at,
-                    cmd: Command::RetryDue {
-                        task: *task,
-                        attempt: *attempt,
-                    },
-                });
-            }
-        }
-        Event::DeploymentCancelRequested { deployment, .. } => {
-            out.extend(cancel_effects(state, *deployment, true));
-        }
-        Event::DeploymentFinished {
-            deployment,
-            state: DeploymentState::Failed,
-            ..
-        } => out.extend(cancel_effects(state, *deployment, false)),
-        // A task stored after it was cancelled before it started: take it off the queue.
-        Event::TaskDispatched {
-            task,
-            attempt,
-            stream_seq,
-            ..
-        } if state
-            .tasks
-            .get(task)
-            .is_some_and(|t| t.state.is_terminal() && t.started_at.is_none()) =>
-        {
-            out.push(Effect::Cancel(vec![Stop {
-                task: *task,
-                upto: u32::MAX,
-                queued: stream_seq.map(|seq| (seq, *attempt)),
-            }]));
-        }
-        // A run the task does not need (it ended, its deployment is stopping, or the run is
-        // of an attempt already given up for a retry): stop it.
-        Event::TaskStarted {
-            deployment,
-            task,
-            attempt,
-            ..
-        } => {
-            let Some(t) = state.tasks.get(task) else {
-                return;
-            };
-            let stopping = state
-                .deployments
-                .get(deployment)
-                .is_some_and(|d| d.state == DeploymentState::Cancelling || d.state.is_terminal());
-            let upto = if t.state.is_terminal() || stopping {
-                Some(u32::MAX)
-            } else if *attempt < t.attempt
-                || (*attempt == t.attempt && t.state == TaskState::RetryScheduled)
-            {
-                Some(*attempt)
-            } else {
-                None
-            };
-            if let Some(upto) = upto {
-                out.push(Effect::Cancel(vec![Stop {
-                    task: *task,
-                    upto,
-                    queued: None,
-                }]));
-            }
-        }
-        Event::HealthCheckPlanned { target, .. } => {
-            if let Some(doc) = state.targets.get(target)
-                && let Some(p) = &doc.pending_check
-            {
-                out.extend(check_effects(doc, p));
-            }
-        }
-        Event::WorkerDrainRequested { worker, pool } | Event::WorkerResumed { worker, pool } => {
-            out.push(Effect::Control {
-                worker: worker.clone(),
-                pool: pool.clone(),
-                drain: matches!(event, Event::WorkerDrainRequested { .. }),
-            });
-        }
-        _ => {}
-    }
-}
-
-/// Publish a planned check and watch its deadline.
-fn check_effects(doc: &TargetDoc, p: &PendingCheck) -> [Effect; 2] {
-    [
-        Effect::PublishCheck(CheckMessage {
-            schema_version: WIRE_SCHEMA_VERSION,
-            check: p.check,
-            target: doc.target.name.clone(),
-            pool: p.pool.clone(),
-            endpoint: doc.target.endpoint.clone(),
-            probe: p.probe.clone(),
-            planned_at: p.planned_at,
-            deadline_at: p.deadline_at,
-        }),
-        Effect::Schedule {
-            at: p.deadline_at,
-            cmd: Command::CheckDeadline {
-                target: doc.target.name.clone(),
-                check: p.check,
-            },
-        },
-    ]
-}
-
-/// Stop every task of a deployment that was handed to the broker and may run or be queued;
-/// with `grace`, also give up on them after [`CANCEL_GRACE_SECS`]. Only the messages of tasks
-/// that never started are taken off the queue: a running task's message must come back if
-/// its worker dies, so that another worker reports it cancelled.
-fn cancel_effects(state: &State, deployment: DeploymentId, grace: bool) -> Vec<Effect> {
-    let Some(d) = state.deployments.get(&deployment) else {
-        return vec![];
-    };
-    let tasks: Vec<Stop> = d
-        .steps
-        .iter()
-        .flat_map(|s| &s.tasks)
-        .filter_map(|t| state.tasks.get(t))
-        .filter(|t| {
-            t.state == TaskState::Running
-                || (t.state == TaskState::Cancelled && t.attempt > 0 && t.started_at.is_none())
-        })
-        .map(|t| Stop {
-            task: t.id,
-            upto: u32::MAX,
-            queued: if t.state == TaskState::Running {
-                None
-            } else {
-                t.stream_seq.map(|seq| (seq, t.attempt))
-            },
-        })
-        .collect();
-    let mut out = Vec::new();
-    if !tasks.is_empty() {
-        out.push(Effect::Cancel(tasks));
-    }
-    if grace {
-        out.push(Effect::Schedule {
-            at: Timestamp::now().plus_millis(CANCEL_GRACE_SECS * 1000),
-            cmd: Command::CancelGraceExpired { deployment },
-        });
-    }
-    out
 }
