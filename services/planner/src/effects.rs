@@ -63,14 +63,15 @@ pub async fn run(
     subjects: Subjects,
     writer: WriterHandle,
     liveness: Liveness,
-    mut rx: mpsc::UnboundedReceiver<Effect>,
+    mut rx: mpsc::Receiver<Vec<Effect>>,
     shutdown: CancellationToken,
 ) {
     let mut due: DelayQueue<Due> = DelayQueue::new();
+    let mut held = Vec::new().into_iter();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            effect = rx.recv() => match effect {
+            effect = next_effect(&mut rx, &mut held) => match effect {
                 None => return,
                 Some(Effect::Cancel(stops)) => {
                     for after in CANCEL_RESENDS {
@@ -109,6 +110,20 @@ pub async fn run(
                 }
             },
         }
+    }
+}
+
+/// The next effect: of the batch in hand, or of the next batch the writer handed on.
+/// Cancel-safe.
+async fn next_effect(
+    rx: &mut mpsc::Receiver<Vec<Effect>>,
+    held: &mut std::vec::IntoIter<Effect>,
+) -> Option<Effect> {
+    loop {
+        if let Some(effect) = held.next() {
+            return Some(effect);
+        }
+        *held = rx.recv().await?.into_iter();
     }
 }
 
