@@ -145,7 +145,7 @@ async fn observe(mut sub: async_nats::Subscriber, wanted: usize) -> HashMap<Stri
     let deadline = tokio::time::Instant::now() + WAIT;
     // Until every attempt is seen, and then a moment longer: a copy published twice would
     // arrive right behind the first.
-    let mut quiet = Duration::from_millis(500);
+    let quiet = Duration::from_millis(500);
     loop {
         let limit = if seen.len() < wanted {
             deadline.saturating_duration_since(tokio::time::Instant::now())
@@ -166,7 +166,6 @@ async fn observe(mut sub: async_nats::Subscriber, wanted: usize) -> HashMap<Stri
             Err(_) if seen.len() < wanted => panic!("only {} of {wanted} published", seen.len()),
             Err(_) => return seen,
         }
-        quiet = Duration::from_millis(500);
     }
 }
 
