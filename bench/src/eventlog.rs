@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 use shoal_planner::domain::Command;
 use shoal_planner::log::EventLog;
+use shoal_planner::log::handover::task_channel;
 use shoal_planner::log::writer::Writer;
 use shoal_shared::messages::{WIRE_SCHEMA_VERSION, WorkerBody, WorkerMessage};
 use shoal_shared::{
@@ -60,11 +61,12 @@ pub async fn run(events: u64) -> anyhow::Result<Outcome> {
     let log_dir = dir.path().join("planner-data").join("log");
     let log = EventLog::open(&log_dir)?;
     let default_pool = PoolName::parse("default")?;
-    let (dispatch_tx, mut dispatch_rx) = mpsc::unbounded_channel();
+    // As the planner sizes it.
+    let (dispatch_tx, mut dispatch_rx) = task_channel(4096);
     // Effects (retries, cancellations, health checks) do not occur in this workload.
-    let (effects_tx, _effects_rx) = mpsc::unbounded_channel();
+    let (effects_tx, _effects_rx) = mpsc::channel(1024);
     let writer = Writer::open(log.clone(), default_pool.clone(), dispatch_tx, effects_tx)?;
-    let (handle, writer_task) = writer.spawn(4096);
+    let (handle, writer_task) = writer.spawn(4096)?;
     handle.execute(Command::EnsureDefaultPool).await?;
     let mut registered = Vec::with_capacity(TARGETS);
     for j in 0..TARGETS {
@@ -98,7 +100,7 @@ pub async fn run(events: u64) -> anyhow::Result<Outcome> {
         let handle = handle.clone();
         let worker = WorkerName::parse("bench-worker")?;
         tokio::spawn(async move {
-            while let Some(task) = dispatch_rx.recv().await {
+            while let Some(task) = dispatch_rx.recv(&handle).await {
                 let report = |body| {
                     Command::WorkerReport(WorkerMessage {
                         schema_version: WIRE_SCHEMA_VERSION,
@@ -188,7 +190,7 @@ pub async fn run(events: u64) -> anyhow::Result<Outcome> {
     driver.abort();
     awaiter.abort();
     drop(handle);
-    writer_task.await.context("writer task")??;
+    writer_task.await.context("writer task")?;
 
     let replay_log = log.clone();
     let replay_start = Timestamp::now_micros();

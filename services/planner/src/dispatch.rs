@@ -1,9 +1,13 @@
 //! The outbox dispatcher: publishes planned task attempts to `shoal.tasks.<pool>` with the
 //! message id `<task>/<attempt>` (so a re-publish after a crash is de-duplicated by the
 //! broker), and records `TaskDispatched` once the broker has stored each one. Many publishes
-//! are in flight at once; failures are retried with backoff, nothing is dropped.
+//! are in flight at once; failures are retried with backoff, nothing is dropped. Attempts
+//! come from the writer's bounded task channel and, when that overflowed (the broker was
+//! slow or down), from pages of the durable outbox (`log::handover`), taken only while there
+//! is room for more publishes in flight.
 
 use crate::domain::Command;
+use crate::log::handover::TaskReceiver;
 use crate::log::writer::WriterHandle;
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
@@ -13,7 +17,6 @@ use shoal_shared::codec;
 use shoal_shared::messages::TaskMessage;
 use shoal_shared::subjects::Subjects;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Most publishes awaiting the broker's ack at once.
@@ -26,7 +29,7 @@ pub async fn run(
     js: jetstream::Context,
     subjects: Subjects,
     writer: WriterHandle,
-    mut rx: mpsc::UnboundedReceiver<TaskMessage>,
+    mut tasks: TaskReceiver,
     shutdown: CancellationToken,
 ) {
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Published>> = FuturesUnordered::new();
@@ -52,7 +55,7 @@ pub async fn run(
                     }
                     continue;
                 }
-                msg = rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => match msg {
+                msg = tasks.recv(&writer), if in_flight.len() < MAX_IN_FLIGHT => match msg {
                     Some(m) => Some(m),
                     None => break,
                 },

@@ -50,14 +50,15 @@ enum Due {
 /// Carries out effects until shutdown.
 pub async fn run(
     mut runner: Runner,
-    mut rx: mpsc::UnboundedReceiver<Effect>,
+    mut rx: mpsc::Receiver<Vec<Effect>>,
     shutdown: CancellationToken,
 ) {
     let mut due: DelayQueue<Due> = DelayQueue::new();
+    let mut held = Vec::new().into_iter();
     loop {
         let cmd = tokio::select! {
             () = shutdown.cancelled() => return,
-            effect = rx.recv() => match effect {
+            effect = next_effect(&mut rx, &mut held) => match effect {
                 None => return,
                 Some(effect) => {
                     runner.carry_out(effect, &mut due, &shutdown).await;
@@ -129,6 +130,20 @@ impl Runner {
             }
             Effect::ScheduleHealth { target, every } => self.health.set(target, every),
         }
+    }
+}
+
+/// The next effect: of the batch in hand, or of the next batch the writer handed on.
+/// Cancel-safe.
+async fn next_effect(
+    rx: &mut mpsc::Receiver<Vec<Effect>>,
+    held: &mut std::vec::IntoIter<Effect>,
+) -> Option<Effect> {
+    loop {
+        if let Some(effect) = held.next() {
+            return Some(effect);
+        }
+        *held = rx.recv().await?.into_iter();
     }
 }
 

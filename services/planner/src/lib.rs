@@ -21,7 +21,8 @@ pub mod replay;
 
 use crate::domain::Command;
 use crate::domain::state::WorkerDoc;
-use crate::log::writer::Writer;
+use crate::log::handover;
+use crate::log::writer::{Writer, WriterFailed};
 use crate::log::{EventLog, Proj};
 use anyhow::Context as _;
 use sha2::Digest as _;
@@ -31,6 +32,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Task messages the writer hands to the dispatcher that may wait in the channel; beyond
+/// that the dispatcher pages them from the outbox. As many as it keeps in flight.
+const TASK_MESSAGES: usize = 4096;
+/// Batches of effects that may wait for the effects runner; beyond that they are derived
+/// from the state again once it catches up.
+const EFFECT_BATCHES: usize = 1024;
 
 /// How a planner runs.
 #[derive(Debug, Clone)]
@@ -66,35 +74,30 @@ pub async fn run(
     let js = async_nats::jetstream::new(client.clone());
     ensure_broker(&js, &config.subjects, &shutdown).await?;
 
-    let (dispatch_tx, dispatch_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Bounded both: what does not fit the writer finds again in its state (`log::handover`).
+    let (dispatch_tx, dispatch_rx) = handover::task_channel(TASK_MESSAGES);
+    let (effects_tx, effects_rx) = tokio::sync::mpsc::channel(EFFECT_BATCHES);
     let mut writer = Writer::open(
         log.clone(),
         config.default_pool.clone(),
-        dispatch_tx.clone(),
+        dispatch_tx,
         effects_tx.clone(),
     )?;
-    let (backlog, confirmed) = writer.outbox()?;
-    for effect in writer.pending_effects() {
-        let _ = effects_tx.send(effect);
-    }
+    let backlog = writer.republish_outbox();
+    // The channel is empty, so the first batch fits.
+    let _ = effects_tx.try_send(writer.pending_effects());
     drop(effects_tx);
-    let (handle, writer_task) = writer.spawn(4096);
+    let (handle, writer_task) = writer
+        .spawn(4096)
+        .context("cannot start the event log writer's thread")?;
     handle.execute(Command::EnsureDefaultPool).await?;
-    for cmd in confirmed {
-        handle.execute(cmd).await?;
-    }
     let stop_services = CancellationToken::new();
-    if !backlog.is_empty() {
+    if backlog > 0 {
         tracing::info!(
-            tasks = backlog.len(),
+            tasks = backlog,
             "re-publishing task attempts planned before the last stop"
         );
     }
-    for msg in backlog {
-        let _ = dispatch_tx.send(msg);
-    }
-    drop(dispatch_tx);
 
     let liveness = liveness::Liveness::default();
     for w in log.docs::<WorkerDoc>(Proj::Workers)? {
@@ -199,9 +202,9 @@ pub async fn run(
             worker_stop.cancel();
             stop_services.cancel();
             match ended {
-                Ok(Err(e)) => anyhow::bail!("event log writer failed: {e}"),
-                Ok(Ok(())) => anyhow::bail!("event log writer stopped unexpectedly"),
-                Err(e) => anyhow::bail!("event log writer panicked: {e}"),
+                Err(WriterFailed::Log(e)) => anyhow::bail!("event log writer failed: {e}"),
+                Err(e) => anyhow::bail!("{e}"),
+                Ok(()) => anyhow::bail!("event log writer stopped unexpectedly"),
             }
         }
     }
@@ -217,9 +220,9 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     match writer_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "event log writer failed"),
-        Err(e) => tracing::error!(error = %e, "event log writer panicked"),
+        Ok(()) => {}
+        Err(WriterFailed::Log(e)) => tracing::error!(error = %e, "event log writer failed"),
+        Err(e) => tracing::error!(error = %e, "event log writer ended"),
     }
     log.flush().await?;
     let _ = client.drain().await;

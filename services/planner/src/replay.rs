@@ -4,8 +4,8 @@
 
 use crate::domain::{Changes, State};
 use crate::log::{
-    EventLog, Head, LogError, Proj, STREAM_INDEX, chunk_records, decode_event, describe_key,
-    key_space, record_hash, row_write, stream_rows,
+    EventLog, Head, LogError, Proj, STREAM_INDEX, Stored, chunk_records, decode_event,
+    describe_key, key_space, record_hash, row_write, stream_rows,
 };
 use shoal_shared::codec;
 use shoal_shared::events::Envelope;
@@ -261,13 +261,13 @@ fn compare(
     rebuilt: impl Iterator<Item = Kv>,
     count: &mut impl FnMut(&[u8]),
 ) -> Result<(), ReplayError> {
-    type Stored = Vec<Result<(sled::IVec, sled::IVec), LogError>>;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Stored>(64);
+    type Part = Vec<Result<(Stored, Stored), LogError>>;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Part>(64);
     std::thread::scope(|scope| {
         scope.spawn(move || {
             let mut live = log.derived();
             loop {
-                let part: Stored = live.by_ref().take(1024).collect();
+                let part: Part = live.by_ref().take(1024).collect();
                 if part.is_empty() || tx.send(part).is_err() {
                     return;
                 }
@@ -279,7 +279,7 @@ fn compare(
 }
 
 fn walk(
-    live: &mut impl Iterator<Item = Result<(sled::IVec, sled::IVec), LogError>>,
+    live: &mut impl Iterator<Item = Result<(Stored, Stored), LogError>>,
     mut ours: impl Iterator<Item = Kv>,
     count: &mut impl FnMut(&[u8]),
 ) -> Result<(), ReplayError> {

@@ -6,7 +6,8 @@ use proptest::prelude::*;
 use shoal_planner::domain::Command;
 use shoal_planner::domain::decide::TargetUpdate;
 use shoal_planner::domain::state::DeploymentDoc;
-use shoal_planner::log::writer::{WriteError, Writer, WriterHandle};
+use shoal_planner::log::handover::{TaskReceiver, task_channel};
+use shoal_planner::log::writer::{WriteError, Writer, WriterHandle, WriterTask};
 use shoal_planner::log::{EventLog, Proj};
 use shoal_planner::replay::{ReplayError, replay};
 use shoal_shared::messages::{TaskMessage, WorkerBody, WorkerMessage};
@@ -89,8 +90,8 @@ fn tname(i: u8) -> TargetName {
 struct Harness {
     log: EventLog,
     handle: WriterHandle,
-    task: tokio::task::JoinHandle<Result<(), shoal_planner::log::LogError>>,
-    planned: mpsc::UnboundedReceiver<TaskMessage>,
+    task: WriterTask,
+    planned: TaskReceiver,
     tasks: Vec<TaskMessage>,
 }
 
@@ -114,14 +115,9 @@ fn open(dir: &std::path::Path) -> Harness {
 }
 
 /// A writer on `log` (global default pool `default`), and where its task messages arrive.
-fn writer_on(
-    log: &EventLog,
-) -> (
-    Result<Writer, shoal_planner::log::LogError>,
-    mpsc::UnboundedReceiver<TaskMessage>,
-) {
-    let (tx, planned) = mpsc::unbounded_channel();
-    let (effects, _) = mpsc::unbounded_channel();
+fn writer_on(log: &EventLog) -> (Result<Writer, shoal_planner::log::LogError>, TaskReceiver) {
+    let (tx, planned) = task_channel(64);
+    let (effects, _) = mpsc::channel(16);
     let writer = Writer::open(
         log.clone(),
         PoolName::parse("default").expect("valid"),
@@ -135,7 +131,7 @@ fn open_with(dir: &std::path::Path, keep_finished: bool) -> Harness {
     let log = reopen(|| EventLog::open(dir));
     let (writer, planned) = writer_on(&log);
     let writer = writer.expect("consistent").keep_finished(keep_finished);
-    let (handle, task) = writer.spawn(64);
+    let (handle, task) = writer.spawn(64).expect("writer thread");
     Harness {
         log,
         handle,
@@ -151,9 +147,8 @@ impl Harness {
             Ok(_) | Err(WriteError::Rejected(_)) => {}
             Err(e) => panic!("writer failed: {e}"),
         }
-        while let Ok(t) = self.planned.try_recv() {
-            self.tasks.push(t);
-        }
+        let planned = self.planned.ready(&self.handle).await;
+        self.tasks.extend(planned);
     }
 
     fn task(&self, i: usize) -> Option<TaskMessage> {
@@ -409,7 +404,7 @@ impl Harness {
 
     async fn close(self) -> EventLog {
         drop(self.handle);
-        self.task.await.expect("writer task").expect("writer ok");
+        self.task.await.expect("writer ok");
         self.log
     }
 }

@@ -15,8 +15,11 @@
 //! sequential values. Projections are written in the same `apply_batch` as the records they
 //! derive from.
 //!
-//! Only the [`writer`] appends. Readers (the HTTP API, replay) read committed keys.
+//! Only the [`writer`] appends, on a thread of its own; [`handover`] is how it hands task
+//! messages and effects on without waiting for their consumers. Readers (the HTTP API,
+//! replay) read committed keys. sled's types stay inside this module.
 
+pub mod handover;
 pub mod writer;
 
 use crate::domain::state::{DeploymentDoc, PoolDoc, Row, TargetDoc, TaskDoc, WorkerDoc};
@@ -35,7 +38,7 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("event log storage failed: {0}")]
-    Sled(sled::Error),
+    Sled(StorageError),
     #[error("event log record could not be decoded: {0}")]
     Codec(CodecError),
     #[error("event log is inconsistent: {0}")]
@@ -46,7 +49,37 @@ pub enum LogError {
 // (an error chain would print it twice).
 impl From<sled::Error> for LogError {
     fn from(e: sled::Error) -> Self {
-        LogError::Sled(e)
+        LogError::Sled(StorageError(e))
+    }
+}
+
+/// A failure of the storage engine. Opaque, so that sled's types stay inside `log/` and the
+/// engine can change without touching the rest of the planner; its text is sled's.
+#[derive(Debug)]
+pub struct StorageError(sled::Error);
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A value read from the log (a chunk, a key or a document), shared with the storage engine's
+/// cache rather than copied: replay reads the whole log through these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored(sled::IVec);
+
+impl std::ops::Deref for Stored {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Stored {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -472,15 +505,6 @@ impl EventLog {
         Ok(())
     }
 
-    /// Makes everything written so far durable, blocking.
-    ///
-    /// # Errors
-    /// Storage failure.
-    pub fn flush_blocking(&self) -> Result<(), LogError> {
-        self.db.flush()?;
-        Ok(())
-    }
-
     /// Reads what the writer keeps in memory (after a restart): pools, targets, workers, the
     /// outbox, and deployments not yet finished with their tasks. Finished deployments stay
     /// on disk; [`EventLog::deployment`] brings one back when a late report names it.
@@ -720,12 +744,12 @@ impl EventLog {
     }
 
     /// The chunks of the log, oldest first: (first sequence, value).
-    pub fn chunks(&self) -> impl Iterator<Item = Result<(u64, sled::IVec), LogError>> + '_ {
+    pub fn chunks(&self) -> impl Iterator<Item = Result<(u64, Stored), LogError>> + '_ {
         self.tree
             .range(chunk_key(0)..=chunk_key(u64::MAX))
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((be_u64(&k[1..], "chunk key")?, v))
+                Ok((be_u64(&k[1..], "chunk key")?, Stored(v)))
             })
     }
 
@@ -748,14 +772,17 @@ impl EventLog {
 
     /// Everything derived from the records (the stream index and the projections), in key
     /// order, for replay to compare: (key, value).
-    pub fn derived(&self) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), LogError>> + '_ {
+    pub fn derived(&self) -> impl Iterator<Item = Result<(Stored, Stored), LogError>> + '_ {
         self.tree
             .range([PROJ].as_slice()..[PROJ + 1].as_slice())
             .chain(
                 self.tree
                     .range([STREAMS].as_slice()..[STREAMS + 1].as_slice()),
             )
-            .map(|kv| Ok(kv?))
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((Stored(k), Stored(v)))
+            })
     }
 
     /// Replaces everything derived from the records (replay's repair), in batches; the

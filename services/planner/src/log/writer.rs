@@ -1,9 +1,17 @@
 //! The single writer of the log. Commands arrive on a bounded channel; the writer takes as
 //! many as are waiting (group commit), turns each into events against the in-memory state,
 //! lets deployments advance, writes the whole batch in one sled transaction, flushes once,
-//! and only then answers every command of the batch and hands new task attempts to the
-//! dispatcher.
+//! and only then hands new task attempts to the dispatcher and effects to their runner, and
+//! answers every command of the batch.
+//!
+//! The writer runs on an OS thread of its own ([`THREAD_NAME`]): sled's writes and the reads
+//! that bring finished deployments back from disk block, and must not hold up a worker of
+//! the async runtime that serves HTTP and the broker. The thread polls the writer's loop with
+//! a current-thread runtime of its own (channels and sled's flush are futures), so the
+//! pipelining stays: the next batch is decided and written while the last one's flush is on
+//! its way.
 
+use super::handover::{EffectSender, OutboxPage, TaskSender};
 use super::{BatchWrite, EventLog, Head, LogError, Record, doc_write, record_hash, row_write};
 use crate::domain::effects::{self, Effect};
 use crate::domain::{self, Changes, Command, EventSink, NewEvent, Rejection, State};
@@ -12,12 +20,17 @@ use shoal_shared::events::{Envelope, Event};
 use shoal_shared::messages::TaskMessage;
 use shoal_shared::{DeploymentId, EventId, PoolName, TaskId, TaskState, Timestamp};
 use std::collections::{BTreeSet, HashSet};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands taken into one transaction.
 pub const MAX_BATCH: usize = 512;
+
+/// The name of the writer's thread (as `top -H` and a debugger show it).
+pub const THREAD_NAME: &str = "shoal-writer";
 
 /// What a command appended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,9 +51,25 @@ pub enum WriteError {
     Unavailable(String),
 }
 
-struct Request {
-    cmd: Command,
-    reply: Option<oneshot::Sender<Result<Appended, Rejection>>>,
+/// Why the writer ended before every handle was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum WriterFailed {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("event log writer panicked: {0}")]
+    Panicked(String),
+}
+
+enum Request {
+    Command {
+        cmd: Command,
+        reply: Option<oneshot::Sender<Result<Appended, Rejection>>>,
+    },
+    /// The dispatcher asks for owed task messages (see [`super::handover`]).
+    OutboxPage {
+        limit: usize,
+        reply: oneshot::Sender<OutboxPage>,
+    },
 }
 
 /// Sends commands to the writer. Cheap to clone.
@@ -61,7 +90,12 @@ pub struct InMemory {
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request").field("cmd", &self.cmd).finish()
+        match self {
+            Request::Command { cmd, .. } => f.debug_struct("Command").field("cmd", cmd).finish(),
+            Request::OutboxPage { limit, .. } => {
+                f.debug_struct("OutboxPage").field("limit", limit).finish()
+            }
+        }
     }
 }
 
@@ -97,13 +131,53 @@ impl WriterHandle {
     ) -> Result<oneshot::Receiver<Result<Appended, Rejection>>, WriteError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Request {
+            .send(Request::Command {
                 cmd,
                 reply: Some(tx),
             })
             .await
             .map_err(|_| WriteError::Unavailable("writer stopped".into()))?;
         Ok(rx)
+    }
+
+    /// Asks for up to `limit` owed task messages; answered after the flush of the batch that
+    /// takes the request.
+    pub(crate) async fn outbox_page(
+        &self,
+        limit: usize,
+    ) -> Result<oneshot::Receiver<OutboxPage>, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::OutboxPage { limit, reply })
+            .await
+            .map_err(|_| WriteError::Unavailable("writer stopped".into()))?;
+        Ok(rx)
+    }
+}
+
+/// The writer's thread, awaitable: ready when the writer ended, with why it ended if that was
+/// not because every handle was dropped. The thread is joined then.
+#[derive(Debug)]
+pub struct WriterTask {
+    ended: oneshot::Receiver<Result<(), WriterFailed>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Future for WriterTask {
+    type Output = Result<(), WriterFailed>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let ended = std::task::ready!(Pin::new(&mut self.ended).poll(cx));
+        if let Some(thread) = self.thread.take() {
+            // Sending what was just received is the thread's last act: joining only waits
+            // for it to return.
+            let _ = thread.join();
+        }
+        Poll::Ready(ended.unwrap_or_else(|_| {
+            Err(WriterFailed::Panicked(
+                "its thread ended without a word".into(),
+            ))
+        }))
     }
 }
 
@@ -113,8 +187,8 @@ pub struct Writer {
     state: State,
     head: Head,
     default_pool: PoolName,
-    dispatch: mpsc::UnboundedSender<TaskMessage>,
-    effects: mpsc::UnboundedSender<Effect>,
+    tasks: TaskSender,
+    effects: EffectSender,
     /// Keep finished deployments in memory (only for tests that compare both ways).
     keep_finished: bool,
     memory: Arc<InMemory>,
@@ -126,10 +200,14 @@ type Flushing = (Flush, Done);
 /// A flush of the log, polled by the writer itself (no task of its own to wake).
 type Flush = std::pin::Pin<Box<dyn Future<Output = Result<(), LogError>> + Send>>;
 
-type Reply = (
-    Option<oneshot::Sender<Result<Appended, Rejection>>>,
-    Result<Appended, Rejection>,
-);
+/// An answer, sent once its batch is durable.
+enum Reply {
+    Command(
+        Option<oneshot::Sender<Result<Appended, Rejection>>>,
+        Result<Appended, Rejection>,
+    ),
+    Page(oneshot::Sender<OutboxPage>, Vec<TaskMessage>),
+}
 
 /// What a written batch hands on once it is durable.
 struct Done {
@@ -141,6 +219,8 @@ struct Done {
     messages: Vec<TaskMessage>,
     effects: Vec<Effect>,
     evict: BTreeSet<DeploymentId>,
+    /// Every effect derivable from the state as of this batch, and the room reserved for it.
+    resync: Option<(mpsc::OwnedPermit<Vec<Effect>>, Vec<Effect>)>,
 }
 
 impl Done {
@@ -152,6 +232,9 @@ impl Done {
         self.messages.append(&mut later.messages);
         self.effects.append(&mut later.effects);
         self.evict.append(&mut later.evict);
+        if later.resync.is_some() {
+            self.resync = later.resync;
+        }
     }
 }
 
@@ -174,16 +257,17 @@ struct Pending {
 }
 
 impl Writer {
-    /// Loads the state from the log and prepares the writer. Returns the handle and the task
-    /// attempts that were planned but never confirmed by the broker (to publish again).
+    /// Loads the state from the log and prepares the writer, which will hand task messages
+    /// to `tasks` (see [`super::handover::task_channel`]) and batches of effects to
+    /// `effects`.
     ///
     /// # Errors
     /// The log cannot be read.
     pub fn open(
         log: EventLog,
         default_pool: PoolName,
-        dispatch: mpsc::UnboundedSender<TaskMessage>,
-        effects: mpsc::UnboundedSender<Effect>,
+        tasks: TaskSender,
+        effects: mpsc::Sender<Vec<Effect>>,
     ) -> Result<Writer, LogError> {
         let head = log.head()?;
         let checkpoint = log.checkpoint()?;
@@ -199,8 +283,8 @@ impl Writer {
             state,
             head,
             default_pool,
-            dispatch,
-            effects,
+            tasks,
+            effects: EffectSender::new(effects),
             keep_finished: false,
             memory: Arc::default(),
         })
@@ -252,6 +336,56 @@ impl Writer {
         }
         self.evict_finished();
         Ok((publish, confirm))
+    }
+
+    /// Owes the dispatcher every attempt in the outbox: after a restart their messages went
+    /// nowhere. The dispatcher pages through them as soon as it runs (see
+    /// [`super::handover`]). Returns how many.
+    pub fn republish_outbox(&mut self) -> usize {
+        let entries = self.state.outbox.iter().map(|(t, a)| (*t, *a, None));
+        self.tasks.owe(entries);
+        self.state.outbox.len()
+    }
+
+    /// The messages of up to `limit` owed attempts, oldest first, for the dispatcher. As at a
+    /// restart ([`Writer::outbox`]), an attempt a worker already reported on is confirmed in
+    /// this batch rather than published again (publishing it could only run it twice), and
+    /// one no longer in the outbox was confirmed meanwhile.
+    fn owed_messages(
+        &mut self,
+        limit: usize,
+        p: &mut Pending,
+    ) -> Result<Vec<TaskMessage>, LogError> {
+        let mut out = Vec::new();
+        for (task, attempt, planned_at_us) in self.tasks.take_owed(limit) {
+            if !self.state.outbox.contains(&(task, attempt)) {
+                continue;
+            }
+            if let Some(d) = self.deployment_of(&task)? {
+                self.fault_in(&d, p)?;
+            }
+            let Some(t) = self.state.tasks.get(&task) else {
+                continue;
+            };
+            if t.attempt == attempt && t.state == TaskState::Planned {
+                out.extend(effects::task_message(
+                    &self.state,
+                    &task,
+                    attempt,
+                    planned_at_us,
+                ));
+            } else {
+                let confirm = Command::MarkDispatched {
+                    deployment: t.deployment,
+                    task,
+                    attempt,
+                    stream_seq: None,
+                };
+                // Cannot be rejected: the attempt is in the outbox.
+                let _ = self.handle(&confirm, p)?;
+            }
+        }
+        Ok(out)
     }
 
     /// Brings a finished deployment and its tasks back from disk when a command names it:
@@ -335,27 +469,53 @@ impl Writer {
         }
     }
 
-    /// Starts the writer task; it runs until every handle is dropped or the log fails.
-    pub fn spawn(
-        mut self,
-        capacity: usize,
-    ) -> (WriterHandle, tokio::task::JoinHandle<Result<(), LogError>>) {
+    /// Starts the writer on its own thread; it runs until every handle is dropped or the log
+    /// fails, and the returned [`WriterTask`] says which.
+    ///
+    /// # Errors
+    /// The thread or its runtime cannot be created.
+    pub fn spawn(mut self, capacity: usize) -> std::io::Result<(WriterHandle, WriterTask)> {
         let (tx, rx) = mpsc::channel(capacity);
         let memory = Arc::new(InMemory::default());
         self.memory = memory.clone();
         self.count_memory(self.head.seq);
-        (WriterHandle { tx, memory }, tokio::spawn(self.run(rx)))
+        // Only to poll the loop: no timer or I/O driver is needed.
+        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        let (ended_tx, ended) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(THREAD_NAME.into())
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    let result = runtime.block_on(self.run(rx));
+                    // Everything of the writer (the log's handle among it) is gone before
+                    // the caller learns that it ended.
+                    drop(runtime);
+                    result
+                }));
+                let _ = ended_tx.send(match result {
+                    Ok(ended) => ended.map_err(WriterFailed::Log),
+                    Err(panic) => Err(WriterFailed::Panicked(panic_text(panic.as_ref()))),
+                });
+            })?;
+        Ok((
+            WriterHandle { tx, memory },
+            WriterTask {
+                ended,
+                thread: Some(thread),
+            },
+        ))
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Request>) -> Result<(), LogError> {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         // Pipelined group commit: while one flush is on its way to disk, the next commands
         // are decided and written; they wait for a flush that starts after their write.
-        // Answers, task messages and effects go out only once their batch is durable, in
+        // Task messages, effects and answers go out only once their batch is durable, in
         // order.
         let mut flushing: Option<Flushing> = None;
         let mut waiting: Option<Done> = None;
         loop {
+            let resync = self.effects.resync_due();
             tokio::select! {
                 biased;
                 flushed = async {
@@ -373,6 +533,16 @@ impl Writer {
                         Some(done) => self.release(done),
                         None => {}
                     }
+                }
+                permit = async {
+                    match resync {
+                        Some(tx) => tx.reserve_owned().await.ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.effects.resync_reserved();
+                    let last = waiting.as_mut().or(flushing.as_mut().map(|(_, done)| done));
+                    self.resync(permit, last);
                 }
                 n = rx.recv_many(&mut batch, MAX_BATCH) => {
                     if n == 0 {
@@ -399,6 +569,36 @@ impl Writer {
         self.settle(flushing, waiting).await?;
         tracing::info!(log.seq = self.head.seq, "event log writer stopped");
         Ok(())
+    }
+
+    /// Sends every effect derivable from the state into the room reserved for it (`None`:
+    /// the runner is gone). The state may be ahead of the disk by the batches written and not
+    /// yet flushed (`last` is the latest of them): then the resync goes out with that batch,
+    /// once it is durable.
+    fn resync(&self, permit: Option<mpsc::OwnedPermit<Vec<Effect>>>, last: Option<&mut Done>) {
+        let Some(permit) = permit else {
+            return;
+        };
+        let effects = self.resync_effects();
+        match last {
+            Some(done) => done.resync = Some((permit, effects)),
+            None => {
+                permit.send(effects);
+            }
+        }
+    }
+
+    /// Every effect derivable from the state: what a resync sends after effects were dropped
+    /// (see [`super::handover`]). Drain instructions are not among the pending effects (at
+    /// start the planner reads them from the worker documents), so every worker's is added.
+    fn resync_effects(&self) -> Vec<Effect> {
+        let mut out = self.pending_effects();
+        out.extend(self.state.workers.values().map(|w| Effect::Control {
+            worker: w.name.clone(),
+            pool: w.pool.clone(),
+            drain: w.draining,
+        }));
+        out
     }
 
     /// Waits for the flush in flight and answers its batch, then flushes and answers the
@@ -429,8 +629,14 @@ impl Writer {
         let mut pending = Pending::default();
         let mut replies = Vec::with_capacity(batch.len());
         for req in batch.drain(..) {
-            let result = self.handle(&req.cmd, &mut pending)?;
-            replies.push((req.reply, result));
+            replies.push(match req {
+                Request::Command { cmd, reply } => {
+                    Reply::Command(reply, self.handle(&cmd, &mut pending)?)
+                }
+                Request::OutboxPage { limit, reply } => {
+                    Reply::Page(reply, self.owed_messages(limit, &mut pending)?)
+                }
+            });
         }
         let wrote = !pending.write.records.is_empty();
         if wrote {
@@ -450,6 +656,7 @@ impl Writer {
             messages,
             effects: pending.effects,
             evict: &pending.faulted | &pending.finished,
+            resync: None,
         })
     }
 
@@ -461,16 +668,27 @@ impl Writer {
             self.evict_if_finished(id);
         }
         self.count_memory(done.seq);
-        for (reply, result) in done.replies {
-            if let Some(reply) = reply {
-                let _ = reply.send(result);
-            }
-        }
+        // Task messages and effects before the answers: a caller that has its answer finds
+        // what its command led to already handed on.
         for msg in done.messages {
-            let _ = self.dispatch.send(msg);
+            self.tasks.hand_over(msg);
         }
-        for effect in done.effects {
-            let _ = self.effects.send(effect);
+        self.effects.hand_over(done.effects);
+        if let Some((permit, effects)) = done.resync {
+            permit.send(effects);
+        }
+        for reply in done.replies {
+            match reply {
+                Reply::Command(Some(reply), result) => {
+                    let _ = reply.send(result);
+                }
+                Reply::Command(None, _) => {}
+                Reply::Page(reply, messages) => {
+                    // Whether more is owed as of this batch, its own messages handed on.
+                    let more = self.tasks.owes();
+                    let _ = reply.send(OutboxPage { messages, more });
+                }
+            }
         }
     }
 
@@ -589,4 +807,13 @@ impl EventSink for BatchSink<'_> {
     fn append(&mut self, event: NewEvent, cause: Option<EventId>) -> Result<u64, LogError> {
         self.writer.append(event, cause, self.pending)
     }
+}
+
+/// The message of a panic, for the log.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }

@@ -1,0 +1,247 @@
+//! What the writer hands on once a batch is durable: task messages to the dispatcher and
+//! effects to the effects runner, over bounded channels on which the writer never waits.
+//! Both consumers submit commands to the writer (confirmations, scheduled commands), so a
+//! writer waiting for room could wait forever. What does not fit is not lost, because it can
+//! be found again in the writer's state:
+//!
+//! - **Task messages.** A message that does not fit belongs to an attempt in the durable
+//!   outbox (projection `O`: planned, not confirmed by the broker). The writer notes the
+//!   attempt as *owed* (its key, not the message) and tells the dispatcher, which, whenever it
+//!   has room, asks the writer for a page of owed attempts and gets their messages, built from
+//!   the state, after the flush of the batch that answers. While it owes any, the writer owes
+//!   every later attempt too, so the oldest go first and nothing overtakes them. An attempt is
+//!   handed over exactly once either way; publishing one twice would still be harmless (the
+//!   broker drops a message id `<task>/<attempt>` it already has, and `MarkDispatched` only
+//!   acts on an attempt still in the outbox).
+//! - **Effects** travel as one batch per durable batch. A batch that does not fit is dropped
+//!   and a *resync* is due: once the channel has room, the writer sends every effect
+//!   derivable from its state (`Writer::pending_effects`: retries waiting for their backoff,
+//!   pending health checks, cancellations with their grace; and every worker's drain state).
+//!   The runner carries out each effect idempotently (commands it submits are no-ops when no
+//!   longer due, checks and cancellations carry ids), so a repeat is harmless. What a resync
+//!   cannot restore are the stop instructions for runs nobody needs (a stale attempt, the
+//!   other tasks of a failed deployment, the queued message of a task cancelled before it
+//!   started): those were best-effort already (core NATS), and the runs' reports are recorded
+//!   and change nothing.
+//!
+//! The owed attempts take a few bytes each and are bounded by the outbox, which the writer
+//! holds in memory anyway; the messages themselves (scripts, variables) are never queued
+//! beyond the channel's capacity.
+
+use super::writer::WriterHandle;
+use crate::domain::effects::Effect;
+use shoal_shared::TaskId;
+use shoal_shared::messages::TaskMessage;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Most owed task messages the dispatcher asks for at once.
+pub const TASK_PAGE: usize = 1024;
+
+/// Tells the dispatcher that the writer owes it task messages.
+#[derive(Debug, Default)]
+struct Owed {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+/// An attempt whose message the dispatcher has not been given, and when it was planned (µs
+/// since the epoch) if known.
+pub(super) type OwedAttempt = (TaskId, u32, Option<i64>);
+
+/// A page of owed task messages.
+#[derive(Debug)]
+pub struct OutboxPage {
+    pub messages: Vec<TaskMessage>,
+    /// The writer owes more (ask again).
+    pub more: bool,
+}
+
+/// A channel of task messages from the writer to the dispatcher, holding at most `capacity`
+/// messages; beyond that the writer owes them (see the module's text).
+pub fn task_channel(capacity: usize) -> (TaskSender, TaskReceiver) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let signal = Arc::new(Owed::default());
+    (
+        TaskSender {
+            tx,
+            signal: signal.clone(),
+            owed: VecDeque::new(),
+        },
+        TaskReceiver {
+            rx,
+            signal,
+            page: VecDeque::new(),
+            asked: None,
+            more: false,
+        },
+    )
+}
+
+/// The writer's end of the task channel.
+#[derive(Debug)]
+pub struct TaskSender {
+    tx: mpsc::Sender<TaskMessage>,
+    signal: Arc<Owed>,
+    /// Oldest first.
+    owed: VecDeque<OwedAttempt>,
+}
+
+impl TaskSender {
+    /// Hands the message of a durable attempt over, or owes it.
+    pub(super) fn hand_over(&mut self, msg: TaskMessage) {
+        if self.tx.is_closed() {
+            // The dispatcher stopped (shutdown): the outbox keeps the attempt for the next
+            // start.
+            self.owed.clear();
+            return;
+        }
+        let msg = if self.owed.is_empty() {
+            match self.tx.try_send(msg) {
+                Ok(()) | Err(TrySendError::Closed(_)) => return,
+                Err(TrySendError::Full(msg)) => msg,
+            }
+        } else {
+            msg
+        };
+        self.owe([(msg.task, msg.attempt, Some(msg.planned_at_us))]);
+    }
+
+    /// Owes these attempts, after those already owed.
+    pub(super) fn owe(&mut self, attempts: impl IntoIterator<Item = OwedAttempt>) {
+        let was_empty = self.owed.is_empty();
+        self.owed.extend(attempts);
+        if was_empty && !self.owed.is_empty() {
+            self.signal.flag.store(true, Ordering::Release);
+            self.signal.notify.notify_one();
+        }
+    }
+
+    /// Takes up to `n` owed attempts, oldest first.
+    pub(super) fn take_owed(&mut self, n: usize) -> Vec<OwedAttempt> {
+        let n = n.min(self.owed.len());
+        self.owed.drain(..n).collect()
+    }
+
+    /// Whether any attempt is owed.
+    pub(super) fn owes(&self) -> bool {
+        !self.owed.is_empty()
+    }
+}
+
+/// The dispatcher's end of the task channel.
+#[derive(Debug)]
+pub struct TaskReceiver {
+    rx: mpsc::Receiver<TaskMessage>,
+    signal: Arc<Owed>,
+    /// Messages of the last page not yet taken (at most [`TASK_PAGE`]).
+    page: VecDeque<TaskMessage>,
+    /// A page asked for and not yet answered.
+    asked: Option<oneshot::Receiver<OutboxPage>>,
+    /// The last page said the writer owes more.
+    more: bool,
+}
+
+impl TaskReceiver {
+    /// The next attempt to publish: handed over, or paged from the outbox if the writer owes
+    /// any. `None` once the writer stopped. Cancel-safe: a page asked for is kept until
+    /// answered.
+    pub async fn recv(&mut self, writer: &WriterHandle) -> Option<TaskMessage> {
+        loop {
+            if let Some(msg) = self.page.pop_front() {
+                return Some(msg);
+            }
+            if self.fetch(writer).await? {
+                continue;
+            }
+            tokio::select! {
+                biased;
+                msg = self.rx.recv() => return msg,
+                () = self.signal.notify.notified() => {}
+            }
+        }
+    }
+
+    /// Everything handed over or owed so far, without waiting for more (for stand-ins of the
+    /// dispatcher in tests and the benchmark).
+    pub async fn ready(&mut self, writer: &WriterHandle) -> Vec<TaskMessage> {
+        let mut out: Vec<TaskMessage> = self.page.drain(..).collect();
+        loop {
+            while let Ok(msg) = self.rx.try_recv() {
+                out.push(msg);
+            }
+            match self.fetch(writer).await {
+                Some(true) => out.extend(self.page.drain(..)),
+                Some(false) | None => return out,
+            }
+        }
+    }
+
+    /// Asks the writer for a page if it owes any, and waits for it. Whether a page came
+    /// (`false`: nothing owed); `None`: the writer stopped.
+    async fn fetch(&mut self, writer: &WriterHandle) -> Option<bool> {
+        if self.asked.is_none() {
+            if !self.more && !self.signal.flag.load(Ordering::Acquire) {
+                return Some(false);
+            }
+            let asked = writer.outbox_page(TASK_PAGE).await.ok()?;
+            // Cleared only once asked: the answer says whether more is owed as of its own
+            // batch, so a flag set before this point is covered by it.
+            self.signal.flag.store(false, Ordering::Release);
+            self.more = false;
+            self.asked = Some(asked);
+        }
+        let answer = match self.asked.as_mut() {
+            Some(asked) => asked.await,
+            None => return Some(false),
+        };
+        self.asked = None;
+        let page = answer.ok()?;
+        self.more = page.more;
+        self.page.extend(page.messages);
+        Some(true)
+    }
+}
+
+/// The writer's end of the effects channel: one batch of effects per durable batch.
+#[derive(Debug)]
+pub struct EffectSender {
+    tx: mpsc::Sender<Vec<Effect>>,
+    /// A batch was dropped: every effect derivable from the state is to be sent again.
+    resync: bool,
+}
+
+impl EffectSender {
+    pub(super) fn new(tx: mpsc::Sender<Vec<Effect>>) -> EffectSender {
+        EffectSender { tx, resync: false }
+    }
+
+    /// Hands a durable batch's effects over, or drops them and makes a resync due.
+    pub(super) fn hand_over(&mut self, effects: Vec<Effect>) {
+        if effects.is_empty() {
+            return;
+        }
+        if let Err(TrySendError::Full(dropped)) = self.tx.try_send(effects) {
+            if !self.resync {
+                tracing::warn!(
+                    effects = dropped.len(),
+                    "the effects runner is behind; effects dropped and sent again from the state once it catches up"
+                );
+            }
+            self.resync = true;
+        }
+    }
+
+    /// A sender to reserve room for the resync with, if one is due.
+    pub(super) fn resync_due(&self) -> Option<mpsc::Sender<Vec<Effect>>> {
+        self.resync.then(|| self.tx.clone())
+    }
+
+    /// Room for the resync is reserved (or the runner is gone).
+    pub(super) fn resync_reserved(&mut self) {
+        self.resync = false;
+    }
+}
