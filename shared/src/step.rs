@@ -27,7 +27,9 @@ pub const SHELLS: [&str; 2] = ["bash", "sh"];
 /// A shell a script step may name (one of [`SHELLS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Shell {
+    /// `bash`, also what a script without a shell runs with.
     Bash,
+    /// `sh`.
     Sh,
 }
 
@@ -57,11 +59,14 @@ impl Shell {
 /// What a valid step does on a worker: [`Action`] with its shell parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepAction {
+    /// Runs a script; `None`: the worker's default shell (`bash`).
     Script {
         script: String,
         shell: Option<Shell>,
     },
+    /// Does nothing and succeeds.
     Noop,
+    /// Checks the health of the step's targets again.
     HealthCheck,
 }
 
@@ -148,6 +153,7 @@ pub enum Problem {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
 pub struct SpecError {
+    /// The path of the field in the request: `project`, `steps[0].pool`, `steps[0]`.
     pub field: String,
     pub problem: Problem,
 }
@@ -173,6 +179,7 @@ impl ValidStep {
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// What it does, with its shell parsed.
     pub fn action(&self) -> &StepAction {
         &self.action
     }
@@ -188,9 +195,11 @@ impl ValidStep {
     pub fn pool(&self) -> Option<&PoolName> {
         self.pool.as_ref()
     }
+    /// Its timeout, if it sets one.
     pub fn timeout_secs(&self) -> Option<NonZeroU64> {
         self.timeout_secs
     }
+    /// How many of its targets run at once; all when unset.
     pub fn max_parallel(&self) -> Option<NonZeroU32> {
         self.max_parallel
     }
@@ -202,9 +211,11 @@ impl ValidStep {
     pub fn retries(&self) -> u32 {
         self.retries
     }
+    /// Delay before the first retry, if it sets one.
     pub fn retry_backoff_secs(&self) -> Option<u64> {
         self.retry_backoff_secs
     }
+    /// Runs allowed per attempt, if it sets them.
     pub fn max_attempts(&self) -> Option<NonZeroU32> {
         self.max_attempts
     }
@@ -400,6 +411,7 @@ impl ValidDeployment {
     pub fn steps(&self) -> &[ValidStep] {
         &self.steps
     }
+    /// What to do with targets that are unhealthy before a step runs on them.
     pub fn unhealthy_targets(&self) -> UnhealthyTargets {
         self.unhealthy_targets
     }
