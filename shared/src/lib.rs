@@ -1,8 +1,8 @@
 //! Common types of shoal, shared by the planner, the workers and the CLI.
 //!
 //! Nothing in this crate does I/O: it owns identifiers, validated names, the domain model,
-//! the events of the log, the messages on the wire, subject names, the MessagePack codec and
-//! the pure pool-resolution rule.
+//! the parse of a submitted deployment (`step`), the events of the log, the messages on the
+//! wire, subject names, the MessagePack codec and the pure pool-resolution rule.
 #![forbid(unsafe_code)]
 
 pub mod codec;
@@ -13,6 +13,7 @@ pub mod ids;
 pub mod messages;
 pub mod names;
 pub mod resolve;
+pub mod step;
 pub mod subjects;
 pub mod time;
 

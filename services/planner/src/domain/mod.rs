@@ -1,11 +1,22 @@
 //! The pure core of the planner: projection state and how events change it (`state`),
 //! commands and the events they produce (`decide`), and how a deployment advances once
-//! its facts change (`react`). No I/O: everything here is tested without NATS or sled.
+//! its facts change (`react`). `state` and `decide` only dispatch; each aggregate has a
+//! module holding its documents, how its events change them, and how its commands become
+//! events: `pool`, `target` (with its health checks), `deployment` (with its steps), `task`
+//! (with its attempts and runs), `worker`; `report` turns a worker's report into a fact; `effects`
+//! says what the planner must do once an event is durable.
+//! No I/O and no clock: everything here is tested without NATS or sled.
 
 pub mod decide;
+pub mod deployment;
 pub mod effects;
+pub mod pool;
 pub mod react;
+pub mod report;
 pub mod state;
+pub mod target;
+pub mod task;
+pub mod worker;
 
 pub use decide::{Command, NewEvent, Rejection};
 pub use state::{Changes, DocKey, State};

@@ -344,6 +344,41 @@ fn a_report_with_a_newer_schema_is_recorded_as_rejected() {
 }
 
 #[test]
+fn a_deployment_is_refused_for_its_first_wrong_field_in_reading_order() {
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let refusal = |m: &mut Memory, environment: &str, steps: Vec<StepSpec>| {
+        let spec = DeploymentSpec {
+            project: "p".into(),
+            environment: EnvironmentName::parse(environment).expect("valid"),
+            steps,
+            unhealthy_targets: UnhealthyTargets::Fail,
+        };
+        let cmd = Command::CreateDeployment {
+            id: DeploymentId::new(),
+            spec,
+        };
+        match when(m, cmd) {
+            Err(Rejection::Invalid(message)) => message,
+            other => panic!("not refused as invalid: {other:?}"),
+        }
+    };
+    // An unknown environment comes before the missing steps.
+    let message = refusal(&mut m, "qa", vec![]);
+    assert!(message.starts_with("environment: "), "{message}");
+    // An unknown pool comes before the step's other settings.
+    let mut bad = step("a", &["web"], Some("mars"));
+    bad.timeout_secs = Some(0);
+    let message = refusal(&mut m, "prod", vec![bad]);
+    assert!(message.starts_with("steps[0].pool: "), "{message}");
+    // An earlier step's targets come before a later step's settings.
+    let mut later = step("b", &["web"], None);
+    later.timeout_secs = Some(0);
+    let message = refusal(&mut m, "prod", vec![step("a", &["db"], None), later]);
+    assert!(message.starts_with("steps[0].roles: "), "{message}");
+    assert!(m.events.is_empty(), "{:?}", m.events);
+}
+
+#[test]
 fn refusals_name_the_field_and_the_known_values() {
     let mut m = given(&[target("t1", &["web"], Some("eu-west"))]);
     let id = DeploymentId::new();

@@ -1,0 +1,94 @@
+//! Workers: the worker document, how joins, departures and drains change it, and the
+//! `DrainWorker` command (maintenance: stop taking tasks, or take them again).
+
+use super::decide::{NewEvent, Rejection, join};
+use super::state::{Changes, DocKey, State};
+use serde::{Deserialize, Serialize};
+use shoal_shared::events::Event;
+use shoal_shared::{PoolName, RegionName, Timestamp, WorkerName};
+
+/// A worker that has joined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerDoc {
+    pub name: WorkerName,
+    pub pool: PoolName,
+    pub region: Option<RegionName>,
+    pub slots: u32,
+    pub version: String,
+    pub joined_at: Timestamp,
+    pub left_at: Option<Timestamp>,
+    pub left_reason: Option<String>,
+    /// Asked to take no new tasks until resumed (maintenance); survives restarts.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+impl State {
+    /// How a worker's events change the state.
+    pub(super) fn apply_worker(&mut self, event: &Event, changes: &mut Changes) {
+        match event {
+            Event::WorkerJoined {
+                worker,
+                pool,
+                region,
+                slots,
+                version,
+                at,
+            } => {
+                let doc = WorkerDoc {
+                    name: worker.clone(),
+                    pool: pool.clone(),
+                    region: region.clone(),
+                    slots: *slots,
+                    version: version.clone(),
+                    joined_at: *at,
+                    left_at: None,
+                    left_reason: None,
+                    // A drain outlives the worker's restarts.
+                    draining: self.workers.get(worker).is_some_and(|w| w.draining),
+                };
+                self.workers.insert(worker.clone(), doc);
+                changes.docs.insert(DocKey::Worker(worker.clone()));
+            }
+            Event::WorkerLeft {
+                worker, reason, at, ..
+            } => {
+                if let Some(w) = self.workers.get_mut(worker) {
+                    w.left_at = Some(*at);
+                    w.left_reason = Some(reason.clone());
+                    changes.docs.insert(DocKey::Worker(worker.clone()));
+                }
+            }
+            Event::WorkerDrainRequested { worker, .. } | Event::WorkerResumed { worker, .. } => {
+                if let Some(w) = self.workers.get_mut(worker) {
+                    w.draining = matches!(event, Event::WorkerDrainRequested { .. });
+                    changes.docs.insert(DocKey::Worker(worker.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `DrainWorker`: asks a worker to stop taking tasks, or to take them again; nothing when
+/// it already does what is asked.
+pub(super) fn drain(
+    state: &State,
+    worker: &WorkerName,
+    drain: bool,
+) -> Result<Vec<NewEvent>, Rejection> {
+    let Some(w) = state.workers.get(worker) else {
+        return Err(Rejection::NotFound(format!(
+            "unknown worker \"{worker}\" (known: {})",
+            join(state.workers.keys())
+        )));
+    };
+    let (worker, pool) = (worker.clone(), w.pool.clone());
+    Ok(if w.draining == drain {
+        vec![]
+    } else if drain {
+        vec![NewEvent::new(Event::WorkerDrainRequested { worker, pool })]
+    } else {
+        vec![NewEvent::new(Event::WorkerResumed { worker, pool })]
+    })
+}
