@@ -96,14 +96,6 @@ struct Queues {
     effects_rx: mpsc::UnboundedReceiver<Effect>,
 }
 
-impl std::fmt::Debug for Planner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Planner")
-            .field("config", &self.parts.config)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Runs the planner until `shutdown` is cancelled, serving HTTP on `listener`: [`Planner::build`]
 /// then [`Planner::run`].
 ///
