@@ -5,7 +5,8 @@
 //! Layout, in the order data flows: `api` (HTTP) → `log::writer` (the single writer, using the
 //! pure `domain`) → `dispatch` (outbox → `shoal.tasks.<pool>`) → workers → `ingest` (results
 //! and heartbeats) → `log::writer`. `broker` sets up JetStream; `replay` rebuilds and
-//! verifies projections offline.
+//! verifies projections offline. This file is the composition root: [`Planner::build`] sets
+//! the parts up, [`Planner::run`] runs them until stopped and shuts them down in order.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -63,12 +64,17 @@ pub struct PlannerConfig {
 /// call while an orderly stop goes phase by phase:
 ///
 /// ```text
-/// stop                 the planner's root: cancelled when the writer failed
-/// ├── services         ingestion, dispatch, effects, health checks, pool-consumer retries
-/// └── intake           taking work: cancelled once the `shutdown` token passed to `run` is
-///     ├── http         the API (graceful: answers requests in flight)
-///     └── worker       the built-in worker (finishes or hands back its tasks)
+/// stop          the planner's root: cancelled at once when the writer failed
+/// ├── services  ingestion, dispatch, effects, health checks, pool-consumer retries;
+/// │             cancelled (third) once the built-in worker is done
+/// └── intake    taking work: cancelled (second) once the API has stopped
+///     ├── http    the API: cancelled (first) by the `shutdown` token given to `run`;
+///     │           graceful, so requests in flight are answered
+///     └── worker  the built-in worker: finishes or hands back its tasks
 /// ```
+///
+/// The signal token is not the root: the services must outlive it until the built-in
+/// worker's reports are in.
 pub struct Planner {
     parts: Parts,
     listener: tokio::net::TcpListener,
