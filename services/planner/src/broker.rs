@@ -2,21 +2,94 @@
 //! exactly that pool's subject (nats-server 2.9 ignores `filter_subjects`), and the results
 //! stream the planner consumes.
 
+use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind, GetStreamError};
+use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
 use async_nats::jetstream::{self, consumer, stream};
 use shoal_shared::PoolName;
 use shoal_shared::subjects::Subjects;
 use std::time::Duration;
 
-/// The same for worker reports not acknowledged by a planner that died.
+/// How long a worker report may go unacknowledged before it is redelivered: a planner that
+/// died while appending it is noticed this long after.
 pub const RESULT_ACK_WAIT: Duration = Duration::from_secs(10);
 /// JetStream de-duplication window for task and result messages.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Why the broker's set-up failed; each variant keeps the broker's own error. All are
+/// infrastructure failures: the caller retries with backoff, and [`BrokerError::kind`] says
+/// whether the broker did not answer or refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot create stream {stream}: {cause}")]
+    CreateStream {
+        stream: String,
+        cause: CreateStreamError,
+    },
+    #[error("cannot create the planner's results consumer: {0}")]
+    ResultsConsumer(ConsumerError),
+    #[error("task stream unavailable: {0}")]
+    TaskStream(GetStreamError),
+    #[error("cannot create the queue consumer of pool {pool}: {cause}")]
+    PoolConsumer {
+        pool: PoolName,
+        cause: ConsumerError,
+    },
+}
+
+// The messages include the broker's error, so it is not also a `source` (an error chain
+// would print it twice); it stays in the variant for callers that look at its kind.
+
+/// What a [`BrokerError`] tells the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerFailure {
+    /// No answer: the broker is down, JetStream is off, or the request timed out. Waiting
+    /// helps.
+    Unavailable,
+    /// The broker answered no (an existing stream or consumer of another configuration, a
+    /// missing stream, a refused permission): an operator must act, or the planner must set
+    /// up what is missing first.
+    Refused,
+}
+
+impl BrokerError {
+    /// Whether the broker did not answer or refused.
+    pub fn kind(&self) -> BrokerFailure {
+        let answered = match self {
+            BrokerError::CreateStream { cause, .. } => matches!(
+                cause.kind(),
+                CreateStreamErrorKind::JetStream(_)
+                    | CreateStreamErrorKind::NotFound
+                    | CreateStreamErrorKind::EmptyStreamName
+                    | CreateStreamErrorKind::InvalidStreamName
+                    | CreateStreamErrorKind::DomainAndExternalSet
+            ),
+            BrokerError::ResultsConsumer(cause) | BrokerError::PoolConsumer { cause, .. } => {
+                !matches!(
+                    cause.kind(),
+                    ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request
+                )
+            }
+            BrokerError::TaskStream(cause) => !matches!(
+                cause.kind(),
+                jetstream::context::GetStreamErrorKind::Request
+            ),
+        };
+        if answered {
+            BrokerFailure::Refused
+        } else {
+            BrokerFailure::Unavailable
+        }
+    }
+}
 
 /// Creates the task and result streams if they do not exist.
 ///
 /// # Errors
 /// The broker refused or did not answer.
-pub async fn ensure_streams(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<()> {
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<(), BrokerError> {
     js.get_or_create_stream(stream::Config {
         name: subjects.tasks_stream(),
         description: Some("shoal task queue: one subject and one consumer per pool".into()),
@@ -27,7 +100,10 @@ pub async fn ensure_streams(js: &jetstream::Context, subjects: &Subjects) -> any
         ..Default::default()
     })
     .await
-    .map_err(|e| anyhow::anyhow!("cannot create stream {}: {e}", subjects.tasks_stream()))?;
+    .map_err(|cause| BrokerError::CreateStream {
+        stream: subjects.tasks_stream(),
+        cause,
+    })?;
     let results = js
         .get_or_create_stream(stream::Config {
             name: subjects.results_stream(),
@@ -39,7 +115,10 @@ pub async fn ensure_streams(js: &jetstream::Context, subjects: &Subjects) -> any
             ..Default::default()
         })
         .await
-        .map_err(|e| anyhow::anyhow!("cannot create stream {}: {e}", subjects.results_stream()))?;
+        .map_err(|cause| BrokerError::CreateStream {
+            stream: subjects.results_stream(),
+            cause,
+        })?;
     results
         .get_or_create_consumer(
             &subjects.results_consumer(),
@@ -52,7 +131,7 @@ pub async fn ensure_streams(js: &jetstream::Context, subjects: &Subjects) -> any
             },
         )
         .await
-        .map_err(|e| anyhow::anyhow!("cannot create the planner's results consumer: {e}"))?;
+        .map_err(BrokerError::ResultsConsumer)?;
     Ok(())
 }
 
@@ -66,11 +145,11 @@ pub async fn ensure_pool_consumer(
     subjects: &Subjects,
     pool: &PoolName,
     ack_wait: Duration,
-) -> anyhow::Result<()> {
+) -> Result<(), BrokerError> {
     let stream = js
         .get_stream(subjects.tasks_stream())
         .await
-        .map_err(|e| anyhow::anyhow!("task stream unavailable: {e}"))?;
+        .map_err(BrokerError::TaskStream)?;
     let name = subjects.pool_consumer(pool);
     let config = consumer::pull::Config {
         durable_name: Some(name.clone()),
@@ -85,7 +164,10 @@ pub async fn ensure_pool_consumer(
     stream
         .create_consumer(config)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot create the queue consumer of pool {pool}: {e}"))?;
+        .map_err(|cause| BrokerError::PoolConsumer {
+            pool: pool.clone(),
+            cause,
+        })?;
     Ok(())
 }
 

@@ -89,12 +89,23 @@ pub async fn run(
 }
 
 /// A stored task and where the broker stored it, or the task and why it was not stored.
-type Published = Result<(TaskMessage, u64), (TaskMessage, String)>;
+type Published = Result<(TaskMessage, u64), (TaskMessage, NotStored)>;
+
+/// Why a task message was not stored, as the codec or the broker said it. The dispatcher
+/// retries either: a broker that did not take it may later, and dropping a task would lose
+/// it.
+#[derive(Debug, thiserror::Error)]
+enum NotStored {
+    #[error(transparent)]
+    Encode(#[from] codec::CodecError),
+    #[error(transparent)]
+    Publish(#[from] jetstream::context::PublishError),
+}
 
 async fn publish(js: jetstream::Context, subject: String, task: TaskMessage) -> Published {
     let bytes = match codec::encode(&task) {
         Ok(b) => b,
-        Err(e) => return Err((task, e.to_string())),
+        Err(e) => return Err((task, e.into())),
     };
     let msg = PublishMessage::build()
         .payload(bytes.into())
@@ -102,9 +113,9 @@ async fn publish(js: jetstream::Context, subject: String, task: TaskMessage) -> 
     match js.send_publish(subject, msg).await {
         Ok(ack) => match ack.await {
             Ok(ack) => Ok((task, ack.sequence)),
-            Err(e) => Err((task, e.to_string())),
+            Err(e) => Err((task, e.into())),
         },
-        Err(e) => Err((task, e.to_string())),
+        Err(e) => Err((task, e.into())),
     }
 }
 

@@ -51,13 +51,12 @@ pub async fn results(
         }
     });
     while !shutdown.is_cancelled() {
-        let consumer = match js.get_stream(subjects.results_stream()).await {
-            Ok(s) => s
-                .get_consumer::<jetstream::consumer::pull::Config>(&subjects.results_consumer())
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let consumer = shoal_runtime::nats::pull_consumer(
+            &js,
+            &subjects.results_stream(),
+            &subjects.results_consumer(),
+        )
+        .await;
         let consumer = match consumer {
             Ok(c) => c,
             Err(e) => {

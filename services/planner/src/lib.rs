@@ -5,7 +5,8 @@
 //! Layout, in the order data flows: `api` (HTTP) → `log::writer` (the single writer, using the
 //! pure `domain`) → `dispatch` (outbox → `shoal.tasks.<pool>`) → workers → `ingest` (results
 //! and heartbeats) → `log::writer`. `broker` sets up JetStream; `replay` rebuilds and
-//! verifies projections offline.
+//! verifies projections offline. This file is the composition root: [`Planner::build`] sets
+//! the parts up, [`Planner::run`] runs them until stopped and shuts them down in order.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -20,9 +21,11 @@ pub mod log;
 pub mod replay;
 
 use crate::domain::Command;
+use crate::domain::effects::Effect;
 use crate::domain::state::WorkerDoc;
-use crate::log::handover;
-use crate::log::writer::{Writer, WriterFailed};
+use crate::liveness::Liveness;
+use crate::log::handover::{self, TaskReceiver};
+use crate::log::writer::{Writer, WriterFailed, WriterHandle, WriterTask};
 use crate::log::{EventLog, Proj};
 use anyhow::Context as _;
 use sha2::Digest as _;
@@ -30,6 +33,7 @@ use shoal_shared::subjects::Subjects;
 use shoal_shared::{PoolName, WorkerName};
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -59,175 +63,321 @@ pub struct PlannerConfig {
     pub health_deadline: Duration,
 }
 
-/// Runs the planner until `shutdown` is cancelled, serving HTTP on `listener`.
+/// A planner that is set up but not yet serving: its log is open and the writer runs on it,
+/// the broker's streams exist, and the outbox is queued for the dispatcher. [`Planner::run`]
+/// starts the services and serves HTTP until the planner is stopped.
+///
+/// Its cancellation tokens form one tree, so that a failed log stops everything with one
+/// call while an orderly stop goes phase by phase:
+///
+/// ```text
+/// stop          the planner's root: cancelled at once when the writer failed
+/// ├── services  ingestion, dispatch, effects, health checks, pool-consumer retries;
+/// │             cancelled (third) once the built-in worker is done
+/// └── intake    taking work: cancelled (second) once the API has stopped
+///     ├── http    the API: cancelled (first) by the `shutdown` token given to `run`;
+///     │           graceful, so requests in flight are answered
+///     └── worker  the built-in worker: finishes or hands back its tasks
+/// ```
+///
+/// The signal token is not the root: the services must outlive it until the built-in
+/// worker's reports are in.
+pub struct Planner {
+    parts: Parts,
+    listener: tokio::net::TcpListener,
+    writer_task: WriterTask,
+    queues: Queues,
+}
+
+/// What the phases of a running planner share.
+struct Parts {
+    config: PlannerConfig,
+    log: EventLog,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    handle: WriterHandle,
+    liveness: Liveness,
+    stop: CancellationToken,
+    services: CancellationToken,
+    /// Every task the planner starts, so that shutdown can wait for them.
+    tasks: TaskTracker,
+}
+
+/// What the writer hands the services: task messages to publish and effects to carry out.
+struct Queues {
+    dispatch_rx: TaskReceiver,
+    effects_rx: mpsc::Receiver<Vec<Effect>>,
+}
+
+/// Runs the planner until `shutdown` is cancelled, serving HTTP on `listener`: [`Planner::build`]
+/// then [`Planner::run`].
 ///
 /// # Errors
-/// The data dir cannot be opened, the log is inconsistent, or the broker refuses the set-up.
+/// As [`Planner::build`] and [`Planner::run`].
 pub async fn run(
     config: PlannerConfig,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let log = EventLog::open(&config.data_dir.join("log"))
-        .with_context(|| format!("cannot open the event log in {}", config.data_dir.display()))?;
-    let client = shoal_worker::nats::connect(&config.nats_url, "shoal-planner", None).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    ensure_broker(&js, &config.subjects, &shutdown).await?;
+    Planner::build(config, listener, &shutdown)
+        .await?
+        .run(shutdown)
+        .await
+}
 
-    // Bounded both: what does not fit the writer finds again in its state (`log::handover`).
-    let (dispatch_tx, dispatch_rx) = handover::task_channel(TASK_MESSAGES);
-    let (effects_tx, effects_rx) = tokio::sync::mpsc::channel(EFFECT_BATCHES);
-    let mut writer = Writer::open(
-        log.clone(),
-        config.default_pool.clone(),
-        dispatch_tx,
-        effects_tx.clone(),
-    )?;
-    let backlog = writer.republish_outbox();
-    // The channel is empty, so the first batch fits.
-    let _ = effects_tx.try_send(writer.pending_effects());
-    drop(effects_tx);
-    let (handle, writer_task) = writer
-        .spawn(4096)
-        .context("cannot start the event log writer's thread")?;
-    handle.execute(Command::EnsureDefaultPool).await?;
-    let stop_services = CancellationToken::new();
-    if backlog > 0 {
-        tracing::info!(
-            tasks = backlog,
-            "re-publishing task attempts planned before the last stop"
-        );
+impl Planner {
+    /// Opens the log, connects to the broker and sets up its streams (waiting for JetStream
+    /// until `shutdown`), starts the writer, and queues what the log says is still to do.
+    ///
+    /// # Errors
+    /// The data dir cannot be opened, the log is inconsistent, the broker refuses the set-up,
+    /// or `shutdown` came before JetStream was ready.
+    pub async fn build(
+        config: PlannerConfig,
+        listener: tokio::net::TcpListener,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Planner> {
+        let log = EventLog::open(&config.data_dir.join("log")).with_context(|| {
+            format!("cannot open the event log in {}", config.data_dir.display())
+        })?;
+        let client = shoal_runtime::nats::connect(&config.nats_url, "shoal-planner", None).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        ensure_broker(&js, &config.subjects, shutdown).await?;
+        let stop = CancellationToken::new();
+        let services = stop.child_token();
+        let tasks = TaskTracker::new();
+
+        // Bounded both: what does not fit the writer finds again in its state (`log::handover`).
+        let (dispatch_tx, dispatch_rx) = handover::task_channel(TASK_MESSAGES);
+        let (effects_tx, effects_rx) = mpsc::channel(EFFECT_BATCHES);
+        let mut writer = Writer::open(
+            log.clone(),
+            config.default_pool.clone(),
+            dispatch_tx,
+            effects_tx.clone(),
+        )?;
+        let backlog = writer.republish_outbox();
+        // The channel is empty, so the first batch fits: pools' consumers, the health
+        // schedule, retries and cancellations still due.
+        let _ = effects_tx.try_send(writer.pending_effects());
+        drop(effects_tx);
+        let (handle, writer_task) = writer
+            .spawn(4096)
+            .context("cannot start the event log writer's thread")?;
+        handle.execute(Command::EnsureDefaultPool).await?;
+        if backlog > 0 {
+            tracing::info!(
+                tasks = backlog,
+                "re-publishing task attempts planned before the last stop"
+            );
+        }
+        let liveness = wanted_drains(&log)?;
+        let parts = Parts {
+            config,
+            log,
+            client,
+            js,
+            handle,
+            liveness,
+            stop,
+            services,
+            tasks,
+        };
+        let queues = Queues {
+            dispatch_rx,
+            effects_rx,
+        };
+        Ok(Planner {
+            parts,
+            listener,
+            writer_task,
+            queues,
+        })
     }
 
-    let liveness = liveness::Liveness::default();
+    /// Starts the services and the built-in worker and serves HTTP until `shutdown` is
+    /// cancelled; then stops taking work, lets the built-in worker finish or hand back its
+    /// tasks, stops the services, lets the writer flush and end, and drains the connection.
+    ///
+    /// # Errors
+    /// The HTTP server or the event log writer failed.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Planner {
+            parts: p,
+            listener,
+            mut writer_task,
+            queues,
+        } = self;
+        let intake = p.stop.child_token();
+        p.spawn_services(queues);
+        let builtin = start_builtin_worker(&p.config, &p.tasks, intake.child_token()).await?;
+        let app = p.app_state();
+        // The writer ends once every handle is gone: the services' and the API's are.
+        drop(p.handle);
+        tracing::info!(addr = %listener.local_addr()?, data_dir = %p.config.data_dir.display(), "planner ready");
+        let server = axum::serve(listener, api::router(app))
+            .with_graceful_shutdown(stop_on(shutdown, intake.child_token()));
+        tokio::select! {
+            served = server => served.context("HTTP server failed")?,
+            // The writer only ends early when the log failed: stop rather than serve stale state.
+            ended = &mut writer_task => {
+                p.stop.cancel();
+                match ended {
+                    Err(WriterFailed::Log(e)) => anyhow::bail!("event log writer failed: {e}"),
+                    Err(e) => anyhow::bail!("{e}"),
+                    Ok(()) => anyhow::bail!("event log writer stopped unexpectedly"),
+                }
+            }
+        }
+
+        // Shutdown: stop taking work, let the built-in worker finish, stop ingesting, then let
+        // the writer flush and end, and drain the connection.
+        tracing::info!("planner shutting down");
+        intake.cancel();
+        if let Some(w) = builtin
+            && let Ok(Err(e)) = w.await
+        {
+            tracing::error!(error = %format!("{e:#}"), "the built-in worker failed");
+        }
+        p.services.cancel();
+        p.tasks.close();
+        p.tasks.wait().await;
+        match writer_task.await {
+            Ok(()) => {}
+            Err(WriterFailed::Log(e)) => tracing::error!(error = %e, "event log writer failed"),
+            Err(e) => tracing::error!(error = %e, "event log writer ended"),
+        }
+        p.log.flush().await?;
+        let _ = p.client.drain().await;
+        tracing::info!("planner stopped");
+        Ok(())
+    }
+}
+
+impl Parts {
+    /// Starts, on the tracker, what runs beside the API until the services are stopped:
+    /// effects, drain-state answers, dispatch, scheduled health checks, and ingestion of
+    /// results and heartbeats.
+    fn spawn_services(&self, queues: Queues) {
+        let Queues {
+            dispatch_rx,
+            effects_rx,
+        } = queues;
+        let (client, js, subjects) = (&self.client, &self.js, &self.config.subjects);
+        let (handle, liveness, stop_services) = (&self.handle, &self.liveness, &self.services);
+        let tasks = &self.tasks;
+        tasks.spawn(effects::answer_drain_state(
+            client.clone(),
+            subjects.clone(),
+            liveness.clone(),
+            stop_services.clone(),
+        ));
+        let runner = effects::Runner {
+            client: client.clone(),
+            js: js.clone(),
+            subjects: subjects.clone(),
+            writer: handle.clone(),
+            liveness: liveness.clone(),
+            task_ack_wait: self.config.task_ack_wait,
+            health: health::Schedule::new(self.config.health_interval, self.config.health_deadline),
+        };
+        tasks.spawn(effects::run(runner, effects_rx, stop_services.clone()));
+        tasks.spawn(dispatch::run(
+            js.clone(),
+            subjects.clone(),
+            handle.clone(),
+            dispatch_rx,
+            stop_services.clone(),
+        ));
+        tasks.spawn(ingest::results(
+            js.clone(),
+            subjects.clone(),
+            handle.clone(),
+            stop_services.clone(),
+        ));
+        tasks.spawn(ingest::heartbeats(
+            client.clone(),
+            subjects.clone(),
+            liveness.clone(),
+            handle.clone(),
+            stop_services.clone(),
+        ));
+    }
+
+    /// What the API's handlers work with.
+    fn app_state(&self) -> api::AppState {
+        api::AppState {
+            writer: self.handle.clone(),
+            log: self.log.clone(),
+            liveness: self.liveness.clone(),
+            default_pool: self.config.default_pool.clone(),
+            subjects: self.config.subjects.clone(),
+            health_deadline_secs: self.config.health_deadline.as_secs(),
+            shutdown: self.services.clone(),
+        }
+    }
+}
+
+/// Resolves once `shutdown` is cancelled (and then cancels `phase`), or once `phase` is.
+async fn stop_on(shutdown: CancellationToken, phase: CancellationToken) {
+    tokio::select! {
+        () = shutdown.cancelled() => phase.cancel(),
+        () = phase.cancelled() => {}
+    }
+}
+
+/// The liveness view, knowing from the log which workers were told to drain.
+fn wanted_drains(log: &EventLog) -> anyhow::Result<Liveness> {
+    let liveness = Liveness::default();
     for w in log.docs::<WorkerDoc>(Proj::Workers)? {
         if w.draining {
             liveness.want_draining(&w.name, true);
         }
     }
-    let tasks = TaskTracker::new();
-    tasks.spawn(effects::answer_drain_state(
-        client.clone(),
-        config.subjects.clone(),
-        liveness.clone(),
-        stop_services.clone(),
-    ));
-    let runner = effects::Runner {
-        client: client.clone(),
-        js: js.clone(),
-        subjects: config.subjects.clone(),
-        writer: handle.clone(),
-        liveness: liveness.clone(),
-        task_ack_wait: config.task_ack_wait,
-        health: health::Schedule::new(config.health_interval, config.health_deadline),
-    };
-    tasks.spawn(effects::run(runner, effects_rx, stop_services.clone()));
-    tasks.spawn(dispatch::run(
-        js.clone(),
-        config.subjects.clone(),
-        handle.clone(),
-        dispatch_rx,
-        stop_services.clone(),
-    ));
-    tasks.spawn(ingest::results(
-        js.clone(),
-        config.subjects.clone(),
-        handle.clone(),
-        stop_services.clone(),
-    ));
-    tasks.spawn(ingest::heartbeats(
-        client.clone(),
-        config.subjects.clone(),
-        liveness.clone(),
-        handle.clone(),
-        stop_services.clone(),
-    ));
+    Ok(liveness)
+}
 
-    let worker_stop = CancellationToken::new();
-    let builtin = if config.builtin_worker {
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default();
-        // Stable across restarts (one planner per data dir), so a restart does not leave the
-        // previous incarnation listed as an offline worker.
-        let dir =
-            std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
-        let digest = sha2::Sha256::digest(dir.display().to_string().as_bytes());
-        let suffix: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
-        let name = WorkerName::from_host(&format!("builtin-{host}"), &suffix);
-        let mut wc = shoal_worker::WorkerConfig::new(
-            name.clone(),
-            config.default_pool.clone(),
-            config.data_dir.join("builtin-worker"),
-        );
-        wc.slots = config.builtin_slots;
-        wc.subjects = config.subjects.clone();
-        let wclient = shoal_worker::nats::connect(
-            &config.nats_url,
-            name.as_str(),
-            Some(config.subjects.pool_inbox_prefix(&config.default_pool)),
-        )
-        .await?;
-        tracing::info!(worker = %name, pool = %config.default_pool, "starting the built-in worker");
-        Some(tokio::spawn(shoal_worker::run(
-            wc,
-            wclient,
-            worker_stop.clone(),
-        )))
-    } else {
+/// Connects and starts (on the tracker) the worker of the default pool that runs inside the
+/// planner, unless it is switched off; it stops taking work when `stop` is cancelled.
+async fn start_builtin_worker(
+    config: &PlannerConfig,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    if !config.builtin_worker {
         tracing::info!(pool = %config.default_pool, "built-in worker disabled; default-pool tasks wait for an external worker");
-        None
-    };
+        return Ok(None);
+    }
+    let name = builtin_worker_name(&config.data_dir);
+    let mut wc = shoal_worker::WorkerConfig::new(
+        name.clone(),
+        config.default_pool.clone(),
+        config.data_dir.join("builtin-worker"),
+    );
+    wc.slots = config.builtin_slots;
+    wc.subjects = config.subjects.clone();
+    let wclient = shoal_runtime::nats::connect(
+        &config.nats_url,
+        name.as_str(),
+        Some(config.subjects.pool_inbox_prefix(&config.default_pool)),
+    )
+    .await?;
+    tracing::info!(worker = %name, pool = %config.default_pool, "starting the built-in worker");
+    Ok(Some(tasks.spawn(shoal_worker::run(wc, wclient, stop))))
+}
 
-    let app = api::AppState {
-        writer: handle.clone(),
-        log: log.clone(),
-        liveness,
-        default_pool: config.default_pool.clone(),
-        subjects: config.subjects.clone(),
-        health_deadline_secs: config.health_deadline.as_secs(),
-        shutdown: stop_services.clone(),
-    };
-    drop(handle);
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "planner ready");
-    let server = axum::serve(listener, api::router(app))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let mut writer_task = writer_task;
-    tokio::select! {
-        served = server => served.context("HTTP server failed")?,
-        // The writer only ends early when the log failed: stop rather than serve stale state.
-        ended = &mut writer_task => {
-            shutdown.cancel();
-            worker_stop.cancel();
-            stop_services.cancel();
-            match ended {
-                Err(WriterFailed::Log(e)) => anyhow::bail!("event log writer failed: {e}"),
-                Err(e) => anyhow::bail!("{e}"),
-                Ok(()) => anyhow::bail!("event log writer stopped unexpectedly"),
-            }
-        }
-    }
-
-    // Shutdown: stop taking work, let the built-in worker finish, stop ingesting, then let the
-    // writer flush and end, and drain the connection.
-    tracing::info!("planner shutting down");
-    worker_stop.cancel();
-    if let Some(w) = builtin {
-        let _ = w.await;
-    }
-    stop_services.cancel();
-    tasks.close();
-    tasks.wait().await;
-    match writer_task.await {
-        Ok(()) => {}
-        Err(WriterFailed::Log(e)) => tracing::error!(error = %e, "event log writer failed"),
-        Err(e) => tracing::error!(error = %e, "event log writer ended"),
-    }
-    log.flush().await?;
-    let _ = client.drain().await;
-    tracing::info!("planner stopped");
-    Ok(())
+/// The built-in worker's name: the host plus a digest of the data dir, stable across restarts
+/// (one planner per data dir), so a restart does not leave the previous incarnation listed as
+/// an offline worker.
+fn builtin_worker_name(data_dir: &std::path::Path) -> WorkerName {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = sha2::Sha256::digest(dir.display().to_string().as_bytes());
+    let suffix: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
+    WorkerName::from_host(&format!("builtin-{host}"), &suffix)
 }
 
 async fn ensure_broker(

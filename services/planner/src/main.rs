@@ -2,7 +2,8 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use shoal_planner::PlannerConfig;
+use shoal_planner::log::LogError;
+use shoal_planner::{Planner, PlannerConfig};
 use shoal_shared::PoolName;
 use shoal_shared::subjects::Subjects;
 use std::path::PathBuf;
@@ -39,7 +40,8 @@ struct Serve {
     #[arg(long, env = "SHOAL_NO_BUILTIN_WORKER")]
     no_builtin_worker: bool,
     /// Slots of the built-in worker.
-    #[arg(long, env = "SHOAL_BUILTIN_SLOTS", default_value_t = 4)]
+    #[arg(long, env = "SHOAL_BUILTIN_SLOTS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
     builtin_slots: u32,
     /// Subject prefix of the installation.
     #[arg(long, env = "SHOAL_SUBJECT_PREFIX", default_value = "shoal")]
@@ -80,7 +82,7 @@ enum Cmd {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    shoal_worker::telemetry::init();
+    shoal_runtime::telemetry::init();
     let args = Args::parse();
     let result = match args.command {
         Some(Cmd::Replay { data_dir, rebuild }) => replay(&data_dir, rebuild),
@@ -101,15 +103,12 @@ fn replay(data_dir: &std::path::Path, rebuild: bool) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let log = shoal_planner::log::EventLog::open(&dir).map_err(|e| {
-        if e.to_string().contains("could not acquire lock") {
-            anyhow::anyhow!(
-                "the event log in {} is in use by another process, most likely a running planner; stop it first (replay works offline)",
-                data_dir.display()
-            )
-        } else {
-            anyhow::anyhow!("cannot open the event log in {}: {e}", data_dir.display())
-        }
+    let log = shoal_planner::log::EventLog::open(&dir).map_err(|e| match e {
+        LogError::Locked(_) => anyhow::anyhow!(
+            "the event log in {} is in use by another process, most likely a running planner; stop it first (replay works offline)",
+            data_dir.display()
+        ),
+        e => anyhow::anyhow!("cannot open the event log in {}: {e}", data_dir.display()),
     })?;
     let started = std::time::Instant::now();
     match shoal_planner::replay::replay(&log, rebuild) {
@@ -151,7 +150,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&s.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", s.http_addr))?;
-    let shutdown = shoal_worker::signal::shutdown_on_signals();
+    let shutdown = shoal_runtime::signal::shutdown_on_signals();
     let config = PlannerConfig {
         nats_url: s.nats_url,
         data_dir: s.data_dir,
@@ -163,5 +162,8 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         health_interval: std::time::Duration::from_secs(s.health_interval_secs),
         health_deadline: std::time::Duration::from_secs(s.health_deadline_secs),
     };
-    shoal_planner::run(config, listener, shutdown).await
+    Planner::build(config, listener, &shutdown)
+        .await?
+        .run(shutdown)
+        .await
 }

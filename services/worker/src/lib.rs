@@ -7,11 +7,8 @@
 pub mod control;
 pub mod execute;
 pub mod heartbeat;
-pub mod nats;
 pub mod pull;
 pub mod report;
-pub mod signal;
-pub mod telemetry;
 
 use shoal_shared::subjects::Subjects;
 use shoal_shared::{PoolName, RegionName, WorkerName};

@@ -48,7 +48,7 @@ struct Args {
 }
 
 fn main() {
-    shoal_worker::telemetry::init();
+    shoal_runtime::telemetry::init();
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new();
     let result = runtime
@@ -78,12 +78,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.js_domain = args.js_domain;
     config.min_free_disk_mb = args.min_free_disk_mb;
     config.subjects = subjects.clone();
-    let client = shoal_worker::nats::connect(
+    let client = shoal_runtime::nats::connect(
         &args.nats_url,
         name.as_str(),
         Some(subjects.pool_inbox_prefix(&args.pool)),
     )
     .await?;
-    let shutdown = shoal_worker::signal::shutdown_on_signals();
+    let shutdown = shoal_runtime::signal::shutdown_on_signals();
     shoal_worker::run(config, client, shutdown).await
 }

@@ -206,13 +206,7 @@ async fn find_consumer(
         if shutdown.is_cancelled() {
             return None;
         }
-        let found = match js.get_stream(&stream_name).await {
-            Ok(stream) => stream
-                .get_consumer::<jetstream::consumer::pull::Config>(&consumer_name)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let found = shoal_runtime::nats::pull_consumer(js, &stream_name, &consumer_name).await;
         match found {
             Ok(c) => {
                 let ack_wait = c.cached_info().config.ack_wait;

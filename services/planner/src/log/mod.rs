@@ -34,9 +34,13 @@ use std::ops::Range;
 use std::path::Path;
 
 /// Why the log could not be read or written. All of these are infrastructure failures: the
-/// planner stops rather than answer from a log it cannot trust.
+/// planner stops rather than answer from a log it cannot trust. Each keeps the error it came
+/// from.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
+    /// Another process, most likely a running planner, holds the log's lock: stop it first.
+    #[error("event log storage failed: {0}")]
+    Locked(StorageError),
     #[error("event log storage failed: {0}")]
     Sled(StorageError),
     #[error("event log record could not be decoded: {0}")]
@@ -46,10 +50,14 @@ pub enum LogError {
 }
 
 // Conversions by hand: the messages already include the cause, so it is not also a `source`
-// (an error chain would print it twice).
+// (an error chain would print it twice); the cause stays in the variant.
 impl From<sled::Error> for LogError {
     fn from(e: sled::Error) -> Self {
-        LogError::Sled(StorageError(e))
+        if is_lock_error(&e) {
+            LogError::Locked(StorageError(e))
+        } else {
+            LogError::Sled(StorageError(e))
+        }
     }
 }
 
@@ -81,6 +89,15 @@ impl AsRef<[u8]> for Stored {
     fn as_ref(&self) -> &[u8] {
         &self.0
     }
+}
+
+/// sled says that another process holds the database's lock only in the text of an `Io`
+/// error of kind `Other` (`third_party/sled/src/config.rs`): this is the one place that reads
+/// it, so that callers match on [`LogError::Locked`].
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::Other
+            && io.to_string().starts_with("could not acquire lock"))
 }
 
 impl From<CodecError> for LogError {
