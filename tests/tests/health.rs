@@ -1,6 +1,7 @@
 //! Health checks run on a worker of the target's pool (its default pool, else the global
-//! default), never on the planner; their results, routing and history are in the log; and
-//! deployments fail or skip unhealthy targets as asked.
+//! default), never on the planner; their results, routing and history are in the log;
+//! deployments fail or skip unhealthy targets as asked; and the schedule checks every target
+//! with a probe on its own, stops when the probe goes, and goes on after a restart.
 
 use serde_json::{Value, json};
 use shoal_e2e::{Cluster, WAIT, tasks};
@@ -370,6 +371,186 @@ async fn deployments_fail_on_or_skip_unhealthy_targets_and_a_health_check_step_r
     let t = c.api.get("/api/targets/flappy").await?;
     assert_eq!(t["health"]["state"], "unhealthy");
     assert_eq!(t["health"]["worker"], "e1");
+    up.stop();
+    Ok(())
+}
+
+/// The planner of the schedule tests: checks every 2 s unless a target says otherwise.
+const SCHEDULED: &[&str] = &[
+    "--no-builtin-worker",
+    "--health-interval-secs",
+    "2",
+    "--health-deadline-secs",
+    "5",
+];
+
+/// How long a test waits for checks the schedule makes every second or two.
+const SCHEDULE_WAIT: Duration = Duration::from_secs(20);
+
+/// The checks of `target` the schedule planned after log sequence `after`, oldest first,
+/// each with the result a worker reported of it (if any yet).
+async fn scheduled(
+    c: &Cluster,
+    target: &str,
+    after: u64,
+) -> anyhow::Result<Vec<(Value, Option<Value>)>> {
+    let events = c.events(Some(&format!("target/{target}"))).await?;
+    let ran = |check: &Value| {
+        events
+            .iter()
+            .find(|e| e["type"] == "TargetHealthChecked" && &e["data"]["check"] == check)
+            .map(|e| e["data"].clone())
+    };
+    Ok(events
+        .iter()
+        .filter(|e| e["type"] == "HealthCheckPlanned" && e["data"]["trigger"] == "scheduled")
+        .filter(|e| e["seq"].as_u64().is_some_and(|s| s > after))
+        .map(|e| (e["data"].clone(), ran(&e["data"]["check"])))
+        .collect())
+}
+
+/// Waits until at least `n` checks of `target` scheduled after `after` have been run.
+async fn wait_scheduled(
+    c: &Cluster,
+    target: &str,
+    after: u64,
+    n: usize,
+) -> anyhow::Result<Vec<(Value, Option<Value>)>> {
+    c.wait_for(
+        &format!("{n} scheduled checks of {target}"),
+        SCHEDULE_WAIT,
+        || async {
+            let checks = scheduled(c, target, after).await?;
+            let run = checks.iter().filter(|(_, r)| r.is_some()).count();
+            Ok((run >= n).then_some(checks))
+        },
+    )
+    .await
+}
+
+/// Asserts every check went to `pool` and every result came from `worker` of it.
+fn assert_routed(checks: &[(Value, Option<Value>)], pool: &str, worker: &str) {
+    for (planned, ran) in checks {
+        assert_eq!(planned["pool"], pool, "{planned:#}");
+        if let Some(r) = ran {
+            assert_eq!(
+                (&r["worker"], &r["pool"]),
+                (&json!(worker), &json!(pool)),
+                "{r:#}"
+            );
+        }
+    }
+}
+
+/// The sequence of the last event of a target's stream of type `ty`.
+async fn last_seq(c: &Cluster, target: &str, ty: &str) -> anyhow::Result<u64> {
+    let events = c.events(Some(&format!("target/{target}"))).await?;
+    events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == ty)
+        .and_then(|e| e["seq"].as_u64())
+        .ok_or_else(|| anyhow::anyhow!("no {ty} event of {target}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_with_a_probe_are_checked_on_schedule_until_the_probe_goes_and_after_a_restart()
+-> anyhow::Result<()> {
+    let mut c = Cluster::start(SCHEDULED).await?;
+    c.pool("eu-west", "eu").await?;
+    c.worker("e1", "eu-west", "eu", &[])?;
+    c.worker("d1", "default", "local", &[])?;
+    c.wait_online(&["e1", "d1"]).await?;
+    let up = Endpoint::start()?;
+    let probe =
+        json!({"type": "tcp", "address": format!("127.0.0.1:{}", up.port), "timeout_secs": 1});
+    // tick: its own interval, on its pool; slowed: the same, until its interval grows;
+    // slow: the planner's interval, the default probe of its endpoint, the global default
+    // pool; silent: nothing to probe.
+    for name in ["tick", "slowed"] {
+        add_target(
+            &c,
+            json!({"name": name, "default_pool": "eu-west", "health_check": probe,
+                   "health_interval_secs": 1}),
+        )
+        .await?;
+    }
+    add_target(
+        &c,
+        json!({"name": "slow", "endpoint": format!("http://127.0.0.1:{}/", up.port)}),
+    )
+    .await?;
+    add_target(&c, json!({"name": "silent"})).await?;
+
+    // Nobody asks: the schedule checks each target with a probe on a worker of its pool.
+    let tick = wait_scheduled(&c, "tick", 0, 3).await?;
+    assert_routed(&tick, "eu-west", "e1");
+    let slow = wait_scheduled(&c, "slow", 0, 2).await?;
+    assert_routed(&slow, "default", "d1");
+    let h = c.api.get("/api/targets/tick/health").await?;
+    let history = h["history"].as_array().cloned().unwrap_or_default();
+    // A check no worker took in time (a loaded machine) is `unavailable`, with no worker.
+    let by_e1 = history
+        .iter()
+        .filter(|r| r["worker"] == "e1" && r["pool"] == "eu-west" && r["state"] == "healthy")
+        .count();
+    assert!(by_e1 >= 3, "{h:#}");
+    assert!(
+        history
+            .iter()
+            .all(|r| r["worker"].is_null() || r["worker"] == "e1"),
+        "{h:#}"
+    );
+
+    // tick loses its probe and slowed checks every 30 s from now: tick gets no scheduled
+    // check after the change; slowed at most the one already due, and one more if that one
+    // fired before the schedule heard of the change (1 s later); slow, meanwhile, goes on.
+    // Watched over 4 s, so a schedule still checking slowed every second shows 3 or more.
+    c.api
+        .put("/api/targets/tick", &json!({"health_check": null}))
+        .await?;
+    c.api
+        .put("/api/targets/slowed", &json!({"health_interval_secs": 30}))
+        .await?;
+    let tick_changed = last_seq(&c, "tick", "TargetUpdated").await?;
+    let slowed_changed = last_seq(&c, "slowed", "TargetUpdated").await?;
+    let since = tokio::time::Instant::now();
+    c.wait_for("slow checked twice over 4 s", SCHEDULE_WAIT, || async {
+        let slow = scheduled(&c, "slow", slowed_changed).await?;
+        let run = slow.iter().filter(|(_, r)| r.is_some()).count();
+        Ok((run >= 2 && since.elapsed() >= Duration::from_secs(4)).then_some(()))
+    })
+    .await?;
+    let tick = scheduled(&c, "tick", tick_changed).await?;
+    assert!(tick.is_empty(), "checked without a probe: {tick:#?}");
+    let slowed = scheduled(&c, "slowed", slowed_changed).await?;
+    assert!(slowed.len() <= 2, "checked every second still: {slowed:#?}");
+
+    // The schedule is rebuilt from the log after a restart: slow goes on being checked,
+    // tick stays unchecked until it gets a probe again.
+    let before = c.events(None).await?;
+    let stopped = before
+        .last()
+        .and_then(|e| e["seq"].as_u64())
+        .unwrap_or_default();
+    c.stop_planner().await?;
+    c.start_planner().await?;
+    let slow = wait_scheduled(&c, "slow", stopped, 2).await?;
+    assert_routed(&slow, "default", "d1");
+    let tick = scheduled(&c, "tick", tick_changed).await?;
+    assert!(tick.is_empty(), "checked without a probe: {tick:#?}");
+    c.api
+        .put("/api/targets/tick", &json!({"health_check": probe}))
+        .await?;
+    let tick = wait_scheduled(&c, "tick", last_seq(&c, "tick", "TargetUpdated").await?, 2).await?;
+    assert_routed(&tick, "eu-west", "e1");
+
+    // Never a check of a target without a probe.
+    let silent = c.events(Some("target/silent")).await?;
+    assert!(
+        !silent.iter().any(|e| e["type"] == "HealthCheckPlanned"),
+        "{silent:#?}"
+    );
     up.stop();
     Ok(())
 }
