@@ -89,6 +89,7 @@ async fn every_answer_of_the_planner_is_its_api_type() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_task_log_comes_in_pages_with_every_line_once() -> anyhow::Result<()> {
     let c = Cluster::start(&[]).await?;
+    c.target("t1", "prod", &["web"], None).await?;
     let lines = LOG_PAGE_DEFAULT * 2 + 345;
     let id = c
         .deploy(&json!({"project": "p", "environment": "prod", "steps": [

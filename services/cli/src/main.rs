@@ -197,98 +197,8 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let api = ApiClient::new(&cli.api);
     match cli.command {
-        Cmd::Pool(PoolCmd::Add {
-            name,
-            region,
-            description,
-        }) => {
-            let req = CreatePool {
-                name: field("name", PoolName::parse(name))?,
-                region: region
-                    .map(|r| field("region", RegionName::parse(r)))
-                    .transpose()?,
-                description,
-            };
-            let p: shoal_shared::api::PoolView = api.post_as("/api/pools", &req).await?;
-            println!("pool {} registered", p.name);
-        }
-        Cmd::Pool(PoolCmd::List) => render::pools(&api.get_as::<Vec<_>>("/api/pools").await?),
-        Cmd::Target(TargetCmd::Add {
-            name,
-            kind,
-            environment,
-            roles,
-            endpoint,
-            default_pool,
-            check_tcp,
-            check_http,
-            expect_status,
-            check_script,
-            health_interval,
-        }) => {
-            let health_check = match (check_tcp, check_http, check_script) {
-                (Some(address), _, _) => Some(HealthCheck::Tcp {
-                    address,
-                    timeout_secs: None,
-                }),
-                (_, Some(url), _) => Some(HealthCheck::Http {
-                    url,
-                    expect_status,
-                    timeout_secs: None,
-                }),
-                (_, _, Some(script)) => Some(HealthCheck::Script {
-                    script,
-                    timeout_secs: None,
-                }),
-                _ => None,
-            };
-            let req = CreateTarget {
-                name: field("name", TargetName::parse(name.clone()))?,
-                kind: field("kind", TargetKind::parse(&kind))?,
-                environment: field("environment", EnvironmentName::parse(environment))?,
-                roles: roles
-                    .into_iter()
-                    .map(|r| field("roles", RoleName::parse(r)))
-                    .collect::<anyhow::Result<_>>()?,
-                endpoint,
-                default_pool: default_pool
-                    .map(|p| field("default_pool", PoolName::parse(p)))
-                    .transpose()?,
-                health_check,
-                health_interval_secs: health_interval,
-            };
-            let _: TargetView = api.post_as("/api/targets", &req).await?;
-            println!("target {name} registered");
-        }
-        Cmd::Target(TargetCmd::List) => {
-            render::targets(&api.get_as::<Vec<_>>("/api/targets").await?);
-        }
-        Cmd::Target(TargetCmd::Show { name }) => {
-            render::target(&api.get_as(&format!("/api/targets/{name}")).await?);
-        }
-        Cmd::Target(TargetCmd::Check { name, wait }) => {
-            return check(&api, &name, wait).await;
-        }
-        Cmd::Target(TargetCmd::Health { name }) => {
-            render::health(&api.get_as(&format!("/api/targets/{name}/health")).await?);
-        }
-        Cmd::Target(TargetCmd::SetPool { name, pool, clear }) => {
-            let pool = if clear {
-                None
-            } else {
-                pool.map(|p| field("default_pool", PoolName::parse(p)))
-                    .transpose()?
-            };
-            let req = UpdateTarget {
-                default_pool: Some(pool),
-                ..UpdateTarget::default()
-            };
-            let t: TargetView = api.put_as(&format!("/api/targets/{name}"), &req).await?;
-            match &t.target.default_pool {
-                Some(p) => println!("target {name} now defaults to pool {p}"),
-                None => println!("target {name} has no default pool now (global default applies)"),
-            }
-        }
+        Cmd::Pool(cmd) => pool(&api, cmd).await?,
+        Cmd::Target(cmd) => return target(&api, cmd).await,
         Cmd::Deploy { file, wait } => return deploy(&api, &file, wait).await,
         Cmd::Deployment(DeploymentCmd::List { limit }) => {
             render::deployments(
@@ -317,24 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .await?;
             println!("worker {name} takes tasks again");
         }
-        Cmd::Cancel { id, reason, wait } => {
-            let d: DeploymentSummary = api
-                .post_as(
-                    &format!("/api/deployments/{id}/cancel"),
-                    &CancelRequest { reason },
-                )
-                .await?;
-            println!("deployment {id}: {}", render::s(&d.state));
-            if wait {
-                let d = follow(&api, &id, true).await?;
-                render::deployment(&d);
-                return Ok(if d.state == DeploymentState::Cancelled {
-                    0
-                } else {
-                    1
-                });
-            }
-        }
+        Cmd::Cancel { id, reason, wait } => return cancel(&api, &id, reason, wait).await,
         Cmd::Events {
             deployment,
             stream,
@@ -349,6 +242,147 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             render::events(&api.get_as::<Vec<_>>(&path).await?);
         }
         Cmd::Demo { keep } => return demo::run(keep).await,
+    }
+    Ok(0)
+}
+
+/// `shoal pool …`.
+async fn pool(api: &ApiClient, cmd: PoolCmd) -> anyhow::Result<()> {
+    match cmd {
+        PoolCmd::Add {
+            name,
+            region,
+            description,
+        } => {
+            let req = CreatePool {
+                name: field("name", PoolName::parse(name))?,
+                region: region
+                    .map(|r| field("region", RegionName::parse(r)))
+                    .transpose()?,
+                description,
+            };
+            let p: shoal_shared::api::PoolView = api.post_as("/api/pools", &req).await?;
+            println!("pool {} registered", p.name);
+        }
+        PoolCmd::List => render::pools(&api.get_as::<Vec<_>>("/api/pools").await?),
+    }
+    Ok(())
+}
+
+/// `shoal target …`: the exit code.
+async fn target(api: &ApiClient, cmd: TargetCmd) -> anyhow::Result<i32> {
+    match cmd {
+        TargetCmd::Add {
+            name,
+            kind,
+            environment,
+            roles,
+            endpoint,
+            default_pool,
+            check_tcp,
+            check_http,
+            expect_status,
+            check_script,
+            health_interval,
+        } => {
+            let req = CreateTarget {
+                name: field("name", TargetName::parse(name.clone()))?,
+                kind: field("kind", TargetKind::parse(&kind))?,
+                environment: field("environment", EnvironmentName::parse(environment))?,
+                roles: roles
+                    .into_iter()
+                    .map(|r| field("roles", RoleName::parse(r)))
+                    .collect::<anyhow::Result<_>>()?,
+                endpoint,
+                default_pool: default_pool
+                    .map(|p| field("default_pool", PoolName::parse(p)))
+                    .transpose()?,
+                health_check: probe(check_tcp, check_http, expect_status, check_script),
+                health_interval_secs: health_interval,
+            };
+            let _: TargetView = api.post_as("/api/targets", &req).await?;
+            println!("target {name} registered");
+        }
+        TargetCmd::List => {
+            render::targets(&api.get_as::<Vec<_>>("/api/targets").await?);
+        }
+        TargetCmd::Show { name } => {
+            render::target(&api.get_as(&format!("/api/targets/{name}")).await?);
+        }
+        TargetCmd::Check { name, wait } => {
+            return check(api, &name, wait).await;
+        }
+        TargetCmd::Health { name } => {
+            render::health(&api.get_as(&format!("/api/targets/{name}/health")).await?);
+        }
+        TargetCmd::SetPool { name, pool, clear } => {
+            let pool = if clear {
+                None
+            } else {
+                pool.map(|p| field("default_pool", PoolName::parse(p)))
+                    .transpose()?
+            };
+            let req = UpdateTarget {
+                default_pool: Some(pool),
+                ..UpdateTarget::default()
+            };
+            let t: TargetView = api.put_as(&format!("/api/targets/{name}"), &req).await?;
+            match &t.target.default_pool {
+                Some(p) => println!("target {name} now defaults to pool {p}"),
+                None => println!("target {name} has no default pool now (global default applies)"),
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The health check `target add` asks for (clap lets at most one through).
+fn probe(
+    tcp: Option<String>,
+    http: Option<String>,
+    expect_status: Option<u16>,
+    script: Option<String>,
+) -> Option<HealthCheck> {
+    match (tcp, http, script) {
+        (Some(address), _, _) => Some(HealthCheck::Tcp {
+            address,
+            timeout_secs: None,
+        }),
+        (_, Some(url), _) => Some(HealthCheck::Http {
+            url,
+            expect_status,
+            timeout_secs: None,
+        }),
+        (_, _, Some(script)) => Some(HealthCheck::Script {
+            script,
+            timeout_secs: None,
+        }),
+        _ => None,
+    }
+}
+
+/// `shoal cancel`: the exit code.
+async fn cancel(
+    api: &ApiClient,
+    id: &str,
+    reason: Option<String>,
+    wait: bool,
+) -> anyhow::Result<i32> {
+    let d: DeploymentSummary = api
+        .post_as(
+            &format!("/api/deployments/{id}/cancel"),
+            &CancelRequest { reason },
+        )
+        .await?;
+    println!("deployment {id}: {}", render::s(&d.state));
+    if wait {
+        let d = follow(api, id, true).await?;
+        render::deployment(&d);
+        return Ok(if d.state == DeploymentState::Cancelled {
+            0
+        } else {
+            1
+        });
     }
     Ok(0)
 }
