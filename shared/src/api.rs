@@ -343,7 +343,7 @@ pub const LOG_PAGE_DEFAULT: usize = 1_000;
 pub const LOG_PAGE_MAX: usize = 10_000;
 
 /// `GET /api/deployments/{id}/tasks/{task}/log?after=&limit=`: one page of a task's output,
-/// oldest first.
+/// oldest first: `limit` lines, or fewer when they hold about 4 MiB already (then `more`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskLog {
     pub task: TaskId,

@@ -381,6 +381,11 @@ mod tests {
 
     /// Writes `lines` output lines of `task` for each (attempt, run).
     fn write_output(log: &EventLog, task: TaskId, runs: &[(u32, u32)], lines: u64) {
+        write_lines(log, task, runs, lines, "");
+    }
+
+    /// As [`write_output`], each line followed by `pad`.
+    fn write_lines(log: &EventLog, task: TaskId, runs: &[(u32, u32)], lines: u64, pad: &str) {
         let mut batch = BatchWrite::default();
         for &(attempt, delivery) in runs {
             for line_no in 0..lines {
@@ -392,7 +397,7 @@ mod tests {
                     line: OutputLine {
                         stream: OutputStream::Stdout,
                         at: Timestamp(0),
-                        line: format!("{attempt}.{delivery} line {line_no}"),
+                        line: format!("{attempt}.{delivery} line {line_no}{pad}"),
                     },
                 };
                 let (p, key, value) = row_write(&row).unwrap_or_else(|e| panic!("{e}"));
@@ -448,5 +453,31 @@ mod tests {
             .task_output_page(&task, None, 21)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((lines.len(), more), (21, false));
+    }
+
+    #[test]
+    fn a_page_of_long_lines_ends_after_about_four_mib() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let log = EventLog::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let task = TaskId::new();
+        // 100 lines of 64 KiB: 6.4 MiB.
+        write_lines(&log, task, &[(1, 1)], 100, &"x".repeat(64 * 1024));
+        let (first, more) = log
+            .task_output_page(&task, None, LOG_PAGE_MAX)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            more && first.len() == 64,
+            "{} lines, more: {more}",
+            first.len()
+        );
+        let after = first.last().map(|(c, _)| *c);
+        let (rest, more) = log
+            .task_output_page(&task, after, LOG_PAGE_MAX)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !more && rest.len() == 36,
+            "{} lines, more: {more}",
+            rest.len()
+        );
     }
 }

@@ -669,7 +669,9 @@ impl EventLog {
 
     /// One page of a task's output: up to `limit` lines after the cursor `after` (from the
     /// first line when `None`), in order, each with its own cursor, and whether more lines
-    /// follow. Reads only that page: a range scan from the cursor's key.
+    /// follow. Reads only that page: a range scan from the cursor's key. A page also ends
+    /// once it holds about 4 MiB of stored lines, so that long lines (up to 64 KiB each)
+    /// cannot make one page of a few hundred MiB.
     ///
     /// # Errors
     /// Storage failure or undecodable rows.
@@ -690,7 +692,9 @@ impl EventLog {
             }
             None => Bound::Included(prefix.clone()),
         };
+        const PAGE_BYTES: usize = 4 * 1024 * 1024;
         let mut lines = Vec::with_capacity(limit.min(1024));
+        let mut bytes = 0;
         // One row past the page says whether there is more.
         for kv in self
             .tree
@@ -701,9 +705,10 @@ impl EventLog {
             let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
                 break;
             };
-            if lines.len() == limit {
+            if lines.len() == limit || bytes >= PAGE_BYTES {
                 return Ok((lines, true));
             }
+            bytes += v.len();
             let number = |at: usize| {
                 rest.get(at..at + 4)
                     .and_then(|b| <[u8; 4]>::try_from(b).ok())
