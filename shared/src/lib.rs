@@ -5,6 +5,7 @@
 //! wire, subject names, the MessagePack codec and the pure pool-resolution rule.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod codec;
 pub mod domain;
 pub mod events;

@@ -231,22 +231,14 @@ impl Cluster {
             .to_owned())
     }
 
-    /// The output lines of a task (a task's JSON from a deployment), in order.
+    /// The output lines of a task (a task's JSON from a deployment), in order, every page.
     ///
     /// # Errors
     /// The API refused.
     pub async fn output(&self, deployment: &str, task: &Value) -> anyhow::Result<Vec<String>> {
         let task = task["id"].as_str().context("task without id")?;
-        let log = self
-            .api
-            .get(&format!("/api/deployments/{deployment}/tasks/{task}/log"))
-            .await?;
-        Ok(log["lines"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|l| l["line"].as_str().map(str::to_owned))
-            .collect())
+        let lines = self.api.task_log(deployment, task).await?;
+        Ok(lines.into_iter().map(|l| l.line).collect())
     }
 
     /// Waits until a deployment ends and returns it.

@@ -1,6 +1,11 @@
-//! A small client of the planner's HTTP API.
+//! A small client of the planner's HTTP API. Answers are read into the types of
+//! [`shoal_shared::api`], the ones the planner writes them from; the untyped `get`/`post`
+//! stay for tests that send what no typed client would.
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+use shoal_shared::api::{ErrorBody, LogCursor, LogLine, TaskLog};
 use std::time::Duration;
 
 /// An answer that was not a success.
@@ -10,6 +15,10 @@ pub enum ClientError {
     Api { status: u16, message: String },
     #[error("cannot reach the planner at {api} ({cause}); is it running? (set --api or SHOAL_API)")]
     Unreachable { api: String, cause: String },
+    #[error(
+        "cannot read the planner's answer to {request}: {cause}; is the planner the same version as this CLI?"
+    )]
+    Answer { request: String, cause: String },
 }
 
 impl ClientError {
@@ -17,7 +26,7 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
-            ClientError::Unreachable { .. } => None,
+            ClientError::Unreachable { .. } | ClientError::Answer { .. } => None,
         }
     }
 }
@@ -47,20 +56,22 @@ impl ApiClient {
         &self.base
     }
 
-    /// `GET path`.
+    /// `GET path`, the answer as JSON.
     ///
     /// # Errors
     /// The planner is unreachable or answered with an error.
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.send(self.http.get(self.url(path))).await
+        let text = self.send(self.http.get(self.url(path))).await?;
+        Ok(lenient(text))
     }
 
-    /// `POST path` with a JSON body.
+    /// `POST path` with a JSON body, the answer as JSON.
     ///
     /// # Errors
     /// The planner is unreachable or answered with an error.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.send(self.http.post(self.url(path)).json(body)).await
+        let text = self.send(self.http.post(self.url(path)).json(body)).await?;
+        Ok(lenient(text))
     }
 
     /// `POST path` with a raw body (to test how the planner handles bad input).
@@ -68,28 +79,107 @@ impl ApiClient {
     /// # Errors
     /// The planner is unreachable or answered with an error.
     pub async fn post_raw(&self, path: &str, body: &str) -> Result<Value, ClientError> {
-        self.send(
-            self.http
-                .post(self.url(path))
-                .header("content-type", "application/json")
-                .body(body.to_owned()),
-        )
-        .await
+        let text = self
+            .send(
+                self.http
+                    .post(self.url(path))
+                    .header("content-type", "application/json")
+                    .body(body.to_owned()),
+            )
+            .await?;
+        Ok(lenient(text))
     }
 
-    /// `PUT path` with a JSON body.
+    /// `PUT path` with a JSON body, the answer as JSON.
     ///
     /// # Errors
     /// The planner is unreachable or answered with an error.
     pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.send(self.http.put(self.url(path)).json(body)).await
+        let text = self.send(self.http.put(self.url(path)).json(body)).await?;
+        Ok(lenient(text))
+    }
+
+    /// `GET path`, the answer read as a `T`.
+    ///
+    /// # Errors
+    /// The planner is unreachable, answered with an error, or with something else than a `T`.
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let text = self.send(self.http.get(self.url(path))).await?;
+        typed(&format!("GET {path}"), &text)
+    }
+
+    /// `POST path` with a body, the answer read as a `T`.
+    ///
+    /// # Errors
+    /// The planner is unreachable, answered with an error, or with something else than a `T`.
+    pub async fn post_as<B, T>(&self, path: &str, body: &B) -> Result<T, ClientError>
+    where
+        B: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        let text = self.send(self.http.post(self.url(path)).json(body)).await?;
+        typed(&format!("POST {path}"), &text)
+    }
+
+    /// `PUT path` with a body, the answer read as a `T`.
+    ///
+    /// # Errors
+    /// The planner is unreachable, answered with an error, or with something else than a `T`.
+    pub async fn put_as<B, T>(&self, path: &str, body: &B) -> Result<T, ClientError>
+    where
+        B: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        let text = self.send(self.http.put(self.url(path)).json(body)).await?;
+        typed(&format!("PUT {path}"), &text)
+    }
+
+    /// One page of a task's output: the lines after `after` (from the first when `None`),
+    /// as many as the planner gives at once.
+    ///
+    /// # Errors
+    /// As [`ApiClient::get_as`].
+    pub async fn task_log_page(
+        &self,
+        deployment: &str,
+        task: &str,
+        after: Option<LogCursor>,
+    ) -> Result<TaskLog, ClientError> {
+        let mut path = format!("/api/deployments/{deployment}/tasks/{task}/log");
+        if let Some(after) = after {
+            path.push_str(&format!("?after={after}"));
+        }
+        self.get_as(&path).await
+    }
+
+    /// Every line of a task's output, page after page, in order.
+    ///
+    /// # Errors
+    /// As [`ApiClient::get_as`].
+    pub async fn task_log(
+        &self,
+        deployment: &str,
+        task: &str,
+    ) -> Result<Vec<LogLine>, ClientError> {
+        let mut lines = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.task_log_page(deployment, task, after).await?;
+            lines.extend(page.lines);
+            // A planner from before paging sends everything at once, with no `more`.
+            if !page.more || page.next.is_none() {
+                return Ok(lines);
+            }
+            after = page.next;
+        }
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+    /// Sends a request; the text of a successful answer, else the error it names.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<String, ClientError> {
         let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             api: self.base.clone(),
             cause: innermost(&e),
@@ -97,20 +187,33 @@ impl ApiClient {
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
         let text = resp.text().await.map_err(unreachable)?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
-            Ok(value)
-        } else {
-            let message = value
-                .get("error")
-                .and_then(Value::as_str)
-                .map_or_else(|| value.to_string(), str::to_owned);
-            Err(ClientError::Api {
-                status: status.as_u16(),
-                message,
-            })
+            return Ok(text);
         }
+        let message = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => body.error,
+            // Not the planner's error body (a proxy in between?): show what came.
+            Err(_) => lenient(text).to_string(),
+        };
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message,
+        })
     }
+}
+
+/// An answer as JSON, or as a JSON string when it is not JSON.
+fn lenient(text: String) -> Value {
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// An answer read as a `T`; the error names the request and the field at fault.
+fn typed<T: DeserializeOwned>(request: &str, text: &str) -> Result<T, ClientError> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| ClientError::Answer {
+        request: request.to_owned(),
+        cause: e.to_string(),
+    })
 }
 
 /// The deepest cause of an error ("Connection refused" rather than "error sending request").

@@ -8,6 +8,8 @@ use anyhow::Context as _;
 use serde_json::json;
 use shoal_cli::client::ApiClient;
 use shoal_cli::local::{self, Nats, Proc};
+use shoal_shared::DeploymentState;
+use shoal_shared::api::{CheckingView, Created, HealthRecordView, WorkerStatus, WorkerView};
 use std::time::Duration;
 
 pub async fn run(keep: bool) -> anyhow::Result<i32> {
@@ -80,10 +82,10 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
         let r = checked(&api, t).await?;
         println!(
             "  {t:<9} {} by {} in pool {} ({})",
-            r["state"].as_str().unwrap_or(""),
-            r["worker"].as_str().unwrap_or("-"),
-            r["pool"].as_str().unwrap_or("-"),
-            r["rule"].as_str().unwrap_or("-")
+            render::s(&r.state),
+            render::s(&r.worker),
+            r.pool,
+            render::s(&r.rule)
         );
     }
     let script = "echo \"$SHOAL_STEP for ${SHOAL_TARGET:-no target} on $SHOAL_WORKER (pool $SHOAL_POOL, region ${SHOAL_REGION:-none})\"; sleep 0.2";
@@ -96,25 +98,21 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
             {"name": "verify-from-eu", "roles": ["web"], "pool": "eu-west", "action": {"type": "script", "script": script}},
         ]
     });
-    let created = api.post("/api/deployments", &deployment).await?;
-    let id = created["id"]
-        .as_str()
-        .context("no deployment id")?
-        .to_owned();
+    let created: Created = api.post_as("/api/deployments", &deployment).await?;
+    let id = created.id;
     println!("deployment {id} submitted: 3 steps, 7 tasks\n");
-    let d = tokio::time::timeout(Duration::from_secs(120), crate::follow(&api, &id, true))
-        .await
-        .context("the demo deployment did not finish within 2 minutes")??;
+    let d = tokio::time::timeout(
+        Duration::from_secs(120),
+        crate::follow(&api, &id.to_string(), true),
+    )
+    .await
+    .context("the demo deployment did not finish within 2 minutes")??;
     println!();
     println!("{}", render::task_table(&d));
     println!("rules: step = the step named its pool; target_default = the target's default pool;");
     println!("       global_default = neither, so the global default pool (built-in worker).");
-    let ok = d["state"] == "succeeded";
-    println!(
-        "\ndeployment {}: {}",
-        id,
-        d["state"].as_str().unwrap_or("?")
-    );
+    let ok = d.state == DeploymentState::Succeeded;
+    println!("\ndeployment {}: {}", id, render::s(&d.state));
 
     if keep {
         println!("\nStill running. In another terminal:");
@@ -138,10 +136,11 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
 async fn wait_for_workers(api: &ApiClient, n: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let workers = api.get("/api/workers").await?;
+        let workers: Vec<WorkerView> = api.get_as("/api/workers").await?;
         let online = workers
-            .as_array()
-            .map_or(0, |w| w.iter().filter(|w| w["status"] == "online").count());
+            .iter()
+            .filter(|w| w.status == WorkerStatus::Online)
+            .count();
         if online >= n {
             return Ok(());
         }
@@ -153,9 +152,9 @@ async fn wait_for_workers(api: &ApiClient, n: usize) -> anyhow::Result<()> {
 }
 
 /// Asks for a health check of a target and waits for its result.
-async fn checked(api: &ApiClient, target: &str) -> anyhow::Result<serde_json::Value> {
-    let asked = api
-        .post(&format!("/api/targets/{target}/health-check"), &json!({}))
+async fn checked(api: &ApiClient, target: &str) -> anyhow::Result<HealthRecordView> {
+    let asked: CheckingView = api
+        .post_as(&format!("/api/targets/{target}/health-check"), &json!({}))
         .await?;
     crate::check_result(api, target, &asked)
         .await?

@@ -7,6 +7,14 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 use shoal_cli::client::ApiClient;
+use shoal_shared::api::{
+    CancelRequest, CheckingView, CreatePool, CreateTarget, Created, DeploymentDetail,
+    DeploymentSummary, DrainView, HealthHistory, HealthRecordView, TargetView, UpdateTarget,
+};
+use shoal_shared::{
+    DeploymentState, EnvironmentName, HealthCheck, HealthState, OutputStream, PoolName, RegionName,
+    RoleName, TargetKind, TargetName,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -189,110 +197,37 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let api = ApiClient::new(&cli.api);
     match cli.command {
-        Cmd::Pool(PoolCmd::Add {
-            name,
-            region,
-            description,
-        }) => {
-            let p = api
-                .post(
-                    "/api/pools",
-                    &json!({"name": name, "region": region, "description": description}),
-                )
-                .await?;
-            println!("pool {} registered", p["name"].as_str().unwrap_or(&name));
-        }
-        Cmd::Pool(PoolCmd::List) => render::pools(&api.get("/api/pools").await?),
-        Cmd::Target(TargetCmd::Add {
-            name,
-            kind,
-            environment,
-            roles,
-            endpoint,
-            default_pool,
-            check_tcp,
-            check_http,
-            expect_status,
-            check_script,
-            health_interval,
-        }) => {
-            let health_check = match (check_tcp, check_http, check_script) {
-                (Some(address), _, _) => json!({"type": "tcp", "address": address}),
-                (_, Some(url), _) => {
-                    json!({"type": "http", "url": url, "expect_status": expect_status})
-                }
-                (_, _, Some(script)) => json!({"type": "script", "script": script}),
-                _ => Value::Null,
-            };
-            let body = json!({"name": name, "kind": kind, "environment": environment, "roles": roles,
-                              "endpoint": endpoint, "default_pool": default_pool,
-                              "health_check": health_check, "health_interval_secs": health_interval});
-            api.post("/api/targets", &body).await?;
-            println!("target {name} registered");
-        }
-        Cmd::Target(TargetCmd::List) => render::targets(&api.get("/api/targets").await?),
-        Cmd::Target(TargetCmd::Show { name }) => {
-            render::target(&api.get(&format!("/api/targets/{name}")).await?);
-        }
-        Cmd::Target(TargetCmd::Check { name, wait }) => {
-            return check(&api, &name, wait).await;
-        }
-        Cmd::Target(TargetCmd::Health { name }) => {
-            render::health(&api.get(&format!("/api/targets/{name}/health")).await?);
-        }
-        Cmd::Target(TargetCmd::SetPool { name, pool, clear }) => {
-            let pool = if clear { Value::Null } else { json!(pool) };
-            let t = api
-                .put(
-                    &format!("/api/targets/{name}"),
-                    &json!({"default_pool": pool}),
-                )
-                .await?;
-            match t["default_pool"].as_str() {
-                Some(p) => println!("target {name} now defaults to pool {p}"),
-                None => println!("target {name} has no default pool now (global default applies)"),
-            }
-        }
+        Cmd::Pool(cmd) => pool(&api, cmd).await?,
+        Cmd::Target(cmd) => return target(&api, cmd).await,
         Cmd::Deploy { file, wait } => return deploy(&api, &file, wait).await,
         Cmd::Deployment(DeploymentCmd::List { limit }) => {
-            render::deployments(&api.get(&format!("/api/deployments?limit={limit}")).await?);
+            render::deployments(
+                &api.get_as::<Vec<_>>(&format!("/api/deployments?limit={limit}"))
+                    .await?,
+            );
         }
         Cmd::Deployment(DeploymentCmd::Show { id }) => {
-            render::deployment(&api.get(&format!("/api/deployments/{id}")).await?);
+            render::deployment(&api.get_as(&format!("/api/deployments/{id}")).await?);
         }
         Cmd::Logs { id, task } => logs(&api, &id, task.as_deref()).await?,
         Cmd::Workers | Cmd::Worker(WorkerCmd::List) => {
-            render::workers(&api.get("/api/workers").await?);
+            render::workers(&api.get_as::<Vec<_>>("/api/workers").await?);
         }
         Cmd::Worker(WorkerCmd::Drain { name }) => {
-            api.post(&format!("/api/workers/{name}/drain"), &json!({}))
+            let _: DrainView = api
+                .post_as(&format!("/api/workers/{name}/drain"), &json!({}))
                 .await?;
             println!(
                 "worker {name} is draining: it takes no new tasks until `shoal worker resume {name}`"
             );
         }
         Cmd::Worker(WorkerCmd::Resume { name }) => {
-            api.post(&format!("/api/workers/{name}/resume"), &json!({}))
+            let _: DrainView = api
+                .post_as(&format!("/api/workers/{name}/resume"), &json!({}))
                 .await?;
             println!("worker {name} takes tasks again");
         }
-        Cmd::Cancel { id, reason, wait } => {
-            let d = api
-                .post(
-                    &format!("/api/deployments/{id}/cancel"),
-                    &json!({ "reason": reason }),
-                )
-                .await?;
-            println!(
-                "deployment {id}: {}",
-                d["state"].as_str().unwrap_or("cancellation requested")
-            );
-            if wait {
-                let d = follow(&api, &id, true).await?;
-                render::deployment(&d);
-                return Ok(if d["state"] == "cancelled" { 0 } else { 1 });
-            }
-        }
+        Cmd::Cancel { id, reason, wait } => return cancel(&api, &id, reason, wait).await,
         Cmd::Events {
             deployment,
             stream,
@@ -304,23 +239,164 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(s) = stream {
                 path.push_str(&format!("&stream={s}"));
             }
-            render::events(&api.get(&path).await?);
+            render::events(&api.get_as::<Vec<_>>(&path).await?);
         }
         Cmd::Demo { keep } => return demo::run(keep).await,
     }
     Ok(0)
 }
 
+/// `shoal pool …`.
+async fn pool(api: &ApiClient, cmd: PoolCmd) -> anyhow::Result<()> {
+    match cmd {
+        PoolCmd::Add {
+            name,
+            region,
+            description,
+        } => {
+            let req = CreatePool {
+                name: field("name", PoolName::parse(name))?,
+                region: region
+                    .map(|r| field("region", RegionName::parse(r)))
+                    .transpose()?,
+                description,
+            };
+            let p: shoal_shared::api::PoolView = api.post_as("/api/pools", &req).await?;
+            println!("pool {} registered", p.name);
+        }
+        PoolCmd::List => render::pools(&api.get_as::<Vec<_>>("/api/pools").await?),
+    }
+    Ok(())
+}
+
+/// `shoal target …`: the exit code.
+async fn target(api: &ApiClient, cmd: TargetCmd) -> anyhow::Result<i32> {
+    match cmd {
+        TargetCmd::Add {
+            name,
+            kind,
+            environment,
+            roles,
+            endpoint,
+            default_pool,
+            check_tcp,
+            check_http,
+            expect_status,
+            check_script,
+            health_interval,
+        } => {
+            let req = CreateTarget {
+                name: field("name", TargetName::parse(name.clone()))?,
+                kind: field("kind", TargetKind::parse(&kind))?,
+                environment: field("environment", EnvironmentName::parse(environment))?,
+                roles: roles
+                    .into_iter()
+                    .map(|r| field("roles", RoleName::parse(r)))
+                    .collect::<anyhow::Result<_>>()?,
+                endpoint,
+                default_pool: default_pool
+                    .map(|p| field("default_pool", PoolName::parse(p)))
+                    .transpose()?,
+                health_check: probe(check_tcp, check_http, expect_status, check_script),
+                health_interval_secs: health_interval,
+            };
+            let _: TargetView = api.post_as("/api/targets", &req).await?;
+            println!("target {name} registered");
+        }
+        TargetCmd::List => {
+            render::targets(&api.get_as::<Vec<_>>("/api/targets").await?);
+        }
+        TargetCmd::Show { name } => {
+            render::target(&api.get_as(&format!("/api/targets/{name}")).await?);
+        }
+        TargetCmd::Check { name, wait } => {
+            return check(api, &name, wait).await;
+        }
+        TargetCmd::Health { name } => {
+            render::health(&api.get_as(&format!("/api/targets/{name}/health")).await?);
+        }
+        TargetCmd::SetPool { name, pool, clear } => {
+            let pool = if clear {
+                None
+            } else {
+                pool.map(|p| field("default_pool", PoolName::parse(p)))
+                    .transpose()?
+            };
+            let req = UpdateTarget {
+                default_pool: Some(pool),
+                ..UpdateTarget::default()
+            };
+            let t: TargetView = api.put_as(&format!("/api/targets/{name}"), &req).await?;
+            match &t.target.default_pool {
+                Some(p) => println!("target {name} now defaults to pool {p}"),
+                None => println!("target {name} has no default pool now (global default applies)"),
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The health check `target add` asks for (clap lets at most one through).
+fn probe(
+    tcp: Option<String>,
+    http: Option<String>,
+    expect_status: Option<u16>,
+    script: Option<String>,
+) -> Option<HealthCheck> {
+    match (tcp, http, script) {
+        (Some(address), _, _) => Some(HealthCheck::Tcp {
+            address,
+            timeout_secs: None,
+        }),
+        (_, Some(url), _) => Some(HealthCheck::Http {
+            url,
+            expect_status,
+            timeout_secs: None,
+        }),
+        (_, _, Some(script)) => Some(HealthCheck::Script {
+            script,
+            timeout_secs: None,
+        }),
+        _ => None,
+    }
+}
+
+/// `shoal cancel`: the exit code.
+async fn cancel(
+    api: &ApiClient,
+    id: &str,
+    reason: Option<String>,
+    wait: bool,
+) -> anyhow::Result<i32> {
+    let d: DeploymentSummary = api
+        .post_as(
+            &format!("/api/deployments/{id}/cancel"),
+            &CancelRequest { reason },
+        )
+        .await?;
+    println!("deployment {id}: {}", render::s(&d.state));
+    if wait {
+        let d = follow(api, id, true).await?;
+        render::deployment(&d);
+        return Ok(if d.state == DeploymentState::Cancelled {
+            0
+        } else {
+            1
+        });
+    }
+    Ok(0)
+}
+
 /// Asks for a check of a target; with `wait`, follows it to its result.
 async fn check(api: &ApiClient, name: &str, wait: bool) -> anyhow::Result<i32> {
-    let asked = api
-        .post(&format!("/api/targets/{name}/health-check"), &json!({}))
+    let asked: CheckingView = api
+        .post_as(&format!("/api/targets/{name}/health-check"), &json!({}))
         .await?;
-    let id = asked["check"].as_str().unwrap_or_default().to_owned();
+    let id = asked.check;
     println!(
         "checking {name}: check {id} in pool {} ({})",
-        asked["pool"].as_str().unwrap_or(""),
-        asked["rule"].as_str().unwrap_or("")
+        asked.pool,
+        asked.rule.map_or(String::new(), |r| render::s(&r))
     );
     if !wait {
         return Ok(0);
@@ -331,21 +407,27 @@ async fn check(api: &ApiClient, name: &str, wait: bool) -> anyhow::Result<i32> {
         );
         return Ok(1);
     };
-    let state = r["state"].as_str().unwrap_or("");
     println!(
-        "{name}: {state}{} (worker {}, pool {}, {} ms)",
-        r["reason"]
-            .as_str()
+        "{name}: {}{} (worker {}, pool {}, {} ms)",
+        render::s(&r.state),
+        r.reason
+            .as_deref()
             .map_or(String::new(), |why| format!(": {why}")),
-        r["worker"].as_str().unwrap_or("-"),
-        r["pool"].as_str().unwrap_or("-"),
-        r["duration_ms"]
+        r.worker.as_ref().map_or("-", |w| w.as_str()),
+        r.pool,
+        // As the API writes it: a number, or null when the check did not run.
+        r.duration_ms.map_or("null".to_owned(), |ms| ms.to_string())
     );
-    Ok(if matches!(state, "healthy" | "healthy_with_warnings") {
-        0
-    } else {
-        1
-    })
+    Ok(
+        if matches!(
+            r.state,
+            HealthState::Healthy | HealthState::HealthyWithWarnings
+        ) {
+            0
+        } else {
+            1
+        },
+    )
 }
 
 /// Waits for the result of a check (`asked`: the answer of `POST …/health-check`) in the
@@ -354,25 +436,20 @@ async fn check(api: &ApiClient, name: &str, wait: bool) -> anyhow::Result<i32> {
 pub(crate) async fn check_result(
     api: &ApiClient,
     name: &str,
-    asked: &Value,
-) -> anyhow::Result<Option<Value>> {
-    let id = asked["check"].as_str().unwrap_or_default();
-    let give_up = asked["deadline_at"]
-        .as_str()
-        .and_then(|d| humantime::parse_rfc3339(d).ok())
-        .map_or_else(
-            || std::time::SystemTime::now() + Duration::from_secs(120),
-            |d| d + Duration::from_secs(10),
-        );
+    asked: &CheckingView,
+) -> anyhow::Result<Option<HealthRecordView>> {
+    let give_up = asked.deadline_at.map_or_else(
+        || std::time::SystemTime::now() + Duration::from_secs(120),
+        |d| {
+            std::time::UNIX_EPOCH
+                + Duration::from_millis(u64::try_from(d.millis()).unwrap_or(0))
+                + Duration::from_secs(10)
+        },
+    );
     while std::time::SystemTime::now() < give_up {
-        let h = api.get(&format!("/api/targets/{name}/health")).await?;
-        if let Some(r) = h["history"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["check"] == id)
-        {
-            return Ok(Some(r.clone()));
+        let h: HealthHistory = api.get_as(&format!("/api/targets/{name}/health")).await?;
+        if let Some(r) = h.history.into_iter().find(|r| r.check == asked.check) {
+            return Ok(Some(r));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -388,34 +465,37 @@ fn read_deployment(file: &std::path::Path) -> anyhow::Result<Value> {
 
 async fn deploy(api: &ApiClient, file: &std::path::Path, wait: bool) -> anyhow::Result<i32> {
     let body = read_deployment(file)?;
-    let created = api.post("/api/deployments", &body).await?;
-    let id = created["id"]
-        .as_str()
-        .context("planner answered without an id")?
-        .to_owned();
+    // The file goes as written: the planner's answer names the field at fault in it.
+    let created: Created = api.post_as("/api/deployments", &body).await?;
+    let id = created.id.to_string();
     println!("deployment {id} accepted");
     if !wait {
         return Ok(0);
     }
     let d = follow(api, &id, true).await?;
     render::deployment(&d);
-    Ok(if d["state"] == "succeeded" { 0 } else { 1 })
+    Ok(if d.state == DeploymentState::Succeeded {
+        0
+    } else {
+        1
+    })
 }
 
 /// Polls a deployment until it ends, printing each step's progress when `print` is set.
-pub(crate) async fn follow(api: &ApiClient, id: &str, print: bool) -> anyhow::Result<Value> {
+pub(crate) async fn follow(
+    api: &ApiClient,
+    id: &str,
+    print: bool,
+) -> anyhow::Result<DeploymentDetail> {
     let mut last = String::new();
     loop {
-        let d = api.get(&format!("/api/deployments/{id}")).await?;
+        let d: DeploymentDetail = api.get_as(&format!("/api/deployments/{id}")).await?;
         let line = render::progress(&d);
         if print && line != last {
             println!("{line}");
             last = line;
         }
-        if matches!(
-            d["state"].as_str(),
-            Some("succeeded" | "failed" | "cancelled")
-        ) {
+        if d.state.is_terminal() {
             return Ok(d);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -423,17 +503,17 @@ pub(crate) async fn follow(api: &ApiClient, id: &str, print: bool) -> anyhow::Re
 }
 
 async fn logs(api: &ApiClient, id: &str, task: Option<&str>) -> anyhow::Result<()> {
-    let d = api.get(&format!("/api/deployments/{id}")).await?;
+    let d: DeploymentDetail = api.get_as(&format!("/api/deployments/{id}")).await?;
     let mut tasks: Vec<(String, String)> = Vec::new();
-    for step in d["steps"].as_array().into_iter().flatten() {
-        for t in step["tasks"].as_array().into_iter().flatten() {
+    for step in &d.steps {
+        for t in &step.tasks {
             let label = format!(
                 "{} · {} · pool {}",
-                step["name"].as_str().unwrap_or(""),
-                t["target"].as_str().unwrap_or("(no target)"),
-                t["pool"].as_str().unwrap_or("")
+                step.name,
+                t.target.as_ref().map_or("(no target)", |t| t.as_str()),
+                t.pool
             );
-            tasks.push((t["id"].as_str().unwrap_or_default().to_owned(), label));
+            tasks.push((t.id.to_string(), label));
         }
     }
     // A task may be named by its full id or by the short id `deployment show` prints (its
@@ -454,22 +534,29 @@ async fn logs(api: &ApiClient, id: &str, task: Option<&str>) -> anyhow::Result<(
         bail!("deployment {id} has no tasks");
     }
     for (task, label) in tasks {
-        let log = api
-            .get(&format!("/api/deployments/{id}/tasks/{task}/log"))
-            .await?;
-        if !label.is_empty() {
-            println!("== task {task} ({label})");
-        }
-        for l in log["lines"].as_array().into_iter().flatten() {
-            let line = l["line"].as_str().unwrap_or("");
-            // attempt.run: a run above 1 is a redelivery after a worker was lost.
-            let run = format!("{}.{}", l["attempt"], l["run"]);
-            if l["stream"] == "stderr" {
-                println!("{run} ! {line}");
-            } else {
-                println!("{run}   {line}");
+        println!("== task {task} ({label})");
+        // Page by page, so a long log is printed as it comes rather than held whole.
+        let mut after = None;
+        loop {
+            let page = api.task_log_page(id, &task, after).await?;
+            for l in &page.lines {
+                // attempt.run: a run above 1 is a redelivery after a worker was lost.
+                let run = format!("{}.{}", l.attempt, l.run);
+                match l.stream {
+                    OutputStream::Stderr => println!("{run} ! {}", l.line),
+                    OutputStream::Stdout => println!("{run}   {}", l.line),
+                }
             }
+            if !page.more || page.next.is_none() {
+                break;
+            }
+            after = page.next;
         }
     }
     Ok(())
+}
+
+/// A value of a request field, or an error naming the field (as the planner would).
+fn field<T, E: std::fmt::Display>(name: &str, parsed: Result<T, E>) -> anyhow::Result<T> {
+    parsed.map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }

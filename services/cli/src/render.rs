@@ -1,13 +1,19 @@
-//! Tables and progress lines for the terminal.
+//! Tables and progress lines for the terminal, from the API's answers.
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde::Serialize;
 use serde_json::Value;
+use shoal_shared::TaskState;
+use shoal_shared::api::{
+    DeploymentDetail, DeploymentSummary, EventView, HealthHistory, PoolView, TargetView, WorkerView,
+};
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+/// A field as the API spells it (names, states, times), `-` for none.
+pub fn s<T: Serialize + ?Sized>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::Null) | Err(_) => "-".to_owned(),
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
     }
 }
 
@@ -18,29 +24,29 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-fn items(v: &Value) -> impl Iterator<Item = &Value> {
-    v.as_array().into_iter().flatten()
+fn joined<T: Serialize>(items: &[T], sep: &str) -> String {
+    items.iter().map(s).collect::<Vec<_>>().join(sep)
 }
 
-pub fn pools(v: &Value) {
+pub fn pools(v: &[PoolView]) {
     let mut t = table(&["pool", "region", "workers online", "default", "description"]);
-    for p in items(v) {
+    for p in v {
         t.add_row(vec![
-            s(&p["name"]),
-            s(&p["region"]),
-            s(&p["workers_online"]),
-            if p["is_default"] == true {
+            s(&p.name),
+            s(&p.region),
+            s(&p.workers_online),
+            if p.is_default {
                 "yes".into()
             } else {
                 String::new()
             },
-            s(&p["description"]),
+            s(&p.description),
         ]);
     }
     println!("{t}");
 }
 
-pub fn targets(v: &Value) {
+pub fn targets(v: &[TargetView]) {
     let mut t = table(&[
         "target",
         "kind",
@@ -51,45 +57,39 @@ pub fn targets(v: &Value) {
         "health",
         "checked",
     ]);
-    for x in items(v) {
-        let roles: Vec<String> = items(&x["roles"]).map(s).collect();
+    for x in v {
         t.add_row(vec![
-            s(&x["name"]),
-            s(&x["kind"]),
-            s(&x["environment"]),
-            roles.join(","),
-            s(&x["default_pool"]),
-            s(&x["endpoint"]),
-            s(&x["health"]["state"]),
-            s(&x["health"]["checked_at"]),
+            s(&x.target.name),
+            s(&x.target.kind),
+            s(&x.target.environment),
+            joined(&x.target.roles, ","),
+            s(&x.target.default_pool),
+            s(&x.target.endpoint),
+            s(&x.health.state),
+            s(&x.health.checked_at),
         ]);
     }
     println!("{t}");
 }
 
-pub fn target(x: &Value) {
-    let roles: Vec<String> = items(&x["roles"]).map(s).collect();
+pub fn target(x: &TargetView) {
+    let h = &x.health;
     for (k, v) in [
-        ("target", s(&x["name"])),
-        ("kind", s(&x["kind"])),
-        ("environment", s(&x["environment"])),
-        ("roles", roles.join(", ")),
-        ("endpoint", s(&x["endpoint"])),
-        ("default pool", s(&x["default_pool"])),
-        ("registered", s(&x["registered_at"])),
-        ("updated", s(&x["updated_at"])),
-        ("probe", compact(&x["probe"])),
-        ("health", s(&x["health"]["state"])),
-        ("reason", s(&x["health"]["reason"])),
-        ("checked", s(&x["health"]["checked_at"])),
+        ("target", s(&x.target.name)),
+        ("kind", s(&x.target.kind)),
+        ("environment", s(&x.target.environment)),
+        ("roles", joined(&x.target.roles, ", ")),
+        ("endpoint", s(&x.target.endpoint)),
+        ("default pool", s(&x.target.default_pool)),
+        ("registered", s(&x.registered_at)),
+        ("updated", s(&x.updated_at)),
+        ("probe", compact(&x.probe)),
+        ("health", s(&h.state)),
+        ("reason", s(&h.reason)),
+        ("checked", s(&h.checked_at)),
         (
             "checked by",
-            format!(
-                "{} in pool {} ({})",
-                s(&x["health"]["worker"]),
-                s(&x["health"]["pool"]),
-                s(&x["health"]["rule"])
-            ),
+            format!("{} in pool {} ({})", s(&h.worker), s(&h.pool), s(&h.rule)),
         ),
     ] {
         println!("{k:<13} {v}");
@@ -97,32 +97,32 @@ pub fn target(x: &Value) {
 }
 
 /// A target's health history, oldest first.
-pub fn health(v: &Value) {
+pub fn health(v: &HealthHistory) {
     let mut t = table(&["checked", "state", "worker", "pool", "rule", "ms", "reason"]);
-    for h in items(&v["history"]) {
+    for h in &v.history {
         t.add_row(vec![
-            s(&h["checked_at"]),
-            s(&h["state"]),
-            s(&h["worker"]),
-            s(&h["pool"]),
-            s(&h["rule"]),
-            s(&h["duration_ms"]),
-            s(&h["reason"]),
+            s(&h.checked_at),
+            s(&h.state),
+            s(&h.worker),
+            s(&h.pool),
+            s(&h.rule),
+            s(&h.duration_ms),
+            s(&h.reason),
         ]);
     }
     println!("{t}");
-    println!("{}: {}", s(&v["target"]), s(&v["state"]));
+    println!("{}: {}", s(&v.target), s(&v.state));
 }
 
-fn compact(v: &Value) -> String {
-    if v.is_null() {
-        "-".to_owned()
-    } else {
-        v.to_string()
+/// A value as one line of JSON, `-` for none.
+fn compact<T: Serialize>(v: &Option<T>) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::Null) | Err(_) => "-".to_owned(),
+        Ok(v) => v.to_string(),
     }
 }
 
-pub fn workers(v: &Value) {
+pub fn workers(v: &[WorkerView]) {
     let mut t = table(&[
         "worker",
         "pool",
@@ -133,28 +133,27 @@ pub fn workers(v: &Value) {
         "free disk MiB",
         "last seen",
     ]);
-    for w in items(v) {
-        let warnings: Vec<String> = items(&w["warnings"]).map(s).collect();
-        let health = if warnings.is_empty() {
-            s(&w["health"])
+    for w in v {
+        let health = if w.warnings.is_empty() {
+            s(&w.health)
         } else {
-            format!("{}: {}", s(&w["health"]), warnings.join("; "))
+            format!("{}: {}", s(&w.health), w.warnings.join("; "))
         };
         t.add_row(vec![
-            s(&w["name"]),
-            s(&w["pool"]),
-            s(&w["region"]),
-            s(&w["status"]),
+            s(&w.name),
+            s(&w.pool),
+            s(&w.region),
+            s(&w.status),
             health,
-            format!("{}/{}", s(&w["busy_slots"]), s(&w["slots"])),
-            s(&w["free_disk_mb"]),
-            s(&w["last_seen"]),
+            format!("{}/{}", w.busy_slots, w.slots),
+            s(&w.free_disk_mb),
+            s(&w.last_seen),
         ]);
     }
     println!("{t}");
 }
 
-pub fn deployments(v: &Value) {
+pub fn deployments(v: &[DeploymentSummary]) {
     let mut t = table(&[
         "deployment",
         "project",
@@ -163,97 +162,92 @@ pub fn deployments(v: &Value) {
         "steps",
         "created",
     ]);
-    for d in items(v) {
-        let steps: Vec<String> = items(&d["steps"])
-            .map(|st| format!("{}:{}", s(&st["name"]), s(&st["state"])))
+    for d in v {
+        let steps: Vec<String> = d
+            .steps
+            .iter()
+            .map(|st| format!("{}:{}", st.name, s(&st.state)))
             .collect();
         t.add_row(vec![
-            s(&d["id"]),
-            s(&d["project"]),
-            s(&d["environment"]),
-            s(&d["state"]),
+            s(&d.id),
+            d.project.clone(),
+            s(&d.environment),
+            s(&d.state),
             steps.join(" "),
-            s(&d["created_at"]),
+            s(&d.created_at),
         ]);
     }
     println!("{t}");
 }
 
 /// One line: the deployment's state and each step's.
-pub fn progress(d: &Value) -> String {
-    let steps: Vec<String> = items(&d["steps"])
+pub fn progress(d: &DeploymentDetail) -> String {
+    let steps: Vec<String> = d
+        .steps
+        .iter()
         .map(|st| {
-            let tasks: Vec<&Value> = items(&st["tasks"]).collect();
-            let done = tasks.iter().filter(|t| t["state"] == "succeeded").count();
-            format!(
-                "{} {} ({done}/{})",
-                s(&st["name"]),
-                s(&st["state"]),
-                tasks.len()
-            )
+            let done = st
+                .tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Succeeded)
+                .count();
+            format!("{} {} ({done}/{})", st.name, s(&st.state), st.tasks.len())
         })
         .collect();
-    format!("[{}] {}", s(&d["state"]), steps.join(" → "))
+    format!("[{}] {}", s(&d.state), steps.join(" → "))
 }
 
 /// The task table of a deployment: where every task ran and why.
-pub fn task_table(d: &Value) -> Table {
+pub fn task_table(d: &DeploymentDetail) -> Table {
     let mut t = table(&[
         "step", "task", "target", "pool", "rule", "worker", "state", "exit", "note",
     ]);
-    for st in items(&d["steps"]) {
-        for x in items(&st["tasks"]) {
-            let id = s(&x["id"]);
-            let note = if x["waiting"].is_null() {
-                s(&x["reason"])
-            } else {
-                s(&x["waiting"])
-            };
+    for st in &d.steps {
+        for x in &st.tasks {
+            let id = x.id.to_string();
+            let note = x.waiting.as_ref().or(x.reason.as_ref());
             t.add_row(vec![
-                s(&st["name"]),
-                id.chars()
-                    .rev()
-                    .take(8)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect(),
-                s(&x["target"]),
-                s(&x["pool"]),
-                s(&x["pool_rule"]),
-                s(&x["worker"]),
-                s(&x["state"]),
-                s(&x["exit_code"]),
-                if note == "-" { String::new() } else { note },
+                st.name.clone(),
+                id.get(id.len().saturating_sub(8)..)
+                    .unwrap_or_default()
+                    .to_owned(),
+                s(&x.target),
+                s(&x.pool),
+                s(&x.pool_rule),
+                s(&x.worker),
+                s(&x.state),
+                s(&x.exit_code),
+                // A note that is just "-" is as good as none.
+                note.filter(|n| *n != "-").cloned().unwrap_or_default(),
             ]);
         }
     }
     t
 }
 
-pub fn deployment(d: &Value) {
+pub fn deployment(d: &DeploymentDetail) {
     println!(
         "deployment {}  project {}  environment {}",
-        s(&d["id"]),
-        s(&d["project"]),
-        s(&d["environment"])
+        s(&d.id),
+        d.project,
+        s(&d.environment)
     );
-    println!("state: {}", s(&d["state"]));
-    if !d["reason"].is_null() {
-        println!("reason: {}", s(&d["reason"]));
+    println!("state: {}", s(&d.state));
+    if let Some(reason) = &d.reason {
+        println!("reason: {reason}");
     }
     println!("{}", task_table(d));
 }
 
-pub fn events(v: &Value) {
-    for e in items(v) {
+pub fn events(v: &[EventView]) {
+    for e in v {
         println!(
             "{:>6}  {}  {:<18}  {}  {}",
-            s(&e["seq"]),
-            s(&e["time"]),
-            s(&e["type"]),
-            s(&e["stream"]),
-            e["data"]
+            e.seq,
+            s(&e.time),
+            e.event_type,
+            e.stream,
+            e.data
         );
     }
 }

@@ -4,95 +4,46 @@
 use super::{ApiError, AppState, JsonBody};
 use crate::domain::Command;
 use crate::domain::state::{AttemptDoc, DeploymentDoc, TaskDoc};
-use crate::log::Proj;
+use crate::log::{EventLog, Proj};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use shoal_shared::{
-    Action, DeploymentId, DeploymentSpec, DeploymentState, EnvironmentName, OutputStream, PoolName,
-    PoolRule, RoleName, StepSpec, StepState, TargetName, TaskId, TaskState, Timestamp, WorkerName,
+use serde::Deserialize;
+use shoal_shared::api::{
+    ActionRequest, AttemptView, CancelRequest, CreateDeployment, Created, DeploymentDetail,
+    DeploymentSummary, LOG_PAGE_DEFAULT, LOG_PAGE_MAX, LogCursor, LogLine, StepDetail, StepSummary,
+    TaskLog, TaskView,
 };
-use std::collections::{BTreeMap, HashMap};
+use shoal_shared::{Action, DeploymentId, DeploymentSpec, PoolName, StepSpec, TaskId, TaskState};
+use std::collections::HashMap;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateDeployment {
-    project: String,
-    environment: EnvironmentName,
-    steps: Vec<StepRequest>,
-    #[serde(default)]
-    unhealthy_targets: shoal_shared::UnhealthyTargets,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct StepRequest {
-    name: String,
-    action: ActionRequest,
-    #[serde(default)]
-    roles: Vec<RoleName>,
-    #[serde(default)]
-    pool: Option<PoolName>,
-    #[serde(default)]
-    timeout_secs: Option<u64>,
-    #[serde(default)]
-    max_parallel: Option<u32>,
-    #[serde(default)]
-    variables: BTreeMap<String, String>,
-    #[serde(default)]
-    retries: u32,
-    #[serde(default)]
-    retry_backoff_secs: Option<u64>,
-    #[serde(default)]
-    max_attempts: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub(super) enum ActionRequest {
-    Script {
-        script: String,
-        #[serde(default)]
-        shell: Option<String>,
-    },
-    Noop {},
-    HealthCheck {},
-}
-
-impl From<CreateDeployment> for DeploymentSpec {
-    fn from(r: CreateDeployment) -> DeploymentSpec {
-        DeploymentSpec {
-            project: r.project,
-            environment: r.environment,
-            unhealthy_targets: r.unhealthy_targets,
-            steps: r
-                .steps
-                .into_iter()
-                .map(|s| StepSpec {
-                    name: s.name,
-                    action: match s.action {
-                        ActionRequest::Script { script, shell } => Action::Script { script, shell },
-                        ActionRequest::Noop {} => Action::Noop,
-                        ActionRequest::HealthCheck {} => Action::HealthCheck,
-                    },
-                    roles: s.roles,
-                    pool: s.pool,
-                    timeout_secs: s.timeout_secs,
-                    max_parallel: s.max_parallel,
-                    variables: s.variables,
-                    retries: s.retries,
-                    retry_backoff_secs: s.retry_backoff_secs,
-                    max_attempts: s.max_attempts,
-                })
-                .collect(),
-        }
+/// The deployment a request asks for.
+fn spec_of(r: CreateDeployment) -> DeploymentSpec {
+    DeploymentSpec {
+        project: r.project,
+        environment: r.environment,
+        unhealthy_targets: r.unhealthy_targets,
+        steps: r
+            .steps
+            .into_iter()
+            .map(|s| StepSpec {
+                name: s.name,
+                action: match s.action {
+                    ActionRequest::Script { script, shell } => Action::Script { script, shell },
+                    ActionRequest::Noop {} => Action::Noop,
+                    ActionRequest::HealthCheck {} => Action::HealthCheck,
+                },
+                roles: s.roles,
+                pool: s.pool,
+                timeout_secs: s.timeout_secs,
+                max_parallel: s.max_parallel,
+                variables: s.variables,
+                retries: s.retries,
+                retry_backoff_secs: s.retry_backoff_secs,
+                max_attempts: s.max_attempts,
+            })
+            .collect(),
     }
-}
-
-#[derive(Serialize)]
-pub struct Created {
-    id: DeploymentId,
 }
 
 pub(super) async fn create(
@@ -103,7 +54,7 @@ pub(super) async fn create(
     app.writer
         .execute(Command::CreateDeployment {
             id,
-            spec: req.into(),
+            spec: spec_of(req),
         })
         .await?;
     Ok((StatusCode::CREATED, Json(Created { id })))
@@ -115,40 +66,22 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-/// A deployment in a list.
-#[derive(Serialize)]
-pub struct Summary {
-    id: DeploymentId,
-    project: String,
-    environment: EnvironmentName,
-    state: DeploymentState,
-    reason: Option<String>,
-    created_at: Timestamp,
-    finished_at: Option<Timestamp>,
-    steps: Vec<StepSummary>,
-}
-
-#[derive(Serialize)]
-pub struct StepSummary {
-    name: String,
-    state: StepState,
-    tasks: usize,
-}
-
 pub(super) async fn list(
     State(app): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<Summary>>, ApiError> {
+) -> Result<Json<Vec<DeploymentSummary>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
     // Ids are time-ordered: newest first is the key order reversed.
-    let docs: Vec<DeploymentDoc> = app.log.docs_rev(Proj::Deployments, limit)?;
+    let docs: Vec<DeploymentDoc> = app
+        .read(move |log| Ok(log.docs_rev(Proj::Deployments, limit)?))
+        .await?;
     let out = docs.into_iter().map(summary).collect();
     Ok(Json(out))
 }
 
-fn summary(d: DeploymentDoc) -> Summary {
-    Summary {
+fn summary(d: DeploymentDoc) -> DeploymentSummary {
+    DeploymentSummary {
         id: d.id,
         project: d.project,
         environment: d.environment,
@@ -168,62 +101,6 @@ fn summary(d: DeploymentDoc) -> Summary {
     }
 }
 
-/// A deployment with every task.
-#[derive(Serialize)]
-pub struct Detail {
-    id: DeploymentId,
-    project: String,
-    environment: EnvironmentName,
-    state: DeploymentState,
-    reason: Option<String>,
-    created_at: Timestamp,
-    started_at: Option<Timestamp>,
-    finished_at: Option<Timestamp>,
-    steps: Vec<StepDetail>,
-}
-
-#[derive(Serialize)]
-pub struct StepDetail {
-    index: u32,
-    name: String,
-    state: StepState,
-    tasks: Vec<TaskView>,
-}
-
-/// A task as the API shows it.
-#[derive(Serialize)]
-pub struct TaskView {
-    id: TaskId,
-    target: Option<TargetName>,
-    endpoint: Option<String>,
-    pool: PoolName,
-    pool_rule: PoolRule,
-    state: TaskState,
-    /// Why the task is not moving, when it waits for something.
-    waiting: Option<String>,
-    worker: Option<WorkerName>,
-    attempt: u32,
-    /// The run of the attempt that counts (broker delivery; above 1 after a lost run).
-    delivery: u32,
-    exit_code: Option<i32>,
-    reason: Option<String>,
-    planned_at: Option<Timestamp>,
-    dispatched_at: Option<Timestamp>,
-    started_at: Option<Timestamp>,
-    finished_at: Option<Timestamp>,
-    output_lines: u64,
-    /// When the next attempt is planned (state `retry_scheduled`).
-    retry_at: Option<Timestamp>,
-    attempts: Vec<AttemptDoc>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CancelRequest {
-    #[serde(default)]
-    reason: Option<String>,
-}
-
 /// `POST /api/deployments/{id}/cancel` (body optional: `{"reason": "..."}`). Answers 202
 /// once the request is in the log; the deployment ends `cancelled` when its workers have
 /// stopped what they run.
@@ -231,8 +108,9 @@ pub(super) async fn cancel(
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Summary>), ApiError> {
-    let d = load(&app, &id)?;
+) -> Result<(StatusCode, Json<DeploymentSummary>), ApiError> {
+    let id = parse_id(&id)?;
+    let d = load(&app, id).await?;
     let reason = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -241,32 +119,54 @@ pub(super) async fn cancel(
     app.writer
         .execute(Command::CancelDeployment { id: d.id, reason })
         .await?;
-    let d = load(&app, &d.id.to_string())?;
+    let d = load(&app, d.id).await?;
     Ok((StatusCode::ACCEPTED, Json(summary(d))))
 }
 
 pub(super) async fn show(
     State(app): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Detail>, ApiError> {
-    let d = load(&app, &id)?;
-    let online = app.liveness.online_per_pool(Timestamp::now());
-    let mut steps = Vec::with_capacity(d.steps.len());
-    for (index, s) in d.steps.iter().enumerate() {
-        let mut tasks = Vec::with_capacity(s.tasks.len());
-        for t in &s.tasks {
-            if let Some(doc) = app.log.doc::<TaskDoc>(Proj::Tasks, t.as_bytes())? {
-                tasks.push(task_view(doc, &online));
+) -> Result<Json<DeploymentDetail>, ApiError> {
+    let id = parse_id(&id)?;
+    let (d, tasks) = app
+        .read(move |log| {
+            let d = find(log, id)?;
+            let mut tasks = HashMap::new();
+            for t in d.steps.iter().flat_map(|s| &s.tasks) {
+                if let Some(doc) = log.doc::<TaskDoc>(Proj::Tasks, t.as_bytes())? {
+                    tasks.insert(*t, doc);
+                }
             }
-        }
-        steps.push(StepDetail {
+            Ok((d, tasks))
+        })
+        .await?;
+    Ok(Json(detail(&app, d, tasks)))
+}
+
+/// A deployment with its tasks' documents.
+fn detail(
+    app: &AppState,
+    d: DeploymentDoc,
+    mut tasks: HashMap<TaskId, TaskDoc>,
+) -> DeploymentDetail {
+    let online = app.liveness.online_per_pool(shoal_shared::Timestamp::now());
+    let steps = d
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(index, s)| StepDetail {
             index: u32::try_from(index).unwrap_or(u32::MAX),
             name: s.name.clone(),
             state: s.state,
-            tasks,
-        });
-    }
-    Ok(Json(Detail {
+            tasks: s
+                .tasks
+                .iter()
+                .filter_map(|t| tasks.remove(t))
+                .map(|doc| task_view(doc, &online))
+                .collect(),
+        })
+        .collect();
+    DeploymentDetail {
         id: d.id,
         project: d.project,
         environment: d.environment,
@@ -276,7 +176,7 @@ pub(super) async fn show(
         started_at: d.started_at,
         finished_at: d.finished_at,
         steps,
-    }))
+    }
 }
 
 fn task_view(t: TaskDoc, online: &HashMap<PoolName, usize>) -> TaskView {
@@ -306,48 +206,92 @@ fn task_view(t: TaskDoc, online: &HashMap<PoolName, usize>) -> TaskView {
         finished_at: t.finished_at,
         output_lines: t.output_lines,
         retry_at: t.retry_at,
-        attempts: t.attempts,
+        attempts: t.attempts.into_iter().map(attempt_view).collect(),
     }
 }
 
-/// One line of a task's output.
-#[derive(Serialize)]
-pub struct LogLine {
-    attempt: u32,
-    /// The run of the attempt (broker delivery); above 1 when an earlier run's worker died.
-    run: u32,
-    stream: OutputStream,
-    at: Timestamp,
-    line: String,
+fn attempt_view(a: AttemptDoc) -> AttemptView {
+    AttemptView {
+        attempt: a.attempt,
+        delivery: a.delivery,
+        worker: a.worker,
+        started_at: a.started_at,
+        finished_at: a.finished_at,
+        state: a.state,
+        exit_code: a.exit_code,
+    }
 }
 
-#[derive(Serialize)]
-pub struct TaskLog {
-    task: TaskId,
-    state: TaskState,
-    lines: Vec<LogLine>,
+/// `?after=&limit=` of a task log.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    after: Option<String>,
+    limit: Option<usize>,
 }
 
+/// Where a page of a task log starts and how long it is.
+#[derive(Debug, PartialEq, Eq)]
+struct LogPage {
+    after: Option<LogCursor>,
+    limit: usize,
+}
+
+/// The page a task log request asks for; every error names the parameter and what it takes.
+fn log_page(
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<LogPage, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}; parameters: after (a cursor, as `next` gives it), limit (1-{LOG_PAGE_MAX})",
+            e.body_text()
+        ))
+    })?;
+    let limit = q.limit.unwrap_or(LOG_PAGE_DEFAULT);
+    if limit == 0 || limit > LOG_PAGE_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit: must be between 1 and {LOG_PAGE_MAX}"
+        )));
+    }
+    let after = q
+        .after
+        .filter(|a| !a.is_empty())
+        .map(|a| LogCursor::parse(&a))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("after: {e}")))?;
+    Ok(LogPage { after, limit })
+}
+
+/// `GET /api/deployments/{id}/tasks/{task}/log?after=&limit=`: a page of the task's output,
+/// oldest first; `next` is the `after` of the page that follows.
 pub(super) async fn task_log(
     State(app): State<AppState>,
     Path((id, task)): Path<(String, String)>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TaskLog>, ApiError> {
-    let d = load(&app, &id)?;
+    let id = parse_id(&id)?;
     let task_id = TaskId::parse(&task).map_err(|_| {
         ApiError::bad_request(format!("task: \"{task}\" is not a task id (a UUID)"))
     })?;
-    let doc: TaskDoc = app
-        .log
-        .doc(Proj::Tasks, task_id.as_bytes())?
-        .filter(|t: &TaskDoc| t.deployment == d.id)
-        .ok_or_else(|| ApiError::not_found(format!("deployment {} has no task {task_id}", d.id)))?;
-    let lines = app
-        .log
-        .task_output(&task_id)?
+    let page = log_page(query)?;
+    let (doc, (lines, more)) = app
+        .read(move |log| {
+            let d = find(log, id)?;
+            let doc: TaskDoc = log
+                .doc(Proj::Tasks, task_id.as_bytes())?
+                .filter(|t: &TaskDoc| t.deployment == d.id)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("deployment {} has no task {task_id}", d.id))
+                })?;
+            Ok((doc, log.task_output_page(&task_id, page.after, page.limit)?))
+        })
+        .await?;
+    let next = lines.last().map(|(c, _)| *c).or(page.after);
+    let lines = lines
         .into_iter()
-        .map(|(attempt, run, l)| LogLine {
-            attempt,
-            run,
+        .map(|(c, l)| LogLine {
+            attempt: c.attempt,
+            run: c.run,
             stream: l.stream,
             at: l.at,
             line: l.line,
@@ -357,14 +301,183 @@ pub(super) async fn task_log(
         task: task_id,
         state: doc.state,
         lines,
+        next,
+        more,
     }))
 }
 
-fn load(app: &AppState, id: &str) -> Result<DeploymentDoc, ApiError> {
-    let id = DeploymentId::parse(id).map_err(|_| {
-        ApiError::bad_request(format!("id: \"{id}\" is not a deployment id (a UUID)"))
-    })?;
-    app.log
-        .doc(Proj::Deployments, id.as_bytes())?
+fn parse_id(id: &str) -> Result<DeploymentId, ApiError> {
+    DeploymentId::parse(id)
+        .map_err(|_| ApiError::bad_request(format!("id: \"{id}\" is not a deployment id (a UUID)")))
+}
+
+async fn load(app: &AppState, id: DeploymentId) -> Result<DeploymentDoc, ApiError> {
+    app.read(move |log| find(log, id)).await
+}
+
+fn find(log: &EventLog, id: DeploymentId) -> Result<DeploymentDoc, ApiError> {
+    log.doc(Proj::Deployments, id.as_bytes())?
         .ok_or_else(|| ApiError::not_found(format!("unknown deployment {id}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::state::Row;
+    use crate::log::{BatchWrite, row_write};
+    use shoal_shared::{OutputLine, OutputStream, Timestamp};
+
+    fn query(after: Option<&str>, limit: Option<usize>) -> Result<LogPage, ApiError> {
+        log_page(Ok(Query(LogQuery {
+            after: after.map(str::to_owned),
+            limit,
+        })))
+    }
+
+    fn message(e: ApiError) -> String {
+        format!("{} {}", e.status.as_u16(), e.message)
+    }
+
+    #[test]
+    fn a_log_page_is_the_default_size_from_the_start_unless_asked() {
+        assert_eq!(
+            query(None, None).ok(),
+            Some(LogPage {
+                after: None,
+                limit: LOG_PAGE_DEFAULT
+            })
+        );
+        let page = query(Some("2.1.9"), Some(LOG_PAGE_MAX)).ok();
+        assert_eq!(
+            page,
+            Some(LogPage {
+                after: Some(LogCursor {
+                    attempt: 2,
+                    run: 1,
+                    line: 9
+                }),
+                limit: LOG_PAGE_MAX
+            })
+        );
+    }
+
+    #[test]
+    fn a_bad_page_is_refused_naming_the_parameter_and_its_range() {
+        for limit in [0, LOG_PAGE_MAX + 1] {
+            let e = message(
+                query(None, Some(limit))
+                    .err()
+                    .unwrap_or(ApiError::not_found("")),
+            );
+            assert_eq!(e, "400 limit: must be between 1 and 10000");
+        }
+        let e = message(
+            query(Some("7"), None)
+                .err()
+                .unwrap_or(ApiError::not_found("")),
+        );
+        assert!(e.starts_with("400 after: \"7\" is not a log cursor"), "{e}");
+    }
+
+    /// Writes `lines` output lines of `task` for each (attempt, run).
+    fn write_output(log: &EventLog, task: TaskId, runs: &[(u32, u32)], lines: u64) {
+        write_lines(log, task, runs, lines, "");
+    }
+
+    /// As [`write_output`], each line followed by `pad`.
+    fn write_lines(log: &EventLog, task: TaskId, runs: &[(u32, u32)], lines: u64, pad: &str) {
+        let mut batch = BatchWrite::default();
+        for &(attempt, delivery) in runs {
+            for line_no in 0..lines {
+                let row = Row::Output {
+                    task,
+                    attempt,
+                    delivery,
+                    line_no,
+                    line: OutputLine {
+                        stream: OutputStream::Stdout,
+                        at: Timestamp(0),
+                        line: format!("{attempt}.{delivery} line {line_no}{pad}"),
+                    },
+                };
+                let (p, key, value) = row_write(&row).unwrap_or_else(|e| panic!("{e}"));
+                batch.proj.push((p, key, Some(value)));
+            }
+        }
+        log.write(&batch).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn pages_of_a_task_log_give_every_line_once_in_order() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let log = EventLog::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let (task, before, after) = (TaskId::new(), TaskId::new(), TaskId::new());
+        // Neighbours in key order on both sides must not leak into the pages.
+        let mut ids = [task, before, after];
+        ids.sort();
+        let [before, task, after] = ids;
+        write_output(&log, before, &[(1, 1)], 5);
+        write_output(&log, task, &[(1, 1), (1, 2), (2, 1)], 7);
+        write_output(&log, after, &[(1, 1)], 5);
+        let all = log.task_output(&task).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(all.len(), 21);
+
+        let mut paged = Vec::new();
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let (lines, more) = log
+                .task_output_page(&task, cursor, 4)
+                .unwrap_or_else(|e| panic!("{e}"));
+            pages += 1;
+            assert!(lines.len() == 4 || !more, "a short page is the last");
+            cursor = lines.last().map(|(c, _)| *c).or(cursor);
+            paged.extend(lines);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(pages, 6);
+        let expected: Vec<(u32, u32, OutputLine)> = paged
+            .iter()
+            .map(|(c, l)| (c.attempt, c.run, l.clone()))
+            .collect();
+        assert_eq!(expected, all);
+        // Past the end: nothing, and nothing more.
+        let (rest, more) = log
+            .task_output_page(&task, cursor, 4)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(rest.is_empty() && !more);
+        // A page exactly as long as what is left says there is no more.
+        let (lines, more) = log
+            .task_output_page(&task, None, 21)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((lines.len(), more), (21, false));
+    }
+
+    #[test]
+    fn a_page_of_long_lines_ends_after_about_four_mib() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let log = EventLog::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let task = TaskId::new();
+        // 100 lines of 64 KiB: 6.4 MiB.
+        write_lines(&log, task, &[(1, 1)], 100, &"x".repeat(64 * 1024));
+        let (first, more) = log
+            .task_output_page(&task, None, LOG_PAGE_MAX)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            more && first.len() == 64,
+            "{} lines, more: {more}",
+            first.len()
+        );
+        let after = first.last().map(|(c, _)| *c);
+        let (rest, more) = log
+            .task_output_page(&task, after, LOG_PAGE_MAX)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !more && rest.len() == 36,
+            "{} lines, more: {more}",
+            rest.len()
+        );
+    }
 }

@@ -4,9 +4,9 @@ use super::{ApiError, AppState};
 use crate::log::decode_event;
 use axum::Json;
 use axum::extract::{Query, State};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use shoal_shared::api::EventView;
 use shoal_shared::events::Envelope;
-use shoal_shared::{EventId, Timestamp};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
@@ -18,22 +18,6 @@ pub struct EventQuery {
     #[serde(default)]
     after: u64,
     limit: Option<usize>,
-}
-
-/// One record as the API shows it.
-#[derive(Serialize)]
-pub struct EventView {
-    seq: u64,
-    event_id: EventId,
-    time: Timestamp,
-    stream: String,
-    #[serde(rename = "type")]
-    event_type: String,
-    schema_version: u16,
-    correlation_id: Option<uuid::Uuid>,
-    causation_id: Option<uuid::Uuid>,
-    data: serde_json::Value,
-    prev_hash: String,
 }
 
 pub(super) async fn list(
@@ -52,11 +36,17 @@ pub(super) async fn list(
             "limit: must be between 1 and {MAX_LIMIT}"
         )));
     }
-    let records = match &q.stream {
-        Some(stream) if !stream.is_empty() => app.log.read_stream(stream, q.after, limit)?,
-        _ => app.log.read(q.after, limit)?,
-    };
-    Ok(Json(records.into_iter().map(view).collect()))
+    // Decoding up to MAX_LIMIT events is work too: it stays on the blocking thread.
+    let views = app
+        .read(move |log| {
+            let records = match &q.stream {
+                Some(stream) if !stream.is_empty() => log.read_stream(stream, q.after, limit)?,
+                _ => log.read(q.after, limit)?,
+            };
+            Ok(records.into_iter().map(view).collect())
+        })
+        .await?;
+    Ok(Json(views))
 }
 
 /// The API view of a record: the event's fields under `data`.

@@ -1,7 +1,9 @@
 //! The HTTP API (JSON). Writes go through the log writer and are answered after their events
-//! are durable; reads come from the committed projection trees. Errors are
-//! `{"error": "<what is wrong and what to do>"}` with 400, 404, 409 (500 for failures of the
-//! planner itself).
+//! are durable; reads come from the committed projection trees, on tokio's blocking threads
+//! ([`AppState::read`]) so a slow disk never stalls the runtime. The bodies are the types of
+//! [`shoal_shared::api`], which the CLI reads. Errors are
+//! `{"error": "<what is wrong and what to do>"}` with 400, 404, 409; a failure of the planner
+//! itself is a 500 whose cause goes to the planner's log under an id the answer names.
 
 mod deployments;
 mod events;
@@ -19,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::de::DeserializeOwned;
 use shoal_shared::PoolName;
+use shoal_shared::api::{ErrorBody, StatusView};
 use shoal_shared::subjects::Subjects;
 
 /// What every handler can reach.
@@ -33,6 +36,25 @@ pub struct AppState {
     pub health_deadline_secs: u64,
     /// Cancelled when the planner stops; ends background work started by handlers.
     pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl AppState {
+    /// Runs a read of the log on tokio's blocking threads: sled reads block, and one that
+    /// waits for the disk must not hold a runtime thread that other requests (and the
+    /// writer's answers) need.
+    ///
+    /// # Errors
+    /// What `read` answers; a read that panicked is an internal error.
+    pub async fn read<T, F>(&self, read: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&EventLog) -> Result<T, ApiError> + Send + 'static,
+    {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || read(&log))
+            .await
+            .map_err(|e| ApiError::internal("a read of the event log", &e))?
+    }
 }
 
 /// The API's routes.
@@ -106,11 +128,28 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 500: the planner failed. The cause is logged here, once, under a fresh id; the
+    /// client gets only the id, since storage errors can name paths and internals that are
+    /// none of its business.
+    pub fn internal(what: &str, cause: &dyn std::fmt::Display) -> ApiError {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = &id[..12];
+        tracing::error!(error.id = id, error = %cause, "{what} failed");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("internal error {id}; see the planner's log"),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            axum::Json(serde_json::json!({ "error": self.message })),
+            axum::Json(ErrorBody {
+                error: self.message,
+            }),
         )
             .into_response()
     }
@@ -135,11 +174,7 @@ impl From<WriteError> for ApiError {
 
 impl From<LogError> for ApiError {
     fn from(e: LogError) -> ApiError {
-        tracing::error!(error = %e, "event log read failed");
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: e.to_string(),
-        }
+        ApiError::internal("a read of the event log", &e)
     }
 }
 
@@ -191,24 +226,60 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// Deserializes a field that may be absent (`None`), `null` (`Some(None)`) or set.
-pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    T: serde::Deserialize<'de>,
-    D: serde::Deserializer<'de>,
-{
-    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
-}
-
 /// What the planner holds: the log's last sequence, and the unfinished deployments and their
 /// tasks the writer keeps in memory (finished ones stay on disk).
 async fn status(
     axum::extract::State(app): axum::extract::State<AppState>,
-) -> axum::Json<serde_json::Value> {
+) -> axum::Json<StatusView> {
     let (deployments, tasks, seq) = app.writer.in_memory();
-    axum::Json(serde_json::json!({
-        "log_seq": seq,
-        "deployments_in_memory": deployments,
-        "tasks_in_memory": tasks,
-    }))
+    axum::Json(StatusView {
+        log_seq: seq,
+        deployments_in_memory: deployments,
+        tasks_in_memory: tasks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(e: ApiError) -> (StatusCode, ErrorBody) {
+        let response = e.into_response();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(ErrorBody {
+            error: String::from_utf8_lossy(&bytes).into_owned(),
+        });
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn a_storage_failure_is_a_500_naming_only_an_id() {
+        let e = LogError::Corrupt("chunk at /var/lib/shoal/log/db is truncated".into());
+        let (status, body) = body_of(ApiError::from(e)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            body.error.starts_with("internal error ")
+                && body.error.ends_with("; see the planner's log"),
+            "{}",
+            body.error
+        );
+        assert!(
+            !body.error.contains("/var/lib") && !body.error.contains("truncated"),
+            "{}",
+            body.error
+        );
+        let (_, again) = body_of(ApiError::from(LogError::Corrupt("x".into()))).await;
+        assert_ne!(body.error, again.error, "each failure has its own id");
+    }
+
+    #[tokio::test]
+    async fn a_rejection_keeps_its_message_and_status() {
+        let e = WriteError::Rejected(Rejection::NotFound("unknown pool \"x\"".into()));
+        let (status, body) = body_of(ApiError::from(e)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body.error, "unknown pool \"x\"");
+    }
 }

@@ -7,29 +7,8 @@ use crate::log::Proj;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use shoal_shared::{Pool, PoolName, RegionName, Timestamp};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreatePool {
-    name: PoolName,
-    #[serde(default)]
-    region: Option<RegionName>,
-    #[serde(default)]
-    description: Option<String>,
-}
-
-/// A pool as the API shows it.
-#[derive(Serialize)]
-pub struct PoolView {
-    name: PoolName,
-    region: Option<RegionName>,
-    description: Option<String>,
-    registered_at: Timestamp,
-    is_default: bool,
-    workers_online: usize,
-}
+use shoal_shared::api::{CreatePool, PoolView};
+use shoal_shared::{Pool, Timestamp};
 
 pub(super) async fn create(
     State(app): State<AppState>,
@@ -42,15 +21,18 @@ pub(super) async fn create(
     };
     // Its queue consumer is created by the effect of the registration, once it is durable.
     app.writer.execute(Command::RegisterPool(pool)).await?;
+    let name = req.name;
     let doc: PoolDoc = app
-        .log
-        .doc(Proj::Pools, req.name.as_str().as_bytes())?
-        .ok_or_else(|| ApiError::not_found("pool vanished"))?;
+        .read(move |log| {
+            log.doc(Proj::Pools, name.as_str().as_bytes())?
+                .ok_or_else(|| ApiError::not_found("pool vanished"))
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(view(&app, doc))))
 }
 
 pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<PoolView>>, ApiError> {
-    let docs: Vec<PoolDoc> = app.log.docs(Proj::Pools)?;
+    let docs: Vec<PoolDoc> = app.read(|log| Ok(log.docs(Proj::Pools)?)).await?;
     Ok(Json(docs.into_iter().map(|d| view(&app, d)).collect()))
 }
 

@@ -1,92 +1,20 @@
 //! `POST /api/targets`, `GET /api/targets`, `GET|PUT /api/targets/{name}`, and health:
 //! `GET /api/targets/{name}/health` (history), `POST /api/targets/{name}/health-check`.
 
-use super::{ApiError, AppState, JsonBody, double_option};
+use super::{ApiError, AppState, JsonBody};
 use crate::domain::Command;
 use crate::domain::decide::TargetUpdate;
 use crate::domain::state::{HealthRecord, TargetDoc};
-use crate::log::Proj;
+use crate::log::{EventLog, Proj};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use shoal_shared::events::CheckTrigger;
-use shoal_shared::{
-    CheckId, EnvironmentName, HealthCheck, HealthState, PoolName, PoolRule, RoleName, Target,
-    TargetKind, TargetName, Timestamp, WorkerName,
+use shoal_shared::api::{
+    CheckingView, CreateTarget, HealthHistory, HealthRecordView, HealthView, TargetView,
+    UpdateTarget,
 };
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateTarget {
-    name: TargetName,
-    kind: TargetKind,
-    environment: EnvironmentName,
-    #[serde(default)]
-    roles: Vec<RoleName>,
-    #[serde(default)]
-    endpoint: Option<String>,
-    #[serde(default)]
-    default_pool: Option<PoolName>,
-    #[serde(default)]
-    health_check: Option<HealthCheck>,
-    #[serde(default)]
-    health_interval_secs: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct UpdateTarget {
-    #[serde(default)]
-    kind: Option<TargetKind>,
-    #[serde(default)]
-    environment: Option<EnvironmentName>,
-    #[serde(default)]
-    roles: Option<Vec<RoleName>>,
-    #[serde(default, deserialize_with = "double_option")]
-    endpoint: Option<Option<String>>,
-    #[serde(default, deserialize_with = "double_option")]
-    default_pool: Option<Option<PoolName>>,
-    #[serde(default, deserialize_with = "double_option")]
-    health_check: Option<Option<HealthCheck>>,
-    #[serde(default, deserialize_with = "double_option")]
-    health_interval_secs: Option<Option<u64>>,
-}
-
-/// A target as the API shows it: its definition, the probe its checks run, and its health.
-#[derive(Serialize)]
-pub struct TargetView {
-    #[serde(flatten)]
-    target: Target,
-    registered_at: Timestamp,
-    updated_at: Timestamp,
-    /// The probe checks run: the explicit `health_check`, or the default for the endpoint.
-    probe: Option<HealthCheck>,
-    health: HealthView,
-}
-
-/// A target's health now.
-#[derive(Serialize)]
-pub struct HealthView {
-    state: HealthState,
-    reason: Option<String>,
-    checked_at: Option<Timestamp>,
-    worker: Option<WorkerName>,
-    pool: Option<PoolName>,
-    rule: Option<PoolRule>,
-    duration_ms: Option<u64>,
-    check: Option<CheckId>,
-    /// A check on its way: its id and pool.
-    checking: Option<CheckingView>,
-}
-
-#[derive(Serialize)]
-pub struct CheckingView {
-    check: CheckId,
-    pool: PoolName,
-    rule: Option<PoolRule>,
-    deadline_at: Option<Timestamp>,
-}
+use shoal_shared::events::CheckTrigger;
+use shoal_shared::{CheckId, RoleName, Target, TargetName, Timestamp};
 
 fn view(doc: TargetDoc) -> TargetView {
     let h = doc.health.clone();
@@ -130,7 +58,7 @@ pub(super) async fn create(
         health_interval_secs: req.health_interval_secs,
     };
     app.writer.execute(Command::RegisterTarget(target)).await?;
-    Ok((StatusCode::CREATED, Json(view(load(&app, &name)?))))
+    Ok((StatusCode::CREATED, Json(view(load(&app, name).await?))))
 }
 
 pub(super) async fn update(
@@ -154,11 +82,11 @@ pub(super) async fn update(
             update,
         })
         .await?;
-    Ok(Json(view(load(&app, &name)?)))
+    Ok(Json(view(load(&app, name).await?)))
 }
 
 pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<TargetView>>, ApiError> {
-    let docs: Vec<TargetDoc> = app.log.docs(Proj::Targets)?;
+    let docs: Vec<TargetDoc> = app.read(|log| Ok(log.docs(Proj::Targets)?)).await?;
     Ok(Json(docs.into_iter().map(view).collect()))
 }
 
@@ -167,16 +95,7 @@ pub(super) async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<TargetView>, ApiError> {
     let name = TargetName::parse(name).map_err(|e| ApiError::not_found(e.to_string()))?;
-    Ok(Json(view(load(&app, &name)?)))
-}
-
-/// A target's health history, oldest first.
-#[derive(Serialize)]
-pub struct HealthHistory {
-    target: TargetName,
-    state: HealthState,
-    checking: Option<CheckingView>,
-    history: Vec<HealthRecord>,
+    Ok(Json(view(load(&app, name).await?)))
 }
 
 pub(super) async fn health(
@@ -184,9 +103,9 @@ pub(super) async fn health(
     Path(name): Path<String>,
 ) -> Result<Json<HealthHistory>, ApiError> {
     let name = TargetName::parse(name).map_err(|e| ApiError::not_found(e.to_string()))?;
-    let doc = load(&app, &name)?;
+    let doc = load(&app, name.clone()).await?;
     let state = doc.health_state();
-    let history = doc.health_history.clone();
+    let history = doc.health_history.iter().map(record_view).collect();
     Ok(Json(HealthHistory {
         target: name,
         state,
@@ -213,7 +132,7 @@ pub(super) async fn check(
             deadline_secs: app.health_deadline_secs,
         })
         .await?;
-    let doc = load(&app, &name)?;
+    let doc = load(&app, name).await?;
     let wanted = if appended.seqs.is_empty() {
         doc.pending_check.as_ref().map(|p| p.check)
     } else {
@@ -242,26 +161,44 @@ pub(super) async fn check(
     Ok((StatusCode::ACCEPTED, Json(found)))
 }
 
-fn load(app: &AppState, name: &TargetName) -> Result<TargetDoc, ApiError> {
-    app.log
-        .doc(Proj::Targets, name.as_str().as_bytes())?
-        .ok_or_else(|| {
-            let known: Vec<String> = app
-                .log
-                .docs::<TargetDoc>(Proj::Targets)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|t| t.target.name.to_string())
-                .collect();
-            ApiError::not_found(format!(
-                "unknown target \"{name}\" (known: {})",
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ))
-        })
+async fn load(app: &AppState, name: TargetName) -> Result<TargetDoc, ApiError> {
+    app.read(move |log| {
+        log.doc(Proj::Targets, name.as_str().as_bytes())?
+            .ok_or_else(|| unknown(log, &name))
+    })
+    .await
+}
+
+/// 404 for an unknown target, naming the known ones.
+fn unknown(log: &EventLog, name: &TargetName) -> ApiError {
+    let known: Vec<String> = log
+        .docs::<TargetDoc>(Proj::Targets)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.target.name.to_string())
+        .collect();
+    ApiError::not_found(format!(
+        "unknown target \"{name}\" (known: {})",
+        if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        }
+    ))
+}
+
+fn record_view(r: &HealthRecord) -> HealthRecordView {
+    HealthRecordView {
+        check: r.check,
+        state: r.state,
+        reason: r.reason.clone(),
+        checked_at: r.checked_at,
+        worker: r.worker.clone(),
+        pool: r.pool.clone(),
+        rule: r.rule,
+        duration_ms: r.duration_ms,
+        task: r.task,
+    }
 }
 
 fn dedup(mut roles: Vec<RoleName>) -> Vec<RoleName> {

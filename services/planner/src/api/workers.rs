@@ -8,34 +8,11 @@ use crate::log::Proj;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Serialize;
-use shoal_shared::{PoolName, RegionName, Timestamp, WorkerName};
-
-/// A worker as the API shows it.
-#[derive(Serialize)]
-pub struct WorkerView {
-    name: WorkerName,
-    pool: PoolName,
-    region: Option<RegionName>,
-    slots: u32,
-    busy_slots: u32,
-    /// `online`, `draining` (online, taking no new tasks), `offline` (missed
-    /// [`MISSED_BEATS`](crate::liveness::MISSED_BEATS) heartbeats) or `left`.
-    status: &'static str,
-    /// Maintenance drain asked for (it survives restarts of the worker) until resumed.
-    drain_requested: bool,
-    /// `healthy`, `healthy_with_warnings` (see `warnings`), or `offline`.
-    health: &'static str,
-    warnings: Vec<String>,
-    free_disk_mb: Option<u64>,
-    last_seen: Option<Timestamp>,
-    joined_at: Timestamp,
-    left_at: Option<Timestamp>,
-    version: String,
-}
+use shoal_shared::api::{DrainView, WorkerHealth, WorkerStatus, WorkerView};
+use shoal_shared::{Timestamp, WorkerName};
 
 pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<WorkerView>>, ApiError> {
-    let docs: Vec<WorkerDoc> = app.log.docs(Proj::Workers)?;
+    let docs: Vec<WorkerDoc> = app.read(|log| Ok(log.docs(Proj::Workers)?)).await?;
     let live = app.liveness.snapshot();
     let now = Timestamp::now();
     let views = docs
@@ -48,17 +25,18 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<WorkerV
                 _ => false,
             };
             let online = !left && l.is_some_and(|l| l.online(now));
+            // Offline: missed `liveness::MISSED_BEATS` heartbeats in a row.
             let status = match (left, online, l.is_some_and(|l| l.draining)) {
-                (true, _, _) => "left",
-                (false, false, _) => "offline",
-                (false, true, true) => "draining",
-                (false, true, false) => "online",
+                (true, _, _) => WorkerStatus::Left,
+                (false, false, _) => WorkerStatus::Offline,
+                (false, true, true) => WorkerStatus::Draining,
+                (false, true, false) => WorkerStatus::Online,
             };
             let warnings = l.map(|l| l.warnings.clone()).unwrap_or_default();
             let health = match (online, warnings.is_empty()) {
-                (false, _) => "offline",
-                (true, true) => "healthy",
-                (true, false) => "healthy_with_warnings",
+                (false, _) => WorkerHealth::Offline,
+                (true, true) => WorkerHealth::Healthy,
+                (true, false) => WorkerHealth::HealthyWithWarnings,
             };
             WorkerView {
                 health,
@@ -81,13 +59,6 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<WorkerV
         })
         .collect();
     Ok(Json(views))
-}
-
-/// The answer to drain and resume.
-#[derive(Serialize)]
-pub struct DrainView {
-    name: WorkerName,
-    drain_requested: bool,
 }
 
 pub(super) async fn drain(

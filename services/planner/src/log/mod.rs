@@ -26,11 +26,12 @@ use crate::domain::state::{DeploymentDoc, PoolDoc, Row, TargetDoc, TaskDoc, Work
 use crate::domain::{DocKey, State};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+use shoal_shared::api::LogCursor;
 use shoal_shared::codec::{self, CodecError};
 use shoal_shared::events::{Envelope, Event};
 use shoal_shared::{DeploymentId, EventId, OutputLine, TaskId};
 use std::collections::BTreeMap;
-use std::ops::Range;
+use std::ops::{Bound, Range};
 use std::path::Path;
 
 /// Why the log could not be read or written. All of these are infrastructure failures: the
@@ -705,6 +706,74 @@ impl EventLog {
                 Ok((number(16), number(20), codec::decode("output line", &v)?))
             })
             .collect()
+    }
+
+    /// One page of a task's output: up to `limit` lines after the cursor `after` (from the
+    /// first line when `None`), in order, each with its own cursor, and whether more lines
+    /// follow. Reads only that page: a range scan from the cursor's key. A page also ends
+    /// once it holds about 4 MiB of stored lines, so that long lines (up to 64 KiB each)
+    /// cannot make one page of a few hundred MiB.
+    ///
+    /// # Errors
+    /// Storage failure or undecodable rows.
+    pub fn task_output_page(
+        &self,
+        task: &TaskId,
+        after: Option<LogCursor>,
+        limit: usize,
+    ) -> Result<(Vec<(LogCursor, OutputLine)>, bool), LogError> {
+        let prefix = Proj::Output.key(task.as_bytes());
+        let start = match after {
+            Some(c) => {
+                let mut key = prefix.clone();
+                key.extend_from_slice(&c.attempt.to_be_bytes());
+                key.extend_from_slice(&c.run.to_be_bytes());
+                key.extend_from_slice(&c.line.to_be_bytes());
+                Bound::Excluded(key)
+            }
+            None => Bound::Included(prefix.clone()),
+        };
+        const PAGE_BYTES: usize = 4 * 1024 * 1024;
+        let mut lines = Vec::with_capacity(limit.min(1024));
+        let mut bytes = 0;
+        // One row past the page says whether there is more.
+        for kv in self
+            .tree
+            .range((start, Bound::Unbounded))
+            .take(limit.saturating_add(1))
+        {
+            let (k, v) = kv?;
+            let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            if lines.len() == limit || bytes >= PAGE_BYTES {
+                return Ok((lines, true));
+            }
+            bytes += v.len();
+            let number = |at: usize| {
+                rest.get(at..at + 4)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            };
+            let cursor = match (
+                number(0),
+                number(4),
+                <[u8; 8]>::try_from(rest.get(8..).unwrap_or_default()),
+            ) {
+                (Some(attempt), Some(run), Ok(line)) => LogCursor {
+                    attempt: u32::from_be_bytes(attempt),
+                    run: u32::from_be_bytes(run),
+                    line: u64::from_be_bytes(line),
+                },
+                _ => {
+                    return Err(LogError::Corrupt(format!(
+                        "output key of {} bytes",
+                        k.len() - 2
+                    )));
+                }
+            };
+            lines.push((cursor, codec::decode("output line", &v)?));
+        }
+        Ok((lines, false))
     }
 
     /// Reads one projection document.
