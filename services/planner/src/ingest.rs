@@ -5,10 +5,10 @@
 //! Heartbeats (core NATS) update the in-memory liveness view. Anything undecodable is
 //! recorded as `MessageRejected` and acknowledged, so it never blocks the queue.
 
-use crate::domain::Command;
+use crate::domain::{Command, Rejection};
 use crate::liveness::Liveness;
-use crate::log::writer::WriterHandle;
-use async_nats::jetstream;
+use crate::log::writer::{Appended, WriterHandle};
+use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use shoal_shared::EventId;
@@ -16,11 +16,18 @@ use shoal_shared::codec;
 use shoal_shared::messages::{Heartbeat, KIND_HEADER, decode_results};
 use shoal_shared::subjects::Subjects;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Messages being appended at once (each a report or a batch of them).
 const MAX_IN_FLIGHT: usize = 4096;
+
+/// A result message with the writer's answers to its commands (one per report), which
+/// arrive once the commands' batches are durable.
+type Pending = (
+    Vec<oneshot::Receiver<Result<Appended, Rejection>>>,
+    jetstream::Message,
+);
 
 /// Consumes the results stream until shutdown.
 pub async fn results(
@@ -29,56 +36,11 @@ pub async fn results(
     writer: WriterHandle,
     shutdown: CancellationToken,
 ) {
-    // Each message with the writer's answers to its commands (one per report), which arrive
-    // once the commands' batches are durable.
-    let (ack_tx, mut ack_rx) = mpsc::channel::<(
-        Vec<tokio::sync::oneshot::Receiver<_>>,
-        jetstream::Message,
-    )>(MAX_IN_FLIGHT);
-    // Acks in submission order, each after all its commands' batches are durable.
-    let acker = tokio::spawn(async move {
-        while let Some((replies, msg)) = ack_rx.recv().await {
-            for reply in replies {
-                if reply.await.is_err() {
-                    // The writer stopped before the report was durable: leave the message
-                    // unacknowledged, to be redelivered.
-                    return;
-                }
-            }
-            if let Err(e) = msg.ack().await {
-                tracing::debug!(error = %e, "result ack not sent; it will be redelivered and de-duplicated");
-            }
-        }
-    });
+    let (ack_tx, ack_rx) = mpsc::channel::<Pending>(MAX_IN_FLIGHT);
+    let acker = tokio::spawn(ack_in_order(ack_rx));
     while !shutdown.is_cancelled() {
-        let consumer = shoal_runtime::nats::pull_consumer(
-            &js,
-            &subjects.results_stream(),
-            &subjects.results_consumer(),
-        )
-        .await;
-        let consumer = match consumer {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "results consumer unavailable; retrying");
-                sleep_or(&shutdown, Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let mut messages = match consumer
-            .stream()
-            .max_messages_per_batch(1000)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot pull results; retrying");
-                sleep_or(&shutdown, Duration::from_secs(1)).await;
-                continue;
-            }
+        let Some(mut messages) = open_messages(&js, &subjects, &shutdown).await else {
+            continue;
         };
         loop {
             let next = tokio::select! {
@@ -93,27 +55,9 @@ pub async fn results(
                     break;
                 }
             };
-            let kind = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(KIND_HEADER))
-                .map(|v| v.as_str());
-            let cmds: Vec<Command> = match decode_results(kind, &msg.payload) {
-                Ok(reports) => reports.into_iter().map(Command::WorkerReport).collect(),
-                Err(e) => {
-                    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-                    tracing::warn!(error = %e, subject = %msg.subject, "rejecting a malformed worker report");
-                    vec![Command::RejectMessage {
-                        id: stable_id(&subjects.results_stream(), seq),
-                        subject: msg.subject.to_string(),
-                        reason: e.to_string(),
-                        bytes: msg.payload.to_vec(),
-                    }]
-                }
-            };
             // In order, so a batch's reports enter the log as the worker sent them.
-            let mut replies = Vec::with_capacity(cmds.len());
-            for cmd in cmds {
+            let mut replies = Vec::new();
+            for cmd in commands_of(&msg, &subjects) {
                 match writer.submit(cmd).await {
                     Ok(reply) => replies.push(reply),
                     Err(_) => return,
@@ -126,6 +70,83 @@ pub async fn results(
     }
     drop(ack_tx);
     let _ = acker.await;
+}
+
+/// Acks messages in submission order, each after all its commands' batches are durable.
+async fn ack_in_order(mut pending: mpsc::Receiver<Pending>) {
+    while let Some((replies, msg)) = pending.recv().await {
+        for reply in replies {
+            if reply.await.is_err() {
+                // The writer stopped before the report was durable: leave the message
+                // unacknowledged, to be redelivered.
+                return;
+            }
+        }
+        if let Err(e) = msg.ack().await {
+            tracing::debug!(error = %e, "result ack not sent; it will be redelivered and de-duplicated");
+        }
+    }
+}
+
+/// Binds the planner's results consumer and starts pulling; on failure, waits a second (or
+/// until shutdown) and answers `None` so the caller tries again.
+async fn open_messages(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    shutdown: &CancellationToken,
+) -> Option<pull::Stream> {
+    let consumer = shoal_runtime::nats::pull_consumer(
+        js,
+        &subjects.results_stream(),
+        &subjects.results_consumer(),
+    )
+    .await;
+    let consumer = match consumer {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "results consumer unavailable; retrying");
+            sleep_or(shutdown, Duration::from_secs(1)).await;
+            return None;
+        }
+    };
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(1000)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await;
+    match messages {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot pull results; retrying");
+            sleep_or(shutdown, Duration::from_secs(1)).await;
+            None
+        }
+    }
+}
+
+/// The commands a result message carries: its reports, or the record of a message that
+/// could not be read.
+fn commands_of(msg: &jetstream::Message, subjects: &Subjects) -> Vec<Command> {
+    let kind = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(KIND_HEADER))
+        .map(|v| v.as_str());
+    match decode_results(kind, &msg.payload) {
+        Ok(reports) => reports.into_iter().map(Command::WorkerReport).collect(),
+        Err(e) => {
+            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+            tracing::warn!(error = %e, subject = %msg.subject, "rejecting a malformed worker report");
+            vec![Command::RejectMessage {
+                id: stable_id(&subjects.results_stream(), seq),
+                subject: msg.subject.to_string(),
+                reason: e.to_string(),
+                bytes: msg.payload.to_vec(),
+            }]
+        }
+    }
 }
 
 /// The id of a rejected message: derived from its place in the stream, so a redelivery is
