@@ -19,6 +19,11 @@ use tokio_util::time::{DelayQueue, delay_queue};
 /// log must not make the schedule spin).
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The longest: the timer queue refuses (panics on) deadlines more than about 795 days
+/// away, and a target may ask for any number of seconds. A check once a year is as good as
+/// never for anything longer.
+const MAX_INTERVAL: Duration = Duration::from_secs(365 * 86_400);
+
 /// When each scheduled target is checked next.
 pub struct Schedule {
     /// The planner's interval; zero: nothing is scheduled.
@@ -55,7 +60,7 @@ impl Schedule {
             Some(CheckEvery::PlannerInterval) => Some(self.interval),
             Some(CheckEvery::Secs(s)) => Some(Duration::from_secs(s)),
         }
-        .map(|d| d.max(MIN_INTERVAL));
+        .map(|d| d.clamp(MIN_INTERVAL, MAX_INTERVAL));
         match (every, self.targets.get_mut(&target)) {
             (None, Some(_)) => {
                 if let Some((key, _)) = self.targets.remove(&target) {
@@ -113,6 +118,19 @@ mod tests {
 
     fn name(s: &str) -> TargetName {
         TargetName::parse(s).expect("valid")
+    }
+
+    /// A timer queue panics on a deadline beyond about 795 days, which would end the
+    /// effects runner that owns the schedule.
+    #[tokio::test]
+    async fn any_interval_a_target_or_the_planner_asks_for_is_scheduled_without_a_panic() {
+        let mut s = Schedule::new(Duration::from_secs(u64::MAX), Duration::from_secs(30));
+        s.set(name("web-1"), Some(CheckEvery::Secs(u64::MAX)));
+        s.set(name("web-2"), Some(CheckEvery::PlannerInterval));
+        s.set(name("web-1"), Some(CheckEvery::Secs(1_000_000_000)));
+        assert_eq!(s.targets.len(), 2);
+        let none = tokio::time::timeout(Duration::from_millis(50), s.next()).await;
+        assert!(none.is_err(), "nothing is due this soon");
     }
 
     #[tokio::test]
