@@ -388,3 +388,68 @@ fn graces(effects: &[Effect]) -> Vec<DeploymentId> {
         })
         .collect()
 }
+
+/// A failed deployment's other running tasks are told to stop. No state can tell that again,
+/// so when the batch carrying the stops is dropped (the runner is behind), the writer keeps
+/// the stops and sends them with the resync.
+#[tokio::test]
+async fn the_stops_of_a_dropped_effects_batch_come_back_with_the_resync() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut p = start(dir.path(), 64, 1);
+    targets(&p.handle, 2).await;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), p.effects.recv()).await
+    {
+    }
+    deploy(&p.handle).await;
+    let planned = p.tasks.ready(&p.handle).await;
+    assert_eq!(planned.len(), 2, "both targets' tasks run at once");
+    for t in &planned {
+        let started = WorkerBody::TaskStarted {
+            deployment: t.deployment,
+            task: t.task,
+            attempt: t.attempt,
+            delivery: 1,
+        };
+        execute(&p.handle, report(t, started)).await;
+    }
+    // A pool's registration fills the channel (its consumer is an effect) ...
+    let pool = serde_json::from_value(json!({"name": "filler"})).expect("valid pool");
+    execute(&p.handle, Command::RegisterPool(pool)).await;
+    // ... so the failure's batch, which stops the other running task, is dropped.
+    let (failed, other) = (&planned[0], &planned[1]);
+    let finished = WorkerBody::TaskFinished {
+        deployment: failed.deployment,
+        task: failed.task,
+        attempt: failed.attempt,
+        delivery: 1,
+        outcome: shoal_shared::Outcome::Failed,
+        exit_code: Some(1),
+        reason: None,
+    };
+    execute(&p.handle, report(failed, finished)).await;
+    let first = tokio::time::timeout(WAIT, p.effects.recv())
+        .await
+        .expect("in time")
+        .expect("a batch");
+    assert!(
+        first.iter().any(|e| matches!(e, Effect::EnsureConsumer(_))),
+        "the filler first: {first:?}"
+    );
+    let resync = tokio::time::timeout(WAIT, p.effects.recv())
+        .await
+        .expect("a resync once there is room")
+        .expect("a batch");
+    let stopped: Vec<_> = resync
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Cancel(stops) => Some(stops.iter().map(|s| s.task)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        stopped.contains(&other.task),
+        "the other running task is told to stop: {resync:?}"
+    );
+    stop(p.handle, p.task).await;
+}

@@ -9,27 +9,29 @@
 //!   attempt as *owed* (its key, not the message) and tells the dispatcher, which, whenever it
 //!   has room, asks the writer for a page of owed attempts and gets their messages, built from
 //!   the state, after the flush of the batch that answers. While it owes any, the writer owes
-//!   every later attempt too, so the oldest go first and nothing overtakes them. An attempt is
+//!   every later attempt too, and the dispatcher takes what waits in the channel before it asks
+//!   for a page, so the oldest go first. An attempt is
 //!   handed over exactly once either way; publishing one twice would still be harmless (the
 //!   broker drops a message id `<task>/<attempt>` it already has, and `MarkDispatched` only
 //!   acts on an attempt still in the outbox).
 //! - **Effects** travel as one batch per durable batch. A batch that does not fit is dropped
 //!   and a *resync* is due: once the channel has room, the writer sends every effect
 //!   derivable from its state (`Writer::pending_effects`: retries waiting for their backoff,
-//!   pending health checks, cancellations with their grace; and every worker's drain state).
-//!   The runner carries out each effect idempotently (commands it submits are no-ops when no
-//!   longer due, checks and cancellations carry ids), so a repeat is harmless. What a resync
-//!   cannot restore are the stop instructions for runs nobody needs (a stale attempt, the
-//!   other tasks of a failed deployment, the queued message of a task cancelled before it
-//!   started): those were best-effort already (core NATS), and the runs' reports are recorded
-//!   and change nothing.
+//!   pending health checks, cancellations with their grace, pools' consumers, the health
+//!   schedule; and every worker's drain state). The stop instructions of dropped batches for
+//!   runs nobody needs (a stale attempt, the other tasks of a failed deployment, the queued
+//!   message of a task cancelled before it started) cannot be derived: the writer keeps their
+//!   stops (a few bytes each) and sends them with the resync. The runner carries out each
+//!   effect idempotently (commands it submits are no-ops when no longer due, checks and
+//!   cancellations carry ids), so a repeat is harmless. The resync is handed over before the
+//!   live effects of batches joined to its own, so the newest still win.
 //!
 //! The owed attempts take a few bytes each and are bounded by the outbox, which the writer
 //! holds in memory anyway; the messages themselves (scripts, variables) are never queued
 //! beyond the channel's capacity.
 
 use super::writer::WriterHandle;
-use crate::domain::effects::Effect;
+use crate::domain::effects::{Effect, Stop};
 use shoal_shared::TaskId;
 use shoal_shared::messages::TaskMessage;
 use std::collections::VecDeque;
@@ -154,6 +156,13 @@ impl TaskReceiver {
             if let Some(msg) = self.page.pop_front() {
                 return Some(msg);
             }
+            // What waits in the channel was handed over before anything was owed: it goes
+            // first, so the oldest attempts are published first.
+            if self.asked.is_none()
+                && let Ok(msg) = self.rx.try_recv()
+            {
+                return Some(msg);
+            }
             if self.fetch(writer).await? {
                 continue;
             }
@@ -187,10 +196,14 @@ impl TaskReceiver {
             if !self.more && !self.signal.flag.load(Ordering::Acquire) {
                 return Some(false);
             }
-            let asked = writer.outbox_page(TASK_PAGE).await.ok()?;
-            // Cleared only once asked: the answer says whether more is owed as of its own
-            // batch, so a flag set before this point is covered by it.
-            self.signal.flag.store(false, Ordering::Release);
+            // Cleared after the request is sure to be sent and before the writer can take
+            // it: the answer says whether more is owed as of its own batch, so a flag set
+            // before the clearing is covered by it, and one set after stays set.
+            let signal = &self.signal;
+            let asked = writer
+                .outbox_page(TASK_PAGE, || signal.flag.store(false, Ordering::Release))
+                .await
+                .ok()?;
             self.more = false;
             self.asked = Some(asked);
         }
@@ -212,11 +225,24 @@ pub struct EffectSender {
     tx: mpsc::Sender<Vec<Effect>>,
     /// A batch was dropped: every effect derivable from the state is to be sent again.
     resync: bool,
+    /// The stops of dropped batches: runs nobody needs any more (a failed deployment's other
+    /// tasks, a stale attempt, a task stored after it was cancelled), which the state cannot
+    /// tell again. A few bytes each, at most one per task; sent with the resync.
+    dropped_stops: Vec<Stop>,
 }
 
 impl EffectSender {
     pub(super) fn new(tx: mpsc::Sender<Vec<Effect>>) -> EffectSender {
-        EffectSender { tx, resync: false }
+        EffectSender {
+            tx,
+            resync: false,
+            dropped_stops: Vec::new(),
+        }
+    }
+
+    /// The stops dropped since the last resync, if any.
+    pub(super) fn take_dropped_stops(&mut self) -> Option<Vec<Stop>> {
+        (!self.dropped_stops.is_empty()).then(|| std::mem::take(&mut self.dropped_stops))
     }
 
     /// Hands a durable batch's effects over, or drops them and makes a resync due.
@@ -232,6 +258,11 @@ impl EffectSender {
                 );
             }
             self.resync = true;
+            for effect in dropped {
+                if let Effect::Cancel(stops) = effect {
+                    self.dropped_stops.extend(stops);
+                }
+            }
         }
     }
 

@@ -141,16 +141,22 @@ impl WriterHandle {
     }
 
     /// Asks for up to `limit` owed task messages; answered after the flush of the batch that
-    /// takes the request.
+    /// takes the request. `asking` runs once the request is sure to reach the writer and
+    /// before it can be taken, with no wait in between (the dispatcher clears its "owed"
+    /// flag there: cleared any later, it could swallow a signal the answer does not cover).
     pub(crate) async fn outbox_page(
         &self,
         limit: usize,
+        asking: impl FnOnce(),
     ) -> Result<oneshot::Receiver<OutboxPage>, WriteError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::OutboxPage { limit, reply })
+        let permit = self
+            .tx
+            .reserve()
             .await
             .map_err(|_| WriteError::Unavailable("writer stopped".into()))?;
+        asking();
+        let (reply, rx) = oneshot::channel();
+        permit.send(Request::OutboxPage { limit, reply });
         Ok(rx)
     }
 }
@@ -304,40 +310,6 @@ impl Writer {
         effects::pending_effects(&self.state, Timestamp::now())
     }
 
-    /// What to do with every attempt still in the outbox after a restart: task messages to
-    /// publish again, and confirmations for attempts a worker already reported on (the
-    /// broker certainly had them; publishing again could only run them twice).
-    ///
-    /// # Errors
-    /// The log cannot be read.
-    pub fn outbox(&mut self) -> Result<(Vec<TaskMessage>, Vec<Command>), LogError> {
-        let mut publish = Vec::new();
-        let mut confirm = Vec::new();
-        let entries: Vec<(TaskId, u32)> = self.state.outbox.iter().copied().collect();
-        let mut scratch = Pending::default();
-        for (task, _) in &entries {
-            if let Some(d) = self.deployment_of(task)? {
-                self.fault_in(&d, &mut scratch)?;
-            }
-        }
-        for (task, attempt) in &entries {
-            match self.state.tasks.get(task) {
-                Some(t) if t.attempt == *attempt && t.state == TaskState::Planned => {
-                    publish.extend(effects::task_message(&self.state, task, *attempt, None));
-                }
-                Some(t) => confirm.push(Command::MarkDispatched {
-                    deployment: t.deployment,
-                    task: *task,
-                    attempt: *attempt,
-                    stream_seq: None,
-                }),
-                None => {}
-            }
-        }
-        self.evict_finished();
-        Ok((publish, confirm))
-    }
-
     /// Owes the dispatcher every attempt in the outbox: after a restart their messages went
     /// nowhere. The dispatcher pages through them as soon as it runs (see
     /// [`super::handover`]). Returns how many.
@@ -347,8 +319,8 @@ impl Writer {
         self.state.outbox.len()
     }
 
-    /// The messages of up to `limit` owed attempts, oldest first, for the dispatcher. As at a
-    /// restart ([`Writer::outbox`]), an attempt a worker already reported on is confirmed in
+    /// The messages of up to `limit` owed attempts, oldest first, for the dispatcher. An
+    /// attempt a worker already reported on is confirmed in
     /// this batch rather than published again (publishing it could only run it twice), and
     /// one no longer in the outbox was confirmed meanwhile.
     fn owed_messages(
@@ -444,15 +416,6 @@ impl Writer {
             self.fault_in(&id, p)?;
         }
         Ok(())
-    }
-
-    /// Drops every finished deployment and its tasks from memory (their documents are
-    /// committed).
-    fn evict_finished(&mut self) {
-        let ids: Vec<DeploymentId> = self.state.deployments.keys().copied().collect();
-        for id in &ids {
-            self.evict_if_finished(id);
-        }
     }
 
     /// Drops a deployment and its tasks from memory if it is finished (its documents are
@@ -575,7 +538,7 @@ impl Writer {
     /// the runner is gone). The state may be ahead of the disk by the batches written and not
     /// yet flushed (`last` is the latest of them): then the resync goes out with that batch,
     /// once it is durable.
-    fn resync(&self, permit: Option<mpsc::OwnedPermit<Vec<Effect>>>, last: Option<&mut Done>) {
+    fn resync(&mut self, permit: Option<mpsc::OwnedPermit<Vec<Effect>>>, last: Option<&mut Done>) {
         let Some(permit) = permit else {
             return;
         };
@@ -590,9 +553,14 @@ impl Writer {
 
     /// Every effect derivable from the state: what a resync sends after effects were dropped
     /// (see [`super::handover`]). Drain instructions are not among the pending effects (at
-    /// start the planner reads them from the worker documents), so every worker's is added.
-    fn resync_effects(&self) -> Vec<Effect> {
-        let mut out = self.pending_effects();
+    /// start the planner reads them from the worker documents), so every worker's is added;
+    /// and the stops the dropped batches carried, which no state can tell again.
+    fn resync_effects(&mut self) -> Vec<Effect> {
+        let mut out = self
+            .effects
+            .take_dropped_stops()
+            .map_or_else(Vec::new, |stops| vec![Effect::Cancel(stops)]);
+        out.extend(self.pending_effects());
         out.extend(self.state.workers.values().map(|w| Effect::Control {
             worker: w.name.clone(),
             pool: w.pool.clone(),
@@ -673,10 +641,13 @@ impl Writer {
         for msg in done.messages {
             self.tasks.hand_over(msg);
         }
-        self.effects.hand_over(done.effects);
+        // The resync first: it is a snapshot as of a batch no later than any whose effects
+        // were joined to this one, and live effects are in order, so the newest still win
+        // (a worker resumed after the snapshot must not be told to drain again).
         if let Some((permit, effects)) = done.resync {
             permit.send(effects);
         }
+        self.effects.hand_over(done.effects);
         for reply in done.replies {
             match reply {
                 Reply::Command(Some(reply), result) => {
