@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 const MAX_IN_FLIGHT: usize = 4096;
 /// How long shutdown waits for the broker to confirm publishes in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The first and the longest wait before publishing again what the broker did not store.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Runs until the channel closes or shutdown.
 pub async fn run(
@@ -33,37 +36,32 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Published>> = FuturesUnordered::new();
-    let mut retry: Vec<TaskMessage> = Vec::new();
-    let mut backoff = Duration::from_millis(100);
+    let mut retry = Retry::default();
     loop {
-        let next = if !retry.is_empty() && in_flight.is_empty() {
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => { backoff = (backoff * 2).min(Duration::from_secs(5)); None }
-                () = shutdown.cancelled() => break,
-            }
-        } else {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                    match done {
-                        Ok((task, seq)) => { backoff = Duration::from_millis(100); confirm(&writer, task, seq).await; }
-                        Err((task, e)) => {
-                            tracing::warn!(error = %e, task.id = %task.task, pool = %task.pool, "task not stored by the broker yet; will retry");
-                            retry.push(task);
-                        }
+        // Messages waiting for a retry count against the limit too: while the broker is down,
+        // what is not in hand stays in the durable outbox, not in memory.
+        let room = in_flight.len() + retry.tasks.len() < MAX_IN_FLIGHT;
+        let batch: Vec<TaskMessage> = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                match done {
+                    Ok((task, seq)) => {
+                        retry.succeeded();
+                        confirm(&writer, task, seq).await;
                     }
-                    continue;
+                    Err((task, e)) => {
+                        tracing::warn!(error = %e, task.id = %task.task, pool = %task.pool, "task not stored by the broker yet; will retry");
+                        retry.failed(task);
+                    }
                 }
-                msg = tasks.recv(&writer), if in_flight.len() < MAX_IN_FLIGHT => match msg {
-                    Some(m) => Some(m),
-                    None => break,
-                },
+                continue;
             }
-        };
-        let batch: Vec<TaskMessage> = match next {
-            Some(m) => vec![m],
-            None => std::mem::take(&mut retry),
+            () = retry.due() => retry.take(),
+            msg = tasks.recv(&writer), if room => match msg {
+                Some(m) => vec![m],
+                None => break,
+            },
         };
         for task in batch {
             in_flight.push(Box::pin(publish(
@@ -85,6 +83,52 @@ pub async fn run(
         tracing::warn!(
             "some task publishes were not confirmed before shutdown; they are published again at start"
         );
+    }
+}
+
+/// Task messages the broker did not store, published again after a backoff that doubles
+/// (up to 5 s) while publishes keep failing. The timer runs whatever else is in flight, so
+/// a retry is never starved by new work.
+struct Retry {
+    tasks: Vec<TaskMessage>,
+    at: Option<tokio::time::Instant>,
+    backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            tasks: Vec::new(),
+            at: None,
+            backoff: RETRY_FIRST,
+        }
+    }
+}
+
+impl Retry {
+    fn failed(&mut self, task: TaskMessage) {
+        self.tasks.push(task);
+        if self.at.is_none() {
+            self.at = Some(tokio::time::Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(RETRY_MAX);
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.backoff = RETRY_FIRST;
+    }
+
+    /// Ready when the waiting messages are due; never while none wait. Cancel-safe.
+    async fn due(&self) {
+        match self.at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn take(&mut self) -> Vec<TaskMessage> {
+        self.at = None;
+        std::mem::take(&mut self.tasks)
     }
 }
 
