@@ -21,6 +21,7 @@ use shoal_shared::{PoolName, Timestamp, WorkerName, codec};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tokio_util::time::DelayQueue;
 
 /// Cancellations travel on core NATS, which may drop them while a worker reconnects: each
@@ -40,6 +41,8 @@ pub struct Runner {
     pub task_ack_wait: Duration,
     /// When each target is checked next.
     pub health: health::Schedule,
+    /// Where broker I/O runs, so that shutdown waits for it (or cuts it short).
+    pub tasks: TaskTracker,
 }
 
 enum Due {
@@ -69,13 +72,19 @@ pub async fn run(
                 Due::Submit(cmd) => cmd,
                 Due::Resend(stops) => {
                     let (client, subjects) = (runner.client.clone(), runner.subjects.clone());
-                    tokio::spawn(async move { publish_cancels(&client, &subjects, &stops).await });
+                    runner.spawn_io(&shutdown, async move {
+                        publish_cancels(&client, &subjects, &stops).await;
+                    });
                     continue;
                 }
             },
             cmd = runner.health.next() => cmd,
         };
-        if let Err(e) = runner.writer.submit(cmd).await {
+        let submitted = tokio::select! {
+            submitted = runner.writer.submit(cmd) => submitted,
+            () = shutdown.cancelled() => return,
+        };
+        if let Err(e) = submitted {
             tracing::warn!(error = %e, "scheduled command not submitted; the planner is stopping");
             return;
         }
@@ -83,6 +92,23 @@ pub async fn run(
 }
 
 impl Runner {
+    /// Runs broker I/O on a task of its own, so a broker that is down does not hold up
+    /// retries, deadlines, instructions and the health schedule; tracked, and cut short at
+    /// shutdown (what matters of it is derived again from the log at the next start).
+    fn spawn_io(
+        &self,
+        shutdown: &CancellationToken,
+        io: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let shutdown = shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = io => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+
     /// Starts one effect: broker I/O goes to tasks of its own, so a broker that is down does
     /// not hold up retries, deadlines and instructions.
     async fn carry_out(
@@ -98,7 +124,7 @@ impl Runner {
                 }
                 let (client, js) = (self.client.clone(), self.js.clone());
                 let subjects = self.subjects.clone();
-                tokio::spawn(async move {
+                self.spawn_io(shutdown, async move {
                     publish_cancels(&client, &subjects, &stops).await;
                     remove_queued(&js, &subjects, &stops).await;
                 });
@@ -109,7 +135,10 @@ impl Runner {
             }
             Effect::PublishCheck(check) => {
                 let (js, subjects) = (self.js.clone(), self.subjects.clone());
-                tokio::spawn(publish_check(js, subjects, check, shutdown.clone()));
+                self.spawn_io(
+                    shutdown,
+                    publish_check(js, subjects, check, shutdown.clone()),
+                );
             }
             Effect::Control {
                 worker,
@@ -117,16 +146,22 @@ impl Runner {
                 drain,
             } => {
                 self.liveness.want_draining(&worker, drain);
-                send_control(&self.client, &self.subjects, &worker, &pool, drain).await;
+                let (client, subjects) = (self.client.clone(), self.subjects.clone());
+                self.spawn_io(shutdown, async move {
+                    send_control(&client, &subjects, &worker, &pool, drain).await;
+                });
             }
             Effect::EnsureConsumer(pool) => {
-                tokio::spawn(broker::ensure_pool_consumer_retrying(
-                    self.js.clone(),
-                    self.subjects.clone(),
-                    pool,
-                    self.task_ack_wait,
-                    shutdown.clone(),
-                ));
+                self.spawn_io(
+                    shutdown,
+                    broker::ensure_pool_consumer_retrying(
+                        self.js.clone(),
+                        self.subjects.clone(),
+                        pool,
+                        self.task_ack_wait,
+                        shutdown.clone(),
+                    ),
+                );
             }
             Effect::ScheduleHealth { target, every } => self.health.set(target, every),
         }

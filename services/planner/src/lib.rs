@@ -210,7 +210,8 @@ impl Planner {
         } = self;
         let intake = p.stop.child_token();
         p.spawn_services(queues);
-        let builtin = start_builtin_worker(&p.config, &p.tasks, intake.child_token()).await?;
+        let builtin =
+            start_builtin_worker(&p.config, &p.js, &p.tasks, intake.child_token()).await?;
         let app = p.app_state();
         // The writer ends once every handle is gone: the services' and the API's are.
         drop(p.handle);
@@ -280,6 +281,7 @@ impl Parts {
             liveness: liveness.clone(),
             task_ack_wait: self.config.task_ack_wait,
             health: health::Schedule::new(self.config.health_interval, self.config.health_deadline),
+            tasks: tasks.clone(),
         };
         tasks.spawn(effects::run(runner, effects_rx, stop_services.clone()));
         tasks.spawn(dispatch::run(
@@ -311,9 +313,7 @@ impl Parts {
             log: self.log.clone(),
             liveness: self.liveness.clone(),
             default_pool: self.config.default_pool.clone(),
-            subjects: self.config.subjects.clone(),
             health_deadline_secs: self.config.health_deadline.as_secs(),
-            shutdown: self.services.clone(),
         }
     }
 }
@@ -341,12 +341,26 @@ fn wanted_drains(log: &EventLog) -> anyhow::Result<Liveness> {
 /// planner, unless it is switched off; it stops taking work when `stop` is cancelled.
 async fn start_builtin_worker(
     config: &PlannerConfig,
+    js: &async_nats::jetstream::Context,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
     if !config.builtin_worker {
         tracing::info!(pool = %config.default_pool, "built-in worker disabled; default-pool tasks wait for an external worker");
         return Ok(None);
+    }
+    // The pool's queue consumer is an effect of its registration, carried out beside this;
+    // made here first too, so the worker finds it at once rather than a lookup later (the
+    // effect then finds it made, and keeps retrying if this failed).
+    if let Err(e) = broker::ensure_pool_consumer(
+        js,
+        &config.subjects,
+        &config.default_pool,
+        config.task_ack_wait,
+    )
+    .await
+    {
+        tracing::debug!(error = %e, pool = %config.default_pool, "default pool's consumer not made yet; its effect retries");
     }
     let name = builtin_worker_name(&config.data_dir);
     let mut wc = shoal_worker::WorkerConfig::new(
@@ -391,7 +405,14 @@ async fn ensure_broker(
             Ok(()) => return Ok(()),
             Err(e) => {
                 if !warned {
-                    tracing::warn!(error = %e, "JetStream not ready (is nats-server running with -js?); retrying");
+                    match e.kind() {
+                        broker::BrokerFailure::Unavailable => {
+                            tracing::warn!(error = %e, "JetStream not ready (is nats-server running with -js?); retrying")
+                        }
+                        broker::BrokerFailure::Refused => {
+                            tracing::warn!(error = %e, "the broker refused the JetStream set-up; retrying, but an operator may have to act")
+                        }
+                    }
                     warned = true;
                 }
                 tokio::select! {

@@ -22,7 +22,6 @@ use axum::routing::get;
 use serde::de::DeserializeOwned;
 use shoal_shared::PoolName;
 use shoal_shared::api::{ErrorBody, StatusView};
-use shoal_shared::subjects::Subjects;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -31,11 +30,8 @@ pub struct AppState {
     pub log: EventLog,
     pub liveness: Liveness,
     pub default_pool: PoolName,
-    pub subjects: Subjects,
     /// Seconds a health check may wait for a worker before the target is `unavailable`.
     pub health_deadline_secs: u64,
-    /// Cancelled when the planner stops; ends background work started by handlers.
-    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
