@@ -207,8 +207,8 @@ async fn publish_check(
             .headers(headers.clone())
             .message_id(check.message_id());
         let stored = match js.send_publish(subjects.tasks(&check.pool), msg).await {
-            Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(ack) => ack.await.map(|a| a.sequence),
+            Err(e) => Err(e),
         };
         match stored {
             Ok(seq) => {
