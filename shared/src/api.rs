@@ -435,11 +435,23 @@ pub struct WorkerView {
     pub drain_requested: bool,
     pub health: WorkerHealth,
     pub warnings: Vec<String>,
+    /// Online and able to take its pool's tasks: it sees its pool's queue consumer (workers
+    /// that do not report it count as ready while online). Absent from older planners: true.
+    #[serde(default = "yes")]
+    pub ready: bool,
+    /// Why an online worker is not ready, with what to do (e.g. start it with `--js-domain`,
+    /// or register its pool).
+    #[serde(default)]
+    pub not_ready_reason: Option<String>,
     pub free_disk_mb: Option<u64>,
     pub last_seen: Option<Timestamp>,
     pub joined_at: Timestamp,
     pub left_at: Option<Timestamp>,
     pub version: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Whether a worker takes work.
@@ -462,6 +474,8 @@ pub enum WorkerHealth {
     Healthy,
     /// Healthy, with `warnings`.
     HealthyWithWarnings,
+    /// Online but cannot take its pool's tasks (`not_ready_reason` says why).
+    NotReady,
     Offline,
 }
 

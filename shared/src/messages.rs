@@ -254,6 +254,13 @@ pub struct Heartbeat {
     /// What the worker finds wrong with itself (e.g. little free disk); empty: healthy.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The worker sees its pool's queue consumer and can take tasks. `None`: not known yet
+    /// (its first lookup has not ended), or a worker older than this field.
+    #[serde(default)]
+    pub ready: Option<bool>,
+    /// Why the worker is not ready, in words a user can act on.
+    #[serde(default)]
+    pub not_ready_reason: Option<String>,
 }
 
 /// An instruction to one worker, on core NATS `shoal.control.<pool>.<worker>`. The wanted
@@ -265,4 +272,80 @@ pub struct WorkerControl {
     pub worker: WorkerName,
     /// Stop taking tasks (maintenance) or take them again.
     pub drain: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A heartbeat as workers before readiness sent it.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct HeartbeatBeforeReadiness {
+        schema_version: u16,
+        worker: WorkerName,
+        pool: PoolName,
+        region: Option<RegionName>,
+        slots: u32,
+        busy: u32,
+        interval_ms: u64,
+        sent_at: Timestamp,
+        draining: bool,
+        free_disk_mb: Option<u64>,
+        warnings: Vec<String>,
+    }
+
+    fn old() -> HeartbeatBeforeReadiness {
+        HeartbeatBeforeReadiness {
+            schema_version: WIRE_SCHEMA_VERSION,
+            worker: WorkerName::parse("eu-1").expect("valid"),
+            pool: PoolName::parse("eu-west").expect("valid"),
+            region: None,
+            slots: 4,
+            busy: 1,
+            interval_ms: 2000,
+            sent_at: Timestamp(7),
+            draining: false,
+            free_disk_mb: Some(100),
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn an_older_workers_heartbeat_decodes_with_readiness_unknown() {
+        let bytes = codec::encode(&old()).expect("encodes");
+        let beat: Heartbeat = codec::decode("heartbeat", &bytes).expect("decodes");
+        assert_eq!(beat.ready, None);
+        assert_eq!(beat.not_ready_reason, None);
+        assert_eq!(
+            (beat.slots, beat.busy, beat.free_disk_mb),
+            (4, 1, Some(100))
+        );
+    }
+
+    #[test]
+    fn a_not_ready_heartbeat_keeps_its_reason_and_older_planners_still_read_it() {
+        let o = old();
+        let beat = Heartbeat {
+            schema_version: o.schema_version,
+            worker: o.worker.clone(),
+            pool: o.pool.clone(),
+            region: None,
+            slots: 4,
+            busy: 1,
+            interval_ms: 2000,
+            sent_at: Timestamp(7),
+            draining: false,
+            free_disk_mb: Some(100),
+            warnings: vec![],
+            ready: Some(false),
+            not_ready_reason: Some("no consumer".into()),
+        };
+        let bytes = codec::encode(&beat).expect("encodes");
+        assert_eq!(
+            codec::decode::<Heartbeat>("heartbeat", &bytes).expect("decodes"),
+            beat
+        );
+        let read: HeartbeatBeforeReadiness = codec::decode("heartbeat", &bytes).expect("decodes");
+        assert_eq!(read, o);
+    }
 }

@@ -134,10 +134,17 @@ pub fn workers(v: &[WorkerView]) {
         "last seen",
     ]);
     for w in v {
-        let health = if w.warnings.is_empty() {
+        // Why it is not ready first: it is what keeps the worker from taking tasks.
+        let why: Vec<&str> = w
+            .not_ready_reason
+            .iter()
+            .chain(&w.warnings)
+            .map(String::as_str)
+            .collect();
+        let health = if why.is_empty() {
             s(&w.health)
         } else {
-            format!("{}: {}", s(&w.health), w.warnings.join("; "))
+            format!("{}: {}", s(&w.health), why.join("; "))
         };
         t.add_row(vec![
             s(&w.name),

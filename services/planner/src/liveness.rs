@@ -23,6 +23,11 @@ pub struct Live {
     pub free_disk_mb: Option<u64>,
     /// What the worker finds wrong with itself.
     pub warnings: Vec<String>,
+    /// Whether the worker sees its pool's queue consumer; `None`: not known (its first lookup
+    /// has not ended, or a worker older than readiness), counted as ready.
+    pub ready: Option<bool>,
+    /// Why the worker is not ready.
+    pub not_ready_reason: Option<String>,
     /// When the planner received it (its own clock, so worker clock skew does not matter).
     pub last_seen: Timestamp,
 }
@@ -31,6 +36,12 @@ impl Live {
     /// Whether the worker counts as online at `now`.
     pub fn online(&self, now: Timestamp) -> bool {
         now.millis_since(self.last_seen) <= MISSED_BEATS * self.interval_ms.max(100) + 250
+    }
+
+    /// Whether the worker can take its pool's tasks as far as it knows: only a worker that
+    /// says it cannot see its pool's queue consumer is not ready.
+    pub fn ready(&self) -> bool {
+        self.ready != Some(false)
     }
 }
 
@@ -57,6 +68,8 @@ impl Liveness {
             draining: hb.draining,
             free_disk_mb: hb.free_disk_mb,
             warnings: hb.warnings,
+            ready: hb.ready,
+            not_ready_reason: hb.not_ready_reason,
             last_seen: Timestamp::now(),
         };
         if let Ok(mut map) = self.inner.lock() {
@@ -89,14 +102,53 @@ impl Liveness {
     /// Online workers per pool.
     pub fn online_per_pool(&self, now: Timestamp) -> HashMap<PoolName, usize> {
         let mut out = HashMap::new();
-        // A draining worker takes nothing: it does not count for its pool.
+        // A draining worker, or one that cannot see its pool's queue, takes nothing: it does
+        // not count for its pool.
         for live in self
             .snapshot()
             .values()
-            .filter(|l| l.online(now) && !l.draining)
+            .filter(|l| l.online(now) && !l.draining && l.ready())
         {
             *out.entry(live.pool.clone()).or_insert(0) += 1;
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_shared::messages::WIRE_SCHEMA_VERSION;
+
+    fn beat(worker: &str, ready: Option<bool>) -> Heartbeat {
+        Heartbeat {
+            schema_version: WIRE_SCHEMA_VERSION,
+            worker: WorkerName::parse(worker).expect("valid"),
+            pool: PoolName::parse("eu-west").expect("valid"),
+            region: None,
+            slots: 1,
+            busy: 0,
+            interval_ms: 2000,
+            sent_at: Timestamp::now(),
+            draining: false,
+            free_disk_mb: None,
+            warnings: vec![],
+            ready,
+            not_ready_reason: (ready == Some(false)).then(|| "no consumer".to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_worker_that_is_not_ready_does_not_count_for_its_pool() {
+        let l = Liveness::default();
+        l.beat(beat("w1", Some(false)));
+        l.beat(beat("w2", None));
+        l.beat(beat("w3", Some(true)));
+        let pool = PoolName::parse("eu-west").expect("valid");
+        assert_eq!(l.online_per_pool(Timestamp::now()).get(&pool), Some(&2));
+        let w1 = WorkerName::parse("w1").expect("valid");
+        let live = l.snapshot().remove(&w1).expect("seen");
+        assert!(!live.ready());
+        assert_eq!(live.not_ready_reason.as_deref(), Some("no consumer"));
     }
 }

@@ -37,6 +37,8 @@ struct Inner {
     draining: watch::Sender<bool>,
     /// How often a running task's message is kept alive, in ms.
     progress_ms: AtomicU64,
+    /// Whether the pool's queue consumer is seen (set by the pull loop, sent in heartbeats).
+    readiness: crate::readiness::Readiness,
 }
 
 impl Runtime {
@@ -48,6 +50,7 @@ impl Runtime {
                 cancelled: Mutex::default(),
                 draining: watch::Sender::new(false),
                 progress_ms: AtomicU64::new(millis(config.progress_interval)),
+                readiness: crate::readiness::Readiness::default(),
             }),
         }
     }
@@ -104,6 +107,11 @@ impl Runtime {
             tracing::info!(task.id = %task, "cancelled by the planner; stopping it");
             token.cancel();
         }
+    }
+
+    /// Whether the worker sees its pool's queue consumer, and why not.
+    pub fn readiness(&self) -> &crate::readiness::Readiness {
+        &self.inner.readiness
     }
 
     /// Whether the worker is draining (takes no new tasks).

@@ -36,6 +36,7 @@ pub async fn run(
                 config.work_dir.display()
             )],
         };
+        let (ready, not_ready_reason) = runtime.readiness().get();
         let beat = Heartbeat {
             schema_version: WIRE_SCHEMA_VERSION,
             worker: config.name.clone(),
@@ -48,6 +49,8 @@ pub async fn run(
             draining: runtime.draining(),
             free_disk_mb,
             warnings,
+            ready,
+            not_ready_reason,
         };
         match codec::encode(&beat) {
             Ok(bytes) => {

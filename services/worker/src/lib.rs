@@ -8,6 +8,7 @@ pub mod control;
 pub mod execute;
 pub mod heartbeat;
 pub mod pull;
+pub mod readiness;
 pub mod report;
 
 use shoal_shared::subjects::Subjects;

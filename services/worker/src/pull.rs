@@ -193,6 +193,8 @@ async fn hand_back(batch: &mut jetstream::consumer::pull::Batch) {
     }
 }
 
+/// Looks up the pool's queue consumer until found (ready) or shutdown. While it cannot, the
+/// worker is not ready and says why (see [`not_ready`]).
 async fn find_consumer(
     config: &WorkerConfig,
     js: &jetstream::Context,
@@ -201,7 +203,6 @@ async fn find_consumer(
 ) -> Option<PullConsumer> {
     let stream_name = config.subjects.tasks_stream();
     let consumer_name = config.subjects.pool_consumer(&config.pool);
-    let mut warned = false;
     loop {
         if shutdown.is_cancelled() {
             return None;
@@ -211,26 +212,44 @@ async fn find_consumer(
             Ok(c) => {
                 let ack_wait = c.cached_info().config.ack_wait;
                 runtime.fit_progress_to(config, ack_wait);
+                let was_not_ready = runtime.readiness().ready();
                 tracing::info!(
                     pool = %config.pool,
                     ack_wait_ms = ack_wait.as_millis(),
                     progress_ms = runtime.progress_interval().as_millis(),
-                    "pulling from the pool's queue"
+                    "pulling from the pool's queue{}",
+                    if was_not_ready { "; the worker is ready now" } else { "" }
                 );
                 return Some(c);
             }
             Err(e) => {
-                if !warned {
-                    tracing::warn!(
-                        pool = %config.pool, error = %e,
-                        "pool \"{}\" has no queue yet; is the planner running, and is the pool registered (`shoal pool add {}`)? retrying",
-                        config.pool, config.pool
-                    );
-                    warned = true;
-                }
+                not_ready(config, js, runtime, &e);
                 sleep_or_shutdown(Duration::from_secs(1), shutdown).await;
             }
         }
+    }
+}
+
+/// Records why the pool's queue consumer cannot be seen, for heartbeats, and logs it when
+/// the reason changes and as a reminder every [`crate::readiness::REMIND_EVERY`].
+fn not_ready(
+    config: &WorkerConfig,
+    js: &jetstream::Context,
+    runtime: &Runtime,
+    error: &shoal_runtime::nats::ConsumerLookupError,
+) {
+    let at = crate::readiness::Where {
+        pool: config.pool.clone(),
+        stream: config.subjects.tasks_stream(),
+        js_domain: config.js_domain.clone(),
+        server_has_jetstream: js.client().server_info().jetstream,
+    };
+    let reason = crate::readiness::reason(&crate::readiness::Blocked::of(error), &at);
+    if runtime
+        .readiness()
+        .not_ready(reason.clone(), std::time::Instant::now())
+    {
+        tracing::warn!(pool = %config.pool, broker_error = %error, "not ready: {reason}; retrying");
     }
 }
 

@@ -414,6 +414,8 @@ fn a_worker_and_its_drain_answer() {
             drain_requested: true,
             health: WorkerHealth::HealthyWithWarnings,
             warnings: vec!["disk".into()],
+            ready: true,
+            not_ready_reason: None,
             free_disk_mb: Some(100),
             last_seen: Some(T0),
             joined_at: T0,
@@ -422,7 +424,8 @@ fn a_worker_and_its_drain_answer() {
         },
         &json!({"name": "eu-1", "pool": "eu-west", "region": "eu", "slots": 4, "busy_slots": 1,
                 "status": "draining", "drain_requested": true,
-                "health": "healthy_with_warnings", "warnings": ["disk"], "free_disk_mb": 100,
+                "health": "healthy_with_warnings", "warnings": ["disk"], "ready": true,
+                "not_ready_reason": null, "free_disk_mb": 100,
                 "last_seen": T0_TEXT, "joined_at": T0_TEXT, "left_at": null,
                 "version": "0.1.0"}),
     );
@@ -435,6 +438,7 @@ fn a_worker_and_its_drain_answer() {
     }
     round_trip(&WorkerHealth::Healthy, &json!("healthy"));
     round_trip(&WorkerHealth::Offline, &json!("offline"));
+    round_trip(&WorkerHealth::NotReady, &json!("not_ready"));
     round_trip(
         &DrainView {
             name: worker("eu-1"),
@@ -473,4 +477,17 @@ fn an_event_and_the_status() {
         },
         &json!({"log_seq": 12, "deployments_in_memory": 1, "tasks_in_memory": 3}),
     );
+}
+
+#[test]
+fn a_worker_from_a_planner_before_readiness_reads_as_ready() {
+    let v: WorkerView = serde_json::from_value(
+        json!({"name": "eu-1", "pool": "eu-west", "region": null, "slots": 4, "busy_slots": 0,
+               "status": "online", "drain_requested": false, "health": "healthy",
+               "warnings": [], "free_disk_mb": null, "last_seen": null,
+               "joined_at": T0_TEXT, "left_at": null, "version": "0.1.0"}),
+    )
+    .expect("decodes");
+    assert!(v.ready);
+    assert_eq!(v.not_ready_reason, None);
 }

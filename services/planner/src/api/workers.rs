@@ -4,6 +4,7 @@
 use super::{ApiError, AppState};
 use crate::domain::Command;
 use crate::domain::state::WorkerDoc;
+use crate::liveness::Live;
 use crate::log::Proj;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -33,14 +34,20 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<WorkerV
                 (false, true, false) => WorkerStatus::Online,
             };
             let warnings = l.map(|l| l.warnings.clone()).unwrap_or_default();
-            let health = match (online, warnings.is_empty()) {
-                (false, _) => WorkerHealth::Offline,
-                (true, true) => WorkerHealth::Healthy,
-                (true, false) => WorkerHealth::HealthyWithWarnings,
+            let ready = online && l.is_some_and(Live::ready);
+            let health = match (online, ready, warnings.is_empty()) {
+                (false, _, _) => WorkerHealth::Offline,
+                (true, false, _) => WorkerHealth::NotReady,
+                (true, true, true) => WorkerHealth::Healthy,
+                (true, true, false) => WorkerHealth::HealthyWithWarnings,
             };
             WorkerView {
                 health,
                 warnings,
+                ready,
+                not_ready_reason: l
+                    .filter(|l| online && !l.ready())
+                    .and_then(|l| l.not_ready_reason.clone()),
                 free_disk_mb: l.and_then(|l| l.free_disk_mb),
                 slots: l.map_or(d.slots, |l| l.slots),
                 busy_slots: if online { l.map_or(0, |l| l.busy) } else { 0 },
