@@ -57,7 +57,38 @@ fn walk(readme: &Path, runs: u32) -> anyhow::Result<(bool, String)> {
             "\nwalk-through still running after {DEADLINE:?}: stopped"
         ));
     }
+    let left = leftovers(&out);
+    assert!(
+        left.is_empty(),
+        "processes of the walk-through outlived it: {left:?}\n{out}"
+    );
     Ok((status.is_some_and(|s| s.success()), out))
+}
+
+/// Processes whose command line or working directory is inside the walk-through's
+/// directory (which its output names), after it has ended.
+fn leftovers(out: &str) -> Vec<String> {
+    let Some(top) = out
+        .lines()
+        .filter(|l| l.starts_with("walk-through: run "))
+        .find_map(|l| l.split_once(" in ").map(|(_, r)| r))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|run| run.rsplit_once('/').map(|(top, _)| top.to_owned()))
+    else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let path = entry.path();
+        let cmdline = std::fs::read(path.join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let cwd = std::fs::read_link(path.join("cwd")).unwrap_or_default();
+        if cmdline.contains(&top) || cwd.starts_with(&top) {
+            found.push(format!("{}: {cmdline}", path.display()));
+        }
+    }
+    found
 }
 
 #[test]
