@@ -36,13 +36,24 @@ pub enum IdError {
     #[error(
         "\"{wanted}\" is the start of {} {what} ids: {}; give more of the id",
         matches.len(),
-        matches.join(", ")
+        listed(matches)
     )]
     Ambiguous {
         what: &'static str,
         wanted: String,
         matches: Vec<String>,
     },
+}
+
+/// Most ids an error lists; a prefix such as "01" starts thousands.
+const LISTED: usize = 10;
+
+fn listed(ids: &[String]) -> String {
+    let mut text = ids[..ids.len().min(LISTED)].join(", ");
+    if ids.len() > LISTED {
+        text.push_str(&format!(" and {} more", ids.len() - LISTED));
+    }
+    text
 }
 
 /// How many characters tell every one of `ids` apart: at least [`MIN_SHORT`], never past
@@ -216,5 +227,17 @@ mod tests {
         ];
         assert_eq!(short_len(&ids), 36);
         assert_eq!(short_len::<&str>(&[]), 0);
+    }
+
+    #[test]
+    fn an_ambiguous_prefix_lists_at_most_ten_matches() {
+        let known: Vec<String> = (0..25).map(|i| format!("0194a1b2-{i:04}")).collect();
+        let e = resolve("deployment", "0194", &known, "p", String::new).expect_err("many");
+        let text = e.to_string();
+        assert!(
+            text.contains("25 deployment ids")
+                && text.ends_with("and 15 more; give more of the id"),
+            "{text}"
+        );
     }
 }
