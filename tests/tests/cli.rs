@@ -72,7 +72,11 @@ action = { type = "script", script = "echo done" }
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let short = &task[task.len() - 8..];
+    let all: Vec<String> = shoal_e2e::tasks(&d)
+        .iter()
+        .filter_map(|(_, t)| t["id"].as_str().map(str::to_owned))
+        .collect();
+    let short = shoal_cli::ids::shorten(&task, shoal_cli::ids::short_len(&all));
     assert!(
         out.contains(short),
         "deployment show prints the short task id:\n{out}"

@@ -130,7 +130,11 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
         }
     }
     nats.stop().await?;
-    Ok(if ok { 0 } else { 1 })
+    Ok(if ok {
+        shoal_cli::exit::OK
+    } else {
+        shoal_cli::exit::FAILED
+    })
 }
 
 async fn wait_for_workers(api: &ApiClient, n: usize) -> anyhow::Result<()> {

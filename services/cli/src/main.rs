@@ -4,34 +4,58 @@ mod demo;
 mod render;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 use serde_json::{Value, json};
 use shoal_cli::client::ApiClient;
+use shoal_cli::exit::{self, Refused};
+use shoal_cli::{ids, input};
 use shoal_shared::api::{
     CancelRequest, CheckingView, CreatePool, CreateTarget, Created, DeploymentDetail,
-    DeploymentSummary, DrainView, HealthHistory, HealthRecordView, TargetView, UpdateTarget,
+    DeploymentSummary, DrainView, HealthHistory, HealthRecordView, TargetView, TaskLog,
+    UpdateTarget,
 };
 use shoal_shared::{
     DeploymentState, EnvironmentName, HealthCheck, HealthState, OutputStream, PoolName, RegionName,
-    RoleName, TargetKind, TargetName,
+    RoleName, TargetKind, TargetName, TaskId,
 };
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Run deployment work on regional worker pools.
+///
+/// Deployment and task ids may be given by their first characters (as `deployment show`
+/// prints them) when those name one. Exit codes: 0 ok, 1 error, 2 usage, 3 failed,
+/// 4 cancelled, 5 timed out, 6 planner unreachable, 7 refused (4xx), 8 planner failed (5xx),
+/// 130 interrupted.
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version)]
 struct Cli {
-    /// The planner's HTTP API.
+    /// The planner's HTTP API: http://HOST:PORT, or HOST:PORT.
     #[arg(
         long,
         env = "SHOAL_API",
         default_value = "http://127.0.0.1:8080",
-        global = true
+        global = true,
+        value_parser = input::api_url
     )]
     api: String,
+    /// How to print answers: text (tables, for people) or json (the API's answer as one JSON
+    /// document, for scripts).
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Tables and lines for people (coloured on a terminal unless NO_COLOR is set).
+    Text,
+    /// The planner's answer as one JSON document on stdout, nothing else.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +68,7 @@ enum Cmd {
     Target(TargetCmd),
     /// Submit a deployment described in a TOML file.
     Deploy {
+        /// The deployment file (TOML, the structure of the API's JSON).
         file: PathBuf,
         /// Follow it step by step; exit non-zero unless it succeeds.
         #[arg(long)]
@@ -53,7 +78,12 @@ enum Cmd {
     #[command(subcommand)]
     Deployment(DeploymentCmd),
     /// Output of a deployment's tasks (all, or one).
-    Logs { id: String, task: Option<String> },
+    Logs {
+        /// The deployment: its id or the first characters of it.
+        id: String,
+        /// One task: its id or the first characters of it, as `deployment show` prints it.
+        task: Option<String>,
+    },
     /// Workers, their pools and liveness.
     Workers,
     /// One worker: maintenance drain and resume.
@@ -61,6 +91,7 @@ enum Cmd {
     Worker(WorkerCmd),
     /// Cancel a deployment: queued tasks never start, running ones are stopped.
     Cancel {
+        /// The deployment: its id or the first characters of it.
         id: String,
         /// Recorded in the log with the cancellation.
         #[arg(long)]
@@ -71,12 +102,17 @@ enum Cmd {
     },
     /// The audit events, oldest first.
     Events {
-        #[arg(long)]
+        /// Only one deployment's events: its id or the first characters of it.
+        #[arg(long, conflicts_with = "stream")]
         deployment: Option<String>,
-        #[arg(long)]
-        stream: Option<String>,
+        /// Only one stream's events: deployment/ID, target/NAME, pool/NAME, worker/NAME or
+        /// rejected.
+        #[arg(long, value_parser = input::stream)]
+        stream: Option<input::Stream>,
+        /// Only events after this sequence number (the `seq` of the last one seen).
         #[arg(long, default_value_t = 0)]
         after: u64,
+        /// At most this many events (1-10000).
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -86,15 +122,27 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// E.g. `shoal completions bash > ~/.local/share/bash-completion/completions/shoal`,
+    /// `shoal completions zsh > "${fpath[1]}/_shoal"`,
+    /// `shoal completions fish > ~/.config/fish/completions/shoal.fish`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum PoolCmd {
     /// Register a pool.
     Add {
+        /// The pool's name (letters, digits, `-`, `_`).
         name: String,
+        /// The region its workers run in.
         #[arg(long)]
         region: Option<String>,
+        /// What the pool is for.
         #[arg(long)]
         description: Option<String>,
     },
@@ -106,15 +154,18 @@ enum PoolCmd {
 enum TargetCmd {
     /// Register a target.
     Add {
+        /// The target's name (letters, digits, `-`, `_`).
         name: String,
         /// azure-web-app, azure-service-fabric, azure-cloud-service, cloud-region, kubernetes, ssh
         #[arg(long)]
         kind: String,
+        /// The environment it belongs to (deployments name one).
         #[arg(long)]
         environment: String,
         /// A role (repeat for several).
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// Where it is managed; with no health check, a TCP probe of its host and port.
         #[arg(long)]
         endpoint: Option<String>,
         /// The pool its steps and health checks run in unless a step says otherwise.
@@ -126,6 +177,7 @@ enum TargetCmd {
         /// Health check: a GET of URL answering --expect-status (200).
         #[arg(long, value_name = "URL", group = "probe")]
         check_http: Option<String>,
+        /// The HTTP status --check-http expects (200 when unset).
         #[arg(long, requires = "check_http")]
         expect_status: Option<u16>,
         /// Health check: a script (exit 0 healthy, 2 healthy with warnings, else unhealthy).
@@ -138,18 +190,26 @@ enum TargetCmd {
     /// List targets.
     List,
     /// Show one target.
-    Show { name: String },
+    Show {
+        /// The target's name.
+        name: String,
+    },
     /// Check a target's health now, on a worker of its pool.
     Check {
+        /// The target's name.
         name: String,
-        /// Wait for the result; exit non-zero unless healthy.
+        /// Wait for the result; exit 0 if healthy, 3 if not, 5 if no result came in time.
         #[arg(long)]
         wait: bool,
     },
     /// A target's health history.
-    Health { name: String },
+    Health {
+        /// The target's name.
+        name: String,
+    },
     /// Set or clear a target's default pool.
     SetPool {
+        /// The target's name.
         name: String,
         /// The new default pool.
         #[arg(required_unless_present = "clear")]
@@ -166,88 +226,162 @@ enum WorkerCmd {
     List,
     /// Stop a worker taking new tasks (maintenance): running tasks finish, up to its drain
     /// timeout, then are handed back to its pool. It stays drained across restarts.
-    Drain { name: String },
+    Drain {
+        /// The worker's name.
+        name: String,
+    },
     /// Let a drained worker take tasks again.
-    Resume { name: String },
+    Resume {
+        /// The worker's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum DeploymentCmd {
-    /// Recent deployments.
+    /// Recent deployments, newest first.
     List {
+        /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
     /// One deployment with every task: where it ran and why.
-    Show { id: String },
+    Show {
+        /// The deployment: its id or the first characters of it.
+        id: String,
+    },
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    match run(cli).await {
-        Ok(code) => std::process::exit(code),
+    let code = match run(cli).await {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(1);
+            exit::code_of(&e)
         }
+    };
+    std::process::exit(code);
+}
+
+/// Prints `value` as one JSON document with `--output json`, else as `text` renders it.
+fn show<T: Serialize + ?Sized>(
+    out: Output,
+    value: &T,
+    text: impl FnOnce(&T),
+) -> anyhow::Result<()> {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Text => text(value),
+    }
+    Ok(())
+}
+
+/// Commands that print text only; `--output json` with them is a usage error rather than
+/// text where a script expects JSON.
+fn text_only(cmd: &Cmd) -> Option<&'static str> {
+    match cmd {
+        Cmd::Deploy { .. } => Some("deploy"),
+        Cmd::Demo { .. } => Some("demo"),
+        Cmd::Completions { .. } => Some("completions"),
+        _ => None,
     }
 }
 
+/// The command's exit code (see [`exit`]).
 async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let out = cli.output;
+    if let (Output::Json, Some(name)) = (out, text_only(&cli.command)) {
+        Cli::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                format!("`shoal {name}` prints text only; --output json is for the other commands"),
+            )
+            .exit();
+    }
     let api = ApiClient::new(&cli.api);
     match cli.command {
-        Cmd::Pool(cmd) => pool(&api, cmd).await?,
-        Cmd::Target(cmd) => return target(&api, cmd).await,
+        Cmd::Pool(cmd) => pool(&api, out, cmd).await?,
+        Cmd::Target(cmd) => return target(&api, out, cmd).await,
         Cmd::Deploy { file, wait } => return deploy(&api, &file, wait).await,
         Cmd::Deployment(DeploymentCmd::List { limit }) => {
-            render::deployments(
-                &api.get_as::<Vec<_>>(&format!("/api/deployments?limit={limit}"))
-                    .await?,
-            );
+            let list: Vec<DeploymentSummary> = api
+                .get_as(&format!("/api/deployments?limit={limit}"))
+                .await?;
+            show(out, &list, |l| render::deployments(l))?;
         }
         Cmd::Deployment(DeploymentCmd::Show { id }) => {
-            render::deployment(&api.get_as(&format!("/api/deployments/{id}")).await?);
+            let id = ids::deployment(&api, &id).await?;
+            let d: DeploymentDetail = api.get_as(&format!("/api/deployments/{id}")).await?;
+            show(out, &d, render::deployment)?;
         }
-        Cmd::Logs { id, task } => logs(&api, &id, task.as_deref()).await?,
+        Cmd::Logs { id, task } => logs(&api, out, &id, task.as_deref()).await?,
         Cmd::Workers | Cmd::Worker(WorkerCmd::List) => {
-            render::workers(&api.get_as::<Vec<_>>("/api/workers").await?);
+            let list: Vec<shoal_shared::api::WorkerView> = api.get_as("/api/workers").await?;
+            show(out, &list, |l| render::workers(l))?;
         }
         Cmd::Worker(WorkerCmd::Drain { name }) => {
-            let _: DrainView = api
+            let v: DrainView = api
                 .post_as(&format!("/api/workers/{name}/drain"), &json!({}))
                 .await?;
-            println!(
-                "worker {name} is draining: it takes no new tasks until `shoal worker resume {name}`"
-            );
+            show(out, &v, |_| {
+                println!(
+                    "worker {name} is draining: it takes no new tasks until `shoal worker resume {name}`"
+                );
+            })?;
         }
         Cmd::Worker(WorkerCmd::Resume { name }) => {
-            let _: DrainView = api
+            let v: DrainView = api
                 .post_as(&format!("/api/workers/{name}/resume"), &json!({}))
                 .await?;
-            println!("worker {name} takes tasks again");
+            show(out, &v, |_| println!("worker {name} takes tasks again"))?;
         }
-        Cmd::Cancel { id, reason, wait } => return cancel(&api, &id, reason, wait).await,
+        Cmd::Cancel { id, reason, wait } => return cancel(&api, out, &id, reason, wait).await,
         Cmd::Events {
             deployment,
             stream,
             after,
             limit,
-        } => {
-            let stream = deployment.map(|d| format!("deployment/{d}")).or(stream);
-            let mut path = format!("/api/events?after={after}&limit={limit}");
-            if let Some(s) = stream {
-                path.push_str(&format!("&stream={s}"));
-            }
-            render::events(&api.get_as::<Vec<_>>(&path).await?);
-        }
+        } => events(&api, out, deployment, stream, after, limit).await?,
         Cmd::Demo { keep } => return demo::run(keep).await,
+        Cmd::Completions { shell } => {
+            // Into a buffer first: the generator panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "shoal", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("cannot write the completion script")?;
+        }
     }
-    Ok(0)
+    Ok(exit::OK)
+}
+
+/// `shoal events`: `--deployment` and `--stream deployment/…` take an id's first characters.
+async fn events(
+    api: &ApiClient,
+    out: Output,
+    deployment: Option<String>,
+    stream: Option<input::Stream>,
+    after: u64,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let stream = match (deployment, stream) {
+        (Some(d), _) | (None, Some(input::Stream::Deployment(d))) => {
+            Some(format!("deployment/{}", ids::deployment(api, &d).await?))
+        }
+        (None, Some(input::Stream::Other(s))) => Some(s),
+        (None, None) => None,
+    };
+    let mut path = format!("/api/events?after={after}&limit={limit}");
+    if let Some(s) = stream {
+        path.push_str(&format!("&stream={s}"));
+    }
+    let list: Vec<shoal_shared::api::EventView> = api.get_as(&path).await?;
+    show(out, &list, |l| render::events(l))
 }
 
 /// `shoal pool …`.
-async fn pool(api: &ApiClient, cmd: PoolCmd) -> anyhow::Result<()> {
+async fn pool(api: &ApiClient, out: Output, cmd: PoolCmd) -> anyhow::Result<()> {
     match cmd {
         PoolCmd::Add {
             name,
@@ -262,15 +396,18 @@ async fn pool(api: &ApiClient, cmd: PoolCmd) -> anyhow::Result<()> {
                 description,
             };
             let p: shoal_shared::api::PoolView = api.post_as("/api/pools", &req).await?;
-            println!("pool {} registered", p.name);
+            show(out, &p, |p| println!("pool {} registered", p.name))?;
         }
-        PoolCmd::List => render::pools(&api.get_as::<Vec<_>>("/api/pools").await?),
+        PoolCmd::List => {
+            let list: Vec<shoal_shared::api::PoolView> = api.get_as("/api/pools").await?;
+            show(out, &list, |l| render::pools(l))?;
+        }
     }
     Ok(())
 }
 
 /// `shoal target …`: the exit code.
-async fn target(api: &ApiClient, cmd: TargetCmd) -> anyhow::Result<i32> {
+async fn target(api: &ApiClient, out: Output, cmd: TargetCmd) -> anyhow::Result<i32> {
     match cmd {
         TargetCmd::Add {
             name,
@@ -300,20 +437,23 @@ async fn target(api: &ApiClient, cmd: TargetCmd) -> anyhow::Result<i32> {
                 health_check: probe(check_tcp, check_http, expect_status, check_script),
                 health_interval_secs: health_interval,
             };
-            let _: TargetView = api.post_as("/api/targets", &req).await?;
-            println!("target {name} registered");
+            let t: TargetView = api.post_as("/api/targets", &req).await?;
+            show(out, &t, |_| println!("target {name} registered"))?;
         }
         TargetCmd::List => {
-            render::targets(&api.get_as::<Vec<_>>("/api/targets").await?);
+            let list: Vec<TargetView> = api.get_as("/api/targets").await?;
+            show(out, &list, |l| render::targets(l))?;
         }
         TargetCmd::Show { name } => {
-            render::target(&api.get_as(&format!("/api/targets/{name}")).await?);
+            let t: TargetView = api.get_as(&format!("/api/targets/{name}")).await?;
+            show(out, &t, render::target)?;
         }
         TargetCmd::Check { name, wait } => {
-            return check(api, &name, wait).await;
+            return check(api, out, &name, wait).await;
         }
         TargetCmd::Health { name } => {
-            render::health(&api.get_as(&format!("/api/targets/{name}/health")).await?);
+            let h: HealthHistory = api.get_as(&format!("/api/targets/{name}/health")).await?;
+            show(out, &h, render::health)?;
         }
         TargetCmd::SetPool { name, pool, clear } => {
             let pool = if clear {
@@ -327,13 +467,13 @@ async fn target(api: &ApiClient, cmd: TargetCmd) -> anyhow::Result<i32> {
                 ..UpdateTarget::default()
             };
             let t: TargetView = api.put_as(&format!("/api/targets/{name}"), &req).await?;
-            match &t.target.default_pool {
+            show(out, &t, |t| match &t.target.default_pool {
                 Some(p) => println!("target {name} now defaults to pool {p}"),
                 None => println!("target {name} has no default pool now (global default applies)"),
-            }
+            })?;
         }
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
 /// The health check `target add` asks for (clap lets at most one through).
@@ -361,71 +501,87 @@ fn probe(
     }
 }
 
-/// `shoal cancel`: the exit code.
+/// `shoal cancel`: the exit code; with `wait`, [`exit::OK`] once it has ended cancelled (or
+/// succeeded first), [`exit::FAILED`] if it failed first.
 async fn cancel(
     api: &ApiClient,
+    out: Output,
     id: &str,
     reason: Option<String>,
     wait: bool,
 ) -> anyhow::Result<i32> {
+    let id = ids::deployment(api, id).await?.to_string();
     let d: DeploymentSummary = api
         .post_as(
             &format!("/api/deployments/{id}/cancel"),
             &CancelRequest { reason },
         )
         .await?;
-    println!("deployment {id}: {}", render::s(&d.state));
-    if wait {
-        let d = follow(api, id, true).await?;
-        render::deployment(&d);
-        return Ok(if d.state == DeploymentState::Cancelled {
-            0
-        } else {
-            1
-        });
+    if !wait {
+        show(out, &d, |d| {
+            println!("deployment {id}: {}", render::s(&d.state))
+        })?;
+        return Ok(exit::OK);
     }
-    Ok(0)
+    if out == Output::Text {
+        println!("deployment {id}: {}", render::s(&d.state));
+    }
+    let d = follow(api, &id, out == Output::Text).await?;
+    show(out, &d, render::deployment)?;
+    Ok(match d.state {
+        DeploymentState::Cancelled => exit::OK,
+        state => exit::for_deployment(state),
+    })
 }
 
-/// Asks for a check of a target; with `wait`, follows it to its result.
-async fn check(api: &ApiClient, name: &str, wait: bool) -> anyhow::Result<i32> {
+/// Asks for a check of a target; with `wait`, follows it to its result: [`exit::FAILED`]
+/// unless healthy, [`exit::TIMED_OUT`] without a result by the check's deadline.
+async fn check(api: &ApiClient, out: Output, name: &str, wait: bool) -> anyhow::Result<i32> {
     let asked: CheckingView = api
         .post_as(&format!("/api/targets/{name}/health-check"), &json!({}))
         .await?;
     let id = asked.check;
-    println!(
-        "checking {name}: check {id} in pool {} ({})",
-        asked.pool,
-        asked.rule.map_or(String::new(), |r| render::s(&r))
-    );
+    let asked_line = || {
+        println!(
+            "checking {name}: check {id} in pool {} ({})",
+            asked.pool,
+            asked.rule.map_or(String::new(), |r| render::s(&r))
+        );
+    };
     if !wait {
-        return Ok(0);
+        show(out, &asked, |_| asked_line())?;
+        return Ok(exit::OK);
+    }
+    if out == Output::Text {
+        asked_line();
     }
     let Some(r) = check_result(api, name, &asked).await? else {
-        println!(
+        eprintln!(
             "{name}: no result of check {id} by its deadline; see `shoal target health {name}`"
         );
-        return Ok(1);
+        return Ok(exit::TIMED_OUT);
     };
-    println!(
-        "{name}: {}{} (worker {}, pool {}, {} ms)",
-        render::s(&r.state),
-        r.reason
-            .as_deref()
-            .map_or(String::new(), |why| format!(": {why}")),
-        r.worker.as_ref().map_or("-", |w| w.as_str()),
-        r.pool,
-        // As the API writes it: a number, or null when the check did not run.
-        r.duration_ms.map_or("null".to_owned(), |ms| ms.to_string())
-    );
+    show(out, &r, |r| {
+        println!(
+            "{name}: {}{} (worker {}, pool {}, {} ms)",
+            render::s(&r.state),
+            r.reason
+                .as_deref()
+                .map_or(String::new(), |why| format!(": {why}")),
+            r.worker.as_ref().map_or("-", |w| w.as_str()),
+            r.pool,
+            // As the API writes it: a number, or null when the check did not run.
+            r.duration_ms.map_or("null".to_owned(), |ms| ms.to_string())
+        );
+    })?;
     Ok(
         if matches!(
             r.state,
             HealthState::Healthy | HealthState::HealthyWithWarnings
         ) {
-            0
+            exit::OK
         } else {
-            1
+            exit::FAILED
         },
     )
 }
@@ -470,15 +626,11 @@ async fn deploy(api: &ApiClient, file: &std::path::Path, wait: bool) -> anyhow::
     let id = created.id.to_string();
     println!("deployment {id} accepted");
     if !wait {
-        return Ok(0);
+        return Ok(exit::OK);
     }
     let d = follow(api, &id, true).await?;
     render::deployment(&d);
-    Ok(if d.state == DeploymentState::Succeeded {
-        0
-    } else {
-        1
-    })
+    Ok(exit::for_deployment(d.state))
 }
 
 /// Polls a deployment until it ends, printing each step's progress when `print` is set.
@@ -502,9 +654,12 @@ pub(crate) async fn follow(
     }
 }
 
-async fn logs(api: &ApiClient, id: &str, task: Option<&str>) -> anyhow::Result<()> {
+/// `shoal logs`: every task's output, or one task's; with `--output json`, an array of the
+/// API's `TaskLog`, one per task, each with all its lines.
+async fn logs(api: &ApiClient, out: Output, id: &str, task: Option<&str>) -> anyhow::Result<()> {
+    let id = ids::deployment(api, id).await?.to_string();
     let d: DeploymentDetail = api.get_as(&format!("/api/deployments/{id}")).await?;
-    let mut tasks: Vec<(String, String)> = Vec::new();
+    let mut tasks: Vec<(TaskId, String)> = Vec::new();
     for step in &d.steps {
         for t in &step.tasks {
             let label = format!(
@@ -513,32 +668,29 @@ async fn logs(api: &ApiClient, id: &str, task: Option<&str>) -> anyhow::Result<(
                 t.target.as_ref().map_or("(no target)", |t| t.as_str()),
                 t.pool
             );
-            tasks.push((t.id.to_string(), label));
+            tasks.push((t.id, label));
         }
     }
-    // A task may be named by its full id or by the short id `deployment show` prints (its
-    // last characters).
     if let Some(wanted) = task {
-        let all: Vec<String> = tasks.iter().map(|(t, _)| t.clone()).collect();
-        tasks.retain(|(t, _)| t == wanted || t.ends_with(wanted));
-        match tasks.len() {
-            0 => bail!(
-                "deployment {id} has no task {wanted} (its tasks: {})",
-                all.join(", ")
-            ),
-            1 => {}
-            _ => bail!("{wanted} matches several tasks of deployment {id}; give more of the id"),
-        }
+        let one = ids::task(&d, wanted)?;
+        tasks.retain(|(t, _)| *t == one);
     }
     if tasks.is_empty() {
         bail!("deployment {id} has no tasks");
+    }
+    if out == Output::Json {
+        let mut all = Vec::with_capacity(tasks.len());
+        for (task, _) in &tasks {
+            all.push(whole_log(api, &id, &task.to_string()).await?);
+        }
+        return show(out, &all, |_| {});
     }
     for (task, label) in tasks {
         println!("== task {task} ({label})");
         // Page by page, so a long log is printed as it comes rather than held whole.
         let mut after = None;
         loop {
-            let page = api.task_log_page(id, &task, after).await?;
+            let page = api.task_log_page(&id, &task.to_string(), after).await?;
             for l in &page.lines {
                 // attempt.run: a run above 1 is a redelivery after a worker was lost.
                 let run = format!("{}.{}", l.attempt, l.run);
@@ -556,7 +708,26 @@ async fn logs(api: &ApiClient, id: &str, task: Option<&str>) -> anyhow::Result<(
     Ok(())
 }
 
+/// A task's log as one `TaskLog`: every page's lines, the last page's state and cursor.
+async fn whole_log(api: &ApiClient, id: &str, task: &str) -> anyhow::Result<TaskLog> {
+    let mut page = api.task_log_page(id, task, None).await?;
+    let mut lines = std::mem::take(&mut page.lines);
+    while page.more && page.next.is_some() {
+        page = api.task_log_page(id, task, page.next).await?;
+        lines.append(&mut page.lines);
+    }
+    Ok(TaskLog {
+        lines,
+        more: false,
+        ..page
+    })
+}
+
 /// A value of a request field, or an error naming the field (as the planner would).
 fn field<T, E: std::fmt::Display>(name: &str, parsed: Result<T, E>) -> anyhow::Result<T> {
-    parsed.map_err(|e| anyhow::anyhow!("{name}: {e}"))
+    parsed.map_err(|e| Refused(format!("{name}: {e}")).into())
 }
+
+#[cfg(test)]
+#[path = "main_tests.rs"]
+mod tests;

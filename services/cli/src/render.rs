@@ -1,8 +1,11 @@
-//! Tables and progress lines for the terminal, from the API's answers.
+//! Tables and progress lines for the terminal, from the API's answers. State words are
+//! coloured only when [`shoal_cli::colour::stdout`] says so.
 
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::{Cell, Color, Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 use serde_json::Value;
+use shoal_cli::colour::{self, Tone};
+use shoal_cli::ids;
 use shoal_shared::TaskState;
 use shoal_shared::api::{
     DeploymentDetail, DeploymentSummary, EventView, HealthHistory, PoolView, TargetView, WorkerView,
@@ -18,10 +21,35 @@ pub fn s<T: Serialize + ?Sized>(v: &T) -> String {
 }
 
 fn table(header: &[&str]) -> Table {
+    table_coloured(header, colour::stdout())
+}
+
+/// A table that styles its cells when `on`, and never otherwise (comfy-table alone would
+/// style on any terminal, `NO_COLOR` or not).
+fn table_coloured(header: &[&str], on: bool) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_header(header.to_vec());
+    if on {
+        t.enforce_styling();
+    } else {
+        t.force_no_tty();
+    }
     t
+}
+
+/// A state as the API spells it, in the colour of its tone (the table decides whether
+/// colours show).
+fn state<T: Serialize + ?Sized>(v: &T) -> Cell {
+    let text = s(v);
+    let cell = Cell::new(&text);
+    match colour::tone(&text) {
+        Some(Tone::Good) => cell.fg(Color::Green),
+        Some(Tone::Bad) => cell.fg(Color::Red),
+        Some(Tone::Busy) => cell.fg(Color::Yellow),
+        Some(Tone::Quiet) => cell.fg(Color::DarkGrey),
+        None => cell,
+    }
 }
 
 fn joined<T: Serialize>(items: &[T], sep: &str) -> String {
@@ -59,14 +87,14 @@ pub fn targets(v: &[TargetView]) {
     ]);
     for x in v {
         t.add_row(vec![
-            s(&x.target.name),
-            s(&x.target.kind),
-            s(&x.target.environment),
-            joined(&x.target.roles, ","),
-            s(&x.target.default_pool),
-            s(&x.target.endpoint),
-            s(&x.health.state),
-            s(&x.health.checked_at),
+            Cell::new(s(&x.target.name)),
+            Cell::new(s(&x.target.kind)),
+            Cell::new(s(&x.target.environment)),
+            Cell::new(joined(&x.target.roles, ",")),
+            Cell::new(s(&x.target.default_pool)),
+            Cell::new(s(&x.target.endpoint)),
+            state(&x.health.state),
+            Cell::new(s(&x.health.checked_at)),
         ]);
     }
     println!("{t}");
@@ -101,13 +129,13 @@ pub fn health(v: &HealthHistory) {
     let mut t = table(&["checked", "state", "worker", "pool", "rule", "ms", "reason"]);
     for h in &v.history {
         t.add_row(vec![
-            s(&h.checked_at),
-            s(&h.state),
-            s(&h.worker),
-            s(&h.pool),
-            s(&h.rule),
-            s(&h.duration_ms),
-            s(&h.reason),
+            Cell::new(s(&h.checked_at)),
+            state(&h.state),
+            Cell::new(s(&h.worker)),
+            Cell::new(s(&h.pool)),
+            Cell::new(s(&h.rule)),
+            Cell::new(s(&h.duration_ms)),
+            Cell::new(s(&h.reason)),
         ]);
     }
     println!("{t}");
@@ -142,19 +170,19 @@ pub fn workers(v: &[WorkerView]) {
             .map(String::as_str)
             .collect();
         let health = if why.is_empty() {
-            s(&w.health)
+            state(&w.health)
         } else {
-            format!("{}: {}", s(&w.health), why.join("; "))
+            Cell::new(format!("{}: {}", s(&w.health), why.join("; ")))
         };
         t.add_row(vec![
-            s(&w.name),
-            s(&w.pool),
-            s(&w.region),
-            s(&w.status),
+            Cell::new(s(&w.name)),
+            Cell::new(s(&w.pool)),
+            Cell::new(s(&w.region)),
+            state(&w.status),
             health,
-            format!("{}/{}", w.busy_slots, w.slots),
-            s(&w.free_disk_mb),
-            s(&w.last_seen),
+            Cell::new(format!("{}/{}", w.busy_slots, w.slots)),
+            Cell::new(s(&w.free_disk_mb)),
+            Cell::new(s(&w.last_seen)),
         ]);
     }
     println!("{t}");
@@ -176,12 +204,12 @@ pub fn deployments(v: &[DeploymentSummary]) {
             .map(|st| format!("{}:{}", st.name, s(&st.state)))
             .collect();
         t.add_row(vec![
-            s(&d.id),
-            d.project.clone(),
-            s(&d.environment),
-            s(&d.state),
-            steps.join(" "),
-            s(&d.created_at),
+            Cell::new(s(&d.id)),
+            Cell::new(&d.project),
+            Cell::new(s(&d.environment)),
+            state(&d.state),
+            Cell::new(steps.join(" ")),
+            Cell::new(s(&d.created_at)),
         ]);
     }
     println!("{t}");
@@ -209,23 +237,28 @@ pub fn task_table(d: &DeploymentDetail) -> Table {
     let mut t = table(&[
         "step", "task", "target", "pool", "rule", "worker", "state", "exit", "note",
     ]);
+    // The shortest prefix that tells this deployment's tasks apart: what `logs` takes back.
+    let task_ids: Vec<String> = d
+        .steps
+        .iter()
+        .flat_map(|st| st.tasks.iter().map(|x| x.id.to_string()))
+        .collect();
+    let short = ids::short_len(&task_ids);
     for st in &d.steps {
         for x in &st.tasks {
             let id = x.id.to_string();
             let note = x.waiting.as_ref().or(x.reason.as_ref());
             t.add_row(vec![
-                st.name.clone(),
-                id.get(id.len().saturating_sub(8)..)
-                    .unwrap_or_default()
-                    .to_owned(),
-                s(&x.target),
-                s(&x.pool),
-                s(&x.pool_rule),
-                s(&x.worker),
-                s(&x.state),
-                s(&x.exit_code),
+                Cell::new(&st.name),
+                Cell::new(ids::shorten(&id, short)),
+                Cell::new(s(&x.target)),
+                Cell::new(s(&x.pool)),
+                Cell::new(s(&x.pool_rule)),
+                Cell::new(s(&x.worker)),
+                state(&x.state),
+                Cell::new(s(&x.exit_code)),
                 // A note that is just "-" is as good as none.
-                note.filter(|n| *n != "-").cloned().unwrap_or_default(),
+                Cell::new(note.filter(|n| *n != "-").cloned().unwrap_or_default()),
             ]);
         }
     }
@@ -256,5 +289,21 @@ pub fn events(v: &[EventView]) {
             e.stream,
             e.data
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_words_are_coloured_only_when_the_table_is() {
+        for on in [true, false] {
+            let mut t = table_coloured(&["state"], on);
+            t.add_row(vec![state("failed")]);
+            let text = t.to_string();
+            assert_eq!(text.contains('\x1b'), on, "colour {on}:\n{text}");
+            assert!(text.contains("failed"), "{text}");
+        }
     }
 }
