@@ -103,7 +103,7 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
     println!("deployment {id} submitted: 3 steps, 7 tasks\n");
     let d = tokio::time::timeout(
         Duration::from_secs(120),
-        crate::follow(&api, &id.to_string(), true),
+        crate::follow(&api, &id.to_string()),
     )
     .await
     .context("the demo deployment did not finish within 2 minutes")??;
