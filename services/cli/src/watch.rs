@@ -85,7 +85,11 @@ pub(crate) fn task_status(step: &StepDetail, t: &TaskView, now: Timestamp) -> St
                 .unwrap_or_else(|| format!("queued in pool {}", t.pool));
             format!("{why}{}", parens(&[attempt]))
         }
-        TaskState::Running => format!("running on {worker}{}", parens(&[attempt, run])),
+        TaskState::Running => format!(
+            "running on {worker} in pool {}{}",
+            t.pool,
+            parens(&[attempt, run])
+        ),
         TaskState::RetryScheduled => {
             let next = attempt_of(t.attempt + 1, step);
             let when = t.retry_at.map_or("soon".to_owned(), |at| {
@@ -100,7 +104,7 @@ pub(crate) fn task_status(step: &StepDetail, t: &TaskView, now: Timestamp) -> St
         }
         TaskState::Succeeded => format!("succeeded on {worker}{}", parens(&[attempt])),
         TaskState::Failed | TaskState::TimedOut => format!(
-            "{} on {worker} ({}){}",
+            "{} on {worker}: {}{}",
             render::s(&t.state).replace('_', " "),
             ending(t.exit_code, t.reason.as_deref()),
             parens(&[attempt])
@@ -259,9 +263,12 @@ pub(crate) fn failure(
     if tail.is_empty() {
         out.push(format!("  attempt {} wrote no output", t.attempt));
     } else {
+        let lines = match tail.len() {
+            1 => "line".to_owned(),
+            n => format!("{n} lines"),
+        };
         out.push(format!(
-            "  last {} lines of its output (attempt {}; \"!\" marks stderr):",
-            tail.len(),
+            "  its last {lines} of output (attempt {}; \"!\" marks stderr):",
             t.attempt
         ));
         for l in tail {
@@ -320,11 +327,15 @@ impl<'a> Watch<'a> {
                 .api
                 .get_as(&format!("/api/deployments/{}", self.id))
                 .await?;
-            let lasting = self.lasting(&d).await;
             if self.tty {
+                let lasting = self.lasting(&d).await;
                 self.redraw(&lasting, &block(&d, Timestamp::now()));
             } else {
-                self.append(&lasting, &d);
+                // Each change first, then what it means (a retry, a failure's output).
+                self.append(&d);
+                for l in self.lasting(&d).await {
+                    println!("{l}");
+                }
             }
             if d.state.is_terminal() {
                 return Ok(d);
@@ -369,7 +380,11 @@ impl<'a> Watch<'a> {
 
     /// Terminal: clears the block, prints the lasting lines, draws the block again.
     fn redraw(&mut self, lasting: &[String], block: &[String]) {
-        let width = comfy_table::Table::new().width().map_or(200, usize::from);
+        // A terminal that does not say its size (0) is taken as wide.
+        let width = comfy_table::Table::new()
+            .width()
+            .filter(|w| *w >= 20)
+            .map_or(200, usize::from);
         let mut out = std::io::stdout().lock();
         let mut text = String::new();
         if self.drawn > 0 {
@@ -391,12 +406,8 @@ impl<'a> Watch<'a> {
         let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     }
 
-    /// Not a terminal: the lasting lines, then the progress line and each task's status
-    /// when they changed.
-    fn append(&mut self, lasting: &[String], d: &DeploymentDetail) {
-        for l in lasting {
-            println!("{l}");
-        }
+    /// Not a terminal: the progress line and each task's status, when they changed.
+    fn append(&mut self, d: &DeploymentDetail) {
         let progress = render::progress(d);
         if progress != self.progress {
             println!("{progress}");
@@ -406,9 +417,18 @@ impl<'a> Watch<'a> {
         for step in &d.steps {
             for t in &step.tasks {
                 let key = status_key(t);
-                if self.shown.get(&t.id) != Some(&key) {
+                // Pending is where every task starts: nothing to tell yet.
+                let first_pending =
+                    t.state == TaskState::Pending && !self.shown.contains_key(&t.id);
+                if !first_pending && self.shown.get(&t.id) != Some(&key) {
                     println!("  {}: {}", label(step, t), task_status(step, t, now));
                     self.shown.insert(t.id, key);
+                    if t.state == TaskState::RetryScheduled {
+                        // That line told the failed attempt already.
+                        let failed = t.attempts.iter().filter(|a| a.attempt == t.attempt);
+                        self.told
+                            .extend(failed.map(|a| (t.id, a.attempt, a.delivery)));
+                    }
                 }
             }
         }
