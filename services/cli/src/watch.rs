@@ -9,7 +9,7 @@
 use crate::render;
 use shoal_cli::client::ApiClient;
 use shoal_shared::api::{AttemptView, DeploymentDetail, LogCursor, LogLine, StepDetail, TaskView};
-use shoal_shared::{OutputStream, TaskId, TaskState, Timestamp};
+use shoal_shared::{OutputStream, StepState, TaskId, TaskState, Timestamp};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
@@ -21,8 +21,13 @@ pub(crate) const EXIT_INTERRUPTED: i32 = 130;
 const TAIL_LINES: usize = 20;
 
 /// Task lines shown per step in the redrawn block; the rest are summed up in one line, so
-/// the block stays shorter than a terminal.
+/// the block stays shorter than a terminal (a block taller than the screen cannot be
+/// redrawn in place).
 const BLOCK_TASKS_PER_STEP: usize = 8;
+
+/// Up to this many tasks in all, every step shows its tasks; above, only running steps do
+/// and the others are one line each.
+const BLOCK_TASKS: usize = 24;
 
 /// How often the deployment is read.
 const POLL: Duration = Duration::from_millis(300);
@@ -131,6 +136,7 @@ fn status_key(t: &TaskView) -> String {
 /// The redrawn block: the progress line, then every step in order with its tasks.
 pub(crate) fn block(d: &DeploymentDetail, now: Timestamp) -> Vec<String> {
     let mut out = vec![render::progress(d)];
+    let all: usize = d.steps.iter().map(|s| s.tasks.len()).sum();
     let width = d
         .steps
         .iter()
@@ -138,6 +144,15 @@ pub(crate) fn block(d: &DeploymentDetail, now: Timestamp) -> Vec<String> {
         .max()
         .unwrap_or(0);
     for step in &d.steps {
+        if all > BLOCK_TASKS && step.state != StepState::Running {
+            out.push(format!(
+                "  {}: {} ({} tasks)",
+                step.name,
+                render::s(&step.state),
+                step.tasks.len()
+            ));
+            continue;
+        }
         for t in step.tasks.iter().take(BLOCK_TASKS_PER_STEP) {
             out.push(format!(
                 "  {:<width$}  {}",

@@ -3,7 +3,7 @@
 use super::*;
 use shoal_shared::api::{AttemptView, StepDetail, TaskView};
 use shoal_shared::resolve::PoolRule;
-use shoal_shared::{PoolName, StepState, TargetName, WorkerName};
+use shoal_shared::{PoolName, TargetName, WorkerName};
 
 const NOW: Timestamp = Timestamp(1_700_000_000_000);
 
@@ -161,4 +161,30 @@ fn an_interruption_names_what_is_left_and_the_command_to_cancel() {
         out.last().map(String::as_str),
         Some("cancel it:  shoal --api http://h:1 cancel d-1")
     );
+}
+
+#[test]
+fn a_big_deployment_keeps_the_block_short_enough_to_redraw() {
+    let mut running = step(0, (0..30).map(|_| task(TaskState::Running)).collect());
+    running.name = "deploy".into();
+    let mut pending = step(0, (0..30).map(|_| task(TaskState::Pending)).collect());
+    pending.name = "verify".into();
+    pending.state = StepState::Pending;
+    let d = DeploymentDetail {
+        id: shoal_shared::DeploymentId::new(),
+        project: "shop".into(),
+        environment: shoal_shared::EnvironmentName::parse("prod".to_owned())
+            .unwrap_or_else(|e| panic!("{e}")),
+        state: shoal_shared::DeploymentState::Running,
+        reason: None,
+        created_at: NOW,
+        started_at: Some(NOW),
+        finished_at: None,
+        steps: vec![running, pending],
+    };
+    let lines = block(&d, NOW);
+    // Progress, 8 tasks and a summary of the running step, one line for the pending one.
+    assert_eq!(lines.len(), 1 + BLOCK_TASKS_PER_STEP + 1 + 1, "{lines:#?}");
+    assert_eq!(lines[9], "  deploy · … 22 more tasks (0 ended)");
+    assert_eq!(lines[10], "  verify: pending (30 tasks)");
 }
