@@ -305,8 +305,8 @@ pub(crate) struct Watch<'a> {
     id: String,
     /// Stdout is a terminal: redraw the block in place.
     tty: bool,
-    /// Lines of the block on screen now (terminal only).
-    drawn: usize,
+    /// The block on screen now (terminal only).
+    drawn: Vec<String>,
     /// Per task, the status last appended (not a terminal).
     shown: HashMap<TaskId, String>,
     /// The last progress line appended (not a terminal).
@@ -324,7 +324,7 @@ impl<'a> Watch<'a> {
             api,
             id: id.to_owned(),
             tty: std::io::stdout().is_terminal(),
-            drawn: 0,
+            drawn: Vec::new(),
             shown: HashMap::new(),
             progress: String::new(),
             told: HashSet::new(),
@@ -344,7 +344,7 @@ impl<'a> Watch<'a> {
                 .await?;
             if self.tty {
                 let lasting = self.lasting(&d).await;
-                self.redraw(&lasting, &block(&d, Timestamp::now()));
+                self.redraw(&lasting, block(&d, Timestamp::now()));
             } else {
                 // Each change first, then what it means (a retry, a failure's output).
                 self.append(&d);
@@ -394,7 +394,11 @@ impl<'a> Watch<'a> {
     }
 
     /// Terminal: clears the block, prints the lasting lines, draws the block again.
-    fn redraw(&mut self, lasting: &[String], block: &[String]) {
+    fn redraw(&mut self, lasting: &[String], block: Vec<String>) {
+        // Unchanged: drawing it again would only flicker.
+        if lasting.is_empty() && block == self.drawn {
+            return;
+        }
         // A terminal that does not say its size (0) is taken as wide.
         let width = comfy_table::Table::new()
             .width()
@@ -402,21 +406,21 @@ impl<'a> Watch<'a> {
             .map_or(200, usize::from);
         let mut out = std::io::stdout().lock();
         let mut text = String::new();
-        if self.drawn > 0 {
+        if !self.drawn.is_empty() {
             // To the first column of the block's first line, then clear to the end.
-            text.push_str(&format!("\x1b[{}F\x1b[J", self.drawn));
+            text.push_str(&format!("\x1b[{}F\x1b[J", self.drawn.len()));
         }
         for l in lasting {
             text.push_str(l);
             text.push('\n');
         }
-        for l in block {
+        for l in &block {
             // A line the terminal wraps would be two and spoil the count: cut it to fit.
             let cut: String = l.chars().take(width.saturating_sub(1).max(1)).collect();
             text.push_str(&cut);
             text.push('\n');
         }
-        self.drawn = block.len();
+        self.drawn = block;
         // A terminal that went away is no reason to stop following.
         let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     }
@@ -469,11 +473,11 @@ pub(crate) fn interrupted(id: &str, d: Option<&DeploymentDetail>, api_flag: &str
         if d.state.is_terminal() {
             out.push(format!("it has ended meanwhile: {}", render::s(&d.state)));
         } else {
-            out.push(format!(
-                "still to do ({}, {} tasks):",
-                render::s(&d.state),
-                open.len()
-            ));
+            let tasks = match open.len() {
+                1 => "1 task".to_owned(),
+                n => format!("{n} tasks"),
+            };
+            out.push(format!("still to do ({}, {tasks}):", render::s(&d.state)));
             out.extend(open);
         }
     }
