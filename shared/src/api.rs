@@ -290,6 +290,10 @@ pub struct StepDetail {
     pub index: u32,
     pub name: String,
     pub state: StepState,
+    /// Extra attempts a task of the step gets after one that failed or timed out (its
+    /// `retries`): a task runs at most `retries + 1` attempts. 0 from a planner before it.
+    #[serde(default)]
+    pub retries: u32,
     pub tasks: Vec<TaskView>,
 }
 

@@ -2,6 +2,7 @@
 
 mod demo;
 mod render;
+mod watch;
 
 use anyhow::{Context as _, bail};
 use clap::error::ErrorKind;
@@ -12,9 +13,9 @@ use shoal_cli::client::ApiClient;
 use shoal_cli::exit::{self, Refused};
 use shoal_cli::{ids, input};
 use shoal_shared::api::{
-    CancelRequest, CheckingView, CreatePool, CreateTarget, Created, DeploymentDetail,
-    DeploymentSummary, DrainView, HealthHistory, HealthRecordView, TargetView, TaskLog,
-    UpdateTarget,
+    CancelRequest, CheckingView, CreateDeployment, CreatePool, CreateTarget, Created,
+    DeploymentDetail, DeploymentSummary, DrainView, HealthHistory, HealthRecordView, TargetView,
+    TaskLog, UpdateTarget,
 };
 use shoal_shared::{
     DeploymentState, EnvironmentName, HealthCheck, HealthState, OutputStream, PoolName, RegionName,
@@ -22,6 +23,9 @@ use shoal_shared::{
 };
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Where the planner's API is unless `--api` or `SHOAL_API` says otherwise.
+const DEFAULT_API: &str = "http://127.0.0.1:8080";
 
 /// Run deployment work on regional worker pools.
 ///
@@ -36,7 +40,7 @@ struct Cli {
     #[arg(
         long,
         env = "SHOAL_API",
-        default_value = "http://127.0.0.1:8080",
+        default_value = DEFAULT_API,
         global = true,
         value_parser = input::api_url
     )]
@@ -66,13 +70,19 @@ enum Cmd {
     /// Deployment targets.
     #[command(subcommand)]
     Target(TargetCmd),
-    /// Submit a deployment described in a TOML file.
+    /// Submit a deployment described in a TOML or JSON file (the API's structure).
     Deploy {
-        /// The deployment file (TOML, the structure of the API's JSON).
+        /// The deployment: `.json` is read as JSON, `.toml` as TOML, any other name by its
+        /// content (JSON when it starts with `{`).
         file: PathBuf,
-        /// Follow it step by step; exit non-zero unless it succeeds.
+        /// Follow it: every task's state and why it waits, retries, the output of a failed
+        /// task; exit non-zero unless it succeeds. Ctrl-C stops following, not the deployment.
         #[arg(long)]
         wait: bool,
+        /// Set a variable in every step (`KEY=VALUE`) or in one step (`STEP.KEY=VALUE`),
+        /// over the file's; repeat for several.
+        #[arg(long = "var", value_name = "[STEP.]KEY=VALUE")]
+        vars: Vec<String>,
     },
     /// Deployments.
     #[command(subcommand)]
@@ -304,7 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Cmd::Pool(cmd) => pool(&api, out, cmd).await?,
         Cmd::Target(cmd) => return target(&api, out, cmd).await,
-        Cmd::Deploy { file, wait } => return deploy(&api, &file, wait).await,
+        Cmd::Deploy { file, wait, vars } => return deploy(&api, &file, &vars, wait).await,
         Cmd::Deployment(DeploymentCmd::List { limit }) => {
             let list: Vec<DeploymentSummary> = api
                 .get_as(&format!("/api/deployments?limit={limit}"))
@@ -612,41 +622,128 @@ pub(crate) async fn check_result(
     Ok(None)
 }
 
-/// Reads a deployment file (TOML with the same structure as the API's JSON).
+/// Reads a deployment file: JSON or TOML (the same structure), by its extension, else by
+/// its content.
 fn read_deployment(file: &std::path::Path) -> anyhow::Result<Value> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    toml::from_str::<Value>(&text).with_context(|| format!("{} is not valid TOML", file.display()))
+    let ext = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let json = match ext.as_deref() {
+        Some("json") => true,
+        Some("toml") => false,
+        _ => text.trim_start().starts_with('{'),
+    };
+    if json {
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))
+    } else {
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", file.display()))
+    }
 }
 
-async fn deploy(api: &ApiClient, file: &std::path::Path, wait: bool) -> anyhow::Result<i32> {
+/// The deployment of `body` with the `--var`s set: `KEY=VALUE` in every step, `STEP.KEY=VALUE`
+/// in the step of that name (a key has no `.`, so the last one splits).
+fn with_vars(
+    file: &std::path::Path,
+    body: Value,
+    vars: &[String],
+) -> anyhow::Result<CreateDeployment> {
+    let mut d: CreateDeployment = serde_path_to_error::deserialize(body)
+        .map_err(|e| anyhow::anyhow!("{}: {}: {}", file.display(), e.path(), e.inner()))?;
+    for var in vars {
+        let Some((name, value)) = var.split_once('=') else {
+            bail!("--var {var}: expected KEY=VALUE or STEP.KEY=VALUE");
+        };
+        let (step, key) = match name.rsplit_once('.') {
+            Some((step, key)) => (Some(step), key),
+            None => (None, name),
+        };
+        let mut hit = false;
+        for s in d
+            .steps
+            .iter_mut()
+            .filter(|s| step.is_none_or(|n| n == s.name))
+        {
+            s.variables.insert(key.to_owned(), value.to_owned());
+            hit = true;
+        }
+        if let (Some(step), false) = (step, hit) {
+            let known: Vec<&str> = d.steps.iter().map(|s| s.name.as_str()).collect();
+            bail!(
+                "--var {var}: no step \"{step}\" (steps: {})",
+                known.join(", ")
+            );
+        }
+    }
+    Ok(d)
+}
+
+async fn deploy(
+    api: &ApiClient,
+    file: &std::path::Path,
+    vars: &[String],
+    wait: bool,
+) -> anyhow::Result<i32> {
     let body = read_deployment(file)?;
-    // The file goes as written: the planner's answer names the field at fault in it.
-    let created: Created = api.post_as("/api/deployments", &body).await?;
+    // Without --var the file goes as written: the planner's answer names the field at fault.
+    let created: Created = if vars.is_empty() {
+        api.post_as("/api/deployments", &body).await?
+    } else {
+        api.post_as("/api/deployments", &with_vars(file, body, vars)?)
+            .await?
+    };
     let id = created.id.to_string();
     println!("deployment {id} accepted");
     if !wait {
         return Ok(exit::OK);
     }
-    let d = follow(api, &id, true).await?;
+    let d = tokio::select! {
+        d = follow(api, &id, true) => d?,
+        _ = tokio::signal::ctrl_c() => return Ok(interrupted(api, &id).await),
+    };
     render::deployment(&d);
     Ok(exit::for_deployment(d.state))
 }
 
-/// Polls a deployment until it ends, printing each step's progress when `print` is set.
+/// After Ctrl-C while following deployment `id`: says it goes on, what is left and how to
+/// cancel it; the exit code.
+async fn interrupted(api: &ApiClient, id: &str) -> i32 {
+    // What is left, if the planner says so quickly: the user is waiting for the prompt.
+    let d = tokio::time::timeout(
+        Duration::from_secs(3),
+        api.get_as::<DeploymentDetail>(&format!("/api/deployments/{id}")),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
+    // The commands must reach the same planner as this one did.
+    let from_env = std::env::var("SHOAL_API").is_ok_and(|e| e.trim_end_matches('/') == api.base());
+    let api_flag = if from_env || api.base() == DEFAULT_API {
+        String::new()
+    } else {
+        format!(" --api {}", api.base())
+    };
+    println!();
+    for line in watch::interrupted(id, d.as_ref(), &api_flag) {
+        println!("{line}");
+    }
+    watch::EXIT_INTERRUPTED
+}
+
+/// Follows a deployment until it ends: showing every task as it goes when `print` is set,
+/// quietly otherwise (`--output json` prints only the final answer).
 pub(crate) async fn follow(
     api: &ApiClient,
     id: &str,
     print: bool,
 ) -> anyhow::Result<DeploymentDetail> {
-    let mut last = String::new();
+    if print {
+        return watch::Watch::new(api, id).run().await;
+    }
     loop {
         let d: DeploymentDetail = api.get_as(&format!("/api/deployments/{id}")).await?;
-        let line = render::progress(&d);
-        if print && line != last {
-            println!("{line}");
-            last = line;
-        }
         if d.state.is_terminal() {
             return Ok(d);
         }

@@ -297,6 +297,7 @@ fn a_deployment_request_and_its_answers() {
                 index: 0,
                 name: "deploy".into(),
                 state: StepState::Running,
+                retries: 2,
                 tasks: vec![TaskView {
                     id: task,
                     target: Some(target_name("web-1")),
@@ -323,7 +324,7 @@ fn a_deployment_request_and_its_answers() {
         &json!({"id": id.to_string(), "project": "shop", "environment": "prod",
                 "state": "running", "reason": null, "created_at": T0_TEXT,
                 "started_at": T0_TEXT, "finished_at": null, "steps": [
-            {"index": 0, "name": "deploy", "state": "running", "tasks": [
+            {"index": 0, "name": "deploy", "state": "running", "retries": 2, "tasks": [
                 {"id": task.to_string(), "target": "web-1", "endpoint": null, "pool": "eu-west",
                  "pool_rule": "step", "state": "retry_scheduled", "waiting": null,
                  "worker": "eu-1", "attempt": 1, "delivery": 2, "exit_code": 3,

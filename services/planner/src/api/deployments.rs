@@ -4,6 +4,7 @@
 use super::{ApiError, AppState, JsonBody};
 use crate::domain::Command;
 use crate::domain::state::{AttemptDoc, DeploymentDoc, TaskDoc};
+use crate::liveness::Liveness;
 use crate::log::{EventLog, Proj};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -14,7 +15,9 @@ use shoal_shared::api::{
     DeploymentSummary, LOG_PAGE_DEFAULT, LOG_PAGE_MAX, LogCursor, LogLine, StepDetail, StepSummary,
     TaskLog, TaskView,
 };
-use shoal_shared::{Action, DeploymentId, DeploymentSpec, PoolName, StepSpec, TaskId, TaskState};
+use shoal_shared::{
+    Action, DeploymentId, DeploymentSpec, PoolName, StepSpec, TaskId, TaskState, Timestamp,
+};
 use std::collections::HashMap;
 
 /// The deployment a request asks for.
@@ -149,7 +152,7 @@ fn detail(
     d: DeploymentDoc,
     mut tasks: HashMap<TaskId, TaskDoc>,
 ) -> DeploymentDetail {
-    let online = app.liveness.online_per_pool(shoal_shared::Timestamp::now());
+    let pools = pool_load(&app.liveness, shoal_shared::Timestamp::now());
     let steps = d
         .steps
         .iter()
@@ -158,11 +161,12 @@ fn detail(
             index: u32::try_from(index).unwrap_or(u32::MAX),
             name: s.name.clone(),
             state: s.state,
+            retries: d.spec.steps.get(index).map_or(0, |spec| spec.retries),
             tasks: s
                 .tasks
                 .iter()
                 .filter_map(|t| tasks.remove(t))
-                .map(|doc| task_view(doc, &online))
+                .map(|doc| task_view(doc, &pools))
                 .collect(),
         })
         .collect();
@@ -179,14 +183,47 @@ fn detail(
     }
 }
 
-fn task_view(t: TaskDoc, online: &HashMap<PoolName, usize>) -> TaskView {
-    let waiting =
-        matches!(t.state, TaskState::Planned | TaskState::Dispatched).then(|| {
-            match online.get(&t.pool).copied().unwrap_or(0) {
-                0 => format!("waiting for a worker in pool {}", t.pool),
-                _ => format!("queued in pool {}", t.pool),
-            }
-        });
+/// What the online workers of a pool (draining ones excepted) can take now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct PoolLoad {
+    workers: usize,
+    slots: u32,
+    busy: u32,
+}
+
+/// The load of every pool with a worker online, from the last heartbeats.
+fn pool_load(liveness: &Liveness, now: Timestamp) -> HashMap<PoolName, PoolLoad> {
+    let mut out: HashMap<PoolName, PoolLoad> = HashMap::new();
+    // A draining worker takes nothing: it does not count for its pool.
+    for live in liveness
+        .snapshot()
+        .into_values()
+        .filter(|l| l.online(now) && !l.draining)
+    {
+        let load = out.entry(live.pool).or_default();
+        load.workers += 1;
+        load.slots = load.slots.saturating_add(live.slots);
+        load.busy = load.busy.saturating_add(live.busy);
+    }
+    out
+}
+
+/// Why a task that is planned or in its pool's queue has not started: no worker of the pool
+/// online, every slot of its workers busy, or just its turn in the queue.
+fn waiting_reason(pool: &PoolName, load: Option<&PoolLoad>) -> String {
+    match load {
+        None => format!("waiting for a worker in pool {pool}"),
+        Some(l) if l.workers > 0 && l.busy >= l.slots => format!(
+            "queued in pool {pool}: all {} slots of its {} online worker(s) busy",
+            l.slots, l.workers
+        ),
+        Some(_) => format!("queued in pool {pool}"),
+    }
+}
+
+fn task_view(t: TaskDoc, pools: &HashMap<PoolName, PoolLoad>) -> TaskView {
+    let waiting = matches!(t.state, TaskState::Planned | TaskState::Dispatched)
+        .then(|| waiting_reason(&t.pool, pools.get(&t.pool)));
     TaskView {
         id: t.id,
         target: t.target,
@@ -332,6 +369,29 @@ mod tests {
             after: after.map(str::to_owned),
             limit,
         })))
+    }
+
+    #[test]
+    fn a_waiting_task_says_whether_its_pool_has_no_worker_no_free_slot_or_a_queue() {
+        let pool = PoolName::parse("ap-south".to_owned()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            waiting_reason(&pool, None),
+            "waiting for a worker in pool ap-south"
+        );
+        let busy = PoolLoad {
+            workers: 2,
+            slots: 4,
+            busy: 4,
+        };
+        assert_eq!(
+            waiting_reason(&pool, Some(&busy)),
+            "queued in pool ap-south: all 4 slots of its 2 online worker(s) busy"
+        );
+        let free = PoolLoad { busy: 3, ..busy };
+        assert_eq!(
+            waiting_reason(&pool, Some(&free)),
+            "queued in pool ap-south"
+        );
     }
 
     fn message(e: ApiError) -> String {
