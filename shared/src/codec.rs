@@ -203,6 +203,8 @@ mod tests {
             }),
             target().prop_map(|target| Event::TargetRegistered { target }),
             target().prop_map(|target| Event::TargetUpdated { target }),
+            target().prop_map(|t| Event::TargetRemoved { target: t.name }),
+            pool().prop_map(|pool| Event::PoolRemoved { pool }),
             (
                 uuid(),
                 any::<String>(),

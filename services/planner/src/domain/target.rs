@@ -1,6 +1,6 @@
 //! Deployment targets: the target document with its health (the pending check, the last
 //! result, a bounded history), how target and health-check events change it, and the
-//! commands that register and update targets and plan and time out their checks.
+//! commands that register, update and remove targets and plan and time out their checks.
 
 use super::decide::{NewEvent, Rejection, TargetUpdate, join};
 use super::state::{Changes, DocKey, State};
@@ -141,6 +141,11 @@ impl State {
                 doc.updated_at = at;
                 &target.name
             }
+            Event::TargetRemoved { target } => {
+                // The writer deletes the document of a key the state no longer holds.
+                self.targets.remove(target);
+                target
+            }
             Event::HealthCheckPlanned {
                 check,
                 target,
@@ -262,6 +267,27 @@ pub(super) fn update(
     Ok(vec![NewEvent::new(Event::TargetUpdated { target })])
 }
 
+/// `RemoveTarget`: removes a target no unfinished deployment uses; refused while one does,
+/// naming the deployments.
+pub(super) fn remove(state: &State, name: &TargetName) -> Result<Vec<NewEvent>, Rejection> {
+    state.known_target(name)?;
+    let deployments: std::collections::BTreeSet<_> = state
+        .tasks
+        .values()
+        .filter(|t| t.target.as_ref() == Some(name) && state.active.contains(&t.deployment))
+        .map(|t| t.deployment)
+        .collect();
+    if !deployments.is_empty() {
+        return Err(Rejection::Conflict(format!(
+            "target \"{name}\" is in use by unfinished deployments {} (wait for them or `shoal cancel ID`)",
+            join(&deployments)
+        )));
+    }
+    Ok(vec![NewEvent::new(Event::TargetRemoved {
+        target: name.clone(),
+    })])
+}
+
 impl TargetUpdate {
     /// The target with every field this update sets replaced.
     fn applied_to(&self, target: &Target) -> Target {
@@ -328,7 +354,7 @@ pub(super) fn check(
     let doc = state.known_target(target)?;
     let Some(probe) = doc.target.probe() else {
         return Err(Rejection::Conflict(format!(
-            "target \"{target}\" has no health check and no endpoint to probe; set one (PUT /api/targets/{target} with \"health_check\")"
+            "target \"{target}\" has no health check and no endpoint to probe; set one with `shoal target set-check {target} --tcp HOST:PORT` (or --http URL, --script S)"
         )));
     };
     let (pool, rule) = resolve_pool(None, doc.target.default_pool.as_ref(), default_pool);
