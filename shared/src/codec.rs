@@ -179,6 +179,7 @@ mod tests {
                 script,
                 timeout_secs: None
             }),
+            Just(HealthCheck::Off),
         ]
     }
 

@@ -116,8 +116,12 @@ impl TargetDoc {
         self.health_history.drain(..excess);
     }
 
-    /// The target's health state (`unknown` when never checked).
+    /// The target's health state (`unknown` when never checked, or when its checks are
+    /// off: an old result no longer says anything, so it must not stop deployments).
     pub fn health_state(&self) -> HealthState {
+        if self.target.health_check == Some(HealthCheck::Off) {
+            return HealthState::Unknown;
+        }
         self.health
             .as_ref()
             .map_or(HealthState::Unknown, |h| h.state)
@@ -242,7 +246,7 @@ impl State {
 pub(super) fn register(state: &State, target: &Target) -> Result<Vec<NewEvent>, Rejection> {
     if state.targets.contains_key(&target.name) {
         return Err(Rejection::Invalid(format!(
-            "name: target \"{0}\" already exists; change it with `shoal target set-pool {0}` or PUT /api/targets/{0}",
+            "name: target \"{0}\" already exists; change it with `shoal target set-pool {0}` or `shoal target set-check {0}` (PUT /api/targets/{0}), or remove it with `shoal target rm {0}`",
             target.name
         )));
     }

@@ -1582,3 +1582,29 @@ fn a_target_without_a_probe_is_told_how_to_set_one_with_the_cli() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_target_whose_checks_are_switched_off_no_longer_stops_deployments() {
+    let mut m = given(&[target("shop-eu", &["web"], None)]);
+    check(&mut m, "shop-eu");
+    checked(&mut m, "shop-eu", HealthState::Unhealthy, "no such host");
+    let name = TargetName::parse("shop-eu").expect("valid");
+    when(
+        &mut m,
+        Command::UpdateTarget {
+            name: name.clone(),
+            update: TargetUpdate {
+                health_check: Some(Some(HealthCheck::Off)),
+                ..TargetUpdate::default()
+            },
+        },
+    )
+    .expect("valid update");
+
+    let (d, events) = deploy(&mut m, vec![step("s", &["web"], None)]);
+
+    assert_eq!(m.state.targets[&name].health_state(), HealthState::Unknown);
+    assert_eq!(m.state.targets[&name].target.probe(), None);
+    assert_eq!(planned(&events).len(), 1, "{events:?}");
+    assert_ne!(m.state.deployments[&d].state, DeploymentState::Failed);
+}
