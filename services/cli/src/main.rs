@@ -416,11 +416,10 @@ async fn set_check(api: &ApiClient, args: SetCheck) -> anyhow::Result<()> {
             let every = t
                 .target
                 .health_interval_secs
-                .map_or("the planner's interval".to_owned(), |s| format!("{s} s"));
-            println!(
-                "target {name} is checked with {}, every {every}",
-                render::s(p)
-            );
+                .map_or("at the planner's interval".to_owned(), |s| {
+                    format!("every {s} s")
+                });
+            println!("target {name} is checked with {}, {every}", render::s(p));
             if t.health.checked_at.is_some() {
                 println!(
                     "its health ({}) is from an earlier check; `shoal target check {name} --wait` checks it now",
