@@ -357,6 +357,11 @@ pub(super) fn check(
 ) -> Result<Vec<NewEvent>, Rejection> {
     let doc = state.known_target(target)?;
     let Some(probe) = doc.target.probe() else {
+        if doc.target.health_check == Some(HealthCheck::Off) {
+            return Err(Rejection::Conflict(format!(
+                "checks of target \"{target}\" are off; set a probe with `shoal target set-check {target} --tcp HOST:PORT` (or --http URL, --script S)"
+            )));
+        }
         return Err(Rejection::Conflict(format!(
             "target \"{target}\" has no health check and no endpoint to probe; set one with `shoal target set-check {target} --tcp HOST:PORT` (or --http URL, --script S)"
         )));

@@ -1608,3 +1608,29 @@ fn a_target_whose_checks_are_switched_off_no_longer_stops_deployments() {
     assert_eq!(planned(&events).len(), 1, "{events:?}");
     assert_ne!(m.state.deployments[&d].state, DeploymentState::Failed);
 }
+
+#[test]
+fn a_check_of_a_target_whose_checks_are_off_is_refused_saying_so() {
+    let mut off = target("shop-eu", &["web"], None);
+    off.health_check = Some(HealthCheck::Off);
+    let mut m = given(&[off]);
+
+    let e = when(
+        &mut m,
+        Command::CheckTarget {
+            check: CheckId::new(),
+            target: TargetName::parse("shop-eu").expect("valid"),
+            trigger: shoal_shared::events::CheckTrigger::OnDemand,
+            at: Timestamp(1_000),
+            deadline_secs: 20,
+        },
+    );
+
+    assert!(
+        matches!(&e, Err(Rejection::Conflict(e))
+            if e.contains("checks of target \"shop-eu\" are off")
+                && e.contains("shoal target set-check shop-eu --tcp")),
+        "{e:?}"
+    );
+    assert!(m.events.is_empty());
+}
