@@ -179,6 +179,7 @@ mod tests {
                 script,
                 timeout_secs: None
             }),
+            Just(HealthCheck::Off),
         ]
     }
 
@@ -203,6 +204,8 @@ mod tests {
             }),
             target().prop_map(|target| Event::TargetRegistered { target }),
             target().prop_map(|target| Event::TargetUpdated { target }),
+            target().prop_map(|t| Event::TargetRemoved { target: t.name }),
+            pool().prop_map(|pool| Event::PoolRemoved { pool }),
             (
                 uuid(),
                 any::<String>(),

@@ -83,7 +83,7 @@ pub struct Target {
     pub endpoint: Option<String>,
     pub default_pool: Option<PoolName>,
     /// The probe its health checks run; without one, a target with an endpoint gets
-    /// [`HealthCheck::default_for`] its endpoint.
+    /// [`HealthCheck::default_for`] its endpoint; [`HealthCheck::Off`]: no checks.
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
     /// Seconds between scheduled checks (the planner's default when unset).
@@ -92,11 +92,14 @@ pub struct Target {
 }
 
 impl Target {
-    /// The probe its checks run: the explicit one, else the default for its endpoint.
+    /// The probe its checks run: the explicit one, else the default for its endpoint;
+    /// none when checks are off ([`HealthCheck::Off`]).
     pub fn probe(&self) -> Option<HealthCheck> {
-        self.health_check
-            .clone()
-            .or_else(|| self.endpoint.as_deref().and_then(HealthCheck::default_for))
+        match &self.health_check {
+            Some(HealthCheck::Off) => None,
+            Some(check) => Some(check.clone()),
+            None => self.endpoint.as_deref().and_then(HealthCheck::default_for),
+        }
     }
 }
 

@@ -52,6 +52,16 @@ pub enum Event {
     TargetUpdated {
         target: Target,
     },
+    /// The target is gone: no longer checked, chosen by deployments or listed. Its name
+    /// may be registered again, as a new target.
+    TargetRemoved {
+        target: TargetName,
+    },
+    /// The pool is gone: no longer routed to, its queue consumer deleted. Its name may be
+    /// registered again.
+    PoolRemoved {
+        pool: PoolName,
+    },
     DeploymentCreated {
         deployment: DeploymentId,
         spec: DeploymentSpec,
@@ -218,6 +228,8 @@ impl Event {
             Event::PoolRegistered { .. } => "PoolRegistered",
             Event::TargetRegistered { .. } => "TargetRegistered",
             Event::TargetUpdated { .. } => "TargetUpdated",
+            Event::TargetRemoved { .. } => "TargetRemoved",
+            Event::PoolRemoved { .. } => "PoolRemoved",
             Event::DeploymentCreated { .. } => "DeploymentCreated",
             Event::DeploymentStarted { .. } => "DeploymentStarted",
             Event::StepStarted { .. } => "StepStarted",
@@ -267,6 +279,8 @@ impl Event {
             Event::PoolRegistered { .. }
             | Event::TargetRegistered { .. }
             | Event::TargetUpdated { .. }
+            | Event::TargetRemoved { .. }
+            | Event::PoolRemoved { .. }
             | Event::WorkerJoined { .. }
             | Event::WorkerLeft { .. }
             | Event::WorkerDrainRequested { .. }
@@ -284,11 +298,14 @@ impl Event {
             return format!("deployment/{deployment}");
         }
         match self {
-            Event::PoolRegistered { pool, .. } => format!("pool/{pool}"),
+            Event::PoolRegistered { pool, .. } | Event::PoolRemoved { pool } => {
+                format!("pool/{pool}")
+            }
             Event::TargetRegistered { target } | Event::TargetUpdated { target } => {
                 format!("target/{}", target.name)
             }
-            Event::HealthCheckPlanned { target, .. }
+            Event::TargetRemoved { target }
+            | Event::HealthCheckPlanned { target, .. }
             | Event::TargetHealthChecked { target, .. }
             | Event::HealthCheckUnavailable { target, .. } => format!("target/{target}"),
             Event::WorkerJoined { worker, .. }

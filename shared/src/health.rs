@@ -27,6 +27,10 @@ pub enum HealthCheck {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_secs: Option<u64>,
     },
+    /// No checks at all, even of an endpoint (which is otherwise probed by TCP): for a
+    /// target no worker can reach, or a placeholder. The target stays `unknown`.
+    #[serde(rename = "none")]
+    Off,
 }
 
 /// Seconds a TCP or HTTP probe may take when its check does not say.
@@ -46,6 +50,7 @@ impl HealthCheck {
             HealthCheck::Script { timeout_secs, .. } => {
                 timeout_secs.unwrap_or(DEFAULT_SCRIPT_TIMEOUT_SECS)
             }
+            HealthCheck::Off => 0,
         }
     }
 
@@ -77,6 +82,7 @@ impl HealthCheck {
                     return Err("script: must not be empty".to_owned());
                 }
             }
+            HealthCheck::Off => return Ok(()),
         }
         if self.timeout_secs() == 0 || self.timeout_secs() > 3600 {
             return Err("timeout_secs: must be between 1 and 3600".to_owned());
@@ -218,5 +224,31 @@ mod tests {
             let e = check.validate().expect_err("invalid");
             assert!(e.starts_with(field), "{e}");
         }
+    }
+
+    #[test]
+    fn checks_off_are_valid_and_read_as_type_none() {
+        assert_eq!(HealthCheck::Off.validate(), Ok(()));
+        let json = serde_json::to_string(&HealthCheck::Off).expect("encodes");
+        assert_eq!(json, r#"{"type":"none"}"#);
+        let back: HealthCheck = serde_json::from_str(&json).expect("decodes");
+        assert_eq!(back, HealthCheck::Off);
+    }
+
+    #[test]
+    fn a_target_with_checks_off_has_no_probe_even_with_an_endpoint() {
+        let mut t = crate::Target {
+            name: crate::TargetName::parse("shop").expect("valid"),
+            kind: crate::TargetKind::AzureWebApp,
+            environment: crate::EnvironmentName::parse("prod").expect("valid"),
+            roles: vec![],
+            endpoint: Some("https://shop.example.com".into()),
+            default_pool: None,
+            health_check: None,
+            health_interval_secs: None,
+        };
+        assert_eq!(t.probe(), tcp("shop.example.com:443"));
+        t.health_check = Some(HealthCheck::Off);
+        assert_eq!(t.probe(), None);
     }
 }

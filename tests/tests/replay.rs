@@ -117,3 +117,39 @@ async fn replay_after_a_clean_stop_equals_the_live_state() -> anyhow::Result<()>
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_planner_on_the_same_data_dir_names_the_pid_of_the_first() -> anyhow::Result<()> {
+    let c = Cluster::start(&[]).await?;
+    let first = c
+        .planner
+        .as_ref()
+        .and_then(|p| p.pid())
+        .ok_or_else(|| anyhow::anyhow!("the planner has no pid"))?;
+    let data_dir = c.data_dir().display().to_string();
+    let nats = c.nats.url();
+
+    let second = tokio::task::spawn_blocking(move || {
+        shoal_e2e::run_binary(
+            "shoal-planner",
+            &[
+                "--data-dir",
+                &data_dir,
+                "--http-addr",
+                "127.0.0.1:0",
+                "--nats-url",
+                &nats,
+            ],
+        )
+    });
+    let (ok, out) = tokio::time::timeout(WAIT, second).await???;
+
+    assert!(!ok, "a second planner started on a data dir in use:\n{out}");
+    let wanted = format!(
+        "another planner is using {} (pid {first})",
+        c.data_dir().display()
+    );
+    assert!(out.contains(&wanted), "{out}");
+    assert!(!out.contains("WouldBlock"), "{out}");
+    Ok(())
+}

@@ -99,6 +99,19 @@ impl ApiClient {
         Ok(lenient(text))
     }
 
+    /// `DELETE path` (an empty answer reads as `null`).
+    ///
+    /// # Errors
+    /// The planner is unreachable or answered with an error.
+    pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
+        let text = self.send(self.http.delete(self.url(path))).await?;
+        Ok(if text.is_empty() {
+            Value::Null
+        } else {
+            lenient(text)
+        })
+    }
+
     /// `GET path`, the answer read as a `T`.
     ///
     /// # Errors

@@ -158,6 +158,13 @@ enum PoolCmd {
     },
     /// List pools with their online workers.
     List,
+    /// Remove a pool nothing uses (refused, naming what uses it, while it is the global
+    /// default, a target's default pool, has workers online or tasks of an unfinished
+    /// deployment).
+    Rm {
+        /// The pool to remove.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +235,40 @@ enum TargetCmd {
         #[arg(long, conflicts_with = "pool")]
         clear: bool,
     },
+    /// Set, or switch off, a target's health check.
+    SetCheck(SetCheck),
+    /// Remove a target no unfinished deployment uses (refused, naming the deployments,
+    /// while one does). Its scheduled checks end with it.
+    Rm {
+        /// The target to remove.
+        name: String,
+    },
+}
+
+/// `target set-check`: exactly one probe, or `--none`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("check").required(true)))]
+struct SetCheck {
+    /// The target.
+    name: String,
+    /// A TCP connection to HOST:PORT opens.
+    #[arg(long, value_name = "HOST:PORT", group = "check")]
+    tcp: Option<String>,
+    /// A GET of URL answers --expect-status (200).
+    #[arg(long, value_name = "URL", group = "check")]
+    http: Option<String>,
+    /// The HTTP status that counts as healthy (with --http).
+    #[arg(long, requires = "http")]
+    expect_status: Option<u16>,
+    /// A script on a worker: exit 0 healthy, 2 healthy with warnings, else unhealthy.
+    #[arg(long, value_name = "SCRIPT", group = "check")]
+    script: Option<String>,
+    /// No checks at all, not even a TCP probe of the endpoint; the target stays `unknown`.
+    #[arg(long, group = "check")]
+    none: bool,
+    /// Seconds between scheduled checks (unchanged when not given).
+    #[arg(long, value_name = "SECS")]
+    interval: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -412,6 +453,7 @@ async fn pool(api: &ApiClient, out: Output, cmd: PoolCmd) -> anyhow::Result<()> 
             let list: Vec<shoal_shared::api::PoolView> = api.get_as("/api/pools").await?;
             show(out, &list, |l| render::pools(l))?;
         }
+        PoolCmd::Rm { name } => pool_rm(api, &name).await?,
     }
     Ok(())
 }
@@ -482,8 +524,64 @@ async fn target(api: &ApiClient, out: Output, cmd: TargetCmd) -> anyhow::Result<
                 None => println!("target {name} has no default pool now (global default applies)"),
             })?;
         }
+        TargetCmd::SetCheck(args) => set_check(api, args).await?,
+        TargetCmd::Rm { name } => target_rm(api, &name).await?,
     }
     Ok(exit::OK)
+}
+
+/// `shoal pool rm`.
+async fn pool_rm(api: &ApiClient, name: &str) -> anyhow::Result<()> {
+    let name = field("name", PoolName::parse(name.to_owned()))?;
+    api.delete(&format!("/api/pools/{name}")).await?;
+    println!("pool {name} removed; its queue consumer is deleted");
+    Ok(())
+}
+
+/// `shoal target rm`.
+async fn target_rm(api: &ApiClient, name: &str) -> anyhow::Result<()> {
+    let name = field("name", TargetName::parse(name.to_owned()))?;
+    api.delete(&format!("/api/targets/{name}")).await?;
+    println!("target {name} removed; it is no longer checked or deployed to");
+    Ok(())
+}
+
+/// `shoal target set-check`: sets the probe (and interval) and says what is checked now.
+async fn set_check(api: &ApiClient, args: SetCheck) -> anyhow::Result<()> {
+    let check = if args.none {
+        HealthCheck::Off
+    } else {
+        probe(args.tcp, args.http, args.expect_status, args.script)
+            .context("give one of --tcp, --http, --script or --none")?
+    };
+    let req = UpdateTarget {
+        health_check: Some(Some(check)),
+        health_interval_secs: args.interval.map(Some),
+        ..UpdateTarget::default()
+    };
+    let name = &args.name;
+    let t: TargetView = api.put_as(&format!("/api/targets/{name}"), &req).await?;
+    match &t.probe {
+        Some(p) => {
+            let every = t
+                .target
+                .health_interval_secs
+                .map_or("at the planner's interval".to_owned(), |s| {
+                    format!("every {s} s")
+                });
+            println!("target {name} is checked with {}, {every}", render::s(p));
+            if t.health.checked_at.is_some() {
+                println!(
+                    "its health ({}) is from an earlier check; `shoal target check {name} --wait` checks it now",
+                    render::s(&t.health.state)
+                );
+            }
+        }
+        None => println!(
+            "target {name} is not checked any more: its health is `unknown` and does not stop deployments"
+        ),
+    }
+    Ok(())
 }
 
 /// The health check `target add` asks for (clap lets at most one through).
@@ -571,19 +669,7 @@ async fn check(api: &ApiClient, out: Output, name: &str, wait: bool) -> anyhow::
         );
         return Ok(exit::TIMED_OUT);
     };
-    show(out, &r, |r| {
-        println!(
-            "{name}: {}{} (worker {}, pool {}, {} ms)",
-            render::s(&r.state),
-            r.reason
-                .as_deref()
-                .map_or(String::new(), |why| format!(": {why}")),
-            r.worker.as_ref().map_or("-", |w| w.as_str()),
-            r.pool,
-            // As the API writes it: a number, or null when the check did not run.
-            r.duration_ms.map_or("null".to_owned(), |ms| ms.to_string())
-        );
-    })?;
+    show(out, &r, |r| println!("{}", render::check_result(name, r)))?;
     Ok(
         if matches!(
             r.state,

@@ -8,7 +8,8 @@ use shoal_cli::colour::{self, Tone};
 use shoal_cli::ids;
 use shoal_shared::TaskState;
 use shoal_shared::api::{
-    DeploymentDetail, DeploymentSummary, EventView, HealthHistory, PoolView, TargetView, WorkerView,
+    DeploymentDetail, DeploymentSummary, EventView, HealthHistory, HealthRecordView, PoolView,
+    TargetView, WorkerView,
 };
 
 /// A field as the API spells it (names, states, times), `-` for none.
@@ -140,6 +141,30 @@ pub fn health(v: &HealthHistory) {
     }
     println!("{t}");
     println!("{}: {}", s(&v.target), s(&v.state));
+}
+
+/// The result of one check of target `name`, as `target check --wait` prints it: who ran
+/// it, or, when no worker did, what happened instead (the planner's reason names the pool
+/// and the deadline).
+pub fn check_result(name: &str, r: &HealthRecordView) -> String {
+    let reason = r.reason.as_deref();
+    match (&r.worker, r.duration_ms) {
+        (Some(worker), ms) => format!(
+            "{name}: {}{} (worker {worker}, pool {}{})",
+            s(&r.state),
+            reason.map_or(String::new(), |why| format!(": {why}")),
+            r.pool,
+            ms.map_or(String::new(), |ms| format!(", {ms} ms"))
+        ),
+        (None, _) => format!(
+            "{name}: {}: {}",
+            s(&r.state),
+            reason.map_or_else(
+                || format!("no worker of pool {} ran the check", r.pool),
+                str::to_owned
+            )
+        ),
+    }
 }
 
 /// A value as one line of JSON, `-` for none.
@@ -295,6 +320,43 @@ pub fn events(v: &[EventView]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_shared::{CheckId, HealthState, PoolName, Timestamp, WorkerName};
+
+    fn record(worker: Option<&str>, state: HealthState, reason: Option<&str>) -> HealthRecordView {
+        HealthRecordView {
+            check: CheckId::new(),
+            state,
+            reason: reason.map(str::to_owned),
+            checked_at: Timestamp(1),
+            worker: worker.map(|w| WorkerName::parse(w).expect("valid")),
+            pool: PoolName::parse("ap-south").expect("valid"),
+            rule: None,
+            duration_ms: worker.map(|_| 12),
+            task: None,
+        }
+    }
+
+    #[test]
+    fn a_check_no_worker_ran_says_what_happened_instead_of_empty_fields() {
+        let why = "no worker of pool \"ap-south\" ran the check within 30 s; is a worker of the pool online?";
+        let line = check_result("shop", &record(None, HealthState::Unavailable, Some(why)));
+        assert_eq!(line, format!("shop: unavailable: {why}"));
+        assert!(
+            !line.contains("null") && !line.contains("worker -"),
+            "{line}"
+        );
+        let bare = check_result("shop", &record(None, HealthState::Unavailable, None));
+        assert_eq!(
+            bare,
+            "shop: unavailable: no worker of pool ap-south ran the check"
+        );
+    }
+
+    #[test]
+    fn a_check_a_worker_ran_names_the_worker_pool_and_duration() {
+        let line = check_result("shop", &record(Some("w1"), HealthState::Healthy, None));
+        assert_eq!(line, "shop: healthy (worker w1, pool ap-south, 12 ms)");
+    }
 
     #[test]
     fn state_words_are_coloured_only_when_the_table_is() {

@@ -198,3 +198,48 @@ pub async fn ensure_pool_consumer_retrying(
         delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
+
+/// Deletes the queue consumer of a removed pool, retrying with backoff until it is gone,
+/// the broker says it does not exist, or `shutdown`. Messages still in the pool's subject
+/// stay in the stream (nothing of an unused pool should be there: checks past their deadline
+/// are taken off the queue) and would reach a consumer made for a pool of the same name.
+pub async fn remove_pool_consumer_retrying(
+    js: jetstream::Context,
+    subjects: Subjects,
+    pool: PoolName,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let name = subjects.pool_consumer(&pool);
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let deleted = match js.get_stream(subjects.tasks_stream()).await {
+            Ok(stream) => stream
+                .delete_consumer(&name)
+                .await
+                .map(|_| ())
+                .map_err(|e| match e.kind() {
+                    stream::ConsumerErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
+                    {
+                        None
+                    }
+                    _ => Some(e.to_string()),
+                }),
+            Err(e) => Err(Some(e.to_string())),
+        };
+        match deleted {
+            Ok(()) | Err(None) => {
+                tracing::info!(pool = %pool, "queue consumer of the removed pool is gone");
+                return;
+            }
+            Err(Some(e)) => {
+                tracing::warn!(error = %e, pool = %pool, "queue consumer of a removed pool not deleted yet; retrying")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}

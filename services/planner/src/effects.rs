@@ -2,7 +2,8 @@
 //! durable (the decisions are `domain::effects`): tell workers to stop cancelled tasks (and
 //! take their queued messages off the queue), submit commands later (retries after their
 //! backoff, deadlines, the end of a cancellation's grace), publish health checks, tell a
-//! worker to drain or resume, create pools' queue consumers, and keep the health schedule.
+//! worker to drain or resume, create pools' queue consumers (and delete a removed pool's),
+//! and keep the health schedule.
 //! The writer sends effects after each flush; after a restart they are derived again from
 //! the projections, so none is lost with the process.
 
@@ -159,6 +160,17 @@ impl Runner {
                         self.subjects.clone(),
                         pool,
                         self.task_ack_wait,
+                        shutdown.clone(),
+                    ),
+                );
+            }
+            Effect::RemoveConsumer(pool) => {
+                self.spawn_io(
+                    shutdown,
+                    broker::remove_pool_consumer_retrying(
+                        self.js.clone(),
+                        self.subjects.clone(),
+                        pool,
                         shutdown.clone(),
                     ),
                 );

@@ -104,9 +104,10 @@ fn replay(data_dir: &std::path::Path, rebuild: bool) -> anyhow::Result<()> {
         );
     }
     let log = shoal_planner::log::EventLog::open(&dir).map_err(|e| match e {
-        LogError::Locked(_) => anyhow::anyhow!(
-            "the event log in {} is in use by another process, most likely a running planner; stop it first (replay works offline)",
-            data_dir.display()
+        LogError::Locked { pid, .. } => anyhow::anyhow!(
+            "the event log in {} is in use by another process{}, most likely a running planner; stop it first (replay works offline)",
+            data_dir.display(),
+            pid.map_or(String::new(), |p| format!(" (pid {p})"))
         ),
         e => anyhow::anyhow!("cannot open the event log in {}: {e}", data_dir.display()),
     })?;
@@ -162,8 +163,22 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         health_interval: std::time::Duration::from_secs(s.health_interval_secs),
         health_deadline: std::time::Duration::from_secs(s.health_deadline_secs),
     };
+    let data_dir = config.data_dir.clone();
     Planner::build(config, listener, &shutdown)
-        .await?
+        .await
+        .map_err(|e| locked_by_another(e, &data_dir))?
         .run(shutdown)
         .await
+}
+
+/// The log's lock refused: say which planner has the data dir instead of sled's I/O error.
+fn locked_by_another(e: anyhow::Error, data_dir: &std::path::Path) -> anyhow::Error {
+    match e.downcast_ref::<LogError>() {
+        Some(LogError::Locked { pid, .. }) => anyhow::anyhow!(
+            "another planner is using {} ({}); stop it first, or give this one its own --data-dir",
+            data_dir.display(),
+            pid.map_or("pid unknown".to_owned(), |p| format!("pid {p}"))
+        ),
+        _ => e,
+    }
 }

@@ -26,6 +26,9 @@ enum Op {
         name: u8,
         pool: Option<u8>,
     },
+    RemoveTarget(u8),
+    /// A pool removed, with a worker online or not.
+    RemovePool(u8, bool),
     Deploy {
         steps: Vec<(Vec<u8>, Option<u8>, Option<u32>)>,
     },
@@ -52,6 +55,8 @@ fn op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(name, roles, pool)| Op::Target { name, roles, pool }),
         (0u8..5, proptest::option::of(0u8..4)).prop_map(|(name, pool)| Op::SetPool { name, pool }),
+        (0u8..5).prop_map(Op::RemoveTarget),
+        (0u8..4, any::<bool>()).prop_map(|(p, online)| Op::RemovePool(p, online)),
         proptest::collection::vec(
             (
                 proptest::collection::vec(0u8..3, 0..2),
@@ -207,6 +212,19 @@ impl Harness {
                     update,
                 })
                 .await;
+            }
+            Op::RemoveTarget(name) => self.run(Command::RemoveTarget(tname(name))).await,
+            Op::RemovePool(p, online) => {
+                let online = if online {
+                    vec![WorkerName::parse("w1").expect("valid")]
+                } else {
+                    vec![]
+                };
+                self.run(Command::RemovePool {
+                    name: pool(p),
+                    online,
+                })
+                .await
             }
             Op::Deploy { steps } => {
                 let unhealthy_targets = if steps.len() % 2 == 0 {

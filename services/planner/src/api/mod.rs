@@ -57,10 +57,13 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/pools", get(pools::list).post(pools::create))
+        .route("/api/pools/{name}", axum::routing::delete(pools::remove))
         .route("/api/targets", get(targets::list).post(targets::create))
         .route(
             "/api/targets/{name}",
-            get(targets::show).put(targets::update),
+            get(targets::show)
+                .put(targets::update)
+                .delete(targets::remove),
         )
         .route("/api/targets/{name}/health", get(targets::health))
         .route(

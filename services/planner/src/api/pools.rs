@@ -1,14 +1,14 @@
-//! `POST /api/pools`, `GET /api/pools`.
+//! `POST /api/pools`, `GET /api/pools`, `DELETE /api/pools/{name}`.
 
 use super::{ApiError, AppState, JsonBody};
 use crate::domain::Command;
-use crate::domain::state::PoolDoc;
+use crate::domain::state::{PoolDoc, WorkerDoc};
 use crate::log::Proj;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use shoal_shared::api::{CreatePool, PoolView};
-use shoal_shared::{Pool, Timestamp};
+use shoal_shared::{Pool, PoolName, Timestamp, WorkerName};
 
 pub(super) async fn create(
     State(app): State<AppState>,
@@ -34,6 +34,39 @@ pub(super) async fn create(
 pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<PoolView>>, ApiError> {
     let docs: Vec<PoolDoc> = app.read(|log| Ok(log.docs(Proj::Pools)?)).await?;
     Ok(Json(docs.into_iter().map(|d| view(&app, d)).collect()))
+}
+
+/// `DELETE /api/pools/{name}`: 204 once the removal is durable (its queue consumer is
+/// deleted by the effect of it); 409 naming what still uses the pool.
+pub(super) async fn remove(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = PoolName::parse(name).map_err(|e| ApiError::not_found(e.to_string()))?;
+    let online = online_workers(&app, &name).await?;
+    app.writer
+        .execute(Command::RemovePool { name, online })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The pool's workers online now (draining ones too): heartbeating, and not left since.
+async fn online_workers(app: &AppState, pool: &PoolName) -> Result<Vec<WorkerName>, ApiError> {
+    let docs: Vec<WorkerDoc> = app.read(|log| Ok(log.docs(Proj::Workers)?)).await?;
+    let live = app.liveness.snapshot();
+    let now = Timestamp::now();
+    let mut online: Vec<WorkerName> = live
+        .iter()
+        .filter(|(_, l)| &l.pool == pool && l.online(now))
+        .filter(|(w, l)| {
+            !docs
+                .iter()
+                .any(|d| &d.name == *w && d.left_at.is_some_and(|left| left >= l.last_seen))
+        })
+        .map(|(w, _)| w.clone())
+        .collect();
+    online.sort();
+    Ok(online)
 }
 
 fn view(app: &AppState, d: PoolDoc) -> PoolView {

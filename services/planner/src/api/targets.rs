@@ -1,4 +1,4 @@
-//! `POST /api/targets`, `GET /api/targets`, `GET|PUT /api/targets/{name}`, and health:
+//! `POST /api/targets`, `GET /api/targets`, `GET|PUT|DELETE /api/targets/{name}`, and health:
 //! `GET /api/targets/{name}/health` (history), `POST /api/targets/{name}/health-check`.
 
 use super::{ApiError, AppState, JsonBody};
@@ -83,6 +83,17 @@ pub(super) async fn update(
         })
         .await?;
     Ok(Json(view(load(&app, name).await?)))
+}
+
+/// `DELETE /api/targets/{name}`: 204 once the removal is durable (its scheduled checks end
+/// with it); 409 naming the unfinished deployments that use it.
+pub(super) async fn remove(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = TargetName::parse(name).map_err(|e| ApiError::not_found(e.to_string()))?;
+    app.writer.execute(Command::RemoveTarget(name)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<TargetView>>, ApiError> {

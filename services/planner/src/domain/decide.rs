@@ -25,6 +25,14 @@ pub enum Command {
         name: TargetName,
         update: TargetUpdate,
     },
+    /// Removes a target no unfinished deployment uses.
+    RemoveTarget(TargetName),
+    /// Removes a pool nothing uses. `online`: the pool's workers online now, from the
+    /// caller's liveness view (heartbeats are not in the log, so the core cannot know).
+    RemovePool {
+        name: PoolName,
+        online: Vec<WorkerName>,
+    },
     CreateDeployment {
         id: DeploymentId,
         spec: DeploymentSpec,
@@ -156,6 +164,8 @@ pub fn decide(
         Command::RegisterPool(p) => pool::register(state, p),
         Command::RegisterTarget(t) => target::register(state, t),
         Command::UpdateTarget { name, update } => target::update(state, name, update),
+        Command::RemoveTarget(name) => target::remove(state, name),
+        Command::RemovePool { name, online } => pool::remove(state, default_pool, name, online),
         Command::CreateDeployment { id, spec } => {
             deployment::create(state, default_pool, *id, spec)
         }

@@ -1,7 +1,7 @@
 //! What the planner does because of facts in its log, decided without doing it: tell workers
 //! to stop tasks, submit commands later (retries, deadlines, the end of a cancellation's
-//! grace), publish health checks, tell workers to drain or resume, create pools' queue
-//! consumers and keep targets on the health schedule. Also the messages the planner sends
+//! grace), publish health checks, tell workers to drain or resume, create (and, for a removed
+//! pool, delete) pools' queue consumers and keep targets on the health schedule. Also the messages the planner sends
 //! for a task or a check, built from the state.
 //!
 //! Pure: the caller passes the time (`now`) and carries the effects out (`crate::effects`)
@@ -34,6 +34,9 @@ pub enum Effect {
     },
     /// Create the durable queue consumer of a pool, or bring it to the planner's settings.
     EnsureConsumer(PoolName),
+    /// Delete the queue consumer of a removed pool: the broker keeps a consumer, and its
+    /// state, until it is deleted, and a worker of the pool must not find it.
+    RemoveConsumer(PoolName),
     /// Check a target on schedule this often, or (`None`: it has no probe) no longer.
     ScheduleHealth {
         target: TargetName,
@@ -66,9 +69,14 @@ pub struct Stop {
 pub fn effects_of(state: &State, event: &Event, now: Timestamp, out: &mut Vec<Effect>) {
     match event {
         Event::PoolRegistered { pool, .. } => out.push(Effect::EnsureConsumer(pool.clone())),
+        Event::PoolRemoved { pool } => out.push(Effect::RemoveConsumer(pool.clone())),
         Event::TargetRegistered { target } | Event::TargetUpdated { target } => {
             out.push(schedule_health(target));
         }
+        Event::TargetRemoved { target } => out.push(Effect::ScheduleHealth {
+            target: target.clone(),
+            every: None,
+        }),
         Event::TaskFinished { task, attempt, .. } => out.extend(retry(state, *task, *attempt)),
         Event::DeploymentCancelRequested { deployment, .. } => {
             out.extend(cancel_effects(state, *deployment, Some(now)));

@@ -594,3 +594,49 @@ fn a_planned_attempt_s_message_carries_its_pool_action_and_planning_time() {
     assert_eq!(after_restart.planned_at_us, T0.millis() * 1000);
     assert!(task_message(&w.state, &TaskId::new(), 1, None).is_none());
 }
+
+#[test]
+fn a_removed_target_leaves_the_health_schedule_and_is_not_scheduled_again_at_start() {
+    let mut w = given();
+
+    let effects = when(&mut w, Command::RemoveTarget(name("t1"))).expect("nothing uses it");
+
+    assert_eq!(health_schedule(&effects, "t1"), Some(None));
+    let at_start = pending_effects(&w.state, T0);
+    assert_eq!(health_schedule(&at_start, "t1"), None, "{at_start:?}");
+    assert!(health_schedule(&at_start, "t2").is_some());
+}
+
+#[test]
+fn a_removed_pool_has_its_queue_consumer_deleted_and_not_made_again_at_start() {
+    let mut w = given();
+    let pool_spec = Pool {
+        name: pool("eu-west"),
+        region: None,
+        description: None,
+    };
+    when(&mut w, Command::RegisterPool(pool_spec)).expect("valid");
+
+    let effects = when(
+        &mut w,
+        Command::RemovePool {
+            name: pool("eu-west"),
+            online: vec![],
+        },
+    )
+    .expect("nothing uses it");
+
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::RemoveConsumer(p) if *p == pool("eu-west"))),
+        "{effects:?}"
+    );
+    let at_start = pending_effects(&w.state, T0);
+    assert!(
+        !at_start
+            .iter()
+            .any(|e| matches!(e, Effect::EnsureConsumer(p) if *p == pool("eu-west"))),
+        "{at_start:?}"
+    );
+}

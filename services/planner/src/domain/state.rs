@@ -202,9 +202,12 @@ impl State {
     /// must be given a home.
     fn apply_event(&mut self, at: Timestamp, event: &Event, changes: &mut Changes) {
         match event {
-            Event::PoolRegistered { .. } => self.apply_pool(at, event, changes),
+            Event::PoolRegistered { .. } | Event::PoolRemoved { .. } => {
+                self.apply_pool(at, event, changes)
+            }
             Event::TargetRegistered { .. }
             | Event::TargetUpdated { .. }
+            | Event::TargetRemoved { .. }
             | Event::HealthCheckPlanned { .. }
             | Event::TargetHealthChecked { .. }
             | Event::HealthCheckUnavailable { .. } => self.apply_target(at, event, changes),

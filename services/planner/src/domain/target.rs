@@ -1,6 +1,6 @@
 //! Deployment targets: the target document with its health (the pending check, the last
 //! result, a bounded history), how target and health-check events change it, and the
-//! commands that register and update targets and plan and time out their checks.
+//! commands that register, update and remove targets and plan and time out their checks.
 
 use super::decide::{NewEvent, Rejection, TargetUpdate, join};
 use super::state::{Changes, DocKey, State};
@@ -116,8 +116,12 @@ impl TargetDoc {
         self.health_history.drain(..excess);
     }
 
-    /// The target's health state (`unknown` when never checked).
+    /// The target's health state (`unknown` when never checked, or when its checks are
+    /// off: an old result no longer says anything, so it must not stop deployments).
     pub fn health_state(&self) -> HealthState {
+        if self.target.health_check == Some(HealthCheck::Off) {
+            return HealthState::Unknown;
+        }
         self.health
             .as_ref()
             .map_or(HealthState::Unknown, |h| h.state)
@@ -140,6 +144,11 @@ impl State {
                 doc.target = target.clone();
                 doc.updated_at = at;
                 &target.name
+            }
+            Event::TargetRemoved { target } => {
+                // The writer deletes the document of a key the state no longer holds.
+                self.targets.remove(target);
+                target
             }
             Event::HealthCheckPlanned {
                 check,
@@ -237,7 +246,7 @@ impl State {
 pub(super) fn register(state: &State, target: &Target) -> Result<Vec<NewEvent>, Rejection> {
     if state.targets.contains_key(&target.name) {
         return Err(Rejection::Invalid(format!(
-            "name: target \"{0}\" already exists; change it with `shoal target set-pool {0}` or PUT /api/targets/{0}",
+            "name: target \"{0}\" already exists; change it with `shoal target set-pool {0}` or `shoal target set-check {0}` (PUT /api/targets/{0}), or remove it with `shoal target rm {0}`",
             target.name
         )));
     }
@@ -260,6 +269,27 @@ pub(super) fn update(
         return Ok(vec![]);
     }
     Ok(vec![NewEvent::new(Event::TargetUpdated { target })])
+}
+
+/// `RemoveTarget`: removes a target no unfinished deployment uses; refused while one does,
+/// naming the deployments.
+pub(super) fn remove(state: &State, name: &TargetName) -> Result<Vec<NewEvent>, Rejection> {
+    state.known_target(name)?;
+    let deployments: std::collections::BTreeSet<_> = state
+        .tasks
+        .values()
+        .filter(|t| t.target.as_ref() == Some(name) && state.active.contains(&t.deployment))
+        .map(|t| t.deployment)
+        .collect();
+    if !deployments.is_empty() {
+        return Err(Rejection::Conflict(format!(
+            "target \"{name}\" is in use by unfinished deployments {} (wait for them or `shoal cancel ID`)",
+            join(&deployments)
+        )));
+    }
+    Ok(vec![NewEvent::new(Event::TargetRemoved {
+        target: name.clone(),
+    })])
 }
 
 impl TargetUpdate {
@@ -327,8 +357,13 @@ pub(super) fn check(
 ) -> Result<Vec<NewEvent>, Rejection> {
     let doc = state.known_target(target)?;
     let Some(probe) = doc.target.probe() else {
+        if doc.target.health_check == Some(HealthCheck::Off) {
+            return Err(Rejection::Conflict(format!(
+                "checks of target \"{target}\" are off; set a probe with `shoal target set-check {target} --tcp HOST:PORT` (or --http URL, --script S)"
+            )));
+        }
         return Err(Rejection::Conflict(format!(
-            "target \"{target}\" has no health check and no endpoint to probe; set one (PUT /api/targets/{target} with \"health_check\")"
+            "target \"{target}\" has no health check and no endpoint to probe; set one with `shoal target set-check {target} --tcp HOST:PORT` (or --http URL, --script S)"
         )));
     };
     let (pool, rule) = resolve_pool(None, doc.target.default_pool.as_ref(), default_pool);

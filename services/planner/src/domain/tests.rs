@@ -1361,3 +1361,276 @@ fn a_deployment_id_already_used_is_refused() {
         Err(Rejection::Conflict(e)) if e.contains("already exists")
     ));
 }
+
+fn worker(s: &str) -> WorkerName {
+    WorkerName::parse(s).expect("valid")
+}
+
+fn remove_pool(m: &mut Memory, name: &str, online: &[&str]) -> Result<Vec<Event>, Rejection> {
+    let online = online.iter().map(|w| worker(w)).collect();
+    when(
+        m,
+        Command::RemovePool {
+            name: pool(name),
+            online,
+        },
+    )
+}
+
+fn remove_target(m: &mut Memory, name: &str) -> Result<Vec<Event>, Rejection> {
+    when(
+        m,
+        Command::RemoveTarget(TargetName::parse(name).expect("valid")),
+    )
+}
+
+#[test]
+fn a_pool_in_use_is_not_removed_and_the_refusal_names_every_use() {
+    let mut m = given(&[target("shop-eu", &["web"], Some("eu-west"))]);
+    let (d, _) = deploy(&mut m, vec![step("s", &[], Some("eu-west"))]);
+    let before = m.events.len();
+
+    let e = remove_pool(&mut m, "eu-west", &["eu-west-1"]);
+
+    let Err(Rejection::Conflict(e)) = e else {
+        panic!("expected a conflict, got {e:?}");
+    };
+    assert!(e.contains("pool \"eu-west\" is in use"), "{e}");
+    assert!(e.contains("targets shop-eu"), "{e}");
+    assert!(e.contains("workers online: eu-west-1"), "{e}");
+    assert!(e.contains(&d.to_string()), "{e}");
+    assert_eq!(m.events.len(), before);
+}
+
+#[test]
+fn the_global_default_pool_and_an_unknown_pool_are_not_removed() {
+    let mut m = given(&[]);
+
+    let default = remove_pool(&mut m, "default", &[]);
+    let unknown = remove_pool(&mut m, "ap-south", &[]);
+
+    assert!(
+        matches!(&default, Err(Rejection::Conflict(e)) if e.contains("global default pool")),
+        "{default:?}"
+    );
+    assert!(
+        matches!(&unknown, Err(Rejection::NotFound(e)) if e.contains("known: default, eu-west, us-east")),
+        "{unknown:?}"
+    );
+}
+
+#[test]
+fn a_pool_nothing_uses_any_more_is_removed_and_its_name_can_be_registered_again() {
+    let mut m = given(&[target("shop-eu", &["web"], Some("eu-west"))]);
+    let (d, events) = deploy(&mut m, vec![step("s", &[], Some("eu-west"))]);
+    let (task, ..) = planned(&events)[0].clone();
+    finish(&mut m, task, Outcome::Succeeded, 0);
+    assert!(!m.state.active.contains(&d));
+    when(
+        &mut m,
+        Command::UpdateTarget {
+            name: TargetName::parse("shop-eu").expect("valid"),
+            update: TargetUpdate {
+                default_pool: Some(None),
+                ..TargetUpdate::default()
+            },
+        },
+    )
+    .expect("valid update");
+
+    let removed = remove_pool(&mut m, "eu-west", &[]).expect("nothing uses it");
+
+    assert_eq!(
+        removed,
+        vec![Event::PoolRemoved {
+            pool: pool("eu-west")
+        }]
+    );
+    assert!(!m.state.pools.contains_key(&pool("eu-west")));
+    let step_there = when(
+        &mut m,
+        Command::CreateDeployment {
+            id: DeploymentId::new(),
+            spec: DeploymentSpec {
+                project: "p".into(),
+                environment: EnvironmentName::parse("prod").expect("valid"),
+                steps: vec![step("s", &[], Some("eu-west"))],
+                unhealthy_targets: UnhealthyTargets::Fail,
+            },
+        },
+    );
+    assert!(
+        matches!(&step_there, Err(Rejection::Invalid(e)) if e.contains("eu-west")),
+        "{step_there:?}"
+    );
+    when(
+        &mut m,
+        Command::RegisterPool(Pool {
+            name: pool("eu-west"),
+            region: None,
+            description: None,
+        }),
+    )
+    .expect("the name is free again");
+}
+
+#[test]
+fn a_target_an_unfinished_deployment_uses_is_not_removed_and_the_refusal_names_it() {
+    let mut m = given(&[target("shop-eu", &["web"], None)]);
+    let (d, _) = deploy(&mut m, vec![step("s", &["web"], None)]);
+
+    let e = remove_target(&mut m, "shop-eu");
+
+    assert!(
+        matches!(&e, Err(Rejection::Conflict(e))
+            if e.contains("target \"shop-eu\" is in use") && e.contains(&d.to_string())),
+        "{e:?}"
+    );
+    let unknown = remove_target(&mut m, "nope");
+    assert!(
+        matches!(&unknown, Err(Rejection::NotFound(e)) if e.contains("known: shop-eu")),
+        "{unknown:?}"
+    );
+}
+
+#[test]
+fn a_target_no_unfinished_deployment_uses_is_removed_and_its_late_check_answer_is_ignored() {
+    let mut m = given(&[target("shop-eu", &["web"], None)]);
+    let (_, events) = deploy(&mut m, vec![step("s", &["web"], None)]);
+    let (task, ..) = planned(&events)[0].clone();
+    finish(&mut m, task, Outcome::Succeeded, 0);
+    check(&mut m, "shop-eu");
+    let late = checked_report(&m, "shop-eu");
+
+    let removed = remove_target(&mut m, "shop-eu").expect("nothing uses it");
+
+    let name = TargetName::parse("shop-eu").expect("valid");
+    assert_eq!(
+        removed,
+        vec![Event::TargetRemoved {
+            target: name.clone()
+        }]
+    );
+    assert!(!m.state.targets.contains_key(&name));
+    when(&mut m, Command::WorkerReport(late)).expect("reports are never rejected");
+    assert!(!m.state.targets.contains_key(&name));
+    let roles = deploy_result(&mut m);
+    assert!(
+        matches!(&roles, Err(Rejection::Invalid(_))),
+        "a removed target is not chosen: {roles:?}"
+    );
+}
+
+/// A worker's healthy answer to the target's pending check.
+fn checked_report(m: &Memory, name: &str) -> WorkerMessage {
+    let target = TargetName::parse(name).expect("valid");
+    let p = m.state.targets[&target]
+        .pending_check
+        .clone()
+        .expect("a check is pending");
+    WorkerMessage {
+        schema_version: 1,
+        event_id: EventId::new(),
+        worker: worker("w-eu"),
+        pool: p.pool,
+        sent_at: Timestamp(2_000),
+        body: WorkerBody::HealthChecked {
+            check: p.check,
+            target,
+            task: None,
+            state: HealthState::Healthy,
+            reason: None,
+            duration_ms: 12,
+        },
+    }
+}
+
+fn deploy_result(m: &mut Memory) -> Result<Vec<Event>, Rejection> {
+    when(
+        m,
+        Command::CreateDeployment {
+            id: DeploymentId::new(),
+            spec: DeploymentSpec {
+                project: "p".into(),
+                environment: EnvironmentName::parse("prod").expect("valid"),
+                steps: vec![step("s", &["web"], None)],
+                unhealthy_targets: UnhealthyTargets::Fail,
+            },
+        },
+    )
+}
+
+#[test]
+fn a_target_without_a_probe_is_told_how_to_set_one_with_the_cli() {
+    let mut bare = target("bare", &["web"], None);
+    bare.endpoint = None;
+    let mut m = given(&[bare]);
+
+    let e = when(
+        &mut m,
+        Command::CheckTarget {
+            check: CheckId::new(),
+            target: TargetName::parse("bare").expect("valid"),
+            trigger: shoal_shared::events::CheckTrigger::OnDemand,
+            at: Timestamp(1_000),
+            deadline_secs: 20,
+        },
+    );
+
+    assert!(
+        matches!(&e, Err(Rejection::Conflict(e)) if e.contains("shoal target set-check bare --tcp")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_target_whose_checks_are_switched_off_no_longer_stops_deployments() {
+    let mut m = given(&[target("shop-eu", &["web"], None)]);
+    check(&mut m, "shop-eu");
+    checked(&mut m, "shop-eu", HealthState::Unhealthy, "no such host");
+    let name = TargetName::parse("shop-eu").expect("valid");
+    when(
+        &mut m,
+        Command::UpdateTarget {
+            name: name.clone(),
+            update: TargetUpdate {
+                health_check: Some(Some(HealthCheck::Off)),
+                ..TargetUpdate::default()
+            },
+        },
+    )
+    .expect("valid update");
+
+    let (d, events) = deploy(&mut m, vec![step("s", &["web"], None)]);
+
+    assert_eq!(m.state.targets[&name].health_state(), HealthState::Unknown);
+    assert_eq!(m.state.targets[&name].target.probe(), None);
+    assert_eq!(planned(&events).len(), 1, "{events:?}");
+    assert_ne!(m.state.deployments[&d].state, DeploymentState::Failed);
+}
+
+#[test]
+fn a_check_of_a_target_whose_checks_are_off_is_refused_saying_so() {
+    let mut off = target("shop-eu", &["web"], None);
+    off.health_check = Some(HealthCheck::Off);
+    let mut m = given(&[off]);
+
+    let e = when(
+        &mut m,
+        Command::CheckTarget {
+            check: CheckId::new(),
+            target: TargetName::parse("shop-eu").expect("valid"),
+            trigger: shoal_shared::events::CheckTrigger::OnDemand,
+            at: Timestamp(1_000),
+            deadline_secs: 20,
+        },
+    );
+
+    assert!(
+        matches!(&e, Err(Rejection::Conflict(e))
+            if e.contains("checks of target \"shop-eu\" are off")
+                && e.contains("shoal target set-check shop-eu --tcp")),
+        "{e:?}"
+    );
+    assert!(m.events.is_empty());
+}

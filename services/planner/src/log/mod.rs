@@ -40,8 +40,13 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// Another process, most likely a running planner, holds the log's lock: stop it first.
-    #[error("event log storage failed: {0}")]
-    Locked(StorageError),
+    /// `pid`: the process that holds it, as it wrote in [`holder_file`] (sled's own lock
+    /// file names nobody).
+    #[error("another process{} holds the event log, most likely a planner: {cause}", pid.map_or(String::new(), |p| format!(" (pid {p})")))]
+    Locked {
+        pid: Option<u32>,
+        cause: StorageError,
+    },
     #[error("event log storage failed: {0}")]
     Sled(StorageError),
     #[error("event log record could not be decoded: {0}")]
@@ -55,7 +60,10 @@ pub enum LogError {
 impl From<sled::Error> for LogError {
     fn from(e: sled::Error) -> Self {
         if is_lock_error(&e) {
-            LogError::Locked(StorageError(e))
+            LogError::Locked {
+                pid: None,
+                cause: StorageError(e),
+            }
         } else {
             LogError::Sled(StorageError(e))
         }
@@ -90,6 +98,12 @@ impl AsRef<[u8]> for Stored {
     fn as_ref(&self) -> &[u8] {
         &self.0
     }
+}
+
+/// The file next to the log dir `dir` (`DATA_DIR/log.pid`) where the process that opened the
+/// log writes its pid, so that a second one refused the lock can name it.
+pub fn holder_file(dir: &Path) -> std::path::PathBuf {
+    dir.with_extension("pid")
 }
 
 /// sled says that another process holds the database's lock only in the text of an `Io`
@@ -415,10 +429,26 @@ impl EventLog {
     /// The directory cannot be opened by sled (missing permissions, another process holds
     /// it), or an earlier log cannot be moved.
     pub fn open(dir: &Path) -> Result<EventLog, LogError> {
-        let db = sled::Config::new()
+        let holder = holder_file(dir);
+        let db = match sled::Config::new()
             .path(dir)
             .cache_capacity(32 * 1024 * 1024)
-            .open()?;
+            .open()
+            .map_err(LogError::from)
+        {
+            Ok(db) => db,
+            Err(LogError::Locked { cause, .. }) => {
+                let pid = std::fs::read_to_string(&holder)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                return Err(LogError::Locked { pid, cause });
+            }
+            Err(e) => return Err(e),
+        };
+        // Read only while the lock is refused, so it names the process holding the lock.
+        if let Err(e) = std::fs::write(&holder, format!("{}\n", std::process::id())) {
+            tracing::warn!(error = %e, file = %holder.display(), "cannot record this process as the event log's holder; a second planner on this data dir will not learn its pid");
+        }
         let tree = db.open_tree(TREE)?;
         let log = EventLog { db, tree };
         migrate::from_trees(&log)?;

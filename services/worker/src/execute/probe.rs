@@ -36,6 +36,11 @@ pub async fn run(
         HealthCheck::Script { script, .. } => {
             self::script(script, target, endpoint, config, timeout).await
         }
+        // The planner sends no check of a target whose checks are off.
+        HealthCheck::Off => (
+            HealthState::Unknown,
+            Some("checks of this target are off".to_owned()),
+        ),
     };
     ProbeResult {
         state,
