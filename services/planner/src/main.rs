@@ -162,8 +162,14 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         health_interval: std::time::Duration::from_secs(s.health_interval_secs),
         health_deadline: std::time::Duration::from_secs(s.health_deadline_secs),
     };
-    Planner::build(config, listener, &shutdown)
-        .await?
-        .run(shutdown)
-        .await
+    let planner = match Planner::build(config, listener, &shutdown).await {
+        Ok(p) => p,
+        // Stopped on request while starting: not a failure.
+        Err(e) if shutdown.is_cancelled() => {
+            tracing::info!("{e:#}; planner stopped");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    planner.run(shutdown).await
 }

@@ -52,8 +52,11 @@ pub async fn run(
             // The planner may restart with another ack wait: follow it.
             if fitted.elapsed() > REFIT_EVERY {
                 fitted = tokio::time::Instant::now();
-                if let Ok(info) = consumer.info().await {
-                    runtime.fit_progress_to(&config, info.config.ack_wait);
+                // A request to a gone broker waits out its timeout: stop rather than wait.
+                match shutdown.run_until_cancelled(consumer.info()).await {
+                    Some(Ok(info)) => runtime.fit_progress_to(&config, info.config.ack_wait),
+                    Some(Err(_)) => {}
+                    None => break 'outer,
                 }
             }
             let paused = *draining.borrow_and_update();
@@ -206,7 +209,8 @@ async fn find_consumer(
         if shutdown.is_cancelled() {
             return None;
         }
-        let found = shoal_runtime::nats::pull_consumer(js, &stream_name, &consumer_name).await;
+        let lookup = shoal_runtime::nats::pull_consumer(js, &stream_name, &consumer_name);
+        let found = shutdown.run_until_cancelled(lookup).await?;
         match found {
             Ok(c) => {
                 let ack_wait = c.cached_info().config.ack_wait;
