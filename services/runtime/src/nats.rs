@@ -285,3 +285,46 @@ pub async fn pull_consumer(
         .await
         .map_err(ConsumerLookupError::Consumer)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_told_with_the_url_and_the_cause_and_shutdown_ends_it() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(1);
+        let url = format!("nats://127.0.0.1:{port}");
+        let shutdown = CancellationToken::new();
+        let mut heard = Vec::new();
+        let connecting = connect(&url, "test", None, &shutdown, |p| {
+            heard.push(p.to_owned());
+            shutdown.cancel();
+        });
+        let result = tokio::time::timeout(Duration::from_secs(10), connecting).await;
+        let expected = format!(
+            "cannot reach NATS at {url}: connection refused (is nats-server running there?)"
+        );
+        match result {
+            Ok(Err(ConnectError::Stopped { url: u, last })) => {
+                assert_eq!(u, url);
+                assert_eq!(last.as_deref(), Some(expected.as_str()));
+            }
+            other => panic!("not stopped: {:?}", other.map(|r| r.map(|_| ()))),
+        }
+        assert_eq!(heard, vec![expected]);
+    }
+
+    #[test]
+    fn a_problem_is_said_when_new_or_changed_and_then_only_every_while() {
+        let now = Instant::now();
+        assert!(should_say(None, "a"));
+        assert!(!should_say(Some(&("a".to_owned(), now)), "a"));
+        assert!(should_say(Some(&("a".to_owned(), now)), "b"));
+        if let Some(long_ago) = now.checked_sub(REMIND_EVERY) {
+            assert!(should_say(Some(&("a".to_owned(), long_ago)), "a"));
+        }
+    }
+}

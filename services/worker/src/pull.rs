@@ -26,6 +26,8 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const REFIT_EVERY: Duration = Duration::from_secs(30);
 /// How long shutdown waits for each message of a pull already on its way.
 const HAND_BACK_WAIT: Duration = Duration::from_millis(200);
+/// How long tasks stopped at the drain deadline may take to hand their messages back.
+const HAND_BACK_GRACE: Duration = Duration::from_secs(5);
 /// Pulls and runs tasks until shutdown, then waits for running tasks up to the drain
 /// deadline and hands back the rest. While the planner has the worker draining
 /// (maintenance), it pulls nothing and does the same without exiting.
@@ -80,8 +82,11 @@ pub async fn run(
                 .batch()
                 .max_messages(permits.len())
                 .expires(PULL_EXPIRES)
-                .messages()
-                .await;
+                .messages();
+            // Sending the request waits when a long disconnect filled the client's queue.
+            let Some(batch) = shutdown.run_until_cancelled(batch).await else {
+                break 'outer;
+            };
             let mut batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
@@ -142,7 +147,17 @@ pub async fn run(
             "running tasks did not finish before the drain deadline; stopping them and handing them back"
         );
         kill.cancel();
-        tracker.wait().await;
+        // Stopped tasks hand their messages back; with the broker gone that can wait
+        // forever, and the broker redelivers what is not handed back anyway.
+        if tokio::time::timeout(HAND_BACK_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = tracker.len(),
+                "stopped tasks could not hand their messages back (is the broker reachable?); the broker gives them to another worker after their ack wait"
+            );
+        }
     }
 }
 
