@@ -106,7 +106,10 @@ pub async fn run(
         runtime.clone(),
         shutdown.clone(),
     ));
-    control::ask_drain_state(&client, &config, &runtime).await;
+    // Up to 2 s without a planner: not worth holding up a stop.
+    let _ = shutdown
+        .run_until_cancelled(control::ask_drain_state(&client, &config, &runtime))
+        .await;
     let beats = tokio::spawn(heartbeat::run(
         client.clone(),
         config.clone(),
