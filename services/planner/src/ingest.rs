@@ -95,12 +95,10 @@ async fn open_messages(
     subjects: &Subjects,
     shutdown: &CancellationToken,
 ) -> Option<pull::Stream> {
-    let consumer = shoal_runtime::nats::pull_consumer(
-        js,
-        &subjects.results_stream(),
-        &subjects.results_consumer(),
-    )
-    .await;
+    // A request to a gone broker waits out its timeout: stop rather than wait.
+    let (stream, consumer) = (subjects.results_stream(), subjects.results_consumer());
+    let consumer = shoal_runtime::nats::pull_consumer(js, &stream, &consumer);
+    let consumer = shutdown.run_until_cancelled(consumer).await?;
     let consumer = match consumer {
         Ok(c) => c,
         Err(e) => {
@@ -114,9 +112,8 @@ async fn open_messages(
         .max_messages_per_batch(1000)
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))
-        .messages()
-        .await;
-    match messages {
+        .messages();
+    match shutdown.run_until_cancelled(messages).await? {
         Ok(m) => Some(m),
         Err(e) => {
             tracing::warn!(error = %e, "cannot pull results; retrying");

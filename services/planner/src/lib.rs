@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod liveness;
 pub mod log;
 pub mod replay;
+pub mod starting;
 
 use crate::domain::Command;
 use crate::domain::effects::Effect;
@@ -33,7 +34,7 @@ use shoal_shared::subjects::Subjects;
 use shoal_shared::{PoolName, WorkerName};
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,6 +44,9 @@ const TASK_MESSAGES: usize = 4096;
 /// Batches of effects that may wait for the effects runner; beyond that they are derived
 /// from the state again once it catches up.
 const EFFECT_BATCHES: usize = 1024;
+
+/// How long a stopping planner waits for its NATS connection to drain.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// How a planner runs.
 #[derive(Debug, Clone)]
@@ -128,21 +132,43 @@ pub async fn run(
 impl Planner {
     /// Opens the log, connects to the broker and sets up its streams (waiting for JetStream
     /// until `shutdown`), starts the writer, and queues what the log says is still to do.
+    /// Meanwhile `listener` answers every request with 503 and what start-up waits for
+    /// ([`starting`]).
     ///
     /// # Errors
     /// The data dir cannot be opened, the log is inconsistent, the broker refuses the set-up,
-    /// or `shutdown` came before JetStream was ready.
+    /// or `shutdown` came before NATS and JetStream were ready.
     pub async fn build(
         config: PlannerConfig,
         listener: tokio::net::TcpListener,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Planner> {
+        let (status, status_rx) =
+            watch::channel(format!("connecting to NATS at {}", config.nats_url));
+        let starting = starting::serve(listener, status_rx);
+        let set_up = Planner::set_up(config, shutdown, &status).await;
+        // The port is handed back (or closed) whether or not start-up succeeded.
+        let listener = starting.finish().await;
+        let (parts, writer_task, queues) = set_up?;
+        Ok(Planner {
+            parts,
+            listener: listener?,
+            writer_task,
+            queues,
+        })
+    }
+
+    /// [`Planner::build`] but for the HTTP port; `status` hears what it waits for.
+    async fn set_up(
+        config: PlannerConfig,
+        shutdown: &CancellationToken,
+        status: &watch::Sender<String>,
+    ) -> anyhow::Result<(Parts, WriterTask, Queues)> {
         let log = EventLog::open(&config.data_dir.join("log")).with_context(|| {
             format!("cannot open the event log in {}", config.data_dir.display())
         })?;
-        let client = shoal_runtime::nats::connect(&config.nats_url, "shoal-planner", None).await?;
-        let js = async_nats::jetstream::new(client.clone());
-        ensure_broker(&js, &config.subjects, shutdown).await?;
+        let (client, js) = connect_broker(&config, shutdown, status).await?;
+        status.send_replace("reading the event log".to_owned());
         let stop = CancellationToken::new();
         let services = stop.child_token();
         let tasks = TaskTracker::new();
@@ -187,12 +213,7 @@ impl Planner {
             dispatch_rx,
             effects_rx,
         };
-        Ok(Planner {
-            parts,
-            listener,
-            writer_task,
-            queues,
-        })
+        Ok((parts, writer_task, queues))
     }
 
     /// Starts the services and the built-in worker and serves HTTP until `shutdown` is
@@ -211,11 +232,12 @@ impl Planner {
         let intake = p.stop.child_token();
         p.spawn_services(queues);
         let builtin =
-            start_builtin_worker(&p.config, &p.js, &p.tasks, intake.child_token()).await?;
+            start_builtin_worker(&p.config, &p.js, &p.tasks, &shutdown, intake.child_token())
+                .await?;
         let app = p.app_state();
         // The writer ends once every handle is gone: the services' and the API's are.
         drop(p.handle);
-        tracing::info!(addr = %listener.local_addr()?, data_dir = %p.config.data_dir.display(), "planner ready");
+        tracing::info!(addr = %listener.local_addr()?, data_dir = %p.config.data_dir.display(), nats.url = %p.config.nats_url, "planner ready");
         let server = axum::serve(listener, api::router(app))
             .with_graceful_shutdown(stop_on(shutdown, intake.child_token()));
         tokio::select! {
@@ -249,7 +271,13 @@ impl Planner {
             Err(e) => tracing::error!(error = %e, "event log writer ended"),
         }
         p.log.flush().await?;
-        let _ = p.client.drain().await;
+        // Draining waits for the broker: with none there it would never end.
+        if tokio::time::timeout(DRAIN_WAIT, p.client.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the NATS connection was not drained within {DRAIN_WAIT:?}");
+        }
         tracing::info!("planner stopped");
         Ok(())
     }
@@ -343,6 +371,7 @@ async fn start_builtin_worker(
     config: &PlannerConfig,
     js: &async_nats::jetstream::Context,
     tasks: &TaskTracker,
+    shutdown: &CancellationToken,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
     if !config.builtin_worker {
@@ -352,15 +381,18 @@ async fn start_builtin_worker(
     // The pool's queue consumer is an effect of its registration, carried out beside this;
     // made here first too, so the worker finds it at once rather than a lookup later (the
     // effect then finds it made, and keeps retrying if this failed).
-    if let Err(e) = broker::ensure_pool_consumer(
+    let consumer = broker::ensure_pool_consumer(
         js,
         &config.subjects,
         &config.default_pool,
         config.task_ack_wait,
-    )
-    .await
-    {
-        tracing::debug!(error = %e, pool = %config.default_pool, "default pool's consumer not made yet; its effect retries");
+    );
+    match shutdown.run_until_cancelled(consumer).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, pool = %config.default_pool, "default pool's consumer not made yet; its effect retries");
+        }
+        None => return Ok(None),
     }
     let name = builtin_worker_name(&config.data_dir);
     let mut wc = shoal_worker::WorkerConfig::new(
@@ -374,8 +406,15 @@ async fn start_builtin_worker(
         &config.nats_url,
         name.as_str(),
         Some(config.subjects.pool_inbox_prefix(&config.default_pool)),
+        shutdown,
+        |_| {},
     )
-    .await?;
+    .await;
+    let wclient = match wclient {
+        Ok(c) => c,
+        Err(shoal_runtime::nats::ConnectError::Stopped { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     tracing::info!(worker = %name, pool = %config.default_pool, "starting the built-in worker");
     Ok(Some(tasks.spawn(shoal_worker::run(wc, wclient, stop))))
 }
@@ -394,32 +433,74 @@ fn builtin_worker_name(data_dir: &std::path::Path) -> WorkerName {
     WorkerName::from_host(&format!("builtin-{host}"), &suffix)
 }
 
-async fn ensure_broker(
-    js: &async_nats::jetstream::Context,
-    subjects: &Subjects,
+/// Connects the planner to NATS and sets up JetStream, telling `status` what it waits for.
+async fn connect_broker(
+    config: &PlannerConfig,
     shutdown: &CancellationToken,
+    status: &watch::Sender<String>,
+) -> anyhow::Result<(async_nats::Client, async_nats::jetstream::Context)> {
+    let url = &config.nats_url;
+    let client = shoal_runtime::nats::connect(url, "shoal-planner", None, shutdown, |problem| {
+        status.send_replace(problem.to_owned());
+    })
+    .await?;
+    status.send_replace(format!("connected to NATS at {url}; setting up JetStream"));
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_broker(&client, &js, config, shutdown, status).await?;
+    Ok((client, js))
+}
+
+/// Creates the streams, retrying until they exist or `shutdown`; each new problem is logged
+/// and told to `status`.
+async fn ensure_broker(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    config: &PlannerConfig,
+    shutdown: &CancellationToken,
+    status: &watch::Sender<String>,
 ) -> anyhow::Result<()> {
-    let mut warned = false;
+    let mut said = String::new();
     loop {
-        match broker::ensure_streams(js, subjects).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                if !warned {
-                    match e.kind() {
-                        broker::BrokerFailure::Unavailable => {
-                            tracing::warn!(error = %e, "JetStream not ready (is nats-server running with -js?); retrying")
-                        }
-                        broker::BrokerFailure::Refused => {
-                            tracing::warn!(error = %e, "the broker refused the JetStream set-up; retrying, but an operator may have to act")
-                        }
-                    }
-                    warned = true;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = shutdown.cancelled() => anyhow::bail!("stopped before JetStream was ready: {e}"),
-                }
+        // A request to a gone broker waits out its timeout: stop rather than wait.
+        let Some(result) = shutdown
+            .run_until_cancelled(broker::ensure_streams(js, &config.subjects))
+            .await
+        else {
+            anyhow::bail!("stopped before JetStream was ready ({said})");
+        };
+        let Err(e) = result else { return Ok(()) };
+        let problem = broker_problem(client, &config.nats_url, &e);
+        if problem != said {
+            tracing::warn!(error = %e, "{problem}; retrying");
+            status.send_replace(problem.clone());
+            said = problem;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.cancelled() => anyhow::bail!("stopped before JetStream was ready ({said})"),
+        }
+    }
+}
+
+/// Why JetStream cannot be set up, told apart: the connection is gone, the server has no
+/// JetStream, JetStream does not answer, or it refuses.
+fn broker_problem(client: &async_nats::Client, url: &str, e: &broker::BrokerError) -> String {
+    let info = client.server_info();
+    if client.connection_state() != async_nats::connection::State::Connected {
+        format!("lost the connection to NATS at {url} while setting up JetStream")
+    } else if !info.jetstream {
+        format!(
+            "connected to NATS at {url} (server \"{}\"), but JetStream is not enabled there (start nats-server with -js)",
+            info.server_name
+        )
+    } else {
+        match e.kind() {
+            broker::BrokerFailure::Unavailable => {
+                format!("JetStream at {url} does not answer: {e}")
             }
+            broker::BrokerFailure::Refused => format!(
+                "the broker at {url} refused the JetStream set-up: {e} (an operator may have to act)"
+            ),
         }
     }
 }

@@ -164,11 +164,16 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         health_deadline: std::time::Duration::from_secs(s.health_deadline_secs),
     };
     let data_dir = config.data_dir.clone();
-    Planner::build(config, listener, &shutdown)
-        .await
-        .map_err(|e| locked_by_another(e, &data_dir))?
-        .run(shutdown)
-        .await
+    let planner = match Planner::build(config, listener, &shutdown).await {
+        Ok(p) => p,
+        // Stopped on request while starting: not a failure.
+        Err(e) if shutdown.is_cancelled() => {
+            tracing::info!("{e:#}; planner stopped");
+            return Ok(());
+        }
+        Err(e) => return Err(locked_by_another(e, &data_dir)),
+    };
+    planner.run(shutdown).await
 }
 
 /// The log's lock refused: say which planner has the data dir instead of sled's I/O error.

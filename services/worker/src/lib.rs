@@ -17,6 +17,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How long a stopping worker waits for the broker to take what it sent last.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
 /// How a worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -104,7 +107,10 @@ pub async fn run(
         runtime.clone(),
         shutdown.clone(),
     ));
-    control::ask_drain_state(&client, &config, &runtime).await;
+    // Up to 2 s without a planner: not worth holding up a stop.
+    let _ = shutdown
+        .run_until_cancelled(control::ask_drain_state(&client, &config, &runtime))
+        .await;
     let beats = tokio::spawn(heartbeat::run(
         client.clone(),
         config.clone(),
@@ -129,8 +135,15 @@ pub async fn run(
             reason: "shut down".to_owned(),
         })
         .await;
-    if let Err(e) = client.flush().await {
-        tracing::warn!(error = %e, "could not flush the connection on shutdown");
+    // A flush waits for the broker: with none there it would never end.
+    if client.connection_state() == async_nats::connection::State::Connected {
+        match tokio::time::timeout(FLUSH_WAIT, client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not flush the connection on shutdown"),
+            Err(_) => {
+                tracing::warn!("the connection was not flushed within {FLUSH_WAIT:?} of shutdown")
+            }
+        }
     }
     tracing::info!(worker = %config.name, "worker stopped");
     Ok(())

@@ -78,12 +78,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.js_domain = args.js_domain;
     config.min_free_disk_mb = args.min_free_disk_mb;
     config.subjects = subjects.clone();
+    // Listening before connecting: a worker that cannot reach NATS must still stop.
+    let shutdown = shoal_runtime::signal::shutdown_on_signals();
     let client = shoal_runtime::nats::connect(
         &args.nats_url,
         name.as_str(),
         Some(subjects.pool_inbox_prefix(&args.pool)),
+        &shutdown,
+        |_| {},
     )
-    .await?;
-    let shutdown = shoal_runtime::signal::shutdown_on_signals();
+    .await;
+    let client = match client {
+        Ok(c) => c,
+        Err(e @ shoal_runtime::nats::ConnectError::Stopped { .. }) => {
+            tracing::info!(worker = %name, "{e}; worker stopped");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     shoal_worker::run(config, client, shutdown).await
 }

@@ -26,6 +26,8 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const REFIT_EVERY: Duration = Duration::from_secs(30);
 /// How long shutdown waits for each message of a pull already on its way.
 const HAND_BACK_WAIT: Duration = Duration::from_millis(200);
+/// How long tasks stopped at the drain deadline may take to hand their messages back.
+const HAND_BACK_GRACE: Duration = Duration::from_secs(5);
 /// Pulls and runs tasks until shutdown, then waits for running tasks up to the drain
 /// deadline and hands back the rest. While the planner has the worker draining
 /// (maintenance), it pulls nothing and does the same without exiting.
@@ -52,8 +54,11 @@ pub async fn run(
             // The planner may restart with another ack wait: follow it.
             if fitted.elapsed() > REFIT_EVERY {
                 fitted = tokio::time::Instant::now();
-                if let Ok(info) = consumer.info().await {
-                    runtime.fit_progress_to(&config, info.config.ack_wait);
+                // A request to a gone broker waits out its timeout: stop rather than wait.
+                match shutdown.run_until_cancelled(consumer.info()).await {
+                    Some(Ok(info)) => runtime.fit_progress_to(&config, info.config.ack_wait),
+                    Some(Err(_)) => {}
+                    None => break 'outer,
                 }
             }
             let paused = *draining.borrow_and_update();
@@ -77,8 +82,11 @@ pub async fn run(
                 .batch()
                 .max_messages(permits.len())
                 .expires(PULL_EXPIRES)
-                .messages()
-                .await;
+                .messages();
+            // Sending the request waits when a long disconnect filled the client's queue.
+            let Some(batch) = shutdown.run_until_cancelled(batch).await else {
+                break 'outer;
+            };
             let mut batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
@@ -139,7 +147,17 @@ pub async fn run(
             "running tasks did not finish before the drain deadline; stopping them and handing them back"
         );
         kill.cancel();
-        tracker.wait().await;
+        // Stopped tasks hand their messages back; with the broker gone that can wait
+        // forever, and the broker redelivers what is not handed back anyway.
+        if tokio::time::timeout(HAND_BACK_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = tracker.len(),
+                "stopped tasks could not hand their messages back (is the broker reachable?); the broker gives them to another worker after their ack wait"
+            );
+        }
     }
 }
 
@@ -207,7 +225,8 @@ async fn find_consumer(
         if shutdown.is_cancelled() {
             return None;
         }
-        let found = shoal_runtime::nats::pull_consumer(js, &stream_name, &consumer_name).await;
+        let lookup = shoal_runtime::nats::pull_consumer(js, &stream_name, &consumer_name);
+        let found = shutdown.run_until_cancelled(lookup).await?;
         match found {
             Ok(c) => {
                 let ack_wait = c.cached_info().config.ack_wait;

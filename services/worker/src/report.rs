@@ -281,9 +281,19 @@ async fn publish(
         if let Some(headers) = &message.headers {
             publish = publish.headers(headers.clone());
         }
-        let result = match js.send_publish(subject.clone(), publish).await {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
+        let attempt = async {
+            match js.send_publish(subject.clone(), publish).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            }
+        };
+        let give_up = pointless(js, shutdown, final_message.then_some(give_up_at));
+        let result = tokio::select! {
+            r = attempt => r,
+            () = give_up => {
+                tracing::warn!(reports = message.reports, "worker report not stored: the worker is stopping and the broker is unreachable");
+                return Sent::GaveUp;
+            }
         };
         let e = match result {
             Ok(_) => return Sent::Stored,
@@ -301,8 +311,35 @@ async fn publish(
             return Sent::TooLarge;
         }
         tracing::warn!(error = %e, reports = message.reports, retry_in_ms = backoff.as_millis() as u64, "worker report not stored yet; retrying");
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = pointless(js, shutdown, final_message.then_some(give_up_at)) => {
+                tracing::warn!(error = %e, reports = message.reports, "worker report not stored before shutdown");
+                return Sent::GaveUp;
+            }
+        }
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Resolves once waiting for the broker is pointless: the worker is stopping and the
+/// connection is down (nothing can be stored until it is back, and the stop must not wait
+/// for that; JetStream redelivers the unreported task), or a final report's grace is over.
+async fn pointless(
+    js: &jetstream::Context,
+    shutdown: &CancellationToken,
+    give_up_at: Option<tokio::time::Instant>,
+) {
+    shutdown.cancelled().await;
+    let client = js.client();
+    loop {
+        if client.connection_state() != async_nats::connection::State::Connected {
+            return;
+        }
+        if give_up_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -1,0 +1,105 @@
+//! A worker stops on SIGTERM or SIGINT whatever its connection does (never connected, or its
+//! broker gone after it ran), and every connection problem it logs names the URL.
+
+use nix::sys::signal::Signal;
+use shoal_cli::local::{Nats, Proc, free_port};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a test waits for a line in the worker's log.
+const WAIT: Duration = Duration::from_secs(30);
+/// The worker's drain deadline in these tests; it must have stopped by then.
+const DRAIN_SECS: u64 = 3;
+
+fn start_worker(dir: &Path, url: &str) -> anyhow::Result<Proc> {
+    let args: Vec<String> = [
+        "--nats-url",
+        url,
+        "--name",
+        "w1",
+        "--drain-timeout",
+        &DRAIN_SECS.to_string(),
+        "--work-dir",
+        &dir.join("work").display().to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let bin = Path::new(env!("CARGO_BIN_EXE_shoal-worker"));
+    Proc::spawn("worker", bin, &args, &dir.join("logs"))
+}
+
+/// Waits until the process's output contains `text`.
+async fn wait_for_output(p: &Proc, text: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !p.output().contains(text) {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "no {text:?} in the worker's output after {WAIT:?}:\n{}",
+                p.output()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Sends `signal` and checks the worker exits cleanly within its drain deadline.
+async fn stops_within_its_deadline(p: &mut Proc, signal: Signal) -> anyhow::Result<()> {
+    p.signal(signal);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(DRAIN_SECS);
+    loop {
+        if let Some(status) = p.try_status()? {
+            assert!(status.success(), "{status}:\n{}", p.output());
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            let out = p.output();
+            p.kill().await?;
+            anyhow::bail!("the worker did not stop within {DRAIN_SECS} s of {signal}:\n{out}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_never_reached_nats_stops_on_sigterm_and_names_the_url() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let url = format!("nats://127.0.0.1:{}", free_port()?);
+    let mut worker = start_worker(dir.path(), &url)?;
+    wait_for_output(
+        &worker,
+        &format!("cannot reach NATS at {url}: connection refused"),
+    )
+    .await?;
+    stops_within_its_deadline(&mut worker, Signal::SIGTERM).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_never_reached_nats_stops_on_sigint() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("nats://127.0.0.1:{}", free_port()?);
+    let mut worker = start_worker(dir.path(), &url)?;
+    wait_for_output(&worker, &format!("cannot reach NATS at {url}")).await?;
+    stops_within_its_deadline(&mut worker, Signal::SIGINT).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_broker_is_gone_stops_on_sigterm_and_names_the_url() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut nats = Nats::start(dir.path()).await?;
+    let url = nats.url();
+    let mut worker = start_worker(dir.path(), &url)?;
+    // The worker says which broker it is on, then (no planner made its queue) looks for it.
+    wait_for_output(&worker, &format!("connected to NATS at {url}: server")).await?;
+    wait_for_output(&worker, "nats-server 2.").await?;
+    nats.kill().await?;
+    wait_for_output(&worker, &format!("lost the connection to NATS at {url}")).await?;
+    wait_for_output(
+        &worker,
+        &format!("cannot reach NATS at {url}: connection refused"),
+    )
+    .await?;
+    stops_within_its_deadline(&mut worker, Signal::SIGTERM).await
+}

@@ -1,0 +1,91 @@
+//! Stopping without a broker: when nats-server dies under a running installation, a worker
+//! with a task in hand and the planner (with its built-in worker) still stop on SIGTERM
+//! within their drain deadlines, and their logs name the broker they lost.
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+use shoal_cli::local::Proc;
+use shoal_e2e::{Cluster, WAIT};
+use std::time::Duration;
+
+/// The external worker's drain deadline.
+const DRAIN_SECS: u64 = 3;
+/// What a process may take beyond its deadline to hand back and exit.
+const MARGIN: Duration = Duration::from_secs(2);
+
+/// SIGTERM, and the process must exit cleanly within `within`.
+async fn stops_within(p: &mut Proc, within: Duration) -> anyhow::Result<()> {
+    p.signal(Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(status) = p.try_status()? {
+            assert!(
+                status.success(),
+                "{} exited with {status}:\n{}",
+                p.name,
+                p.output()
+            );
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            let out = p.output();
+            p.kill().await?;
+            anyhow::bail!(
+                "{} did not stop within {within:?} of SIGTERM:\n{out}",
+                p.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_for_output(p: &Proc, text: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !p.output().contains(text) {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("no {text:?} in the output of {}:\n{}", p.name, p.output());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_mid_task_and_the_planner_stop_on_sigterm_after_the_broker_died()
+-> anyhow::Result<()> {
+    let mut c = Cluster::start(&[]).await?;
+    c.pool("eu-west", "eu").await?;
+    c.target("shop-eu", "prod", &["web"], Some("eu-west"))
+        .await?;
+    let drain = DRAIN_SECS.to_string();
+    c.worker("eu-1", "eu-west", "eu", &["--drain-timeout", &drain])?;
+    c.wait_online(&["eu-1"]).await?;
+    let id = c
+        .deploy(&json!({"project": "p", "environment": "prod", "steps": [
+            {"name": "long", "roles": ["web"], "action": {"type": "script", "script": "sleep 60"}}]}))
+        .await?;
+    c.wait_for("the task running", WAIT, || async {
+        let t = c.task(&id, "long").await?;
+        Ok((t["state"] == "running").then_some(t))
+    })
+    .await?;
+
+    let url = c.nats.url();
+    c.nats.kill().await?;
+    let lost = format!("lost the connection to NATS at {url}");
+    wait_for_output(c.worker_proc("eu-1"), &lost).await?;
+    let planner = c
+        .planner
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no planner"))?;
+    wait_for_output(planner, &lost).await?;
+
+    let worker = c.worker_proc("eu-1");
+    stops_within(worker, Duration::from_secs(DRAIN_SECS) + MARGIN).await?;
+    // The built-in worker has no task: the planner has nothing to wait for.
+    let mut planner = c
+        .planner
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no planner"))?;
+    stops_within(&mut planner, MARGIN).await
+}
