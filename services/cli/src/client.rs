@@ -36,6 +36,8 @@ impl ClientError {
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    /// Wait for a planner that says it is still starting (see [`ApiClient::waiting_for_start`]).
+    wait_starting: bool,
 }
 
 impl ApiClient {
@@ -48,7 +50,18 @@ impl ApiClient {
         ApiClient {
             base: base.trim_end_matches('/').to_owned(),
             http,
+            wait_starting: false,
         }
+    }
+
+    /// The same client, but a request that a starting planner answers with 503 and
+    /// `Retry-After` is sent again for up to [`STARTING_WAIT`], after saying once on stderr
+    /// what the planner waits for: what a person running a command right after starting the
+    /// planner wants. Without it, the 503 is the answer (tests and tools that watch the start).
+    #[must_use]
+    pub fn waiting_for_start(mut self) -> ApiClient {
+        self.wait_starting = true;
+        self
     }
 
     /// The base URL.
@@ -191,27 +204,60 @@ impl ApiClient {
         format!("{}{path}", self.base)
     }
 
-    /// Sends a request; the text of a successful answer, else the error it names.
+    /// Sends a request; the text of a successful answer, else the error it names. A planner
+    /// that is still starting answers 503 with `Retry-After` and what it waits for: when the
+    /// client waits for a start, that is said once on stderr and the request is sent again,
+    /// for up to [`STARTING_WAIT`].
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<String, ClientError> {
         let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             api: self.base.clone(),
             cause: innermost(&e),
         };
-        let resp = req.send().await.map_err(unreachable)?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(unreachable)?;
+        let give_up = tokio::time::Instant::now() + STARTING_WAIT;
+        let mut told = false;
+        let mut req = req;
+        let (status, text) = loop {
+            let again = req.try_clone();
+            let resp = req.send().await.map_err(unreachable)?;
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let text = resp.text().await.map_err(unreachable)?;
+            match (status, retry_after, again) {
+                (reqwest::StatusCode::SERVICE_UNAVAILABLE, Some(secs), Some(again))
+                    if self.wait_starting && tokio::time::Instant::now() < give_up =>
+                {
+                    if !told {
+                        eprintln!("{}; waiting for it", error_text(&text));
+                        told = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(secs.clamp(1, 5))).await;
+                    req = again;
+                }
+                _ => break (status, text),
+            }
+        };
         if status.is_success() {
             return Ok(text);
         }
-        let message = match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => body.error,
-            // Not the planner's error body (a proxy in between?): show what came.
-            Err(_) => lenient(text).to_string(),
-        };
         Err(ClientError::Api {
             status: status.as_u16(),
-            message,
+            message: error_text(&text),
         })
+    }
+}
+
+/// How long a command waits for a planner that says it is still starting.
+pub const STARTING_WAIT: Duration = Duration::from_secs(15);
+
+/// The message of an error answer: the planner's error body, else what came (a proxy in
+/// between?).
+fn error_text(text: &str) -> String {
+    match serde_json::from_str::<ErrorBody>(text) {
+        Ok(body) => body.error,
+        Err(_) => lenient(text.to_owned()).to_string(),
     }
 }
 

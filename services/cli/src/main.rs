@@ -351,7 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             )
             .exit();
     }
-    let api = ApiClient::new(&cli.api);
+    let api = ApiClient::new(&cli.api).waiting_for_start();
     match cli.command {
         Cmd::Pool(cmd) => pool(&api, out, cmd).await?,
         Cmd::Target(cmd) => return target(&api, out, cmd).await,
