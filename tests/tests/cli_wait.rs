@@ -23,7 +23,8 @@ fn arg(p: &std::path::Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_task_shows_the_tail_of_its_output_and_its_exit_code() -> anyhow::Result<()> {
     let c = cluster().await?;
-    // 30 lines on stdout and one on stderr: only the last 20 are shown.
+    // 30 lines on stdout and then one on stderr: only the last 20 are shown. The two are
+    // separate pipes, read as they come; the pause makes the stderr line the last one read.
     let file = c.write_file(
         "fail.toml",
         r#"
@@ -32,7 +33,7 @@ environment = "prod"
 
 [[steps]]
 name = "migrate"
-action = { type = "script", script = "for i in $(seq 1 30); do echo line-$i; done; echo disk-full >&2; exit 3" }
+action = { type = "script", script = "for i in $(seq 1 30); do echo line-$i; done; sleep 0.3; echo disk-full >&2; exit 3" }
 "#,
     )?;
     let (ok, out) = c.cli(&["deploy", &arg(&file), "--wait"])?;
