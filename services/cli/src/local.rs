@@ -173,6 +173,36 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` and waits until the process has exited cleanly, for at most `within`;
+    /// one still running then is killed, and the error carries its output.
+    ///
+    /// # Errors
+    /// It did not stop in time, or it exited with a failure.
+    pub async fn stops_within(&mut self, signal: Signal, within: Duration) -> anyhow::Result<()> {
+        self.signal(signal);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.try_status()? {
+                anyhow::ensure!(
+                    status.success(),
+                    "{} exited with {status}:\n{}",
+                    self.name,
+                    self.output()
+                );
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                let out = self.output();
+                self.kill().await?;
+                bail!(
+                    "{} did not stop within {within:?} of {signal}:\n{out}",
+                    self.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL, and waits for it to be gone.
     ///
     /// # Errors

@@ -75,24 +75,6 @@ async fn wait_for_output(p: &Proc, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM; the planner must exit cleanly within [`STOP`].
-async fn stops_at_once(p: &mut Proc) -> anyhow::Result<()> {
-    p.signal(Signal::SIGTERM);
-    let deadline = tokio::time::Instant::now() + STOP;
-    loop {
-        if let Some(status) = p.try_status()? {
-            assert!(status.success(), "{status}:\n{}", p.output());
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            let out = p.output();
-            p.kill().await?;
-            anyhow::bail!("the planner did not stop within {STOP:?} of SIGTERM:\n{out}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planner_that_cannot_reach_nats_answers_503_naming_the_url_and_stops_at_once()
 -> anyhow::Result<()> {
@@ -111,7 +93,7 @@ async fn a_planner_that_cannot_reach_nats_answers_503_naming_the_url_and_stops_a
         out.contains(&format!("cannot reach NATS at {url}")) && !out.contains("JetStream"),
         "the log names the URL and does not blame JetStream:\n{out}"
     );
-    stops_at_once(&mut p.proc).await
+    p.proc.stops_within(Signal::SIGTERM, STOP).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +114,7 @@ async fn a_planner_on_a_server_without_jetstream_says_so() -> anyhow::Result<()>
         "{}",
         p.proc.output()
     );
-    stops_at_once(&mut p.proc).await
+    p.proc.stops_within(Signal::SIGTERM, STOP).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,5 +138,5 @@ async fn a_planner_says_at_start_which_broker_it_is_on() -> anyhow::Result<()> {
     );
     assert!(out.contains("server.id=N"), "{out}");
     assert!(out.contains("JetStream on"), "{out}");
-    stops_at_once(&mut p.proc).await
+    p.proc.stops_within(Signal::SIGTERM, STOP).await
 }

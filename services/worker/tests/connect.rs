@@ -44,24 +44,6 @@ async fn wait_for_output(p: &Proc, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends `signal` and checks the worker exits cleanly within its drain deadline.
-async fn stops_within_its_deadline(p: &mut Proc, signal: Signal) -> anyhow::Result<()> {
-    p.signal(signal);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(DRAIN_SECS);
-    loop {
-        if let Some(status) = p.try_status()? {
-            assert!(status.success(), "{status}:\n{}", p.output());
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            let out = p.output();
-            p.kill().await?;
-            anyhow::bail!("the worker did not stop within {DRAIN_SECS} s of {signal}:\n{out}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_never_reached_nats_stops_on_sigterm_and_names_the_url() -> anyhow::Result<()>
 {
@@ -73,7 +55,9 @@ async fn a_worker_that_never_reached_nats_stops_on_sigterm_and_names_the_url() -
         &format!("cannot reach NATS at {url}: connection refused"),
     )
     .await?;
-    stops_within_its_deadline(&mut worker, Signal::SIGTERM).await
+    worker
+        .stops_within(Signal::SIGTERM, Duration::from_secs(DRAIN_SECS))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +66,9 @@ async fn a_worker_that_never_reached_nats_stops_on_sigint() -> anyhow::Result<()
     let url = format!("nats://127.0.0.1:{}", free_port()?);
     let mut worker = start_worker(dir.path(), &url)?;
     wait_for_output(&worker, &format!("cannot reach NATS at {url}")).await?;
-    stops_within_its_deadline(&mut worker, Signal::SIGINT).await
+    worker
+        .stops_within(Signal::SIGINT, Duration::from_secs(DRAIN_SECS))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,5 +87,7 @@ async fn a_worker_whose_broker_is_gone_stops_on_sigterm_and_names_the_url() -> a
         &format!("cannot reach NATS at {url}: connection refused"),
     )
     .await?;
-    stops_within_its_deadline(&mut worker, Signal::SIGTERM).await
+    worker
+        .stops_within(Signal::SIGTERM, Duration::from_secs(DRAIN_SECS))
+        .await
 }
