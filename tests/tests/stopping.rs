@@ -10,34 +10,12 @@ use std::time::Duration;
 
 /// The external worker's drain deadline.
 const DRAIN_SECS: u64 = 3;
-/// What a process may take beyond its deadline to hand back and exit.
+/// What a process may take beyond its deadline to exit.
 const MARGIN: Duration = Duration::from_secs(2);
-
-/// SIGTERM, and the process must exit cleanly within `within`.
-async fn stops_within(p: &mut Proc, within: Duration) -> anyhow::Result<()> {
-    p.signal(Signal::SIGTERM);
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(status) = p.try_status()? {
-            assert!(
-                status.success(),
-                "{} exited with {status}:\n{}",
-                p.name,
-                p.output()
-            );
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            let out = p.output();
-            p.kill().await?;
-            anyhow::bail!(
-                "{} did not stop within {within:?} of SIGTERM:\n{out}",
-                p.name
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// How long a worker lets the tasks it stopped at the drain deadline hand their messages back
+/// (`HAND_BACK_GRACE` in `services/worker/src/pull.rs`): it covers the SIGKILL of a script
+/// that ignores SIGTERM, 5 s after it.
+const HAND_BACK: Duration = Duration::from_secs(5);
 
 async fn wait_for_output(p: &Proc, text: &str) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -81,11 +59,16 @@ async fn a_worker_mid_task_and_the_planner_stop_on_sigterm_after_the_broker_died
     wait_for_output(planner, &lost).await?;
 
     let worker = c.worker_proc("eu-1");
-    stops_within(worker, Duration::from_secs(DRAIN_SECS) + MARGIN).await?;
+    worker
+        .stops_within(
+            Signal::SIGTERM,
+            Duration::from_secs(DRAIN_SECS) + HAND_BACK + MARGIN,
+        )
+        .await?;
     // The built-in worker has no task: the planner has nothing to wait for.
     let mut planner = c
         .planner
         .take()
         .ok_or_else(|| anyhow::anyhow!("no planner"))?;
-    stops_within(&mut planner, MARGIN).await
+    planner.stops_within(Signal::SIGTERM, MARGIN).await
 }
