@@ -68,6 +68,15 @@ async fn json_output_reads_into_the_api_types_and_prefixes_name_ids() -> anyhow:
         workers.iter().any(|w| w.name.as_str() == "eu-1"),
         "{workers:?}"
     );
+    // Writes print JSON too: the target as changed, and what was removed.
+    c.target("gone", "prod", &["db"], None).await?;
+    let t: TargetView = json(&c, &["target", "set-check", "gone", "--none"])?;
+    assert!(t.probe.is_none(), "{t:?}");
+    let removed: serde_json::Value = json(&c, &["target", "rm", "gone"])?;
+    assert_eq!(removed, json!({"removed": "gone"}));
+    c.pool("spare", "eu").await?;
+    let removed: serde_json::Value = json(&c, &["pool", "rm", "spare"])?;
+    assert_eq!(removed, json!({"removed": "spare"}));
 
     // Two deployments made within a minute: their first 8 characters are the same.
     let step = json!([{"name": "deploy", "roles": ["web"],

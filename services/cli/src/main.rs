@@ -453,7 +453,7 @@ async fn pool(api: &ApiClient, out: Output, cmd: PoolCmd) -> anyhow::Result<()> 
             let list: Vec<shoal_shared::api::PoolView> = api.get_as("/api/pools").await?;
             show(out, &list, |l| render::pools(l))?;
         }
-        PoolCmd::Rm { name } => pool_rm(api, &name).await?,
+        PoolCmd::Rm { name } => pool_rm(api, out, &name).await?,
     }
     Ok(())
 }
@@ -524,30 +524,33 @@ async fn target(api: &ApiClient, out: Output, cmd: TargetCmd) -> anyhow::Result<
                 None => println!("target {name} has no default pool now (global default applies)"),
             })?;
         }
-        TargetCmd::SetCheck(args) => set_check(api, args).await?,
-        TargetCmd::Rm { name } => target_rm(api, &name).await?,
+        TargetCmd::SetCheck(args) => set_check(api, out, args).await?,
+        TargetCmd::Rm { name } => target_rm(api, out, &name).await?,
     }
     Ok(exit::OK)
 }
 
-/// `shoal pool rm`.
-async fn pool_rm(api: &ApiClient, name: &str) -> anyhow::Result<()> {
+/// `shoal pool rm`; with `--output json`, `{"removed": NAME}` (the planner answers 204).
+async fn pool_rm(api: &ApiClient, out: Output, name: &str) -> anyhow::Result<()> {
     let name = field("name", PoolName::parse(name.to_owned()))?;
     api.delete(&format!("/api/pools/{name}")).await?;
-    println!("pool {name} removed; its queue consumer is deleted");
-    Ok(())
+    show(out, &json!({ "removed": name }), |_| {
+        println!("pool {name} removed; its queue consumer is deleted");
+    })
 }
 
-/// `shoal target rm`.
-async fn target_rm(api: &ApiClient, name: &str) -> anyhow::Result<()> {
+/// `shoal target rm`; with `--output json`, `{"removed": NAME}` (the planner answers 204).
+async fn target_rm(api: &ApiClient, out: Output, name: &str) -> anyhow::Result<()> {
     let name = field("name", TargetName::parse(name.to_owned()))?;
     api.delete(&format!("/api/targets/{name}")).await?;
-    println!("target {name} removed; it is no longer checked or deployed to");
-    Ok(())
+    show(out, &json!({ "removed": name }), |_| {
+        println!("target {name} removed; it is no longer checked or deployed to");
+    })
 }
 
-/// `shoal target set-check`: sets the probe (and interval) and says what is checked now.
-async fn set_check(api: &ApiClient, args: SetCheck) -> anyhow::Result<()> {
+/// `shoal target set-check`: sets the probe (and interval) and says what is checked now (with
+/// `--output json`, the target as the planner answers it).
+async fn set_check(api: &ApiClient, out: Output, args: SetCheck) -> anyhow::Result<()> {
     let check = if args.none {
         HealthCheck::Off
     } else {
@@ -561,6 +564,11 @@ async fn set_check(api: &ApiClient, args: SetCheck) -> anyhow::Result<()> {
     };
     let name = &args.name;
     let t: TargetView = api.put_as(&format!("/api/targets/{name}"), &req).await?;
+    show(out, &t, |t| checked_now(name, t))
+}
+
+/// What `set-check` says a target is checked with now.
+fn checked_now(name: &str, t: &TargetView) {
     match &t.probe {
         Some(p) => {
             let every = t
@@ -581,7 +589,6 @@ async fn set_check(api: &ApiClient, args: SetCheck) -> anyhow::Result<()> {
             "target {name} is not checked any more: its health is `unknown` and does not stop deployments"
         ),
     }
-    Ok(())
 }
 
 /// The health check `target add` asks for (clap lets at most one through).

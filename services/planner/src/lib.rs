@@ -232,8 +232,7 @@ impl Planner {
         let intake = p.stop.child_token();
         p.spawn_services(queues);
         let builtin =
-            start_builtin_worker(&p.config, &p.js, &p.tasks, &shutdown, intake.child_token())
-                .await?;
+            start_builtin_worker(&p.config, &p.js, &p.tasks, &shutdown, intake.child_token());
         let app = p.app_state();
         // The writer ends once every handle is gone: the services' and the API's are.
         drop(p.handle);
@@ -365,19 +364,32 @@ fn wanted_drains(log: &EventLog) -> anyhow::Result<Liveness> {
     Ok(liveness)
 }
 
-/// Connects and starts (on the tracker) the worker of the default pool that runs inside the
-/// planner, unless it is switched off; it stops taking work when `stop` is cancelled.
-async fn start_builtin_worker(
+/// Starts (on the tracker) the worker of the default pool that runs inside the planner,
+/// unless it is switched off; it stops taking work when `stop` is cancelled. It connects
+/// beside the API, not before it: a broker that stalls now must not leave the planner's port
+/// bound and unanswered.
+fn start_builtin_worker(
     config: &PlannerConfig,
     js: &async_nats::jetstream::Context,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
     stop: CancellationToken,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+) -> Option<tokio::task::JoinHandle<anyhow::Result<()>>> {
     if !config.builtin_worker {
         tracing::info!(pool = %config.default_pool, "built-in worker disabled; default-pool tasks wait for an external worker");
-        return Ok(None);
+        return None;
     }
+    let (config, js, shutdown) = (config.clone(), js.clone(), shutdown.clone());
+    Some(tasks.spawn(async move { run_builtin_worker(&config, &js, &shutdown, stop).await }))
+}
+
+/// Makes the default pool's consumer, connects the built-in worker and runs it until `stop`.
+async fn run_builtin_worker(
+    config: &PlannerConfig,
+    js: &async_nats::jetstream::Context,
+    shutdown: &CancellationToken,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     // The pool's queue consumer is an effect of its registration, carried out beside this;
     // made here first too, so the worker finds it at once rather than a lookup later (the
     // effect then finds it made, and keeps retrying if this failed).
@@ -392,7 +404,7 @@ async fn start_builtin_worker(
         Some(Err(e)) => {
             tracing::debug!(error = %e, pool = %config.default_pool, "default pool's consumer not made yet; its effect retries");
         }
-        None => return Ok(None),
+        None => return Ok(()),
     }
     let name = builtin_worker_name(&config.data_dir);
     let mut wc = shoal_worker::WorkerConfig::new(
@@ -412,11 +424,14 @@ async fn start_builtin_worker(
     .await;
     let wclient = match wclient {
         Ok(c) => c,
-        Err(shoal_runtime::nats::ConnectError::Stopped { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
+        Err(shoal_runtime::nats::ConnectError::Stopped { .. }) => return Ok(()),
+        Err(e) => {
+            tracing::error!(error = %e, "the built-in worker cannot connect");
+            return Err(e.into());
+        }
     };
     tracing::info!(worker = %name, pool = %config.default_pool, "starting the built-in worker");
-    Ok(Some(tasks.spawn(shoal_worker::run(wc, wclient, stop))))
+    shoal_worker::run(wc, wclient, stop).await
 }
 
 /// The built-in worker's name: the host plus a digest of the data dir, stable across restarts

@@ -194,11 +194,12 @@ struct PoolLoad {
 /// The load of every pool with a worker online, from the last heartbeats.
 fn pool_load(liveness: &Liveness, now: Timestamp) -> HashMap<PoolName, PoolLoad> {
     let mut out: HashMap<PoolName, PoolLoad> = HashMap::new();
-    // A draining worker takes nothing: it does not count for its pool.
+    // A draining worker takes nothing, nor does one that cannot see its pool's queue: neither
+    // counts for its pool.
     for live in liveness
         .snapshot()
         .into_values()
-        .filter(|l| l.online(now) && !l.draining)
+        .filter(|l| l.online(now) && !l.draining && l.ready())
     {
         let load = out.entry(live.pool).or_default();
         load.workers += 1;
