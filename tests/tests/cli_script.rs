@@ -152,6 +152,20 @@ async fn json_output_reads_into_the_api_types_and_prefixes_name_ids() -> anyhow:
         "{out}{err}"
     );
 
+    // A malformed --var is a usage error; one naming no step of the file is refused.
+    let file = c.write_file(
+        "one-step.json",
+        r#"{"project": "shop", "environment": "prod",
+            "steps": [{"name": "greet", "action": {"type": "noop"}}]}"#,
+    )?;
+    let file = file.display().to_string();
+    let (code, _, err) = shoal(&c, &["deploy", &file, "--var", "X"])?;
+    assert_eq!(code, exit::USAGE, "{err}");
+    assert!(err.contains("expected KEY=VALUE"), "{err}");
+    let (code, _, err) = shoal(&c, &["deploy", &file, "--var", "nope.X=1"])?;
+    assert_eq!(code, exit::REFUSED, "{err}");
+    assert!(err.contains("no step \"nope\" (steps: greet)"), "{err}");
+
     // Refused by the planner (HTTP 404).
     let (code, out, err) = shoal(&c, &["--output", "json", "target", "show", "nowhere"])?;
     assert_eq!(code, exit::REFUSED, "{out}{err}");

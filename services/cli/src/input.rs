@@ -69,3 +69,15 @@ pub fn stream(given: &str) -> Result<Stream, String> {
         _ => Err(bad(format!("\"{kind}/\" is not a kind of stream"))),
     }
 }
+
+/// A `--var`: `KEY=VALUE` or `STEP.KEY=VALUE`, with a key that is not empty. Checked while the
+/// command line is parsed, so a malformed one is a usage error.
+///
+/// # Errors
+/// No `=`, or nothing before it.
+pub fn var(given: &str) -> Result<String, String> {
+    match given.split_once('=') {
+        Some((name, _)) if !name.is_empty() && !name.ends_with('.') => Ok(given.to_owned()),
+        _ => Err("expected KEY=VALUE or STEP.KEY=VALUE".to_owned()),
+    }
+}

@@ -81,7 +81,7 @@ enum Cmd {
         wait: bool,
         /// Set a variable in every step (`KEY=VALUE`) or in one step (`STEP.KEY=VALUE`),
         /// over the file's; repeat for several.
-        #[arg(long = "var", value_name = "[STEP.]KEY=VALUE")]
+        #[arg(long = "var", value_name = "[STEP.]KEY=VALUE", value_parser = input::var)]
         vars: Vec<String>,
     },
     /// Deployments.
@@ -764,10 +764,11 @@ fn with_vars(
         }
         if let (Some(step), false) = (step, hit) {
             let known: Vec<&str> = d.steps.iter().map(|s| s.name.as_str()).collect();
-            bail!(
+            return Err(Refused(format!(
                 "--var {var}: no step \"{step}\" (steps: {})",
                 known.join(", ")
-            );
+            ))
+            .into());
         }
     }
     Ok(d)
