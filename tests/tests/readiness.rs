@@ -3,7 +3,7 @@
 //! Once it sees the consumer it is ready and takes tasks.
 
 use shoal_e2e::serde_json::{Value, json};
-use shoal_e2e::{Cluster, Nats, WAIT, free_port, tempdir};
+use shoal_e2e::{Cluster, WAIT, start_hub, start_leaf, tempdir};
 use std::time::Duration;
 
 /// The worker's entry in `GET /api/workers` once `pred` holds for it.
@@ -26,19 +26,8 @@ async fn worker_when(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaf_worker_without_the_domain_is_not_ready_and_says_why() -> anyhow::Result<()> {
     let dir = tempdir()?;
-    let leaf_port = free_port()?;
-    let hub = Nats::start_with_config(
-        dir.path(),
-        "hub",
-        &format!("jetstream {{ store_dir: \"{{dir}}\", domain: hub }}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\" }}\n"),
-    )
-    .await?;
-    let leaf = Nats::start_with_config(
-        dir.path(),
-        "leaf-eu",
-        &format!("leafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{leaf_port}\" }} ] }}\n"),
-    )
-    .await?;
+    let (hub, leaf_port) = start_hub(dir.path()).await?;
+    let leaf = start_leaf(dir.path(), "eu", leaf_port).await?;
     let mut c = Cluster::start_on(dir, hub, &["--no-builtin-worker"]).await?;
     c.pool("eu-west", "eu").await?;
     c.target("shop-eu", "prod", &["web"], Some("eu-west"))

@@ -3,32 +3,14 @@
 //! node and reach the hub's streams through it.
 
 use shoal_e2e::serde_json::json;
-use shoal_e2e::{Cluster, Nats, WAIT, free_port, tempdir};
+use shoal_e2e::{Cluster, WAIT, start_hub, start_leaf, tempdir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_behind_region_leaf_nodes_run_their_pools_tasks() -> anyhow::Result<()> {
     let dir = tempdir()?;
-    let leaf_port = free_port()?;
-    let hub = Nats::start_with_config(
-        dir.path(),
-        "hub",
-        &format!("jetstream {{ store_dir: \"{{dir}}\", domain: hub }}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\" }}\n"),
-    )
-    .await?;
-    let leaf = |region: &str| {
-        let dir = dir.path().to_path_buf();
-        let region = region.to_owned();
-        async move {
-            Nats::start_with_config(
-                &dir,
-                &format!("leaf-{region}"),
-                &format!("leafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{leaf_port}\" }} ] }}\n"),
-            )
-            .await
-        }
-    };
-    let eu = leaf("eu").await?;
-    let us = leaf("us").await?;
+    let (hub, leaf_port) = start_hub(dir.path()).await?;
+    let eu = start_leaf(dir.path(), "eu", leaf_port).await?;
+    let us = start_leaf(dir.path(), "us", leaf_port).await?;
     let mut c = Cluster::start_on(dir, hub, &["--no-builtin-worker"]).await?;
     c.pool("eu-west", "eu").await?;
     c.pool("us-east", "us").await?;
