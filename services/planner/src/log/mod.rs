@@ -243,11 +243,37 @@ pub fn row_write(row: &Row) -> Result<(Proj, Vec<u8>, Vec<u8>), LogError> {
             line_no,
             line,
         } => {
-            let mut key = outbox_key(task, *attempt);
-            key.extend_from_slice(&delivery.to_be_bytes());
-            key.extend_from_slice(&line_no.to_be_bytes());
-            (Proj::Output, key, codec::encode(line)?)
+            let at = LogCursor {
+                attempt: *attempt,
+                run: *delivery,
+                line: *line_no,
+            };
+            (Proj::Output, output_key(task, at), codec::encode(line)?)
         }
+    })
+}
+
+/// The key of an output line (without its projection prefix): task, attempt, run (the
+/// delivery), line number, so a task's lines sort in order.
+fn output_key(task: &TaskId, at: LogCursor) -> Vec<u8> {
+    let mut key = outbox_key(task, at.attempt);
+    key.extend_from_slice(&at.run.to_be_bytes());
+    key.extend_from_slice(&at.line.to_be_bytes());
+    key
+}
+
+/// Where an output line's key (after the task) puts it; the error names a key of another
+/// shape.
+fn output_cursor(rest: &[u8]) -> Result<LogCursor, LogError> {
+    let bad = || LogError::Corrupt(format!("output key of {} bytes", rest.len() + 16));
+    if rest.len() != 16 {
+        return Err(bad());
+    }
+    let number = |at: usize| <[u8; 4]>::try_from(&rest[at..at + 4]).map_or(0, u32::from_be_bytes);
+    Ok(LogCursor {
+        attempt: number(0),
+        run: number(4),
+        line: be_u64(&rest[8..], "output line number")?,
     })
 }
 
@@ -721,19 +747,8 @@ impl EventLog {
             .scan_prefix(Proj::Output.key(task.as_bytes()))
             .map(|kv| {
                 let (k, v) = kv?;
-                let k = &k[2..];
-                if k.len() != 32 {
-                    return Err(LogError::Corrupt(format!(
-                        "output key of {} bytes",
-                        k.len()
-                    )));
-                }
-                let number = |at: usize| {
-                    let mut b = [0u8; 4];
-                    b.copy_from_slice(&k[at..at + 4]);
-                    u32::from_be_bytes(b)
-                };
-                Ok((number(16), number(20), codec::decode("output line", &v)?))
+                let at = output_cursor(k.get(18..).unwrap_or_default())?;
+                Ok((at.attempt, at.run, codec::decode("output line", &v)?))
             })
             .collect()
     }
@@ -754,13 +769,7 @@ impl EventLog {
     ) -> Result<(Vec<(LogCursor, OutputLine)>, bool), LogError> {
         let prefix = Proj::Output.key(task.as_bytes());
         let start = match after {
-            Some(c) => {
-                let mut key = prefix.clone();
-                key.extend_from_slice(&c.attempt.to_be_bytes());
-                key.extend_from_slice(&c.run.to_be_bytes());
-                key.extend_from_slice(&c.line.to_be_bytes());
-                Bound::Excluded(key)
-            }
+            Some(c) => Bound::Excluded(Proj::Output.key(&output_key(task, c))),
             None => Bound::Included(prefix.clone()),
         };
         const PAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -780,28 +789,7 @@ impl EventLog {
                 return Ok((lines, true));
             }
             bytes += v.len();
-            let number = |at: usize| {
-                rest.get(at..at + 4)
-                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            };
-            let cursor = match (
-                number(0),
-                number(4),
-                <[u8; 8]>::try_from(rest.get(8..).unwrap_or_default()),
-            ) {
-                (Some(attempt), Some(run), Ok(line)) => LogCursor {
-                    attempt: u32::from_be_bytes(attempt),
-                    run: u32::from_be_bytes(run),
-                    line: u64::from_be_bytes(line),
-                },
-                _ => {
-                    return Err(LogError::Corrupt(format!(
-                        "output key of {} bytes",
-                        k.len() - 2
-                    )));
-                }
-            };
-            lines.push((cursor, codec::decode("output line", &v)?));
+            lines.push((output_cursor(rest)?, codec::decode("output line", &v)?));
         }
         Ok((lines, false))
     }
