@@ -4,7 +4,6 @@
 
 use nix::sys::signal::Signal;
 use serde_json::json;
-use shoal_cli::local::Proc;
 use shoal_e2e::{Cluster, WAIT};
 use std::time::Duration;
 
@@ -16,17 +15,6 @@ const MARGIN: Duration = Duration::from_secs(2);
 /// (`HAND_BACK_GRACE` in `services/worker/src/pull.rs`): it covers the SIGKILL of a script
 /// that ignores SIGTERM, 5 s after it.
 const HAND_BACK: Duration = Duration::from_secs(5);
-
-async fn wait_for_output(p: &Proc, text: &str) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !p.output().contains(text) {
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("no {text:?} in the output of {}:\n{}", p.name, p.output());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_mid_task_and_the_planner_stop_on_sigterm_after_the_broker_died()
@@ -51,12 +39,12 @@ async fn a_worker_mid_task_and_the_planner_stop_on_sigterm_after_the_broker_died
     let url = c.nats.url();
     c.nats.kill().await?;
     let lost = format!("lost the connection to NATS at {url}");
-    wait_for_output(c.worker_proc("eu-1"), &lost).await?;
+    c.worker_proc("eu-1").wait_for_output(&lost, WAIT).await?;
     let planner = c
         .planner
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no planner"))?;
-    wait_for_output(planner, &lost).await?;
+    planner.wait_for_output(&lost, WAIT).await?;
 
     let worker = c.worker_proc("eu-1");
     worker

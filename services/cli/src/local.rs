@@ -173,6 +173,26 @@ impl Proc {
         }
     }
 
+    /// Waits until the process's output (stdout and stderr) contains `text`, for at most
+    /// `within`.
+    ///
+    /// # Errors
+    /// It did not in time; the error carries the output.
+    pub async fn wait_for_output(&self, text: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.output().contains(text) {
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "no {text:?} in the output of {} after {within:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     /// Sends `signal` and waits until the process has exited cleanly, for at most `within`;
     /// one still running then is killed, and the error carries its output.
     ///

@@ -64,17 +64,6 @@ async fn starting_message(p: &Planner, text: &str) -> anyhow::Result<String> {
     }
 }
 
-async fn wait_for_output(p: &Proc, text: &str) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !p.output().contains(text) {
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("no {text:?} in the planner's output:\n{}", p.output());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planner_that_cannot_reach_nats_answers_503_naming_the_url_and_stops_at_once()
 -> anyhow::Result<()> {
@@ -108,7 +97,9 @@ async fn a_planner_on_a_server_without_jetstream_says_so() -> anyhow::Result<()>
         "{message}"
     );
     assert!(message.contains("-js"), "says how to enable it: {message}");
-    wait_for_output(&p.proc, "JetStream is not enabled there").await?;
+    p.proc
+        .wait_for_output("JetStream is not enabled there", WAIT)
+        .await?;
     assert!(
         !p.proc.output().contains("cannot reach NATS"),
         "{}",
@@ -128,7 +119,7 @@ async fn a_planner_says_at_start_which_broker_it_is_on() -> anyhow::Result<()> {
     .await?;
     let url = nats.url();
     let mut p = start_planner(dir.path(), &url)?;
-    wait_for_output(&p.proc, "planner ready").await?;
+    p.proc.wait_for_output("planner ready", WAIT).await?;
     let out = p.proc.output();
     assert!(
         out.contains(&format!(

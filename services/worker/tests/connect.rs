@@ -29,32 +29,18 @@ fn start_worker(dir: &Path, url: &str) -> anyhow::Result<Proc> {
     Proc::spawn("worker", bin, &args, &dir.join("logs"))
 }
 
-/// Waits until the process's output contains `text`.
-async fn wait_for_output(p: &Proc, text: &str) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !p.output().contains(text) {
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "no {text:?} in the worker's output after {WAIT:?}:\n{}",
-                p.output()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_never_reached_nats_stops_on_sigterm_and_names_the_url() -> anyhow::Result<()>
 {
     let dir = tempfile::tempdir()?;
     let url = format!("nats://127.0.0.1:{}", free_port()?);
     let mut worker = start_worker(dir.path(), &url)?;
-    wait_for_output(
-        &worker,
-        &format!("cannot reach NATS at {url}: connection refused"),
-    )
-    .await?;
+    worker
+        .wait_for_output(
+            &format!("cannot reach NATS at {url}: connection refused"),
+            WAIT,
+        )
+        .await?;
     worker
         .stops_within(Signal::SIGTERM, Duration::from_secs(DRAIN_SECS))
         .await
@@ -65,7 +51,9 @@ async fn a_worker_that_never_reached_nats_stops_on_sigint() -> anyhow::Result<()
     let dir = tempfile::tempdir()?;
     let url = format!("nats://127.0.0.1:{}", free_port()?);
     let mut worker = start_worker(dir.path(), &url)?;
-    wait_for_output(&worker, &format!("cannot reach NATS at {url}")).await?;
+    worker
+        .wait_for_output(&format!("cannot reach NATS at {url}"), WAIT)
+        .await?;
     worker
         .stops_within(Signal::SIGINT, Duration::from_secs(DRAIN_SECS))
         .await
@@ -78,15 +66,20 @@ async fn a_worker_whose_broker_is_gone_stops_on_sigterm_and_names_the_url() -> a
     let url = nats.url();
     let mut worker = start_worker(dir.path(), &url)?;
     // The worker says which broker it is on, then (no planner made its queue) looks for it.
-    wait_for_output(&worker, &format!("connected to NATS at {url}: server")).await?;
-    wait_for_output(&worker, "nats-server 2.").await?;
+    worker
+        .wait_for_output(&format!("connected to NATS at {url}: server"), WAIT)
+        .await?;
+    worker.wait_for_output("nats-server 2.", WAIT).await?;
     nats.kill().await?;
-    wait_for_output(&worker, &format!("lost the connection to NATS at {url}")).await?;
-    wait_for_output(
-        &worker,
-        &format!("cannot reach NATS at {url}: connection refused"),
-    )
-    .await?;
+    worker
+        .wait_for_output(&format!("lost the connection to NATS at {url}"), WAIT)
+        .await?;
+    worker
+        .wait_for_output(
+            &format!("cannot reach NATS at {url}: connection refused"),
+            WAIT,
+        )
+        .await?;
     worker
         .stops_within(Signal::SIGTERM, Duration::from_secs(DRAIN_SECS))
         .await
