@@ -101,18 +101,37 @@ impl Liveness {
 
     /// Online workers per pool.
     pub fn online_per_pool(&self, now: Timestamp) -> HashMap<PoolName, usize> {
-        let mut out = HashMap::new();
+        self.load_per_pool(now)
+            .into_iter()
+            .map(|(pool, load)| (pool, load.workers))
+            .collect()
+    }
+
+    /// What the online workers of every pool can take now, from their last heartbeats.
+    pub fn load_per_pool(&self, now: Timestamp) -> HashMap<PoolName, PoolLoad> {
+        let mut out: HashMap<PoolName, PoolLoad> = HashMap::new();
         // A draining worker, or one that cannot see its pool's queue, takes nothing: it does
         // not count for its pool.
         for live in self
             .snapshot()
-            .values()
+            .into_values()
             .filter(|l| l.online(now) && !l.draining && l.ready())
         {
-            *out.entry(live.pool.clone()).or_insert(0) += 1;
+            let load = out.entry(live.pool).or_default();
+            load.workers += 1;
+            load.slots = load.slots.saturating_add(live.slots);
+            load.busy = load.busy.saturating_add(live.busy);
         }
         out
     }
+}
+
+/// What the online workers of a pool (draining and not-ready ones excepted) can take now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolLoad {
+    pub workers: usize,
+    pub slots: u32,
+    pub busy: u32,
 }
 
 #[cfg(test)]

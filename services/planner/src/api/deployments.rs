@@ -4,7 +4,7 @@
 use super::{ApiError, AppState, JsonBody};
 use crate::domain::Command;
 use crate::domain::state::{AttemptDoc, DeploymentDoc, TaskDoc};
-use crate::liveness::Liveness;
+use crate::liveness::PoolLoad;
 use crate::log::{EventLog, Proj};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -15,9 +15,7 @@ use shoal_shared::api::{
     DeploymentSummary, LOG_PAGE_DEFAULT, LOG_PAGE_MAX, LogCursor, LogLine, StepDetail, StepSummary,
     TaskLog, TaskView,
 };
-use shoal_shared::{
-    Action, DeploymentId, DeploymentSpec, PoolName, StepSpec, TaskId, TaskState, Timestamp,
-};
+use shoal_shared::{Action, DeploymentId, DeploymentSpec, PoolName, StepSpec, TaskId, TaskState};
 use std::collections::HashMap;
 
 /// The deployment a request asks for.
@@ -152,7 +150,7 @@ fn detail(
     d: DeploymentDoc,
     mut tasks: HashMap<TaskId, TaskDoc>,
 ) -> DeploymentDetail {
-    let pools = pool_load(&app.liveness, shoal_shared::Timestamp::now());
+    let pools = app.liveness.load_per_pool(shoal_shared::Timestamp::now());
     let steps = d
         .steps
         .iter()
@@ -181,32 +179,6 @@ fn detail(
         finished_at: d.finished_at,
         steps,
     }
-}
-
-/// What the online workers of a pool (draining ones excepted) can take now.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct PoolLoad {
-    workers: usize,
-    slots: u32,
-    busy: u32,
-}
-
-/// The load of every pool with a worker online, from the last heartbeats.
-fn pool_load(liveness: &Liveness, now: Timestamp) -> HashMap<PoolName, PoolLoad> {
-    let mut out: HashMap<PoolName, PoolLoad> = HashMap::new();
-    // A draining worker takes nothing, nor does one that cannot see its pool's queue: neither
-    // counts for its pool.
-    for live in liveness
-        .snapshot()
-        .into_values()
-        .filter(|l| l.online(now) && !l.draining && l.ready())
-    {
-        let load = out.entry(live.pool).or_default();
-        load.workers += 1;
-        load.slots = load.slots.saturating_add(live.slots);
-        load.busy = load.busy.saturating_add(live.busy);
-    }
-    out
 }
 
 /// Why a task that is planned or in its pool's queue has not started: no worker of the pool
