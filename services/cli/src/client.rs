@@ -178,6 +178,30 @@ impl ApiClient {
         self.get_as(&path).await
     }
 
+    /// Reads a task's output page by page from `after`, in order, handing each page's lines
+    /// to `each` as they come (so a long log is never held whole); the last page, its lines
+    /// taken.
+    ///
+    /// # Errors
+    /// As [`ApiClient::get_as`].
+    pub async fn task_log_pages(
+        &self,
+        deployment: &str,
+        task: &str,
+        mut after: Option<LogCursor>,
+        mut each: impl FnMut(Vec<LogLine>),
+    ) -> Result<TaskLog, ClientError> {
+        loop {
+            let mut page = self.task_log_page(deployment, task, after).await?;
+            each(std::mem::take(&mut page.lines));
+            // A planner from before paging sends everything at once, with no `more`.
+            if !page.more || page.next.is_none() {
+                return Ok(page);
+            }
+            after = page.next;
+        }
+    }
+
     /// Every line of a task's output, page after page, in order.
     ///
     /// # Errors
@@ -188,16 +212,9 @@ impl ApiClient {
         task: &str,
     ) -> Result<Vec<LogLine>, ClientError> {
         let mut lines = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.task_log_page(deployment, task, after).await?;
-            lines.extend(page.lines);
-            // A planner from before paging sends everything at once, with no `more`.
-            if !page.more || page.next.is_none() {
-                return Ok(lines);
-            }
-            after = page.next;
-        }
+        self.task_log_pages(deployment, task, None, |page| lines.extend(page))
+            .await?;
+        Ok(lines)
     }
 
     fn url(&self, path: &str) -> String {

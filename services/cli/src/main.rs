@@ -841,7 +841,7 @@ pub(crate) async fn follow(
         if d.state.is_terminal() {
             return Ok(d);
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(watch::POLL).await;
     }
 }
 
@@ -879,10 +879,8 @@ async fn logs(api: &ApiClient, out: Output, id: &str, task: Option<&str>) -> any
     for (task, label) in tasks {
         println!("== task {task} ({label})");
         // Page by page, so a long log is printed as it comes rather than held whole.
-        let mut after = None;
-        loop {
-            let page = api.task_log_page(&id, &task.to_string(), after).await?;
-            for l in &page.lines {
+        api.task_log_pages(&id, &task.to_string(), None, |lines| {
+            for l in &lines {
                 // attempt.run: a run above 1 is a redelivery after a worker was lost.
                 let run = format!("{}.{}", l.attempt, l.run);
                 match l.stream {
@@ -890,27 +888,22 @@ async fn logs(api: &ApiClient, out: Output, id: &str, task: Option<&str>) -> any
                     OutputStream::Stdout => println!("{run}   {}", l.line),
                 }
             }
-            if !page.more || page.next.is_none() {
-                break;
-            }
-            after = page.next;
-        }
+        })
+        .await?;
     }
     Ok(())
 }
 
 /// A task's log as one `TaskLog`: every page's lines, the last page's state and cursor.
 async fn whole_log(api: &ApiClient, id: &str, task: &str) -> anyhow::Result<TaskLog> {
-    let mut page = api.task_log_page(id, task, None).await?;
-    let mut lines = std::mem::take(&mut page.lines);
-    while page.more && page.next.is_some() {
-        page = api.task_log_page(id, task, page.next).await?;
-        lines.append(&mut page.lines);
-    }
+    let mut lines = Vec::new();
+    let last = api
+        .task_log_pages(id, task, None, |page| lines.extend(page))
+        .await?;
     Ok(TaskLog {
         lines,
         more: false,
-        ..page
+        ..last
     })
 }
 

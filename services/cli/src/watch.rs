@@ -30,7 +30,7 @@ const BLOCK_TASKS_PER_STEP: usize = 8;
 const BLOCK_TASKS: usize = 24;
 
 /// How often the deployment is read.
-const POLL: Duration = Duration::from_millis(300);
+pub(crate) const POLL: Duration = Duration::from_millis(300);
 
 /// A task's place in its deployment, as the user reads it: `step · target`.
 fn label(step: &StepDetail, t: &TaskView) -> String {
@@ -209,7 +209,7 @@ async fn output_tail(
     n: usize,
 ) -> anyhow::Result<VecDeque<LogLine>> {
     // Strictly before every line of `attempt`, so earlier attempts are not read at all.
-    let mut after = attempt
+    let after = attempt
         .checked_sub(1)
         .filter(|a| *a > 0)
         .map(|a| LogCursor {
@@ -218,21 +218,16 @@ async fn output_tail(
             line: u64::MAX,
         });
     let mut tail = VecDeque::with_capacity(n + 1);
-    loop {
-        let page = api
-            .task_log_page(deployment, &task.to_string(), after)
-            .await?;
-        for l in page.lines {
+    api.task_log_pages(deployment, &task.to_string(), after, |lines| {
+        for l in lines {
             tail.push_back(l);
             if tail.len() > n {
                 tail.pop_front();
             }
         }
-        if !page.more || page.next.is_none() {
-            return Ok(tail);
-        }
-        after = page.next;
-    }
+    })
+    .await?;
+    Ok(tail)
 }
 
 /// What is printed when a task has failed or timed out: how it ended, each attempt, and the
