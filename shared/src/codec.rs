@@ -353,14 +353,24 @@ mod tests {
             (
                 any::<String>(),
                 any::<String>(),
-                proptest::collection::vec(any::<u8>(), 0..64)
+                proptest::collection::vec(any::<u8>(), 0..64),
+                proptest::option::of(any::<String>()),
             )
-                .prop_map(|(subject, reason, head)| Event::MessageRejected {
+                .prop_map(|(subject, reason, head, claimed)| Event::MessageRejected {
                     subject,
                     reason,
                     size: head.len() as u64,
                     head,
+                    claimed,
                 }),
+            (any::<String>(), any::<u64>(), any::<i64>()).prop_map(|(subject, count, t)| {
+                Event::RejectionsCounted {
+                    subject,
+                    count,
+                    first_at: Timestamp(t),
+                    last_at: Timestamp(t),
+                }
+            }),
         ]
     }
 

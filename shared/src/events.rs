@@ -218,6 +218,19 @@ pub enum Event {
         /// The first bytes of the message, for diagnosis.
         #[serde(with = "serde_bytes")]
         head: Vec<u8>,
+        /// Who the message said it came from (e.g. `pool "eu-west", worker "w2"`), when it
+        /// said and that is part of why it was refused; `None` in logs written before.
+        #[serde(default)]
+        claimed: Option<String>,
+    },
+    /// More messages on `subject` were refused in one minute than are recorded in full:
+    /// these were only counted. A flood of bad messages costs one of these per subject and
+    /// minute, not an event each.
+    RejectionsCounted {
+        subject: String,
+        count: u64,
+        first_at: Timestamp,
+        last_at: Timestamp,
     },
 }
 
@@ -251,6 +264,7 @@ impl Event {
             Event::WorkerDrainRequested { .. } => "WorkerDrainRequested",
             Event::WorkerResumed { .. } => "WorkerResumed",
             Event::MessageRejected { .. } => "MessageRejected",
+            Event::RejectionsCounted { .. } => "RejectionsCounted",
         }
     }
 
@@ -288,7 +302,8 @@ impl Event {
             | Event::HealthCheckPlanned { .. }
             | Event::TargetHealthChecked { .. }
             | Event::HealthCheckUnavailable { .. }
-            | Event::MessageRejected { .. } => None,
+            | Event::MessageRejected { .. }
+            | Event::RejectionsCounted { .. } => None,
         }
     }
 

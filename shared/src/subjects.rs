@@ -123,6 +123,92 @@ impl Subjects {
     }
 }
 
+/// The pool and worker a worker's own subject names. The broker lets each worker publish only
+/// on its own subjects, so this — not what a message says of itself — is who sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubjectOwner {
+    pub pool: PoolName,
+    pub worker: WorkerName,
+}
+
+impl std::fmt::Display for SubjectOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pool \"{}\", worker \"{}\"", self.pool, self.worker)
+    }
+}
+
+/// What a worker publishes on, as the planner receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerSubject {
+    /// `shoal.results.<pool>.<worker>`.
+    Results(SubjectOwner),
+    /// `shoal.heartbeat.<pool>.<worker>`.
+    Heartbeat(SubjectOwner),
+    /// `shoal.drain-state.<pool>.<worker>`.
+    DrainState(SubjectOwner),
+}
+
+impl WorkerSubject {
+    /// The pool and worker the subject names.
+    pub fn owner(&self) -> &SubjectOwner {
+        match self {
+            WorkerSubject::Results(o) | WorkerSubject::Heartbeat(o) | WorkerSubject::DrainState(o) => o,
+        }
+    }
+}
+
+/// Why a subject is not one a worker publishes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    #[error(
+        "subject {subject:?} is not <prefix>.<results|heartbeat|drain-state>.<pool>.<worker> under prefix \"{prefix}\""
+    )]
+    NotAWorkerSubject { subject: String, prefix: String },
+    #[error("subject {subject:?} names no valid pool or worker: {cause}")]
+    BadName { subject: String, cause: NameError },
+}
+
+impl Subjects {
+    /// Parses a subject a worker publishes on: exactly four tokens, this prefix, a known kind,
+    /// and a valid pool and worker name.
+    ///
+    /// # Errors
+    /// [`SubjectError`] saying which part is wrong.
+    pub fn parse_worker_subject(&self, subject: &str) -> Result<WorkerSubject, SubjectError> {
+        let not_one = || SubjectError::NotAWorkerSubject {
+            subject: subject.to_owned(),
+            prefix: self.prefix.clone(),
+        };
+        let mut tokens = subject.split('.');
+        let (Some(prefix), Some(kind), Some(pool), Some(worker), None) = (
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+        ) else {
+            return Err(not_one());
+        };
+        if prefix != self.prefix {
+            return Err(not_one());
+        }
+        let bad_name = |cause| SubjectError::BadName {
+            subject: subject.to_owned(),
+            cause,
+        };
+        let owner = SubjectOwner {
+            pool: PoolName::parse(pool).map_err(bad_name)?,
+            worker: WorkerName::parse(worker).map_err(bad_name)?,
+        };
+        match kind {
+            "results" => Ok(WorkerSubject::Results(owner)),
+            "heartbeat" => Ok(WorkerSubject::Heartbeat(owner)),
+            "drain-state" => Ok(WorkerSubject::DrainState(owner)),
+            _ => Err(not_one()),
+        }
+    }
+}
+
 /// The payload of a cancellation of every attempt of a task up to `attempt` (`None`: all).
 pub fn cancel_payload(attempt: Option<u32>) -> String {
     attempt.map(|a| a.to_string()).unwrap_or_default()
@@ -152,6 +238,54 @@ mod tests {
             Some(3)
         );
         assert_eq!(parse_cancel_payload(b"three"), None);
+    }
+
+    fn owner(pool: &str, worker: &str) -> SubjectOwner {
+        SubjectOwner {
+            pool: PoolName::parse(pool).expect("valid"),
+            worker: WorkerName::parse(worker).expect("valid"),
+        }
+    }
+
+    #[test]
+    fn worker_subjects_parse_to_the_pool_and_worker_they_name() {
+        let s = Subjects::default();
+        let o = owner("eu-west", "w1");
+        for (built, want) in [
+            (s.results(&o.pool, &o.worker), WorkerSubject::Results(o.clone())),
+            (s.heartbeat(&o.pool, &o.worker), WorkerSubject::Heartbeat(o.clone())),
+            (s.drain_state(&o.pool, &o.worker), WorkerSubject::DrainState(o.clone())),
+        ] {
+            assert_eq!(s.parse_worker_subject(&built), Ok(want));
+        }
+        let acme = Subjects::new("acme").expect("valid");
+        assert_eq!(
+            acme.parse_worker_subject("acme.results.eu-west.w1"),
+            Ok(WorkerSubject::Results(o))
+        );
+    }
+
+    #[test]
+    fn subjects_that_are_not_a_workers_own_do_not_parse() {
+        let s = Subjects::default();
+        for bad in [
+            "shoal.results.eu-west",
+            "shoal.results.eu-west.w1.extra",
+            "shoal.results.>",
+            "shoal.results.*.w1",
+            "acme.results.eu-west.w1",
+            "shoal.tasks.eu-west.w1",
+            "shoal.control.eu-west.w1",
+            "shoal.results..w1",
+            "shoal.results.EU.w1",
+            "",
+        ] {
+            assert!(s.parse_worker_subject(bad).is_err(), "{bad} parsed");
+        }
+        let err = s
+            .parse_worker_subject("shoal.heartbeat.eu-west.W!")
+            .expect_err("bad worker name");
+        assert!(matches!(err, SubjectError::BadName { .. }), "{err}");
     }
 
     #[test]

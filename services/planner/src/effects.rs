@@ -293,11 +293,14 @@ async fn remove_if_still_queued(
     holds_it && stream.delete_message(seq).await.is_ok()
 }
 
-/// Answers workers that ask, as they start, whether they are to stay drained.
+/// Answers workers that ask, as they start, whether they are to stay drained. A question
+/// on a subject that is not a worker's drain-state subject, or naming a worker the planner
+/// knows in another pool, is refused (recorded within the rejection budget) and not answered.
 pub async fn answer_drain_state(
     client: async_nats::Client,
     subjects: Subjects,
     liveness: Liveness,
+    recorder: crate::rejections::Recorder,
     shutdown: CancellationToken,
 ) {
     let mut sub = match client.subscribe(subjects.drain_state_all()).await {
@@ -312,11 +315,22 @@ pub async fn answer_drain_state(
             () = shutdown.cancelled() => return,
             m = sub.next() => match m { Some(m) => m, None => return },
         };
-        let (Some(reply), Some(name)) = (msg.reply, msg.subject.rsplit('.').next()) else {
+        let Some(reply) = msg.reply.clone() else {
             continue;
         };
-        let Ok(worker) = WorkerName::parse(name) else {
-            continue;
+        let worker = match drain_state_asker(&msg.subject, &subjects, &liveness) {
+            Ok(worker) => worker,
+            Err(reason) => {
+                let refused = crate::rejections::Refused {
+                    id: shoal_shared::EventId::new(),
+                    subject: msg.subject.to_string(),
+                    claimed: None,
+                    reason,
+                    bytes: Vec::new(),
+                };
+                drop(recorder.refuse(refused).await);
+                continue;
+            }
         };
         let answer = WorkerControl {
             schema_version: WIRE_SCHEMA_VERSION,
@@ -328,6 +342,26 @@ pub async fn answer_drain_state(
         {
             tracing::debug!(error = %e, "drain-state answer not sent");
         }
+    }
+}
+
+/// The worker a drain-state question is from: the one its subject names, unless the planner
+/// knows that worker in another pool. Else why it is refused.
+fn drain_state_asker(
+    subject: &str,
+    subjects: &Subjects,
+    liveness: &Liveness,
+) -> Result<WorkerName, String> {
+    use shoal_shared::subjects::WorkerSubject;
+    let owner = match subjects.parse_worker_subject(subject) {
+        Ok(WorkerSubject::DrainState(owner)) => owner,
+        Ok(_) => return Err(format!("\"{subject}\" is not a drain-state subject")),
+        Err(e) => return Err(e.to_string()),
+    };
+    let known = liveness.pool_of(&owner.worker);
+    match crate::domain::worker::drain_state_refusal(&owner, known.as_ref()) {
+        Some(why) => Err(why),
+        None => Ok(owner.worker),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod health;
 pub mod ingest;
 pub mod liveness;
 pub mod log;
+pub mod rejections;
 pub mod replay;
 pub mod starting;
 
@@ -294,10 +295,13 @@ impl Parts {
         let (client, js, subjects) = (&self.client, &self.js, &self.config.subjects);
         let (handle, liveness, stop_services) = (&self.handle, &self.liveness, &self.services);
         let tasks = &self.tasks;
+        let recorder = rejections::Recorder::new(handle.clone());
+        tasks.spawn(recorder.clone().summarise(stop_services.clone()));
         tasks.spawn(effects::answer_drain_state(
             client.clone(),
             subjects.clone(),
             liveness.clone(),
+            recorder.clone(),
             stop_services.clone(),
         ));
         let runner = effects::Runner {
@@ -322,13 +326,14 @@ impl Parts {
             js.clone(),
             subjects.clone(),
             handle.clone(),
+            recorder.clone(),
             stop_services.clone(),
         ));
         tasks.spawn(ingest::heartbeats(
             client.clone(),
             subjects.clone(),
             liveness.clone(),
-            handle.clone(),
+            recorder,
             stop_services.clone(),
         ));
     }

@@ -94,6 +94,14 @@ impl Liveness {
         }
     }
 
+    /// The pool a worker's last heartbeat came from, if it sent one since start.
+    pub fn pool_of(&self, worker: &WorkerName) -> Option<PoolName> {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|m| m.get(worker).map(|l| l.pool.clone()))
+    }
+
     /// Every worker seen since start.
     pub fn snapshot(&self) -> HashMap<WorkerName, Live> {
         self.inner.lock().map(|m| m.clone()).unwrap_or_default()

@@ -403,6 +403,7 @@ impl Harness {
                     subject: "shoal.results.x.y".into(),
                     reason: "malformed".into(),
                     bytes,
+                    claimed: None,
                 })
                 .await;
             }

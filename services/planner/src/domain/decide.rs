@@ -82,13 +82,22 @@ pub enum Command {
     },
     /// A fact reported by a worker.
     WorkerReport(WorkerMessage),
-    /// A message that could not be decoded; recorded so nothing is lost. The id makes a
-    /// redelivered copy a duplicate.
+    /// A message that was refused (undecodable, on the wrong subject, claiming another
+    /// sender, or a report the core refused); recorded so nothing is lost. The id makes a
+    /// redelivered copy a duplicate. `claimed`: who the message said it was from.
     RejectMessage {
         id: EventId,
         subject: String,
         reason: String,
         bytes: Vec<u8>,
+        claimed: Option<String>,
+    },
+    /// Refusals on `subject` past the ones recorded in full in a minute, only counted.
+    CountRejections {
+        subject: String,
+        count: u64,
+        first_at: Timestamp,
+        last_at: Timestamp,
     },
 }
 
@@ -203,26 +212,58 @@ pub fn decide(
         ),
         Command::CheckDeadline { target, check } => Ok(target::deadline(state, target, *check)),
         Command::DrainWorker { worker, drain } => worker::drain(state, worker, *drain),
-        Command::WorkerReport(msg) => Ok(vec![report::report(state, msg)]),
+        Command::WorkerReport(msg) => Ok(vec![report::report(state, msg)?]),
         Command::RejectMessage {
             id,
             subject,
             reason,
             bytes,
+            claimed,
         } => Ok(vec![NewEvent {
             id: *id,
-            event: rejected(subject, reason, bytes),
+            event: rejected(subject, reason, bytes, claimed.as_deref()),
         }]),
+        Command::CountRejections {
+            subject,
+            count,
+            first_at,
+            last_at,
+        } => Ok(vec![NewEvent::new(Event::RejectionsCounted {
+            subject: bounded_subject(subject),
+            count: *count,
+            first_at: *first_at,
+            last_at: *last_at,
+        })]),
     }
 }
 
+/// Bytes of a refused message kept in its record, for diagnosis.
+pub const HEAD_BYTES: usize = 256;
+/// Characters of a refused message's subject (or reason, or claim) kept in its record: a
+/// subject can be as long as the broker allows, and a flood must not write kilobytes each.
+pub const TEXT_CHARS: usize = 256;
+
 /// The event recording a message that was refused, with its first bytes.
-pub fn rejected(subject: &str, reason: &str, bytes: &[u8]) -> Event {
+pub fn rejected(subject: &str, reason: &str, bytes: &[u8], claimed: Option<&str>) -> Event {
     Event::MessageRejected {
-        subject: subject.to_owned(),
-        reason: reason.to_owned(),
+        subject: bounded_subject(subject),
+        reason: bounded(reason, 4 * TEXT_CHARS),
         size: bytes.len() as u64,
-        head: bytes[..bytes.len().min(256)].to_vec(),
+        head: bytes[..bytes.len().min(HEAD_BYTES)].to_vec(),
+        claimed: claimed.map(|c| bounded(c, TEXT_CHARS)),
+    }
+}
+
+/// A subject as recorded: at most [`TEXT_CHARS`] characters.
+pub fn bounded_subject(subject: &str) -> String {
+    bounded(subject, TEXT_CHARS)
+}
+
+/// At most `max` characters of `text`, with `…` when cut.
+fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}…", &text[..cut]),
     }
 }
 

@@ -1,25 +1,51 @@
-//! What a worker reported, as the event the log records: the `WorkerReport` command. A
-//! report the planner cannot take (a newer schema version, an unknown task or target) is
-//! recorded as `MessageRejected` with why, under the report's own id.
+//! What a worker reported, as the event the log records: the `WorkerReport` command.
+//!
+//! The subject a report arrived on is its sender's identity (the broker lets a worker
+//! publish only on its own `shoal.results.<pool>.<worker>`): [`impersonation`] refuses a
+//! report that claims another pool or worker before it becomes a command. A report the
+//! planner then cannot take (a newer schema version, an unknown task or target, a task of
+//! another pool or an attempt never planned, a check not sent to the sender's pool) is refused
+//! with why; the edge records the refusal (bounded per subject and minute) under the report's
+//! own id.
 
-use super::decide::{NewEvent, rejected};
+use super::decide::{NewEvent, Rejection};
 use super::state::State;
 use shoal_shared::events::Event;
 use shoal_shared::messages::{WIRE_SCHEMA_VERSION, WorkerBody, WorkerMessage};
+use shoal_shared::subjects::SubjectOwner;
+use shoal_shared::{CheckId, DeploymentId, PoolName, TargetName, TaskId, WorkerName};
 
 /// `WorkerReport`: the event recording a worker's report.
-pub(super) fn report(state: &State, msg: &WorkerMessage) -> NewEvent {
-    let event = match refusal(state, msg) {
-        Some(reason) => {
-            let subject = format!("results.{}.{}", msg.pool, msg.worker);
-            rejected(&subject, &reason, &[])
-        }
-        None => fact(msg),
-    };
-    NewEvent {
-        id: msg.event_id,
-        event,
+///
+/// # Errors
+/// [`Rejection::Invalid`] saying why the planner cannot take the report.
+pub(super) fn report(state: &State, msg: &WorkerMessage) -> Result<NewEvent, Rejection> {
+    if let Some(reason) = refusal(state, msg) {
+        return Err(Rejection::Invalid(reason));
     }
+    Ok(NewEvent {
+        id: msg.event_id,
+        event: fact(msg),
+    })
+}
+
+/// Why a message that arrived on `from`'s own subject is refused because it claims to be
+/// from another pool or worker, if it does.
+pub fn impersonation(
+    from: &SubjectOwner,
+    pool: &PoolName,
+    worker: &WorkerName,
+) -> Option<String> {
+    (from.pool != *pool || from.worker != *worker).then(|| {
+        format!(
+            "the message claims pool \"{pool}\", worker \"{worker}\" but arrived on the subject of {from}; a worker may speak only for itself"
+        )
+    })
+}
+
+/// What a message claims to be from, as recorded with a refusal.
+pub fn claim(pool: &PoolName, worker: &WorkerName) -> String {
+    format!("pool \"{pool}\", worker \"{worker}\"")
 }
 
 /// Why the planner cannot take a report, if it cannot.
@@ -32,27 +58,102 @@ fn refusal(state: &State, msg: &WorkerMessage) -> Option<String> {
         ));
     }
     match &msg.body {
-        WorkerBody::HealthChecked { target, .. } if !state.targets.contains_key(target) => Some(
-            format!("worker \"{worker}\" reported a health check of unknown target \"{target}\""),
-        ),
+        WorkerBody::HealthChecked {
+            check,
+            target,
+            task,
+            ..
+        } => health_refusal(state, msg, *check, target, *task),
         WorkerBody::TaskStarted {
-            deployment, task, ..
+            deployment,
+            task,
+            attempt,
+            ..
         }
         | WorkerBody::TaskOutput {
-            deployment, task, ..
+            deployment,
+            task,
+            attempt,
+            ..
         }
         | WorkerBody::TaskFinished {
-            deployment, task, ..
-        } if state
-            .tasks
-            .get(task)
-            .is_none_or(|t| t.deployment != *deployment) =>
-        {
-            Some(format!(
-                "worker \"{worker}\" reported on unknown task {task} of deployment {deployment}"
-            ))
-        }
-        _ => None,
+            deployment,
+            task,
+            attempt,
+            ..
+        } => task_refusal(state, msg, *deployment, *task, *attempt),
+        WorkerBody::Joined { .. } | WorkerBody::Left { .. } | WorkerBody::Rejected { .. } => None,
+    }
+}
+
+/// Why a report about a task is refused: the task is unknown, of another pool than the
+/// sender's, or the attempt was never planned.
+fn task_refusal(
+    state: &State,
+    msg: &WorkerMessage,
+    deployment: DeploymentId,
+    task: TaskId,
+    attempt: u32,
+) -> Option<String> {
+    let (worker, pool) = (&msg.worker, &msg.pool);
+    let Some(t) = state.tasks.get(&task).filter(|t| t.deployment == deployment) else {
+        return Some(format!(
+            "worker \"{worker}\" reported on unknown task {task} of deployment {deployment}"
+        ));
+    };
+    if t.pool != *pool {
+        return Some(format!(
+            "worker \"{worker}\" of pool \"{pool}\" reported on task {task}, which is pool \"{}\"'s; a worker may report only on its own pool's tasks",
+            t.pool
+        ));
+    }
+    if attempt == 0 || attempt > t.attempt {
+        return Some(format!(
+            "worker \"{worker}\" reported on attempt {attempt} of task {task}, which was never planned (the current attempt is {})",
+            t.attempt
+        ));
+    }
+    None
+}
+
+/// Why a health result is refused: the target is unknown, or the check was not sent to the
+/// sender's pool (a step's check: its task is not of that pool).
+fn health_refusal(
+    state: &State,
+    msg: &WorkerMessage,
+    check: CheckId,
+    target: &TargetName,
+    task: Option<TaskId>,
+) -> Option<String> {
+    let (worker, pool) = (&msg.worker, &msg.pool);
+    let Some(doc) = state.targets.get(target) else {
+        return Some(format!(
+            "worker \"{worker}\" reported a health check of unknown target \"{target}\""
+        ));
+    };
+    let sent_to = match task {
+        Some(task) => state.tasks.get(&task).map(|t| &t.pool),
+        None => doc
+            .pending_check
+            .as_ref()
+            .filter(|p| p.check == check)
+            .map(|p| &p.pool)
+            // A late answer to a check called unavailable: its record names the pool.
+            .or_else(|| {
+                doc.health_history
+                    .iter()
+                    .rfind(|r| r.check == check)
+                    .map(|r| &r.pool)
+            }),
+    };
+    match sent_to {
+        Some(p) if p == pool => None,
+        Some(p) => Some(format!(
+            "worker \"{worker}\" of pool \"{pool}\" answered check {check} of target \"{target}\", which was sent to pool \"{p}\""
+        )),
+        None => Some(format!(
+            "worker \"{worker}\" answered check {check} of target \"{target}\", which the planner is not waiting for"
+        )),
     }
 }
 
@@ -78,10 +179,11 @@ fn fact(msg: &WorkerMessage) -> Event {
             head,
             size,
         } => Event::MessageRejected {
-            subject: subject.clone(),
+            subject: super::decide::bounded_subject(subject),
             reason: format!("worker \"{worker}\" rejected it: {reason}"),
             size: *size,
-            head: head.clone(),
+            head: head[..head.len().min(super::decide::HEAD_BYTES)].to_vec(),
+            claimed: None,
         },
         WorkerBody::Left { reason } => Event::WorkerLeft {
             worker,

@@ -228,7 +228,7 @@ impl State {
             | Event::WorkerLeft { .. }
             | Event::WorkerDrainRequested { .. }
             | Event::WorkerResumed { .. } => self.apply_worker(event, changes),
-            Event::MessageRejected { .. } => {}
+            Event::MessageRejected { .. } | Event::RejectionsCounted { .. } => {}
         }
     }
 

@@ -303,7 +303,7 @@ fn a_result_of_a_superseded_attempt_or_a_repeated_outcome_changes_nothing() {
 }
 
 #[test]
-fn a_report_about_an_unknown_task_is_recorded_as_rejected() {
+fn a_report_about_an_unknown_task_is_refused() {
     let mut m = given(&[]);
     let report = WorkerMessage {
         schema_version: 1,
@@ -318,15 +318,14 @@ fn a_report_about_an_unknown_task_is_recorded_as_rejected() {
             delivery: 1,
         },
     };
-    let events = when(&mut m, Command::WorkerReport(report)).expect("recorded");
-    let [Event::MessageRejected { reason, .. }] = events.as_slice() else {
-        panic!("{events:?}")
+    let Err(Rejection::Invalid(reason)) = when(&mut m, Command::WorkerReport(report)) else {
+        panic!("accepted")
     };
     assert!(reason.contains("unknown task"), "{reason}");
 }
 
 #[test]
-fn a_report_with_a_newer_schema_is_recorded_as_rejected() {
+fn a_report_with_a_newer_schema_is_refused() {
     let mut m = given(&[]);
     let report = WorkerMessage {
         schema_version: 99,
@@ -336,9 +335,8 @@ fn a_report_with_a_newer_schema_is_recorded_as_rejected() {
         sent_at: Timestamp(1),
         body: WorkerBody::Left { reason: "x".into() },
     };
-    let events = when(&mut m, Command::WorkerReport(report)).expect("recorded");
-    let [Event::MessageRejected { reason, .. }] = events.as_slice() else {
-        panic!("{events:?}")
+    let Err(Rejection::Invalid(reason)) = when(&mut m, Command::WorkerReport(report)) else {
+        panic!("accepted")
     };
     assert!(reason.contains("unknown schema version 99"), "{reason}");
 }
@@ -997,10 +995,22 @@ fn results_become_the_targets_health_with_a_bounded_history() {
         check(&mut m, "eu");
         checked(&mut m, "eu", HealthState::Unhealthy, "refused");
     }
-    // A late answer to a check no longer under way joins the history only.
-    checked(&mut m, "eu", HealthState::Healthy, "late");
+    // A late answer to a check no longer under way (called unavailable) joins the history
+    // only.
+    check(&mut m, "eu");
+    let late = checked_report(&m, "eu");
+    let deadline = Command::CheckDeadline {
+        target: name.clone(),
+        check: m.state.targets[&name]
+            .pending_check
+            .as_ref()
+            .expect("pending")
+            .check,
+    };
+    when(&mut m, deadline).expect("ok");
+    when(&mut m, Command::WorkerReport(late)).expect("a late answer of the pool is taken");
     let doc = &m.state.targets[&name];
-    assert_eq!(doc.health_state(), HealthState::Unhealthy);
+    assert_eq!(doc.health_state(), HealthState::Unavailable);
     assert_eq!(
         doc.health_history.last().map(|r| r.state),
         Some(HealthState::Healthy)
@@ -1010,8 +1020,8 @@ fn results_become_the_targets_health_with_a_bounded_history() {
         doc.health_history.len(),
         shoal_shared::health::HEALTH_HISTORY
     );
-    assert_eq!(doc.health_state(), HealthState::Unhealthy);
-    // A report about a target nobody registered is recorded as rejected.
+    assert_eq!(doc.health_state(), HealthState::Unavailable);
+    // A report about a target nobody registered is refused.
     let msg = WorkerMessage {
         schema_version: 1,
         event_id: EventId::new(),
@@ -1027,9 +1037,10 @@ fn results_become_the_targets_health_with_a_bounded_history() {
             duration_ms: 1,
         },
     };
-    let events = when(&mut m, Command::WorkerReport(msg)).expect("recorded");
+    let refused = when(&mut m, Command::WorkerReport(msg));
     assert!(
-        matches!(&events[..], [Event::MessageRejected { reason, .. }] if reason.contains("unknown target \"ghost\""))
+        matches!(&refused, Err(Rejection::Invalid(reason)) if reason.contains("unknown target \"ghost\"")),
+        "{refused:?}"
     );
 }
 
@@ -1512,7 +1523,7 @@ fn a_target_no_unfinished_deployment_uses_is_removed_and_its_late_check_answer_i
         }]
     );
     assert!(!m.state.targets.contains_key(&name));
-    when(&mut m, Command::WorkerReport(late)).expect("reports are never rejected");
+    when(&mut m, Command::WorkerReport(late)).expect_err("an answer about no target is refused");
     assert!(!m.state.targets.contains_key(&name));
     let roles = deploy_result(&mut m);
     assert!(
@@ -1634,3 +1645,6 @@ fn a_check_of_a_target_whose_checks_are_off_is_refused_saying_so() {
     );
     assert!(m.events.is_empty());
 }
+
+#[path = "report_tests.rs"]
+mod report_tests;

@@ -1,10 +1,12 @@
 //! Workers: the worker document, how joins, departures and drains change it, and the
-//! `DrainWorker` command (maintenance: stop taking tasks, or take them again).
+//! `DrainWorker` command (maintenance: stop taking tasks, or take them again), and whether a
+//! heartbeat or a drain-state question comes from the worker it names.
 
 use super::decide::{NewEvent, Rejection, join};
 use super::state::{Changes, DocKey, State};
 use serde::{Deserialize, Serialize};
 use shoal_shared::events::Event;
+use shoal_shared::subjects::SubjectOwner;
 use shoal_shared::{PoolName, RegionName, Timestamp, WorkerName};
 
 /// A worker that has joined.
@@ -90,5 +92,26 @@ pub(super) fn drain(
         vec![NewEvent::new(Event::WorkerDrainRequested { worker, pool })]
     } else {
         vec![NewEvent::new(Event::WorkerResumed { worker, pool })]
+    })
+}
+
+/// Why a heartbeat is refused: it claims another pool or worker than the subject it arrived
+/// on (`shoal.heartbeat.<pool>.<worker>`, which only that worker may publish on).
+pub fn heartbeat_refusal(
+    from: &SubjectOwner,
+    pool: &PoolName,
+    worker: &WorkerName,
+) -> Option<String> {
+    super::report::impersonation(from, pool, worker)
+}
+
+/// Why a starting worker's drain-state question is refused: its subject names a worker the
+/// planner knows (from its heartbeats) in another pool, so the asker is not that worker.
+pub fn drain_state_refusal(from: &SubjectOwner, known_pool: Option<&PoolName>) -> Option<String> {
+    known_pool.filter(|p| **p != from.pool).map(|p| {
+        format!(
+            "a drain-state question arrived on the subject of {from}, but worker \"{}\" is in pool \"{p}\"",
+            from.worker
+        )
     })
 }

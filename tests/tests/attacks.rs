@@ -1,0 +1,5 @@
+//! The attack suite: one test per attack on shoal's trust boundaries, each with real
+//! processes, each failing if its defence broke.
+
+#[path = "attacks/ingest.rs"]
+mod ingest;
