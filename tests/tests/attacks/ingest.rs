@@ -201,7 +201,8 @@ async fn a_heartbeat_on_worker_xs_subject_claiming_worker_y_does_not_bring_y_onl
     let forged = shoal_shared::codec::encode(&beat("ghost"))?;
     tokio::time::timeout(WAIT, async {
         attacker.publish(subject, forged.into()).await?;
-        attacker.flush().await
+        attacker.flush().await?;
+        anyhow::Ok(())
     })
     .await??;
     let r = refusal(&c, subject, "a worker may speak only for itself").await?;
@@ -296,7 +297,8 @@ async fn twenty_thousand_malformed_heartbeats_and_results_grow_the_log_within_th
             .get_stream("SHOAL_RESULTS")
             .await?
             .get_consumer("planner")
-            .await?;
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let info = consumer.info().await?;
         Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
     })
@@ -332,6 +334,11 @@ async fn twenty_thousand_malformed_heartbeats_and_results_grow_the_log_within_th
             .filter_map(|s| s["count"].as_u64())
             .sum()
     };
+    eprintln!(
+        "flood: data dir grew by {growth} bytes; {recorded} refusals recorded in full, counted: results {}, heartbeats {}",
+        count_of(results),
+        count_of(heartbeats)
+    );
     let full = u64::try_from(FULL_PER_MINUTE)?;
     assert!(
         count_of(results) >= 20_000 - 2 * full && count_of(results) <= 20_000 - full,
