@@ -219,6 +219,48 @@ async fn a_heartbeat_on_worker_xs_subject_claiming_worker_y_does_not_bring_y_onl
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_stored_in_the_results_stream_on_a_subject_that_is_no_workers_results_subject_is_refused()
+-> anyhow::Result<()> {
+    let (c, id, task) = running_task(&[("wx", "default")], "default").await?;
+    // What a JetStream reply subject can make the broker store: any subject of the stream.
+    let subject = "shoal.results.default.wx.extra";
+    publish_result(&c, subject, forged_success(&id, &task, "default", "wx")?).await?;
+    refusal(&c, subject, "only reports belong in the results stream").await?;
+    assert_still_running(&c, &id, &task).await?;
+    c.api
+        .post(&format!("/api/deployments/{id}/cancel"), &json!({}))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_state_question_on_the_subject_of_a_worker_of_another_pool_is_refused_unanswered()
+-> anyhow::Result<()> {
+    let mut c = Cluster::start(&["--no-builtin-worker"]).await?;
+    c.pool("eu-west", "local").await?;
+    c.worker("wx", "default", "local", &[])?;
+    c.wait_online(&["wx"]).await?;
+    // `wx` is of pool default: a question naming it under eu-west is not from it.
+    let subject = "shoal.drain-state.eu-west.wx";
+    let attacker = attacker_for(&c, subject).await?;
+    let asked = tokio::time::timeout(
+        Duration::from_secs(2),
+        attacker.request(subject, bytes::Bytes::new()),
+    )
+    .await;
+    assert!(
+        !matches!(asked, Ok(Ok(_))),
+        "the planner answered: {asked:?}"
+    );
+    refusal(&c, subject, "is in pool \"default\"").await?;
+    // Its own question is answered.
+    let own = "shoal.drain-state.default.wx";
+    let answer = tokio::time::timeout(WAIT, attacker.request(own, bytes::Bytes::new())).await??;
+    assert!(!answer.payload.is_empty());
+    Ok(())
+}
+
 /// Bytes of every file under `dir`.
 fn dir_size(dir: &Path) -> anyhow::Result<u64> {
     let mut total = 0;
