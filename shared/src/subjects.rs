@@ -152,7 +152,9 @@ impl WorkerSubject {
     /// The pool and worker the subject names.
     pub fn owner(&self) -> &SubjectOwner {
         match self {
-            WorkerSubject::Results(o) | WorkerSubject::Heartbeat(o) | WorkerSubject::DrainState(o) => o,
+            WorkerSubject::Results(o)
+            | WorkerSubject::Heartbeat(o)
+            | WorkerSubject::DrainState(o) => o,
         }
     }
 }
@@ -252,9 +254,18 @@ mod tests {
         let s = Subjects::default();
         let o = owner("eu-west", "w1");
         for (built, want) in [
-            (s.results(&o.pool, &o.worker), WorkerSubject::Results(o.clone())),
-            (s.heartbeat(&o.pool, &o.worker), WorkerSubject::Heartbeat(o.clone())),
-            (s.drain_state(&o.pool, &o.worker), WorkerSubject::DrainState(o.clone())),
+            (
+                s.results(&o.pool, &o.worker),
+                WorkerSubject::Results(o.clone()),
+            ),
+            (
+                s.heartbeat(&o.pool, &o.worker),
+                WorkerSubject::Heartbeat(o.clone()),
+            ),
+            (
+                s.drain_state(&o.pool, &o.worker),
+                WorkerSubject::DrainState(o.clone()),
+            ),
         ] {
             assert_eq!(s.parse_worker_subject(&built), Ok(want));
         }

@@ -102,7 +102,8 @@ async fn submit(
             Err(refused) => outcomes.extend(recorder.refuse(refused).await.map(Outcome::Recorded)),
             // A flood of bad task messages makes every worker report one `Rejected` each:
             // those are bounded like the planner's own refusals.
-            Ok((report, _)) if is_rejected(&report) && recorder.note(&msg.subject) == Verdict::Count => {}
+            Ok((report, _))
+                if is_rejected(&report) && recorder.note(&msg.subject) == Verdict::Count => {}
             Ok((report, context)) => {
                 let reply = writer.submit(Command::WorkerReport(report)).await.ok()?;
                 outcomes.push(Outcome::Report(reply, context));
@@ -184,7 +185,10 @@ async fn open_messages(
 /// The reports a result message carries, each with how to record it if the core refuses
 /// it, or the refusal of the message (on a subject that is not a worker's results subject, or
 /// unreadable) or of a report (claiming another pool or worker).
-fn read(msg: &jetstream::Message, subjects: &Subjects) -> Vec<Result<(WorkerMessage, Refused), Refused>> {
+fn read(
+    msg: &jetstream::Message,
+    subjects: &Subjects,
+) -> Vec<Result<(WorkerMessage, Refused), Refused>> {
     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let refused = |reason: String, claimed: Option<String>, id: EventId| Refused {
         id,
@@ -193,10 +197,21 @@ fn read(msg: &jetstream::Message, subjects: &Subjects) -> Vec<Result<(WorkerMess
         reason,
         bytes: msg.payload[..msg.payload.len().min(HEAD_BYTES)].to_vec(),
     };
-    let whole = |reason: String| vec![Err(refused(reason, None, stable_id(&subjects.results_stream(), seq)))];
+    let whole = |reason: String| {
+        vec![Err(refused(
+            reason,
+            None,
+            stable_id(&subjects.results_stream(), seq),
+        ))]
+    };
     let from = match subjects.parse_worker_subject(&msg.subject) {
         Ok(WorkerSubject::Results(owner)) => owner,
-        Ok(_) => return whole(format!("\"{}\" is not a results subject; only reports belong in the results stream", msg.subject)),
+        Ok(_) => {
+            return whole(format!(
+                "\"{}\" is not a results subject; only reports belong in the results stream",
+                msg.subject
+            ));
+        }
         Err(e) => return whole(format!("{e}; only reports belong in the results stream")),
     };
     let kind = msg
@@ -276,7 +291,12 @@ fn heartbeat_of(msg: &async_nats::Message, subjects: &Subjects) -> Result<Heartb
     };
     let from = match subjects.parse_worker_subject(&msg.subject) {
         Ok(WorkerSubject::Heartbeat(owner)) => owner,
-        Ok(_) => return Err(refused(format!("\"{}\" is not a heartbeat subject", msg.subject), None)),
+        Ok(_) => {
+            return Err(refused(
+                format!("\"{}\" is not a heartbeat subject", msg.subject),
+                None,
+            ));
+        }
         Err(e) => return Err(refused(e.to_string(), None)),
     };
     let beat = codec::decode::<Heartbeat>("heartbeat", &msg.payload)

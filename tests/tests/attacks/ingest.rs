@@ -99,7 +99,9 @@ async fn refusal(c: &Cluster, subject: &str, why: &str) -> anyhow::Result<Value>
         Ok(c.events(Some("rejected")).await?.into_iter().find(|e| {
             e["type"] == "MessageRejected"
                 && e["data"]["subject"] == subject
-                && e["data"]["reason"].as_str().is_some_and(|r| r.contains(why))
+                && e["data"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(why))
         }))
     })
     .await
@@ -118,11 +120,7 @@ async fn publish_result(c: &Cluster, subject: &str, bytes: Vec<u8>) -> anyhow::R
 
 /// The task is still running on its own worker a moment after the forgery was refused: the
 /// refusal and the task's state were decided in the same ordered log.
-async fn assert_still_running(
-    c: &Cluster,
-    deployment: &str,
-    before: &Value,
-) -> anyhow::Result<()> {
+async fn assert_still_running(c: &Cluster, deployment: &str, before: &Value) -> anyhow::Result<()> {
     let now = c.task(deployment, "long").await?;
     assert_eq!(now["state"], "running", "{now:#}");
     assert_eq!(now["worker"], before["worker"], "{now:#}");
@@ -139,7 +137,12 @@ async fn a_report_on_worker_xs_subject_claiming_worker_y_is_rejected_and_does_no
     let other = if runner == "wx" { "wy" } else { "wx" };
     let subject = format!("shoal.results.default.{other}");
     // The attacker holds `other`'s identity and speaks for the worker running the task.
-    publish_result(&c, &subject, forged_success(&id, &task, "default", &runner)?).await?;
+    publish_result(
+        &c,
+        &subject,
+        forged_success(&id, &task, "default", &runner)?,
+    )
+    .await?;
     let r = refusal(&c, &subject, "a worker may speak only for itself").await?;
     assert_eq!(
         r["data"]["claimed"],

@@ -31,11 +31,7 @@ pub(super) fn report(state: &State, msg: &WorkerMessage) -> Result<NewEvent, Rej
 
 /// Why a message that arrived on `from`'s own subject is refused because it claims to be
 /// from another pool or worker, if it does.
-pub fn impersonation(
-    from: &SubjectOwner,
-    pool: &PoolName,
-    worker: &WorkerName,
-) -> Option<String> {
+pub fn impersonation(from: &SubjectOwner, pool: &PoolName, worker: &WorkerName) -> Option<String> {
     (from.pool != *pool || from.worker != *worker).then(|| {
         format!(
             "the message claims pool \"{pool}\", worker \"{worker}\" but arrived on the subject of {from}; a worker may speak only for itself"
@@ -96,7 +92,11 @@ fn task_refusal(
     attempt: u32,
 ) -> Option<String> {
     let (worker, pool) = (&msg.worker, &msg.pool);
-    let Some(t) = state.tasks.get(&task).filter(|t| t.deployment == deployment) else {
+    let Some(t) = state
+        .tasks
+        .get(&task)
+        .filter(|t| t.deployment == deployment)
+    else {
         return Some(format!(
             "worker \"{worker}\" reported on unknown task {task} of deployment {deployment}"
         ));

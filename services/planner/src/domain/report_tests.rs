@@ -95,7 +95,10 @@ fn a_health_result_is_taken_only_from_the_pool_the_check_was_sent_to() {
         matches!(&refused, Err(Rejection::Invalid(r)) if r.contains("sent to pool \"eu-west\"")),
         "{refused:?}"
     );
-    assert!(m.state.targets[&name].pending_check.is_some(), "still waiting");
+    assert!(
+        m.state.targets[&name].pending_check.is_some(),
+        "still waiting"
+    );
     // An answer to a check nobody planned is refused too.
     let mut unknown = checked_report(&m, "eu");
     if let WorkerBody::HealthChecked { check, .. } = &mut unknown.body {
@@ -125,7 +128,10 @@ fn a_message_claiming_another_worker_or_pool_than_its_subject_is_an_impersonatio
     );
     assert!(impersonation(&from, &pool("us-east"), &worker("w1")).is_some());
     assert!(heartbeat_refusal(&from, &pool("us-east"), &worker("w1")).is_some());
-    assert_eq!(heartbeat_refusal(&from, &pool("eu-west"), &worker("w1")), None);
+    assert_eq!(
+        heartbeat_refusal(&from, &pool("eu-west"), &worker("w1")),
+        None
+    );
 }
 
 #[test]

@@ -97,8 +97,7 @@ impl RejectionBudget {
     /// Notes a refusal on `subject` at `now`, and says whether to record it in full.
     pub fn note(&mut self, subject: &str, now: Timestamp) -> Verdict {
         let minute = now.0.div_euclid(MINUTE_MS);
-        let key = if self.windows.contains_key(subject) || self.windows.len() < self.max_subjects
-        {
+        let key = if self.windows.contains_key(subject) || self.windows.len() < self.max_subjects {
             subject
         } else {
             OVERFLOW
