@@ -482,6 +482,39 @@ mod tests {
     }
 
     #[test]
+    fn a_rejection_recorded_before_claims_were_kept_still_reads() {
+        /// `MessageRejected` as logs before issue 13 hold it: no `claimed`.
+        #[derive(serde::Serialize)]
+        enum Old {
+            MessageRejected {
+                subject: String,
+                reason: String,
+                size: u64,
+                #[serde(with = "serde_bytes")]
+                head: Vec<u8>,
+            },
+        }
+        let bytes = encode(&Old::MessageRejected {
+            subject: "shoal.heartbeat.p.w".into(),
+            reason: "malformed".into(),
+            size: 1,
+            head: vec![0xc1],
+        })
+        .expect("encodes");
+        let back: Event = decode("event", &bytes).expect("an old record reads");
+        assert_eq!(
+            back,
+            Event::MessageRejected {
+                subject: "shoal.heartbeat.p.w".into(),
+                reason: "malformed".into(),
+                size: 1,
+                head: vec![0xc1],
+                claimed: None,
+            }
+        );
+    }
+
+    #[test]
     fn invalid_names_on_the_wire_are_rejected() {
         let mut m: BTreeMap<&str, &str> = BTreeMap::new();
         m.insert("name", "Not Valid");
