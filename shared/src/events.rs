@@ -6,7 +6,8 @@
 use crate::domain::{DeploymentSpec, DeploymentState, Outcome, OutputLine, StepState, Target};
 use crate::health::{HealthCheck, HealthState};
 use crate::ids::{CheckId, DeploymentId, EventId, TaskId};
-use crate::names::{PoolName, RegionName, TargetName, WorkerName};
+use crate::auth::{Actor, Role};
+use crate::names::{PoolName, RegionName, TargetName, TokenName, WorkerName};
 use crate::resolve::PoolRule;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -210,6 +211,19 @@ pub enum Event {
         worker: WorkerName,
         pool: PoolName,
     },
+    /// An API token was made. Only the SHA-256 of the token (hex) is kept; the token itself
+    /// was shown once, to whoever made it.
+    TokenCreated {
+        name: TokenName,
+        role: Role,
+        hash: String,
+        created_by: Actor,
+    },
+    /// An API token no longer opens anything.
+    TokenRevoked {
+        name: TokenName,
+        hash: String,
+    },
     /// A message on a shoal subject that could not be accepted; kept so nothing is lost.
     MessageRejected {
         subject: String,
@@ -250,6 +264,8 @@ impl Event {
             Event::WorkerLeft { .. } => "WorkerLeft",
             Event::WorkerDrainRequested { .. } => "WorkerDrainRequested",
             Event::WorkerResumed { .. } => "WorkerResumed",
+            Event::TokenCreated { .. } => "TokenCreated",
+            Event::TokenRevoked { .. } => "TokenRevoked",
             Event::MessageRejected { .. } => "MessageRejected",
         }
     }
@@ -288,6 +304,8 @@ impl Event {
             | Event::HealthCheckPlanned { .. }
             | Event::TargetHealthChecked { .. }
             | Event::HealthCheckUnavailable { .. }
+            | Event::TokenCreated { .. }
+            | Event::TokenRevoked { .. }
             | Event::MessageRejected { .. } => None,
         }
     }
@@ -314,6 +332,9 @@ impl Event {
             | Event::WorkerResumed { worker, .. } => {
                 format!("worker/{worker}")
             }
+            Event::TokenCreated { name, .. } | Event::TokenRevoked { name, .. } => {
+                format!("token/{name}")
+            }
             _ => "rejected".to_owned(),
         }
     }
@@ -336,4 +357,8 @@ pub struct Envelope {
     /// SHA-256 of the previous record's stored bytes (zeros for the first record).
     #[serde(with = "serde_bytes")]
     pub prev_hash: Vec<u8>,
+    /// Who caused the event: the API token of the request, the reporting worker, or the
+    /// planner. Records written before actors were kept have none.
+    #[serde(default)]
+    pub actor: Option<Actor>,
 }

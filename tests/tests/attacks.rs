@@ -1,0 +1,4 @@
+//! Attacks on shoal's trust boundaries, one test per attack, each against real processes.
+
+#[path = "attacks/api.rs"]
+mod api;
