@@ -66,6 +66,14 @@ fn deployment() -> Value {
            "steps": [{"name": "run", "action": {"type": "script", "script": "echo pwned"}}]})
 }
 
+/// A cluster where [`deployment`] would be accepted (its environment has a target), so a
+/// refusal is the guard's and nothing else's.
+async fn deployable(args: &[&str]) -> anyhow::Result<Cluster> {
+    let c = Cluster::start(args).await?;
+    c.target("web-1", "prod", &["web"], None).await?;
+    Ok(c)
+}
+
 async fn deployments(c: &Cluster) -> anyhow::Result<usize> {
     let list = c.api.get("/api/deployments").await?;
     Ok(list.as_array().map_or(0, Vec::len))
@@ -88,7 +96,7 @@ fn guarded() -> Vec<(Method, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_without_a_token_gets_401_and_the_table_is_the_routers()
 -> anyhow::Result<()> {
-    let c = Cluster::start(&["--no-builtin-worker"]).await?;
+    let c = deployable(&["--no-builtin-worker"]).await?;
     let admin = c.admin_token()?;
     for (method, path) in guarded() {
         let body = (method != Method::GET).then(|| "{}".to_owned());
@@ -134,23 +142,12 @@ async fn a_wrong_token_gets_401_on_every_endpoint() -> anyhow::Result<()> {
             assert!(text.contains("not valid"), "{text}");
         }
     }
-    let (status, _, text) = send(
-        &c,
-        Method::GET,
-        "/api/pools",
-        None,
-        None,
-        None,
-    )
-    .await
-    .map(|(s, h, t)| (s, h, t))?;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_token_cannot_deploy_and_nothing_is_deployed() -> anyhow::Result<()> {
-    let c = Cluster::start(&[]).await?;
+    let c = deployable(&[]).await?;
     let viewer = token(&c, "dashboard", "viewer").await?;
     let as_viewer = c.api.clone().with_token(&viewer);
     assert_api_error(
@@ -202,7 +199,7 @@ async fn a_deployer_token_cannot_add_a_pool() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_gets_401_at_once() -> anyhow::Result<()> {
-    let c = Cluster::start(&["--no-builtin-worker"]).await?;
+    let c = deployable(&["--no-builtin-worker"]).await?;
     let ci = token(&c, "ci", "deployer").await?;
     let as_ci = c.api.clone().with_token(&ci);
     as_ci.get("/api/pools").await?;
@@ -228,7 +225,7 @@ async fn a_revoked_token_gets_401_at_once() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_text_plain_post_with_a_valid_json_body_gets_415_and_deploys_nothing()
 -> anyhow::Result<()> {
-    let c = Cluster::start(&[]).await?;
+    let c = deployable(&[]).await?;
     let admin = c.admin_token()?;
     let body = deployment().to_string();
     for ct in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
@@ -358,7 +355,7 @@ async fn no_token_is_stored_in_clear_in_the_data_dir_only_its_hash() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deploy_and_cancel_events_name_the_token_and_worker_events_the_worker()
 -> anyhow::Result<()> {
-    let c = Cluster::start(&[]).await?;
+    let c = deployable(&[]).await?;
     let ci = token(&c, "ci", "deployer").await?;
     let oncall = token(&c, "oncall", "deployer").await?;
     let as_ci = c.api.clone().with_token(&ci);
