@@ -218,9 +218,15 @@ async fn bad_requests_are_refused_with_a_reason() -> anyhow::Result<()> {
         .flatten()
         .filter_map(|e| e["type"].as_str())
         .collect();
+    // (The first start's admin token is the planner's own.)
     assert_eq!(
         types,
-        ["PoolRegistered", "PoolRegistered", "TargetRegistered"],
+        [
+            "PoolRegistered",
+            "TokenCreated",
+            "PoolRegistered",
+            "TargetRegistered"
+        ],
         "{types:?}"
     );
     Ok(())
