@@ -3,10 +3,10 @@
 //! Every event type carries a schema version. Events are named in the past tense; the log
 //! stores them MessagePack-encoded inside an [`Envelope`] that chains to the previous record.
 
+use crate::auth::{Actor, Role};
 use crate::domain::{DeploymentSpec, DeploymentState, Outcome, OutputLine, StepState, Target};
 use crate::health::{HealthCheck, HealthState};
 use crate::ids::{CheckId, DeploymentId, EventId, TaskId};
-use crate::auth::{Actor, Role};
 use crate::names::{PoolName, RegionName, TargetName, TokenName, WorkerName};
 use crate::resolve::PoolRule;
 use crate::time::Timestamp;

@@ -89,13 +89,16 @@ fn guarded() -> Vec<(Method, String)> {
             (m, concrete(e.path))
         })
         .collect();
-    assert!(endpoints.len() >= 20, "the table lost endpoints: {endpoints:?}");
+    assert!(
+        endpoints.len() >= 20,
+        "the table lost endpoints: {endpoints:?}"
+    );
     endpoints
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_endpoint_without_a_token_gets_401_and_the_table_is_the_routers()
--> anyhow::Result<()> {
+async fn every_endpoint_without_a_token_gets_401_and_the_table_is_the_routers() -> anyhow::Result<()>
+{
     let c = deployable(&["--no-builtin-worker"]).await?;
     let admin = c.admin_token()?;
     for (method, path) in guarded() {
@@ -113,7 +116,10 @@ async fn every_endpoint_without_a_token_gets_401_and_the_table_is_the_routers()
         // The entry is a real route: an admin reaches its handler (no 405, no fallback 404).
         let (status, _, text) = send(&c, method.clone(), &path, Some(&admin), ct, body).await?;
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
-        assert!(!text.contains("no such endpoint"), "{method} {path}: {text}");
+        assert!(
+            !text.contains("no such endpoint"),
+            "{method} {path}: {text}"
+        );
         assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {text}");
     }
     // A path that is no route at all wants a token too: an anonymous caller learns nothing.
@@ -158,7 +164,11 @@ async fn a_viewer_token_cannot_deploy_and_nothing_is_deployed() -> anyhow::Resul
     // What a viewer may do: read.
     as_viewer.get("/api/deployments").await?;
     as_viewer.get("/api/events").await?;
-    assert_api_error(as_viewer.get("/api/tokens").await, 403, &["needs role admin"]);
+    assert_api_error(
+        as_viewer.get("/api/tokens").await,
+        403,
+        &["needs role admin"],
+    );
     assert_eq!(deployments(&c).await?, 0);
     let created = c
         .events(None)
@@ -228,7 +238,11 @@ async fn a_text_plain_post_with_a_valid_json_body_gets_415_and_deploys_nothing()
     let c = deployable(&[]).await?;
     let admin = c.admin_token()?;
     let body = deployment().to_string();
-    for ct in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
+    for ct in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
         let (status, _, text) = send(
             &c,
             Method::POST,
@@ -238,11 +252,7 @@ async fn a_text_plain_post_with_a_valid_json_body_gets_415_and_deploys_nothing()
             Some(body.clone()),
         )
         .await?;
-        assert_eq!(
-            status,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "{ct:?}: {text}"
-        );
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?}: {text}");
         assert!(text.contains("application/json"), "{text}");
     }
     assert_eq!(deployments(&c).await?, 0, "nothing was deployed");
@@ -270,7 +280,10 @@ async fn a_cross_origin_request_gets_no_cors_headers() -> anyhow::Result<()> {
         .request(Method::OPTIONS, &url)
         .header("origin", "https://evil.example")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization, content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
         .send()
         .await?;
     let read = client
@@ -443,7 +456,10 @@ async fn the_cli_without_a_token_says_what_to_do() -> anyhow::Result<()> {
         .to_owned();
     c.api.clone().with_token(&made).get("/api/pools").await?;
     let (ok, out) = c.cli(&["token", "list"])?;
-    assert!(ok && out.contains("ci") && out.contains("deployer"), "{out}");
+    assert!(
+        ok && out.contains("ci") && out.contains("deployer"),
+        "{out}"
+    );
     assert!(!out.contains(&made), "the list shows no token: {out}");
     Ok(())
 }

@@ -70,7 +70,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep(Method::POST, "/api/deployments", Deployer),
     ep(Method::GET, "/api/deployments/{id}", Viewer),
     ep(Method::POST, "/api/deployments/{id}/cancel", Deployer),
-    ep(Method::GET, "/api/deployments/{id}/tasks/{task}/log", Viewer),
+    ep(
+        Method::GET,
+        "/api/deployments/{id}/tasks/{task}/log",
+        Viewer,
+    ),
     ep(Method::GET, "/api/workers", Viewer),
     ep(Method::POST, "/api/workers/{name}/drain", Admin),
     ep(Method::POST, "/api/workers/{name}/resume", Admin),
@@ -101,7 +105,7 @@ pub fn access(method: &Method, path: Option<&str>) -> Access {
     };
     ENDPOINTS
         .iter()
-        .find(|e| &e.method == method && e.path == path)
+        .find(|e| e.method == *method && e.path == path)
         .map_or(Access::Role(Admin), |e| e.access)
 }
 
@@ -127,14 +131,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         _: &S,
     ) -> Result<Caller, ApiError> {
         parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
-            ApiError::internal("finding the request's token", &"no caller: route not guarded")
+            ApiError::internal(
+                "finding the request's token",
+                &"no caller: route not guarded",
+            )
         })
     }
 }
 
 /// The middleware in front of every route: authentication, role, media type.
 pub(super) async fn guard(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
-    let path = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
     let Access::Role(needed) = access(req.method(), path) else {
         return next.run(req).await;
     };
@@ -335,9 +345,15 @@ mod tests {
         let with = |ct: Option<&str>, len: &str| {
             let mut h = HeaderMap::new();
             if let Some(ct) = ct {
-                h.insert(header::CONTENT_TYPE, ct.parse().unwrap_or_else(|_| panic!()));
+                h.insert(
+                    header::CONTENT_TYPE,
+                    ct.parse().unwrap_or_else(|_| panic!()),
+                );
             }
-            h.insert(header::CONTENT_LENGTH, len.parse().unwrap_or_else(|_| panic!()));
+            h.insert(
+                header::CONTENT_LENGTH,
+                len.parse().unwrap_or_else(|_| panic!()),
+            );
             json_body_only(&Method::POST, &h)
         };
         assert!(with(Some("application/json"), "2").is_ok());

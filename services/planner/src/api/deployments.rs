@@ -124,7 +124,10 @@ pub(super) async fn cancel(
         super::parse_body::<CancelRequest>(&body)?.reason
     };
     app.writer
-        .execute_as(caller.actor(), Command::CancelDeployment { id: d.id, reason })
+        .execute_as(
+            caller.actor(),
+            Command::CancelDeployment { id: d.id, reason },
+        )
         .await?;
     let d = load(&app, d.id).await?;
     Ok((StatusCode::ACCEPTED, Json(summary(d))))

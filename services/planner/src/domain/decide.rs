@@ -89,7 +89,9 @@ pub enum Command {
         created_by: Actor,
     },
     /// The first admin token, made only while the log has no token at all.
-    BootstrapAdmin { hash: String },
+    BootstrapAdmin {
+        hash: String,
+    },
     /// An API token stops working.
     RevokeToken(TokenName),
     /// A fact reported by a worker.

@@ -124,7 +124,9 @@ pub(super) fn revoke(state: &State, name: &TokenName) -> Result<Vec<NewEvent>, R
 }
 
 fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -163,7 +165,10 @@ mod tests {
         let made = bootstrap(&state, &hash(1));
         when(&mut state, made).unwrap_or_else(|e| panic!("{e}"));
         let doc = state.token_named(&name("admin")).cloned();
-        assert_eq!(doc.map(|d| (d.role, d.created_by)), Some((Role::Admin, Actor::Planner)));
+        assert_eq!(
+            doc.map(|d| (d.role, d.created_by)),
+            Some((Role::Admin, Actor::Planner))
+        );
         assert_eq!(bootstrap(&state, &hash(2)), Ok(vec![]));
     }
 
@@ -174,7 +179,13 @@ mod tests {
         assert!(matches!(again, Err(Rejection::Conflict(m)) if m.contains("already exists")));
         let same = create(&state, &name("cd"), Role::Viewer, &hash(1), &Actor::Planner);
         assert!(matches!(same, Err(Rejection::Conflict(_))));
-        let clear = create(&state, &name("cd"), Role::Viewer, "shoal_abc", &Actor::Planner);
+        let clear = create(
+            &state,
+            &name("cd"),
+            Role::Viewer,
+            "shoal_abc",
+            &Actor::Planner,
+        );
         assert!(matches!(clear, Err(Rejection::Invalid(m)) if m.contains("SHA-256")));
     }
 

@@ -22,9 +22,7 @@
 pub mod handover;
 pub mod writer;
 
-use crate::domain::state::{
-    DeploymentDoc, PoolDoc, Row, TargetDoc, TaskDoc, TokenDoc, WorkerDoc,
-};
+use crate::domain::state::{DeploymentDoc, PoolDoc, Row, TargetDoc, TaskDoc, TokenDoc, WorkerDoc};
 use crate::domain::{DocKey, State};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -237,7 +235,11 @@ pub fn doc_write(state: &State, key: &DocKey) -> Result<ProjWrite, LogError> {
             outbox_key(task, *attempt),
             state.outbox.contains(&(*task, *attempt)).then(Vec::new),
         ),
-        DocKey::Token(hash) => (Proj::Tokens, hash.as_bytes().into(), enc(state.tokens.get(hash))?),
+        DocKey::Token(hash) => (
+            Proj::Tokens,
+            hash.as_bytes().into(),
+            enc(state.tokens.get(hash))?,
+        ),
     })
 }
 

@@ -61,6 +61,10 @@ pub enum WriterFailed {
     Panicked(String),
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every request is a command: boxing it would allocate per command to shrink the rare outbox-page request"
+)]
 enum Request {
     Command {
         cmd: Command,
