@@ -265,11 +265,17 @@ pub async fn bootstrap(
     log: &EventLog,
     data_dir: &Path,
 ) -> anyhow::Result<()> {
+    let file = admin_token_file(data_dir);
     if !log.docs::<TokenDoc>(Proj::Tokens)?.is_empty() {
+        if file.exists() {
+            tracing::info!(
+                file = %file.display(),
+                "the first admin token is still in this file; delete it once you have made your own admin token"
+            );
+        }
         return Ok(());
     }
     let (token, hash) = new_token();
-    let file = admin_token_file(data_dir);
     write_secret(&file, &token)?;
     let appended = writer.execute(Command::BootstrapAdmin { hash }).await?;
     if appended.seqs.is_empty() {
