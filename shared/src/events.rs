@@ -362,3 +362,66 @@ pub struct Envelope {
     #[serde(default)]
     pub actor: Option<Actor>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    /// A record as written before actors were kept.
+    #[derive(Serialize)]
+    struct Before {
+        seq: u64,
+        event_id: EventId,
+        time: Timestamp,
+        stream: String,
+        event_type: String,
+        schema_version: u16,
+        correlation_id: Option<uuid::Uuid>,
+        causation_id: Option<uuid::Uuid>,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        prev_hash: Vec<u8>,
+    }
+
+    #[test]
+    fn a_record_written_before_actors_decodes_with_none() {
+        let old = Before {
+            seq: 1,
+            event_id: EventId::new(),
+            time: Timestamp(7),
+            stream: "pool/default".into(),
+            event_type: "PoolRegistered".into(),
+            schema_version: 1,
+            correlation_id: None,
+            causation_id: None,
+            payload: vec![1, 2, 3],
+            prev_hash: vec![0; 32],
+        };
+        let bytes = encode(&old).unwrap_or_else(|e| panic!("{e}"));
+        let env: Envelope = decode("record", &bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(env.actor, None);
+        assert_eq!((env.seq, env.payload), (1, vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn an_actor_is_kept_in_the_record() {
+        let env = Envelope {
+            seq: 2,
+            event_id: EventId::new(),
+            time: Timestamp(7),
+            stream: "token/ci".into(),
+            event_type: "TokenRevoked".into(),
+            schema_version: 1,
+            correlation_id: None,
+            causation_id: None,
+            payload: vec![],
+            prev_hash: vec![0; 32],
+            actor: Some(Actor::Planner),
+        };
+        let bytes = encode(&env).unwrap_or_else(|e| panic!("{e}"));
+        let back: Envelope = decode("record", &bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, env);
+    }
+}

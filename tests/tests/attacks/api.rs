@@ -355,6 +355,9 @@ async fn no_token_is_stored_in_clear_in_the_data_dir_only_its_hash() -> anyhow::
     );
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file)?.permissions());
     assert_eq!(mode & 0o777, 0o600, "admin.token mode {mode:o}");
+    // The token projection is rebuilt from the log like every other.
+    let (ok, out) = c.replay()?;
+    assert!(ok, "{out}");
     // The planner's log names the file, never the token.
     c.start_planner().await?;
     let log = c.planner.as_ref().map(|p| p.output()).unwrap_or_default();
