@@ -503,3 +503,38 @@ async fn a_planner_listening_beyond_loopback_warns_loudly() -> anyhow::Result<()
     assert!(!out.contains("NON-LOOPBACK"), "{out}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_admin_token_is_replaced_offline_only_while_the_planner_is_stopped()
+-> anyhow::Result<()> {
+    let mut c = Cluster::start(&["--no-builtin-worker"]).await?;
+    let data = c.data_dir().display().to_string();
+    let args = [
+        "admin-token",
+        "--data-dir",
+        data.as_str(),
+        "--name",
+        "rescue",
+    ];
+    let (ok, out) = shoal_e2e::run_binary("shoal-planner", &args)?;
+    assert!(!ok && out.contains("stop it first"), "{out}");
+    c.stop_planner().await?;
+    let (ok, out) = shoal_e2e::run_binary("shoal-planner", &args)?;
+    assert!(ok, "{out}");
+    let rescue = out
+        .lines()
+        .find(|l| l.starts_with("shoal_"))
+        .unwrap_or_default()
+        .to_owned();
+    c.start_planner().await?;
+    let as_rescue = c.api.clone().with_token(&rescue);
+    as_rescue
+        .post("/api/tokens", &json!({"name": "alice", "role": "admin"}))
+        .await?;
+    let made = c.events(Some("token/rescue")).await?;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["actor"], "planner");
+    let alice = c.events(Some("token/alice")).await?;
+    assert_eq!(alice[0]["actor"], "token:rescue");
+    Ok(())
+}

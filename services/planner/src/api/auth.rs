@@ -290,6 +290,37 @@ pub async fn bootstrap(
     Ok(())
 }
 
+/// Makes an admin token named `name` in the log of a stopped planner and returns it: the way
+/// back in when every admin token is lost (whoever can write the data dir can do anything
+/// anyway). The event's actor is `planner`.
+///
+/// # Errors
+/// The log cannot be opened (e.g. the planner runs) or written, or the name is taken.
+pub async fn issue_offline(log: EventLog, name: TokenName) -> anyhow::Result<String> {
+    use crate::log::handover::task_channel;
+    use crate::log::writer::Writer;
+    // Nothing is dispatched or carried out: the planner picks it up at its next start.
+    let (tasks, _task_rx) = task_channel(16);
+    let (effects, _effect_rx) = tokio::sync::mpsc::channel(16);
+    let default = shoal_shared::PoolName::parse("default")?;
+    let writer = Writer::open(log.clone(), default, tasks, effects)?;
+    let (handle, ended) = writer.spawn(16)?;
+    let (token, hash) = new_token();
+    let made = handle
+        .execute(Command::CreateToken {
+            name,
+            role: Role::Admin,
+            hash,
+            created_by: Actor::Planner,
+        })
+        .await;
+    drop(handle);
+    ended.await?;
+    log.flush().await?;
+    made?;
+    Ok(token)
+}
+
 /// Writes `text` to `file` readable and writable by its owner only, replacing it whole.
 fn write_secret(file: &Path, text: &str) -> anyhow::Result<()> {
     use anyhow::Context as _;
