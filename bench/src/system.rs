@@ -64,7 +64,7 @@ impl Shoal {
         )
         .await?;
         let mut shoal = Shoal {
-            api: ApiClient::new(&format!("http://127.0.0.1:{http_port}")),
+            api: local::admin_client(http_port, &dir.path().join("planner-data")),
             dir,
             nats,
             planner: Some(planner),

@@ -6,9 +6,12 @@
 //! Answer types accept unknown fields (a newer planner may add some); request types refuse
 //! them, so a typo in a request is an error naming the field rather than silently ignored.
 
+use crate::auth::{Actor, Role};
 use crate::health::{HealthCheck, HealthState, UnhealthyTargets};
 use crate::ids::{CheckId, DeploymentId, EventId, TaskId};
-use crate::names::{EnvironmentName, PoolName, RegionName, RoleName, TargetName, WorkerName};
+use crate::names::{
+    EnvironmentName, PoolName, RegionName, RoleName, TargetName, TokenName, WorkerName,
+};
 use crate::resolve::PoolRule;
 use crate::time::Timestamp;
 use crate::{DeploymentState, OutputStream, StepState, Target, TargetKind, TaskState};
@@ -509,6 +512,39 @@ pub struct EventView {
     pub data: serde_json::Value,
     /// SHA-256 of the previous record, hex.
     pub prev_hash: String,
+    /// Who caused it (`token:<name>`, `worker:<name>`, `planner`); none on records written
+    /// before actors were kept.
+    #[serde(default)]
+    pub actor: Option<Actor>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Tokens
+
+/// `POST /api/tokens`: a new API token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub name: TokenName,
+    pub role: Role,
+}
+
+/// The answer to `POST /api/tokens`: the token itself, shown this once (the planner keeps
+/// only its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub name: TokenName,
+    pub role: Role,
+    pub token: String,
+}
+
+/// `GET /api/tokens`: a token as listed (never its value nor its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub name: TokenName,
+    pub role: Role,
+    pub created_at: Timestamp,
+    pub created_by: Actor,
 }
 
 /// `GET /api/status`: what the planner holds.

@@ -389,7 +389,7 @@ mod tests {
                 seq, event_id: EventId(id), time: t, stream: e.stream(),
                 event_type: e.event_type().to_owned(), schema_version: e.schema_version(),
                 correlation_id: corr, causation_id: None,
-                payload: encode(&e).expect("encodes"), prev_hash: hash,
+                payload: encode(&e).expect("encodes"), prev_hash: hash, actor: None,
             };
             let bytes = encode(&env).expect("encodes");
             let back: Envelope = decode("envelope", &bytes).expect("decodes");

@@ -3,10 +3,11 @@
 //! Every event type carries a schema version. Events are named in the past tense; the log
 //! stores them MessagePack-encoded inside an [`Envelope`] that chains to the previous record.
 
+use crate::auth::{Actor, Role};
 use crate::domain::{DeploymentSpec, DeploymentState, Outcome, OutputLine, StepState, Target};
 use crate::health::{HealthCheck, HealthState};
 use crate::ids::{CheckId, DeploymentId, EventId, TaskId};
-use crate::names::{PoolName, RegionName, TargetName, WorkerName};
+use crate::names::{PoolName, RegionName, TargetName, TokenName, WorkerName};
 use crate::resolve::PoolRule;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -210,6 +211,19 @@ pub enum Event {
         worker: WorkerName,
         pool: PoolName,
     },
+    /// An API token was made. Only the SHA-256 of the token (hex) is kept; the token itself
+    /// was shown once, to whoever made it.
+    TokenCreated {
+        name: TokenName,
+        role: Role,
+        hash: String,
+        created_by: Actor,
+    },
+    /// An API token no longer opens anything.
+    TokenRevoked {
+        name: TokenName,
+        hash: String,
+    },
     /// A message on a shoal subject that could not be accepted; kept so nothing is lost.
     MessageRejected {
         subject: String,
@@ -263,6 +277,8 @@ impl Event {
             Event::WorkerLeft { .. } => "WorkerLeft",
             Event::WorkerDrainRequested { .. } => "WorkerDrainRequested",
             Event::WorkerResumed { .. } => "WorkerResumed",
+            Event::TokenCreated { .. } => "TokenCreated",
+            Event::TokenRevoked { .. } => "TokenRevoked",
             Event::MessageRejected { .. } => "MessageRejected",
             Event::RejectionsCounted { .. } => "RejectionsCounted",
         }
@@ -302,6 +318,8 @@ impl Event {
             | Event::HealthCheckPlanned { .. }
             | Event::TargetHealthChecked { .. }
             | Event::HealthCheckUnavailable { .. }
+            | Event::TokenCreated { .. }
+            | Event::TokenRevoked { .. }
             | Event::MessageRejected { .. }
             | Event::RejectionsCounted { .. } => None,
         }
@@ -329,6 +347,9 @@ impl Event {
             | Event::WorkerResumed { worker, .. } => {
                 format!("worker/{worker}")
             }
+            Event::TokenCreated { name, .. } | Event::TokenRevoked { name, .. } => {
+                format!("token/{name}")
+            }
             _ => "rejected".to_owned(),
         }
     }
@@ -351,4 +372,71 @@ pub struct Envelope {
     /// SHA-256 of the previous record's stored bytes (zeros for the first record).
     #[serde(with = "serde_bytes")]
     pub prev_hash: Vec<u8>,
+    /// Who caused the event: the API token of the request, the reporting worker, or the
+    /// planner. Records written before actors were kept have none.
+    #[serde(default)]
+    pub actor: Option<Actor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    /// A record as written before actors were kept.
+    #[derive(Serialize)]
+    struct Before {
+        seq: u64,
+        event_id: EventId,
+        time: Timestamp,
+        stream: String,
+        event_type: String,
+        schema_version: u16,
+        correlation_id: Option<uuid::Uuid>,
+        causation_id: Option<uuid::Uuid>,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        prev_hash: Vec<u8>,
+    }
+
+    #[test]
+    fn a_record_written_before_actors_decodes_with_none() {
+        let old = Before {
+            seq: 1,
+            event_id: EventId::new(),
+            time: Timestamp(7),
+            stream: "pool/default".into(),
+            event_type: "PoolRegistered".into(),
+            schema_version: 1,
+            correlation_id: None,
+            causation_id: None,
+            payload: vec![1, 2, 3],
+            prev_hash: vec![0; 32],
+        };
+        let bytes = encode(&old).unwrap_or_else(|e| panic!("{e}"));
+        let env: Envelope = decode("record", &bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(env.actor, None);
+        assert_eq!((env.seq, env.payload), (1, vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn an_actor_is_kept_in_the_record() {
+        let env = Envelope {
+            seq: 2,
+            event_id: EventId::new(),
+            time: Timestamp(7),
+            stream: "token/ci".into(),
+            event_type: "TokenRevoked".into(),
+            schema_version: 1,
+            correlation_id: None,
+            causation_id: None,
+            payload: vec![],
+            prev_hash: vec![0; 32],
+            actor: Some(Actor::Planner),
+        };
+        let bytes = encode(&env).unwrap_or_else(|e| panic!("{e}"));
+        let back: Envelope = decode("record", &bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, env);
+    }
 }

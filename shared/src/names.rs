@@ -1,4 +1,4 @@
-//! Validated names of pools, workers, targets, environments and roles.
+//! Validated names of pools, workers, targets, environments, roles, regions and API tokens.
 //!
 //! Every name is a single, safe NATS subject token (lowercase letters, digits, `-` and `_`,
 //! 1 to 63 characters), so it can be put into a subject or a consumer name without escaping.
@@ -156,6 +156,11 @@ name_type!(
     /// A region, e.g. `eu`.
     RegionName,
     "region"
+);
+name_type!(
+    /// The name of an API token, e.g. `ci`; recorded as the actor of what it does.
+    TokenName,
+    "token"
 );
 
 impl WorkerName {

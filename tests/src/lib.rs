@@ -56,8 +56,9 @@ impl Cluster {
         if !planner_args.contains(&"--health-interval-secs") {
             planner_args.extend(["--health-interval-secs", "0"]);
         }
+        let data_dir = dir.path().join("planner-data");
         let mut c = Cluster {
-            api: ApiClient::new(&format!("http://127.0.0.1:{http_port}")),
+            api: local::admin_client(http_port, &data_dir),
             dir,
             nats,
             planner: None,
@@ -308,7 +309,24 @@ impl Cluster {
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<(bool, String)> {
         let mut all = vec!["--api", self.api.base()];
         all.extend_from_slice(args);
-        run_binary("shoal", &all)
+        let token = self.admin_token_file();
+        run_binary_env("shoal", &all, &[("SHOAL_TOKEN_FILE", token.as_os_str())])
+    }
+
+    /// The file holding the planner's admin token (what [`Cluster::api`] sends).
+    pub fn admin_token_file(&self) -> PathBuf {
+        local::admin_token_file(&self.data_dir())
+    }
+
+    /// The planner's admin token.
+    ///
+    /// # Errors
+    /// The planner has not made it (yet).
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        let file = self.admin_token_file();
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("no admin token in {}", file.display()))?;
+        Ok(text.trim().to_owned())
     }
 
     /// Every event of the log (or of one stream), oldest first, read page by page.
@@ -455,9 +473,22 @@ fn tail(text: &str, lines: usize) -> String {
 /// # Errors
 /// It could not be run.
 pub fn run_binary(name: &str, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    run_binary_env(name, args, &[])
+}
+
+/// [`run_binary`] with more environment variables (e.g. the API token).
+///
+/// # Errors
+/// It could not be run.
+pub fn run_binary_env(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> anyhow::Result<(bool, String)> {
     let out = std::process::Command::new(local::find_binary(name)?)
         .args(args)
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .output()?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));

@@ -1,5 +1,7 @@
 //! The attack suite: one test per attack on shoal's trust boundaries, each with real
 //! processes, each failing if its defence broke.
 
+#[path = "attacks/api.rs"]
+mod api;
 #[path = "attacks/ingest.rs"]
 mod ingest;

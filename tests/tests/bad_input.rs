@@ -174,7 +174,7 @@ async fn bad_requests_are_refused_with_a_reason() -> anyhow::Result<()> {
     huge["action"]["script"] = json!("#".repeat(2 * 1024 * 1024));
     // The planner answers 413 without reading the rest of the body and closes that
     // connection; a client of its own keeps the closed connection out of the shared pool.
-    let once = shoal_cli::client::ApiClient::new(api.base());
+    let once = shoal_cli::client::ApiClient::new(api.base()).with_token_file(c.admin_token_file());
     assert_api_error(
         once.post("/api/deployments", &deployment("prod", json!([huge])))
             .await,
@@ -217,9 +217,15 @@ async fn bad_requests_are_refused_with_a_reason() -> anyhow::Result<()> {
         .flatten()
         .filter_map(|e| e["type"].as_str())
         .collect();
+    // (The first start's admin token is the planner's own.)
     assert_eq!(
         types,
-        ["PoolRegistered", "PoolRegistered", "TargetRegistered"],
+        [
+            "PoolRegistered",
+            "TokenCreated",
+            "PoolRegistered",
+            "TargetRegistered"
+        ],
         "{types:?}"
     );
     Ok(())

@@ -20,6 +20,7 @@ fn shoal(c: &Cluster, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
         .arg(c.api.base())
         .args(args)
         .env("NO_COLOR", "1")
+        .env("SHOAL_TOKEN_FILE", c.admin_token_file())
         .output()?;
     Ok((
         out.status.code().unwrap_or(-1),
@@ -211,6 +212,7 @@ async fn deploy_wait_exits_with_how_the_deployment_ended() -> anyhow::Result<()>
     let mut waiting = Command::new(local::find_binary("shoal")?)
         .args(["--api", c.api.base(), "deploy", &path(&slow), "--wait"])
         .env("NO_COLOR", "1")
+        .env("SHOAL_TOKEN_FILE", c.admin_token_file())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;

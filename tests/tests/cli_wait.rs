@@ -109,6 +109,7 @@ impl Running {
             .arg(c.api.base())
             .args(args)
             .env("NO_COLOR", "1")
+            .env("SHOAL_TOKEN_FILE", c.admin_token_file())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;

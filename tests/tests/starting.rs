@@ -27,6 +27,11 @@ async fn a_command_waits_for_a_starting_planner_and_says_what_it_waits_for() -> 
     shoal_cli::local::wait_for_port(http_port, WAIT).await?;
     let cli = tokio::process::Command::new(find_binary("shoal")?)
         .args(["--api", &api, "pool", "list"])
+        // Read at every try: the planner makes its admin token only once it is past the broker.
+        .env(
+            "SHOAL_TOKEN_FILE",
+            shoal_cli::local::admin_token_file(&dir.path().join("data")),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

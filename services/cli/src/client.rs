@@ -1,11 +1,13 @@
 //! A small client of the planner's HTTP API. Answers are read into the types of
 //! [`shoal_shared::api`], the ones the planner writes them from; the untyped `get`/`post`
-//! stay for tests that send what no typed client would.
+//! stay for tests that send what no typed client would. Every request carries the client's
+//! API token (`Authorization: Bearer`), when it has one; a 401 or 403 says what to do.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shoal_shared::api::{ErrorBody, LogCursor, LogLine, TaskLog};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// An answer that was not a success.
@@ -38,6 +40,27 @@ pub struct ApiClient {
     http: reqwest::Client,
     /// Wait for a planner that says it is still starting (see [`ApiClient::waiting_for_start`]).
     wait_starting: bool,
+    token: Token,
+}
+
+/// Where the client's API token comes from.
+#[derive(Clone, Default)]
+enum Token {
+    #[default]
+    None,
+    Value(String),
+    /// Read at every request: the planner may still be writing it (its first start).
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Token::None => f.write_str("None"),
+            Token::Value(_) => f.write_str("Value(********)"),
+            Token::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
 }
 
 impl ApiClient {
@@ -51,6 +74,41 @@ impl ApiClient {
             base: base.trim_end_matches('/').to_owned(),
             http,
             wait_starting: false,
+            token: Token::None,
+        }
+    }
+
+    /// The same client, sending `token` with every request.
+    #[must_use]
+    pub fn with_token(mut self, token: &str) -> ApiClient {
+        self.token = Token::Value(token.trim().to_owned());
+        self
+    }
+
+    /// The same client, sending the token in `file` (read at every request, so a planner
+    /// still making its first admin token is waited for).
+    #[must_use]
+    pub fn with_token_file(mut self, file: PathBuf) -> ApiClient {
+        self.token = Token::File(file);
+        self
+    }
+
+    /// The same client without a token (for tests of what an anonymous caller gets).
+    #[must_use]
+    pub fn without_token(mut self) -> ApiClient {
+        self.token = Token::None;
+        self
+    }
+
+    /// The token this client sends now, if any.
+    pub fn token(&self) -> Option<String> {
+        match &self.token {
+            Token::None => None,
+            Token::Value(t) => Some(t.clone()),
+            Token::File(p) => std::fs::read_to_string(p)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
         }
     }
 
@@ -235,7 +293,11 @@ impl ApiClient {
         let mut req = req;
         let (status, text) = loop {
             let again = req.try_clone();
-            let resp = req.send().await.map_err(unreachable)?;
+            let sent = match self.token() {
+                Some(token) => req.bearer_auth(token),
+                None => req,
+            };
+            let resp = sent.send().await.map_err(unreachable)?;
             let status = resp.status();
             let retry_after = resp
                 .headers()
@@ -261,8 +323,29 @@ impl ApiClient {
         }
         Err(ClientError::Api {
             status: status.as_u16(),
-            message: error_text(&text),
+            message: self.with_hint(status.as_u16(), error_text(&text)),
         })
+    }
+
+    /// What to do about a 401 or 403, after the planner's message.
+    fn with_hint(&self, status: u16, message: String) -> String {
+        let hint = match (status, &self.token) {
+            (401, Token::None) => {
+                "; set SHOAL_TOKEN (or --token) to an API token: the planner wrote its first admin token to admin.token in its data dir, and `shoal token create` makes more".to_owned()
+            }
+            (401, Token::File(p)) if self.token().is_none() => format!(
+                "; the token file {} is missing or empty (set SHOAL_TOKEN_FILE or SHOAL_TOKEN)",
+                p.display()
+            ),
+            (401, _) => {
+                "; check SHOAL_TOKEN (or --token): this token is unknown to the planner or was revoked".to_owned()
+            }
+            (403, _) => {
+                "; use a token with that role, or ask an admin for one (`shoal token create --role ROLE`)".to_owned()
+            }
+            _ => String::new(),
+        };
+        message + &hint
     }
 }
 

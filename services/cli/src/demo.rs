@@ -24,16 +24,10 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
     let mut nats = Nats::start(dir.path()).await?;
     let http_port = local::free_port()?;
     let mut procs: Vec<Proc> = Vec::new();
-    let planner = local::start_planner(
-        &logs,
-        &nats.url(),
-        &dir.path().join("planner-data"),
-        http_port,
-        &[],
-    )
-    .await?;
+    let data_dir = dir.path().join("planner-data");
+    let planner = local::start_planner(&logs, &nats.url(), &data_dir, http_port, &[]).await?;
     procs.push(planner);
-    let api = ApiClient::new(&format!("http://127.0.0.1:{http_port}"));
+    let api = local::admin_client(http_port, &data_dir);
     println!(
         "  planner:     {} (built-in worker serves pool \"default\")",
         api.base()
@@ -117,6 +111,11 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
     if keep {
         println!("\nStill running. In another terminal:");
         println!("  export SHOAL_API={}", api.base());
+        // The demo's own throw-away installation: its admin token is shown so the commands
+        // below work; a real planner's stays in its data dir's admin.token.
+        if let Some(token) = api.token() {
+            println!("  export SHOAL_TOKEN={token}");
+        }
         println!(
             "  shoal workers; shoal deployment show {id}; shoal logs {id}; shoal events --deployment {id}"
         );

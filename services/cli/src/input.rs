@@ -32,7 +32,7 @@ pub fn api_url(given: &str) -> Result<String, String> {
 
 /// The streams `events --stream` takes, for messages.
 pub const STREAM_FORMS: &str = "deployment/ID (an id or its first characters), target/NAME, \
-                                pool/NAME, worker/NAME, rejected";
+                                pool/NAME, worker/NAME, token/NAME, rejected";
 
 /// A stream of the event log, as `events --stream` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +66,11 @@ pub fn stream(given: &str) -> Result<Stream, String> {
         "target" => named(TargetName::parse(rest).map(drop).map_err(|e| e.to_string())),
         "pool" => named(PoolName::parse(rest).map(drop).map_err(|e| e.to_string())),
         "worker" => named(WorkerName::parse(rest).map(drop).map_err(|e| e.to_string())),
+        "token" => named(
+            shoal_shared::TokenName::parse(rest)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        ),
         _ => Err(bad(format!("\"{kind}/\" is not a kind of stream"))),
     }
 }

@@ -370,7 +370,19 @@ pub fn planner_args(
     args
 }
 
-/// Starts a planner and waits until its API answers.
+/// The admin token a planner with this data dir made at its first start.
+pub fn admin_token_file(data_dir: &Path) -> PathBuf {
+    data_dir.join(shoal_shared::auth::ADMIN_TOKEN_FILE)
+}
+
+/// A client of the planner on `127.0.0.1:http_port` that sends the admin token of its data
+/// dir (read at every request, so it works from before the planner has made it).
+pub fn admin_client(http_port: u16, data_dir: &Path) -> crate::client::ApiClient {
+    crate::client::ApiClient::new(&format!("http://127.0.0.1:{http_port}"))
+        .with_token_file(admin_token_file(data_dir))
+}
+
+/// Starts a planner and waits until its API answers (to its admin token).
 ///
 /// # Errors
 /// The binary is missing or the planner does not come up (its log is in the error).
@@ -388,7 +400,7 @@ pub async fn start_planner(
         &planner_args(nats_url, data_dir, http_port, extra),
         log_dir,
     )?;
-    let client = crate::client::ApiClient::new(&format!("http://127.0.0.1:{http_port}"));
+    let client = admin_client(http_port, data_dir);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if client.get("/api/pools").await.is_ok() {

@@ -45,6 +45,14 @@ struct Cli {
         value_parser = input::api_url
     )]
     api: String,
+    /// The API token to send (`shoal_…`); see `shoal token --help`. Prefer the variable to
+    /// the flag: a flag shows in the process list.
+    #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// A file holding the API token, read when needed (e.g. the planner's
+    /// DATA_DIR/admin.token); --token wins when both are set.
+    #[arg(long, env = "SHOAL_TOKEN_FILE", global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// How to print answers: text (tables, for people) or json (the API's answer as one JSON
     /// document, for scripts).
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Text, global = true)]
@@ -115,8 +123,8 @@ enum Cmd {
         /// Only one deployment's events: its id or the first characters of it.
         #[arg(long, conflicts_with = "stream")]
         deployment: Option<String>,
-        /// Only one stream's events: deployment/ID, target/NAME, pool/NAME, worker/NAME or
-        /// rejected.
+        /// Only one stream's events: deployment/ID, target/NAME, pool/NAME, worker/NAME,
+        /// token/NAME or rejected.
         #[arg(long, value_parser = input::stream)]
         stream: Option<input::Stream>,
         /// Only events after this sequence number (the `seq` of the last one seen).
@@ -126,6 +134,10 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// API tokens (admin): who may read (viewer), deploy and cancel (deployer), or manage
+    /// pools, targets, workers and tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Run the whole system on this machine and show a deployment routed to pools.
     Demo {
         /// Stay up after the demo deployment (Ctrl-C stops everything).
@@ -289,6 +301,26 @@ enum WorkerCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Make a token; it is printed once and the planner keeps only its hash.
+    Create {
+        /// Its name, recorded as the actor of everything done with it.
+        #[arg(long)]
+        name: String,
+        /// viewer, deployer or admin.
+        #[arg(long)]
+        role: String,
+    },
+    /// The tokens: names, roles, who made them and when (never the tokens).
+    List,
+    /// Revoke a token: from now on it gets 401.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum DeploymentCmd {
     /// Recent deployments, newest first.
     List {
@@ -352,6 +384,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .exit();
     }
     let api = ApiClient::new(&cli.api).waiting_for_start();
+    let api = match (cli.token, cli.token_file) {
+        (Some(token), _) => api.with_token(&token),
+        (None, Some(file)) => api.with_token_file(file),
+        (None, None) => api,
+    };
     match cli.command {
         Cmd::Pool(cmd) => pool(&api, out, cmd).await?,
         Cmd::Target(cmd) => return target(&api, out, cmd).await,
@@ -395,6 +432,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             after,
             limit,
         } => events(&api, out, deployment, stream, after, limit).await?,
+        Cmd::Token(cmd) => token(&api, out, cmd).await?,
         Cmd::Demo { keep } => return demo::run(keep).await,
         Cmd::Completions { shell } => {
             // Into a buffer first: the generator panics on a failed write (a closed pipe).
@@ -405,6 +443,39 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
     }
     Ok(exit::OK)
+}
+
+/// `shoal token …`.
+async fn token(api: &ApiClient, out: Output, cmd: TokenCmd) -> anyhow::Result<()> {
+    use shoal_shared::api::{CreatedToken, NewToken, TokenView};
+    match cmd {
+        TokenCmd::Create { name, role } => {
+            let body = NewToken {
+                name: shoal_shared::TokenName::parse(name).map_err(|e| Refused(e.to_string()))?,
+                role: role.parse().map_err(Refused)?,
+            };
+            let t: CreatedToken = api.post_as("/api/tokens", &body).await?;
+            show(out, &t, |t| {
+                println!("{}", t.token);
+                eprintln!(
+                    "token \"{}\" ({}) made: this is the only time it is shown; keep it in a secret store and use it as SHOAL_TOKEN",
+                    t.name, t.role
+                );
+            })?;
+        }
+        TokenCmd::List => {
+            let list: Vec<TokenView> = api.get_as("/api/tokens").await?;
+            show(out, &list, |l| render::tokens(l))?;
+        }
+        TokenCmd::Revoke { name } => {
+            let name = shoal_shared::TokenName::parse(name).map_err(|e| Refused(e.to_string()))?;
+            api.delete(&format!("/api/tokens/{name}")).await?;
+            show(out, &json!({"revoked": name}), |_| {
+                println!("token \"{name}\" revoked: it no longer opens the API");
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// `shoal events`: `--deployment` and `--stream deployment/…` take an id's first characters.

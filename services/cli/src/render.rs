@@ -306,15 +306,35 @@ pub fn deployment(d: &DeploymentDetail) {
 
 pub fn events(v: &[EventView]) {
     for e in v {
+        let actor = e.actor.as_ref().map_or("-".to_owned(), ToString::to_string);
         println!(
-            "{:>6}  {}  {:<18}  {}  {}",
+            "{:>6}  {}  {:<18}  {}  by {}  {}",
             e.seq,
             s(&e.time),
             e.event_type,
             e.stream,
+            actor,
             e.data
         );
     }
+}
+
+/// `shoal token list`.
+pub fn tokens(v: &[shoal_shared::api::TokenView]) {
+    if v.is_empty() {
+        println!("no tokens");
+        return;
+    }
+    let mut t = table(&["name", "role", "created", "created by"]);
+    for k in v {
+        t.add_row(vec![
+            k.name.to_string(),
+            k.role.to_string(),
+            s(&k.created_at),
+            k.created_by.to_string(),
+        ]);
+    }
+    println!("{t}");
 }
 
 #[cfg(test)]

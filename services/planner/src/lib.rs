@@ -192,6 +192,7 @@ impl Planner {
             .spawn(4096)
             .context("cannot start the event log writer's thread")?;
         handle.execute(Command::EnsureDefaultPool).await?;
+        api::auth::bootstrap(&handle, &log, &config.data_dir).await?;
         if backlog > 0 {
             tracing::info!(
                 tasks = backlog,
@@ -237,6 +238,7 @@ impl Planner {
         let app = p.app_state();
         // The writer ends once every handle is gone: the services' and the API's are.
         drop(p.handle);
+        warn_if_exposed(listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, data_dir = %p.config.data_dir.display(), nats.url = %p.config.nats_url, "planner ready");
         let server = axum::serve(listener, api::router(app))
             .with_graceful_shutdown(stop_on(shutdown, intake.child_token()));
@@ -347,6 +349,17 @@ impl Parts {
             default_pool: self.config.default_pool.clone(),
             health_deadline_secs: self.config.health_deadline.as_secs(),
         }
+    }
+}
+
+/// Says loudly, at every start, that the API listens beyond this machine: it is plain HTTP,
+/// so tokens cross the network in clear unless a TLS proxy is in front.
+fn warn_if_exposed(addr: std::net::SocketAddr) {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %addr,
+            "THE HTTP API LISTENS ON A NON-LOOPBACK ADDRESS: anyone who reaches {addr} can try tokens, and the API is plain HTTP, so tokens cross the network in clear; put a TLS-terminating proxy in front, or keep --http-addr on 127.0.0.1 (the default)"
+        );
     }
 }
 

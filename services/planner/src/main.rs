@@ -74,6 +74,15 @@ enum Cmd {
         #[arg(long)]
         rebuild: bool,
     },
+    /// Make an admin API token in a stopped planner's log and print it: the way back in when
+    /// every admin token is lost. The planner must be stopped (the log is locked while it runs).
+    AdminToken {
+        #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
+        data_dir: PathBuf,
+        /// The new token's name (recorded as the actor of what it does).
+        #[arg(long)]
+        name: shoal_shared::TokenName,
+    },
 }
 
 /// sled allocates and frees a node copy for most writes; under load glibc's allocator took
@@ -86,6 +95,7 @@ fn main() {
     let args = Args::parse();
     let result = match args.command {
         Some(Cmd::Replay { data_dir, rebuild }) => replay(&data_dir, rebuild),
+        Some(Cmd::AdminToken { data_dir, name }) => admin_token(&data_dir, name),
         None => serve(args.serve),
     };
     if let Err(e) = result {
@@ -94,7 +104,22 @@ fn main() {
     }
 }
 
-fn replay(data_dir: &std::path::Path, rebuild: bool) -> anyhow::Result<()> {
+#[tokio::main(flavor = "current_thread")]
+async fn admin_token(
+    data_dir: &std::path::Path,
+    name: shoal_shared::TokenName,
+) -> anyhow::Result<()> {
+    let log = open_offline(data_dir)?;
+    let token = shoal_planner::api::auth::issue_offline(log, name.clone()).await?;
+    println!("{token}");
+    eprintln!(
+        "admin token \"{name}\" made: this is the only time it is shown; start the planner and use it as SHOAL_TOKEN"
+    );
+    Ok(())
+}
+
+/// Opens a stopped planner's log, saying which process holds it if one does.
+fn open_offline(data_dir: &std::path::Path) -> anyhow::Result<shoal_planner::log::EventLog> {
     let dir = data_dir.join("log");
     if !dir.is_dir() {
         anyhow::bail!(
@@ -103,14 +128,18 @@ fn replay(data_dir: &std::path::Path, rebuild: bool) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let log = shoal_planner::log::EventLog::open(&dir).map_err(|e| match e {
+    shoal_planner::log::EventLog::open(&dir).map_err(|e| match e {
         LogError::Locked { pid, .. } => anyhow::anyhow!(
-            "the event log in {} is in use by another process{}, most likely a running planner; stop it first (replay works offline)",
+            "the event log in {} is in use by another process{}, most likely a running planner; stop it first (this works offline)",
             data_dir.display(),
             pid.map_or(String::new(), |p| format!(" (pid {p})"))
         ),
         e => anyhow::anyhow!("cannot open the event log in {}: {e}", data_dir.display()),
-    })?;
+    })
+}
+
+fn replay(data_dir: &std::path::Path, rebuild: bool) -> anyhow::Result<()> {
+    let log = open_offline(data_dir)?;
     let started = std::time::Instant::now();
     match shoal_planner::replay::replay(&log, rebuild) {
         Ok(r) => {

@@ -237,7 +237,7 @@ fn expected(r: &Rebuilt) -> impl Iterator<Item = Kv> + '_ {
         Ok((Proj::Outbox.key(&k), Vec::new()))
     }));
     let output_end = split + r.rows[split..].partition_point(|(k, _)| k.starts_with(&output));
-    // Projection tags in byte order: D, K, L, O, P, T, W; then the stream index (`s`).
+    // Projection tags in byte order: D, K, L, O, P, T, W, X; then the stream index (`s`).
     let parts: Vec<Box<dyn Iterator<Item = Kv> + '_>> = vec![
         rows(0..split),
         docs(Proj::Deployments, s.deployments.iter(), |id| {
@@ -249,6 +249,7 @@ fn expected(r: &Rebuilt) -> impl Iterator<Item = Kv> + '_ {
         docs(Proj::Pools, s.pools.iter(), |n| n.as_str().into()),
         docs(Proj::Targets, s.targets.iter(), |n| n.as_str().into()),
         docs(Proj::Workers, s.workers.iter(), |n| n.as_str().into()),
+        docs(Proj::Tokens, s.tokens.iter(), |h| h.as_bytes().into()),
         rows(output_end..r.rows.len()),
     ];
     parts.into_iter().flatten()

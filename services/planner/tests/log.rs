@@ -526,7 +526,14 @@ async fn a_changed_record_breaks_the_chain_at_the_next_record() {
                 let env: shoal_shared::events::Envelope =
                     shoal_shared::codec::decode("record", record).expect("decodes");
                 if env.seq == 2 {
-                    chunk[at + 4 + len - 40] ^= 1;
+                    // A byte in the middle of the event's payload, wherever the envelope's
+                    // fields put it.
+                    let p = &env.payload;
+                    let start = record
+                        .windows(p.len())
+                        .position(|w| w == p.as_slice())
+                        .expect("the payload is in the record");
+                    chunk[at + 4 + start + p.len() / 2] ^= 1;
                     changed = true;
                 }
                 at += 4 + len;

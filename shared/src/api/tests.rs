@@ -464,11 +464,14 @@ fn an_event_and_the_status() {
             causation_id: None,
             data: json!({"id": id.to_string()}),
             prev_hash: "00ff".into(),
+            actor: Some(crate::auth::Actor::Token(
+                crate::names::TokenName::parse("ci").unwrap_or_else(|e| panic!("{e}")),
+            )),
         },
         &json!({"seq": 7, "event_id": id.to_string(), "time": T0_TEXT,
                 "stream": format!("deployment/{id}"), "type": "DeploymentCreated",
                 "schema_version": 1, "correlation_id": id.to_string(), "causation_id": null,
-                "data": {"id": id.to_string()}, "prev_hash": "00ff"}),
+                "data": {"id": id.to_string()}, "prev_hash": "00ff", "actor": "token:ci"}),
     );
     round_trip(
         &StatusView {

@@ -1,6 +1,7 @@
 //! `POST|GET /api/deployments`, `GET /api/deployments/{id}`, its cancellation and a task's
 //! log.
 
+use super::auth::Caller;
 use super::{ApiError, AppState, JsonBody};
 use crate::domain::Command;
 use crate::domain::state::{AttemptDoc, DeploymentDoc, TaskDoc};
@@ -49,14 +50,18 @@ fn spec_of(r: CreateDeployment) -> DeploymentSpec {
 
 pub(super) async fn create(
     State(app): State<AppState>,
+    caller: Caller,
     JsonBody(req): JsonBody<CreateDeployment>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     let id = DeploymentId::new();
     app.writer
-        .execute(Command::CreateDeployment {
-            id,
-            spec: spec_of(req),
-        })
+        .execute_as(
+            caller.actor(),
+            Command::CreateDeployment {
+                id,
+                spec: spec_of(req),
+            },
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(Created { id })))
 }
@@ -107,6 +112,7 @@ fn summary(d: DeploymentDoc) -> DeploymentSummary {
 /// stopped what they run.
 pub(super) async fn cancel(
     State(app): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<DeploymentSummary>), ApiError> {
@@ -118,7 +124,10 @@ pub(super) async fn cancel(
         super::parse_body::<CancelRequest>(&body)?.reason
     };
     app.writer
-        .execute(Command::CancelDeployment { id: d.id, reason })
+        .execute_as(
+            caller.actor(),
+            Command::CancelDeployment { id: d.id, reason },
+        )
         .await?;
     let d = load(&app, d.id).await?;
     Ok((StatusCode::ACCEPTED, Json(summary(d))))

@@ -72,5 +72,6 @@ pub fn view(env: Envelope) -> EventView {
         causation_id: env.causation_id,
         data,
         prev_hash: env.prev_hash.iter().map(|b| format!("{b:02x}")).collect(),
+        actor: env.actor,
     }
 }

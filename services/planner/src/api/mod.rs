@@ -2,13 +2,17 @@
 //! are durable; reads come from the committed projection trees, on tokio's blocking threads
 //! ([`AppState::read`]) so a slow disk never stalls the runtime. The bodies are the types of
 //! [`shoal_shared::api`], which the CLI reads. Errors are
-//! `{"error": "<what is wrong and what to do>"}` with 400, 404, 409; a failure of the planner
-//! itself is a 500 whose cause goes to the planner's log under an id the answer names.
+//! `{"error": "<what is wrong and what to do>"}` with 400, 401 (no valid token), 403 (the
+//! token's role is too low), 404, 409, 415 (a body that is not JSON); a failure of the
+//! planner itself is a 500 whose cause goes to the planner's log under an id the answer
+//! names. Who may call what is [`auth`]'s table; no CORS header is ever sent.
 
+pub mod auth;
 mod deployments;
 mod events;
 mod pools;
 mod targets;
+mod tokens;
 mod workers;
 
 use crate::domain::Rejection;
@@ -94,11 +98,19 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/events", get(events::list))
         .route("/api/status", get(status))
+        .route("/api/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/tokens/{name}", axum::routing::delete(tokens::revoke))
         .route("/healthz", get(|| async { "ok" }))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API reference in README.md")
         })
+        // Layers added after the routes and the fallback wrap them all (routing first, so
+        // the guard sees the matched route).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -125,6 +137,30 @@ impl ApiError {
             message: message.into(),
         }
     }
+
+    /// 401: no valid token (answered with `WWW-Authenticate: Bearer`).
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+        }
+    }
+
+    /// 403: the token is valid but its role does not allow this.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: message.into(),
+        }
+    }
+
+    /// 415: the body is not JSON.
+    pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: message.into(),
+        }
+    }
 }
 
 impl ApiError {
@@ -144,13 +180,20 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             axum::Json(ErrorBody {
                 error: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 

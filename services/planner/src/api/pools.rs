@@ -1,5 +1,6 @@
 //! `POST /api/pools`, `GET /api/pools`, `DELETE /api/pools/{name}`.
 
+use super::auth::Caller;
 use super::{ApiError, AppState, JsonBody};
 use crate::domain::Command;
 use crate::domain::state::{PoolDoc, WorkerDoc};
@@ -12,6 +13,7 @@ use shoal_shared::{Pool, PoolName, Timestamp, WorkerName};
 
 pub(super) async fn create(
     State(app): State<AppState>,
+    caller: Caller,
     JsonBody(req): JsonBody<CreatePool>,
 ) -> Result<(StatusCode, Json<PoolView>), ApiError> {
     let pool = Pool {
@@ -20,7 +22,9 @@ pub(super) async fn create(
         description: req.description,
     };
     // Its queue consumer is created by the effect of the registration, once it is durable.
-    app.writer.execute(Command::RegisterPool(pool)).await?;
+    app.writer
+        .execute_as(caller.actor(), Command::RegisterPool(pool))
+        .await?;
     let name = req.name;
     let doc: PoolDoc = app
         .read(move |log| {
@@ -40,12 +44,13 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<PoolVie
 /// deleted by the effect of it); 409 naming what still uses the pool.
 pub(super) async fn remove(
     State(app): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let name = PoolName::parse(name).map_err(|e| ApiError::not_found(e.to_string()))?;
     let online = online_workers(&app, &name).await?;
     app.writer
-        .execute(Command::RemovePool { name, online })
+        .execute_as(caller.actor(), Command::RemovePool { name, online })
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

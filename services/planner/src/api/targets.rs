@@ -1,6 +1,7 @@
 //! `POST /api/targets`, `GET /api/targets`, `GET|PUT|DELETE /api/targets/{name}`, and health:
 //! `GET /api/targets/{name}/health` (history), `POST /api/targets/{name}/health-check`.
 
+use super::auth::Caller;
 use super::{ApiError, AppState, JsonBody};
 use crate::domain::Command;
 use crate::domain::decide::TargetUpdate;
@@ -44,6 +45,7 @@ fn view(doc: TargetDoc) -> TargetView {
 
 pub(super) async fn create(
     State(app): State<AppState>,
+    caller: Caller,
     JsonBody(req): JsonBody<CreateTarget>,
 ) -> Result<(StatusCode, Json<TargetView>), ApiError> {
     let name = req.name.clone();
@@ -57,12 +59,15 @@ pub(super) async fn create(
         health_check: req.health_check,
         health_interval_secs: req.health_interval_secs,
     };
-    app.writer.execute(Command::RegisterTarget(target)).await?;
+    app.writer
+        .execute_as(caller.actor(), Command::RegisterTarget(target))
+        .await?;
     Ok((StatusCode::CREATED, Json(view(load(&app, name).await?))))
 }
 
 pub(super) async fn update(
     State(app): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     JsonBody(req): JsonBody<UpdateTarget>,
 ) -> Result<Json<TargetView>, ApiError> {
@@ -77,10 +82,13 @@ pub(super) async fn update(
         health_interval_secs: req.health_interval_secs,
     };
     app.writer
-        .execute(Command::UpdateTarget {
-            name: name.clone(),
-            update,
-        })
+        .execute_as(
+            caller.actor(),
+            Command::UpdateTarget {
+                name: name.clone(),
+                update,
+            },
+        )
         .await?;
     Ok(Json(view(load(&app, name).await?)))
 }
@@ -89,10 +97,13 @@ pub(super) async fn update(
 /// with it); 409 naming the unfinished deployments that use it.
 pub(super) async fn remove(
     State(app): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let name = TargetName::parse(name).map_err(|e| ApiError::not_found(e.to_string()))?;
-    app.writer.execute(Command::RemoveTarget(name)).await?;
+    app.writer
+        .execute_as(caller.actor(), Command::RemoveTarget(name))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -129,19 +140,23 @@ pub(super) async fn health(
 /// the one already on its way to the target's pool).
 pub(super) async fn check(
     State(app): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<CheckingView>), ApiError> {
     let name = TargetName::parse(name).map_err(|e| ApiError::not_found(e.to_string()))?;
     let ours = CheckId::new();
     let appended = app
         .writer
-        .execute(Command::CheckTarget {
-            check: ours,
-            target: name.clone(),
-            trigger: CheckTrigger::OnDemand,
-            at: Timestamp::now(),
-            deadline_secs: app.health_deadline_secs,
-        })
+        .execute_as(
+            caller.actor(),
+            Command::CheckTarget {
+                check: ours,
+                target: name.clone(),
+                trigger: CheckTrigger::OnDemand,
+                at: Timestamp::now(),
+                deadline_secs: app.health_deadline_secs,
+            },
+        )
         .await?;
     let doc = load(&app, name).await?;
     let wanted = if appended.seqs.is_empty() {

@@ -1,6 +1,7 @@
 //! `GET /api/workers`: workers that joined (from the log) with their liveness (heartbeats);
 //! `POST /api/workers/{name}/drain|resume`: maintenance mode.
 
+use super::auth::Caller;
 use super::{ApiError, AppState};
 use crate::domain::Command;
 use crate::domain::state::WorkerDoc;
@@ -70,32 +71,38 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<WorkerV
 
 pub(super) async fn drain(
     State(app): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<DrainView>), ApiError> {
-    set_draining(app, &name, true).await
+    set_draining(app, &caller, &name, true).await
 }
 
 pub(super) async fn resume(
     State(app): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<DrainView>), ApiError> {
-    set_draining(app, &name, false).await
+    set_draining(app, &caller, &name, false).await
 }
 
 /// Records the wanted state; the worker is told at once, and again at every heartbeat
 /// that shows otherwise. 202: the worker follows within a heartbeat.
 async fn set_draining(
     app: AppState,
+    caller: &Caller,
     name: &str,
     drain: bool,
 ) -> Result<(StatusCode, Json<DrainView>), ApiError> {
     let worker =
         WorkerName::parse(name).map_err(|e| ApiError::bad_request(format!("name: {e}")))?;
     app.writer
-        .execute(Command::DrainWorker {
-            worker: worker.clone(),
-            drain,
-        })
+        .execute_as(
+            caller.actor(),
+            Command::DrainWorker {
+                worker: worker.clone(),
+                drain,
+            },
+        )
         .await?;
     Ok((
         StatusCode::ACCEPTED,

@@ -1,14 +1,15 @@
 //! Commands and the events they produce, or why they are refused. [`decide`] only
 //! dispatches: each command is decided by its aggregate's module (`pool`, `target`,
-//! `deployment`, `task`, `worker`, `report`).
+//! `deployment`, `task`, `worker`, `token`, `report`).
 
 use super::state::State;
-use super::{deployment, pool, report, target, task, worker};
+use super::{deployment, pool, report, target, task, token, worker};
+use shoal_shared::auth::{Actor, Role};
 use shoal_shared::events::{CheckTrigger, Event};
 use shoal_shared::messages::WorkerMessage;
 use shoal_shared::{
     CheckId, DeploymentId, DeploymentSpec, EnvironmentName, EventId, HealthCheck, Pool, PoolName,
-    RoleName, Target, TargetKind, TargetName, TaskId, Timestamp, WorkerName,
+    RoleName, Target, TargetKind, TargetName, TaskId, Timestamp, TokenName, WorkerName,
 };
 
 /// Limits of a step, checked when a deployment is parsed (`shoal_shared::step`).
@@ -80,6 +81,19 @@ pub enum Command {
         target: TargetName,
         check: CheckId,
     },
+    /// A new API token, given as the SHA-256 (hex) of its value.
+    CreateToken {
+        name: TokenName,
+        role: Role,
+        hash: String,
+        created_by: Actor,
+    },
+    /// The first admin token, made only while the log has no token at all.
+    BootstrapAdmin {
+        hash: String,
+    },
+    /// An API token stops working.
+    RevokeToken(TokenName),
     /// A fact reported by a worker.
     WorkerReport(WorkerMessage),
     /// A message that was refused (undecodable, on the wrong subject, claiming another
@@ -212,6 +226,14 @@ pub fn decide(
         ),
         Command::CheckDeadline { target, check } => Ok(target::deadline(state, target, *check)),
         Command::DrainWorker { worker, drain } => worker::drain(state, worker, *drain),
+        Command::CreateToken {
+            name,
+            role,
+            hash,
+            created_by,
+        } => token::create(state, name, *role, hash, created_by),
+        Command::BootstrapAdmin { hash } => token::bootstrap(state, hash),
+        Command::RevokeToken(name) => token::revoke(state, name),
         Command::WorkerReport(msg) => Ok(vec![report::report(state, msg)?]),
         Command::RejectMessage {
             id,

@@ -36,6 +36,7 @@ impl EventSink for World {
             causation_id: None,
             payload: vec![],
             prev_hash: vec![],
+            actor: None,
         };
         self.state.apply(&env, &e.event, &mut Changes::default());
         effects_of(&self.state, &e.event, self.now, &mut self.effects);

@@ -3,7 +3,7 @@
 //! its facts change (`react`). `state` and `decide` only dispatch; each aggregate has a
 //! module holding its documents, how its events change them, and how its commands become
 //! events: `pool`, `target` (with its health checks), `deployment` (with its steps), `task`
-//! (with its attempts and runs), `worker`; `report` turns a worker's report into a fact; `effects`
+//! (with its attempts and runs), `worker`, `token` (API tokens, by hash); `report` turns a worker's report into a fact; `effects`
 //! says what the planner must do once an event is durable.
 //! No I/O and no clock: everything here is tested without NATS or sled.
 
@@ -16,6 +16,7 @@ pub mod report;
 pub mod state;
 pub mod target;
 pub mod task;
+pub mod token;
 pub mod worker;
 
 pub use decide::{Command, NewEvent, Rejection};

@@ -17,6 +17,7 @@ pub use super::deployment::{DeploymentDoc, StepDoc};
 pub use super::pool::PoolDoc;
 pub use super::target::{HealthRecord, PendingCheck, TargetDoc};
 pub use super::task::{AttemptDoc, TaskDoc};
+pub use super::token::TokenDoc;
 pub use super::worker::WorkerDoc;
 
 /// A projection document's key; after a batch, each changed key is written from [`State`]
@@ -29,6 +30,8 @@ pub enum DocKey {
     Task(TaskId),
     Worker(WorkerName),
     Outbox(TaskId, u32),
+    /// An API token, by the SHA-256 of its value (hex).
+    Token(String),
 }
 
 /// Projection rows that are written once and never held in memory (task output).
@@ -60,6 +63,8 @@ pub struct State {
     pub deployments: BTreeMap<DeploymentId, DeploymentDoc>,
     pub tasks: BTreeMap<TaskId, TaskDoc>,
     pub workers: BTreeMap<WorkerName, WorkerDoc>,
+    /// API tokens by the SHA-256 of their value (hex).
+    pub tokens: BTreeMap<String, TokenDoc>,
     /// Task attempts planned but not yet confirmed by the broker.
     pub outbox: BTreeSet<(TaskId, u32)>,
     /// Deployments not yet finished, for quick lookups after restart.
@@ -228,6 +233,9 @@ impl State {
             | Event::WorkerLeft { .. }
             | Event::WorkerDrainRequested { .. }
             | Event::WorkerResumed { .. } => self.apply_worker(event, changes),
+            Event::TokenCreated { .. } | Event::TokenRevoked { .. } => {
+                self.apply_token(at, event, changes)
+            }
             Event::MessageRejected { .. } | Event::RejectionsCounted { .. } => {}
         }
     }

@@ -32,6 +32,7 @@ impl EventSink for Memory {
             causation_id: None,
             payload: vec![],
             prev_hash: vec![],
+            actor: None,
         };
         self.state.apply(&env, &e.event, &mut Changes::default());
         self.events.push(e.event);

@@ -22,7 +22,7 @@
 pub mod handover;
 pub mod writer;
 
-use crate::domain::state::{DeploymentDoc, PoolDoc, Row, TargetDoc, TaskDoc, WorkerDoc};
+use crate::domain::state::{DeploymentDoc, PoolDoc, Row, TargetDoc, TaskDoc, TokenDoc, WorkerDoc};
 use crate::domain::{DocKey, State};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -145,11 +145,13 @@ pub enum Proj {
     Workers,
     Outbox,
     Output,
+    /// API tokens by their hash.
+    Tokens,
 }
 
 impl Proj {
     /// Every projection.
-    pub const ALL: [Proj; 7] = [
+    pub const ALL: [Proj; 8] = [
         Proj::Pools,
         Proj::Targets,
         Proj::Deployments,
@@ -157,6 +159,7 @@ impl Proj {
         Proj::Workers,
         Proj::Outbox,
         Proj::Output,
+        Proj::Tokens,
     ];
 
     /// The projection's name.
@@ -169,6 +172,7 @@ impl Proj {
             Proj::Workers => "workers",
             Proj::Outbox => "outbox",
             Proj::Output => "output",
+            Proj::Tokens => "tokens",
         }
     }
 
@@ -181,6 +185,7 @@ impl Proj {
             Proj::Workers => b'W',
             Proj::Outbox => b'O',
             Proj::Output => b'L',
+            Proj::Tokens => b'X',
         }
     }
 
@@ -229,6 +234,11 @@ pub fn doc_write(state: &State, key: &DocKey) -> Result<ProjWrite, LogError> {
             Proj::Outbox,
             outbox_key(task, *attempt),
             state.outbox.contains(&(*task, *attempt)).then(Vec::new),
+        ),
+        DocKey::Token(hash) => (
+            Proj::Tokens,
+            hash.as_bytes().into(),
+            enc(state.tokens.get(hash))?,
         ),
     })
 }
@@ -595,6 +605,9 @@ impl EventLog {
         }
         for w in self.docs::<WorkerDoc>(Proj::Workers)? {
             state.workers.insert(w.name.clone(), w);
+        }
+        for t in self.docs::<TokenDoc>(Proj::Tokens)? {
+            state.tokens.insert(t.hash.clone(), t);
         }
         for d in self.docs::<DeploymentDoc>(Proj::Deployments)? {
             if !d.state.is_terminal() {

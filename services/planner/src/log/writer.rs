@@ -15,6 +15,7 @@ use super::handover::{EffectSender, OutboxPage, TaskSender};
 use super::{BatchWrite, EventLog, Head, LogError, Record, doc_write, record_hash, row_write};
 use crate::domain::effects::{self, Effect};
 use crate::domain::{self, Changes, Command, EventSink, NewEvent, Rejection, State};
+use shoal_shared::auth::Actor;
 use shoal_shared::codec;
 use shoal_shared::events::{Envelope, Event};
 use shoal_shared::messages::TaskMessage;
@@ -60,9 +61,15 @@ pub enum WriterFailed {
     Panicked(String),
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every request is a command: boxing it would allocate per command to shrink the rare outbox-page request"
+)]
 enum Request {
     Command {
         cmd: Command,
+        /// Who asked (an API token); `None`: the reporting worker, else the planner.
+        actor: Option<Actor>,
         reply: Option<oneshot::Sender<Result<Appended, Rejection>>>,
     },
     /// The dispatcher asks for owed task messages (see [`super::handover`]).
@@ -91,7 +98,11 @@ pub struct InMemory {
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Request::Command { cmd, .. } => f.debug_struct("Command").field("cmd", cmd).finish(),
+            Request::Command { cmd, actor, .. } => f
+                .debug_struct("Command")
+                .field("cmd", cmd)
+                .field("actor", actor)
+                .finish(),
             Request::OutboxPage { limit, .. } => {
                 f.debug_struct("OutboxPage").field("limit", limit).finish()
             }
@@ -114,7 +125,20 @@ impl WriterHandle {
     /// # Errors
     /// The command was rejected, or the writer is gone.
     pub async fn execute(&self, cmd: Command) -> Result<Appended, WriteError> {
-        let rx = self.submit(cmd).await?;
+        self.execute_as(None, cmd).await
+    }
+
+    /// [`WriterHandle::execute`], recording `actor` (the API token of the request) as who
+    /// caused every event the command leads to.
+    ///
+    /// # Errors
+    /// The command was rejected, or the writer is gone.
+    pub async fn execute_as(
+        &self,
+        actor: Option<Actor>,
+        cmd: Command,
+    ) -> Result<Appended, WriteError> {
+        let rx = self.submit_as(actor, cmd).await?;
         rx.await
             .map_err(|_| WriteError::Unavailable("writer stopped before answering".into()))?
             .map_err(WriteError::Rejected)
@@ -129,10 +153,23 @@ impl WriterHandle {
         &self,
         cmd: Command,
     ) -> Result<oneshot::Receiver<Result<Appended, Rejection>>, WriteError> {
+        self.submit_as(None, cmd).await
+    }
+
+    /// [`WriterHandle::submit`] on behalf of `actor`.
+    ///
+    /// # Errors
+    /// The writer is gone.
+    pub async fn submit_as(
+        &self,
+        actor: Option<Actor>,
+        cmd: Command,
+    ) -> Result<oneshot::Receiver<Result<Appended, Rejection>>, WriteError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Request::Command {
                 cmd,
+                actor,
                 reply: Some(tx),
             })
             .await
@@ -253,6 +290,8 @@ struct Pending {
     ids: HashSet<EventId>,
     /// The fact id of the command being handled.
     fact: Option<EventId>,
+    /// Who caused the command being handled.
+    actor: Option<Actor>,
     /// Finished deployments brought back from disk for this batch.
     faulted: BTreeSet<DeploymentId>,
     /// Deployments that finished in this batch.
@@ -598,10 +637,12 @@ impl Writer {
         let mut replies = Vec::with_capacity(batch.len());
         for req in batch.drain(..) {
             replies.push(match req {
-                Request::Command { cmd, reply } => {
+                Request::Command { cmd, actor, reply } => {
+                    pending.actor = Some(actor.unwrap_or_else(|| actor_of(&cmd)));
                     Reply::Command(reply, self.handle(&cmd, &mut pending)?)
                 }
                 Request::OutboxPage { limit, reply } => {
+                    pending.actor = Some(Actor::Planner);
                     Reply::Page(reply, self.owed_messages(limit, &mut pending)?)
                 }
             });
@@ -720,6 +761,7 @@ impl Writer {
             causation_id: cause.map(|c| c.0),
             payload: codec::encode(&e.event)?,
             prev_hash: self.head.hash.to_vec(),
+            actor: p.actor.clone(),
         };
         let bytes = codec::encode(&env)?;
         self.head = Head {
@@ -777,6 +819,15 @@ impl EventSink for BatchSink<'_> {
 
     fn append(&mut self, event: NewEvent, cause: Option<EventId>) -> Result<u64, LogError> {
         self.writer.append(event, cause, self.pending)
+    }
+}
+
+/// Who caused a command nobody named: the worker that reported a fact, else the planner
+/// (start-up, timers, dispatch confirmations, rejected messages).
+fn actor_of(cmd: &Command) -> Actor {
+    match cmd {
+        Command::WorkerReport(m) => Actor::Worker(m.worker.clone()),
+        _ => Actor::Planner,
     }
 }
 

@@ -1,0 +1,71 @@
+//! `POST /api/tokens`, `GET /api/tokens`, `DELETE /api/tokens/{name}` (admin). A new token
+//! is in the answer once; the log and the projection keep only its hash, and the list shows
+//! neither.
+
+use super::auth::{Caller, new_token};
+use super::{ApiError, AppState, JsonBody};
+use crate::domain::Command;
+use crate::domain::token::TokenDoc;
+use crate::log::Proj;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use shoal_shared::TokenName;
+use shoal_shared::api::{CreatedToken, NewToken, TokenView};
+use shoal_shared::auth::Actor;
+
+pub(super) async fn create(
+    State(app): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<NewToken>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let (token, hash) = new_token();
+    let created_by = Actor::Token(caller.name.clone());
+    app.writer
+        .execute_as(
+            caller.actor(),
+            Command::CreateToken {
+                name: req.name.clone(),
+                role: req.role,
+                hash,
+                created_by,
+            },
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            name: req.name,
+            role: req.role,
+            token,
+        }),
+    ))
+}
+
+pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<TokenView>>, ApiError> {
+    let docs: Vec<TokenDoc> = app.read(|log| Ok(log.docs(Proj::Tokens)?)).await?;
+    let mut views: Vec<TokenView> = docs
+        .into_iter()
+        .map(|d| TokenView {
+            name: d.name,
+            role: d.role,
+            created_at: d.created_at,
+            created_by: d.created_by,
+        })
+        .collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(views))
+}
+
+/// 204 once the revocation is durable: from then on the token gets 401.
+pub(super) async fn revoke(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = TokenName::parse(name).map_err(|e| ApiError::not_found(e.to_string()))?;
+    app.writer
+        .execute_as(caller.actor(), Command::RevokeToken(name))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
