@@ -155,6 +155,19 @@ enum PoolCmd {
         /// What the pool is for.
         #[arg(long)]
         description: Option<String>,
+        /// The public key its sensitive variables are sealed to: a file written by
+        /// `shoal-planner pool-keygen` (`<pool>.xpub`) or the key itself (`X…`).
+        #[arg(long, value_name = "FILE|KEY")]
+        sealing_key: Option<String>,
+    },
+    /// Set or rotate the public key a pool's sensitive variables are sealed to (give its
+    /// workers the new secret key first, beside the old one, during a rotation).
+    SetKey {
+        /// The pool.
+        name: String,
+        /// A file written by `shoal-planner pool-keygen` (`<pool>.xpub`) or the key itself.
+        #[arg(value_name = "FILE|KEY")]
+        key: String,
     },
     /// List pools with their online workers.
     List,
@@ -438,6 +451,7 @@ async fn pool(api: &ApiClient, out: Output, cmd: PoolCmd) -> anyhow::Result<()> 
             name,
             region,
             description,
+            sealing_key,
         } => {
             let req = CreatePool {
                 name: field("name", PoolName::parse(name))?,
@@ -445,6 +459,7 @@ async fn pool(api: &ApiClient, out: Output, cmd: PoolCmd) -> anyhow::Result<()> 
                     .map(|r| field("region", RegionName::parse(r)))
                     .transpose()?,
                 description,
+                sealing_key: sealing_key.as_deref().map(pool_key).transpose()?,
             };
             let p: shoal_shared::api::PoolView = api.post_as("/api/pools", &req).await?;
             show(out, &p, |p| println!("pool {} registered", p.name))?;
@@ -454,8 +469,43 @@ async fn pool(api: &ApiClient, out: Output, cmd: PoolCmd) -> anyhow::Result<()> 
             show(out, &list, |l| render::pools(l))?;
         }
         PoolCmd::Rm { name } => pool_rm(api, out, &name).await?,
+        PoolCmd::SetKey { name, key } => {
+            let name = field("name", PoolName::parse(name))?;
+            let req = shoal_shared::api::SetPoolKey {
+                key: pool_key(&key)?,
+            };
+            let path = format!("/api/pools/{name}/key");
+            let p: shoal_shared::api::PoolView = api.put_as(&path, &req).await?;
+            show(out, &p, |p| {
+                println!(
+                    "pool {}: sensitive variables are sealed to {}",
+                    p.name,
+                    key_text(p)
+                )
+            })?;
+        }
     }
     Ok(())
+}
+
+/// A pool public key given as a file (`<pool>.xpub`) or as the key itself.
+fn pool_key(given: &str) -> anyhow::Result<shoal_shared::secret::PoolKey> {
+    let text = if given.starts_with('X') && !std::path::Path::new(given).exists() {
+        given.to_owned()
+    } else {
+        std::fs::read_to_string(given)
+            .with_context(|| format!("cannot read pool key file {given}"))?
+    };
+    Ok(field(
+        "key",
+        shoal_shared::secret::PoolKey::parse(text.trim()),
+    )?)
+}
+
+fn key_text(p: &shoal_shared::api::PoolView) -> String {
+    p.sealing_key
+        .as_ref()
+        .map_or_else(|| "no key".to_owned(), ToString::to_string)
 }
 
 /// `shoal target …`: the exit code.

@@ -75,6 +75,7 @@ fn step(name: &str, roles: &[&str], pool_name: Option<&str>) -> StepSpec {
         timeout_secs: None,
         max_parallel: None,
         variables: Default::default(),
+        sensitive_variables: Default::default(),
         retries: 0,
         retry_backoff_secs: None,
         max_attempts: None,
