@@ -124,9 +124,19 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
     let found = local::files_containing(&dir.path().join("planner-data"), password.as_bytes())?
         .len()
         + local::files_containing(&dir.path().join("nats-store"), password.as_bytes())?.len();
-    println!(
-        "\nsensitive variable DB_PASSWORD: every script printed it, its output shows ********; in clear in {found} files of the planner's data dir and the broker's store"
-    );
+    println!("\nsensitive variable DB_PASSWORD: sealed in the log, sealed per pool on the wire;");
+    let mut shown = Vec::new();
+    for t in d.steps.iter().flat_map(|s| &s.tasks) {
+        if shown.contains(&t.pool) {
+            continue;
+        }
+        let lines = api.task_log(&id.to_string(), &t.id.to_string()).await?;
+        if let Some(l) = lines.iter().find(|l| l.line.starts_with("connecting with")) {
+            println!("  pool {:<8} {}: {}", t.pool, render::s(&t.worker), l.line);
+            shown.push(t.pool.clone());
+        }
+    }
+    println!("  in clear in {found} files of the planner's data dir and the broker's store");
     println!("\ndeployment {}: {}", id, render::s(&d.state));
 
     if keep {

@@ -157,7 +157,12 @@ async fn nowhere_in_clear() -> anyhow::Result<()> {
     // The grep sees what is stored in clear: the task's output, with the value's digest.
     let digest = sha256_hex(&value);
     assert!(!local::files_containing(&c.data_dir(), digest.as_bytes())?.is_empty());
-    for dir in [c.data_dir(), c.dir.path().join("nats-store"), c.dir.path().join("logs"), c.dir.path().join("work")] {
+    for dir in [
+        c.data_dir(),
+        c.dir.path().join("nats-store"),
+        c.dir.path().join("logs"),
+        c.dir.path().join("work"),
+    ] {
         let found = local::files_containing(&dir, value.as_bytes())?;
         assert!(found.is_empty(), "the value is in clear in {found:?}");
     }
@@ -245,7 +250,10 @@ async fn master_key_guarded() -> anyhow::Result<()> {
     std::fs::rename(&key, &kept)?;
     let logs = c.dir.path().join("logs");
     let refused = local::start_planner(&logs, &c.nats.url(), &c.data_dir(), c.http_port, &[]).await;
-    let err = format!("{:#}", refused.err().context("started without its master key")?);
+    let err = format!(
+        "{:#}",
+        refused.err().context("started without its master key")?
+    );
     assert!(err.contains("no master key at"), "{err}");
     assert!(!key.exists(), "a new master key was made");
 
@@ -262,7 +270,10 @@ async fn master_key_guarded() -> anyhow::Result<()> {
         &["--master-key", &other],
     )
     .await;
-    let err = format!("{:#}", refused.err().context("started with another master key")?);
+    let err = format!(
+        "{:#}",
+        refused.err().context("started with another master key")?
+    );
     assert!(err.contains("is not the one"), "{err}");
 
     // The backup, kept elsewhere: it starts and runs secrets again.

@@ -1684,7 +1684,11 @@ fn with_a_pool_key_the_task_message_carries_the_values_as_the_log_holds_them() {
     };
     let events = when(&mut m, set.clone()).expect("key set");
     assert!(matches!(&events[..], [Event::PoolKeySet { pool: p, .. }] if p.as_str() == "eu-west"));
-    assert_eq!(when(&mut m, set).expect("same key"), vec![], "same key: no event");
+    assert_eq!(
+        when(&mut m, set).expect("same key"),
+        vec![],
+        "same key: no event"
+    );
     let step = secret_step("eu-west");
     let (id, _) = deploy(&mut m, vec![step.clone()]);
     let task = m.state.deployments[&id].steps[0].tasks[0];
