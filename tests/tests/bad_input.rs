@@ -219,7 +219,12 @@ async fn bad_requests_are_refused_with_a_reason() -> anyhow::Result<()> {
         .collect();
     assert_eq!(
         types,
-        ["PoolRegistered", "PoolKeySet", "PoolRegistered", "TargetRegistered"],
+        [
+            "PoolRegistered",
+            "PoolKeySet",
+            "PoolRegistered",
+            "TargetRegistered"
+        ],
         "{types:?}"
     );
     Ok(())

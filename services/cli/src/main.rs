@@ -506,10 +506,7 @@ fn pool_key(given: &str) -> anyhow::Result<shoal_shared::secret::PoolKey> {
         std::fs::read_to_string(given)
             .with_context(|| format!("cannot read pool key file {given}"))?
     };
-    Ok(field(
-        "key",
-        shoal_shared::secret::PoolKey::parse(text.trim()),
-    )?)
+    field("key", shoal_shared::secret::PoolKey::parse(text.trim()))
 }
 
 fn key_text(p: &shoal_shared::api::PoolView) -> String {
