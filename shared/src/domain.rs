@@ -321,6 +321,15 @@ mod tests {
     }
 
     #[test]
+    fn a_step_without_sensitive_variables_encodes_as_before_them() {
+        // What every step written before sensitive variables looks like: the same bytes.
+        let bytes = crate::codec::encode(&step(None)).expect("encodes");
+        assert!(!bytes.windows(9).any(|w| w == b"sensitive"));
+        let back: StepSpec = crate::codec::decode("step", &bytes).expect("decodes");
+        assert!(back.sensitive_variables.is_empty());
+    }
+
+    #[test]
     fn retry_delay_doubles_from_the_backoff_and_is_capped() {
         let s = step(Some(2));
         let delays: Vec<u64> = (2..=10).map(|n| s.retry_delay_ms(n)).collect();
