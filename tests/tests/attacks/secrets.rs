@@ -157,6 +157,11 @@ async fn nowhere_in_clear() -> anyhow::Result<()> {
     // The grep sees what is stored in clear: the task's output, with the value's digest.
     let digest = sha256_hex(&value);
     assert!(!local::files_containing(&c.data_dir(), digest.as_bytes())?.is_empty());
+    let store = c.dir.path().join("nats-store");
+    assert!(
+        !local::files_containing(&store, b"SHOAL_TASKS")?.is_empty(),
+        "the broker's store is where the test looks"
+    );
     for dir in [
         c.data_dir(),
         c.dir.path().join("nats-store"),
