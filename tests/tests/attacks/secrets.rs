@@ -184,7 +184,12 @@ async fn other_pools_key() -> anyhow::Result<()> {
     let mut c = Cluster::start(&[]).await?;
     c.target("t1", "prod", &["web"], None).await?;
     let eu_key = c.pool_with_key("eu-west", "eu").await?;
-    c.pool_with_key("us-east", "us").await?;
+    // us-east's key is registered through the CLI.
+    c.pool("us-east", "us").await?;
+    let (_, us_pub) = local::make_pool_key(&c.dir.path().join("us-keys"), "us-east")?;
+    let xpub = c.dir.path().join("us-keys").join("us-east.xpub");
+    let (ok, said) = c.cli(&["pool", "set-key", "us-east", &xpub.display().to_string()])?;
+    assert!(ok && said.contains(&us_pub), "{said}");
     // A worker of us-east that holds only eu-west's key (or stole eu-west's key).
     let eu_key = eu_key.display().to_string();
     c.worker("us-east-1", "us-east", "us", &["--pool-key", &eu_key])?;
