@@ -260,6 +260,7 @@ fn task_message(i: usize, pool: &PoolName, now_us: i64) -> TaskMessage {
         planned_at_us: now_us,
         max_deliveries: 3,
         probe: None,
+        sensitive_variables: BTreeMap::new(),
     }
 }
 

@@ -40,6 +40,17 @@ pub struct CreatePool {
     pub region: Option<RegionName>,
     #[serde(default)]
     pub description: Option<String>,
+    /// The public key its sensitive variables are sealed to (`shoal-planner pool-keygen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing_key: Option<crate::secret::PoolKey>,
+}
+
+/// `PUT /api/pools/{name}/key`: the public key a pool's sensitive variables are sealed to
+/// from now on (set or rotated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPoolKey {
+    pub key: crate::secret::PoolKey,
 }
 
 /// A pool as the API shows it (`GET /api/pools`, and the answer to `POST`).
@@ -51,6 +62,10 @@ pub struct PoolView {
     pub registered_at: Timestamp,
     pub is_default: bool,
     pub workers_online: usize,
+    /// The public key its sensitive variables are sealed to; none: steps with sensitive
+    /// variables cannot run there.
+    #[serde(default)]
+    pub sealing_key: Option<crate::secret::PoolKey>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -216,6 +231,10 @@ pub struct StepRequest {
     pub max_parallel: Option<u32>,
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
+    /// Variables whose values are secret: sealed by the planner before they are recorded,
+    /// given to the script like the others, and shown as `********` everywhere.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sensitive_variables: BTreeMap<String, crate::secret::SecretString>,
     #[serde(default)]
     pub retries: u32,
     #[serde(default)]

@@ -127,6 +127,7 @@ mod tests {
                     timeout_secs,
                     max_parallel,
                     variables,
+                    sensitive_variables: Default::default(),
                     retries: 2,
                     retry_backoff_secs: Some(7),
                     max_attempts: None,
@@ -404,6 +405,9 @@ mod tests {
                 attempt, step_index: 3, step_name: s.name, target: None, endpoint: Some("x".into()),
                 pool: p, action: a, variables: s.variables, timeout_secs: s.timeout_secs,
                 planned_at: at, max_deliveries: 3, probe: None, planned_at_us: at.millis() * 1000,
+                sensitive_variables: BTreeMap::from([("PW".to_owned(), crate::secret::Sealed {
+                    to: crate::secret::SealedFor::Pool, key: "XK".into(), from: "XF".into(), data: vec![9; 40],
+                })]),
             };
             let back: TaskMessage = decode("task", &encode(&m).expect("encodes")).expect("decodes");
             prop_assert_eq!(back, m);

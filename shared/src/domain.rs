@@ -140,6 +140,10 @@ pub struct StepSpec {
     pub max_parallel: Option<u32>,
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
+    /// Variables whose values are secret, each sealed with the planner's master key
+    /// (`shoal_shared::secret`); shown as `********` everywhere.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sensitive_variables: BTreeMap<String, crate::secret::Sealed>,
     /// Extra attempts after one that failed or timed out (0: none). Each is a new attempt.
     #[serde(default)]
     pub retries: u32,
@@ -309,10 +313,20 @@ mod tests {
             timeout_secs: None,
             max_parallel: None,
             variables: BTreeMap::new(),
+            sensitive_variables: BTreeMap::new(),
             retries: 10,
             retry_backoff_secs: backoff,
             max_attempts: None,
         }
+    }
+
+    #[test]
+    fn a_step_without_sensitive_variables_encodes_as_before_them() {
+        // What every step written before sensitive variables looks like: the same bytes.
+        let bytes = crate::codec::encode(&step(None)).expect("encodes");
+        assert!(!bytes.windows(9).any(|w| w == b"sensitive"));
+        let back: StepSpec = crate::codec::decode("step", &bytes).expect("decodes");
+        assert!(back.sensitive_variables.is_empty());
     }
 
     #[test]

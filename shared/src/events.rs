@@ -58,6 +58,12 @@ pub enum Event {
     TargetRemoved {
         target: TargetName,
     },
+    /// The public key the pool's sensitive variables are sealed to from now on (set or
+    /// rotated); the pool's workers hold its secret key.
+    PoolKeySet {
+        pool: PoolName,
+        key: crate::secret::PoolKey,
+    },
     /// The pool is gone: no longer routed to, its queue consumer deleted. Its name may be
     /// registered again.
     PoolRemoved {
@@ -257,6 +263,7 @@ impl Event {
             Event::TargetUpdated { .. } => "TargetUpdated",
             Event::TargetRemoved { .. } => "TargetRemoved",
             Event::PoolRemoved { .. } => "PoolRemoved",
+            Event::PoolKeySet { .. } => "PoolKeySet",
             Event::DeploymentCreated { .. } => "DeploymentCreated",
             Event::DeploymentStarted { .. } => "DeploymentStarted",
             Event::StepStarted { .. } => "StepStarted",
@@ -311,6 +318,7 @@ impl Event {
             | Event::TargetUpdated { .. }
             | Event::TargetRemoved { .. }
             | Event::PoolRemoved { .. }
+            | Event::PoolKeySet { .. }
             | Event::WorkerJoined { .. }
             | Event::WorkerLeft { .. }
             | Event::WorkerDrainRequested { .. }
@@ -331,7 +339,9 @@ impl Event {
             return format!("deployment/{deployment}");
         }
         match self {
-            Event::PoolRegistered { pool, .. } | Event::PoolRemoved { pool } => {
+            Event::PoolRegistered { pool, .. }
+            | Event::PoolRemoved { pool }
+            | Event::PoolKeySet { pool, .. } => {
                 format!("pool/{pool}")
             }
             Event::TargetRegistered { target } | Event::TargetUpdated { target } => {

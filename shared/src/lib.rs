@@ -15,6 +15,7 @@ pub mod ids;
 pub mod messages;
 pub mod names;
 pub mod resolve;
+pub mod secret;
 pub mod step;
 pub mod subjects;
 pub mod time;

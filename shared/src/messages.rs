@@ -40,6 +40,11 @@ pub struct TaskMessage {
     /// precision that latency measurements (`shoal-bench`) need. 0 from older planners.
     #[serde(default)]
     pub planned_at_us: i64,
+    /// The step's sensitive variables, each sealed for the workers of `pool` (the planner's
+    /// dispatcher re-seals what the log holds for its master key). A worker that cannot open
+    /// one refuses the task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sensitive_variables: BTreeMap<String, crate::secret::Sealed>,
 }
 
 /// Header of a message on `shoal.tasks.<pool>` saying what its payload is; absent: a

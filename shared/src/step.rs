@@ -10,6 +10,7 @@
 use crate::domain::{Action, DeploymentSpec, StepSpec, Target};
 use crate::health::UnhealthyTargets;
 use crate::names::{EnvironmentName, PoolName, RoleName, TargetName};
+use crate::secret::Sealed;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::num::{NonZeroU32, NonZeroU64};
@@ -128,6 +129,8 @@ pub enum Problem {
     BadVariable(String),
     #[error("\"{0}\" is reserved; SHOAL_* variables are set by the worker")]
     ReservedVariable(String),
+    #[error("\"{0}\" is both in variables and in sensitive_variables; give it once")]
+    VariableTwice(String),
     #[error(
         "a health_check step checks each target from its own pool (its default pool, else the global default); remove pool"
     )]
@@ -169,6 +172,7 @@ pub struct ValidStep {
     timeout_secs: Option<NonZeroU64>,
     max_parallel: Option<NonZeroU32>,
     variables: BTreeMap<String, String>,
+    sensitive_variables: BTreeMap<String, Sealed>,
     retries: u32,
     retry_backoff_secs: Option<u64>,
     max_attempts: Option<NonZeroU32>,
@@ -206,6 +210,11 @@ impl ValidStep {
     /// Valid environment variable names, none of them `SHOAL_*`.
     pub fn variables(&self) -> &BTreeMap<String, String> {
         &self.variables
+    }
+    /// Its sensitive variables, sealed; valid names, none of them `SHOAL_*` or also in
+    /// [`ValidStep::variables`].
+    pub fn sensitive_variables(&self) -> &BTreeMap<String, Sealed> {
+        &self.sensitive_variables
     }
     /// At most [`MAX_RETRIES`].
     pub fn retries(&self) -> u32 {
@@ -262,7 +271,17 @@ impl ValidStep {
         if step.retries > MAX_RETRIES {
             return Err((".retries", Problem::TooManyRetries(step.retries)));
         }
-        check_variables(&step.variables).map_err(|p| (".variables", p))?;
+        check_variables(step.variables.keys()).map_err(|p| (".variables", p))?;
+        check_variables(step.sensitive_variables.keys())
+            .map_err(|p| (".sensitive_variables", p))?;
+        if let Some(twice) = step
+            .sensitive_variables
+            .keys()
+            .find(|k| step.variables.contains_key(*k))
+        {
+            let problem = Problem::VariableTwice(twice.clone());
+            return Err((".sensitive_variables", problem));
+        }
         if action == StepAction::HealthCheck {
             if step.pool.is_some() {
                 return Err((".pool", Problem::CheckWithPool));
@@ -279,6 +298,7 @@ impl ValidStep {
             timeout_secs,
             max_parallel,
             variables: step.variables.clone(),
+            sensitive_variables: step.sensitive_variables.clone(),
             retries: step.retries,
             retry_backoff_secs: step.retry_backoff_secs,
             max_attempts,
@@ -338,6 +358,7 @@ impl From<ValidStep> for StepSpec {
             timeout_secs: s.timeout_secs.map(NonZeroU64::get),
             max_parallel: s.max_parallel.map(NonZeroU32::get),
             variables: s.variables,
+            sensitive_variables: s.sensitive_variables,
             retries: s.retries,
             retry_backoff_secs: s.retry_backoff_secs,
             max_attempts: s.max_attempts.map(NonZeroU32::get),
@@ -472,14 +493,17 @@ fn step_bytes(step: &StepSpec) -> usize {
         Action::Noop | Action::HealthCheck => 0,
     };
     let variables: usize = step.variables.iter().map(|(k, v)| k.len() + v.len()).sum();
-    script + variables
+    let sensitive: usize = (step.sensitive_variables.iter())
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    script + variables + sensitive
 }
 
-fn check_variables(variables: &BTreeMap<String, String>) -> Result<(), Problem> {
-    if let Some(bad) = variables.keys().find(|k| !is_env_name(k)) {
+fn check_variables<'a>(mut names: impl Iterator<Item = &'a String> + Clone) -> Result<(), Problem> {
+    if let Some(bad) = names.clone().find(|k| !is_env_name(k)) {
         return Err(Problem::BadVariable(bad.clone()));
     }
-    if let Some(bad) = variables.keys().find(|k| k.starts_with("SHOAL_")) {
+    if let Some(bad) = names.find(|k| k.starts_with("SHOAL_")) {
         return Err(Problem::ReservedVariable(bad.clone()));
     }
     Ok(())

@@ -122,6 +122,23 @@ impl Cluster {
         Ok(())
     }
 
+    /// Registers a pool with a key for sealing sensitive variables (made with
+    /// `shoal-planner pool-keygen` in `<dir>/pool-keys`); answers the secret key file for
+    /// the pool's workers (`--pool-key`).
+    ///
+    /// # Errors
+    /// The key could not be made or the API refused.
+    pub async fn pool_with_key(&self, name: &str, region: &str) -> anyhow::Result<PathBuf> {
+        let (secret, public) = local::make_pool_key(&self.dir.path().join("pool-keys"), name)?;
+        self.api
+            .post(
+                "/api/pools",
+                &json!({"name": name, "region": region, "sealing_key": public}),
+            )
+            .await?;
+        Ok(secret)
+    }
+
     /// Registers a target.
     ///
     /// # Errors

@@ -5,3 +5,5 @@
 mod api;
 #[path = "attacks/ingest.rs"]
 mod ingest;
+#[path = "attacks/secrets.rs"]
+mod secrets;

@@ -222,6 +222,7 @@ async fn bad_requests_are_refused_with_a_reason() -> anyhow::Result<()> {
         types,
         [
             "PoolRegistered",
+            "PoolKeySet",
             "TokenCreated",
             "PoolRegistered",
             "TargetRegistered"
@@ -263,6 +264,7 @@ async fn bad_messages_on_the_wire_are_rejected_recorded_and_never_redelivered() 
         max_deliveries: 3,
         probe: None,
         planned_at_us: 0,
+        sensitive_variables: Default::default(),
     };
     let valid = shoal_shared::codec::encode(&task(1, pool("default")))?;
     let to_tasks: Vec<Vec<u8>> = vec![

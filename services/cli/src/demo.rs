@@ -33,14 +33,20 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
         api.base()
     );
 
-    api.post("/api/pools", &json!({"name": "eu-west", "region": "eu", "description": "Europe, next to the EU targets"})).await?;
-    api.post("/api/pools", &json!({"name": "us-east", "region": "us", "description": "US East, next to the US targets"})).await?;
+    // Each pool's workers hold its secret key: sensitive variables are sealed for them.
+    let keys = dir.path().join("keys");
+    let (eu_key, eu_pub) = local::make_pool_key(&keys, "eu-west")?;
+    let (us_key, us_pub) = local::make_pool_key(&keys, "us-east")?;
+    api.post("/api/pools", &json!({"name": "eu-west", "region": "eu", "description": "Europe, next to the EU targets", "sealing_key": eu_pub})).await?;
+    api.post("/api/pools", &json!({"name": "us-east", "region": "us", "description": "US East, next to the US targets", "sealing_key": us_pub})).await?;
     for (name, pool, region) in [
         ("eu-west-1", "eu-west", "eu"),
         ("eu-west-2", "eu-west", "eu"),
         ("us-east-1", "us-east", "us"),
     ] {
         let work = dir.path().join("work").join(name);
+        let key = if pool == "eu-west" { &eu_key } else { &us_key };
+        let key = key.display().to_string();
         procs.push(local::start_worker(
             &logs,
             &nats.url(),
@@ -48,7 +54,7 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
             pool,
             Some(region),
             Some(&work),
-            &[],
+            &["--pool-key", &key],
         )?);
         println!("  worker:      {name} in pool {pool} (region {region})");
     }
@@ -82,14 +88,17 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
             render::s(&r.rule)
         );
     }
-    let script = "echo \"$SHOAL_STEP for ${SHOAL_TARGET:-no target} on $SHOAL_WORKER (pool $SHOAL_POOL, region ${SHOAL_REGION:-none})\"; sleep 0.2";
+    let script = "echo \"$SHOAL_STEP for ${SHOAL_TARGET:-no target} on $SHOAL_WORKER (pool $SHOAL_POOL, region ${SHOAL_REGION:-none})\"; echo \"connecting with DB_PASSWORD=$DB_PASSWORD\"; sleep 0.2";
+    // A sensitive variable: sealed in the log and per pool on the wire, masked in output.
+    let password = demo_password();
+    let secret = json!({"DB_PASSWORD": password});
     let deployment = json!({
         "project": "shop",
         "environment": "production",
         "steps": [
-            {"name": "announce", "action": {"type": "script", "script": script}},
-            {"name": "deploy-web", "roles": ["web"], "action": {"type": "script", "script": script}},
-            {"name": "verify-from-eu", "roles": ["web"], "pool": "eu-west", "action": {"type": "script", "script": script}},
+            {"name": "announce", "action": {"type": "script", "script": script}, "sensitive_variables": secret},
+            {"name": "deploy-web", "roles": ["web"], "action": {"type": "script", "script": script}, "sensitive_variables": secret},
+            {"name": "verify-from-eu", "roles": ["web"], "pool": "eu-west", "action": {"type": "script", "script": script}, "sensitive_variables": secret},
         ]
     });
     let created: Created = api.post_as("/api/deployments", &deployment).await?;
@@ -106,6 +115,22 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
     println!("rules: step = the step named its pool; target_default = the target's default pool;");
     println!("       global_default = neither, so the global default pool (built-in worker).");
     let ok = d.state == DeploymentState::Succeeded;
+    let found = local::files_containing(&dir.path().join("planner-data"), password.as_bytes())?
+        .len()
+        + local::files_containing(&dir.path().join("nats-store"), password.as_bytes())?.len();
+    println!("\nsensitive variable DB_PASSWORD: sealed in the log, sealed per pool on the wire;");
+    let mut shown = Vec::new();
+    for t in d.steps.iter().flat_map(|s| &s.tasks) {
+        if shown.contains(&t.pool) {
+            continue;
+        }
+        let lines = api.task_log(&id.to_string(), &t.id.to_string()).await?;
+        if let Some(l) = lines.iter().find(|l| l.line.starts_with("connecting with")) {
+            println!("  pool {:<8} {}: {}", t.pool, render::s(&t.worker), l.line);
+            shown.push(t.pool.clone());
+        }
+    }
+    println!("  in clear in {found} files of the planner's data dir and the broker's store");
     println!("\ndeployment {}: {}", id, render::s(&d.state));
 
     if keep {
@@ -134,6 +159,14 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
     } else {
         shoal_cli::exit::FAILED
     })
+}
+
+/// A random password for the demo's sensitive variable.
+fn demo_password() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("demo-{:x}-{}", nanos, std::process::id())
 }
 
 async fn wait_for_workers(api: &ApiClient, n: usize) -> anyhow::Result<()> {

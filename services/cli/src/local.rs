@@ -453,3 +453,54 @@ pub fn start_worker(
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     Proc::spawn(name, &bin, &args, log_dir)
 }
+
+/// Makes a pool's key pair for sealing sensitive variables with `shoal-planner pool-keygen`
+/// into `dir`: (the secret key file for the pool's workers' `--pool-key`, the public key to
+/// register with the pool).
+///
+/// # Errors
+/// The binary is missing or failed.
+pub fn make_pool_key(dir: &Path, pool: &str) -> anyhow::Result<(PathBuf, String)> {
+    let bin = find_binary("shoal-planner")?;
+    let out = std::process::Command::new(bin)
+        .args(["pool-keygen", "--pool", pool, "--out"])
+        .arg(dir)
+        .output()
+        .context("cannot run shoal-planner pool-keygen")?;
+    if !out.status.success() {
+        bail!(
+            "shoal-planner pool-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let public = std::fs::read_to_string(dir.join(format!("{pool}.xpub")))?;
+    Ok((dir.join(format!("{pool}.xkey")), public.trim().to_owned()))
+}
+
+/// The files under `dir` (recursively) whose bytes contain `needle`: how the demo and the
+/// tests show that a sensitive value is nowhere on disk in clear.
+///
+/// # Errors
+/// A directory or file could not be read.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", d.display())),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                found.push(path);
+            }
+        }
+    }
+    Ok(found)
+}

@@ -91,6 +91,11 @@ enum Cmd {
         /// over the file's; repeat for several.
         #[arg(long = "var", value_name = "[STEP.]KEY=VALUE", value_parser = input::var)]
         vars: Vec<String>,
+        /// Set a sensitive variable in every step (`KEY`) or in one (`STEP.KEY`), its value
+        /// read from this command's environment variable ENV (default: KEY), never from the
+        /// command line; it is sealed by the planner and shown as `********`.
+        #[arg(long = "sensitive-var", value_name = "[STEP.]KEY[=ENV]")]
+        sensitive_vars: Vec<String>,
     },
     /// Deployments.
     #[command(subcommand)]
@@ -167,6 +172,19 @@ enum PoolCmd {
         /// What the pool is for.
         #[arg(long)]
         description: Option<String>,
+        /// The public key its sensitive variables are sealed to: a file written by
+        /// `shoal-planner pool-keygen` (`<pool>.xpub`) or the key itself (`X…`).
+        #[arg(long, value_name = "FILE|KEY")]
+        sealing_key: Option<String>,
+    },
+    /// Set or rotate the public key a pool's sensitive variables are sealed to (give its
+    /// workers the new secret key first, beside the old one, during a rotation).
+    SetKey {
+        /// The pool.
+        name: String,
+        /// A file written by `shoal-planner pool-keygen` (`<pool>.xpub`) or the key itself.
+        #[arg(value_name = "FILE|KEY")]
+        key: String,
     },
     /// List pools with their online workers.
     List,
@@ -392,7 +410,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Cmd::Pool(cmd) => pool(&api, out, cmd).await?,
         Cmd::Target(cmd) => return target(&api, out, cmd).await,
-        Cmd::Deploy { file, wait, vars } => return deploy(&api, &file, &vars, wait).await,
+        Cmd::Deploy {
+            file,
+            wait,
+            vars,
+            sensitive_vars,
+        } => return deploy(&api, &file, &vars, &sensitive_vars, wait).await,
         Cmd::Deployment(DeploymentCmd::List { limit }) => {
             let list: Vec<DeploymentSummary> = api
                 .get_as(&format!("/api/deployments?limit={limit}"))
@@ -509,6 +532,7 @@ async fn pool(api: &ApiClient, out: Output, cmd: PoolCmd) -> anyhow::Result<()> 
             name,
             region,
             description,
+            sealing_key,
         } => {
             let req = CreatePool {
                 name: field("name", PoolName::parse(name))?,
@@ -516,6 +540,7 @@ async fn pool(api: &ApiClient, out: Output, cmd: PoolCmd) -> anyhow::Result<()> 
                     .map(|r| field("region", RegionName::parse(r)))
                     .transpose()?,
                 description,
+                sealing_key: sealing_key.as_deref().map(pool_key).transpose()?,
             };
             let p: shoal_shared::api::PoolView = api.post_as("/api/pools", &req).await?;
             show(out, &p, |p| println!("pool {} registered", p.name))?;
@@ -525,8 +550,40 @@ async fn pool(api: &ApiClient, out: Output, cmd: PoolCmd) -> anyhow::Result<()> 
             show(out, &list, |l| render::pools(l))?;
         }
         PoolCmd::Rm { name } => pool_rm(api, out, &name).await?,
+        PoolCmd::SetKey { name, key } => {
+            let name = field("name", PoolName::parse(name))?;
+            let req = shoal_shared::api::SetPoolKey {
+                key: pool_key(&key)?,
+            };
+            let path = format!("/api/pools/{name}/key");
+            let p: shoal_shared::api::PoolView = api.put_as(&path, &req).await?;
+            show(out, &p, |p| {
+                println!(
+                    "pool {}: sensitive variables are sealed to {}",
+                    p.name,
+                    key_text(p)
+                )
+            })?;
+        }
     }
     Ok(())
+}
+
+/// A pool public key given as a file (`<pool>.xpub`) or as the key itself.
+fn pool_key(given: &str) -> anyhow::Result<shoal_shared::secret::PoolKey> {
+    let text = if given.starts_with('X') && !std::path::Path::new(given).exists() {
+        given.to_owned()
+    } else {
+        std::fs::read_to_string(given)
+            .with_context(|| format!("cannot read pool key file {given}"))?
+    };
+    field("key", shoal_shared::secret::PoolKey::parse(text.trim()))
+}
+
+fn key_text(p: &shoal_shared::api::PoolView) -> String {
+    p.sealing_key
+        .as_ref()
+        .map_or_else(|| "no key".to_owned(), ToString::to_string)
 }
 
 /// `shoal target …`: the exit code.
@@ -813,6 +870,7 @@ fn with_vars(
     file: &std::path::Path,
     body: Value,
     vars: &[String],
+    sensitive: &[String],
 ) -> anyhow::Result<CreateDeployment> {
     let mut d: CreateDeployment = serde_path_to_error::deserialize(body)
         .map_err(|e| anyhow::anyhow!("{}: {}: {}", file.display(), e.path(), e.inner()))?;
@@ -820,44 +878,74 @@ fn with_vars(
         let Some((name, value)) = var.split_once('=') else {
             bail!("--var {var}: expected KEY=VALUE or STEP.KEY=VALUE");
         };
-        let (step, key) = match name.rsplit_once('.') {
-            Some((step, key)) => (Some(step), key),
-            None => (None, name),
-        };
-        let mut hit = false;
-        for s in d
-            .steps
-            .iter_mut()
-            .filter(|s| step.is_none_or(|n| n == s.name))
-        {
+        set_in_steps(&mut d, "--var", var, name, |s, key| {
             s.variables.insert(key.to_owned(), value.to_owned());
-            hit = true;
-        }
-        if let (Some(step), false) = (step, hit) {
-            let known: Vec<&str> = d.steps.iter().map(|s| s.name.as_str()).collect();
-            return Err(Refused(format!(
-                "--var {var}: no step \"{step}\" (steps: {})",
-                known.join(", ")
+        })?;
+    }
+    for var in sensitive {
+        let (name, env) = var.split_once('=').unwrap_or((var, ""));
+        let key = name.rsplit_once('.').map_or(name, |(_, k)| k);
+        let env = if env.is_empty() { key } else { env };
+        let value = std::env::var(env).map_err(|_| {
+            Refused(format!(
+                "--sensitive-var {var}: environment variable {env} is not set; export it first (the value is never taken from the command line)"
             ))
-            .into());
-        }
+        })?;
+        set_in_steps(&mut d, "--sensitive-var", var, name, |s, key| {
+            let value = shoal_shared::secret::SecretString::new(value.clone());
+            s.sensitive_variables.insert(key.to_owned(), value);
+        })?;
     }
     Ok(d)
+}
+
+/// Sets `[STEP.]KEY` with `set` in every step, or in the named one (a key has no `.`, so
+/// the last one splits).
+fn set_in_steps(
+    d: &mut CreateDeployment,
+    flag: &str,
+    given: &str,
+    name: &str,
+    mut set: impl FnMut(&mut shoal_shared::api::StepRequest, &str),
+) -> anyhow::Result<()> {
+    let (step, key) = match name.rsplit_once('.') {
+        Some((step, key)) => (Some(step), key),
+        None => (None, name),
+    };
+    let mut hit = false;
+    for s in d
+        .steps
+        .iter_mut()
+        .filter(|s| step.is_none_or(|n| n == s.name))
+    {
+        set(s, key);
+        hit = true;
+    }
+    if let (Some(step), false) = (step, hit) {
+        let known: Vec<&str> = d.steps.iter().map(|s| s.name.as_str()).collect();
+        return Err(Refused(format!(
+            "{flag} {given}: no step \"{step}\" (steps: {})",
+            known.join(", ")
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 async fn deploy(
     api: &ApiClient,
     file: &std::path::Path,
     vars: &[String],
+    sensitive: &[String],
     wait: bool,
 ) -> anyhow::Result<i32> {
     let body = read_deployment(file)?;
     // Without --var the file goes as written: the planner's answer names the field at fault.
-    let created: Created = if vars.is_empty() {
+    let created: Created = if vars.is_empty() && sensitive.is_empty() {
         api.post_as("/api/deployments", &body).await?
     } else {
-        api.post_as("/api/deployments", &with_vars(file, body, vars)?)
-            .await?
+        let d = with_vars(file, body, vars, sensitive)?;
+        api.post_as("/api/deployments", &d).await?
     };
     let id = created.id.to_string();
     println!("deployment {id} accepted");

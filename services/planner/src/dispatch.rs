@@ -9,6 +9,7 @@
 use crate::domain::Command;
 use crate::log::handover::TaskReceiver;
 use crate::log::writer::WriterHandle;
+use crate::secrets::Sealer;
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -33,6 +34,7 @@ pub async fn run(
     subjects: Subjects,
     writer: WriterHandle,
     mut tasks: TaskReceiver,
+    sealer: Sealer,
     shutdown: CancellationToken,
 ) {
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Published>> = FuturesUnordered::new();
@@ -68,6 +70,7 @@ pub async fn run(
                 js.clone(),
                 subjects.tasks(&task.pool),
                 task,
+                sealer.clone(),
             )));
         }
     }
@@ -146,8 +149,16 @@ enum NotStored {
     Publish(#[from] jetstream::context::PublishError),
 }
 
-async fn publish(js: jetstream::Context, subject: String, task: TaskMessage) -> Published {
-    let bytes = match codec::encode(&task) {
+async fn publish(
+    js: jetstream::Context,
+    subject: String,
+    task: TaskMessage,
+    sealer: Sealer,
+) -> Published {
+    // Sensitive values go out sealed for the pool; the message kept for a retry holds them
+    // as the log does (for the master key).
+    let wire = sealer.for_wire(&task);
+    let bytes = match codec::encode(wire.as_ref().unwrap_or(&task)) {
         Ok(b) => b,
         Err(e) => return Err((task, e.into())),
     };

@@ -20,6 +20,7 @@ pub mod liveness;
 pub mod log;
 pub mod rejections;
 pub mod replay;
+pub mod secrets;
 pub mod starting;
 
 use crate::domain::Command;
@@ -66,6 +67,9 @@ pub struct PlannerConfig {
     /// How long a check may wait for a worker of its pool (plus its probe's timeout) before
     /// the target is `unavailable`.
     pub health_deadline: Duration,
+    /// The master key file that seals sensitive variables; `None`:
+    /// `<data_dir>/keys/master.key` (made at first start).
+    pub master_key: Option<PathBuf>,
 }
 
 /// A planner that is set up but not yet serving: its log is open and the writer runs on it,
@@ -98,6 +102,9 @@ pub struct Planner {
 struct Parts {
     config: PlannerConfig,
     log: EventLog,
+    master_key: std::sync::Arc<shoal_runtime::secrets::MasterKey>,
+    /// The default pool's secret key, for the built-in worker.
+    pool_key: shoal_runtime::secrets::PoolSecretKey,
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
     handle: WriterHandle,
@@ -168,6 +175,9 @@ impl Planner {
         let log = EventLog::open(&config.data_dir.join("log")).with_context(|| {
             format!("cannot open the event log in {}", config.data_dir.display())
         })?;
+        let master_key =
+            secrets::open_master_key(&config.data_dir, config.master_key.as_deref(), &log)?;
+        let pool_key = secrets::default_pool_key(&config.data_dir, &config.default_pool)?;
         let (client, js) = connect_broker(&config, shutdown, status).await?;
         status.send_replace("reading the event log".to_owned());
         let stop = CancellationToken::new();
@@ -192,6 +202,7 @@ impl Planner {
             .spawn(4096)
             .context("cannot start the event log writer's thread")?;
         handle.execute(Command::EnsureDefaultPool).await?;
+        register_default_pool_key(&config, &log, &handle, &pool_key).await?;
         api::auth::bootstrap(&handle, &log, &config.data_dir).await?;
         if backlog > 0 {
             tracing::info!(
@@ -203,6 +214,8 @@ impl Planner {
         let parts = Parts {
             config,
             log,
+            master_key: std::sync::Arc::new(master_key),
+            pool_key,
             client,
             js,
             handle,
@@ -233,8 +246,14 @@ impl Planner {
         } = self;
         let intake = p.stop.child_token();
         p.spawn_services(queues);
-        let builtin =
-            start_builtin_worker(&p.config, &p.js, &p.tasks, &shutdown, intake.child_token());
+        let builtin = start_builtin_worker(
+            &p.config,
+            &p.pool_key,
+            &p.js,
+            &p.tasks,
+            &shutdown,
+            intake.child_token(),
+        );
         let app = p.app_state();
         // The writer ends once every handle is gone: the services' and the API's are.
         drop(p.handle);
@@ -322,6 +341,7 @@ impl Parts {
             subjects.clone(),
             handle.clone(),
             dispatch_rx,
+            secrets::Sealer::new(self.master_key.clone(), self.log.clone()),
             stop_services.clone(),
         ));
         tasks.spawn(ingest::results(
@@ -348,6 +368,7 @@ impl Parts {
             liveness: self.liveness.clone(),
             default_pool: self.config.default_pool.clone(),
             health_deadline_secs: self.config.health_deadline.as_secs(),
+            master_key: self.master_key.clone(),
         }
     }
 }
@@ -371,6 +392,32 @@ async fn stop_on(shutdown: CancellationToken, phase: CancellationToken) {
     }
 }
 
+/// Registers the default pool's key from the data dir when the pool has none, or, with the
+/// built-in worker on, when it has another (the built-in worker must open what it pulls).
+async fn register_default_pool_key(
+    config: &PlannerConfig,
+    log: &EventLog,
+    handle: &WriterHandle,
+    key: &shoal_runtime::secrets::PoolSecretKey,
+) -> anyhow::Result<()> {
+    let pool = &config.default_pool;
+    let doc: Option<crate::domain::state::PoolDoc> =
+        log.doc(Proj::Pools, pool.as_str().as_bytes())?;
+    let registered = doc.and_then(|d| d.sealing_key);
+    let replace = registered.is_none()
+        || (config.builtin_worker && registered.as_ref() != Some(key.public()));
+    if replace {
+        let key = key.public().clone();
+        handle
+            .execute(Command::SetPoolKey {
+                pool: pool.clone(),
+                key,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// The liveness view, knowing from the log which workers were told to drain.
 fn wanted_drains(log: &EventLog) -> anyhow::Result<Liveness> {
     let liveness = Liveness::default();
@@ -388,6 +435,7 @@ fn wanted_drains(log: &EventLog) -> anyhow::Result<Liveness> {
 /// bound and unanswered.
 fn start_builtin_worker(
     config: &PlannerConfig,
+    pool_key: &shoal_runtime::secrets::PoolSecretKey,
     js: &async_nats::jetstream::Context,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
@@ -398,12 +446,18 @@ fn start_builtin_worker(
         return None;
     }
     let (config, js, shutdown) = (config.clone(), js.clone(), shutdown.clone());
-    Some(tasks.spawn(async move { run_builtin_worker(&config, &js, &shutdown, stop).await }))
+    let pool_key = pool_key.clone();
+    Some(
+        tasks.spawn(
+            async move { run_builtin_worker(&config, pool_key, &js, &shutdown, stop).await },
+        ),
+    )
 }
 
 /// Makes the default pool's consumer, connects the built-in worker and runs it until `stop`.
 async fn run_builtin_worker(
     config: &PlannerConfig,
+    pool_key: shoal_runtime::secrets::PoolSecretKey,
     js: &async_nats::jetstream::Context,
     shutdown: &CancellationToken,
     stop: CancellationToken,
@@ -431,6 +485,7 @@ async fn run_builtin_worker(
         config.data_dir.join("builtin-worker"),
     );
     wc.slots = config.builtin_slots;
+    wc.pool_keys = vec![pool_key];
     wc.subjects = config.subjects.clone();
     let wclient = shoal_runtime::nats::connect(
         &config.nats_url,

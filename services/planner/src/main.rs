@@ -61,6 +61,11 @@ struct Serve {
     #[arg(long, env = "SHOAL_HEALTH_DEADLINE_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     health_deadline_secs: u64,
+    /// The master key that seals sensitive variables in the event log (made at first start
+    /// when missing and the log holds no sealed value). Default: <data-dir>/keys/master.key.
+    /// Back it up: without it the log's sensitive values cannot be used.
+    #[arg(long, env = "SHOAL_MASTER_KEY")]
+    master_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +88,17 @@ enum Cmd {
         #[arg(long)]
         name: shoal_shared::TokenName,
     },
+    /// Make a pool's key pair for sealing sensitive variables: writes `<pool>.xkey` (the
+    /// secret key, for the pool's workers: `shoal-worker --pool-key`) and `<pool>.xpub` (the
+    /// public key, to register: `shoal pool set-key <pool> <pool>.xpub`) into DIR.
+    PoolKeygen {
+        /// The pool the key is for (names the files).
+        #[arg(long)]
+        pool: PoolName,
+        /// Where to write the two files (made if missing); existing files are never replaced.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// sled allocates and frees a node copy for most writes; under load glibc's allocator took
@@ -96,6 +112,7 @@ fn main() {
     let result = match args.command {
         Some(Cmd::Replay { data_dir, rebuild }) => replay(&data_dir, rebuild),
         Some(Cmd::AdminToken { data_dir, name }) => admin_token(&data_dir, name),
+        Some(Cmd::PoolKeygen { pool, out }) => pool_keygen(&pool, &out),
         None => serve(args.serve),
     };
     if let Err(e) = result {
@@ -114,6 +131,30 @@ async fn admin_token(
     println!("{token}");
     eprintln!(
         "admin token \"{name}\" made: this is the only time it is shown; start the planner and use it as SHOAL_TOKEN"
+    );
+    Ok(())
+}
+
+fn pool_keygen(pool: &PoolName, out: &std::path::Path) -> anyhow::Result<()> {
+    let key = shoal_runtime::secrets::PoolSecretKey::generate();
+    let secret = out.join(format!("{pool}.xkey"));
+    let public = out.join(format!("{pool}.xpub"));
+    if public.exists() {
+        anyhow::bail!(
+            "{} exists; pool keys are never overwritten (move it away to make a new pair)",
+            public.display()
+        );
+    }
+    key.save(&secret)?;
+    shoal_runtime::secrets::write_public(&public, &format!("{}\n", key.public()))?;
+    println!(
+        "secret key: {} (give it to the workers of pool {pool}: --pool-key / SHOAL_POOL_KEY)",
+        secret.display()
+    );
+    println!("public key: {} = {}", public.display(), key.public());
+    println!(
+        "register it: shoal pool set-key {pool} {}",
+        public.display()
     );
     Ok(())
 }
@@ -191,6 +232,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         task_ack_wait: std::time::Duration::from_secs(s.task_ack_wait_secs),
         health_interval: std::time::Duration::from_secs(s.health_interval_secs),
         health_deadline: std::time::Duration::from_secs(s.health_deadline_secs),
+        master_key: s.master_key,
     };
     let data_dir = config.data_dir.clone();
     let planner = match Planner::build(config, listener, &shutdown).await {

@@ -251,6 +251,7 @@ impl Harness {
                             timeout_secs: None,
                             max_parallel,
                             variables: Default::default(),
+                            sensitive_variables: Default::default(),
                             retries: u32::from(i % 2 == 0),
                             retry_backoff_secs: Some(0),
                             max_attempts: None,

@@ -193,11 +193,15 @@ async fn the_dispatcher_catches_up_from_the_outbox_after_its_channel_overflowed(
     deploy(&p.handle).await;
     deploy(&p.handle).await;
     let shutdown = CancellationToken::new();
+    let master = shoal_runtime::secrets::MasterKey::create(&dir.path().join("master.key"))
+        .expect("master key");
+    let sealer = shoal_planner::secrets::Sealer::new(std::sync::Arc::new(master), p.log.clone());
     let dispatcher = tokio::spawn(dispatch::run(
         js.clone(),
         subjects.clone(),
         p.handle.clone(),
         p.tasks,
+        sealer,
         shutdown.clone(),
     ));
 

@@ -1,10 +1,12 @@
 //! shoal-runtime: the process plumbing every shoal service binary needs and none of them
 //! owns — logging set-up ([`telemetry`]), shutdown on SIGINT/SIGTERM as one root
 //! cancellation token ([`signal`]) and the NATS connection with its event logging
-//! ([`nats`]). The planner (with its built-in worker) and the worker binary use the same
-//! code, so both log, stop and connect alike.
+//! ([`nats`]), and the keys of sensitive variables ([`secrets`]). The planner (with its
+//! built-in worker) and the worker binary use the same code, so both log, stop and connect
+//! alike.
 #![forbid(unsafe_code)]
 
 pub mod nats;
+pub mod secrets;
 pub mod signal;
 pub mod telemetry;

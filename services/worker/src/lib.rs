@@ -43,6 +43,9 @@ pub struct WorkerConfig {
     pub js_domain: Option<String>,
     /// Free disk (MiB) in the work dir below which the worker warns in its heartbeats.
     pub min_free_disk_mb: u64,
+    /// The pool's secret keys that open sensitive variables (more than one during a key
+    /// rotation). A task with a value none of them opens is refused.
+    pub pool_keys: Vec<shoal_runtime::secrets::PoolSecretKey>,
 }
 
 impl WorkerConfig {
@@ -60,6 +63,7 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(30),
             js_domain: None,
             min_free_disk_mb: 1024,
+            pool_keys: Vec::new(),
         }
     }
 }

@@ -45,6 +45,10 @@ struct Args {
     /// `healthy_with_warnings`.
     #[arg(long, env = "SHOAL_MIN_FREE_DISK_MB", default_value_t = 1024)]
     min_free_disk_mb: u64,
+    /// The pool's secret key file(s) (`shoal-planner pool-keygen`), comma-separated: two
+    /// during a key rotation. Without one, tasks with sensitive variables are refused.
+    #[arg(long, env = "SHOAL_POOL_KEY", value_delimiter = ',')]
+    pool_key: Vec<std::path::PathBuf>,
 }
 
 fn main() {
@@ -78,6 +82,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.js_domain = args.js_domain;
     config.min_free_disk_mb = args.min_free_disk_mb;
     config.subjects = subjects.clone();
+    for path in &args.pool_key {
+        config
+            .pool_keys
+            .push(shoal_runtime::secrets::PoolSecretKey::load(path)?);
+    }
     // Listening before connecting: a worker that cannot reach NATS must still stop.
     let shutdown = shoal_runtime::signal::shutdown_on_signals();
     let client = shoal_runtime::nats::connect(

@@ -70,6 +70,7 @@ fn a_pool_request_and_answer() {
             name: pool("eu-west"),
             region: Some(region("eu")),
             description: None,
+            sealing_key: None,
         },
         &json!({"name": "eu-west", "region": "eu", "description": null}),
     );
@@ -85,9 +86,11 @@ fn a_pool_request_and_answer() {
             registered_at: T0,
             is_default: true,
             workers_online: 2,
+            sealing_key: None,
         },
         &json!({"name": "default", "region": null, "description": "built in",
-                "registered_at": T0_TEXT, "is_default": true, "workers_online": 2}),
+                "registered_at": T0_TEXT, "is_default": true, "workers_online": 2,
+                "sealing_key": null}),
     );
 }
 
@@ -217,6 +220,7 @@ fn a_deployment_request_and_its_answers() {
                     timeout_secs: Some(60),
                     max_parallel: None,
                     variables: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
+                    sensitive_variables: BTreeMap::new(),
                     retries: 1,
                     retry_backoff_secs: None,
                     max_attempts: None,
@@ -229,6 +233,7 @@ fn a_deployment_request_and_its_answers() {
                     timeout_secs: None,
                     max_parallel: Some(2),
                     variables: BTreeMap::new(),
+                    sensitive_variables: BTreeMap::new(),
                     retries: 0,
                     retry_backoff_secs: Some(5),
                     max_attempts: Some(3),
@@ -494,4 +499,23 @@ fn a_worker_from_a_planner_before_readiness_reads_as_ready() {
     .expect("decodes");
     assert!(v.ready);
     assert_eq!(v.not_ready_reason, None);
+}
+
+#[test]
+fn a_step_request_takes_sensitive_variables_in_clear_and_never_shows_them_in_debug() {
+    let body = json!({"name": "s", "action": {"type": "noop"},
+                      "sensitive_variables": {"DB_PASSWORD": "hunter2"}});
+    let step: StepRequest = serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        step.sensitive_variables
+            .get("DB_PASSWORD")
+            .map(|v| v.expose()),
+        Some("hunter2")
+    );
+    assert!(!format!("{step:?}").contains("hunter2"));
+    // What the CLI sends is what it read.
+    assert_eq!(
+        serde_json::to_value(&step).expect("json")["sensitive_variables"],
+        body["sensitive_variables"]
+    );
 }

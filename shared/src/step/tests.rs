@@ -79,6 +79,7 @@ fn step(name: &str) -> StepSpec {
         timeout_secs: None,
         max_parallel: None,
         variables: BTreeMap::new(),
+        sensitive_variables: Default::default(),
         retries: 0,
         retry_backoff_secs: None,
         max_attempts: None,
@@ -327,6 +328,7 @@ fn any_step() -> impl Strategy<Value = StepSpec> {
                     .into_iter()
                     .filter(|(k, _)| !k.starts_with("SHOAL_"))
                     .collect(),
+                sensitive_variables: Default::default(),
                 retries,
                 retry_backoff_secs: backoff,
                 max_attempts: attempts,
@@ -347,4 +349,46 @@ proptest! {
         );
         prop_assert_eq!(back, spec);
     }
+}
+
+fn sealed() -> crate::secret::Sealed {
+    crate::secret::Sealed {
+        to: crate::secret::SealedFor::Planner,
+        key: "k1".into(),
+        from: String::new(),
+        data: vec![7; 32],
+    }
+}
+
+#[test]
+fn sensitive_variables_are_named_like_variables_and_only_once() {
+    assert_eq!(
+        refusal(|s| {
+            s.sensitive_variables.insert("1PW".into(), sealed());
+        }),
+        "steps[0].sensitive_variables: \"1PW\" is not a valid environment variable name (letters, digits and '_', not starting with a digit)"
+    );
+    assert_eq!(
+        refusal(|s| {
+            s.sensitive_variables.insert("SHOAL_PW".into(), sealed());
+        }),
+        "steps[0].sensitive_variables: \"SHOAL_PW\" is reserved; SHOAL_* variables are set by the worker"
+    );
+    assert_eq!(
+        refusal(|s| {
+            s.variables.insert("PW".into(), "plain".into());
+            s.sensitive_variables.insert("PW".into(), sealed());
+        }),
+        "steps[0].sensitive_variables: \"PW\" is both in variables and in sensitive_variables; give it once"
+    );
+}
+
+#[test]
+fn a_step_with_sensitive_variables_converts_back_with_them_still_sealed() {
+    let mut s = step("s");
+    s.sensitive_variables.insert("PW".into(), sealed());
+    let spec = deployment(vec![s]);
+    let valid = ValidDeployment::parse(&spec, &known()).expect("valid");
+    assert_eq!(valid.steps()[0].sensitive_variables().len(), 1);
+    assert_eq!(DeploymentSpec::from(valid), spec);
 }

@@ -11,41 +11,56 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
+use shoal_runtime::secrets::{self, MasterKey};
 use shoal_shared::api::{
     ActionRequest, AttemptView, CancelRequest, CreateDeployment, Created, DeploymentDetail,
     DeploymentSummary, LOG_PAGE_DEFAULT, LOG_PAGE_MAX, LogCursor, LogLine, StepDetail, StepSummary,
     TaskLog, TaskView,
 };
 use shoal_shared::{Action, DeploymentId, DeploymentSpec, PoolName, StepSpec, TaskId, TaskState};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-/// The deployment a request asks for.
-fn spec_of(r: CreateDeployment) -> DeploymentSpec {
-    DeploymentSpec {
+/// The deployment a request asks for, its sensitive values sealed with the master key
+/// (bound to deployment `id`, their step and their name) before anything records them.
+fn spec_of(
+    id: DeploymentId,
+    r: CreateDeployment,
+    key: &MasterKey,
+) -> Result<DeploymentSpec, ApiError> {
+    let mut steps = Vec::with_capacity(r.steps.len());
+    for s in r.steps {
+        let scope = secrets::rest_scope(&id, &s.name);
+        let mut sealed = BTreeMap::new();
+        for (name, value) in &s.sensitive_variables {
+            let v = key
+                .seal(&scope, name, value)
+                .map_err(|e| ApiError::internal("sealing a sensitive variable", &e))?;
+            sealed.insert(name.clone(), v);
+        }
+        steps.push(StepSpec {
+            name: s.name,
+            action: match s.action {
+                ActionRequest::Script { script, shell } => Action::Script { script, shell },
+                ActionRequest::Noop {} => Action::Noop,
+                ActionRequest::HealthCheck {} => Action::HealthCheck,
+            },
+            roles: s.roles,
+            pool: s.pool,
+            timeout_secs: s.timeout_secs,
+            max_parallel: s.max_parallel,
+            variables: s.variables,
+            sensitive_variables: sealed,
+            retries: s.retries,
+            retry_backoff_secs: s.retry_backoff_secs,
+            max_attempts: s.max_attempts,
+        });
+    }
+    Ok(DeploymentSpec {
         project: r.project,
         environment: r.environment,
         unhealthy_targets: r.unhealthy_targets,
-        steps: r
-            .steps
-            .into_iter()
-            .map(|s| StepSpec {
-                name: s.name,
-                action: match s.action {
-                    ActionRequest::Script { script, shell } => Action::Script { script, shell },
-                    ActionRequest::Noop {} => Action::Noop,
-                    ActionRequest::HealthCheck {} => Action::HealthCheck,
-                },
-                roles: s.roles,
-                pool: s.pool,
-                timeout_secs: s.timeout_secs,
-                max_parallel: s.max_parallel,
-                variables: s.variables,
-                retries: s.retries,
-                retry_backoff_secs: s.retry_backoff_secs,
-                max_attempts: s.max_attempts,
-            })
-            .collect(),
-    }
+        steps,
+    })
 }
 
 pub(super) async fn create(
@@ -54,14 +69,9 @@ pub(super) async fn create(
     JsonBody(req): JsonBody<CreateDeployment>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     let id = DeploymentId::new();
+    let spec = spec_of(id, req, &app.master_key)?;
     app.writer
-        .execute_as(
-            caller.actor(),
-            Command::CreateDeployment {
-                id,
-                spec: spec_of(req),
-            },
-        )
+        .execute_as(caller.actor(), Command::CreateDeployment { id, spec })
         .await?;
     Ok((StatusCode::CREATED, Json(Created { id })))
 }

@@ -36,6 +36,8 @@ pub struct AppState {
     pub default_pool: PoolName,
     /// Seconds a health check may wait for a worker before the target is `unavailable`.
     pub health_deadline_secs: u64,
+    /// Seals sensitive variables before a deployment is recorded.
+    pub master_key: std::sync::Arc<shoal_runtime::secrets::MasterKey>,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/pools", get(pools::list).post(pools::create))
         .route("/api/pools/{name}", axum::routing::delete(pools::remove))
+        .route("/api/pools/{name}/key", axum::routing::put(pools::set_key))
         .route("/api/targets", get(targets::list).post(targets::create))
         .route(
             "/api/targets/{name}",

@@ -8,7 +8,7 @@ use crate::log::Proj;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use shoal_shared::api::{CreatePool, PoolView};
+use shoal_shared::api::{CreatePool, PoolView, SetPoolKey};
 use shoal_shared::{Pool, PoolName, Timestamp, WorkerName};
 
 pub(super) async fn create(
@@ -25,6 +25,12 @@ pub(super) async fn create(
     app.writer
         .execute_as(caller.actor(), Command::RegisterPool(pool))
         .await?;
+    if let Some(key) = req.sealing_key {
+        let pool = req.name.clone();
+        app.writer
+            .execute_as(caller.actor(), Command::SetPoolKey { pool, key })
+            .await?;
+    }
     let name = req.name;
     let doc: PoolDoc = app
         .read(move |log| {
@@ -83,5 +89,29 @@ fn view(app: &AppState, d: PoolDoc) -> PoolView {
         region: d.region,
         description: d.description,
         registered_at: d.registered_at,
+        sealing_key: d.sealing_key,
     }
+}
+
+/// `PUT /api/pools/{name}/key`: sets or rotates the public key the pool's sensitive
+/// variables are sealed to; answers the pool.
+pub(super) async fn set_key(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<SetPoolKey>,
+) -> Result<Json<PoolView>, ApiError> {
+    let pool = PoolName::parse(name).map_err(|e| ApiError::not_found(e.to_string()))?;
+    app.writer
+        .execute(Command::SetPoolKey {
+            pool: pool.clone(),
+            key: req.key,
+        })
+        .await?;
+    let doc: PoolDoc = app
+        .read(move |log| {
+            log.doc(Proj::Pools, pool.as_str().as_bytes())?
+                .ok_or_else(|| ApiError::not_found("pool vanished"))
+        })
+        .await?;
+    Ok(Json(view(&app, doc)))
 }

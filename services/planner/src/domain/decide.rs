@@ -7,6 +7,7 @@ use super::{deployment, pool, report, target, task, token, worker};
 use shoal_shared::auth::{Actor, Role};
 use shoal_shared::events::{CheckTrigger, Event};
 use shoal_shared::messages::WorkerMessage;
+use shoal_shared::secret::PoolKey;
 use shoal_shared::{
     CheckId, DeploymentId, DeploymentSpec, EnvironmentName, EventId, HealthCheck, Pool, PoolName,
     RoleName, Target, TargetKind, TargetName, TaskId, Timestamp, TokenName, WorkerName,
@@ -21,6 +22,11 @@ pub enum Command {
     /// Registers the global default pool if the log does not have it yet.
     EnsureDefaultPool,
     RegisterPool(Pool),
+    /// Sets (or rotates) the public key a pool's sensitive variables are sealed to.
+    SetPoolKey {
+        pool: PoolName,
+        key: PoolKey,
+    },
     RegisterTarget(Target),
     UpdateTarget {
         name: TargetName,
@@ -185,6 +191,7 @@ pub fn decide(
     match cmd {
         Command::EnsureDefaultPool => Ok(pool::ensure_default(state, default_pool)),
         Command::RegisterPool(p) => pool::register(state, p),
+        Command::SetPoolKey { pool, key } => pool::set_key(state, pool, key),
         Command::RegisterTarget(t) => target::register(state, t),
         Command::UpdateTarget { name, update } => target::update(state, name, update),
         Command::RemoveTarget(name) => target::remove(state, name),

@@ -291,12 +291,39 @@ pub(super) fn create(
         .map(|step| PlannedStep {
             tasks: plan(&targets, default_pool, step),
         })
-        .collect();
+        .collect::<Vec<_>>();
+    check_pool_keys(state, valid.steps(), &steps)?;
     Ok(vec![NewEvent::new(Event::DeploymentCreated {
         deployment: id,
         spec: valid.into(),
         steps,
     })])
+}
+
+/// Sensitive values are sealed for a task's pool when it is dispatched: a step that has
+/// them may only run in pools with a registered key.
+fn check_pool_keys(
+    state: &State,
+    steps: &[ValidStep],
+    planned: &[PlannedStep],
+) -> Result<(), Rejection> {
+    for (i, (step, planned)) in steps.iter().zip(planned).enumerate() {
+        if step.sensitive_variables().is_empty() {
+            continue;
+        }
+        let keyless = planned.tasks.iter().map(|t| &t.pool).find(|p| {
+            state
+                .pools
+                .get(*p)
+                .is_none_or(|doc| doc.sealing_key.is_none())
+        });
+        if let Some(pool) = keyless {
+            return Err(Rejection::Invalid(format!(
+                "steps[{i}].sensitive_variables: pool \"{pool}\" has no key to seal them for its workers; make one with `shoal-planner pool-keygen --pool {pool} --out DIR`, give its secret key to the pool's workers (--pool-key), and register its public key with `shoal pool set-key {pool} DIR/{pool}.xpub`"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A step's tasks: one per target of the environment with any of its roles (in name

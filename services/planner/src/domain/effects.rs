@@ -181,6 +181,9 @@ pub fn task_message(
             _ => None,
         },
         planned_at_us: planned_at_us.unwrap_or_else(|| planned_at.millis() * 1000),
+        // Sealed for the master key, as the log holds them: the dispatcher re-seals them for
+        // the pool's workers (the core holds no keys).
+        sensitive_variables: step.sensitive_variables.clone(),
     })
 }
 

@@ -76,6 +76,7 @@ fn step(retries: u32) -> StepSpec {
         timeout_secs: None,
         max_parallel: None,
         variables: Default::default(),
+        sensitive_variables: Default::default(),
         retries,
         retry_backoff_secs: Some(3),
         max_attempts: None,

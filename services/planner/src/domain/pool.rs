@@ -6,6 +6,7 @@ use super::decide::{NewEvent, Rejection, join};
 use super::state::{Changes, DocKey, State};
 use serde::{Deserialize, Serialize};
 use shoal_shared::events::Event;
+use shoal_shared::secret::PoolKey;
 use shoal_shared::{DeploymentId, Pool, PoolName, RegionName, TargetName, Timestamp, WorkerName};
 use std::collections::BTreeSet;
 
@@ -16,6 +17,9 @@ pub struct PoolDoc {
     pub region: Option<RegionName>,
     pub description: Option<String>,
     pub registered_at: Timestamp,
+    /// The public key sensitive variables are sealed to for this pool's workers.
+    #[serde(default)]
+    pub sealing_key: Option<PoolKey>,
 }
 
 impl State {
@@ -32,9 +36,16 @@ impl State {
                     region: region.clone(),
                     description: description.clone(),
                     registered_at: at,
+                    sealing_key: None,
                 };
                 self.pools.insert(pool.clone(), doc);
                 changes.docs.insert(DocKey::Pool(pool.clone()));
+            }
+            Event::PoolKeySet { pool, key } => {
+                if let Some(doc) = self.pools.get_mut(pool) {
+                    doc.sealing_key = Some(key.clone());
+                    changes.docs.insert(DocKey::Pool(pool.clone()));
+                }
             }
             Event::PoolRemoved { pool } => {
                 // The writer deletes the document of a key the state no longer holds.
@@ -61,6 +72,28 @@ pub(super) fn ensure_default(state: &State, default_pool: &PoolName) -> Vec<NewE
         region: None,
         description: Some("global default pool".to_owned()),
     })]
+}
+
+/// `SetPoolKey`: the public key a pool's sensitive variables are sealed to from now on
+/// (also a rotation); nothing when it already has it.
+pub(super) fn set_key(
+    state: &State,
+    pool: &PoolName,
+    key: &PoolKey,
+) -> Result<Vec<NewEvent>, Rejection> {
+    let Some(doc) = state.pools.get(pool) else {
+        return Err(Rejection::NotFound(format!(
+            "unknown pool \"{pool}\" (known: {})",
+            state.known_pools()
+        )));
+    };
+    if doc.sealing_key.as_ref() == Some(key) {
+        return Ok(vec![]);
+    }
+    Ok(vec![NewEvent::new(Event::PoolKeySet {
+        pool: pool.clone(),
+        key: key.clone(),
+    })])
 }
 
 /// `RegisterPool`: a new pool; a name already taken is refused.

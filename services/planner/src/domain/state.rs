@@ -207,7 +207,7 @@ impl State {
     /// must be given a home.
     fn apply_event(&mut self, at: Timestamp, event: &Event, changes: &mut Changes) {
         match event {
-            Event::PoolRegistered { .. } | Event::PoolRemoved { .. } => {
+            Event::PoolRegistered { .. } | Event::PoolKeySet { .. } | Event::PoolRemoved { .. } => {
                 self.apply_pool(at, event, changes)
             }
             Event::TargetRegistered { .. }

@@ -76,6 +76,7 @@ fn step(name: &str, roles: &[&str], pool_name: Option<&str>) -> StepSpec {
         timeout_secs: None,
         max_parallel: None,
         variables: Default::default(),
+        sensitive_variables: Default::default(),
         retries: 0,
         retry_backoff_secs: None,
         max_attempts: None,
@@ -1649,3 +1650,88 @@ fn a_check_of_a_target_whose_checks_are_off_is_refused_saying_so() {
 
 #[path = "report_tests.rs"]
 mod report_tests;
+
+// ---------------------------------------------------------------------------------------
+// Sensitive variables
+
+fn pool_key(letter: char) -> shoal_shared::secret::PoolKey {
+    shoal_shared::secret::PoolKey::parse(format!("X{}", letter.to_string().repeat(55)))
+        .expect("valid form")
+}
+
+fn secret_step(pool_name: &str) -> StepSpec {
+    let mut s = step("migrate", &[], Some(pool_name));
+    let sealed = shoal_shared::secret::Sealed {
+        to: shoal_shared::secret::SealedFor::Planner,
+        key: "k1".into(),
+        from: String::new(),
+        data: vec![7; 40],
+    };
+    s.sensitive_variables.insert("DB_PASSWORD".into(), sealed);
+    s
+}
+
+#[test]
+fn a_step_with_sensitive_variables_is_refused_for_a_pool_without_a_key() {
+    let mut m = given(&[target("web-1", &["web"], None)]);
+    let spec = DeploymentSpec {
+        project: "p".into(),
+        environment: EnvironmentName::parse("prod").expect("valid"),
+        steps: vec![secret_step("eu-west")],
+        unhealthy_targets: UnhealthyTargets::Fail,
+    };
+    let id = DeploymentId::new();
+    let refused = when(&mut m, Command::CreateDeployment { id, spec });
+    let Err(Rejection::Invalid(msg)) = refused else {
+        panic!("not refused as invalid: {refused:?}");
+    };
+    assert!(msg.starts_with("steps[0].sensitive_variables: pool \"eu-west\" has no key"));
+    assert!(msg.contains("shoal-planner pool-keygen --pool eu-west"));
+    assert!(m.events.is_empty());
+}
+
+#[test]
+fn with_a_pool_key_the_task_message_carries_the_values_as_the_log_holds_them() {
+    let mut m = given(&[target("web-1", &["web"], None)]);
+    let set = Command::SetPoolKey {
+        pool: pool("eu-west"),
+        key: pool_key('A'),
+    };
+    let events = when(&mut m, set.clone()).expect("key set");
+    assert!(matches!(&events[..], [Event::PoolKeySet { pool: p, .. }] if p.as_str() == "eu-west"));
+    assert_eq!(
+        when(&mut m, set).expect("same key"),
+        vec![],
+        "same key: no event"
+    );
+    let step = secret_step("eu-west");
+    let (id, _) = deploy(&mut m, vec![step.clone()]);
+    let task = m.state.deployments[&id].steps[0].tasks[0];
+    let msg = super::effects::task_message(&m.state, &task, 1, None).expect("planned");
+    assert_eq!(msg.sensitive_variables, step.sensitive_variables);
+    assert_eq!(msg.pool, pool("eu-west"));
+}
+
+#[test]
+fn a_pool_key_is_set_only_on_a_known_pool_and_a_new_one_rotates_it() {
+    let mut m = given(&[]);
+    let unknown = Command::SetPoolKey {
+        pool: pool("nowhere"),
+        key: pool_key('A'),
+    };
+    assert!(matches!(
+        when(&mut m, unknown),
+        Err(Rejection::NotFound(msg)) if msg.contains("unknown pool \"nowhere\"")
+    ));
+    for letter in ['A', 'B'] {
+        let set = Command::SetPoolKey {
+            pool: pool("us-east"),
+            key: pool_key(letter),
+        };
+        when(&mut m, set).expect("set");
+    }
+    assert_eq!(
+        m.state.pools[&pool("us-east")].sealing_key,
+        Some(pool_key('B'))
+    );
+}

@@ -3,6 +3,7 @@
 mod output;
 pub mod probe;
 mod script;
+mod secrets;
 
 use crate::WorkerConfig;
 use crate::report::Reporter;
@@ -51,6 +52,14 @@ pub async fn run(
     reporter: &Reporter,
     stops: &Stops,
 ) -> TaskResult {
+    // A value this worker cannot open refuses the task before anything of it runs.
+    let opened = match secrets::Opened::open(task, &config.pool_keys) {
+        Ok(o) => o,
+        Err(reason) => {
+            tracing::warn!(task.id = %task.task, pool = %task.pool, "{reason}");
+            return TaskResult::failed(reason);
+        }
+    };
     match &task.action {
         Action::Noop if stops.cancel.is_cancelled() => TaskResult {
             outcome: Outcome::Cancelled,
@@ -66,17 +75,16 @@ pub async fn run(
         },
         Action::HealthCheck => health_step(task, config, reporter, stops).await,
         Action::Script { script, shell } => {
-            let sink = OutputSink::spawn(task, delivery, reporter.clone());
-            let result = script::run(
+            let sink = OutputSink::spawn(task, delivery, reporter.clone(), opened.masker());
+            let shell = shell.as_deref().unwrap_or("bash");
+            let run = script::Run {
                 task,
                 delivery,
                 script,
-                shell.as_deref().unwrap_or("bash"),
-                config,
-                &sink,
-                stops,
-            )
-            .await;
+                shell,
+                secrets: &opened,
+            };
+            let result = script::run(run, config, &sink, stops).await;
             sink.finish().await;
             result
         }

@@ -1,6 +1,7 @@
 //! Task output: lines are collected from the process and sent to the planner in order, in
 //! chunks of up to 256 lines and 256 KiB, so a chatty script costs few messages.
 
+use super::secrets::Masker;
 use crate::report::Reporter;
 use shoal_shared::messages::{TaskMessage, WorkerBody};
 use shoal_shared::{DeploymentId, OutputLine, OutputStream, TaskId, Timestamp};
@@ -14,12 +15,19 @@ const MAX_CHUNK_BYTES: usize = 256 * 1024;
 #[derive(Debug)]
 pub struct OutputSink {
     tx: mpsc::Sender<OutputLine>,
+    /// Masks the task's sensitive values before a line leaves the worker.
+    masker: Masker,
     done: tokio::task::JoinHandle<()>,
 }
 
 impl OutputSink {
     /// Starts the sender of one delivery of a task attempt's output.
-    pub fn spawn(task: &TaskMessage, delivery: u32, reporter: Reporter) -> OutputSink {
+    pub fn spawn(
+        task: &TaskMessage,
+        delivery: u32,
+        reporter: Reporter,
+        masker: Masker,
+    ) -> OutputSink {
         let (tx, rx) = mpsc::channel(1024);
         let done = tokio::spawn(forward(
             rx,
@@ -29,11 +37,15 @@ impl OutputSink {
             task.attempt,
             delivery,
         ));
-        OutputSink { tx, done }
+        OutputSink { tx, masker, done }
     }
 
     /// Adds a line (waits when the sender is behind, which slows the reader, not memory).
     pub async fn line(&self, stream: OutputStream, line: String) {
+        let line = match self.masker.mask(&line) {
+            std::borrow::Cow::Borrowed(_) => line,
+            std::borrow::Cow::Owned(masked) => masked,
+        };
         let _ = self
             .tx
             .send(OutputLine {

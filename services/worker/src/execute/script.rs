@@ -2,6 +2,7 @@
 //! chosen shell in its own process group, so a timeout or cancellation ends every process
 //! it started (SIGTERM, then SIGKILL after a grace period).
 
+use super::secrets::Opened;
 use super::{OutputSink, Stops, TaskResult};
 use crate::WorkerConfig;
 use nix::sys::signal::{Signal, killpg};
@@ -24,30 +25,48 @@ const READER_GRACE: Duration = Duration::from_secs(2);
 /// that keeps writing).
 const READER_CAP: Duration = Duration::from_secs(30);
 
+/// What to run: one delivery of a task's script, with its opened sensitive variables.
+pub(super) struct Run<'a> {
+    pub task: &'a TaskMessage,
+    pub delivery: u32,
+    pub script: &'a str,
+    pub shell: &'a str,
+    pub secrets: &'a Opened,
+}
+
 pub(super) async fn run(
-    task: &TaskMessage,
-    delivery: u32,
-    script: &str,
-    shell: &str,
+    run: Run<'_>,
     config: &WorkerConfig,
     sink: &OutputSink,
     stops: &Stops,
 ) -> TaskResult {
+    let Run {
+        task,
+        delivery,
+        script,
+        shell,
+        secrets,
+    } = run;
     let dir = config
         .work_dir
         .join("tasks")
         .join(format!("{}-{}-{delivery}", task.task, task.attempt));
-    let result = run_in(task, script, shell, config, sink, stops, &dir).await;
+    let result = run_in(task, script, shell, secrets, config, sink, stops, &dir).await;
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         tracing::debug!(error = %e, dir = %dir.display(), "task directory not removed");
     }
     result
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the parts of `Run` and where it runs"
+)]
 async fn run_in(
     task: &TaskMessage,
     script: &str,
     shell: &str,
+    secrets: &Opened,
     config: &WorkerConfig,
     sink: &OutputSink,
     stops: &Stops,
@@ -67,6 +86,7 @@ async fn run_in(
     cmd.arg(&path)
         .current_dir(dir)
         .envs(&task.variables)
+        .envs(secrets.env())
         .env("SHOAL_DEPLOYMENT_ID", task.deployment.to_string())
         .env("SHOAL_TASK_ID", task.task.to_string())
         .env("SHOAL_STEP", &task.step_name)
