@@ -6,5 +6,6 @@
 #![forbid(unsafe_code)]
 
 pub mod nats;
+pub mod nats_auth;
 pub mod signal;
 pub mod telemetry;

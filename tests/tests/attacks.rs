@@ -1,0 +1,4 @@
+//! Attack suite: one file per defence (see each file).
+
+#[path = "attacks/nats.rs"]
+mod nats;
