@@ -152,6 +152,7 @@ pub fn describe_refusal(
         )
     }) || lower.contains("broken pipe")
         || lower.contains("certificaterequired")
+        || lower.contains("badcertificate")
         || lower.contains("certificate required");
     if cut_off && auth.ca.is_some() {
         return Some(if auth.cert.is_none() {

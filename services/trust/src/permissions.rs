@@ -50,17 +50,32 @@ pub fn worker(subjects: &Subjects, api: &str, pool: &str, name: &str) -> Permiss
 }
 
 /// A region's leaf node as a user of the hub: the upper limit of what crosses the link,
-/// the union of what its pools' workers may do (`*` in place of the worker, or of the pool
-/// with `any_pool`). Both directions carry the same list: a leaf connection's publish
-/// permission bounds what comes from the region, its subscribe permission what the hub
-/// sends there.
+/// the union of what its pools' workers may do (`*` in place of the worker). Both
+/// directions carry the same list: a leaf connection's publish permission bounds what
+/// comes from the region, its subscribe permission what the hub sends there.
+///
+/// With `any_pool` every pool's subjects may cross, written with `>`: nats-server 2.9.10
+/// does not send the hub's wildcard interest (the results stream's `shoal.results.>`)
+/// over a leaf connection whose permission has `*` in the pool's place (checked: the
+/// worker's reports then find no stream).
 pub fn region(subjects: &Subjects, domain: &str, pools: &[String], any_pool: bool) -> Permissions {
-    let all = ["*".to_owned()];
-    let pools = if any_pool { &all[..] } else { pools };
     let p = subjects.prefix();
     let stream = subjects.tasks_stream();
     let mut both = Vec::new();
-    for pool in pools {
+    if any_pool {
+        both.extend([
+            format!("$JS.{domain}.API.CONSUMER.INFO.{stream}.>"),
+            format!("$JS.{domain}.API.CONSUMER.MSG.NEXT.{stream}.>"),
+            format!("$JS.ACK.{stream}.>"),
+            format!("{p}.results.>"),
+            format!("{p}.heartbeat.>"),
+            format!("{p}.drain-state.>"),
+            format!("_INBOX_{p}.>"),
+            format!("{p}.cancel.>"),
+            format!("{p}.control.>"),
+        ]);
+    }
+    for pool in pools.iter().filter(|_| !any_pool) {
         both.extend([
             format!("$JS.{domain}.API.CONSUMER.INFO.{stream}.{pool}"),
             format!("$JS.{domain}.API.CONSUMER.MSG.NEXT.{stream}.{pool}"),

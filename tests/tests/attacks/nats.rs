@@ -304,16 +304,20 @@ async fn a_worker_claiming_another_pool_is_refused_and_logs_the_subject_and_its_
     .seed()?
     .map(|(_, public)| public)
     .unwrap_or_default();
-    p.wait_for_output(
-        "permission to publish \"$JS.hub.API.CONSUMER.INFO.SHOAL_TASKS.us-east\"",
-        WAIT,
-    )
-    .await?;
+    // Its first report (Joined) is refused, and so is every retry: it says so each time.
+    p.wait_for_output("permission to publish \"shoal.results.us-east.eu-west-1\"", WAIT)
+        .await?;
     let log = p.output();
     assert!(log.contains(&identity), "the log does not name the identity:\n{log}");
     assert!(
-        log.contains("permission to subscribe \"shoal.cancel.us-east.*\""),
+        log.contains("permission to subscribe \"_INBOX_shoal.us-east.eu-west-1."),
         "{log}"
+    );
+    // Nothing of it reached the planner.
+    let workers = b.c.api.get("/api/workers").await?;
+    assert!(
+        !workers.to_string().contains("eu-west-1"),
+        "the planner heard of it: {workers}"
     );
     Ok(())
 }

@@ -17,8 +17,24 @@ use std::time::Duration;
 /// How long a new identity may take to be let in after the reload.
 const ACCEPTED_WITHIN: Duration = Duration::from_secs(15);
 
-/// The servers started here: client port → (bundle dir, which server of the bundle).
-static SERVERS: Mutex<Vec<(u16, PathBuf, Server)>> = Mutex::new(Vec::new());
+/// How long a server may take to reload its config after SIGHUP.
+const RELOADED_WITHIN: Duration = Duration::from_secs(10);
+/// What nats-server logs once a reload is done.
+const RELOADED: &str = "Reloaded server configuration";
+
+/// A server started here from a bundle.
+#[derive(Debug, Clone)]
+struct Registered {
+    port: u16,
+    bundle: PathBuf,
+    server: Server,
+    /// Its pid file and its log (where a reload is confirmed).
+    pid_file: PathBuf,
+    log: PathBuf,
+}
+
+/// The servers started here, by client port.
+static SERVERS: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
 /// One change of a bundle at a time (tests run in parallel in one process).
 static CHANGING: Mutex<()> = Mutex::new(());
 
@@ -32,10 +48,23 @@ pub fn hub_config(dir: &Path) -> String {
     bundle_dir(dir).join("hub.conf").display().to_string()
 }
 
-fn register(port: u16, bundle: PathBuf, server: Server) {
+/// Registers the server of `bundle` on `port`, whose process is named `name` in `dir`'s
+/// logs (see [`super::Nats`]).
+fn register(dir: &Path, name: &str, port: u16, bundle: PathBuf, server: Server) {
+    let pid_name = match &server {
+        Server::Hub => "hub".to_owned(),
+        Server::Leaf(r) => format!("leaf-{r}"),
+    };
+    let entry = Registered {
+        port,
+        pid_file: bundle.join(format!("{pid_name}.pid")),
+        log: dir.join("logs").join(format!("{name}.log")),
+        bundle,
+        server,
+    };
     if let Ok(mut all) = SERVERS.lock() {
-        all.retain(|(p, _, _)| *p != port);
-        all.push((port, bundle, server));
+        all.retain(|r| r.port != port);
+        all.push(entry);
     }
 }
 
@@ -44,8 +73,8 @@ pub fn server_of(url: &str) -> Option<(PathBuf, Server)> {
     let port: u16 = url.rsplit(':').next()?.trim_end_matches('/').parse().ok()?;
     let all = SERVERS.lock().ok()?;
     all.iter()
-        .find(|(p, _, _)| *p == port)
-        .map(|(_, b, s)| (b.clone(), s.clone()))
+        .find(|r| r.port == port)
+        .map(|r| (r.bundle.clone(), r.server.clone()))
 }
 
 /// Writes the hub's bundle (new ports; an earlier bundle in `dir` keeps its keys) and
@@ -55,6 +84,7 @@ pub fn server_of(url: &str) -> Option<(PathBuf, Server)> {
 /// # Errors
 /// No free port, or the bundle cannot be written.
 pub fn start_hub_bundle(dir: &Path, leafs: bool) -> anyhow::Result<(u16, u16)> {
+    let name = if leafs { "hub" } else { "nats-server" };
     let _changing = CHANGING.lock();
     let (port, leaf_port) = (super::free_port()?, super::free_port()?);
     let bundle = bundle_dir(dir);
@@ -68,7 +98,7 @@ pub fn start_hub_bundle(dir: &Path, leafs: bool) -> anyhow::Result<(u16, u16)> {
         Err(_) => Topology::hub_only(hub),
     };
     shoal_trust::generate(&bundle, &topology)?;
-    register(port, bundle, Server::Hub);
+    register(dir, name, port, bundle, Server::Hub);
     Ok((port, leaf_port))
 }
 
@@ -86,7 +116,7 @@ pub fn bundle_server(dir: &Path, server: &Server) -> anyhow::Result<(String, u16
             (format!("leaf-{r}"), region.port)
         }
     };
-    register(port, bundle.clone(), server.clone());
+    register(dir, &name, port, bundle.clone(), server.clone());
     let config = bundle.join(format!("{name}.conf")).display().to_string();
     Ok((name, port, config))
 }
@@ -106,33 +136,65 @@ pub fn add_region(dir: &Path, name: &str, port: u16) -> anyhow::Result<String> {
     region.any_pool = true;
     t.regions.push(region);
     shoal_trust::generate(&bundle, &t)?;
-    reload(&bundle);
-    register(port, bundle.clone(), Server::Leaf(name.to_owned()));
+    reload(&bundle)?;
+    let server = Server::Leaf(name.to_owned());
+    register(dir, &format!("leaf-{name}"), port, bundle.clone(), server);
     Ok(bundle
         .join(format!("leaf-{name}.conf"))
         .display()
         .to_string())
 }
 
-/// Sends SIGHUP to every server of the bundle (their pid files): they re-read their
-/// configs. A server not running is skipped.
-fn reload(bundle: &Path) {
-    let Ok(entries) = std::fs::read_dir(bundle) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "pid")
-            && let Some(pid) = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGHUP,
-            );
+/// Reloads every running server of the bundle (SIGHUP) and waits until each has logged
+/// that it re-read its config, so that what was added is in force when this returns.
+///
+/// # Errors
+/// A server did not confirm the reload in time.
+fn reload(bundle: &Path) -> anyhow::Result<()> {
+    let servers: Vec<Registered> = SERVERS
+        .lock()
+        .map(|all| all.iter().filter(|r| r.bundle == bundle).cloned().collect())
+        .unwrap_or_default();
+    let mut waiting = Vec::new();
+    for r in servers {
+        let Some(pid) = std::fs::read_to_string(&r.pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // A stale pid file may name another process by now.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() != "nats-server" {
+            continue;
+        }
+        let before = reloads(&r.log);
+        let hup = nix::sys::signal::Signal::SIGHUP;
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), hup).is_ok() {
+            waiting.push((r, before));
         }
     }
+    let deadline = std::time::Instant::now() + RELOADED_WITHIN;
+    for (r, before) in waiting {
+        while reloads(&r.log) <= before {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "{} did not reload its config within {RELOADED_WITHIN:?} (see {})",
+                    r.pid_file.display(),
+                    r.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
+}
+
+/// How many reloads a server's log tells of.
+fn reloads(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|t| t.matches(RELOADED).count())
+        .unwrap_or(0)
 }
 
 fn flag_value<'a>(extra: &[&'a str], flag: &str) -> Option<&'a str> {
@@ -186,8 +248,7 @@ fn rebind_default_pool(bundle: &Path, pool: &str) -> anyhow::Result<()> {
     }
     t.default_pool = pool.to_owned();
     shoal_trust::generate(bundle, &t)?;
-    reload(bundle);
-    Ok(())
+    reload(bundle)
 }
 
 /// A worker's identity flags for a server started here: its name is bound to `pool` (and
@@ -234,7 +295,7 @@ fn bind_worker(bundle: &Path, worker: Worker) -> anyhow::Result<bool> {
     t.add_worker(worker)
         .map_err(|e| anyhow::anyhow!("cannot bind the worker: {e}"))?;
     shoal_trust::generate(bundle, &t)?;
-    reload(bundle);
+    reload(bundle)?;
     Ok(true)
 }
 
