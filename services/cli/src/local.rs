@@ -294,7 +294,13 @@ impl Nats {
     pub async fn start_leaf(dir: &Path, region: &str) -> anyhow::Result<Nats> {
         let port = free_port()?;
         let config = trust::add_region(dir, region, port)?;
-        Nats::launch(dir, &format!("leaf-{region}"), port, vec!["-c".into(), config]).await
+        Nats::launch(
+            dir,
+            &format!("leaf-{region}"),
+            port,
+            vec!["-c".into(), config],
+        )
+        .await
     }
 
     /// One server of a trust bundle made beforehand in `<dir>/nats-trust` (the hub, or a

@@ -103,14 +103,20 @@ fn from_flags(args: &NatsConfig) -> anyhow::Result<Topology> {
 /// `NAME:PORT:POOL[,POOL…][@HOST]`.
 fn parse_region(spec: &str) -> anyhow::Result<Region> {
     let bad = |why: &str| {
-        anyhow::anyhow!("--region {spec:?}: {why} (expected NAME:PORT:POOL[,POOL…][@HOST], e.g. eu:4223:eu-west,eu-central)")
+        anyhow::anyhow!(
+            "--region {spec:?}: {why} (expected NAME:PORT:POOL[,POOL…][@HOST], e.g. eu:4223:eu-west,eu-central)"
+        )
     };
-    let (main, host) = spec.split_once('@').map_or((spec, None), |(m, h)| (m, Some(h)));
+    let (main, host) = spec
+        .split_once('@')
+        .map_or((spec, None), |(m, h)| (m, Some(h)));
     let mut parts = main.splitn(3, ':');
     let (Some(name), Some(port), Some(pools)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad("missing parts"));
     };
-    let port: u16 = port.parse().map_err(|_| bad(&format!("port {port:?} is not a number")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad(&format!("port {port:?} is not a number")))?;
     let pools: Vec<&str> = pools.split(',').filter(|p| !p.is_empty()).collect();
     let mut region = Region::local(name, port, &pools);
     if let Some(h) = host {
@@ -121,9 +127,13 @@ fn parse_region(spec: &str) -> anyhow::Result<Region> {
 
 /// `POOL/NAME[@REGION]`.
 fn parse_worker(spec: &str) -> anyhow::Result<Worker> {
-    let (main, region) = spec.split_once('@').map_or((spec, None), |(m, r)| (m, Some(r)));
+    let (main, region) = spec
+        .split_once('@')
+        .map_or((spec, None), |(m, r)| (m, Some(r)));
     let Some((pool, name)) = main.split_once('/') else {
-        anyhow::bail!("--worker {spec:?}: expected POOL/NAME or POOL/NAME@REGION, e.g. eu-west/eu-west-1@eu");
+        anyhow::bail!(
+            "--worker {spec:?}: expected POOL/NAME or POOL/NAME@REGION, e.g. eu-west/eu-west-1@eu"
+        );
     };
     Ok(Worker {
         pool: pool.to_owned(),

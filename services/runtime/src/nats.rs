@@ -62,7 +62,15 @@ pub async fn connect(
     shutdown: &CancellationToken,
     on_problem: impl FnMut(&str),
 ) -> Result<async_nats::Client, ConnectError> {
-    connect_as(url, name, &NatsAuth::default(), inbox_prefix, shutdown, on_problem).await
+    connect_as(
+        url,
+        name,
+        &NatsAuth::default(),
+        inbox_prefix,
+        shutdown,
+        on_problem,
+    )
+    .await
 }
 
 /// Connects to `url` as `name` with `auth`, retrying until connected or `shutdown`. With

@@ -18,10 +18,20 @@ pub struct NatsAuth {
     #[arg(long = "nats-ca", env = "SHOAL_NATS_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// Client certificate presented to the NATS server (with --nats-key).
-    #[arg(long = "nats-cert", env = "SHOAL_NATS_CERT", value_name = "FILE", requires = "key")]
+    #[arg(
+        long = "nats-cert",
+        env = "SHOAL_NATS_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
     pub cert: Option<PathBuf>,
     /// Private key of the client certificate (with --nats-cert).
-    #[arg(long = "nats-key", env = "SHOAL_NATS_KEY", value_name = "FILE", requires = "cert")]
+    #[arg(
+        long = "nats-key",
+        env = "SHOAL_NATS_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
     pub key: Option<PathBuf>,
 }
 
@@ -140,7 +150,9 @@ pub fn describe_refusal(
         return Some(if auth.nkey.is_none() {
             "the server requires credentials: give this identity's nkey seed with --nats-nkey (SHOAL_NATS_NKEY)".to_owned()
         } else {
-            format!("NATS refused the credentials of {identity} (authorization violation): is its public key in the server's config, and was the server reloaded?")
+            format!(
+                "NATS refused the credentials of {identity} (authorization violation): is its public key in the server's config, and was the server reloaded?"
+            )
         });
     }
     let cut_off = io.is_some_and(|io| {
@@ -225,7 +237,9 @@ pub fn log_violation(client: &str, identity: &str, url: &str, error: &str) {
             "NATS at {url} refused {identity} permission to {} \"{}\": the identity lacks {} permission on that subject (the request it belonged to will time out)",
             v.permission, v.subject, v.permission
         ),
-        None => tracing::error!(client = %client, identity = %identity, "NATS at {url} reported an error for {identity}: {error}"),
+        None => {
+            tracing::error!(client = %client, identity = %identity, "NATS at {url} reported an error for {identity}: {error}")
+        }
     }
 }
 

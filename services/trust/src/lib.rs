@@ -32,7 +32,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     #[error("{source_name}: {problem}")]
-    Topology { source_name: String, problem: String },
+    Topology {
+        source_name: String,
+        problem: String,
+    },
     #[error("cannot write or read {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -120,10 +123,12 @@ pub fn load_topology(dir: &Path) -> Result<Topology, TrustError> {
 /// The worker does not fit the topology, or a file cannot be written.
 pub fn add_worker(dir: &Path, worker: Worker) -> Result<bool, TrustError> {
     let mut t = load_topology(dir)?;
-    let added = t.add_worker(worker).map_err(|problem| TrustError::Topology {
-        source_name: dir.join("topology.toml").display().to_string(),
-        problem,
-    })?;
+    let added = t
+        .add_worker(worker)
+        .map_err(|problem| TrustError::Topology {
+            source_name: dir.join("topology.toml").display().to_string(),
+            problem,
+        })?;
     if added {
         generate(dir, &t)?;
     }
@@ -166,7 +171,10 @@ pub fn generate(dir: &Path, t: &Topology) -> Result<(), TrustError> {
     for identity in &identities {
         let public = seed(&IdentityFiles::of(&dir, identity).nkey)?;
         ca.issue(&ids, &identity.id(), None)?;
-        write_public(&IdentityFiles::of(&dir, identity).env, &env(t, &m, identity))?;
+        write_public(
+            &IdentityFiles::of(&dir, identity).env,
+            &env(t, &m, identity),
+        )?;
         match server_of(identity) {
             Server::Hub => hub_users.push((public, identity.clone())),
             Server::Leaf(r) => {
@@ -179,7 +187,11 @@ pub fn generate(dir: &Path, t: &Topology) -> Result<(), TrustError> {
     for r in &t.regions {
         let name = format!("leaf-{}", r.name);
         ca.issue(&dir, &name, Some(&t.hosts))?;
-        let pw = read_or(&dir.join(format!("{name}.password")), || Ok(password()), true)?;
+        let pw = read_or(
+            &dir.join(format!("{name}.password")),
+            || Ok(password()),
+            true,
+        )?;
         passwords.push(pw.trim().to_owned());
     }
     ca.issue(&dir, "hub", Some(&t.hosts))?;

@@ -6,8 +6,8 @@
 use crate::TrustError;
 use crate::files::{read_or, write_public, write_secret};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use std::path::Path;
 use time::{Duration, OffsetDateTime};
@@ -81,7 +81,13 @@ impl Ca {
         let sans: Vec<String> = match server_hosts {
             Some(hosts) => {
                 let mut all = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-                all.extend(hosts.iter().filter(|h| !all.contains(h)).cloned().collect::<Vec<_>>());
+                all.extend(
+                    hosts
+                        .iter()
+                        .filter(|h| !all.contains(h))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
                 all
             }
             None => Vec::new(),
@@ -93,7 +99,10 @@ impl Ca {
             .push(DnType::CommonName, name.to_owned());
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = if server_hosts.is_some() {
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
         } else {
             vec![ExtendedKeyUsagePurpose::ClientAuth]
         };

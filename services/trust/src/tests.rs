@@ -66,18 +66,32 @@ fn secrets_are_readable_by_their_owner_only_and_env_files_name_the_identity_file
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().expect("tempdir");
     generate(dir.path(), &topology()).expect("generated");
-    for f in ["ca-key.pem", "hub.conf", "leaf-eu.conf", "identities/planner.nk"] {
-        let mode = std::fs::metadata(dir.path().join(f)).expect("exists").permissions().mode();
+    for f in [
+        "ca-key.pem",
+        "hub.conf",
+        "leaf-eu.conf",
+        "identities/planner.nk",
+    ] {
+        let mode = std::fs::metadata(dir.path().join(f))
+            .expect("exists")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "{f} is readable by others: {mode:o}");
     }
     let env = read(dir.path(), "identities/worker.eu-west.eu-west-1.env");
-    assert!(env.contains("SHOAL_NATS_URL=nats://127.0.0.1:4223"), "{env}");
+    assert!(
+        env.contains("SHOAL_NATS_URL=nats://127.0.0.1:4223"),
+        "{env}"
+    );
     assert!(env.contains("SHOAL_JS_DOMAIN=hub"), "{env}");
     assert!(env.contains("worker.eu-west.eu-west-1.nk"), "{env}");
     let seed = read(dir.path(), "identities/worker.eu-west.eu-west-1.nk");
     assert!(!env.contains(seed.trim()), "a seed in an env file: {env}");
     let leaf = read(dir.path(), "leaf-eu.conf");
-    assert!(leaf.contains("\"$JS.hub.API.CONSUMER.MSG.NEXT.SHOAL_TASKS.eu-west\""), "{leaf}");
+    assert!(
+        leaf.contains("\"$JS.hub.API.CONSUMER.MSG.NEXT.SHOAL_TASKS.eu-west\""),
+        "{leaf}"
+    );
     let planner = read(dir.path(), "identities/planner.env");
     assert!(planner.contains("SHOAL_BUILTIN_WORKER_NKEY="), "{planner}");
 }

@@ -219,7 +219,10 @@ impl Topology {
         // server has a host of its own.
         let mut ports = BTreeSet::new();
         let hub_host = self.hub.host.as_str();
-        for (what, port) in [("hub.port", self.hub.port), ("hub.leaf_port", self.hub.leaf_port)] {
+        for (what, port) in [
+            ("hub.port", self.hub.port),
+            ("hub.leaf_port", self.hub.leaf_port),
+        ] {
             if !ports.insert((hub_host, port)) {
                 return Err(format!("{what} {port} is used twice"));
             }
@@ -231,7 +234,10 @@ impl Topology {
                 return Err(format!("region \"{}\" is listed twice", r.name));
             }
             if !ports.insert((r.host.as_str(), r.port)) {
-                return Err(format!("port {} of region \"{}\" is used twice", r.port, r.name));
+                return Err(format!(
+                    "port {} of region \"{}\" is used twice",
+                    r.port, r.name
+                ));
             }
             for p in &r.pools {
                 PoolName::parse(p.as_str())
@@ -253,7 +259,11 @@ impl Topology {
                 return Err(format!(
                     "worker name \"{}\" is used twice (every worker has its own identity{})",
                     w.name,
-                    if w.name == BUILTIN_WORKER_NAME { "; this name is the built-in worker's" } else { "" }
+                    if w.name == BUILTIN_WORKER_NAME {
+                        "; this name is the built-in worker's"
+                    } else {
+                        ""
+                    }
                 ));
             }
             let Some(region) = &w.region else { continue };
@@ -262,7 +272,11 @@ impl Topology {
                 return Err(format!(
                     "worker \"{}\": unknown region \"{region}\" (known: {})",
                     w.name,
-                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
                 ));
             };
             if !r.any_pool && !r.pools.contains(&w.pool) {

@@ -36,8 +36,10 @@ async fn broker() -> anyhow::Result<Broker> {
     let dir = tempdir()?;
     let mut t = Topology::hub_only(Hub::local(free_port()?, free_port()?));
     t.hub.store_dir = Some(dir.path().join("hub-store"));
-    t.regions.push(Region::local("eu", free_port()?, &["eu-west"]));
-    t.regions.push(Region::local("us", free_port()?, &["us-east"]));
+    t.regions
+        .push(Region::local("eu", free_port()?, &["eu-west"]));
+    t.regions
+        .push(Region::local("us", free_port()?, &["us-east"]));
     t.workers.push(worker("eu-west", "eu-west-1", "eu"));
     t.workers.push(worker("eu-west", "eu-west-2", "eu"));
     t.workers.push(worker("us-east", "us-east-1", "us"));
@@ -67,7 +69,9 @@ impl Broker {
 
     /// `eu-west-1` connected to its leaf node as it would be, and the errors the server
     /// sends it.
-    async fn eu_west_1(&self) -> anyhow::Result<(async_nats::Client, mpsc::UnboundedReceiver<String>)> {
+    async fn eu_west_1(
+        &self,
+    ) -> anyhow::Result<(async_nats::Client, mpsc::UnboundedReceiver<String>)> {
         let (tx, rx) = mpsc::unbounded_channel();
         let client = client_options(&self.files(worker("eu-west", "eu-west-1", "eu")))?
             .custom_inbox_prefix("_INBOX_shoal.eu-west.eu-west-1")
@@ -128,7 +132,9 @@ async fn a_client_without_credentials_cannot_connect_and_a_plain_text_client_is_
     let mut info = vec![0u8; 4096];
     let n = tokio::time::timeout(WAIT, raw.read(&mut info)).await??;
     assert!(String::from_utf8_lossy(&info[..n]).contains("\"tls_required\":true"));
-    let _ = raw.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n").await;
+    let _ = raw
+        .write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
+        .await;
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(REFUSED_WITHIN, raw.read_to_end(&mut answer)).await;
     assert!(
@@ -154,14 +160,17 @@ async fn a_client_without_credentials_cannot_connect_and_a_plain_text_client_is_
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut heard = Vec::new();
-    let connecting = shoal_runtime::nats::connect_as(&url, "attacker", &auth, None, &shutdown, |p| {
-        heard.push(p.to_owned());
-        shutdown.cancel();
-    });
+    let connecting =
+        shoal_runtime::nats::connect_as(&url, "attacker", &auth, None, &shutdown, |p| {
+            heard.push(p.to_owned());
+            shutdown.cancel();
+        });
     let result = tokio::time::timeout(WAIT, connecting).await?;
     assert!(result.is_err(), "a client without a certificate connected");
     assert!(
-        heard.iter().any(|p| p.contains("the server requires a client certificate")),
+        heard
+            .iter()
+            .any(|p| p.contains("the server requires a client certificate")),
         "{heard:?}"
     );
     Ok(())
@@ -200,7 +209,10 @@ async fn pool_a_worker_cannot_read_the_task_subjects_or_pool_b_cancellations() -
     b.queue_task("eu-west").await?;
     let admin = b.c.nats.connect().await?;
     admin
-        .publish("shoal.cancel.us-east.00000000-0000-0000-0000-000000000000", "".into())
+        .publish(
+            "shoal.cancel.us-east.00000000-0000-0000-0000-000000000000",
+            "".into(),
+        )
         .await?;
     admin.flush().await?;
     let got = tokio::time::timeout(REFUSED_WITHIN, async {
@@ -264,7 +276,8 @@ async fn a_worker_cannot_create_delete_or_purge_streams_or_consumers() -> anyhow
         "$JS.hub.API.CONSUMER.CREATE.SHOAL_TASKS",
         "$JS.hub.API.CONSUMER.DURABLE.CREATE.SHOAL_TASKS.evil",
     ] {
-        let answer = tokio::time::timeout(REFUSED_WITHIN, client.request(subject, "{}".into())).await;
+        let answer =
+            tokio::time::timeout(REFUSED_WITHIN, client.request(subject, "{}".into())).await;
         assert!(!matches!(answer, Ok(Ok(_))), "{subject} was answered");
         refused(&mut errors, subject).await;
     }
@@ -305,10 +318,16 @@ async fn a_worker_claiming_another_pool_is_refused_and_logs_the_subject_and_its_
     .map(|(_, public)| public)
     .unwrap_or_default();
     // Its first report (Joined) is refused, and so is every retry: it says so each time.
-    p.wait_for_output("permission to publish \"shoal.results.us-east.eu-west-1\"", WAIT)
-        .await?;
+    p.wait_for_output(
+        "permission to publish \"shoal.results.us-east.eu-west-1\"",
+        WAIT,
+    )
+    .await?;
     let log = p.output();
-    assert!(log.contains(&identity), "the log does not name the identity:\n{log}");
+    assert!(
+        log.contains(&identity),
+        "the log does not name the identity:\n{log}"
+    );
     assert!(
         log.contains("permission to subscribe \"_INBOX_shoal.us-east.eu-west-1."),
         "{log}"
@@ -346,7 +365,10 @@ async fn a_leaf_node_without_credentials_gets_nothing() -> anyhow::Result<()> {
         .unwrap_or_default()
         .contains("Leafnode connection created")
     {
-        assert!(tokio::time::Instant::now() < deadline, "the rogue leaf node never connected");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rogue leaf node never connected"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let attacker = async_nats::connect(rogue.url()).await?;
@@ -367,13 +389,19 @@ async fn a_leaf_node_without_credentials_gets_nothing() -> anyhow::Result<()> {
         "{\"batch\":1}".into(),
     );
     let pulled = tokio::time::timeout(REFUSED_WITHIN, pull).await;
-    assert!(!matches!(pulled, Ok(Ok(_))), "the rogue leaf node pulled a task");
+    assert!(
+        !matches!(pulled, Ok(Ok(_))),
+        "the rogue leaf node pulled a task"
+    );
     attacker
         .publish("shoal.results.eu-west.eu-west-1", "forged".into())
         .await?;
     attacker.flush().await?;
     let forged = tokio::time::timeout(Duration::from_millis(500), results.next()).await;
-    assert!(forged.is_err(), "a forged result from the rogue leaf arrived");
+    assert!(
+        forged.is_err(),
+        "a forged result from the rogue leaf arrived"
+    );
     assert_eq!(b.pending("eu-west").await?, (1, 0));
     rogue.stop().await?;
     Ok(())

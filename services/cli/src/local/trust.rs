@@ -112,7 +112,9 @@ pub fn bundle_server(dir: &Path, server: &Server) -> anyhow::Result<(String, u16
     let (name, port) = match server {
         Server::Hub => ("hub".to_owned(), t.hub.port),
         Server::Leaf(r) => {
-            let region = t.region(r).with_context(|| format!("no region {r} in the bundle"))?;
+            let region = t
+                .region(r)
+                .with_context(|| format!("no region {r} in the bundle"))?;
             (format!("leaf-{r}"), region.port)
         }
     };
