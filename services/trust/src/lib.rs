@@ -146,58 +146,22 @@ pub fn generate(dir: &Path, t: &Topology) -> Result<(), TrustError> {
     };
     t.check().map_err(bad)?;
     let subjects = t.subjects().map_err(bad)?;
-    let mkdir = |d: &Path| {
-        std::fs::create_dir_all(d).map_err(|source| TrustError::Io {
-            path: d.to_path_buf(),
-            source,
-        })
-    };
-    mkdir(&dir.join("identities"))?;
+    let ids = dir.join("identities");
+    std::fs::create_dir_all(&ids).map_err(|source| TrustError::Io {
+        path: ids.clone(),
+        source,
+    })?;
     let dir = std::fs::canonicalize(dir).map_err(|source| TrustError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
     let m = t.mount_dir.clone().unwrap_or_else(|| dir.clone());
     let ca = pki::Ca::load_or_make(&dir)?;
-    let ids = dir.join("identities");
+    let keys = identities(&dir, t, &m, &ca)?;
+    let passwords = servers(&dir, t, &ca)?;
 
-    let mut hub_users = Vec::new();
-    let mut leaf_users: Vec<Vec<(String, Identity)>> = vec![Vec::new(); t.regions.len()];
-    let mut identities = vec![Identity::Planner];
-    if t.builtin_worker {
-        identities.push(Identity::BuiltinWorker);
-    }
-    identities.extend(t.workers.iter().cloned().map(Identity::Worker));
-    for identity in &identities {
-        let public = seed(&IdentityFiles::of(&dir, identity).nkey)?;
-        ca.issue(&ids, &identity.id(), None)?;
-        write_public(
-            &IdentityFiles::of(&dir, identity).env,
-            &env(t, &m, identity),
-        )?;
-        match server_of(identity) {
-            Server::Hub => hub_users.push((public, identity.clone())),
-            Server::Leaf(r) => {
-                let i = t.regions.iter().position(|x| x.name == r).unwrap_or(0);
-                leaf_users[i].push((public, identity.clone()));
-            }
-        }
-    }
-    let mut passwords = Vec::new();
-    for r in &t.regions {
-        let name = format!("leaf-{}", r.name);
-        ca.issue(&dir, &name, Some(&t.hosts))?;
-        let pw = read_or(
-            &dir.join(format!("{name}.password")),
-            || Ok(password()),
-            true,
-        )?;
-        passwords.push(pw.trim().to_owned());
-    }
-    ca.issue(&dir, "hub", Some(&t.hosts))?;
-
-    let mut users: Vec<User<'_>> = hub_users
-        .iter()
+    let on = |server: Server| keys.iter().filter(move |(_, i)| server_of(i) == server);
+    let mut users: Vec<User<'_>> = on(Server::Hub)
         .map(|(k, i)| user(&subjects, "$JS.API", k, i, t))
         .collect();
     for (r, pw) in t.regions.iter().zip(&passwords) {
@@ -209,9 +173,8 @@ pub fn generate(dir: &Path, t: &Topology) -> Result<(), TrustError> {
     }
     write_secret(&dir.join("hub.conf"), &render::hub(t, &m, &users))?;
     let api = Subjects::js_api_prefix(Some(&t.hub.domain));
-    for ((r, pw), region_users) in t.regions.iter().zip(&passwords).zip(&leaf_users) {
-        let users: Vec<User<'_>> = region_users
-            .iter()
+    for (r, pw) in t.regions.iter().zip(&passwords) {
+        let users: Vec<User<'_>> = on(Server::Leaf(r.name.clone()))
             .map(|(k, i)| user(&subjects, &api, k, i, t))
             .collect();
         let text = render::leaf(t, r, &m, pw, &users);
@@ -219,6 +182,45 @@ pub fn generate(dir: &Path, t: &Topology) -> Result<(), TrustError> {
     }
     let text = toml::to_string(t).map_err(|e| bad(e.to_string()))?;
     write_public(&dir.join("topology.toml"), &text)
+}
+
+/// Every identity's seed, client certificate and env file (made when missing): each
+/// identity with its public key.
+fn identities(
+    dir: &Path,
+    t: &Topology,
+    m: &Path,
+    ca: &pki::Ca,
+) -> Result<Vec<(String, Identity)>, TrustError> {
+    let mut all = vec![Identity::Planner];
+    if t.builtin_worker {
+        all.push(Identity::BuiltinWorker);
+    }
+    all.extend(t.workers.iter().cloned().map(Identity::Worker));
+    let mut keys = Vec::new();
+    for identity in all {
+        let files = IdentityFiles::of(dir, &identity);
+        let public = seed(&files.nkey)?;
+        ca.issue(&dir.join("identities"), &identity.id(), None)?;
+        write_public(&files.env, &env(t, m, &identity))?;
+        keys.push((public, identity));
+    }
+    Ok(keys)
+}
+
+/// The servers' certificates and the regions' passwords (made when missing): the
+/// passwords, in the order of the regions.
+fn servers(dir: &Path, t: &Topology, ca: &pki::Ca) -> Result<Vec<String>, TrustError> {
+    let mut passwords = Vec::new();
+    for r in &t.regions {
+        let name = format!("leaf-{}", r.name);
+        ca.issue(dir, &name, Some(&t.hosts))?;
+        let path = dir.join(format!("{name}.password"));
+        let pw = read_or(&path, || Ok(password()), true)?;
+        passwords.push(pw.trim().to_owned());
+    }
+    ca.issue(dir, "hub", Some(&t.hosts))?;
+    Ok(passwords)
 }
 
 /// The server an identity connects to.
