@@ -58,7 +58,7 @@ pub async fn run(
     workers: usize,
     in_flight: usize,
 ) -> anyhow::Result<RawResult> {
-    let client = async_nats::connect(url).await?;
+    let client = shoal_cli::local::trust::admin_client(url).await?;
     let js = jetstream::new(client.clone());
     let tasks = js
         .create_stream(stream::Config {
@@ -119,7 +119,7 @@ pub async fn run(
     let mut consumers = Vec::new();
     for w in 0..workers {
         let pool = pool_names[w % pools].clone();
-        let worker_client = async_nats::connect(url).await?;
+        let worker_client = shoal_cli::local::trust::admin_client(url).await?;
         let wjs = jetstream::new(worker_client);
         let c: jetstream::consumer::PullConsumer = wjs
             .get_stream("RAW_TASKS")

@@ -193,7 +193,7 @@ impl Shoal {
     /// # Errors
     /// Not within `timeout`.
     pub async fn wait_ingested(&self, timeout: Duration) -> anyhow::Result<()> {
-        let client = async_nats::connect(self.nats_url()).await?;
+        let client = shoal_cli::local::trust::admin_client(&self.nats_url()).await?;
         let js = async_nats::jetstream::new(client);
         let deadline = tokio::time::Instant::now() + timeout;
         let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
@@ -382,7 +382,7 @@ impl Observer {
     /// # Errors
     /// The broker is unreachable.
     pub async fn start(url: &str) -> anyhow::Result<Observer> {
-        let client = async_nats::ConnectOptions::new()
+        let client = shoal_cli::local::trust::admin_options(url)?
             .subscription_capacity(1 << 20)
             .connect(url)
             .await?;

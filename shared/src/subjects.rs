@@ -3,6 +3,10 @@
 use crate::ids::TaskId;
 use crate::names::{NameError, PoolName, WorkerName, check_name};
 
+/// The name of the planner's built-in worker when it has an identity of its own (a trust
+/// bundle binds this name to the default pool).
+pub const BUILTIN_WORKER_NAME: &str = "builtin-worker";
+
 /// Builds every subject and stream name of one shoal installation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
@@ -90,15 +94,21 @@ impl Subjects {
         format!("{}.heartbeat.>", self.prefix)
     }
 
-    /// `shoal.cancel.<task>`; the payload is the last attempt cancelled ([`cancel_payload`]),
-    /// empty for every attempt.
-    pub fn cancel(&self, task: &TaskId) -> String {
-        format!("{}.cancel.{task}", self.prefix)
+    /// `shoal.cancel.<pool>.<task>`; the payload is the last attempt cancelled
+    /// ([`cancel_payload`]), empty for every attempt. Per pool, so that a worker may listen
+    /// to its own pool's cancellations only.
+    pub fn cancel(&self, pool: &PoolName, task: &TaskId) -> String {
+        format!("{}.cancel.{pool}.{task}", self.prefix)
     }
 
-    /// `shoal.cancel.*`: every cancellation, for workers to watch.
+    /// `shoal.cancel.<pool>.*`: every cancellation of a pool, for its workers to watch.
+    pub fn cancel_pool(&self, pool: &PoolName) -> String {
+        format!("{}.cancel.{pool}.*", self.prefix)
+    }
+
+    /// `shoal.cancel.>`: every cancellation.
     pub fn cancel_all(&self) -> String {
-        format!("{}.cancel.*", self.prefix)
+        format!("{}.cancel.>", self.prefix)
     }
 
     /// `shoal.drain-state.<pool>.<worker>`: a starting worker asks the planner (request and
@@ -120,6 +130,18 @@ impl Subjects {
     /// Inbox prefix of a pool's workers, so per-pool permissions can allow exactly it.
     pub fn pool_inbox_prefix(&self, pool: &PoolName) -> String {
         format!("_INBOX_{}_{pool}", self.prefix)
+    }
+
+    /// Inbox prefix of one worker, `_INBOX_shoal.<pool>.<worker>`: its identity may
+    /// subscribe `<prefix>.>` and nothing of another worker's replies (a shared `_INBOX.>`
+    /// would let one worker read another pool's tasks).
+    pub fn worker_inbox_prefix(&self, pool: &PoolName, worker: &WorkerName) -> String {
+        format!("_INBOX_{}.{pool}.{worker}", self.prefix)
+    }
+
+    /// The JetStream API prefix a client of `domain` uses: `$JS.<domain>.API`, or `$JS.API`.
+    pub fn js_api_prefix(domain: Option<&str>) -> String {
+        domain.map_or_else(|| "$JS.API".to_owned(), |d| format!("$JS.{d}.API"))
     }
 }
 
@@ -308,6 +330,16 @@ mod tests {
         assert_eq!(s.results(&pool, &worker), "shoal.results.eu-west.w1");
         assert_eq!(s.heartbeat(&pool, &worker), "shoal.heartbeat.eu-west.w1");
         assert_eq!(s.tasks_stream(), "SHOAL_TASKS");
+        let task = TaskId(uuid::Uuid::nil());
+        assert_eq!(
+            s.cancel(&pool, &task),
+            format!("shoal.cancel.eu-west.{task}")
+        );
+        assert_eq!(s.cancel_pool(&pool), "shoal.cancel.eu-west.*");
+        assert_eq!(
+            s.worker_inbox_prefix(&pool, &worker),
+            "_INBOX_shoal.eu-west.w1"
+        );
         let custom = Subjects::new("acme").expect("valid");
         assert_eq!(custom.tasks(&pool), "acme.tasks.eu-west");
         assert_eq!(custom.results_stream(), "ACME_RESULTS");

@@ -440,36 +440,25 @@ impl Drop for Cluster {
 }
 
 /// A hub with JetStream (domain `hub`) that takes leaf nodes on a port of its own: the hub,
-/// and that port for [`start_leaf`].
+/// and that port for [`start_leaf`]. It runs from a trust bundle (TLS, nkey identities).
 ///
 /// # Errors
 /// The server did not start.
 pub async fn start_hub(dir: &std::path::Path) -> anyhow::Result<(Nats, u16)> {
-    let leaf_port = free_port()?;
-    let hub = Nats::start_with_config(
-        dir,
-        "hub",
-        &format!("jetstream {{ store_dir: \"{{dir}}\", domain: hub }}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\" }}\n"),
-    )
-    .await?;
-    Ok((hub, leaf_port))
+    Nats::start_hub(dir).await
 }
 
-/// A region's leaf node (`leaf-<region>`), connecting outbound to the hub's leaf port.
+/// A region's leaf node (`leaf-<region>`), connecting outbound to the hub's leaf port with
+/// the region's identity of the hub's trust bundle.
 ///
 /// # Errors
 /// The server did not start.
 pub async fn start_leaf(
     dir: &std::path::Path,
     region: &str,
-    leaf_port: u16,
+    _leaf_port: u16,
 ) -> anyhow::Result<Nats> {
-    Nats::start_with_config(
-        dir,
-        &format!("leaf-{region}"),
-        &format!("leafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{leaf_port}\" }} ] }}\n"),
-    )
-    .await
+    Nats::start_leaf(dir, region).await
 }
 
 /// A temp dir for one test's processes.

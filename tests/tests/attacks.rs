@@ -5,5 +5,7 @@
 mod api;
 #[path = "attacks/ingest.rs"]
 mod ingest;
+#[path = "attacks/nats.rs"]
+mod nats;
 #[path = "attacks/secrets.rs"]
 mod secrets;

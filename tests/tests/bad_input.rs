@@ -244,7 +244,7 @@ async fn bad_messages_on_the_wire_are_rejected_recorded_and_never_redelivered() 
     c.target("t1", "prod", &["web"], None).await?;
     c.worker("w1", "default", "local", &[])?;
     c.wait_online(&["w1"]).await?;
-    let client = async_nats::connect(c.nats.url()).await?;
+    let client = c.nats.connect().await?;
     let js = async_nats::jetstream::new(client.clone());
     let pool = |p: &str| PoolName::parse(p).expect("valid");
     let task = |schema_version: u16, pool: PoolName| TaskMessage {

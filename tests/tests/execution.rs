@@ -214,7 +214,7 @@ async fn a_busy_worker_reports_every_start_output_and_end_in_order() -> anyhow::
     c.worker("busy", "default", "eu", &["--slots", "32"])?;
     c.wait_online(&["busy"]).await?;
     // Watch the worker's messages (a plain subscription takes nothing from the stream).
-    let client = async_nats::connect(c.nats.url()).await?;
+    let client = c.nats.connect().await?;
     let mut watch = client.subscribe("shoal.results.default.busy").await?;
     client.flush().await?;
     let targets = 80;

@@ -189,7 +189,7 @@ async fn checks_run_on_the_targets_pool_and_record_state_reason_worker_and_pool(
     );
     assert!(r["worker"].is_null());
     // Nobody took it: it does not stay queued for a worker that may come much later.
-    let js = async_nats::jetstream::new(async_nats::connect(c.nats.url()).await?);
+    let js = async_nats::jetstream::new(c.nats.connect().await?);
     c.wait_for("the unanswered check off the queue", WAIT, || async {
         let mut stream = js.get_stream("SHOAL_TASKS").await?;
         Ok((stream.info().await?.state.messages == 0).then_some(()))

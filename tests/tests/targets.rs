@@ -142,7 +142,7 @@ async fn a_probe_is_changed_or_switched_off_and_targets_and_pools_are_removed_on
     c.wait_status(&["eu-1"], "left").await?;
     let out = cli_ok(&c, &["pool", "rm", "eu-west"])?;
     assert!(out.contains("pool eu-west removed"), "{out}");
-    let js = async_nats::jetstream::new(async_nats::connect(c.nats.url()).await?);
+    let js = async_nats::jetstream::new(c.nats.connect().await?);
     c.wait_for("the consumer of eu-west to be deleted", WAIT, || {
         let js = js.clone();
         async move {

@@ -22,6 +22,10 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
     println!("  nats-server: {}", nats_bin.display());
 
     let mut nats = Nats::start(dir.path()).await?;
+    println!(
+        "  broker:      TLS with client certificates, an nkey identity per process (trust bundle in {})",
+        local::trust::bundle_dir(dir.path()).display()
+    );
     let http_port = local::free_port()?;
     let mut procs: Vec<Proc> = Vec::new();
     let data_dir = dir.path().join("planner-data");

@@ -1,6 +1,8 @@
 //! A local shoal installation made of real processes: `nats-server` on a free port with its
 //! own store dir, the planner and workers. Used by `shoal demo` and by the end-to-end tests,
-//! which stop, kill and restart its parts.
+//! which stop, kill and restart its parts. Secure by default: the broker runs from a trust
+//! bundle ([`trust`]) with TLS and an nkey identity per process, and the planner and workers
+//! started here are given theirs.
 
 use anyhow::{Context as _, bail};
 use nix::sys::signal::{Signal, kill};
@@ -9,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::process::{Child, Command};
+
+pub mod trust;
 
 /// Where nats-server is looked for besides `PATH`.
 const NATS_SERVER_PATHS: [&str; 2] = ["/usr/sbin/nats-server", "/usr/bin/nats-server"];
@@ -259,22 +263,66 @@ pub struct Nats {
 
 impl Nats {
     /// Starts a JetStream server with its store under `dir` and waits until it accepts
-    /// connections.
+    /// connections. It runs from a trust bundle made in `<dir>/nats-trust`: TLS with client
+    /// certificates and an nkey identity per process ([`trust`]).
     ///
     /// # Errors
     /// nats-server is missing or does not come up.
     pub async fn start(dir: &Path) -> anyhow::Result<Nats> {
+        let (port, _) = trust::start_hub_bundle(dir, false)?;
+        let config = trust::hub_config(dir);
+        Nats::launch(dir, "nats-server", port, vec!["-c".into(), config]).await
+    }
+
+    /// A hub (JetStream domain `hub`) from the trust bundle in `<dir>/nats-trust`, taking
+    /// leaf nodes on a port of its own: the hub and that port, for [`Nats::start_leaf`].
+    ///
+    /// # Errors
+    /// nats-server is missing or does not come up.
+    pub async fn start_hub(dir: &Path) -> anyhow::Result<(Nats, u16)> {
+        let (port, leaf_port) = trust::start_hub_bundle(dir, true)?;
+        let config = trust::hub_config(dir);
+        let hub = Nats::launch(dir, "hub", port, vec!["-c".into(), config]).await?;
+        Ok((hub, leaf_port))
+    }
+
+    /// The leaf node of `region` (`leaf-<region>`), added to the hub's trust bundle (the hub
+    /// is reloaded with the region's user) and connecting outbound to the hub over TLS.
+    ///
+    /// # Errors
+    /// nats-server is missing or does not come up.
+    pub async fn start_leaf(dir: &Path, region: &str) -> anyhow::Result<Nats> {
         let port = free_port()?;
-        let args = vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            dir.join("nats-store").display().to_string(),
-        ];
-        Nats::launch(dir, "nats-server", port, args).await
+        let config = trust::add_region(dir, region, port)?;
+        Nats::launch(
+            dir,
+            &format!("leaf-{region}"),
+            port,
+            vec!["-c".into(), config],
+        )
+        .await
+    }
+
+    /// One server of a trust bundle made beforehand in `<dir>/nats-trust` (the hub, or a
+    /// region's leaf node), on the port its topology gives it.
+    ///
+    /// # Errors
+    /// No bundle there, nats-server is missing or does not come up.
+    pub async fn start_bundle_server(
+        dir: &Path,
+        server: &shoal_trust::Server,
+    ) -> anyhow::Result<Nats> {
+        let (name, port, config) = trust::bundle_server(dir, server)?;
+        Nats::launch(dir, &name, port, vec!["-c".into(), config]).await
+    }
+
+    /// A client of this server with the planner's (admin) identity, for tests that look at
+    /// or write to the broker directly.
+    ///
+    /// # Errors
+    /// It cannot connect.
+    pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        trust::admin_client(&self.url()).await
     }
 
     /// Starts a server named `name` from a configuration; `config` gets the listen address
@@ -367,6 +415,7 @@ pub fn planner_args(
         format!("127.0.0.1:{http_port}"),
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.extend(trust::planner_identity_args(nats_url, extra));
     args
 }
 
@@ -451,6 +500,7 @@ pub fn start_worker(
         args.push(r.to_owned());
     }
     args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.extend(trust::worker_identity_args(nats_url, name, pool, extra));
     Proc::spawn(name, &bin, &args, log_dir)
 }
 

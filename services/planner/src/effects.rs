@@ -247,7 +247,10 @@ async fn publish_cancels(client: &async_nats::Client, subjects: &Subjects, stops
     for stop in stops {
         let upto = (stop.upto != u32::MAX).then_some(stop.upto);
         if let Err(e) = client
-            .publish(subjects.cancel(&stop.task), cancel_payload(upto).into())
+            .publish(
+                subjects.cancel(&stop.pool, &stop.task),
+                cancel_payload(upto).into(),
+            )
             .await
         {
             tracing::warn!(error = %e, task.id = %stop.task, "cancellation not sent; it is sent again shortly");

@@ -32,7 +32,7 @@ use crate::log::writer::{Writer, WriterFailed, WriterHandle, WriterTask};
 use crate::log::{EventLog, Proj};
 use anyhow::Context as _;
 use sha2::Digest as _;
-use shoal_shared::subjects::Subjects;
+use shoal_shared::subjects::{BUILTIN_WORKER_NAME, Subjects};
 use shoal_shared::{PoolName, WorkerName};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,6 +70,11 @@ pub struct PlannerConfig {
     /// The master key file that seals sensitive variables; `None`:
     /// `<data_dir>/keys/master.key` (made at first start).
     pub master_key: Option<PathBuf>,
+    /// The planner's NATS credentials and TLS settings.
+    pub nats_auth: shoal_runtime::nats_auth::NatsAuth,
+    /// The built-in worker's own nkey seed: it then connects as its own identity (named
+    /// [`BUILTIN_WORKER_NAME`]), not as the planner's.
+    pub builtin_worker_nkey: Option<PathBuf>,
 }
 
 /// A planner that is set up but not yet serving: its log is open and the writer runs on it,
@@ -478,7 +483,7 @@ async fn run_builtin_worker(
         }
         None => return Ok(()),
     }
-    let name = builtin_worker_name(&config.data_dir);
+    let (name, auth) = builtin_worker_identity(config);
     let mut wc = shoal_worker::WorkerConfig::new(
         name.clone(),
         config.default_pool.clone(),
@@ -487,10 +492,15 @@ async fn run_builtin_worker(
     wc.slots = config.builtin_slots;
     wc.pool_keys = vec![pool_key];
     wc.subjects = config.subjects.clone();
-    let wclient = shoal_runtime::nats::connect(
+    let wclient = shoal_runtime::nats::connect_as(
         &config.nats_url,
         name.as_str(),
-        Some(config.subjects.pool_inbox_prefix(&config.default_pool)),
+        &auth,
+        Some(
+            config
+                .subjects
+                .worker_inbox_prefix(&config.default_pool, &name),
+        ),
         shutdown,
         |_| {},
     )
@@ -505,6 +515,32 @@ async fn run_builtin_worker(
     };
     tracing::info!(worker = %name, pool = %config.default_pool, "starting the built-in worker");
     shoal_worker::run(wc, wclient, stop).await
+}
+
+/// The built-in worker's name and credentials: with its own nkey, the name the trust bundle
+/// binds to it ([`BUILTIN_WORKER_NAME`]) and the planner's TLS settings with that nkey;
+/// without, [`builtin_worker_name`] and the planner's own credentials.
+fn builtin_worker_identity(
+    config: &PlannerConfig,
+) -> (WorkerName, shoal_runtime::nats_auth::NatsAuth) {
+    let mut auth = config.nats_auth.clone();
+    match &config.builtin_worker_nkey {
+        Some(nkey) => {
+            auth.nkey = Some(nkey.clone());
+            let name = WorkerName::parse(BUILTIN_WORKER_NAME)
+                .unwrap_or_else(|_| builtin_worker_name(&config.data_dir));
+            (name, auth)
+        }
+        None => {
+            if auth.nkey.is_some() {
+                tracing::warn!(
+                    "the built-in worker connects with the planner's own (admin) NATS identity; \
+                     give it one of its own with --builtin-worker-nkey (SHOAL_BUILTIN_WORKER_NKEY)"
+                );
+            }
+            (builtin_worker_name(&config.data_dir), auth)
+        }
+    }
 }
 
 /// The built-in worker's name: the host plus a digest of the data dir, stable across restarts
@@ -528,10 +564,12 @@ async fn connect_broker(
     status: &watch::Sender<String>,
 ) -> anyhow::Result<(async_nats::Client, async_nats::jetstream::Context)> {
     let url = &config.nats_url;
-    let client = shoal_runtime::nats::connect(url, "shoal-planner", None, shutdown, |problem| {
-        status.send_replace(problem.to_owned());
-    })
-    .await?;
+    let auth = &config.nats_auth;
+    let client =
+        shoal_runtime::nats::connect_as(url, "shoal-planner", auth, None, shutdown, |problem| {
+            status.send_replace(problem.to_owned());
+        })
+        .await?;
     status.send_replace(format!("connected to NATS at {url}; setting up JetStream"));
     let js = async_nats::jetstream::new(client.clone());
     ensure_broker(&client, &js, config, shutdown, status).await?;

@@ -8,6 +8,8 @@ use shoal_shared::PoolName;
 use shoal_shared::subjects::Subjects;
 use std::path::PathBuf;
 
+mod nats_config;
+
 /// The shoal planner: routes deployment steps to worker pools and records every fact.
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +29,13 @@ struct Serve {
     /// NATS server with JetStream.
     #[arg(long, env = "SHOAL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    #[command(flatten)]
+    nats_auth: shoal_runtime::nats_auth::NatsAuth,
+    /// The built-in worker's own NATS nkey seed (a trust bundle's
+    /// `identities/builtin-worker.nk`): it then connects as `builtin-worker` of the default
+    /// pool, not with the planner's admin identity.
+    #[arg(long, env = "SHOAL_BUILTIN_WORKER_NKEY", value_name = "FILE")]
+    builtin_worker_nkey: Option<PathBuf>,
     /// Where the event log lives.
     #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
     data_dir: PathBuf,
@@ -99,6 +108,10 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write the NATS trust bundle of a hub and its regions: nats-server configs with an
+    /// nkey identity per planner, built-in worker and worker, permissions, limits, TLS
+    /// certificates, and an env file per identity. Running it again keeps every key.
+    NatsConfig(nats_config::NatsConfig),
 }
 
 /// sled allocates and frees a node copy for most writes; under load glibc's allocator took
@@ -113,6 +126,7 @@ fn main() {
         Some(Cmd::Replay { data_dir, rebuild }) => replay(&data_dir, rebuild),
         Some(Cmd::AdminToken { data_dir, name }) => admin_token(&data_dir, name),
         Some(Cmd::PoolKeygen { pool, out }) => pool_keygen(&pool, &out),
+        Some(Cmd::NatsConfig(args)) => nats_config::run(args).map(|summary| println!("{summary}")),
         None => serve(args.serve),
     };
     if let Err(e) = result {
@@ -233,6 +247,8 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         health_interval: std::time::Duration::from_secs(s.health_interval_secs),
         health_deadline: std::time::Duration::from_secs(s.health_deadline_secs),
         master_key: s.master_key,
+        nats_auth: s.nats_auth,
+        builtin_worker_nkey: s.builtin_worker_nkey,
     };
     let data_dir = config.data_dir.clone();
     let planner = match Planner::build(config, listener, &shutdown).await {

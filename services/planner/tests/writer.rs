@@ -176,7 +176,7 @@ async fn observe(mut sub: async_nats::Subscriber, wanted: usize) -> HashMap<Stri
 async fn the_dispatcher_catches_up_from_the_outbox_after_its_channel_overflowed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let nats = Nats::start(dir.path()).await.expect("nats-server starts");
-    let client = async_nats::connect(nats.url()).await.expect("connects");
+    let client = nats.connect().await.expect("connects");
     let js = async_nats::jetstream::new(client.clone());
     let subjects = Subjects::default();
     broker::ensure_streams(&js, &subjects)

@@ -8,5 +8,6 @@
 
 pub mod nats;
 pub mod secrets;
+pub mod nats_auth;
 pub mod signal;
 pub mod telemetry;

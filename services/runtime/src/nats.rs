@@ -4,6 +4,7 @@
 //! [`REMIND_EVERY`], never once per attempt. Also binding a durable pull consumer, with the
 //! broker's error kept as it came.
 
+use crate::nats_auth::{AuthError, NatsAuth, describe_refusal, log_violation};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,8 @@ pub enum ConnectError {
     InvalidUrl { url: String, cause: String },
     /// Shutdown came before the first connection; `last` is why it had not succeeded yet.
     Stopped { url: String, last: Option<String> },
+    /// The credentials cannot be read; retrying does not help.
+    Credentials(AuthError),
 }
 
 impl std::fmt::Display for ConnectError {
@@ -40,16 +43,15 @@ impl std::fmt::Display for ConnectError {
             ConnectError::Stopped { url, last: None } => {
                 write!(f, "stopped before connecting to NATS at {url}")
             }
+            ConnectError::Credentials(e) => e.fmt(f),
         }
     }
 }
 
 impl std::error::Error for ConnectError {}
 
-/// Connects to `url` as `name`, retrying until connected or `shutdown`. With
-/// `inbox_prefix`, replies come on that prefix only, so per-pool permissions can allow a
-/// worker exactly its own inboxes. `on_problem` hears each failed attempt's cause, as
-/// logged (`cannot reach NATS at <url>: <cause>`), so a process can show it elsewhere too.
+/// Connects to `url` as `name` without credentials or TLS (logged as a loud warning); see
+/// [`connect_as`].
 ///
 /// # Errors
 /// An invalid URL, or shutdown before the first connection.
@@ -58,12 +60,50 @@ pub async fn connect(
     name: &str,
     inbox_prefix: Option<String>,
     shutdown: &CancellationToken,
+    on_problem: impl FnMut(&str),
+) -> Result<async_nats::Client, ConnectError> {
+    connect_as(
+        url,
+        name,
+        &NatsAuth::default(),
+        inbox_prefix,
+        shutdown,
+        on_problem,
+    )
+    .await
+}
+
+/// Connects to `url` as `name` with `auth`, retrying until connected or `shutdown`. With
+/// `inbox_prefix`, replies come on that prefix only, so per-worker permissions can allow a
+/// worker exactly its own inboxes. `on_problem` hears each failed attempt's cause, as
+/// logged (`cannot reach NATS at <url>: <cause>`), so a process can show it elsewhere too.
+/// Refused credentials, a missing client certificate and every permission violation later
+/// are logged naming the identity.
+///
+/// # Errors
+/// An invalid URL, unreadable credentials, or shutdown before the first connection.
+pub async fn connect_as(
+    url: &str,
+    name: &str,
+    auth: &NatsAuth,
+    inbox_prefix: Option<String>,
+    shutdown: &CancellationToken,
     mut on_problem: impl FnMut(&str),
 ) -> Result<async_nats::Client, ConnectError> {
+    if auth.is_open() {
+        tracing::warn!(
+            client = %name,
+            "INSECURE: connecting to NATS at {url} without credentials or TLS; anyone who reaches \
+             this broker can read and forge shoal's messages. Give --nats-nkey, --nats-ca, \
+             --nats-cert and --nats-key from a trust bundle (`shoal-planner nats-config`)"
+        );
+    }
     let mut backoff = Duration::from_millis(100);
     let mut said: Option<(String, Instant)> = None;
     loop {
-        let attempt = options(url, name, inbox_prefix.clone()).connect(url);
+        let (options, identity) =
+            options(url, name, auth, inbox_prefix.clone()).map_err(ConnectError::Credentials)?;
+        let attempt = options.connect(url);
         let stopped = |said: &Option<(String, Instant)>| ConnectError::Stopped {
             url: url.to_owned(),
             last: said.as_ref().map(|(s, _)| s.clone()),
@@ -74,7 +114,7 @@ pub async fn connect(
         };
         let e = match result {
             Ok(client) => {
-                log_connected(&client, url, name);
+                log_connected(&client, url, &identity);
                 return Ok(client);
             }
             Err(e) => e,
@@ -86,7 +126,8 @@ pub async fn connect(
                 cause,
             });
         }
-        let problem = format!("cannot reach NATS at {url}: {}", describe(&e));
+        let cause = describe_refusal(&e, auth, &identity).unwrap_or_else(|| describe(&e));
+        let problem = format!("cannot reach NATS at {url}: {cause}");
         if should_say(said.as_ref(), &problem) {
             tracing::warn!(client = %name, "{problem}; retrying");
             said = Some((problem.clone(), Instant::now()));
@@ -105,24 +146,32 @@ fn should_say(said: Option<&(String, Instant)>, problem: &str) -> bool {
     said.is_none_or(|(last, at)| last != problem || at.elapsed() >= REMIND_EVERY)
 }
 
-/// The options of every connection: reconnecting forever once connected, each event logged.
-fn options(url: &str, name: &str, inbox_prefix: Option<String>) -> async_nats::ConnectOptions {
+/// The options of every connection: reconnecting forever once connected, each event logged,
+/// with `auth`'s credentials and TLS; and the identity's words for logs.
+fn options(
+    url: &str,
+    name: &str,
+    auth: &NatsAuth,
+    inbox_prefix: Option<String>,
+) -> Result<(async_nats::ConnectOptions, String), AuthError> {
+    let options = async_nats::ConnectOptions::new()
+        .name(name)
+        .ping_interval(Duration::from_secs(10));
+    let (mut options, identity) = auth.apply(options, name)?;
     let log = Arc::new(Reconnects {
         url: url.to_owned(),
         client: name.to_owned(),
+        identity: identity.clone(),
         state: Mutex::new(None),
     });
-    let mut options = async_nats::ConnectOptions::new()
-        .name(name)
-        .ping_interval(Duration::from_secs(10))
-        .event_callback(move |event| {
-            let log = log.clone();
-            async move { log.event(event).await }
-        });
+    options = options.event_callback(move |event| {
+        let log = log.clone();
+        async move { log.event(event).await }
+    });
     if let Some(prefix) = inbox_prefix {
         options = options.custom_inbox_prefix(prefix);
     }
-    options
+    Ok((options, identity))
 }
 
 /// Says which broker the client is on: the URL, the server's name, id and version, and
@@ -147,6 +196,8 @@ fn log_connected(client: &async_nats::Client, url: &str, name: &str) {
 struct Reconnects {
     url: String,
     client: String,
+    /// The identity in words (`<name> (nkey U…)`).
+    identity: String,
     /// Since when the client is disconnected, and when the cause was last logged.
     state: Mutex<Option<(Instant, Option<Instant>)>>,
 }
@@ -173,6 +224,12 @@ impl Reconnects {
                     let cause = probe(url).await;
                     tracing::warn!(client = %client, "cannot reach NATS at {url}: {cause}; retrying (disconnected for {secs} s)");
                 }
+            }
+            async_nats::Event::ServerError(async_nats::ServerError::Other(error)) => {
+                log_violation(client, &self.identity, url, &error);
+            }
+            async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
+                tracing::error!(client = %client, identity = %self.identity, "NATS at {url} refused the credentials of {} (authorization violation)", self.identity);
             }
             async_nats::Event::Draining | async_nats::Event::Closed => {
                 tracing::info!(client = %client, event = %event, "NATS connection to {url} closing")
@@ -276,8 +333,10 @@ pub async fn pull_consumer(
     stream: &str,
     consumer: &str,
 ) -> Result<async_nats::jetstream::consumer::PullConsumer, ConsumerLookupError> {
+    // No stream lookup (`STREAM.INFO`): a worker's identity may only look up its pool's
+    // consumer, and a missing stream shows in the consumer's lookup as well.
     let stream = js
-        .get_stream(stream)
+        .get_stream_no_info(stream)
         .await
         .map_err(ConsumerLookupError::Stream)?;
     stream

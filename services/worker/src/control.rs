@@ -1,5 +1,5 @@
-//! What the planner tells a running worker: cancellations (`shoal.cancel.<task>`, watched by
-//! every worker) and maintenance drain/resume (`shoal.control.<pool>.<worker>`). Both come on
+//! What the planner tells a running worker: cancellations (`shoal.cancel.<pool>.<task>`,
+//! watched by every worker of the pool) and maintenance drain/resume (`shoal.control.<pool>.<worker>`). Both come on
 //! core NATS and may be lost; the planner sends cancellations more than once and compares the
 //! drain state with every heartbeat, and a worker remembers recent cancellations so a task
 //! cancelled while queued never starts here.
@@ -162,7 +162,7 @@ pub async fn listen(
     runtime: Runtime,
     shutdown: CancellationToken,
 ) {
-    let cancel_subject = config.subjects.cancel_all();
+    let cancel_subject = config.subjects.cancel_pool(&config.pool);
     let control_subject = config.subjects.control(&config.pool, &config.name);
     let (mut cancels, mut controls) = match (
         client.subscribe(cancel_subject.clone()).await,

@@ -14,6 +14,8 @@ struct Args {
     /// NATS server to connect to (outbound only).
     #[arg(long, env = "SHOAL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    #[command(flatten)]
+    nats_auth: shoal_runtime::nats_auth::NatsAuth,
     /// The pool this worker serves.
     #[arg(long, env = "SHOAL_POOL", default_value = "default")]
     pool: PoolName,
@@ -89,10 +91,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     // Listening before connecting: a worker that cannot reach NATS must still stop.
     let shutdown = shoal_runtime::signal::shutdown_on_signals();
-    let client = shoal_runtime::nats::connect(
+    let client = shoal_runtime::nats::connect_as(
         &args.nats_url,
         name.as_str(),
-        Some(subjects.pool_inbox_prefix(&args.pool)),
+        &args.nats_auth,
+        Some(subjects.worker_inbox_prefix(&args.pool, &name)),
         &shutdown,
         |_| {},
     )

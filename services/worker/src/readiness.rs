@@ -85,7 +85,9 @@ pub struct Where {
 pub fn reason(blocked: &Blocked, at: &Where) -> String {
     let pool = &at.pool;
     let cause = match (blocked, &at.js_domain) {
-        (Blocked::NoJetStream, None) if !at.server_has_jetstream => {
+        // Behind a secured leaf node the lookup is refused (the leaf denies `$JS.API.>`)
+        // and times out rather than finding no responders: the same cause.
+        (Blocked::NoJetStream | Blocked::TimedOut, None) if !at.server_has_jetstream => {
             "JetStream answers no requests here: this looks like a leaf node (the server has no \
              JetStream of its own); start the worker with --js-domain <hub's domain> (e.g. hub)"
                 .to_owned()

@@ -357,7 +357,7 @@ mod tests {
         let wait = Duration::from_secs(60);
         let dir = tempfile::tempdir()?;
         let nats = shoal_cli::local::Nats::start(dir.path()).await?;
-        let js = jetstream::new(async_nats::connect(nats.url()).await?);
+        let js = jetstream::new(nats.connect().await?);
         let config = WorkerConfig::new(
             WorkerName::parse("w1")?,
             PoolName::parse("default")?,

@@ -12,7 +12,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const DRAIN_SECS: u64 = 3;
 
 fn start_worker(dir: &Path, url: &str) -> anyhow::Result<Proc> {
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "--nats-url",
         url,
         "--name",
@@ -25,6 +25,13 @@ fn start_worker(dir: &Path, url: &str) -> anyhow::Result<Proc> {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    // Its identity, when the broker is one of the harness's (secured) servers.
+    args.extend(shoal_cli::local::trust::worker_identity_args(
+        url,
+        "w1",
+        "default",
+        &[],
+    ));
     let bin = Path::new(env!("CARGO_BIN_EXE_shoal-worker"));
     Proc::spawn("worker", bin, &args, &dir.join("logs"))
 }

@@ -26,7 +26,7 @@ struct Broker {
 async fn broker() -> anyhow::Result<Broker> {
     let dir = tempfile::tempdir()?;
     let nats = Nats::start(dir.path()).await?;
-    let client = async_nats::connect(nats.url()).await?;
+    let client = nats.connect().await?;
     let js = jetstream::new(client);
     let config = WorkerConfig::new(
         WorkerName::parse("w1")?,

@@ -1,0 +1,97 @@
+//! The bundle on disk: what a run writes, and that a second run keeps every secret.
+
+use super::*;
+
+fn topology() -> Topology {
+    let mut t = Topology::hub_only(Hub::local(4222, 7422));
+    t.regions.push(Region::local("eu", 4223, &["eu-west"]));
+    t.workers.push(Worker {
+        pool: "eu-west".into(),
+        name: "eu-west-1".into(),
+        region: Some("eu".into()),
+    });
+    t
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn a_second_run_keeps_every_key_and_adding_a_worker_adds_only_its_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    generate(dir.path(), &topology()).expect("generated");
+    let kept = [
+        "ca-key.pem",
+        "ca.pem",
+        "hub-key.pem",
+        "leaf-eu.password",
+        "identities/planner.nk",
+        "identities/builtin-worker.nk",
+        "identities/worker.eu-west.eu-west-1.nk",
+        "identities/worker.eu-west.eu-west-1-key.pem",
+    ];
+    let before: Vec<String> = kept.iter().map(|f| read(dir.path(), f)).collect();
+    let added = add_worker(
+        dir.path(),
+        Worker {
+            pool: "default".into(),
+            name: "w2".into(),
+            region: None,
+        },
+    )
+    .expect("added");
+    assert!(added);
+    let after: Vec<String> = kept.iter().map(|f| read(dir.path(), f)).collect();
+    assert_eq!(before, after);
+    let hub = read(dir.path(), "hub.conf");
+    let w2 = nkeys::KeyPair::from_seed(read(dir.path(), "identities/worker.default.w2.nk").trim())
+        .expect("seed");
+    assert!(hub.contains(&w2.public_key()), "{hub}");
+    assert!(hub.contains("\"shoal.results.default.w2\""));
+    let again = add_worker(
+        dir.path(),
+        Worker {
+            pool: "default".into(),
+            name: "w2".into(),
+            region: None,
+        },
+    )
+    .expect("no-op");
+    assert!(!again);
+}
+
+#[test]
+fn secrets_are_readable_by_their_owner_only_and_env_files_name_the_identity_files() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    generate(dir.path(), &topology()).expect("generated");
+    for f in [
+        "ca-key.pem",
+        "hub.conf",
+        "leaf-eu.conf",
+        "identities/planner.nk",
+    ] {
+        let mode = std::fs::metadata(dir.path().join(f))
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{f} is readable by others: {mode:o}");
+    }
+    let env = read(dir.path(), "identities/worker.eu-west.eu-west-1.env");
+    assert!(
+        env.contains("SHOAL_NATS_URL=nats://127.0.0.1:4223"),
+        "{env}"
+    );
+    assert!(env.contains("SHOAL_JS_DOMAIN=hub"), "{env}");
+    assert!(env.contains("worker.eu-west.eu-west-1.nk"), "{env}");
+    let seed = read(dir.path(), "identities/worker.eu-west.eu-west-1.nk");
+    assert!(!env.contains(seed.trim()), "a seed in an env file: {env}");
+    let leaf = read(dir.path(), "leaf-eu.conf");
+    assert!(
+        leaf.contains("\"$JS.hub.API.CONSUMER.MSG.NEXT.SHOAL_TASKS.eu-west\""),
+        "{leaf}"
+    );
+    let planner = read(dir.path(), "identities/planner.env");
+    assert!(planner.contains("SHOAL_BUILTIN_WORKER_NKEY="), "{planner}");
+}
