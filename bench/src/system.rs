@@ -25,6 +25,9 @@ pub struct Layout {
     pub pools: usize,
     pub workers: usize,
     pub slots: u32,
+    /// The planner signs and the workers verify (the default); off, both run with their
+    /// insecure switches, to measure what signing costs.
+    pub signing: bool,
 }
 
 /// The running installation.
@@ -60,7 +63,11 @@ impl Shoal {
             &nats.url(),
             &dir.path().join("planner-data"),
             http_port,
-            &["--no-builtin-worker"],
+            if layout.signing {
+                &["--no-builtin-worker"]
+            } else {
+                &["--no-builtin-worker", "--insecure-no-signing"]
+            },
         )
         .await?;
         let mut shoal = Shoal {
@@ -89,7 +96,11 @@ impl Shoal {
                 &pool(w % layout.pools.max(1)),
                 Some("bench"),
                 Some(&work),
-                &["--slots", &slots],
+                if layout.signing {
+                    &["--slots", &slots]
+                } else {
+                    &["--slots", &slots, "--insecure-accept-unsigned"]
+                },
             )?);
         }
         shoal.wait_online().await?;

@@ -4,11 +4,13 @@
 //! are in flight at once; failures are retried with backoff, nothing is dropped. Attempts
 //! come from the writer's bounded task channel and, when that overflowed (the broker was
 //! slow or down), from pages of the durable outbox (`log::handover`), taken only while there
-//! is room for more publishes in flight.
+//! is room for more publishes in flight. Each publish, a retry too, is signed anew
+//! (`signing`).
 
 use crate::domain::Command;
 use crate::log::handover::TaskReceiver;
 use crate::log::writer::WriterHandle;
+use crate::signing::Signer;
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -33,6 +35,7 @@ pub async fn run(
     subjects: Subjects,
     writer: WriterHandle,
     mut tasks: TaskReceiver,
+    signer: Signer,
     shutdown: CancellationToken,
 ) {
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Published>> = FuturesUnordered::new();
@@ -68,6 +71,7 @@ pub async fn run(
                 js.clone(),
                 subjects.tasks(&task.pool),
                 task,
+                &signer,
             )));
         }
     }
@@ -146,14 +150,34 @@ enum NotStored {
     Publish(#[from] jetstream::context::PublishError),
 }
 
-async fn publish(js: jetstream::Context, subject: String, task: TaskMessage) -> Published {
-    let bytes = match codec::encode(&task) {
-        Ok(b) => b,
+/// Encodes and signs now (so the signature's clock starts at this publish), then awaits the
+/// broker.
+fn publish(
+    js: jetstream::Context,
+    subject: String,
+    task: TaskMessage,
+    signer: &Signer,
+) -> impl Future<Output = Published> + Send + 'static {
+    let encoded = codec::encode(&task).map(|bytes| {
+        let headers = signer.task(&task.pool, task.task, task.attempt, &bytes);
+        PublishMessage::build()
+            .payload(bytes.into())
+            .headers(headers)
+            .message_id(task.message_id())
+    });
+    send(js, subject, task, encoded)
+}
+
+async fn send(
+    js: jetstream::Context,
+    subject: String,
+    task: TaskMessage,
+    encoded: Result<PublishMessage, codec::CodecError>,
+) -> Published {
+    let msg = match encoded {
+        Ok(m) => m,
         Err(e) => return Err((task, e.into())),
     };
-    let msg = PublishMessage::build()
-        .payload(bytes.into())
-        .message_id(task.message_id());
     match js.send_publish(subject, msg).await {
         Ok(ack) => match ack.await {
             Ok(ack) => Ok((task, ack.sequence)),

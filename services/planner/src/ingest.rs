@@ -161,6 +161,7 @@ pub async fn heartbeats(
     subjects: Subjects,
     liveness: Liveness,
     writer: WriterHandle,
+    signer: crate::signing::Signer,
     shutdown: CancellationToken,
 ) {
     let mut sub = match client.subscribe(subjects.heartbeat_all()).await {
@@ -179,7 +180,7 @@ pub async fn heartbeats(
             Ok(beat) => {
                 let (worker, pool) = (beat.worker.clone(), beat.pool.clone());
                 if let Some(drain) = liveness.beat(beat) {
-                    crate::effects::send_control(&client, &subjects, &worker, &pool, drain).await;
+                    crate::effects::send_control(&client, &subjects, &signer, &worker, &pool, drain).await;
                 }
             }
             Err(e) => {

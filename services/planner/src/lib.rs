@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod liveness;
 pub mod log;
 pub mod replay;
+pub mod signing;
 pub mod starting;
 
 use crate::domain::Command;
@@ -30,6 +31,7 @@ use crate::log::writer::{Writer, WriterFailed, WriterHandle, WriterTask};
 use crate::log::{EventLog, Proj};
 use anyhow::Context as _;
 use sha2::Digest as _;
+use shoal_shared::signed::TrustedKeys;
 use shoal_shared::subjects::Subjects;
 use shoal_shared::{PoolName, WorkerName};
 use std::path::PathBuf;
@@ -65,6 +67,8 @@ pub struct PlannerConfig {
     /// How long a check may wait for a worker of its pool (plus its probe's timeout) before
     /// the target is `unavailable`.
     pub health_deadline: Duration,
+    /// Signs every message workers act on (tasks, checks, cancellations, instructions).
+    pub signer: signing::Signer,
 }
 
 /// A planner that is set up but not yet serving: its log is open and the writer runs on it,
@@ -298,6 +302,7 @@ impl Parts {
             client.clone(),
             subjects.clone(),
             liveness.clone(),
+            self.config.signer.clone(),
             stop_services.clone(),
         ));
         let runner = effects::Runner {
@@ -309,6 +314,7 @@ impl Parts {
             task_ack_wait: self.config.task_ack_wait,
             health: health::Schedule::new(self.config.health_interval, self.config.health_deadline),
             tasks: tasks.clone(),
+            signer: self.config.signer.clone(),
         };
         tasks.spawn(effects::run(runner, effects_rx, stop_services.clone()));
         tasks.spawn(dispatch::run(
@@ -316,6 +322,7 @@ impl Parts {
             subjects.clone(),
             handle.clone(),
             dispatch_rx,
+            self.config.signer.clone(),
             stop_services.clone(),
         ));
         tasks.spawn(ingest::results(
@@ -329,6 +336,7 @@ impl Parts {
             subjects.clone(),
             liveness.clone(),
             handle.clone(),
+            self.config.signer.clone(),
             stop_services.clone(),
         ));
     }
@@ -414,6 +422,11 @@ async fn run_builtin_worker(
     );
     wc.slots = config.builtin_slots;
     wc.subjects = config.subjects.clone();
+    // The built-in worker trusts its own planner's key, like any worker given its .pub.
+    wc.trust = match config.signer.key() {
+        Some(key) => shoal_worker::Trust::keys(TrustedKeys::of([key.public()])),
+        None => shoal_worker::Trust::InsecureAcceptUnsigned,
+    };
     let wclient = shoal_runtime::nats::connect(
         &config.nats_url,
         name.as_str(),

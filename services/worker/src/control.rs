@@ -2,11 +2,15 @@
 //! every worker) and maintenance drain/resume (`shoal.control.<pool>.<worker>`). Both come on
 //! core NATS and may be lost; the planner sends cancellations more than once and compares the
 //! drain state with every heartbeat, and a worker remembers recent cancellations so a task
-//! cancelled while queued never starts here.
+//! cancelled while queued never starts here. Each is acted on only when the planner signed
+//! it for this worker's pool (and, for instructions, this worker); others are ignored and
+//! logged (`trust`).
 
 use crate::WorkerConfig;
 use futures::StreamExt;
+use crate::trust::RefusalLog;
 use shoal_shared::messages::WorkerControl;
+use shoal_shared::signed::{Binding, Kind, Refusal};
 use shoal_shared::subjects::parse_cancel_payload;
 use shoal_shared::{TaskId, codec};
 use std::collections::HashMap;
@@ -164,6 +168,7 @@ pub async fn listen(
 ) {
     let cancel_subject = config.subjects.cancel_all();
     let control_subject = config.subjects.control(&config.pool, &config.name);
+    let refusals = RefusalLog::default();
     let (mut cancels, mut controls) = match (
         client.subscribe(cancel_subject.clone()).await,
         client.subscribe(control_subject.clone()).await,
@@ -177,16 +182,18 @@ pub async fn listen(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            Some(msg) = cancels.next() => {
-                let id = msg.subject.rsplit('.').next().unwrap_or_default();
-                match (id.parse::<uuid::Uuid>(), parse_cancel_payload(&msg.payload)) {
-                    (Ok(id), Some(upto)) => runtime.cancel(TaskId(id), upto),
-                    _ => tracing::warn!(subject = %msg.subject, "ignoring a malformed cancellation"),
-                }
-            }
+            Some(msg) = cancels.next() => on_cancel(&msg, &config, &runtime, &refusals),
             Some(msg) = controls.next() => {
+                if msg.subject.as_str() != control_subject {
+                    continue;
+                }
                 match codec::decode::<WorkerControl>("worker control", &msg.payload) {
                     Ok(c) if c.worker == config.name => {
+                        let binding = to_me(&config, Kind::Control);
+                        if let Err(why) = config.trust.verify(msg.headers.as_ref(), &binding, &msg.payload) {
+                            refusals.refused("an instruction", &msg.subject, &why);
+                            continue;
+                        }
                         if c.drain != runtime.draining() {
                             tracing::info!(drain = c.drain, "{}", if c.drain { "draining on request: taking no new tasks" } else { "resuming on request: taking tasks again" });
                         }
@@ -198,6 +205,47 @@ pub async fn listen(
             }
             else => return,
         }
+    }
+}
+
+/// Acts on a cancellation the planner signed for a task of this worker's pool. Workers hear
+/// every pool's cancellations (`shoal.cancel.<task>`): one signed for another pool is not
+/// for this worker and is dropped quietly; anything else that does not verify is logged.
+fn on_cancel(
+    msg: &async_nats::Message,
+    config: &WorkerConfig,
+    runtime: &Runtime,
+    refusals: &RefusalLog,
+) {
+    let id = msg.subject.rsplit('.').next().unwrap_or_default();
+    let (Ok(id), Some(upto)) = (id.parse::<uuid::Uuid>(), parse_cancel_payload(&msg.payload))
+    else {
+        tracing::warn!(subject = %msg.subject, "ignoring a malformed cancellation");
+        return;
+    };
+    let binding = Binding {
+        kind: Kind::Cancel,
+        pool: config.pool.clone(),
+        id: id.to_string(),
+        attempt: Some(upto),
+    };
+    match config
+        .trust
+        .verify(msg.headers.as_ref(), &binding, &msg.payload)
+    {
+        Ok(()) => runtime.cancel(TaskId(id), upto),
+        Err(Refusal::WrongPool { .. }) => {}
+        Err(why) => refusals.refused("a cancellation", &msg.subject, &why),
+    }
+}
+
+/// What a message to this worker alone is bound to.
+fn to_me(config: &WorkerConfig, kind: Kind) -> Binding {
+    Binding {
+        kind,
+        pool: config.pool.clone(),
+        id: config.name.to_string(),
+        attempt: None,
     }
 }
 
@@ -218,6 +266,15 @@ pub async fn ask_drain_state(
     match asked {
         Ok(Ok(reply)) => match codec::decode::<WorkerControl>("worker control", &reply.payload) {
             Ok(c) if c.worker == config.name => {
+                let binding = to_me(config, Kind::DrainState);
+                if let Err(why) =
+                    config
+                        .trust
+                        .verify(reply.headers.as_ref(), &binding, &reply.payload)
+                {
+                    tracing::warn!(reason = %why, "ignoring a drain-state answer whose signature does not verify; starting undrained");
+                    return;
+                }
                 if c.drain {
                     tracing::info!(
                         "the planner has this worker drained: taking no tasks until resumed"

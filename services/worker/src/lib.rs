@@ -10,6 +10,9 @@ pub mod heartbeat;
 pub mod pull;
 pub mod readiness;
 pub mod report;
+pub mod trust;
+
+pub use trust::Trust;
 
 use shoal_shared::subjects::Subjects;
 use shoal_shared::{PoolName, RegionName, WorkerName};
@@ -43,6 +46,9 @@ pub struct WorkerConfig {
     pub js_domain: Option<String>,
     /// Free disk (MiB) in the work dir below which the worker warns in its heartbeats.
     pub min_free_disk_mb: u64,
+    /// Whose signatures the worker accepts; by default none, so nothing runs until the
+    /// planner's public key is given.
+    pub trust: Trust,
 }
 
 impl WorkerConfig {
@@ -60,6 +66,7 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(30),
             js_domain: None,
             min_free_disk_mb: 1024,
+            trust: Trust::default(),
         }
     }
 }

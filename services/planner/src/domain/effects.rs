@@ -57,6 +57,8 @@ pub enum CheckEvery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stop {
     pub task: TaskId,
+    /// The task's pool: its cancellation is signed for that pool only.
+    pub pool: PoolName,
     /// Its attempts up to this one (`u32::MAX`: all) are cancelled.
     pub upto: u32,
     /// The queued message of a task that never started: stream sequence and attempt (its
@@ -248,6 +250,7 @@ fn remove_stored_after_cancel(
     (t.state.is_terminal() && t.started_at.is_none()).then(|| {
         Effect::Cancel(vec![Stop {
             task,
+            pool: t.pool.clone(),
             upto: u32::MAX,
             queued: stream_seq.map(|seq| (seq, attempt)),
         }])
@@ -277,6 +280,7 @@ fn stop_unneeded_run(
     };
     Some(Effect::Cancel(vec![Stop {
         task,
+        pool: t.pool.clone(),
         upto,
         queued: None,
     }]))
@@ -305,6 +309,7 @@ fn cancel_effects(
         })
         .map(|t| Stop {
             task: t.id,
+            pool: t.pool.clone(),
             upto: u32::MAX,
             queued: if t.state == TaskState::Running {
                 None

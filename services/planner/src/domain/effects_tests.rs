@@ -311,6 +311,7 @@ fn cancelling_stops_running_tasks_takes_queued_ones_off_the_queue_and_waits_out_
         stop(running),
         Some(&Stop {
             task: running,
+            pool: pool("default"),
             upto: u32::MAX,
             // Its message must come back if its worker dies.
             queued: None,
@@ -320,6 +321,7 @@ fn cancelling_stops_running_tasks_takes_queued_ones_off_the_queue_and_waits_out_
         stop(queued),
         Some(&Stop {
             task: queued,
+            pool: pool("default"),
             upto: u32::MAX,
             queued: Some((12, 1)),
         })
@@ -344,6 +346,7 @@ fn a_task_that_starts_after_its_deployment_was_cancelled_is_told_to_stop() {
         stops(&effects),
         [&Stop {
             task,
+            pool: pool("default"),
             upto: u32::MAX,
             queued: None,
         }]
@@ -374,6 +377,7 @@ fn a_task_stored_after_it_was_cancelled_is_taken_off_the_queue() {
         stops(&effects),
         [&Stop {
             task,
+            pool: pool("default"),
             upto: u32::MAX,
             queued: Some((40, 1)),
         }]
@@ -420,6 +424,7 @@ fn a_run_of_an_attempt_already_given_up_for_a_retry_is_stopped_up_to_that_attemp
         stops(&effects),
         [&Stop {
             task,
+            pool: pool("default"),
             upto: 1,
             queued: None,
         }]
@@ -437,6 +442,7 @@ fn a_failed_deployment_stops_its_other_running_tasks_without_a_grace() {
         stops(&effects),
         [&Stop {
             task: second,
+            pool: pool("default"),
             upto: u32::MAX,
             queued: None,
         }]
