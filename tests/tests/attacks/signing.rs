@@ -15,12 +15,14 @@ use shoal_shared::{Action, DeploymentId, PoolName, TaskId, Timestamp, WorkerName
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A cluster without a built-in worker, with pools `pool-a` and `pool-b` and the given
-/// workers (name, pool) online.
+/// A cluster without a built-in worker, with pools `pool-a` and `pool-b`, environment `prod`
+/// and the given workers (name, pool) online.
 async fn cluster(workers: &[(&str, &str)]) -> anyhow::Result<Cluster> {
     let mut c = Cluster::start(&["--no-builtin-worker"]).await?;
     c.pool("pool-a", "a").await?;
     c.pool("pool-b", "b").await?;
+    // Deployments need an environment; their steps here name no role, so run once.
+    c.target("t1", "prod", &["web"], None).await?;
     for (name, pool) in workers {
         c.worker(name, pool, "r", &[])?;
     }
