@@ -86,6 +86,10 @@ impl Shoal {
                 .with_context(|| format!("cannot register pool {}", pool(p)))?;
         }
         let slots = layout.slots.to_string();
+        let mut worker_args = vec!["--slots", slots.as_str()];
+        if !layout.signing {
+            worker_args.push("--insecure-accept-unsigned");
+        }
         for w in 0..layout.workers {
             let name = format!("w{w}");
             let work = shoal.dir.path().join("work").join(&name);
@@ -96,11 +100,7 @@ impl Shoal {
                 &pool(w % layout.pools.max(1)),
                 Some("bench"),
                 Some(&work),
-                if layout.signing {
-                    &["--slots", &slots]
-                } else {
-                    &["--slots", &slots, "--insecure-accept-unsigned"]
-                },
+                &worker_args,
             )?);
         }
         shoal.wait_online().await?;
