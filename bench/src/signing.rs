@@ -67,11 +67,19 @@ pub struct Outcome {
 ///
 /// # Errors
 /// A run failed (a part did not come up, or not every task succeeded).
-pub async fn run(layout: Layout, offered_layout: Layout, params: Params) -> anyhow::Result<Outcome> {
+pub async fn run(
+    layout: Layout,
+    offered_layout: Layout,
+    params: Params,
+) -> anyhow::Result<Outcome> {
     let micro = micro()?;
     let (mut signed, mut unsigned) = (Side::default(), Side::default());
     for r in 0..params.rounds {
-        let order = if r % 2 == 0 { [false, true] } else { [true, false] };
+        let order = if r % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         for signing in order {
             let side = if signing { &mut signed } else { &mut unsigned };
             eprintln!(

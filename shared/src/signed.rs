@@ -96,7 +96,9 @@ pub struct KeyId(String);
 
 impl KeyId {
     fn of(public: &[u8]) -> KeyId {
-        KeyId(hex(&ring::digest::digest(&ring::digest::SHA256, public).as_ref()[..8]))
+        KeyId(hex(
+            &ring::digest::digest(&ring::digest::SHA256, public).as_ref()[..8]
+        ))
     }
 
     /// The id as text.
@@ -459,7 +461,10 @@ pub enum Refusal {
     #[error(
         "signature issued at {issued_at}, in the future (now {now}, more than the allowed clock skew); check the clocks of planner and worker"
     )]
-    FromTheFuture { issued_at: Timestamp, now: Timestamp },
+    FromTheFuture {
+        issued_at: Timestamp,
+        now: Timestamp,
+    },
     #[error(
         "signed for pool \"{signed}\" but arrived for pool \"{arrived_for}\" (replayed into another pool)"
     )]
@@ -483,7 +488,10 @@ impl Refusal {
     /// Whether the message was signed by a trusted key and is only out of its time: the
     /// worker may then report the task it names as failed, so it does not hang.
     pub fn is_authentic(&self) -> bool {
-        matches!(self, Refusal::Expired { .. } | Refusal::FromTheFuture { .. })
+        matches!(
+            self,
+            Refusal::Expired { .. } | Refusal::FromTheFuture { .. }
+        )
     }
 }
 

@@ -86,7 +86,12 @@ fn an_expired_signature_is_refused_but_clock_skew_is_tolerated() {
 #[test]
 fn a_signature_issued_in_the_future_beyond_skew_is_refused() {
     let k = key();
-    let header = k.sign(&task(1), b"p", now().plus_millis(MAX_CLOCK_SKEW_MS + 1), HOUR);
+    let header = k.sign(
+        &task(1),
+        b"p",
+        now().plus_millis(MAX_CLOCK_SKEW_MS + 1),
+        HOUR,
+    );
     let got = trusted(&k).verify(Some(&header), &task(1), b"p", now());
     assert!(matches!(got, Err(Refusal::FromTheFuture { .. })), "{got:?}");
 }

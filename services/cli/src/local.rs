@@ -450,7 +450,9 @@ pub fn installation_signing_key(log_dir: &Path) -> anyhow::Result<PathBuf> {
     /// Planner and workers of one installation may start at once: one keygen at a time.
     static KEYGEN: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let key = log_dir.join("keys").join("signing.key");
-    let _one = KEYGEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = KEYGEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !key.with_extension("key.pub").exists() {
         let out = std::process::Command::new(find_binary("shoal-planner")?)
             .arg("keygen")
@@ -493,5 +495,8 @@ fn trust_args(log_dir: &Path, extra: &[&str]) -> anyhow::Result<Vec<String>> {
     }
     let key = installation_signing_key(log_dir)?;
     let public = key.with_extension("key.pub");
-    Ok(vec!["--trusted-keys".to_owned(), public.display().to_string()])
+    Ok(vec![
+        "--trusted-keys".to_owned(),
+        public.display().to_string(),
+    ])
 }

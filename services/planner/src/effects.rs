@@ -18,8 +18,8 @@ use futures::StreamExt;
 use shoal_shared::messages::{
     CheckMessage, KIND_HEADER, KIND_HEALTH_CHECK, WIRE_SCHEMA_VERSION, WorkerControl,
 };
-use shoal_shared::subjects::{Subjects, cancel_payload};
 use shoal_shared::signed::Kind;
+use shoal_shared::subjects::{Subjects, cancel_payload};
 use shoal_shared::{PoolName, Timestamp, WorkerName, codec};
 use std::time::Duration;
 use tokio::sync::mpsc;

@@ -180,7 +180,10 @@ pub async fn heartbeats(
             Ok(beat) => {
                 let (worker, pool) = (beat.worker.clone(), beat.pool.clone());
                 if let Some(drain) = liveness.beat(beat) {
-                    crate::effects::send_control(&client, &subjects, &signer, &worker, &pool, drain).await;
+                    crate::effects::send_control(
+                        &client, &subjects, &signer, &worker, &pool, drain,
+                    )
+                    .await;
                 }
             }
             Err(e) => {

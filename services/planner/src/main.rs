@@ -206,8 +206,15 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
 fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
     let key = shoal_runtime::keys::generate(out)?;
     let public = shoal_runtime::keys::public_key_path(out);
-    println!("signing key {} written to {} (mode 0600; keep it secret)", key.key_id(), out.display());
-    println!("public key written to {}: add its line to every worker's --trusted-keys file", public.display());
+    println!(
+        "signing key {} written to {} (mode 0600; keep it secret)",
+        key.key_id(),
+        out.display()
+    );
+    println!(
+        "public key written to {}: add its line to every worker's --trusted-keys file",
+        public.display()
+    );
     Ok(())
 }
 

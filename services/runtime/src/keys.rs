@@ -95,7 +95,11 @@ pub fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
         path: path.to_owned(),
         source,
     };
-    let mode = std::fs::metadata(path).map_err(read_err)?.permissions().mode() & 0o777;
+    let mode = std::fs::metadata(path)
+        .map_err(read_err)?
+        .permissions()
+        .mode()
+        & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::TooOpen {
             path: path.to_owned(),
@@ -151,7 +155,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("keys/signing.key");
         let key = generate(&path).expect("generated");
-        let mode = std::fs::metadata(&path).expect("exists").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(load(&path).expect("loads").public(), key.public());
         let trusted = load_trusted(&public_key_path(&path)).expect("the .pub is a trusted file");

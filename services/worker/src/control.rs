@@ -7,8 +7,8 @@
 //! logged (`trust`).
 
 use crate::WorkerConfig;
-use futures::StreamExt;
 use crate::trust::RefusalLog;
+use futures::StreamExt;
 use shoal_shared::messages::WorkerControl;
 use shoal_shared::signed::{Binding, Kind, Refusal};
 use shoal_shared::subjects::parse_cancel_payload;

@@ -47,8 +47,10 @@ async fn publish_as_task_writer(
         .payload(payload.into())
         .headers(headers)
         .message_id(format!("forged/{}", uuid_like()));
-    tokio::time::timeout(WAIT, async { js.send_publish(subject.to_owned(), msg).await?.await })
-        .await??;
+    tokio::time::timeout(WAIT, async {
+        js.send_publish(subject.to_owned(), msg).await?.await
+    })
+    .await??;
     Ok(())
 }
 
@@ -120,15 +122,19 @@ fn signature(value: &str) -> HeaderMap {
 /// back to run later).
 async fn refused(c: &Cluster, worker: &str, because: &str) -> anyhow::Result<Value> {
     let event = c
-        .wait_for(&format!("{worker} rejecting it ({because})"), WAIT, || async {
-            let events = c.events(None).await?;
-            Ok(events.into_iter().find(|e| {
-                let reason = e["data"]["reason"].as_str().unwrap_or_default();
-                e["type"] == "MessageRejected"
-                    && reason.contains(&format!("worker \"{worker}\" rejected it"))
-                    && reason.contains(because)
-            }))
-        })
+        .wait_for(
+            &format!("{worker} rejecting it ({because})"),
+            WAIT,
+            || async {
+                let events = c.events(None).await?;
+                Ok(events.into_iter().find(|e| {
+                    let reason = e["data"]["reason"].as_str().unwrap_or_default();
+                    e["type"] == "MessageRejected"
+                        && reason.contains(&format!("worker \"{worker}\" rejected it"))
+                        && reason.contains(because)
+                }))
+            },
+        )
         .await?;
     let client = async_nats::connect(c.nats.url()).await?;
     let js = jetstream::new(client);
@@ -252,8 +258,7 @@ async fn a_real_task_of_one_pool_replayed_into_another_pool_is_refused_and_never
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_task_replayed_as_another_attempt_is_refused_and_never_runs() -> anyhow::Result<()>
-{
+async fn a_real_task_replayed_as_another_attempt_is_refused_and_never_runs() -> anyhow::Result<()> {
     let c = cluster(&[("wa", "pool-a")]).await?;
     // Each run leaves a file named after its attempt: the real one leaves `ran-1`.
     let dir = c.dir.path().display().to_string();
@@ -313,13 +318,12 @@ async fn a_forged_cancellation_is_ignored_and_the_task_runs_to_its_end() -> anyh
     };
     let header = mallory.sign(&binding, b"", Timestamp::now(), 60_000);
     publish_core(&c, subject, signature(&header), vec![]).await?;
-    let wa = c
-        .workers
-        .iter()
-        .find(|p| p.name == "wa")
-        .expect("started");
-    wa.wait_for_output("ignoring a cancellation whose signature does not verify", WAIT)
-        .await?;
+    let wa = c.workers.iter().find(|p| p.name == "wa").expect("started");
+    wa.wait_for_output(
+        "ignoring a cancellation whose signature does not verify",
+        WAIT,
+    )
+    .await?;
     std::fs::write(&release, "")?;
     let d = c.finished(&id, WAIT).await?;
     assert_eq!(d["state"], "succeeded", "{d:#}");
@@ -343,13 +347,12 @@ async fn a_forged_drain_instruction_is_ignored_and_the_worker_keeps_taking_tasks
         payload,
     )
     .await?;
-    let wa = c
-        .workers
-        .iter()
-        .find(|p| p.name == "wa")
-        .expect("started");
-    wa.wait_for_output("ignoring an instruction whose signature does not verify", WAIT)
-        .await?;
+    let wa = c.workers.iter().find(|p| p.name == "wa").expect("started");
+    wa.wait_for_output(
+        "ignoring an instruction whose signature does not verify",
+        WAIT,
+    )
+    .await?;
     assert!(
         !wa.output().contains("draining on request"),
         "the worker obeyed a forged instruction"
