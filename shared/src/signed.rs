@@ -6,13 +6,15 @@
 //! The signature travels in one header, [`SIGNATURE_HEADER`], beside an unchanged payload:
 //!
 //! ```text
-//! Shoal-Signature: v1;key=<key id>;iat=<ms>;exp=<ms>;kind=<kind>;pool=<pool>;id=<id>;attempt=<n|->;sig=<hex>
+//! Shoal-Signature: v1;key=<key id>;iat=<ms>;exp=<ms>;kind=<kind>;pool=<pool>;id=<id>;attempt=<n|->;path=<steps>;sig=<hex>
 //! ```
 //!
-//! The signature is over the header text before `;sig=` (the claims), a newline, and the
-//! SHA-256 of the payload. The claims are parsed strictly in that order, so what is signed
-//! is exactly what is read. Signing costs one SHA-256 of the payload and one Ed25519
-//! signature; verifying, the same digest and one Ed25519 verification.
+//! The claims (the text before `;path=`) and the payload's SHA-256 make the message's leaf;
+//! messages signed together (the dispatcher's batch) form a Merkle tree ([`tree`]) whose root
+//! one Ed25519 signature covers, and `path` leads from the leaf to that root (empty for a
+//! message signed alone). The claims are parsed strictly in that order, so what is signed is
+//! exactly what is read. A verifier remembers the roots it verified, so the other messages
+//! of a batch cost a few SHA-256s, not an Ed25519 verification each.
 //!
 //! Only the pure part lives here (keys in memory, sign, verify); reading and writing key
 //! files is `shoal_runtime::keys`.
@@ -20,13 +22,21 @@
 use crate::names::PoolName;
 use crate::time::Timestamp;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::sync::{Arc, Mutex};
+use tree::Hash;
+
+mod tree;
 
 /// The NATS header that carries a message's signature.
 pub const SIGNATURE_HEADER: &str = "Shoal-Signature";
 /// How far a signer's clock may be ahead of (or an expiry behind) the verifier's.
 pub const MAX_CLOCK_SKEW_MS: u64 = 2 * 60 * 1000;
+/// What the Ed25519 signature covers: this, then the batch's Merkle root.
+const ROOT_CONTEXT: &[u8] = b"shoal-signature-v1 root\n";
+/// Roots a verifier remembers having verified.
+const VERIFIED_ROOTS: usize = 4096;
 /// First line of a signing key file.
 const KEY_FILE_TAG: &str = "shoal-signing-key v1 ed25519";
 const VERSION: &str = "v1";
@@ -208,10 +218,43 @@ impl SigningKey {
     /// Signs `payload` bound to `binding`, valid from `now` for `ttl_ms`; returns the value
     /// of the [`SIGNATURE_HEADER`].
     pub fn sign(&self, binding: &Binding, payload: &[u8], now: Timestamp, ttl_ms: u64) -> String {
+        self.sign_batch(&[(binding, payload)], now, ttl_ms)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Signs messages together with one Ed25519 signature (over the Merkle root of their
+    /// leaves); each is bound to its own binding and payload, and verifies on its own. The
+    /// header values, in the order given.
+    pub fn sign_batch(
+        &self,
+        messages: &[(&Binding, &[u8])],
+        now: Timestamp,
+        ttl_ms: u64,
+    ) -> Vec<String> {
+        let claims: Vec<String> = messages
+            .iter()
+            .map(|(binding, _)| self.claims(binding, now, ttl_ms))
+            .collect();
+        let leaves: Vec<Hash> = claims
+            .iter()
+            .zip(messages)
+            .map(|(c, (_, payload))| tree::leaf(c, payload))
+            .collect();
+        let (root, paths) = tree::build(&leaves);
+        let sig = hex(self.pair.sign(&root_message(&root)).as_ref());
+        claims
+            .into_iter()
+            .zip(paths)
+            .map(|(c, path)| format!("{c};path={};sig={sig}", tree::encode_path(&path)))
+            .collect()
+    }
+
+    fn claims(&self, binding: &Binding, now: Timestamp, ttl_ms: u64) -> String {
         let attempt = binding
             .attempt
             .map_or_else(|| "-".to_owned(), |a| a.to_string());
-        let claims = format!(
+        format!(
             "{VERSION};key={};iat={};exp={};kind={};pool={};id={};attempt={attempt}",
             self.id,
             now.millis(),
@@ -219,9 +262,7 @@ impl SigningKey {
             binding.kind,
             binding.pool,
             binding.id,
-        );
-        let sig = self.pair.sign(&signed_bytes(&claims, payload));
-        format!("{claims};sig={}", hex(sig.as_ref()))
+        )
     }
 }
 
@@ -244,11 +285,39 @@ impl PublicKey {
     }
 }
 
-/// The public keys a worker accepts signatures of, by key id. More than one during a key
-/// rotation.
+/// The public keys a worker accepts signatures of, by key id (more than one during a key
+/// rotation), and the batch roots it has verified. Clones share the roots.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedKeys {
     keys: BTreeMap<KeyId, [u8; 32]>,
+    verified: Arc<Mutex<VerifiedRoots>>,
+}
+
+/// Roots whose signature was verified, with the key and the exact signature bytes (so a
+/// changed signature is verified again, and refused), oldest first out.
+#[derive(Debug, Default)]
+struct VerifiedRoots {
+    by_root: HashMap<Hash, (KeyId, Vec<u8>)>,
+    order: VecDeque<Hash>,
+}
+
+impl VerifiedRoots {
+    fn holds(&self, root: &Hash, key: &KeyId, sig: &[u8]) -> bool {
+        self.by_root
+            .get(root)
+            .is_some_and(|(k, s)| k == key && s == sig)
+    }
+
+    fn insert(&mut self, root: Hash, key: KeyId, sig: Vec<u8>) {
+        if self.by_root.insert(root, (key, sig)).is_none() {
+            self.order.push_back(root);
+        }
+        while self.order.len() > VERIFIED_ROOTS {
+            if let Some(old) = self.order.pop_front() {
+                self.by_root.remove(&old);
+            }
+        }
+    }
 }
 
 impl TrustedKeys {
@@ -256,6 +325,7 @@ impl TrustedKeys {
     pub fn of(keys: impl IntoIterator<Item = PublicKey>) -> TrustedKeys {
         TrustedKeys {
             keys: keys.into_iter().map(|k| (k.id, k.bytes)).collect(),
+            verified: Arc::default(),
         }
     }
 
@@ -290,7 +360,9 @@ impl TrustedKeys {
         if keys.is_empty() {
             return Err(KeyError::NoTrustedKey);
         }
-        Ok(TrustedKeys { keys })
+        Ok(TrustedKeys::of(
+            keys.into_iter().map(|(id, bytes)| PublicKey { id, bytes }),
+        ))
     }
 
     /// The trusted key ids.
@@ -313,9 +385,9 @@ impl TrustedKeys {
         now: Timestamp,
     ) -> Result<Claims, Refusal> {
         let header = header.ok_or(Refusal::Unsigned)?;
-        let (claims_text, sig) = header
-            .rsplit_once(";sig=")
-            .ok_or_else(|| Refusal::Malformed("no sig= field".into()))?;
+        let malformed = |what: &str| Refusal::Malformed(format!("bad or missing {what}"));
+        let (rest, sig) = header.rsplit_once(";sig=").ok_or_else(|| malformed("sig"))?;
+        let (claims_text, path) = rest.rsplit_once(";path=").ok_or_else(|| malformed("path"))?;
         let claims = Claims::parse(claims_text)?;
         claims.check_binding(expected)?;
         let key = self
@@ -325,16 +397,40 @@ impl TrustedKeys {
                 key_id: claims.key_id.0.clone(),
                 trusted: self.key_ids().join(", "),
             })?;
-        let sig = unhex(sig).ok_or_else(|| Refusal::Malformed("sig is not hex".into()))?;
-        UnparsedPublicKey::new(&ED25519, key)
-            .verify(&signed_bytes(claims_text, payload), &sig)
-            .map_err(|_| Refusal::BadSignature {
-                key_id: claims.key_id.0.clone(),
-            })?;
+        let sig = unhex(sig).ok_or_else(|| malformed("sig"))?;
+        let path = tree::parse_path(path).ok_or_else(|| malformed("path"))?;
+        let root = tree::root_of(tree::leaf(claims_text, payload), &path);
+        self.verify_root(key, &claims.key_id, root, sig)?;
         // Last: an expired or early message is authentic, so its worker may say so about
         // the task it names (a forgery could make a worker report on someone else's task).
         claims.check_time(now)?;
         Ok(claims)
+    }
+}
+
+impl TrustedKeys {
+    /// Checks the root's signature, or finds it verified before with the same key and bytes.
+    fn verify_root(
+        &self,
+        key: &[u8; 32],
+        key_id: &KeyId,
+        root: Hash,
+        sig: Vec<u8>,
+    ) -> Result<(), Refusal> {
+        if let Ok(v) = self.verified.lock()
+            && v.holds(&root, key_id, &sig)
+        {
+            return Ok(());
+        }
+        UnparsedPublicKey::new(&ED25519, key)
+            .verify(&root_message(&root), &sig)
+            .map_err(|_| Refusal::BadSignature {
+                key_id: key_id.0.clone(),
+            })?;
+        if let Ok(mut v) = self.verified.lock() {
+            v.insert(root, key_id.clone(), sig);
+        }
+        Ok(())
     }
 }
 
@@ -499,14 +595,9 @@ fn show(attempt: Option<u32>) -> String {
     attempt.map_or_else(|| "none".to_owned(), |a| a.to_string())
 }
 
-/// The bytes an Ed25519 signature covers: the claims, a newline, the payload's SHA-256.
-fn signed_bytes(claims: &str, payload: &[u8]) -> Vec<u8> {
-    let digest = ring::digest::digest(&ring::digest::SHA256, payload);
-    let mut bytes = Vec::with_capacity(claims.len() + 33);
-    bytes.extend_from_slice(claims.as_bytes());
-    bytes.push(b'\n');
-    bytes.extend_from_slice(digest.as_ref());
-    bytes
+/// The bytes the Ed25519 signature covers.
+fn root_message(root: &Hash) -> Vec<u8> {
+    [ROOT_CONTEXT, root.as_slice()].concat()
 }
 
 fn hex(bytes: &[u8]) -> String {

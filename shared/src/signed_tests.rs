@@ -174,7 +174,10 @@ proptest! {
         delta in 1u8..=255,
     ) {
         let k = key();
-        let header = k.sign(&task(3), &payload, now(), HOUR);
+        // The middle message of a batch of three: its header has a path to the root.
+        let (first, last) = (task(1), task(5));
+        let batch: [(&Binding, &[u8]); 3] = [(&first, b"a"), (&task(3), &payload), (&last, b"c")];
+        let header = k.sign_batch(&batch, now(), HOUR).swap_remove(1);
         let t = trusted(&k);
         prop_assert!(t.verify(Some(&header), &task(3), &payload, now()).is_ok());
         if in_header {
@@ -192,4 +195,27 @@ proptest! {
             prop_assert!(t.verify(Some(&header), &task(3), &changed, now()).is_err());
         }
     }
+}
+
+#[test]
+fn each_message_of_a_batch_verifies_on_its_own_and_only_with_its_own_payload() {
+    let k = key();
+    let bindings: Vec<Binding> = (1..=5).map(task).collect();
+    let payloads: Vec<Vec<u8>> = (1..=5u8).map(|i| vec![i; 40]).collect();
+    let messages: Vec<(&Binding, &[u8])> = bindings
+        .iter()
+        .zip(&payloads)
+        .map(|(b, p)| (b, p.as_slice()))
+        .collect();
+    let headers = k.sign_batch(&messages, now(), HOUR);
+    let t = trusted(&k);
+    for ((binding, payload), header) in messages.iter().zip(&headers) {
+        assert!(t.verify(Some(header), binding, payload, now()).is_ok());
+        // Verified again from the remembered root: still bound to its own payload.
+        let got = t.verify(Some(header), binding, b"another payload", now());
+        assert!(matches!(got, Err(Refusal::BadSignature { .. })), "{got:?}");
+    }
+    // One message's header does not vouch for another message of the batch.
+    let got = t.verify(Some(&headers[0]), &bindings[1], &payloads[1], now());
+    assert!(got.is_err(), "{got:?}");
 }

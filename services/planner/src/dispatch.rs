@@ -18,11 +18,15 @@ use futures::stream::FuturesUnordered;
 use shoal_shared::codec;
 use shoal_shared::messages::TaskMessage;
 use shoal_shared::subjects::Subjects;
+use shoal_shared::{PoolName, TaskId};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Most publishes awaiting the broker's ack at once.
 const MAX_IN_FLIGHT: usize = 4096;
+/// Most attempts signed together (one Ed25519 signature over their Merkle root): what is
+/// ready at once, up to this.
+const SIGN_BATCH: usize = 256;
 /// How long shutdown waits for the broker to confirm publishes in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The first and the longest wait before publishing again what the broker did not store.
@@ -62,16 +66,26 @@ pub async fn run(
             }
             () = retry.due() => retry.take(),
             msg = tasks.recv(&writer), if room => match msg {
-                Some(m) => vec![m],
+                Some(m) => {
+                    let held = in_flight.len() + retry.tasks.len();
+                    let mut batch = vec![m];
+                    while batch.len() < SIGN_BATCH && held + batch.len() < MAX_IN_FLIGHT {
+                        match tasks.try_next() {
+                            Some(m) => batch.push(m),
+                            None => break,
+                        }
+                    }
+                    batch
+                }
                 None => break,
             },
         };
-        for task in batch {
-            in_flight.push(Box::pin(publish(
+        for (task, encoded) in encode_and_sign(batch, &signer) {
+            in_flight.push(Box::pin(send(
                 js.clone(),
                 subjects.tasks(&task.pool),
                 task,
-                &signer,
+                encoded,
             )));
         }
     }
@@ -150,22 +164,33 @@ enum NotStored {
     Publish(#[from] jetstream::context::PublishError),
 }
 
-/// Encodes and signs now (so the signature's clock starts at this publish), then awaits the
-/// broker.
-fn publish(
-    js: jetstream::Context,
-    subject: String,
-    task: TaskMessage,
+/// Encodes the attempts and signs them together, now (so each signature's clock starts at
+/// its publish; a retry is signed anew).
+fn encode_and_sign(
+    batch: Vec<TaskMessage>,
     signer: &Signer,
-) -> impl Future<Output = Published> + Send + 'static {
-    let encoded = codec::encode(&task).map(|bytes| {
-        let headers = signer.task(&task.pool, task.task, task.attempt, &bytes);
-        PublishMessage::build()
-            .payload(bytes.into())
-            .headers(headers)
-            .message_id(task.message_id())
-    });
-    send(js, subject, task, encoded)
+) -> Vec<(TaskMessage, Result<PublishMessage, codec::CodecError>)> {
+    let encoded: Vec<Result<Vec<u8>, codec::CodecError>> =
+        batch.iter().map(codec::encode).collect();
+    let to_sign: Vec<(&PoolName, TaskId, u32, &[u8])> = batch
+        .iter()
+        .zip(&encoded)
+        .filter_map(|(t, e)| Some((&t.pool, t.task, t.attempt, e.as_ref().ok()?.as_slice())))
+        .collect();
+    let mut headers = signer.tasks(&to_sign).into_iter();
+    batch
+        .into_iter()
+        .zip(encoded)
+        .map(|(task, bytes)| {
+            let msg = bytes.map(|bytes| {
+                PublishMessage::build()
+                    .payload(bytes.into())
+                    .headers(headers.next().unwrap_or_default())
+                    .message_id(task.message_id())
+            });
+            (task, msg)
+        })
+        .collect()
 }
 
 async fn send(

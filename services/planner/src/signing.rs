@@ -44,15 +44,35 @@ impl Signer {
         self.key.as_deref()
     }
 
-    /// Headers of a task attempt's message.
-    pub fn task(&self, pool: &PoolName, task: TaskId, attempt: u32, payload: &[u8]) -> HeaderMap {
-        let binding = Binding {
-            kind: Kind::Task,
-            pool: pool.clone(),
-            id: task.to_string(),
-            attempt: Some(attempt),
+    /// Headers of task attempts' messages (pool, task, attempt, payload) published together:
+    /// one Ed25519 signature for all of them, each verifiable on its own.
+    pub fn tasks(&self, messages: &[(&PoolName, TaskId, u32, &[u8])]) -> Vec<HeaderMap> {
+        let Some(key) = self.key.as_ref() else {
+            return messages.iter().map(|_| HeaderMap::new()).collect();
         };
-        self.headers(&binding, payload, self.task_ttl)
+        let bindings: Vec<Binding> = messages
+            .iter()
+            .map(|(pool, task, attempt, _)| Binding {
+                kind: Kind::Task,
+                pool: (*pool).clone(),
+                id: task.to_string(),
+                attempt: Some(*attempt),
+            })
+            .collect();
+        let batch: Vec<(&Binding, &[u8])> = bindings
+            .iter()
+            .zip(messages)
+            .map(|(b, m)| (b, m.3))
+            .collect();
+        let ttl_ms = u64::try_from(self.task_ttl.as_millis()).unwrap_or(u64::MAX);
+        key.sign_batch(&batch, Timestamp::now(), ttl_ms)
+            .into_iter()
+            .map(|value| {
+                let mut headers = HeaderMap::new();
+                headers.insert(SIGNATURE_HEADER, value.as_str());
+                headers
+            })
+            .collect()
     }
 
     /// Adds the signature of a health check that is of no use after `deadline`.
