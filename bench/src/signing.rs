@@ -47,6 +47,10 @@ pub struct Micro {
     pub payload_bytes: usize,
     pub sign_us: f64,
     pub verify_us: f64,
+    /// Per message, signing 16 together (the dispatcher's largest batch) and verifying each
+    /// with its batch's root already verified (what a worker does after the first of them).
+    pub batch_of_16_sign_us_per_message: f64,
+    pub batch_of_16_verify_us_per_message: f64,
 }
 
 /// What the scenario measured.
@@ -200,9 +204,42 @@ fn micro() -> anyhow::Result<Micro> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let verify_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(N);
+    let (batch_sign_us, batch_verify_us) = micro_batch(&key, &trusted, &binding, &payload)?;
     Ok(Micro {
         payload_bytes: payload.len(),
         sign_us: round(sign_us),
         verify_us: round(verify_us),
+        batch_of_16_sign_us_per_message: round(batch_sign_us),
+        batch_of_16_verify_us_per_message: round(batch_verify_us),
     })
+}
+
+/// Per message: signing 16 messages together, and verifying each (one Ed25519 verification
+/// for the batch, the rest from the remembered root).
+fn micro_batch(
+    key: &SigningKey,
+    trusted: &TrustedKeys,
+    binding: &Binding,
+    payload: &[u8],
+) -> anyhow::Result<(f64, f64)> {
+    const BATCH: usize = 16;
+    const ROUNDS: u32 = 300;
+    let batch: Vec<(&Binding, &[u8])> = (0..BATCH).map(|_| (binding, payload)).collect();
+    let now = Timestamp::now();
+    let per = f64::from(ROUNDS) * BATCH as f64;
+    let started = Instant::now();
+    let mut headers = Vec::new();
+    for _ in 0..ROUNDS {
+        headers = key.sign_batch(&batch, now, 3_600_000);
+    }
+    let sign_us = started.elapsed().as_secs_f64() * 1e6 / per;
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        for h in &headers {
+            trusted
+                .verify(Some(h), binding, payload, now)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    Ok((sign_us, started.elapsed().as_secs_f64() * 1e6 / per))
 }

@@ -386,8 +386,12 @@ impl TrustedKeys {
     ) -> Result<Claims, Refusal> {
         let header = header.ok_or(Refusal::Unsigned)?;
         let malformed = |what: &str| Refusal::Malformed(format!("bad or missing {what}"));
-        let (rest, sig) = header.rsplit_once(";sig=").ok_or_else(|| malformed("sig"))?;
-        let (claims_text, path) = rest.rsplit_once(";path=").ok_or_else(|| malformed("path"))?;
+        let (rest, sig) = header
+            .rsplit_once(";sig=")
+            .ok_or_else(|| malformed("sig"))?;
+        let (claims_text, path) = rest
+            .rsplit_once(";path=")
+            .ok_or_else(|| malformed("path"))?;
         let claims = Claims::parse(claims_text)?;
         claims.check_binding(expected)?;
         let key = self
@@ -620,7 +624,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         }
     }
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
     b.chunks(2)

@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 /// Most publishes awaiting the broker's ack at once.
 const MAX_IN_FLIGHT: usize = 4096;
 /// Most attempts signed together (one Ed25519 signature over their Merkle root): what is
-/// ready at once, up to this.
-const SIGN_BATCH: usize = 256;
+/// ready at once, up to this. 16 makes the signature's share small (a sixteenth) while each
+/// message's path to the root stays at most four hashes long (it travels in its header).
+const SIGN_BATCH: usize = 16;
 /// How long shutdown waits for the broker to confirm publishes in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The first and the longest wait before publishing again what the broker did not store.

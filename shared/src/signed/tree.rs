@@ -49,7 +49,7 @@ pub(super) fn build(leaves: &[Hash]) -> (Hash, Vec<Vec<Step>>) {
     let mut level = leaves.to_vec();
     while level.len() > 1 {
         for (path, p) in paths.iter_mut().zip(at.iter_mut()) {
-            if *p % 2 == 1 {
+            if !p.is_multiple_of(2) {
                 path.push(Step::Left(level[*p - 1]));
             } else if let Some(right) = level.get(*p + 1) {
                 path.push(Step::Right(*right));
