@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a cancellation is remembered for tasks that arrive later.
 const REMEMBER: Duration = Duration::from_secs(15 * 60);
+/// How many attempts a worker remembers having started, to refuse a copy of one.
+const STARTED_REMEMBERED: usize = 65_536;
 
 /// State shared by the pull loop, running tasks, heartbeats and the control listener.
 /// Cheap to clone.
@@ -30,12 +32,20 @@ pub struct Runtime {
     inner: Arc<Inner>,
 }
 
+/// Attempts started on this worker: a set, and the order to forget them in.
+type Started = (
+    std::collections::HashSet<(TaskId, u32)>,
+    std::collections::VecDeque<(TaskId, u32)>,
+);
+
 /// One run on this worker: task, attempt, delivery.
 pub type RunKey = (TaskId, u32, u32);
 
 #[derive(Debug)]
 struct Inner {
     running: Mutex<HashMap<RunKey, CancellationToken>>,
+    /// Attempts (task, attempt) this worker started, oldest first out.
+    started: Mutex<Started>,
     /// Cancelled tasks: every attempt up to the number, and when it was heard.
     cancelled: Mutex<HashMap<TaskId, (u32, Instant)>>,
     draining: watch::Sender<bool>,
@@ -51,6 +61,7 @@ impl Runtime {
         Runtime {
             inner: Arc::new(Inner {
                 running: Mutex::default(),
+                started: Mutex::default(),
                 cancelled: Mutex::default(),
                 draining: watch::Sender::new(false),
                 progress_ms: AtomicU64::new(millis(config.progress_interval)),
@@ -70,6 +81,27 @@ impl Runtime {
             running.insert(run, token.clone());
         }
         Some(token)
+    }
+
+    /// Records that this worker starts an attempt; `false` when it started it before. A
+    /// first delivery (`delivery == 1`) of an attempt this worker already started is not the
+    /// broker handing it back (that counts deliveries up) but a second copy on the queue —
+    /// a replay of a genuine signed message — and is refused by the caller.
+    pub fn first_start(&self, task: TaskId, attempt: u32) -> bool {
+        let Ok(mut started) = self.inner.started.lock() else {
+            return true;
+        };
+        let (seen, order) = &mut *started;
+        if !seen.insert((task, attempt)) {
+            return false;
+        }
+        order.push_back((task, attempt));
+        if order.len() > STARTED_REMEMBERED
+            && let Some(old) = order.pop_front()
+        {
+            seen.remove(&old);
+        }
+        true
     }
 
     /// Forgets a run that ended.

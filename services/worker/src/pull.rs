@@ -391,6 +391,13 @@ async fn handle(
             end_unrun(&msg, &task, delivery, &reporter, Outcome::Failed, reason).await;
             return;
         }
+        if !runtime.first_start(task.task, task.attempt) && delivery == 1 {
+            let reason = format!(
+                "task {} attempt {} refused, not run: replayed (a second copy of an attempt this worker already started)",
+                task.task, task.attempt
+            );
+            return reject(&msg, &reporter, reason).await;
+        }
         let run = (task.task, task.attempt, delivery);
         let Some(cancel) = runtime.start(run) else {
             tracing::info!("not starting a task the planner cancelled");

@@ -277,6 +277,28 @@ async fn a_real_task_replayed_as_another_attempt_is_refused_and_never_runs() -> 
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_task_copied_back_onto_its_own_queue_is_refused_by_the_worker_that_ran_it()
+-> anyhow::Result<()> {
+    let c = cluster(&[("wa", "pool-a")]).await?;
+    // Every run appends a line: one line means one run.
+    let runs = c.dir.path().join("runs");
+    let script = format!("echo ran >> {}", runs.display());
+    let (id, headers, payload) = real_task(&c, "pool-a", &script).await?;
+    assert_eq!(c.finished(&id, WAIT).await?["state"], "succeeded");
+    // The genuine signed message, unchanged, under a new message id (past the broker's
+    // de-duplication).
+    publish_as_task_writer(&c, "shoal.tasks.pool-a", headers, payload).await?;
+    refused(
+        &c,
+        "wa",
+        "replayed (a second copy of an attempt this worker already started)",
+    )
+    .await?;
+    assert_eq!(std::fs::read_to_string(&runs)?.lines().count(), 1);
+    Ok(())
+}
+
 /// A real task of `pool-a` that runs until `release` exists; returns its deployment and
 /// task ids once it runs.
 async fn long_task(c: &Cluster, release: &Path) -> anyhow::Result<(String, String)> {
