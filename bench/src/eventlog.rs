@@ -218,6 +218,7 @@ pub async fn run(events: u64) -> anyhow::Result<Outcome> {
             pools: 0,
             workers: 0,
             slots: 1,
+            signing: true,
         },
     )
     .await?;

@@ -8,6 +8,7 @@ mod eventlog;
 mod machine;
 mod offered;
 mod raw;
+mod signing;
 mod stats;
 mod system;
 mod throughput;
@@ -51,6 +52,8 @@ enum Scenario {
     Log(Opts),
     /// 6. Tasks/s over 1, 10 and 100 pools and 1, 4 and 16 workers.
     Scale(Opts),
+    /// 7. What signing costs: no-op throughput and schedule-to-start, signing on and off.
+    Signing(Opts),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -83,6 +86,9 @@ struct Opts {
     /// deployments) and FILE.10, for a look at where the tail comes from.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+    /// Rounds of the signing scenario (each runs both sides).
+    #[arg(long)]
+    rounds: Option<usize>,
 }
 
 /// Sizes of one run.
@@ -105,6 +111,7 @@ impl Sizes {
             pools: o.pools.unwrap_or(4),
             workers: o.workers.unwrap_or(4),
             slots: o.slots.unwrap_or(64),
+            signing: true,
         };
         if o.quick {
             Sizes {
@@ -114,6 +121,7 @@ impl Sizes {
                     pools: o.pools.unwrap_or(2),
                     workers: o.workers.unwrap_or(2),
                     slots: o.slots.unwrap_or(16),
+                    signing: true,
                 },
                 rate: o.rate.unwrap_or(200),
                 offered_seconds: 1.0,
@@ -122,6 +130,7 @@ impl Sizes {
                     pools: 1,
                     workers: 1,
                     slots: 16,
+                    signing: true,
                 },
                 events: o.events.unwrap_or(8_000),
                 scale_tasks: 100,
@@ -139,6 +148,7 @@ impl Sizes {
                     pools: 1,
                     workers: 4,
                     slots: 16,
+                    signing: true,
                 },
                 events: o.events.unwrap_or(1_000_000),
                 scale_tasks: 20_000,
@@ -187,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Offered(o) => ("offered", o),
         Scenario::Log(o) => ("log", o),
         Scenario::Scale(o) => ("scale", o),
+        Scenario::Signing(o) => ("signing", o),
     };
     let sizes = Sizes::of(opts);
     let machine = machine::Machine::detect();
@@ -394,6 +405,7 @@ async fn main() -> anyhow::Result<()> {
                 pools: *pools,
                 workers: *workers,
                 slots: sizes.layout.slots,
+                signing: true,
             };
             let o = throughput::run(layout, sizes.scale_tasks, json!({"type": "noop"}))
                 .await
@@ -422,6 +434,41 @@ async fn main() -> anyhow::Result<()> {
         );
         r.set("scale", &runs);
     }
+    if run_all || which == "signing" {
+        let o = signing_scenario(opts, &sizes).await?;
+        r.row(
+            "7 signing on / off",
+            format!(
+                "{} rounds, each: {} no-op tasks ({} pools, {} workers × {} slots), then {}/s one-task deployments for {} s",
+                o.params.rounds,
+                o.params.noop_tasks,
+                o.params.pools,
+                o.params.workers,
+                o.params.slots_per_worker,
+                o.params.offered_rate_per_s,
+                o.params.offered_seconds
+            ),
+            format!(
+                "no-op: {:.0} tasks/s signed, {:.0} unsigned ({:.1}% cost)
+schedule-to-start p50 {:.3} vs {:.3} ms, p99 {:.3} vs {:.3} ms
+one signature {:.1} µs, one verification {:.1} µs ({} B message); in batches of 16: {:.1} / {:.1} µs a message",
+                o.signed.noop_tasks_per_s_median,
+                o.unsigned.noop_tasks_per_s_median,
+                (1.0 - o.throughput_ratio) * 100.0,
+                o.signed.schedule_to_start_p50_ms_median,
+                o.unsigned.schedule_to_start_p50_ms_median,
+                o.signed.schedule_to_start_p99_ms_median,
+                o.unsigned.schedule_to_start_p99_ms_median,
+                o.micro.sign_us,
+                o.micro.verify_us,
+                o.micro.payload_bytes,
+                o.micro.batch_of_16_sign_us_per_message,
+                o.micro.batch_of_16_verify_us_per_message
+            ),
+        );
+        r.set("signing_throughput_ratio", o.throughput_ratio);
+        r.set("signing", &o);
+    }
     r.set("tasks_expected", expected);
     r.set("tasks_finished", succeeded);
     r.set("all_tasks_finished", expected == succeeded);
@@ -444,6 +491,23 @@ async fn main() -> anyhow::Result<()> {
         "only {succeeded} of {expected} tasks finished"
     );
     Ok(())
+}
+
+async fn signing_scenario(opts: &Opts, sizes: &Sizes) -> anyhow::Result<signing::Outcome> {
+    let params = signing::Params {
+        rounds: opts.rounds.unwrap_or(if opts.quick { 1 } else { 3 }),
+        noop_tasks: sizes.tasks,
+        pools: sizes.layout.pools,
+        workers: sizes.layout.workers,
+        slots_per_worker: sizes.layout.slots,
+        offered_rate_per_s: sizes.rate,
+        offered_seconds: sizes.offered_seconds,
+        offered_warmup_seconds: sizes.warmup_seconds,
+        offered_workers: sizes.offered_layout.workers,
+    };
+    signing::run(sizes.layout, sizes.offered_layout, params)
+        .await
+        .context("signing scenario")
 }
 
 fn throughput_params(p: &throughput::Params) -> String {

@@ -25,6 +25,9 @@ pub struct Layout {
     pub pools: usize,
     pub workers: usize,
     pub slots: u32,
+    /// The planner signs and the workers verify (the default); off, both run with their
+    /// insecure switches, to measure what signing costs.
+    pub signing: bool,
 }
 
 /// The running installation.
@@ -60,7 +63,11 @@ impl Shoal {
             &nats.url(),
             &dir.path().join("planner-data"),
             http_port,
-            &["--no-builtin-worker"],
+            if layout.signing {
+                &["--no-builtin-worker"]
+            } else {
+                &["--no-builtin-worker", "--insecure-no-signing"]
+            },
         )
         .await?;
         let mut shoal = Shoal {
@@ -79,6 +86,10 @@ impl Shoal {
                 .with_context(|| format!("cannot register pool {}", pool(p)))?;
         }
         let slots = layout.slots.to_string();
+        let mut worker_args = vec!["--slots", slots.as_str()];
+        if !layout.signing {
+            worker_args.push("--insecure-accept-unsigned");
+        }
         for w in 0..layout.workers {
             let name = format!("w{w}");
             let work = shoal.dir.path().join("work").join(&name);
@@ -89,7 +100,7 @@ impl Shoal {
                 &pool(w % layout.pools.max(1)),
                 Some("bench"),
                 Some(&work),
-                &["--slots", &slots],
+                &worker_args,
             )?);
         }
         shoal.wait_online().await?;

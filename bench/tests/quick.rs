@@ -32,6 +32,7 @@ fn quick_benchmark_completes_and_every_task_finishes() {
         "schedule_to_start_p99_ms",
         "replay_events_per_s",
         "planner_rss_mb_after_1m_events",
+        "signing_throughput_ratio",
     ] {
         assert!(
             v[field].is_number(),

@@ -2,7 +2,8 @@
 //!
 //! Nothing in this crate does I/O: it owns identifiers, validated names, the domain model,
 //! the parse of a submitted deployment (`step`), the events of the log, the messages on the
-//! wire, subject names, the MessagePack codec and the pure pool-resolution rule.
+//! wire, subject names, the MessagePack codec, the pure pool-resolution rule and the signatures on
+//! planner messages (keys in memory; key files are read by `shoal-runtime`).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod messages;
 pub mod names;
 pub mod resolve;
 pub mod secret;
+pub mod signed;
 pub mod step;
 pub mod subjects;
 pub mod time;

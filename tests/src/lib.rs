@@ -416,6 +416,33 @@ impl Cluster {
             .with_context(|| format!("no task in step {step}"))
     }
 
+    /// The installation's signing key file (its public key, `signing.key.pub` beside it, is
+    /// what the cluster's workers trust).
+    ///
+    /// # Errors
+    /// The key could not be made.
+    pub fn signing_key_path(&self) -> anyhow::Result<PathBuf> {
+        local::installation_signing_key(&self.logs())
+    }
+
+    /// Headers signing `payload` with the planner's key as the planner would, valid for an
+    /// hour: for tests that publish what the planner publishes.
+    ///
+    /// # Errors
+    /// The key could not be read.
+    pub fn planner_signature(
+        &self,
+        binding: &shoal_shared::signed::Binding,
+        payload: &[u8],
+    ) -> anyhow::Result<async_nats::HeaderMap> {
+        let text = std::fs::read_to_string(self.signing_key_path()?)?;
+        let key = shoal_shared::signed::SigningKey::parse(&text)?;
+        let value = key.sign(binding, payload, shoal_shared::Timestamp::now(), 3_600_000);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(shoal_shared::signed::SIGNATURE_HEADER, value.as_str());
+        Ok(headers)
+    }
+
     /// Writes a file into the cluster's temp dir.
     ///
     /// # Errors

@@ -9,3 +9,5 @@ mod ingest;
 mod nats;
 #[path = "attacks/secrets.rs"]
 mod secrets;
+#[path = "attacks/signing.rs"]
+mod signing;

@@ -267,14 +267,30 @@ async fn bad_messages_on_the_wire_are_rejected_recorded_and_never_redelivered() 
         sensitive_variables: Default::default(),
     };
     let valid = shoal_shared::codec::encode(&task(1, pool("default")))?;
-    let to_tasks: Vec<Vec<u8>> = vec![
-        b"\xc1 not messagepack".to_vec(),
-        valid[..valid.len() / 2].to_vec(),
-        shoal_shared::codec::encode(&task(99, pool("default")))?,
-        shoal_shared::codec::encode(&task(1, pool("eu-west")))?,
+    let to_tasks: Vec<(Vec<u8>, Option<TaskMessage>)> = vec![
+        (b"\xc1 not messagepack".to_vec(), None),
+        (valid[..valid.len() / 2].to_vec(), None),
+        (vec![], Some(task(99, pool("default")))),
+        (vec![], Some(task(1, pool("eu-west")))),
     ];
-    for bytes in to_tasks {
-        js.publish("shoal.tasks.default", bytes.into())
+    for (bytes, decodable) in to_tasks {
+        // What decodes is signed with the planner's key, as the planner would (for the
+        // worker's pool): the checks after the signature's are what is tested here.
+        let (bytes, headers) = match decodable {
+            None => (bytes, async_nats::HeaderMap::new()),
+            Some(t) => {
+                let bytes = shoal_shared::codec::encode(&t)?;
+                let binding = shoal_shared::signed::Binding {
+                    kind: shoal_shared::signed::Kind::Task,
+                    pool: pool("default"),
+                    id: t.task.to_string(),
+                    attempt: Some(t.attempt),
+                };
+                let headers = c.planner_signature(&binding, &bytes)?;
+                (bytes, headers)
+            }
+        };
+        js.publish_with_headers("shoal.tasks.default", headers, bytes.into())
             .await?
             .await?;
     }

@@ -443,12 +443,9 @@ pub async fn start_planner(
     extra: &[&str],
 ) -> anyhow::Result<Proc> {
     let bin = find_binary("shoal-planner")?;
-    let mut p = Proc::spawn(
-        "planner",
-        &bin,
-        &planner_args(nats_url, data_dir, http_port, extra),
-        log_dir,
-    )?;
+    let mut args = planner_args(nats_url, data_dir, http_port, extra);
+    args.extend(signing_args(log_dir, extra)?);
+    let mut p = Proc::spawn("planner", &bin, &args, log_dir)?;
     let client = admin_client(http_port, data_dir);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -501,6 +498,7 @@ pub fn start_worker(
     }
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     args.extend(trust::worker_identity_args(nats_url, name, pool, extra));
+    args.extend(trust_args(log_dir, extra)?);
     Proc::spawn(name, &bin, &args, log_dir)
 }
 
@@ -553,4 +551,65 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<PathBuf
         }
     }
     Ok(found)
+}
+
+/// The installation's signing key: `<log_dir>/keys/signing.key`, made (with `shoal-planner
+/// keygen`) the first time a planner or worker of the installation starts. Its public key,
+/// `signing.key.pub` beside it, is what every worker trusts.
+///
+/// # Errors
+/// `shoal-planner keygen` is missing or failed.
+pub fn installation_signing_key(log_dir: &Path) -> anyhow::Result<PathBuf> {
+    /// Planner and workers of one installation may start at once: one keygen at a time.
+    static KEYGEN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let key = log_dir.join("keys").join("signing.key");
+    let _one = KEYGEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !key.with_extension("key.pub").exists() {
+        let out = std::process::Command::new(find_binary("shoal-planner")?)
+            .arg("keygen")
+            .arg("--out")
+            .arg(&key)
+            .output()
+            .context("cannot run shoal-planner keygen")?;
+        if !out.status.success() {
+            bail!(
+                "shoal-planner keygen --out {} failed: {}",
+                key.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(key)
+}
+
+/// `--signing-key` of the installation's key, unless the caller chose (or switched off)
+/// signing itself.
+fn signing_args(log_dir: &Path, extra: &[&str]) -> anyhow::Result<Vec<String>> {
+    if extra
+        .iter()
+        .any(|a| matches!(*a, "--signing-key" | "--insecure-no-signing"))
+    {
+        return Ok(vec![]);
+    }
+    let key = installation_signing_key(log_dir)?;
+    Ok(vec!["--signing-key".to_owned(), key.display().to_string()])
+}
+
+/// `--trusted-keys` of the installation's public key, unless the caller chose (or switched
+/// off) trust itself.
+fn trust_args(log_dir: &Path, extra: &[&str]) -> anyhow::Result<Vec<String>> {
+    if extra
+        .iter()
+        .any(|a| matches!(*a, "--trusted-keys" | "--insecure-accept-unsigned"))
+    {
+        return Ok(vec![]);
+    }
+    let key = installation_signing_key(log_dir)?;
+    let public = key.with_extension("key.pub");
+    Ok(vec![
+        "--trusted-keys".to_owned(),
+        public.display().to_string(),
+    ])
 }

@@ -4,12 +4,14 @@
 //! are in flight at once; failures are retried with backoff, nothing is dropped. Attempts
 //! come from the writer's bounded task channel and, when that overflowed (the broker was
 //! slow or down), from pages of the durable outbox (`log::handover`), taken only while there
-//! is room for more publishes in flight.
+//! is room for more publishes in flight. Each publish, a retry too, is signed anew
+//! (`signing`).
 
 use crate::domain::Command;
 use crate::log::handover::TaskReceiver;
 use crate::log::writer::WriterHandle;
 use crate::secrets::Sealer;
+use crate::signing::Signer;
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -17,11 +19,16 @@ use futures::stream::FuturesUnordered;
 use shoal_shared::codec;
 use shoal_shared::messages::TaskMessage;
 use shoal_shared::subjects::Subjects;
+use shoal_shared::{PoolName, TaskId};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Most publishes awaiting the broker's ack at once.
 const MAX_IN_FLIGHT: usize = 4096;
+/// Most attempts signed together (one Ed25519 signature over their Merkle root): what is
+/// ready at once, up to this. 16 makes the signature's share small (a sixteenth) while each
+/// message's path to the root stays at most four hashes long (it travels in its header).
+const SIGN_BATCH: usize = 16;
 /// How long shutdown waits for the broker to confirm publishes in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The first and the longest wait before publishing again what the broker did not store.
@@ -35,6 +42,7 @@ pub async fn run(
     writer: WriterHandle,
     mut tasks: TaskReceiver,
     sealer: Sealer,
+    signer: Signer,
     shutdown: CancellationToken,
 ) {
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Published>> = FuturesUnordered::new();
@@ -61,16 +69,26 @@ pub async fn run(
             }
             () = retry.due() => retry.take(),
             msg = tasks.recv(&writer), if room => match msg {
-                Some(m) => vec![m],
+                Some(m) => {
+                    let held = in_flight.len() + retry.tasks.len();
+                    let mut batch = vec![m];
+                    while batch.len() < SIGN_BATCH && held + batch.len() < MAX_IN_FLIGHT {
+                        match tasks.try_next() {
+                            Some(m) => batch.push(m),
+                            None => break,
+                        }
+                    }
+                    batch
+                }
                 None => break,
             },
         };
-        for task in batch {
-            in_flight.push(Box::pin(publish(
+        for (task, encoded) in encode_and_sign(batch, &sealer, &signer) {
+            in_flight.push(Box::pin(send(
                 js.clone(),
                 subjects.tasks(&task.pool),
                 task,
-                sealer.clone(),
+                encoded,
             )));
         }
     }
@@ -149,22 +167,53 @@ enum NotStored {
     Publish(#[from] jetstream::context::PublishError),
 }
 
-async fn publish(
+/// Seals the attempts' sensitive values for their pools, encodes the attempts and signs them
+/// together, now (so each signature's clock starts at its publish; a retry is sealed and
+/// signed anew). The message kept for a retry holds the values as the log does (for the
+/// master key).
+fn encode_and_sign(
+    batch: Vec<TaskMessage>,
+    sealer: &Sealer,
+    signer: &Signer,
+) -> Vec<(TaskMessage, Result<PublishMessage, codec::CodecError>)> {
+    let encoded: Vec<Result<Vec<u8>, codec::CodecError>> = batch
+        .iter()
+        .map(|task| {
+            let wire = sealer.for_wire(task);
+            codec::encode(wire.as_ref().unwrap_or(task))
+        })
+        .collect();
+    let to_sign: Vec<(&PoolName, TaskId, u32, &[u8])> = batch
+        .iter()
+        .zip(&encoded)
+        .filter_map(|(t, e)| Some((&t.pool, t.task, t.attempt, e.as_ref().ok()?.as_slice())))
+        .collect();
+    let mut headers = signer.tasks(&to_sign).into_iter();
+    batch
+        .into_iter()
+        .zip(encoded)
+        .map(|(task, bytes)| {
+            let msg = bytes.map(|bytes| {
+                PublishMessage::build()
+                    .payload(bytes.into())
+                    .headers(headers.next().unwrap_or_default())
+                    .message_id(task.message_id())
+            });
+            (task, msg)
+        })
+        .collect()
+}
+
+async fn send(
     js: jetstream::Context,
     subject: String,
     task: TaskMessage,
-    sealer: Sealer,
+    encoded: Result<PublishMessage, codec::CodecError>,
 ) -> Published {
-    // Sensitive values go out sealed for the pool; the message kept for a retry holds them
-    // as the log does (for the master key).
-    let wire = sealer.for_wire(&task);
-    let bytes = match codec::encode(wire.as_ref().unwrap_or(&task)) {
-        Ok(b) => b,
+    let msg = match encoded {
+        Ok(m) => m,
         Err(e) => return Err((task, e.into())),
     };
-    let msg = PublishMessage::build()
-        .payload(bytes.into())
-        .message_id(task.message_id());
     match js.send_publish(subject, msg).await {
         Ok(ack) => match ack.await {
             Ok(ack) => Ok((task, ack.sequence)),

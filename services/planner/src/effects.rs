@@ -13,10 +13,12 @@ use crate::domain::effects::{Effect, Stop};
 use crate::health;
 use crate::liveness::Liveness;
 use crate::log::writer::WriterHandle;
+use crate::signing::Signer;
 use futures::StreamExt;
 use shoal_shared::messages::{
     CheckMessage, KIND_HEADER, KIND_HEALTH_CHECK, WIRE_SCHEMA_VERSION, WorkerControl,
 };
+use shoal_shared::signed::Kind;
 use shoal_shared::subjects::{Subjects, cancel_payload};
 use shoal_shared::{PoolName, Timestamp, WorkerName, codec};
 use std::time::Duration;
@@ -44,6 +46,8 @@ pub struct Runner {
     pub health: health::Schedule,
     /// Where broker I/O runs, so that shutdown waits for it (or cuts it short).
     pub tasks: TaskTracker,
+    /// Signs cancellations, checks and instructions as they go out.
+    pub signer: Signer,
 }
 
 enum Due {
@@ -73,8 +77,9 @@ pub async fn run(
                 Due::Submit(cmd) => cmd,
                 Due::Resend(stops) => {
                     let (client, subjects) = (runner.client.clone(), runner.subjects.clone());
+                    let signer = runner.signer.clone();
                     runner.spawn_io(&shutdown, async move {
-                        publish_cancels(&client, &subjects, &stops).await;
+                        publish_cancels(&client, &subjects, &signer, &stops).await;
                     });
                     continue;
                 }
@@ -124,9 +129,9 @@ impl Runner {
                     due.insert(Due::Resend(stops.clone()), after);
                 }
                 let (client, js) = (self.client.clone(), self.js.clone());
-                let subjects = self.subjects.clone();
+                let (subjects, signer) = (self.subjects.clone(), self.signer.clone());
                 self.spawn_io(shutdown, async move {
-                    publish_cancels(&client, &subjects, &stops).await;
+                    publish_cancels(&client, &subjects, &signer, &stops).await;
                     remove_queued(&js, &subjects, &stops).await;
                 });
             }
@@ -136,9 +141,10 @@ impl Runner {
             }
             Effect::PublishCheck(check) => {
                 let (js, subjects) = (self.js.clone(), self.subjects.clone());
+                let signer = self.signer.clone();
                 self.spawn_io(
                     shutdown,
-                    publish_check(js, subjects, check, shutdown.clone()),
+                    publish_check(js, subjects, signer, check, shutdown.clone()),
                 );
             }
             Effect::Control {
@@ -148,8 +154,9 @@ impl Runner {
             } => {
                 self.liveness.want_draining(&worker, drain);
                 let (client, subjects) = (self.client.clone(), self.subjects.clone());
+                let signer = self.signer.clone();
                 self.spawn_io(shutdown, async move {
-                    send_control(&client, &subjects, &worker, &pool, drain).await;
+                    send_control(&client, &subjects, &signer, &worker, &pool, drain).await;
                 });
             }
             Effect::EnsureConsumer(pool) => {
@@ -200,6 +207,7 @@ async fn next_effect(
 async fn publish_check(
     js: async_nats::jetstream::Context,
     subjects: Subjects,
+    signer: Signer,
     check: CheckMessage,
     shutdown: CancellationToken,
 ) {
@@ -212,6 +220,8 @@ async fn publish_check(
     };
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(KIND_HEADER, KIND_HEALTH_CHECK);
+    let id = check.check.to_string();
+    signer.check(&mut headers, &check.pool, &id, check.deadline_at, &bytes);
     let mut backoff = Duration::from_millis(100);
     while Timestamp::now() < check.deadline_at && !shutdown.is_cancelled() {
         let msg = async_nats::jetstream::message::PublishMessage::build()
@@ -243,13 +253,21 @@ async fn publish_check(
     }
 }
 
-async fn publish_cancels(client: &async_nats::Client, subjects: &Subjects, stops: &[Stop]) {
+async fn publish_cancels(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    signer: &Signer,
+    stops: &[Stop],
+) {
     for stop in stops {
         let upto = (stop.upto != u32::MAX).then_some(stop.upto);
+        let payload = cancel_payload(upto);
+        let headers = signer.cancel(&stop.pool, stop.task, stop.upto, payload.as_bytes());
         if let Err(e) = client
-            .publish(
+            .publish_with_headers(
                 subjects.cancel(&stop.pool, &stop.task),
-                cancel_payload(upto).into(),
+                headers,
+                payload.into(),
             )
             .await
         {
@@ -304,6 +322,7 @@ pub async fn answer_drain_state(
     subjects: Subjects,
     liveness: Liveness,
     recorder: crate::rejections::Recorder,
+    signer: Signer,
     shutdown: CancellationToken,
 ) {
     let mut sub = match client.subscribe(subjects.drain_state_all()).await {
@@ -321,8 +340,8 @@ pub async fn answer_drain_state(
         let Some(reply) = msg.reply.clone() else {
             continue;
         };
-        let worker = match drain_state_asker(&msg.subject, &subjects, &liveness) {
-            Ok(worker) => worker,
+        let (worker, pool) = match drain_state_asker(&msg.subject, &subjects, &liveness) {
+            Ok(owner) => (owner.worker, owner.pool),
             Err(reason) => {
                 let refused = crate::rejections::Refused {
                     id: shoal_shared::EventId::new(),
@@ -340,8 +359,13 @@ pub async fn answer_drain_state(
             drain: liveness.wanted_draining(&worker),
             worker,
         };
-        if let Ok(bytes) = codec::encode(&answer)
-            && let Err(e) = client.publish(reply, bytes.into()).await
+        let Ok(bytes) = codec::encode(&answer) else {
+            continue;
+        };
+        let headers = signer.to_worker(Kind::DrainState, &pool, &answer.worker, &bytes);
+        if let Err(e) = client
+            .publish_with_headers(reply, headers, bytes.into())
+            .await
         {
             tracing::debug!(error = %e, "drain-state answer not sent");
         }
@@ -354,7 +378,7 @@ fn drain_state_asker(
     subject: &str,
     subjects: &Subjects,
     liveness: &Liveness,
-) -> Result<WorkerName, String> {
+) -> Result<shoal_shared::subjects::SubjectOwner, String> {
     use shoal_shared::subjects::WorkerSubject;
     let owner = match subjects.parse_worker_subject(subject) {
         Ok(WorkerSubject::DrainState(owner)) => owner,
@@ -364,7 +388,7 @@ fn drain_state_asker(
     let known = liveness.pool_of(&owner.worker);
     match crate::domain::worker::drain_state_refusal(&owner, known.as_ref()) {
         Some(why) => Err(why),
-        None => Ok(owner.worker),
+        None => Ok(owner),
     }
 }
 
@@ -372,6 +396,7 @@ fn drain_state_asker(
 pub async fn send_control(
     client: &async_nats::Client,
     subjects: &Subjects,
+    signer: &Signer,
     worker: &WorkerName,
     pool: &PoolName,
     drain: bool,
@@ -383,8 +408,9 @@ pub async fn send_control(
     };
     match codec::encode(&msg) {
         Ok(bytes) => {
+            let headers = signer.to_worker(Kind::Control, pool, worker, &bytes);
             if let Err(e) = client
-                .publish(subjects.control(pool, worker), bytes.into())
+                .publish_with_headers(subjects.control(pool, worker), headers, bytes.into())
                 .await
             {
                 tracing::warn!(error = %e, worker = %worker, "instruction not sent; it is sent again at the worker's next heartbeat");

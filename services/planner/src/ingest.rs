@@ -252,6 +252,7 @@ pub async fn heartbeats(
     subjects: Subjects,
     liveness: Liveness,
     recorder: Recorder,
+    signer: crate::signing::Signer,
     shutdown: CancellationToken,
 ) {
     let mut sub = match client.subscribe(subjects.heartbeat_all()).await {
@@ -270,7 +271,10 @@ pub async fn heartbeats(
             Ok(beat) => {
                 let (worker, pool) = (beat.worker.clone(), beat.pool.clone());
                 if let Some(drain) = liveness.beat(beat) {
-                    crate::effects::send_control(&client, &subjects, &worker, &pool, drain).await;
+                    crate::effects::send_control(
+                        &client, &subjects, &signer, &worker, &pool, drain,
+                    )
+                    .await;
                 }
             }
             // Not waited for: a heartbeat is no fact, and a flood must not slow the next.

@@ -21,6 +21,7 @@ pub mod log;
 pub mod rejections;
 pub mod replay;
 pub mod secrets;
+pub mod signing;
 pub mod starting;
 
 use crate::domain::Command;
@@ -32,6 +33,7 @@ use crate::log::writer::{Writer, WriterFailed, WriterHandle, WriterTask};
 use crate::log::{EventLog, Proj};
 use anyhow::Context as _;
 use sha2::Digest as _;
+use shoal_shared::signed::TrustedKeys;
 use shoal_shared::subjects::{BUILTIN_WORKER_NAME, Subjects};
 use shoal_shared::{PoolName, WorkerName};
 use std::path::PathBuf;
@@ -75,6 +77,8 @@ pub struct PlannerConfig {
     /// The built-in worker's own nkey seed: it then connects as its own identity (named
     /// [`BUILTIN_WORKER_NAME`]), not as the planner's.
     pub builtin_worker_nkey: Option<PathBuf>,
+    /// Signs every message workers act on (tasks, checks, cancellations, instructions).
+    pub signer: signing::Signer,
 }
 
 /// A planner that is set up but not yet serving: its log is open and the writer runs on it,
@@ -328,6 +332,7 @@ impl Parts {
             subjects.clone(),
             liveness.clone(),
             recorder.clone(),
+            self.config.signer.clone(),
             stop_services.clone(),
         ));
         let runner = effects::Runner {
@@ -339,6 +344,7 @@ impl Parts {
             task_ack_wait: self.config.task_ack_wait,
             health: health::Schedule::new(self.config.health_interval, self.config.health_deadline),
             tasks: tasks.clone(),
+            signer: self.config.signer.clone(),
         };
         tasks.spawn(effects::run(runner, effects_rx, stop_services.clone()));
         tasks.spawn(dispatch::run(
@@ -347,6 +353,7 @@ impl Parts {
             handle.clone(),
             dispatch_rx,
             secrets::Sealer::new(self.master_key.clone(), self.log.clone()),
+            self.config.signer.clone(),
             stop_services.clone(),
         ));
         tasks.spawn(ingest::results(
@@ -361,6 +368,7 @@ impl Parts {
             subjects.clone(),
             liveness.clone(),
             recorder,
+            self.config.signer.clone(),
             stop_services.clone(),
         ));
     }
@@ -492,6 +500,11 @@ async fn run_builtin_worker(
     wc.slots = config.builtin_slots;
     wc.pool_keys = vec![pool_key];
     wc.subjects = config.subjects.clone();
+    // The built-in worker trusts its own planner's key, like any worker given its .pub.
+    wc.trust = match config.signer.key() {
+        Some(key) => shoal_worker::Trust::keys(TrustedKeys::of([key.public()])),
+        None => shoal_worker::Trust::InsecureAcceptUnsigned,
+    };
     let wclient = shoal_runtime::nats::connect_as(
         &config.nats_url,
         name.as_str(),

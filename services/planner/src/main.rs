@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shoal_planner::log::LogError;
+use shoal_planner::signing::Signer;
 use shoal_planner::{Planner, PlannerConfig};
 use shoal_shared::PoolName;
 use shoal_shared::subjects::Subjects;
@@ -75,6 +76,22 @@ struct Serve {
     /// Back it up: without it the log's sensitive values cannot be used.
     #[arg(long, env = "SHOAL_MASTER_KEY")]
     master_key: Option<PathBuf>,
+    /// The Ed25519 key every task, check, cancellation and instruction is signed with;
+    /// made at first start (with `<file>.pub` beside it, to give workers as
+    /// `--trusted-keys`). Default: `<data dir>/keys/signing.key`.
+    #[arg(long, env = "SHOAL_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
+    /// How long a task's signature stays valid: a task that waits in its pool's queue longer
+    /// (no worker took it) is refused by the worker that finally gets it and ends failed
+    /// ("signature expired"); its retries, if any, are signed anew.
+    #[arg(long, env = "SHOAL_TASK_SIGNATURE_TTL_SECS", default_value_t = 7 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(60..))]
+    task_signature_ttl_secs: u64,
+    /// INSECURE, for benchmarks and development only: sign nothing. Workers then run
+    /// whatever anyone who can publish to NATS sends them, and only workers started with
+    /// `--insecure-accept-unsigned` take this planner's tasks.
+    #[arg(long, env = "SHOAL_INSECURE_NO_SIGNING")]
+    insecure_no_signing: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +129,12 @@ enum Cmd {
     /// nkey identity per planner, built-in worker and worker, permissions, limits, TLS
     /// certificates, and an env file per identity. Running it again keeps every key.
     NatsConfig(nats_config::NatsConfig),
+    /// Make a new signing key at FILE (mode 0600) and its public key at FILE.pub, the line
+    /// workers trust (`--trusted-keys`). Never overwrites a key.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// sled allocates and frees a node copy for most writes; under load glibc's allocator took
@@ -127,6 +150,7 @@ fn main() {
         Some(Cmd::AdminToken { data_dir, name }) => admin_token(&data_dir, name),
         Some(Cmd::PoolKeygen { pool, out }) => pool_keygen(&pool, &out),
         Some(Cmd::NatsConfig(args)) => nats_config::run(args).map(|summary| println!("{summary}")),
+        Some(Cmd::Keygen { out }) => keygen(&out),
         None => serve(args.serve),
     };
     if let Err(e) = result {
@@ -232,6 +256,8 @@ fn replay(data_dir: &std::path::Path, rebuild: bool) -> anyhow::Result<()> {
 #[tokio::main]
 async fn serve(s: Serve) -> anyhow::Result<()> {
     let subjects = Subjects::new(&s.subject_prefix)?;
+    // The key exists before the API answers, so whoever waits for the API finds its .pub.
+    let signer = signer(&s)?;
     let listener = tokio::net::TcpListener::bind(&s.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", s.http_addr))?;
@@ -249,6 +275,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         master_key: s.master_key,
         nats_auth: s.nats_auth,
         builtin_worker_nkey: s.builtin_worker_nkey,
+        signer,
     };
     let data_dir = config.data_dir.clone();
     let planner = match Planner::build(config, listener, &shutdown).await {
@@ -261,6 +288,46 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         Err(e) => return Err(locked_by_another(e, &data_dir)),
     };
     planner.run(shutdown).await
+}
+
+fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    let key = shoal_runtime::keys::generate(out)?;
+    let public = shoal_runtime::keys::public_key_path(out);
+    println!(
+        "signing key {} written to {} (mode 0600; keep it secret)",
+        key.key_id(),
+        out.display()
+    );
+    println!(
+        "public key written to {}: add its line to every worker's --trusted-keys file",
+        public.display()
+    );
+    Ok(())
+}
+
+/// The signer of `--signing-key` (made at first start), or none with a loud warning.
+fn signer(s: &Serve) -> anyhow::Result<Signer> {
+    if s.insecure_no_signing {
+        tracing::warn!(
+            "INSECURE: --insecure-no-signing is set; tasks, checks, cancellations and instructions go out unsigned, and workers that accept them run whatever anyone who can publish to NATS sends. Never use this outside benchmarks and development."
+        );
+        return Ok(Signer::insecure_none());
+    }
+    let path = s
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| s.data_dir.join("keys").join("signing.key"));
+    let (key, made) = shoal_runtime::keys::load_or_generate(&path)?;
+    let public = shoal_runtime::keys::public_key_path(&path);
+    if made {
+        tracing::info!(key.id = %key.key_id(), key.path = %path.display(), public_key.path = %public.display(), "made a new signing key; give workers its public key file as --trusted-keys");
+    } else {
+        tracing::info!(key.id = %key.key_id(), public_key.path = %public.display(), "signing with the key in {}", path.display());
+    }
+    Ok(Signer::new(
+        key,
+        std::time::Duration::from_secs(s.task_signature_ttl_secs),
+    ))
 }
 
 /// The log's lock refused: say which planner has the data dir instead of sled's I/O error.

@@ -202,6 +202,10 @@ async fn the_dispatcher_catches_up_from_the_outbox_after_its_channel_overflowed(
         p.handle.clone(),
         p.tasks,
         sealer,
+        shoal_planner::signing::Signer::new(
+            shoal_shared::signed::SigningKey::generate().expect("random"),
+            Duration::from_secs(3600),
+        ),
         shutdown.clone(),
     ));
 

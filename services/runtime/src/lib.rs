@@ -1,11 +1,12 @@
 //! shoal-runtime: the process plumbing every shoal service binary needs and none of them
 //! owns — logging set-up ([`telemetry`]), shutdown on SIGINT/SIGTERM as one root
 //! cancellation token ([`signal`]) and the NATS connection with its event logging
-//! ([`nats`]), and the keys of sensitive variables ([`secrets`]). The planner (with its
-//! built-in worker) and the worker binary use the same code, so both log, stop and connect
-//! alike.
+//! ([`nats`]), the keys of sensitive variables ([`secrets`]) and the key files of message
+//! signing ([`keys`]). The planner (with its built-in worker) and the worker binary use the
+//! same code, so both log, stop and connect alike.
 #![forbid(unsafe_code)]
 
+pub mod keys;
 pub mod nats;
 pub mod secrets;
 pub mod nats_auth;

@@ -2,11 +2,15 @@
 //! watched by every worker of the pool) and maintenance drain/resume (`shoal.control.<pool>.<worker>`). Both come on
 //! core NATS and may be lost; the planner sends cancellations more than once and compares the
 //! drain state with every heartbeat, and a worker remembers recent cancellations so a task
-//! cancelled while queued never starts here.
+//! cancelled while queued never starts here. Each is acted on only when the planner signed
+//! it for this worker's pool (and, for instructions, this worker); others are ignored and
+//! logged (`trust`).
 
 use crate::WorkerConfig;
+use crate::trust::RefusalLog;
 use futures::StreamExt;
 use shoal_shared::messages::WorkerControl;
+use shoal_shared::signed::{Binding, Kind, Refusal};
 use shoal_shared::subjects::parse_cancel_payload;
 use shoal_shared::{TaskId, codec};
 use std::collections::HashMap;
@@ -18,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a cancellation is remembered for tasks that arrive later.
 const REMEMBER: Duration = Duration::from_secs(15 * 60);
+/// How many attempts a worker remembers having started, to refuse a copy of one.
+const STARTED_REMEMBERED: usize = 65_536;
 
 /// State shared by the pull loop, running tasks, heartbeats and the control listener.
 /// Cheap to clone.
@@ -26,12 +32,20 @@ pub struct Runtime {
     inner: Arc<Inner>,
 }
 
+/// Attempts started on this worker: a set, and the order to forget them in.
+type Started = (
+    std::collections::HashSet<(TaskId, u32)>,
+    std::collections::VecDeque<(TaskId, u32)>,
+);
+
 /// One run on this worker: task, attempt, delivery.
 pub type RunKey = (TaskId, u32, u32);
 
 #[derive(Debug)]
 struct Inner {
     running: Mutex<HashMap<RunKey, CancellationToken>>,
+    /// Attempts (task, attempt) this worker started, oldest first out.
+    started: Mutex<Started>,
     /// Cancelled tasks: every attempt up to the number, and when it was heard.
     cancelled: Mutex<HashMap<TaskId, (u32, Instant)>>,
     draining: watch::Sender<bool>,
@@ -47,6 +61,7 @@ impl Runtime {
         Runtime {
             inner: Arc::new(Inner {
                 running: Mutex::default(),
+                started: Mutex::default(),
                 cancelled: Mutex::default(),
                 draining: watch::Sender::new(false),
                 progress_ms: AtomicU64::new(millis(config.progress_interval)),
@@ -66,6 +81,27 @@ impl Runtime {
             running.insert(run, token.clone());
         }
         Some(token)
+    }
+
+    /// Records that this worker starts an attempt; `false` when it started it before. A
+    /// first delivery (`delivery == 1`) of an attempt this worker already started is not the
+    /// broker handing it back (that counts deliveries up) but a second copy on the queue —
+    /// a replay of a genuine signed message — and is refused by the caller.
+    pub fn first_start(&self, task: TaskId, attempt: u32) -> bool {
+        let Ok(mut started) = self.inner.started.lock() else {
+            return true;
+        };
+        let (seen, order) = &mut *started;
+        if !seen.insert((task, attempt)) {
+            return false;
+        }
+        order.push_back((task, attempt));
+        if order.len() > STARTED_REMEMBERED
+            && let Some(old) = order.pop_front()
+        {
+            seen.remove(&old);
+        }
+        true
     }
 
     /// Forgets a run that ended.
@@ -164,6 +200,7 @@ pub async fn listen(
 ) {
     let cancel_subject = config.subjects.cancel_pool(&config.pool);
     let control_subject = config.subjects.control(&config.pool, &config.name);
+    let refusals = RefusalLog::default();
     let (mut cancels, mut controls) = match (
         client.subscribe(cancel_subject.clone()).await,
         client.subscribe(control_subject.clone()).await,
@@ -177,16 +214,18 @@ pub async fn listen(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            Some(msg) = cancels.next() => {
-                let id = msg.subject.rsplit('.').next().unwrap_or_default();
-                match (id.parse::<uuid::Uuid>(), parse_cancel_payload(&msg.payload)) {
-                    (Ok(id), Some(upto)) => runtime.cancel(TaskId(id), upto),
-                    _ => tracing::warn!(subject = %msg.subject, "ignoring a malformed cancellation"),
-                }
-            }
+            Some(msg) = cancels.next() => on_cancel(&msg, &config, &runtime, &refusals),
             Some(msg) = controls.next() => {
+                if msg.subject.as_str() != control_subject {
+                    continue;
+                }
                 match codec::decode::<WorkerControl>("worker control", &msg.payload) {
                     Ok(c) if c.worker == config.name => {
+                        let binding = to_me(&config, Kind::Control);
+                        if let Err(why) = config.trust.verify(msg.headers.as_ref(), &binding, &msg.payload) {
+                            refusals.refused("an instruction", &msg.subject, &why);
+                            continue;
+                        }
                         if c.drain != runtime.draining() {
                             tracing::info!(drain = c.drain, "{}", if c.drain { "draining on request: taking no new tasks" } else { "resuming on request: taking tasks again" });
                         }
@@ -198,6 +237,47 @@ pub async fn listen(
             }
             else => return,
         }
+    }
+}
+
+/// Acts on a cancellation the planner signed for a task of this worker's pool. Workers hear
+/// every pool's cancellations (`shoal.cancel.<task>`): one signed for another pool is not
+/// for this worker and is dropped quietly; anything else that does not verify is logged.
+fn on_cancel(
+    msg: &async_nats::Message,
+    config: &WorkerConfig,
+    runtime: &Runtime,
+    refusals: &RefusalLog,
+) {
+    let id = msg.subject.rsplit('.').next().unwrap_or_default();
+    let (Ok(id), Some(upto)) = (id.parse::<uuid::Uuid>(), parse_cancel_payload(&msg.payload))
+    else {
+        tracing::warn!(subject = %msg.subject, "ignoring a malformed cancellation");
+        return;
+    };
+    let binding = Binding {
+        kind: Kind::Cancel,
+        pool: config.pool.clone(),
+        id: id.to_string(),
+        attempt: Some(upto),
+    };
+    match config
+        .trust
+        .verify(msg.headers.as_ref(), &binding, &msg.payload)
+    {
+        Ok(()) => runtime.cancel(TaskId(id), upto),
+        Err(Refusal::WrongPool { .. }) => {}
+        Err(why) => refusals.refused("a cancellation", &msg.subject, &why),
+    }
+}
+
+/// What a message to this worker alone is bound to.
+fn to_me(config: &WorkerConfig, kind: Kind) -> Binding {
+    Binding {
+        kind,
+        pool: config.pool.clone(),
+        id: config.name.to_string(),
+        attempt: None,
     }
 }
 
@@ -218,6 +298,15 @@ pub async fn ask_drain_state(
     match asked {
         Ok(Ok(reply)) => match codec::decode::<WorkerControl>("worker control", &reply.payload) {
             Ok(c) if c.worker == config.name => {
+                let binding = to_me(config, Kind::DrainState);
+                if let Err(why) =
+                    config
+                        .trust
+                        .verify(reply.headers.as_ref(), &binding, &reply.payload)
+                {
+                    tracing::warn!(reason = %why, "ignoring a drain-state answer whose signature does not verify; starting undrained");
+                    return;
+                }
                 if c.drain {
                     tracing::info!(
                         "the planner has this worker drained: taking no tasks until resumed"

@@ -10,6 +10,9 @@ pub mod heartbeat;
 pub mod pull;
 pub mod readiness;
 pub mod report;
+pub mod trust;
+
+pub use trust::Trust;
 
 use shoal_shared::subjects::Subjects;
 use shoal_shared::{PoolName, RegionName, WorkerName};
@@ -46,6 +49,9 @@ pub struct WorkerConfig {
     /// The pool's secret keys that open sensitive variables (more than one during a key
     /// rotation). A task with a value none of them opens is refused.
     pub pool_keys: Vec<shoal_runtime::secrets::PoolSecretKey>,
+    /// Whose signatures the worker accepts; by default none, so nothing runs until the
+    /// planner's public key is given.
+    pub trust: Trust,
 }
 
 impl WorkerConfig {
@@ -64,6 +70,7 @@ impl WorkerConfig {
             js_domain: None,
             min_free_disk_mb: 1024,
             pool_keys: Vec::new(),
+            trust: Trust::default(),
         }
     }
 }

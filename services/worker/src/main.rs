@@ -3,7 +3,7 @@
 use clap::Parser;
 use shoal_shared::subjects::Subjects;
 use shoal_shared::{PoolName, RegionName, WorkerName};
-use shoal_worker::WorkerConfig;
+use shoal_worker::{Trust, WorkerConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -51,6 +51,14 @@ struct Args {
     /// during a key rotation. Without one, tasks with sensitive variables are refused.
     #[arg(long, env = "SHOAL_POOL_KEY", value_delimiter = ',')]
     pool_key: Vec<std::path::PathBuf>,
+    /// The planner's public keys (the lines of its `signing.key.pub`; more than one during a
+    /// key rotation). Required: the worker runs only tasks signed by one of them.
+    #[arg(long, env = "SHOAL_TRUSTED_KEYS")]
+    trusted_keys: Option<PathBuf>,
+    /// INSECURE, for benchmarks and development only: run messages without verifying their
+    /// signatures, so anyone who can publish to NATS can run scripts here.
+    #[arg(long, env = "SHOAL_INSECURE_ACCEPT_UNSIGNED")]
+    insecure_accept_unsigned: bool,
 }
 
 fn main() {
@@ -63,6 +71,27 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// The keys of `--trusted-keys`, or none with a loud warning; neither is an error that says
+/// what to pass.
+fn trust(path: Option<&std::path::Path>, insecure: bool) -> anyhow::Result<Trust> {
+    match (path, insecure) {
+        (Some(path), _) => {
+            let keys = shoal_runtime::keys::load_trusted(path)?;
+            tracing::info!(trusted_keys = %keys.key_ids().join(", "), "running only tasks signed by these planner keys");
+            Ok(Trust::keys(keys))
+        }
+        (None, true) => {
+            tracing::warn!(
+                "INSECURE: --insecure-accept-unsigned is set; this worker runs tasks, checks, cancellations and instructions WITHOUT verifying who sent them, so anyone who can publish to NATS can run scripts here. Never use this outside benchmarks and development."
+            );
+            Ok(Trust::InsecureAcceptUnsigned)
+        }
+        (None, false) => anyhow::bail!(
+            "no trusted keys: pass --trusted-keys FILE (or SHOAL_TRUSTED_KEYS), FILE holding the planner's public key (the line of <planner data dir>/keys/signing.key.pub, or of the .pub that `shoal-planner keygen` wrote); the worker runs only tasks the planner signed"
+        ),
     }
 }
 
@@ -89,6 +118,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .pool_keys
             .push(shoal_runtime::secrets::PoolSecretKey::load(path)?);
     }
+    config.trust = trust(args.trusted_keys.as_deref(), args.insecure_accept_unsigned)?;
     // Listening before connecting: a worker that cannot reach NATS must still stop.
     let shutdown = shoal_runtime::signal::shutdown_on_signals();
     let client = shoal_runtime::nats::connect_as(

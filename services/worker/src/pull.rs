@@ -11,6 +11,7 @@ use shoal_shared::codec;
 use shoal_shared::messages::{
     CheckMessage, KIND_HEADER, KIND_HEALTH_CHECK, TaskMessage, WIRE_SCHEMA_VERSION, WorkerBody,
 };
+use shoal_shared::signed::{Binding, Kind};
 use shoal_shared::{Outcome, Timestamp};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -279,12 +280,43 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) {
     }
 }
 
-/// Decodes a task message and checks it is for this worker's pool and a schema it reads.
+/// Decodes a task message, verifies that the planner signed it for this pool, task and
+/// attempt (before anything about the task is reported: a forgery must not make this worker
+/// speak about a real task), and checks it is for this worker's pool and a schema it reads.
 /// A refused message can never be run here: it is terminated and reported, never
 /// redelivered forever.
 fn accept(msg: &jetstream::Message, config: &WorkerConfig) -> Result<TaskMessage, Refusal> {
+    let expected_subject = config.subjects.tasks(&config.pool);
+    if msg.subject.as_str() != expected_subject {
+        return Err(Refusal::Unreadable(format!(
+            "arrived on \"{}\", not this pool's task subject \"{expected_subject}\"",
+            msg.subject
+        )));
+    }
     let task: TaskMessage = codec::decode("task message", &msg.payload)
         .map_err(|e| Refusal::Unreadable(e.to_string()))?;
+    let binding = Binding {
+        kind: Kind::Task,
+        pool: config.pool.clone(),
+        id: task.task.to_string(),
+        attempt: Some(task.attempt),
+    };
+    match config
+        .trust
+        .verify(msg.headers.as_ref(), &binding, &msg.payload)
+    {
+        Ok(()) => {}
+        Err(why) if why.is_authentic() => {
+            let reason = format!("task {} not run: {why}", task.task);
+            return Err(Refusal::Unrunnable(Box::new(task), reason));
+        }
+        Err(why) => {
+            return Err(Refusal::Unreadable(format!(
+                "task {} attempt {} refused, not run: {why}",
+                task.task, task.attempt
+            )));
+        }
+    }
     if task.schema_version > WIRE_SCHEMA_VERSION {
         let reason = format!(
             "task {} has unknown schema version {} (this worker reads up to {WIRE_SCHEMA_VERSION}); upgrade the workers of pool \"{}\"",
@@ -304,7 +336,7 @@ fn accept(msg: &jetstream::Message, config: &WorkerConfig) -> Result<TaskMessage
 
 /// Why a task message is not run.
 enum Refusal {
-    /// Not a task message at all.
+    /// Not a task message at all, or not one the planner signed for this pool.
     Unreadable(String),
     /// A task, but not one this worker can run: it ends failed, so it does not hang.
     Unrunnable(Box<TaskMessage>, String),
@@ -359,6 +391,13 @@ async fn handle(
             end_unrun(&msg, &task, delivery, &reporter, Outcome::Failed, reason).await;
             return;
         }
+        if !runtime.first_start(task.task, task.attempt) && delivery == 1 {
+            let reason = format!(
+                "task {} attempt {} refused, not run: replayed (a second copy of an attempt this worker already started)",
+                task.task, task.attempt
+            );
+            return reject(&msg, &reporter, reason).await;
+        }
         let run = (task.task, task.attempt, delivery);
         let Some(cancel) = runtime.start(run) else {
             tracing::info!("not starting a task the planner cancelled");
@@ -407,6 +446,28 @@ async fn check(
         Ok(c) => c,
         Err(e) => return reject(&msg, reporter, e.to_string()).await,
     };
+    let binding = Binding {
+        kind: Kind::HealthCheck,
+        pool: config.pool.clone(),
+        id: check.check.to_string(),
+        attempt: None,
+    };
+    let expected_subject = config.subjects.tasks(&config.pool);
+    let verified = if msg.subject.as_str() == expected_subject {
+        config
+            .trust
+            .verify(msg.headers.as_ref(), &binding, &msg.payload)
+            .map_err(|why| why.to_string())
+    } else {
+        Err(format!(
+            "arrived on \"{}\", not \"{expected_subject}\"",
+            msg.subject
+        ))
+    };
+    if let Err(why) = verified {
+        let reason = format!("health check {} refused, not run: {why}", check.check);
+        return reject(&msg, reporter, reason).await;
+    }
     if check.schema_version > WIRE_SCHEMA_VERSION || check.pool != config.pool {
         let reason = format!(
             "health check {} (schema version {}, pool \"{}\") cannot run on this worker (schema version {WIRE_SCHEMA_VERSION}, pool \"{}\")",

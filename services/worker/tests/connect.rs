@@ -12,6 +12,9 @@ const WAIT: Duration = Duration::from_secs(30);
 const DRAIN_SECS: u64 = 3;
 
 fn start_worker(dir: &Path, url: &str) -> anyhow::Result<Proc> {
+    let trusted = dir.join("trusted-keys");
+    let key = shoal_shared::signed::SigningKey::generate()?;
+    std::fs::write(&trusted, key.public().to_line())?;
     let mut args: Vec<String> = [
         "--nats-url",
         url,
@@ -21,6 +24,8 @@ fn start_worker(dir: &Path, url: &str) -> anyhow::Result<Proc> {
         &DRAIN_SECS.to_string(),
         "--work-dir",
         &dir.join("work").display().to_string(),
+        "--trusted-keys",
+        &trusted.display().to_string(),
     ]
     .iter()
     .map(|s| (*s).to_owned())

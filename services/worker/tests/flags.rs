@@ -34,3 +34,22 @@ fn an_invalid_worker_name_is_refused() {
     assert!(!ok);
     assert!(err.contains("worker name \"Worker 1\""), "{err}");
 }
+
+#[test]
+fn a_worker_without_trusted_keys_refuses_to_start_and_says_what_to_pass() {
+    let (ok, err) = worker(&["--pool", "eu-west", "--nats-url", "nats://127.0.0.1:1"]);
+    assert!(!ok);
+    assert!(err.contains("pass --trusted-keys FILE"), "{err}");
+    assert!(err.contains("signing.key.pub"), "{err}");
+}
+
+#[test]
+fn a_trusted_keys_file_that_holds_no_key_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("trusted");
+    std::fs::write(&file, "# nothing yet\n").expect("written");
+    let path = file.display().to_string();
+    let (ok, err) = worker(&["--trusted-keys", &path, "--nats-url", "nats://127.0.0.1:1"]);
+    assert!(!ok);
+    assert!(err.contains("hold no key"), "{err}");
+}

@@ -57,7 +57,7 @@ pub enum CheckEvery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stop {
     pub task: TaskId,
-    /// Its pool: the cancellation goes to that pool's workers only.
+    /// The task's pool: its cancellation goes to that pool's workers only, signed for it.
     pub pool: PoolName,
     /// Its attempts up to this one (`u32::MAX`: all) are cancelled.
     pub upto: u32,

@@ -174,6 +174,19 @@ impl TaskReceiver {
         }
     }
 
+    /// The next attempt already in hand (handed over, or of a page already fetched), without
+    /// waiting; `None` when none is. The dispatcher takes what is ready together, to sign it
+    /// together.
+    pub fn try_next(&mut self) -> Option<TaskMessage> {
+        if let Some(msg) = self.page.pop_front() {
+            return Some(msg);
+        }
+        if self.asked.is_none() {
+            return self.rx.try_recv().ok();
+        }
+        None
+    }
+
     /// Everything handed over or owed so far, without waiting for more (for stand-ins of the
     /// dispatcher in tests and the benchmark).
     pub async fn ready(&mut self, writer: &WriterHandle) -> Vec<TaskMessage> {

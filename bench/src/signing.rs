@@ -1,0 +1,245 @@
+//! Scenario 7: what message signing costs. The no-op throughput run (scenario 2) and the
+//! one-task offered-load run (scenario 4) are made with signing on (the default: the planner
+//! signs every task, workers verify it) and off (`--insecure-no-signing` on the planner,
+//! `--insecure-accept-unsigned` on the workers) in the same process, alternating which goes
+//! first each round so that a machine that warms up or gets busier does not favour one side.
+//! Also the bare cost of one signature and one verification of a no-op task message.
+
+use crate::offered;
+use crate::stats::round;
+use crate::system::Layout;
+use crate::throughput;
+use serde::Serialize;
+use serde_json::json;
+use shoal_shared::messages::{TaskMessage, WIRE_SCHEMA_VERSION};
+use shoal_shared::signed::{Binding, Kind, SigningKey, TrustedKeys};
+use shoal_shared::{Action, DeploymentId, PoolName, TaskId, Timestamp, codec};
+use std::time::Instant;
+
+/// Sizes of the scenario.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Params {
+    pub rounds: usize,
+    pub noop_tasks: usize,
+    pub pools: usize,
+    pub workers: usize,
+    pub slots_per_worker: u32,
+    pub offered_rate_per_s: u32,
+    pub offered_seconds: f64,
+    pub offered_warmup_seconds: f64,
+    pub offered_workers: usize,
+}
+
+/// One side's figures: the median over the rounds of each.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Side {
+    pub noop_tasks_per_s: Vec<f64>,
+    pub noop_tasks_per_s_median: f64,
+    pub schedule_to_start_p50_ms: Vec<f64>,
+    pub schedule_to_start_p99_ms: Vec<f64>,
+    pub schedule_to_start_p50_ms_median: f64,
+    pub schedule_to_start_p99_ms_median: f64,
+}
+
+/// The bare cost of signing and verifying one no-op task message, in this process.
+#[derive(Debug, Clone, Serialize)]
+pub struct Micro {
+    pub payload_bytes: usize,
+    pub sign_us: f64,
+    pub verify_us: f64,
+    /// Per message, signing 16 together (the dispatcher's largest batch) and verifying each
+    /// with its batch's root already verified (what a worker does after the first of them).
+    pub batch_of_16_sign_us_per_message: f64,
+    pub batch_of_16_verify_us_per_message: f64,
+}
+
+/// What the scenario measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub params: Params,
+    pub micro: Micro,
+    pub signed: Side,
+    pub unsigned: Side,
+    /// Signed no-op throughput as a fraction of unsigned (1.0: no cost).
+    pub throughput_ratio: f64,
+    /// Signed schedule-to-start p50 / p99 as a multiple of unsigned.
+    pub schedule_to_start_p50_ratio: f64,
+    pub schedule_to_start_p99_ratio: f64,
+}
+
+/// Runs both sides `params.rounds` times.
+///
+/// # Errors
+/// A run failed (a part did not come up, or not every task succeeded).
+pub async fn run(
+    layout: Layout,
+    offered_layout: Layout,
+    params: Params,
+) -> anyhow::Result<Outcome> {
+    let micro = micro()?;
+    let (mut signed, mut unsigned) = (Side::default(), Side::default());
+    for r in 0..params.rounds {
+        let order = if r % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for signing in order {
+            let side = if signing { &mut signed } else { &mut unsigned };
+            eprintln!(
+                "[7] signing {}: round {} of {} …",
+                if signing { "on" } else { "off" },
+                r + 1,
+                params.rounds
+            );
+            let o = throughput::run(
+                Layout { signing, ..layout },
+                params.noop_tasks,
+                json!({"type": "noop"}),
+            )
+            .await?;
+            anyhow::ensure!(
+                o.tasks_succeeded == o.params.tasks,
+                "only {} of {} no-op tasks succeeded",
+                o.tasks_succeeded,
+                o.params.tasks
+            );
+            side.noop_tasks_per_s.push(round(o.tasks_per_s));
+            let o = offered::run(
+                Layout {
+                    signing,
+                    ..offered_layout
+                },
+                params.offered_rate_per_s,
+                params.offered_seconds,
+                params.offered_warmup_seconds,
+                1,
+                None,
+            )
+            .await?;
+            side.schedule_to_start_p50_ms
+                .push(round(o.schedule_to_start.p50_ms));
+            side.schedule_to_start_p99_ms
+                .push(round(o.schedule_to_start.p99_ms));
+        }
+    }
+    for side in [&mut signed, &mut unsigned] {
+        side.noop_tasks_per_s_median = median(&side.noop_tasks_per_s);
+        side.schedule_to_start_p50_ms_median = median(&side.schedule_to_start_p50_ms);
+        side.schedule_to_start_p99_ms_median = median(&side.schedule_to_start_p99_ms);
+    }
+    let ratio = |a: f64, b: f64| round(if b > 0.0 { a / b } else { 0.0 });
+    Ok(Outcome {
+        params,
+        micro,
+        throughput_ratio: ratio(
+            signed.noop_tasks_per_s_median,
+            unsigned.noop_tasks_per_s_median,
+        ),
+        schedule_to_start_p50_ratio: ratio(
+            signed.schedule_to_start_p50_ms_median,
+            unsigned.schedule_to_start_p50_ms_median,
+        ),
+        schedule_to_start_p99_ratio: ratio(
+            signed.schedule_to_start_p99_ms_median,
+            unsigned.schedule_to_start_p99_ms_median,
+        ),
+        signed,
+        unsigned,
+    })
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Signs and verifies a no-op task message many times, as the planner and a worker do.
+fn micro() -> anyhow::Result<Micro> {
+    const N: u32 = 5_000;
+    let key = SigningKey::generate()?;
+    let trusted = TrustedKeys::of([key.public()]);
+    let pool = PoolName::parse("bench-0")?;
+    let task = TaskMessage {
+        schema_version: WIRE_SCHEMA_VERSION,
+        deployment: DeploymentId::new(),
+        task: TaskId::new(),
+        attempt: 1,
+        step_index: 0,
+        step_name: "bench".into(),
+        target: None,
+        endpoint: None,
+        pool: pool.clone(),
+        action: Action::Noop,
+        variables: Default::default(),
+        timeout_secs: None,
+        planned_at: Timestamp::now(),
+        max_deliveries: 3,
+        probe: None,
+        planned_at_us: Timestamp::now_micros(),
+    };
+    let payload = codec::encode(&task)?;
+    let binding = Binding {
+        kind: Kind::Task,
+        pool,
+        id: task.task.to_string(),
+        attempt: Some(1),
+    };
+    let now = Timestamp::now();
+    let started = Instant::now();
+    let mut header = String::new();
+    for _ in 0..N {
+        header = key.sign(&binding, &payload, now, 3_600_000);
+    }
+    let sign_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(N);
+    let started = Instant::now();
+    for _ in 0..N {
+        trusted
+            .verify(Some(&header), &binding, &payload, now)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let verify_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(N);
+    let (batch_sign_us, batch_verify_us) = micro_batch(&key, &trusted, &binding, &payload)?;
+    Ok(Micro {
+        payload_bytes: payload.len(),
+        sign_us: round(sign_us),
+        verify_us: round(verify_us),
+        batch_of_16_sign_us_per_message: round(batch_sign_us),
+        batch_of_16_verify_us_per_message: round(batch_verify_us),
+    })
+}
+
+/// Per message: signing 16 messages together, and verifying each (one Ed25519 verification
+/// for the batch, the rest from the remembered root).
+fn micro_batch(
+    key: &SigningKey,
+    trusted: &TrustedKeys,
+    binding: &Binding,
+    payload: &[u8],
+) -> anyhow::Result<(f64, f64)> {
+    const BATCH: usize = 16;
+    const ROUNDS: u32 = 300;
+    let batch: Vec<(&Binding, &[u8])> = (0..BATCH).map(|_| (binding, payload)).collect();
+    let now = Timestamp::now();
+    let per = f64::from(ROUNDS) * BATCH as f64;
+    let started = Instant::now();
+    let mut headers = Vec::new();
+    for _ in 0..ROUNDS {
+        headers = key.sign_batch(&batch, now, 3_600_000);
+    }
+    let sign_us = started.elapsed().as_secs_f64() * 1e6 / per;
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        for h in &headers {
+            trusted
+                .verify(Some(h), binding, payload, now)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    Ok((sign_us, started.elapsed().as_secs_f64() * 1e6 / per))
+}

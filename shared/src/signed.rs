@@ -1,0 +1,637 @@
+//! Ed25519 signatures on what the planner tells workers: tasks, health checks, cancellations,
+//! drain/resume instructions and drain-state answers. A worker acts on nothing whose
+//! signature it cannot verify against its trusted keys (NATS does not check reply subjects,
+//! so a subject alone never proves who sent a message; see docs/security/signing.md).
+//!
+//! The signature travels in one header, [`SIGNATURE_HEADER`], beside an unchanged payload:
+//!
+//! ```text
+//! Shoal-Signature: v1;key=<key id>;iat=<ms>;exp=<ms>;kind=<kind>;pool=<pool>;id=<id>;attempt=<n|->;path=<steps>;sig=<hex>
+//! ```
+//!
+//! The claims (the text before `;path=`) and the payload's SHA-256 make the message's leaf;
+//! messages signed together (the dispatcher's batch) form a Merkle tree ([`tree`]) whose root
+//! one Ed25519 signature covers, and `path` leads from the leaf to that root (empty for a
+//! message signed alone). The claims are parsed strictly in that order, so what is signed is
+//! exactly what is read. A verifier remembers the roots it verified, so the other messages
+//! of a batch cost a few SHA-256s, not an Ed25519 verification each.
+//!
+//! Only the pure part lives here (keys in memory, sign, verify); reading and writing key
+//! files is `shoal_runtime::keys`.
+
+use crate::names::PoolName;
+use crate::time::Timestamp;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use tree::Hash;
+
+mod tree;
+
+/// The NATS header that carries a message's signature.
+pub const SIGNATURE_HEADER: &str = "Shoal-Signature";
+/// How far a signer's clock may be ahead of (or an expiry behind) the verifier's.
+pub const MAX_CLOCK_SKEW_MS: u64 = 2 * 60 * 1000;
+/// What the Ed25519 signature covers: this, then the batch's Merkle root.
+const ROOT_CONTEXT: &[u8] = b"shoal-signature-v1 root\n";
+/// Roots a verifier remembers having verified.
+const VERIFIED_ROOTS: usize = 4096;
+/// First line of a signing key file.
+const KEY_FILE_TAG: &str = "shoal-signing-key v1 ed25519";
+const VERSION: &str = "v1";
+
+/// What a signed message is; a signature for one kind is refused as another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// An attempt of a task on `shoal.tasks.<pool>`; id: the task, with its attempt.
+    Task,
+    /// A health check on `shoal.tasks.<pool>`; id: the check.
+    HealthCheck,
+    /// A cancellation; id: the task, attempt: the last attempt cancelled.
+    Cancel,
+    /// A drain/resume instruction on `shoal.control.<pool>.<worker>`; id: the worker.
+    Control,
+    /// The planner's answer to a starting worker's drain-state question; id: the worker.
+    DrainState,
+}
+
+impl Kind {
+    /// The token in the signature header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Task => "task",
+            Kind::HealthCheck => "health-check",
+            Kind::Cancel => "cancel",
+            Kind::Control => "control",
+            Kind::DrainState => "drain-state",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        [
+            Kind::Task,
+            Kind::HealthCheck,
+            Kind::Cancel,
+            Kind::Control,
+            Kind::DrainState,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a signature is bound to besides the payload: the signer says it, the verifier
+/// expects it (from the subject, its own pool and the decoded payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub kind: Kind,
+    pub pool: PoolName,
+    /// The task, check or worker, as text.
+    pub id: String,
+    /// The attempt, for a task (and the last attempt a cancellation stops).
+    pub attempt: Option<u32>,
+}
+
+/// A key id: the first 8 bytes of the SHA-256 of the public key, in hex. Names the key a
+/// message was signed with, so several keys can be trusted at once (rotation).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyId(String);
+
+impl KeyId {
+    fn of(public: &[u8]) -> KeyId {
+        KeyId(hex(
+            &ring::digest::digest(&ring::digest::SHA256, public).as_ref()[..8]
+        ))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a key or a key file could not be read or made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("the system's random number generator failed; cannot make a key")]
+    Random,
+    #[error(
+        "not a shoal signing key (expected a first line \"{KEY_FILE_TAG}\" and a hex seed); make one with `shoal-planner keygen --out FILE`"
+    )]
+    NotASigningKey,
+    #[error(
+        "line {line} of the trusted keys is not \"ed25519 <key id> <64 hex digits>\" ({why}); copy the lines of the planner's .pub file"
+    )]
+    BadPublicKey { line: usize, why: &'static str },
+    #[error(
+        "the trusted keys hold no key; add the planner's public key (the line of its .pub file)"
+    )]
+    NoTrustedKey,
+}
+
+/// The planner's private key. Never printed: its `Debug` shows only the key id.
+pub struct SigningKey {
+    pair: Ed25519KeyPair,
+    seed: [u8; 32],
+    id: KeyId,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningKey({})", self.id)
+    }
+}
+
+impl SigningKey {
+    /// A new random key.
+    ///
+    /// # Errors
+    /// The system's random number generator failed.
+    pub fn generate() -> Result<SigningKey, KeyError> {
+        let mut seed = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+            .map_err(|_| KeyError::Random)?;
+        SigningKey::from_seed(seed)
+    }
+
+    /// The key of a 32-byte seed.
+    ///
+    /// # Errors
+    /// Never for 32 bytes; kept fallible because ring's constructor is.
+    pub fn from_seed(seed: [u8; 32]) -> Result<SigningKey, KeyError> {
+        let pair =
+            Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|_| KeyError::NotASigningKey)?;
+        let id = KeyId::of(pair.public_key().as_ref());
+        Ok(SigningKey { pair, seed, id })
+    }
+
+    /// Reads a key file's text (see [`SigningKey::to_file_text`]).
+    ///
+    /// # Errors
+    /// Not a signing key file.
+    pub fn parse(text: &str) -> Result<SigningKey, KeyError> {
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        if lines.next() != Some(KEY_FILE_TAG) {
+            return Err(KeyError::NotASigningKey);
+        }
+        let seed = lines
+            .next()
+            .and_then(unhex)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or(KeyError::NotASigningKey)?;
+        SigningKey::from_seed(seed)
+    }
+
+    /// The key file's text: a tag line and the hex seed. Secret: write it with mode 0600.
+    pub fn to_file_text(&self) -> String {
+        format!("{KEY_FILE_TAG}\n{}\n", hex(&self.seed))
+    }
+
+    /// The key id.
+    pub fn key_id(&self) -> &KeyId {
+        &self.id
+    }
+
+    /// The public half, to trust on workers.
+    pub fn public(&self) -> PublicKey {
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(self.pair.public_key().as_ref());
+        PublicKey {
+            id: self.id.clone(),
+            bytes,
+        }
+    }
+
+    /// Signs `payload` bound to `binding`, valid from `now` for `ttl_ms`; returns the value
+    /// of the [`SIGNATURE_HEADER`].
+    pub fn sign(&self, binding: &Binding, payload: &[u8], now: Timestamp, ttl_ms: u64) -> String {
+        self.sign_batch(&[(binding, payload)], now, ttl_ms)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Signs messages together with one Ed25519 signature (over the Merkle root of their
+    /// leaves); each is bound to its own binding and payload, and verifies on its own. The
+    /// header values, in the order given.
+    pub fn sign_batch(
+        &self,
+        messages: &[(&Binding, &[u8])],
+        now: Timestamp,
+        ttl_ms: u64,
+    ) -> Vec<String> {
+        let claims: Vec<String> = messages
+            .iter()
+            .map(|(binding, _)| self.claims(binding, now, ttl_ms))
+            .collect();
+        let leaves: Vec<Hash> = claims
+            .iter()
+            .zip(messages)
+            .map(|(c, (_, payload))| tree::leaf(c, payload))
+            .collect();
+        let (root, paths) = tree::build(&leaves);
+        let sig = hex(self.pair.sign(&root_message(&root)).as_ref());
+        claims
+            .into_iter()
+            .zip(paths)
+            .map(|(c, path)| format!("{c};path={};sig={sig}", tree::encode_path(&path)))
+            .collect()
+    }
+
+    fn claims(&self, binding: &Binding, now: Timestamp, ttl_ms: u64) -> String {
+        let attempt = binding
+            .attempt
+            .map_or_else(|| "-".to_owned(), |a| a.to_string());
+        format!(
+            "{VERSION};key={};iat={};exp={};kind={};pool={};id={};attempt={attempt}",
+            self.id,
+            now.millis(),
+            now.plus_millis(ttl_ms).millis(),
+            binding.kind,
+            binding.pool,
+            binding.id,
+        )
+    }
+}
+
+/// A public key and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    id: KeyId,
+    bytes: [u8; 32],
+}
+
+impl PublicKey {
+    /// The key id.
+    pub fn key_id(&self) -> &KeyId {
+        &self.id
+    }
+
+    /// The key as one line of a trusted keys file: `ed25519 <key id> <hex>`.
+    pub fn to_line(&self) -> String {
+        format!("ed25519 {} {}", self.id, hex(&self.bytes))
+    }
+}
+
+/// The public keys a worker accepts signatures of, by key id (more than one during a key
+/// rotation), and the batch roots it has verified. Clones share the roots.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedKeys {
+    keys: BTreeMap<KeyId, [u8; 32]>,
+    verified: Arc<Mutex<VerifiedRoots>>,
+}
+
+/// Roots whose signature was verified, with the key and the exact signature bytes (so a
+/// changed signature is verified again, and refused), oldest first out.
+#[derive(Debug, Default)]
+struct VerifiedRoots {
+    by_root: HashMap<Hash, (KeyId, Vec<u8>)>,
+    order: VecDeque<Hash>,
+}
+
+impl VerifiedRoots {
+    fn holds(&self, root: &Hash, key: &KeyId, sig: &[u8]) -> bool {
+        self.by_root
+            .get(root)
+            .is_some_and(|(k, s)| k == key && s == sig)
+    }
+
+    fn insert(&mut self, root: Hash, key: KeyId, sig: Vec<u8>) {
+        if self.by_root.insert(root, (key, sig)).is_none() {
+            self.order.push_back(root);
+        }
+        while self.order.len() > VERIFIED_ROOTS {
+            if let Some(old) = self.order.pop_front() {
+                self.by_root.remove(&old);
+            }
+        }
+    }
+}
+
+impl TrustedKeys {
+    /// Trusts exactly these keys.
+    pub fn of(keys: impl IntoIterator<Item = PublicKey>) -> TrustedKeys {
+        TrustedKeys {
+            keys: keys.into_iter().map(|k| (k.id, k.bytes)).collect(),
+            verified: Arc::default(),
+        }
+    }
+
+    /// Reads a trusted keys file: one `ed25519 <key id> <hex>` line per key (the lines of the
+    /// planner's `.pub` files); blank lines and `#` comments are skipped.
+    ///
+    /// # Errors
+    /// A line that is not a public key, a key id that does not match its key, or no key.
+    pub fn parse(text: &str) -> Result<TrustedKeys, KeyError> {
+        let mut keys = BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |why| KeyError::BadPublicKey { line: n + 1, why };
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let [alg, id, key] = parts[..] else {
+                return Err(bad("expected three fields"));
+            };
+            if alg != "ed25519" {
+                return Err(bad("only ed25519 keys are known"));
+            }
+            let bytes = unhex(key)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| bad("the key is not 32 bytes of hex"))?;
+            if KeyId::of(&bytes).as_str() != id {
+                return Err(bad("the key id does not match the key"));
+            }
+            keys.insert(KeyId(id.to_owned()), bytes);
+        }
+        if keys.is_empty() {
+            return Err(KeyError::NoTrustedKey);
+        }
+        Ok(TrustedKeys::of(
+            keys.into_iter().map(|(id, bytes)| PublicKey { id, bytes }),
+        ))
+    }
+
+    /// The trusted key ids.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys.keys().map(|k| k.0.clone()).collect()
+    }
+
+    /// Checks that `header` (the [`SIGNATURE_HEADER`] value, if any) is a valid signature of
+    /// `payload` by a trusted key, current at `now`, and bound to `expected`. The time is
+    /// checked after the signature, so [`Refusal::Expired`] and [`Refusal::FromTheFuture`]
+    /// are about authentic messages ([`Refusal::is_authentic`]).
+    ///
+    /// # Errors
+    /// Why the message must not be acted on ([`Refusal`]).
+    pub fn verify(
+        &self,
+        header: Option<&str>,
+        expected: &Binding,
+        payload: &[u8],
+        now: Timestamp,
+    ) -> Result<Claims, Refusal> {
+        let header = header.ok_or(Refusal::Unsigned)?;
+        let malformed = |what: &str| Refusal::Malformed(format!("bad or missing {what}"));
+        let (rest, sig) = header
+            .rsplit_once(";sig=")
+            .ok_or_else(|| malformed("sig"))?;
+        let (claims_text, path) = rest
+            .rsplit_once(";path=")
+            .ok_or_else(|| malformed("path"))?;
+        let claims = Claims::parse(claims_text)?;
+        claims.check_binding(expected)?;
+        let key = self
+            .keys
+            .get(&claims.key_id)
+            .ok_or_else(|| Refusal::UnknownKey {
+                key_id: claims.key_id.0.clone(),
+                trusted: self.key_ids().join(", "),
+            })?;
+        let sig = unhex(sig).ok_or_else(|| malformed("sig"))?;
+        let path = tree::parse_path(path).ok_or_else(|| malformed("path"))?;
+        let root = tree::root_of(tree::leaf(claims_text, payload), &path);
+        self.verify_root(key, &claims.key_id, root, sig)?;
+        // Last: an expired or early message is authentic, so its worker may say so about
+        // the task it names (a forgery could make a worker report on someone else's task).
+        claims.check_time(now)?;
+        Ok(claims)
+    }
+}
+
+impl TrustedKeys {
+    /// Checks the root's signature, or finds it verified before with the same key and bytes.
+    fn verify_root(
+        &self,
+        key: &[u8; 32],
+        key_id: &KeyId,
+        root: Hash,
+        sig: Vec<u8>,
+    ) -> Result<(), Refusal> {
+        if let Ok(v) = self.verified.lock()
+            && v.holds(&root, key_id, &sig)
+        {
+            return Ok(());
+        }
+        UnparsedPublicKey::new(&ED25519, key)
+            .verify(&root_message(&root), &sig)
+            .map_err(|_| Refusal::BadSignature {
+                key_id: key_id.0.clone(),
+            })?;
+        if let Ok(mut v) = self.verified.lock() {
+            v.insert(root, key_id.clone(), sig);
+        }
+        Ok(())
+    }
+}
+
+/// What a valid signature says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub key_id: KeyId,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub binding: Binding,
+}
+
+impl Claims {
+    fn parse(text: &str) -> Result<Claims, Refusal> {
+        let bad = |what: &str| Refusal::Malformed(format!("bad or missing {what}"));
+        let mut fields = text.split(';');
+        if fields.next() != Some(VERSION) {
+            return Err(Refusal::Malformed(format!(
+                "unknown signature version (this build reads {VERSION})"
+            )));
+        }
+        let mut next = |name: &'static str| {
+            fields
+                .next()
+                .and_then(|f| f.strip_prefix(name)?.strip_prefix('='))
+                .ok_or_else(|| bad(name))
+        };
+        let key_id = KeyId(next("key")?.to_owned());
+        let issued_at = Timestamp(next("iat")?.parse().map_err(|_| bad("iat"))?);
+        let expires_at = Timestamp(next("exp")?.parse().map_err(|_| bad("exp"))?);
+        let kind = Kind::parse(next("kind")?).ok_or_else(|| bad("kind"))?;
+        let pool = PoolName::parse(next("pool")?).map_err(|_| bad("pool"))?;
+        let id = next("id")?.to_owned();
+        let attempt = match next("attempt")? {
+            "-" => None,
+            n => Some(n.parse().map_err(|_| bad("attempt"))?),
+        };
+        if fields.next().is_some() {
+            return Err(Refusal::Malformed("unexpected fields".into()));
+        }
+        Ok(Claims {
+            key_id,
+            issued_at,
+            expires_at,
+            binding: Binding {
+                kind,
+                pool,
+                id,
+                attempt,
+            },
+        })
+    }
+
+    fn check_binding(&self, expected: &Binding) -> Result<(), Refusal> {
+        let signed = &self.binding;
+        if signed.kind != expected.kind {
+            return Err(Refusal::WrongKind {
+                signed: signed.kind,
+                arrived_as: expected.kind,
+            });
+        }
+        if signed.pool != expected.pool {
+            return Err(Refusal::WrongPool {
+                signed: signed.pool.to_string(),
+                arrived_for: expected.pool.to_string(),
+            });
+        }
+        if signed.id != expected.id {
+            return Err(Refusal::WrongId {
+                signed: signed.id.clone(),
+                message: expected.id.clone(),
+            });
+        }
+        if signed.attempt != expected.attempt {
+            return Err(Refusal::WrongAttempt {
+                signed: signed.attempt,
+                message: expected.attempt,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_time(&self, now: Timestamp) -> Result<(), Refusal> {
+        if self.issued_at > now.plus_millis(MAX_CLOCK_SKEW_MS) {
+            return Err(Refusal::FromTheFuture {
+                issued_at: self.issued_at,
+                now,
+            });
+        }
+        if now > self.expires_at.plus_millis(MAX_CLOCK_SKEW_MS) {
+            return Err(Refusal::Expired {
+                expired_at: self.expires_at,
+                now,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a worker refuses to act on a message from the planner.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "unsigned: the message has no {SIGNATURE_HEADER} header; only the planner's signed messages are acted on (a planner older than signing, or a forgery)"
+    )]
+    Unsigned,
+    #[error("malformed signature header: {0}")]
+    Malformed(String),
+    #[error(
+        "signed by unknown key {key_id} (trusted: {trusted}); if the planner's key was rotated, add its new .pub line to this worker's --trusted-keys and restart it"
+    )]
+    UnknownKey { key_id: String, trusted: String },
+    #[error(
+        "bad signature by key {key_id}: the message was altered after it was signed (or forged)"
+    )]
+    BadSignature { key_id: String },
+    #[error(
+        "signature expired at {expired_at} (now {now}); a task queued longer than the planner's --task-signature-ttl-secs is refused, deploy again"
+    )]
+    Expired {
+        expired_at: Timestamp,
+        now: Timestamp,
+    },
+    #[error(
+        "signature issued at {issued_at}, in the future (now {now}, more than the allowed clock skew); check the clocks of planner and worker"
+    )]
+    FromTheFuture {
+        issued_at: Timestamp,
+        now: Timestamp,
+    },
+    #[error(
+        "signed for pool \"{signed}\" but arrived for pool \"{arrived_for}\" (replayed into another pool)"
+    )]
+    WrongPool { signed: String, arrived_for: String },
+    #[error("signed as a {signed} message but arrived as a {arrived_as} message")]
+    WrongKind { signed: Kind, arrived_as: Kind },
+    #[error("signed for id {signed} but the message is about {message}")]
+    WrongId { signed: String, message: String },
+    #[error(
+        "signed for attempt {} but the message is attempt {} (replayed as another attempt)",
+        show(*signed),
+        show(*message)
+    )]
+    WrongAttempt {
+        signed: Option<u32>,
+        message: Option<u32>,
+    },
+}
+
+impl Refusal {
+    /// Whether the message was signed by a trusted key and is only out of its time: the
+    /// worker may then report the task it names as failed, so it does not hang.
+    pub fn is_authentic(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Expired { .. } | Refusal::FromTheFuture { .. }
+        )
+    }
+}
+
+fn show(attempt: Option<u32>) -> String {
+    attempt.map_or_else(|| "none".to_owned(), |a| a.to_string())
+}
+
+/// The bytes the Ed25519 signature covers.
+fn root_message(root: &Hash) -> Vec<u8> {
+    [ROOT_CONTEXT, root.as_slice()].concat()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+/// Strict lowercase hex, so one value has one spelling (a changed byte is never the same key).
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let b = s.as_bytes();
+    if !b.len().is_multiple_of(2) {
+        return None;
+    }
+    b.chunks(2)
+        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "signed_tests.rs"]
+mod tests;
