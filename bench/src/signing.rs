@@ -177,6 +177,7 @@ fn micro() -> anyhow::Result<Micro> {
         pool: pool.clone(),
         action: Action::Noop,
         variables: Default::default(),
+        sensitive_variables: Default::default(),
         timeout_secs: None,
         planned_at: Timestamp::now(),
         max_deliveries: 3,

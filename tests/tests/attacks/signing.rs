@@ -94,6 +94,7 @@ fn forged_task(pool_name: &str, marker: &Path) -> TaskMessage {
             shell: None,
         },
         variables: Default::default(),
+        sensitive_variables: Default::default(),
         timeout_secs: None,
         planned_at: Timestamp::now(),
         max_deliveries: 0,
