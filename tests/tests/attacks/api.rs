@@ -472,7 +472,7 @@ async fn a_planner_listening_beyond_loopback_warns_loudly() -> anyhow::Result<()
     let dir = shoal_e2e::tempdir()?;
     let nats = shoal_e2e::Nats::start(dir.path()).await?;
     let port = shoal_e2e::free_port()?;
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "--nats-url",
         &nats.url(),
         "--data-dir",
@@ -483,6 +483,7 @@ async fn a_planner_listening_beyond_loopback_warns_loudly() -> anyhow::Result<()
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    args.extend(shoal_cli::local::trust::planner_identity_args(&nats.url(), &[]));
     let mut p = shoal_cli::local::Proc::spawn(
         "planner",
         &shoal_cli::local::find_binary("shoal-planner")?,

@@ -22,11 +22,25 @@ const MAX_DIR_GROWTH: u64 = 4 << 20;
 /// whose subject it is). Until the broker has users, anyone may; with per-worker identities
 /// this is where the test takes that worker's credentials.
 async fn attacker_for(c: &Cluster, subject: &str) -> anyhow::Result<async_nats::Client> {
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("attacker on {subject}"))
-        .connect(c.nats.url())
-        .await?;
-    Ok(client)
+    use shoal_shared::subjects::{Subjects, WorkerSubject};
+    match Subjects::default().parse_worker_subject(subject) {
+        // The broker lets only that worker's identity publish there: the attacker holds it.
+        Ok(
+            WorkerSubject::Results(owner)
+            | WorkerSubject::Heartbeat(owner)
+            | WorkerSubject::DrainState(owner),
+        ) => {
+            shoal_cli::local::trust::worker_client(
+                &c.nats.url(),
+                owner.worker.as_str(),
+                owner.pool.as_str(),
+            )
+            .await
+        }
+        // No worker may publish there; a worker can still make the broker store a message
+        // under it (a fetch's reply subject is not permission-checked), as the admin does here.
+        Err(_) => c.nats.connect().await,
+    }
 }
 
 fn pool(s: &str) -> PoolName {
@@ -336,7 +350,7 @@ async fn twenty_thousand_malformed_heartbeats_and_results_grow_the_log_within_th
     tokio::time::timeout(Duration::from_secs(120), flood(&c, results, heartbeats)).await??;
 
     // Every stored result was taken (refused and acknowledged), and the planner still serves.
-    let js = async_nats::jetstream::new(async_nats::connect(c.nats.url()).await?);
+    let js = async_nats::jetstream::new(c.nats.connect().await?);
     c.wait_for("the results stream drained", WAIT, || async {
         let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
             .get_stream("SHOAL_RESULTS")

@@ -42,6 +42,7 @@ fn cli_with_env(c: &Cluster, env: &[(&str, &str)], args: &[&str]) -> anyhow::Res
         .arg(c.api.base())
         .args(args)
         .envs(env.iter().copied())
+        .env("SHOAL_TOKEN_FILE", c.admin_token_file())
         .env("NO_COLOR", "1")
         .output()?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -40,7 +40,8 @@ async fn publish_as_task_writer(
     headers: HeaderMap,
     payload: Vec<u8>,
 ) -> anyhow::Result<()> {
-    let client = async_nats::connect(c.nats.url()).await?;
+    // Only the planner's identity may publish tasks: the attacker holds it.
+    let client = c.nats.connect().await?;
     let js = jetstream::new(client);
     // A message id of its own, so the broker's de-duplication never drops a copy.
     let msg = PublishMessage::build()
@@ -61,7 +62,7 @@ async fn publish_core(
     headers: HeaderMap,
     payload: Vec<u8>,
 ) -> anyhow::Result<()> {
-    let client = async_nats::connect(c.nats.url()).await?;
+    let client = c.nats.connect().await?;
     client
         .publish_with_headers(subject, headers, payload.into())
         .await?;
@@ -137,7 +138,8 @@ async fn refused(c: &Cluster, worker: &str, because: &str) -> anyhow::Result<Val
             },
         )
         .await?;
-    let client = async_nats::connect(c.nats.url()).await?;
+    // Only the planner's identity may publish tasks: the attacker holds it.
+    let client = c.nats.connect().await?;
     let js = jetstream::new(client);
     c.wait_for("an empty task queue", WAIT, || async {
         let mut stream = js.get_stream("SHOAL_TASKS").await?;
@@ -159,7 +161,7 @@ async fn real_task(
     pool_name: &str,
     script: &str,
 ) -> anyhow::Result<(String, HeaderMap, Vec<u8>)> {
-    let client = async_nats::connect(c.nats.url()).await?;
+    let client = c.nats.connect().await?;
     let mut sub = client.subscribe(format!("shoal.tasks.{pool_name}")).await?;
     tokio::time::timeout(WAIT, client.flush()).await??;
     let id = c

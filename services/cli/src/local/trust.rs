@@ -285,6 +285,40 @@ pub fn worker_identity_args(url: &str, name: &str, pool: &str, extra: &[&str]) -
     }
 }
 
+/// A client holding the credentials of worker `name` of `pool` on a server started here
+/// (bound first if new, with its own inbox prefix): what an attacker who stole that worker's
+/// files can do.
+///
+/// # Errors
+/// Not a server started here, or the identity is not let in.
+pub async fn worker_client(url: &str, name: &str, pool: &str) -> anyhow::Result<async_nats::Client> {
+    let (bundle, server) = server_of(url).context("not a server started by the harness")?;
+    let worker = Worker {
+        pool: pool.to_owned(),
+        name: name.to_owned(),
+        region: match server {
+            Server::Hub => None,
+            Server::Leaf(r) => Some(r),
+        },
+    };
+    let files = IdentityFiles::of(&bundle, &Identity::Worker(worker.clone()));
+    let (u, f) = (url.to_owned(), files.clone());
+    tokio::task::spawn_blocking(move || match bind_worker(&bundle, worker)? {
+        true => wait_until_accepted(&u, &f),
+        false => Ok(()),
+    })
+    .await??;
+    let subjects = shoal_shared::subjects::Subjects::default();
+    let inbox = subjects.worker_inbox_prefix(
+        &shoal_shared::PoolName::parse(pool)?,
+        &shoal_shared::WorkerName::parse(name)?,
+    );
+    Ok(client_options(&files)?
+        .custom_inbox_prefix(inbox)
+        .connect(url)
+        .await?)
+}
+
 /// Binds `worker`'s name to its pool and region (a test may reuse a name in another pool:
 /// the older binding goes); whether the bundle changed (and the servers were reloaded).
 fn bind_worker(bundle: &Path, worker: Worker) -> anyhow::Result<bool> {
