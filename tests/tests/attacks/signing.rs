@@ -332,7 +332,7 @@ async fn a_forged_cancellation_is_ignored_and_the_task_runs_to_its_end() -> anyh
     let release = c.dir.path().join("release");
     let (id, task) = long_task(&c, &release).await?;
     // Unsigned, and signed by a key no worker trusts.
-    let subject = format!("shoal.cancel.{task}");
+    let subject = format!("shoal.cancel.pool-a.{task}");
     publish_core(&c, subject.clone(), HeaderMap::new(), vec![]).await?;
     let mallory = SigningKey::generate()?;
     let binding = Binding {
