@@ -8,7 +8,7 @@
 
 pub mod keys;
 pub mod nats;
-pub mod secrets;
 pub mod nats_auth;
+pub mod secrets;
 pub mod signal;
 pub mod telemetry;

@@ -21,8 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument as _;
 
-/// How long one pull request waits for work.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How long one pull request waits for work. Short, because a pull request cannot be taken
+/// back: nats-server 2.9 with accounts (every secured broker) keeps delivering into a dropped
+/// request until it expires, and each such delivery is lost and counts against the
+/// attempt's deliveries (a drained worker's dropped pull used up a queued task's three).
+/// One request a second per idle worker is the price.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// How often the queue's ack wait is read again, to fit progress acks to it.
 const REFIT_EVERY: Duration = Duration::from_secs(30);
 /// How long shutdown waits for each message of a pull already on its way.

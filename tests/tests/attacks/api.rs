@@ -483,7 +483,10 @@ async fn a_planner_listening_beyond_loopback_warns_loudly() -> anyhow::Result<()
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    args.extend(shoal_cli::local::trust::planner_identity_args(&nats.url(), &[]));
+    args.extend(shoal_cli::local::trust::planner_identity_args(
+        &nats.url(),
+        &[],
+    ));
     let mut p = shoal_cli::local::Proc::spawn(
         "planner",
         &shoal_cli::local::find_binary("shoal-planner")?,

@@ -291,7 +291,11 @@ pub fn worker_identity_args(url: &str, name: &str, pool: &str, extra: &[&str]) -
 ///
 /// # Errors
 /// Not a server started here, or the identity is not let in.
-pub async fn worker_client(url: &str, name: &str, pool: &str) -> anyhow::Result<async_nats::Client> {
+pub async fn worker_client(
+    url: &str,
+    name: &str,
+    pool: &str,
+) -> anyhow::Result<async_nats::Client> {
     let (bundle, server) = server_of(url).context("not a server started by the harness")?;
     let worker = Worker {
         pool: pool.to_owned(),
