@@ -82,28 +82,37 @@ impl BrokerError {
     }
 }
 
-/// Creates the task and result streams if they do not exist.
+/// Creates the task and result streams if they do not exist. The task stream remembers message ids for `task_window` (see
+/// [`crate::signing::Signer::replay_window`]); an existing stream is updated to it.
 ///
 /// # Errors
 /// The broker refused or did not answer.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     subjects: &Subjects,
+    task_window: Duration,
 ) -> Result<(), BrokerError> {
-    js.get_or_create_stream(stream::Config {
+    let tasks = stream::Config {
         name: subjects.tasks_stream(),
         description: Some("shoal task queue: one subject and one consumer per pool".into()),
         subjects: vec![subjects.tasks_all()],
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
-        duplicate_window: DUPLICATE_WINDOW,
+        duplicate_window: task_window,
         ..Default::default()
-    })
-    .await
-    .map_err(|cause| BrokerError::CreateStream {
+    };
+    let refused = |cause| BrokerError::CreateStream {
         stream: subjects.tasks_stream(),
         cause,
-    })?;
+    };
+    let mut stream = js
+        .get_or_create_stream(tasks.clone())
+        .await
+        .map_err(refused)?;
+    let window = stream.info().await.map(|i| i.config.duplicate_window).ok();
+    if window != Some(task_window) {
+        js.update_stream(tasks).await.map_err(refused)?;
+    }
     let results = js
         .get_or_create_stream(stream::Config {
             name: subjects.results_stream(),

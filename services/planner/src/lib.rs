@@ -602,7 +602,11 @@ async fn ensure_broker(
     loop {
         // A request to a gone broker waits out its timeout: stop rather than wait.
         let Some(result) = shutdown
-            .run_until_cancelled(broker::ensure_streams(js, &config.subjects))
+            .run_until_cancelled(broker::ensure_streams(
+                js,
+                &config.subjects,
+                config.signer.replay_window(),
+            ))
             .await
         else {
             anyhow::bail!("stopped before JetStream was ready ({said})");

@@ -39,6 +39,15 @@ impl Signer {
         }
     }
 
+    /// How long the broker must remember a task message's id so that a copy of it (a
+    /// worker can have JetStream deliver a genuine task onto its pool's task subject, where
+    /// the stream stores it again) is dropped as a duplicate for as long as its signature is
+    /// valid: the task signature's lifetime plus the clock skew a worker allows.
+    pub fn replay_window(&self) -> Duration {
+        let skew = Duration::from_millis(shoal_shared::signed::MAX_CLOCK_SKEW_MS);
+        (self.task_ttl + skew).max(crate::broker::DUPLICATE_WINDOW)
+    }
+
     /// The key, if signing.
     pub fn key(&self) -> Option<&SigningKey> {
         self.key.as_deref()

@@ -3,8 +3,6 @@
 //! trusted keys file. The keys themselves are `shoal_shared::signed`.
 
 use shoal_shared::signed::{KeyError, SigningKey, TrustedKeys};
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 /// Why a key file could not be read or written.
@@ -49,13 +47,7 @@ pub fn generate(path: &Path) -> Result<SigningKey, KeyFileError> {
         path: path.to_owned(),
         source,
     })?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| KeyFileError::Write {
-            path: dir.to_owned(),
-            source,
-        })?;
-    }
-    let write_err = |source: std::io::Error| {
+    crate::private_file::create(path, &key.to_file_text(), 0o600).map_err(|source| {
         if source.kind() == std::io::ErrorKind::AlreadyExists {
             KeyFileError::Exists {
                 path: path.to_owned(),
@@ -66,16 +58,7 @@ pub fn generate(path: &Path) -> Result<SigningKey, KeyFileError> {
                 source,
             }
         }
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(write_err)?;
-    file.write_all(key.to_file_text().as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(write_err)?;
+    })?;
     let public = public_key_path(path);
     std::fs::write(&public, format!("{}\n", key.public().to_line())).map_err(|source| {
         KeyFileError::Write {
@@ -91,22 +74,16 @@ pub fn generate(path: &Path) -> Result<SigningKey, KeyFileError> {
 /// # Errors
 /// The file cannot be read, is open to others, or is not a signing key.
 pub fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
-    let read_err = |source| KeyFileError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mode = std::fs::metadata(path)
-        .map_err(read_err)?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(KeyFileError::TooOpen {
+    let text = crate::private_file::read(path).map_err(|e| match e {
+        crate::private_file::ReadError::Io(source) => KeyFileError::Read {
+            path: path.to_owned(),
+            source,
+        },
+        crate::private_file::ReadError::TooOpen(mode) => KeyFileError::TooOpen {
             path: path.to_owned(),
             mode,
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(read_err)?;
+        },
+    })?;
     SigningKey::parse(&text).map_err(|source| KeyFileError::Invalid {
         path: path.to_owned(),
         source,
@@ -149,6 +126,7 @@ pub fn load_trusted(path: &Path) -> Result<TrustedKeys, KeyFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn a_generated_key_is_private_loads_again_and_is_never_overwritten() {

@@ -9,6 +9,7 @@
 pub mod keys;
 pub mod nats;
 pub mod nats_auth;
+pub mod private_file;
 pub mod secrets;
 pub mod signal;
 pub mod telemetry;

@@ -11,8 +11,6 @@
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use shoal_shared::secret::{PoolKey, Sealed, SealedFor, SecretString, binding};
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 const NONCE_LEN: usize = 12;
@@ -335,40 +333,24 @@ pub fn open_for_pool(
 
 /// Reads a file holding a secret, refusing one that others may read.
 fn read_private(path: &Path) -> Result<String, SecretError> {
-    let read = |source| SecretError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(read)?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(SecretError::TooOpen {
+    crate::private_file::read(path).map_err(|e| match e {
+        crate::private_file::ReadError::Io(source) => SecretError::Read {
+            path: path.to_owned(),
+            source,
+        },
+        crate::private_file::ReadError::TooOpen(mode) => SecretError::TooOpen {
             path: path.to_owned(),
             mode,
-        });
-    }
-    std::fs::read_to_string(path).map_err(read)
+        },
+    })
 }
 
 /// Writes a new file only its owner may read; never replaces one.
 fn write_private(path: &Path, text: &str) -> Result<(), SecretError> {
-    let write = |source| SecretError::Write {
+    crate::private_file::create(path, text, 0o600).map_err(|source| SecretError::Write {
         path: path.to_owned(),
         source,
-    };
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).map_err(write)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(write)?;
-    f.write_all(text.as_bytes()).map_err(write)?;
-    f.sync_all().map_err(write)
+    })
 }
 
 /// Writes a public file (a pool's public key); never replaces one.
@@ -376,17 +358,10 @@ fn write_private(path: &Path, text: &str) -> Result<(), SecretError> {
 /// # Errors
 /// The file exists or cannot be written.
 pub fn write_public(path: &Path, text: &str) -> Result<(), SecretError> {
-    let write = |source| SecretError::Write {
+    crate::private_file::create(path, text, 0o644).map_err(|source| SecretError::Write {
         path: path.to_owned(),
         source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(path)
-        .map_err(write)?;
-    f.write_all(text.as_bytes()).map_err(write)
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -406,6 +381,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn the_master_key_opens_only_what_it_sealed_where_it_sealed_it() {

@@ -17,10 +17,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrustError + '_ {
 fn write_mode(path: &Path, text: &str, mode: u32) -> Result<(), TrustError> {
     // Written beside and renamed, so a reader (nats-server on reload) never sees half a file.
     let tmp = path.with_extension("tmp~");
+    // Made anew, so a leftover of a crashed run cannot lend its (looser) mode to a secret.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&tmp)
         .map_err(io(&tmp))?;

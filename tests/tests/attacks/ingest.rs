@@ -182,14 +182,15 @@ async fn a_report_on_pool_as_subject_about_a_task_of_pool_b_is_rejected() -> any
     let (c, id, task) = running_task(&[("wa", "eu-west"), ("wb", "us-east")], "us-east").await?;
     assert_eq!(task["worker"], "wb");
     // Worker `wa` of eu-west speaks for itself, about a task of us-east.
-    let subject = "shoal.results.eu-west.wa";
-    publish_result(&c, subject, forged_success(&id, &task, "eu-west", "wa")?).await?;
-    refusal(&c, subject, "which is pool \"us-east\"'s").await?;
-    assert_still_running(&c, &id, &task).await?;
-    c.api
-        .post(&format!("/api/deployments/{id}/cancel"), &json!({}))
-        .await?;
-    Ok(())
+    let forged = forged_success(&id, &task, "eu-west", "wa")?;
+    refused_while_running(
+        &c,
+        "shoal.results.eu-west.wa",
+        forged,
+        "which is pool \"us-east\"'s",
+        (&id, &task),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,10 +242,30 @@ async fn a_report_stored_in_the_results_stream_on_a_subject_that_is_no_workers_r
 -> anyhow::Result<()> {
     let (c, id, task) = running_task(&[("wx", "default")], "default").await?;
     // What a JetStream reply subject can make the broker store: any subject of the stream.
-    let subject = "shoal.results.default.wx.extra";
-    publish_result(&c, subject, forged_success(&id, &task, "default", "wx")?).await?;
-    refusal(&c, subject, "only reports belong in the results stream").await?;
-    assert_still_running(&c, &id, &task).await?;
+    let forged = forged_success(&id, &task, "default", "wx")?;
+    let why = "only reports belong in the results stream";
+    refused_while_running(
+        &c,
+        "shoal.results.default.wx.extra",
+        forged,
+        why,
+        (&id, &task),
+    )
+    .await
+}
+
+/// Publishes `forged` on `subject` of the results stream, checks that the planner recorded
+/// its refusal saying `why` and that the running task is untouched, then cancels it.
+async fn refused_while_running(
+    c: &Cluster,
+    subject: &str,
+    forged: Vec<u8>,
+    why: &str,
+    (id, task): (&str, &Value),
+) -> anyhow::Result<()> {
+    publish_result(c, subject, forged).await?;
+    refusal(c, subject, why).await?;
+    assert_still_running(c, id, task).await?;
     c.api
         .post(&format!("/api/deployments/{id}/cancel"), &json!({}))
         .await?;

@@ -258,21 +258,12 @@ fn rebind_default_pool(bundle: &Path, pool: &str) -> anyhow::Result<()> {
 /// identity polled until it is let in. None for any other server, when `extra` names
 /// credentials of its own, or when the name or pool is invalid (the worker then says so).
 pub fn worker_identity_args(url: &str, name: &str, pool: &str, extra: &[&str]) -> Vec<String> {
-    let Some((bundle, server)) = server_of(url) else {
-        return Vec::new();
-    };
     if extra.contains(&"--nats-nkey") {
         return Vec::new();
     }
-    let worker = Worker {
-        pool: pool.to_owned(),
-        name: name.to_owned(),
-        region: match server {
-            Server::Hub => None,
-            Server::Leaf(r) => Some(r),
-        },
+    let Some((bundle, worker, files)) = worker_on(url, name, pool) else {
+        return Vec::new();
     };
-    let files = IdentityFiles::of(&bundle, &Identity::Worker(worker.clone()));
     match bind_worker(&bundle, worker) {
         Ok(false) => identity_args(&files),
         Ok(true) => {
@@ -283,6 +274,22 @@ pub fn worker_identity_args(url: &str, name: &str, pool: &str, extra: &[&str]) -
         }
         Err(_) => Vec::new(),
     }
+}
+
+/// Worker `name` of `pool` on the server at `url` (in that server's region), with its
+/// bundle and identity files; `None` for a server not started here.
+fn worker_on(url: &str, name: &str, pool: &str) -> Option<(PathBuf, Worker, IdentityFiles)> {
+    let (bundle, server) = server_of(url)?;
+    let worker = Worker {
+        pool: pool.to_owned(),
+        name: name.to_owned(),
+        region: match server {
+            Server::Hub => None,
+            Server::Leaf(r) => Some(r),
+        },
+    };
+    let files = IdentityFiles::of(&bundle, &Identity::Worker(worker.clone()));
+    Some((bundle, worker, files))
 }
 
 /// A client holding the credentials of worker `name` of `pool` on a server started here
@@ -296,16 +303,8 @@ pub async fn worker_client(
     name: &str,
     pool: &str,
 ) -> anyhow::Result<async_nats::Client> {
-    let (bundle, server) = server_of(url).context("not a server started by the harness")?;
-    let worker = Worker {
-        pool: pool.to_owned(),
-        name: name.to_owned(),
-        region: match server {
-            Server::Hub => None,
-            Server::Leaf(r) => Some(r),
-        },
-    };
-    let files = IdentityFiles::of(&bundle, &Identity::Worker(worker.clone()));
+    let (bundle, worker, files) =
+        worker_on(url, name, pool).context("not a server started by the harness")?;
     let (u, f) = (url.to_owned(), files.clone());
     tokio::task::spawn_blocking(move || match bind_worker(&bundle, worker)? {
         true => wait_until_accepted(&u, &f),

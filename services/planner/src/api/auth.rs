@@ -321,27 +321,15 @@ pub async fn issue_offline(log: EventLog, name: TokenName) -> anyhow::Result<Str
     Ok(token)
 }
 
-/// Writes `text` to `file` readable and writable by its owner only, replacing it whole.
+/// Writes `text` to `file` readable and writable by its owner only, replacing it whole
+/// (written beside and renamed, as the trust bundle's secrets are).
 fn write_secret(file: &Path, text: &str) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let dir = file.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
-    let tmp = file.with_extension("token.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write the admin token to {}", tmp.display()))?;
-    f.write_all(format!("{text}\n").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, file)
-        .with_context(|| format!("cannot write the admin token to {}", file.display()))?;
-    Ok(())
+    shoal_trust::files::write_secret(file, &format!("{text}\n"))
+        .with_context(|| format!("cannot write the admin token to {}", file.display()))
 }
 
 #[cfg(test)]

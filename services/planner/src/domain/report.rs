@@ -13,7 +13,7 @@ use super::state::State;
 use shoal_shared::events::Event;
 use shoal_shared::messages::{WIRE_SCHEMA_VERSION, WorkerBody, WorkerMessage};
 use shoal_shared::subjects::SubjectOwner;
-use shoal_shared::{CheckId, DeploymentId, PoolName, TargetName, TaskId, WorkerName};
+use shoal_shared::{CheckId, DeploymentId, Outcome, PoolName, TargetName, TaskId, WorkerName};
 
 /// `WorkerReport`: the event recording a worker's report.
 ///
@@ -113,7 +113,24 @@ fn task_refusal(
             t.attempt
         ));
     }
-    None
+    let ran_it = t
+        .attempts
+        .iter()
+        .any(|r| r.attempt == attempt && r.worker.as_ref() == Some(worker));
+    let speaks_for_a_run = match &msg.body {
+        WorkerBody::TaskOutput { .. } => true,
+        // A worker ends an attempt it never started only as not run (refused, given up,
+        // cancelled before it started): never as a success or a timeout.
+        WorkerBody::TaskFinished { outcome, .. } => {
+            !matches!(outcome, Outcome::Failed | Outcome::Cancelled)
+        }
+        _ => false,
+    };
+    (speaks_for_a_run && !ran_it).then(|| {
+        format!(
+            "worker \"{worker}\" reported on a run of attempt {attempt} of task {task} it never started; a worker speaks only for its own runs"
+        )
+    })
 }
 
 /// Why a health result is refused: the target is unknown, or the check was not sent to the

@@ -64,6 +64,36 @@ fn a_worker_of_another_pool_cannot_finish_a_running_task() {
 }
 
 #[test]
+fn a_worker_of_the_same_pool_cannot_finish_or_write_output_of_a_run_it_never_started() {
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let task = running_task(&mut m);
+    let before = m.state.clone();
+    let forged = finished_by(&m, task, "w2", "eu-west", 1);
+    let refused = when(&mut m, Command::WorkerReport(forged));
+    assert!(
+        matches!(&refused, Err(Rejection::Invalid(r)) if r.contains("never started")),
+        "{refused:?}"
+    );
+    let mut output = finished_by(&m, task, "w2", "eu-west", 1);
+    output.body = WorkerBody::TaskOutput {
+        deployment: m.state.tasks[&task].deployment,
+        task,
+        attempt: 1,
+        delivery: 1,
+        first_line: 0,
+        lines: vec![],
+    };
+    assert!(when(&mut m, Command::WorkerReport(output)).is_err());
+    assert_eq!(m.state, before, "w1's run goes on untouched");
+    // Ending a run it never started as not run (refused, cancelled) is still taken.
+    let mut not_run = finished_by(&m, task, "w2", "eu-west", 1);
+    if let WorkerBody::TaskFinished { outcome, .. } = &mut not_run.body {
+        *outcome = Outcome::Failed;
+    }
+    assert!(when(&mut m, Command::WorkerReport(not_run)).is_ok());
+}
+
+#[test]
 fn a_report_on_an_attempt_never_planned_is_refused() {
     let mut m = given(&[target("t1", &["web"], None)]);
     let task = running_task(&mut m);

@@ -138,6 +138,28 @@ fn deploy(m: &mut Memory, steps: Vec<StepSpec>) -> (DeploymentId, Vec<Event>) {
 
 fn finish(m: &mut Memory, task: TaskId, outcome: Outcome, code: i32) -> Vec<Event> {
     let t = m.state.tasks[&task].clone();
+    let w1 = WorkerName::parse("w1").expect("valid");
+    // A worker reports only on runs it started: w1 starts the attempt first, if it has not.
+    let started = t
+        .attempts
+        .iter()
+        .any(|r| r.attempt == t.attempt && r.worker.as_ref() == Some(&w1));
+    if !started {
+        let start = WorkerMessage {
+            schema_version: 1,
+            event_id: EventId::new(),
+            worker: w1.clone(),
+            pool: t.pool.clone(),
+            sent_at: Timestamp(98),
+            body: WorkerBody::TaskStarted {
+                deployment: t.deployment,
+                task,
+                attempt: t.attempt,
+                delivery: 1,
+            },
+        };
+        let _ = when(m, Command::WorkerReport(start));
+    }
     let report = WorkerMessage {
         schema_version: 1,
         event_id: EventId::new(),
