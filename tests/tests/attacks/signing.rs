@@ -396,3 +396,54 @@ async fn a_forged_drain_instruction_is_ignored_and_the_worker_keeps_taking_tasks
     assert_eq!(status, Some(json!("online")));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_genuine_task_copied_onto_its_queue_by_a_workers_reply_subject_is_dropped_as_a_duplicate()
+-> anyhow::Result<()> {
+    // No worker of pool-a yet: the task waits in the queue.
+    let c = cluster(&[]).await?;
+    c.deploy(&json!({"project": "p", "environment": "prod", "steps": [
+        {"name": "s", "pool": "pool-a", "action": {"type": "script", "script": "true"}}]}))
+        .await?;
+    let admin = jetstream::new(c.nats.connect().await?);
+    let messages = || async {
+        let mut stream = admin.get_stream("SHOAL_TASKS").await?;
+        anyhow::Ok(stream.info().await?.state.messages)
+    };
+    c.wait_for("the task queued", WAIT, || async {
+        Ok((messages().await? == 1).then_some(()))
+    })
+    .await?;
+    // A worker of pool-a asks for its next task with its pool's task subject as the reply:
+    // the broker does not check reply subjects and delivers the signed task there, where
+    // the stream would store it again as a new message.
+    let attacker = shoal_cli::local::trust::worker_client(&c.nats.url(), "wa", "pool-a").await?;
+    attacker
+        .publish_with_reply(
+            "$JS.API.CONSUMER.MSG.NEXT.SHOAL_TASKS.pool-a",
+            "shoal.tasks.pool-a",
+            r#"{"batch":1,"no_wait":true}"#.into(),
+        )
+        .await?;
+    tokio::time::timeout(WAIT, attacker.flush()).await??;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        messages().await?,
+        1,
+        "the copy was stored beside the original"
+    );
+    // It stays a duplicate for as long as its signature is valid (7 days by default), not
+    // only the broker's default 2 minutes.
+    let window = admin
+        .get_stream("SHOAL_TASKS")
+        .await?
+        .info()
+        .await?
+        .config
+        .duplicate_window;
+    assert!(
+        window >= Duration::from_secs(7 * 24 * 3600),
+        "duplicate window {window:?} is shorter than a task signature's lifetime"
+    );
+    Ok(())
+}
