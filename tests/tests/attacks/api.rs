@@ -365,6 +365,14 @@ async fn no_token_is_stored_in_clear_in_the_data_dir_only_its_hash() -> anyhow::
     for t in [&admin, &ci, &viewer] {
         assert!(!log.contains(t.as_str()), "a token in the planner's log");
     }
+    // The API names tokens in their events but shows no one their hashes.
+    let events = c.api.get("/api/events?stream=token/ci").await?.to_string();
+    assert!(events.contains("TokenCreated"), "{events}");
+    let hash = shoal_planner::api::auth::hash_token(&ci);
+    assert!(
+        !events.contains(&hash),
+        "a token's hash in /api/events: {events}"
+    );
     Ok(())
 }
 

@@ -54,7 +54,13 @@ pub fn view(env: Envelope) -> EventView {
     let data = match decode_event(&env) {
         Ok(event) => match serde_json::to_value(&event) {
             Ok(serde_json::Value::Object(mut m)) if m.len() == 1 => {
-                m.remove(&env.event_type).unwrap_or(serde_json::Value::Null)
+                let mut data = m.remove(&env.event_type).unwrap_or(serde_json::Value::Null);
+                // A token's hash stays in the log (replay rebuilds the token store from it)
+                // but is shown to no one: the API says which token, never what it hashes to.
+                if let Some(fields) = data.as_object_mut() {
+                    fields.remove("hash");
+                }
+                data
             }
             Ok(other) => other,
             Err(e) => serde_json::json!({ "undisplayable": e.to_string() }),
