@@ -386,6 +386,14 @@ impl Harness {
                         Outcome::Failed,
                         Outcome::TimedOut,
                     ][o as usize % 4];
+                    // A worker reports an outcome only of a run it started.
+                    let start = WorkerBody::TaskStarted {
+                        deployment: t.deployment,
+                        task: t.task,
+                        attempt: t.attempt,
+                        delivery: 1,
+                    };
+                    self.report(&t, start, false).await;
                     let body = WorkerBody::TaskFinished {
                         deployment: t.deployment,
                         task: t.task,
