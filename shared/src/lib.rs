@@ -12,6 +12,7 @@ pub mod codec;
 pub mod domain;
 pub mod events;
 pub mod health;
+pub mod hex;
 pub mod ids;
 pub mod messages;
 pub mod names;

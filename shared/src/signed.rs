@@ -106,8 +106,8 @@ pub struct KeyId(String);
 
 impl KeyId {
     fn of(public: &[u8]) -> KeyId {
-        KeyId(hex(
-            &ring::digest::digest(&ring::digest::SHA256, public).as_ref()[..8]
+        KeyId(crate::hex::encode(
+            &ring::digest::digest(&ring::digest::SHA256, public).as_ref()[..8],
         ))
     }
 
@@ -189,7 +189,7 @@ impl SigningKey {
         }
         let seed = lines
             .next()
-            .and_then(unhex)
+            .and_then(crate::hex::decode)
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
             .ok_or(KeyError::NotASigningKey)?;
         SigningKey::from_seed(seed)
@@ -197,7 +197,7 @@ impl SigningKey {
 
     /// The key file's text: a tag line and the hex seed. Secret: write it with mode 0600.
     pub fn to_file_text(&self) -> String {
-        format!("{KEY_FILE_TAG}\n{}\n", hex(&self.seed))
+        format!("{KEY_FILE_TAG}\n{}\n", crate::hex::encode(&self.seed))
     }
 
     /// The key id.
@@ -242,7 +242,7 @@ impl SigningKey {
             .map(|(c, (_, payload))| tree::leaf(c, payload))
             .collect();
         let (root, paths) = tree::build(&leaves);
-        let sig = hex(self.pair.sign(&root_message(&root)).as_ref());
+        let sig = crate::hex::encode(self.pair.sign(&root_message(&root)).as_ref());
         claims
             .into_iter()
             .zip(paths)
@@ -281,7 +281,7 @@ impl PublicKey {
 
     /// The key as one line of a trusted keys file: `ed25519 <key id> <hex>`.
     pub fn to_line(&self) -> String {
-        format!("ed25519 {} {}", self.id, hex(&self.bytes))
+        format!("ed25519 {} {}", self.id, crate::hex::encode(&self.bytes))
     }
 }
 
@@ -349,7 +349,7 @@ impl TrustedKeys {
             if alg != "ed25519" {
                 return Err(bad("only ed25519 keys are known"));
             }
-            let bytes = unhex(key)
+            let bytes = crate::hex::decode(key)
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
                 .ok_or_else(|| bad("the key is not 32 bytes of hex"))?;
             if KeyId::of(&bytes).as_str() != id {
@@ -401,7 +401,7 @@ impl TrustedKeys {
                 key_id: claims.key_id.0.clone(),
                 trusted: self.key_ids().join(", "),
             })?;
-        let sig = unhex(sig).ok_or_else(|| malformed("sig"))?;
+        let sig = crate::hex::decode(sig).ok_or_else(|| malformed("sig"))?;
         let path = tree::parse_path(path).ok_or_else(|| malformed("path"))?;
         let root = tree::root_of(tree::leaf(claims_text, payload), &path);
         self.verify_root(key, &claims.key_id, root, sig)?;
@@ -602,34 +602,6 @@ fn show(attempt: Option<u32>) -> String {
 /// The bytes the Ed25519 signature covers.
 fn root_message(root: &Hash) -> Vec<u8> {
     [ROOT_CONTEXT, root.as_slice()].concat()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
-}
-
-/// Strict lowercase hex, so one value has one spelling (a changed byte is never the same key).
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
-    }
-    let b = s.as_bytes();
-    if !b.len().is_multiple_of(2) {
-        return None;
-    }
-    b.chunks(2)
-        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
-        .collect()
 }
 
 #[cfg(test)]

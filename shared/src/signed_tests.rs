@@ -145,7 +145,7 @@ fn a_key_file_round_trips_and_never_shows_the_secret_in_debug() {
     let again = SigningKey::parse(&k.to_file_text()).expect("parses");
     assert_eq!(again.public(), k.public());
     let shown = format!("{k:?}");
-    assert!(!shown.contains(&hex(&k.seed)), "{shown}");
+    assert!(!shown.contains(&crate::hex::encode(&k.seed)), "{shown}");
     assert!(SigningKey::parse("not a key").is_err());
 }
 

@@ -73,7 +73,7 @@ impl std::fmt::Debug for MasterKey {
 impl MasterKey {
     fn from_bytes(bytes: &[u8; 32]) -> MasterKey {
         let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-        let id = hex(&digest.as_ref()[..8]);
+        let id = shoal_shared::hex::encode(&digest.as_ref()[..8]);
         // 32 bytes is ChaCha20-Poly1305's key length: `new` cannot fail.
         let key = UnboundKey::new(&CHACHA20_POLY1305, bytes)
             .map(LessSafeKey::new)
@@ -93,7 +93,8 @@ impl MasterKey {
     /// The file cannot be read, is readable by others, or is not 64 hex digits.
     pub fn load(path: &Path) -> Result<MasterKey, SecretError> {
         let text = read_private(path)?;
-        let bytes = unhex(text.trim())
+        // Upper case is read too: a key may have been copied by hand.
+        let bytes = shoal_shared::hex::decode(&text.trim().to_ascii_lowercase())
             .filter(|b| b.len() == 32)
             .ok_or_else(|| SecretError::BadKeyFile {
                 path: path.to_owned(),
@@ -114,7 +115,7 @@ impl MasterKey {
         SystemRandom::new()
             .fill(&mut key)
             .map_err(|_| SecretError::Random)?;
-        write_private(path, &format!("{}\n", hex(&key)))?;
+        write_private(path, &format!("{}\n", shoal_shared::hex::encode(&key)))?;
         Ok(MasterKey::from_bytes(&key))
     }
 
@@ -362,20 +363,6 @@ pub fn write_public(path: &Path, text: &str) -> Result<(), SecretError> {
         path: path.to_owned(),
         source,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -80,8 +80,8 @@ pub(super) fn root_of(leaf: Hash, path: &[Step]) -> Hash {
 pub(super) fn encode_path(path: &[Step]) -> String {
     path.iter()
         .map(|s| match s {
-            Step::Left(h) => format!("l{}", super::hex(h)),
-            Step::Right(h) => format!("r{}", super::hex(h)),
+            Step::Left(h) => format!("l{}", crate::hex::encode(h)),
+            Step::Right(h) => format!("r{}", crate::hex::encode(h)),
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -99,7 +99,7 @@ pub(super) fn parse_path(text: &str) -> Option<Vec<Step>> {
     steps
         .into_iter()
         .map(|s| {
-            let hash = <Hash>::try_from(super::unhex(s.get(1..)?)?).ok()?;
+            let hash = <Hash>::try_from(crate::hex::decode(s.get(1..)?)?).ok()?;
             match s.as_bytes().first()? {
                 b'l' => Some(Step::Left(hash)),
                 b'r' => Some(Step::Right(hash)),

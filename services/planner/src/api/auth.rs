@@ -232,18 +232,14 @@ fn json_body_only(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> 
 /// SHA-256 of a token, lowercase hex: how a token is stored and looked up. A token has 256
 /// random bits, so a fast hash suffices (no password stretching needed).
 pub fn hash_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    shoal_shared::hex::encode(&Sha256::digest(token.as_bytes()))
 }
 
 /// A new token (`shoal_` and 256 random bits in hex) and its hash.
 pub fn new_token() -> (String, String) {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let token = format!("{TOKEN_PREFIX}{hex}");
+    let token = format!("{TOKEN_PREFIX}{}", shoal_shared::hex::encode(&bytes));
     let hash = hash_token(&token);
     (token, hash)
 }
