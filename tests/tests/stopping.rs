@@ -60,3 +60,39 @@ async fn a_worker_mid_task_and_the_planner_stop_on_sigterm_after_the_broker_died
         .ok_or_else(|| anyhow::anyhow!("no planner"))?;
     planner.stops_within(Signal::SIGTERM, MARGIN).await
 }
+
+/// A hub that takes leaf nodes (every shoal hub) delivers into a pull request for two seconds
+/// after it was made even when its client has gone, and redelivers each lost message into
+/// it at once: a worker that closed its connection with a pull of four open used up a task's
+/// three deliveries before any live worker saw it. A stopping worker now stays until its
+/// pull is over, so the task published right after the stop runs on its first delivery. Three
+/// rounds, because a pull request is open for at most a second of the worker's idle loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_while_waiting_for_work_uses_none_of_the_next_tasks_deliveries()
+-> anyhow::Result<()> {
+    let mut c = Cluster::start(&["--no-builtin-worker"]).await?;
+    c.pool("eu-west", "eu").await?;
+    c.target("shop-eu", "prod", &["web"], Some("eu-west"))
+        .await?;
+    c.worker("eu-0", "eu-west", "eu", &["--slots", "4"])?;
+    c.wait_online(&["eu-0"]).await?;
+    for round in 1..=3 {
+        let (stopping, next) = (format!("eu-{}", round - 1), format!("eu-{round}"));
+        // Idle long enough that its pulls come and go; then stop it and deploy at once.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.worker_proc(&stopping)
+            .stops_within(Signal::SIGTERM, MARGIN)
+            .await?;
+        let id = c
+            .deploy(&json!({"project": "p", "environment": "prod", "steps": [
+                {"name": "quick", "roles": ["web"], "action": {"type": "script", "script": "echo ran"}}]}))
+            .await?;
+        c.worker(&next, "eu-west", "eu", &["--slots", "4"])?;
+        let d = c.finished(&id, WAIT).await?;
+        let task = c.task(&id, "quick").await?;
+        assert_eq!(d["state"], "succeeded", "round {round}: {task}");
+        assert_eq!(task["delivery"], 1, "round {round}: {task}");
+        assert_eq!(task["worker"], next.as_str(), "round {round}: {task}");
+    }
+    Ok(())
+}

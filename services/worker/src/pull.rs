@@ -29,8 +29,8 @@ use tracing::Instrument as _;
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// How often the queue's ack wait is read again, to fit progress acks to it.
 const REFIT_EVERY: Duration = Duration::from_secs(30);
-/// How long shutdown waits for each message of a pull already on its way.
-const HAND_BACK_WAIT: Duration = Duration::from_millis(200);
+/// How long past a pull request's expiry a worker that stops pulling stays subscribed to it.
+const HAND_BACK_MARGIN: Duration = Duration::from_millis(250);
 /// How long tasks stopped at the drain deadline may take to hand their messages back.
 const HAND_BACK_GRACE: Duration = Duration::from_secs(5);
 /// Pulls and runs tasks until shutdown, then waits for running tasks up to the drain
@@ -83,6 +83,7 @@ pub async fn run(
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
+            let pull_ends = tokio::time::Instant::now() + PULL_EXPIRES + HAND_BACK_MARGIN;
             let batch = consumer
                 .batch()
                 .max_messages(permits.len())
@@ -105,11 +106,11 @@ pub async fn run(
                 let next = tokio::select! {
                     biased;
                     () = shutdown.cancelled() => {
-                        hand_back(&mut batch).await;
+                        hand_back(&mut batch, pull_ends).await;
                         break 'outer;
                     }
                     true = async { draining.wait_for(|d| *d).await.is_ok() } => {
-                        hand_back(&mut batch).await;
+                        hand_back(&mut batch, pull_ends).await;
                         break;
                     }
                     m = batch.next() => m,
@@ -208,11 +209,18 @@ async fn pause(
     }
 }
 
-/// At shutdown: messages of the current pull that are already on their way are handed back
-/// at once (nak) rather than left to wait out the ack wait. Waits briefly for each.
-async fn hand_back(batch: &mut jetstream::consumer::pull::Batch) {
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(HAND_BACK_WAIT, batch.next()).await {
-        let _ = msg.ack_with(AckKind::Nak(None)).await;
+/// When the worker stops pulling (shutdown, drain), the current pull request must end while
+/// the worker is still subscribed to it. A hub that takes leaf nodes delivers into a pull
+/// request for two seconds after it was made even once its client is gone, and redelivers
+/// each lost message into it at once: a dropped request of `n` messages uses up to `n` of a
+/// task's deliveries within milliseconds, and three fail its attempt (nats-server 2.9.10,
+/// measured; docs/ARCHITECTURE.md). So this stays until the request is over (the broker
+/// ends it at its expiry) and hands back what still arrives, delayed past the request's
+/// end so the broker does not give it to the same request again.
+async fn hand_back(batch: &mut jetstream::consumer::pull::Batch, until: tokio::time::Instant) {
+    let delay = until.saturating_duration_since(tokio::time::Instant::now());
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, batch.next()).await {
+        let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
     }
 }
 
