@@ -3,30 +3,29 @@
 //! signature it cannot verify against its trusted keys (NATS does not check reply subjects,
 //! so a subject alone never proves who sent a message; see docs/security/signing.md).
 //!
-//! The signature travels in one header, [`SIGNATURE_HEADER`], beside an unchanged payload:
-//!
-//! ```text
-//! Shoal-Signature: v1;key=<key id>;iat=<ms>;exp=<ms>;kind=<kind>;pool=<pool>;id=<id>;attempt=<n|->;path=<steps>;sig=<hex>
-//! ```
-//!
-//! The claims (the text before `;path=`) and the payload's SHA-256 make the message's leaf;
-//! messages signed together (the dispatcher's batch) form a Merkle tree ([`tree`]) whose root
-//! one Ed25519 signature covers, and `path` leads from the leaf to that root (empty for a
-//! message signed alone). The claims are parsed strictly in that order, so what is signed is
-//! exactly what is read. A verifier remembers the roots it verified, so the other messages
-//! of a batch cost a few SHA-256s, not an Ed25519 verification each.
+//! The signature travels in one header, [`SIGNATURE_HEADER`], beside an unchanged payload;
+//! its compact form is in [`header`]. What is signed is a leaf over the message's canonical
+//! claims ([`canonical_claims`]: key, times, kind, pool, id, attempt) and its payload's
+//! SHA-256; messages signed together (the dispatcher's batch) form a Merkle tree ([`tree`])
+//! whose root one Ed25519 signature covers, and the header carries the path from the leaf to
+//! that root (empty for a message signed alone). The verifier rebuilds the claims from the
+//! header and from what it expects (kind and id are not sent), so what is verified is
+//! exactly what it acts on. It remembers the roots it verified, so the other messages of a
+//! batch cost a few SHA-256s, not an Ed25519 verification each.
 //!
 //! Only the pure part lives here (keys in memory, sign, verify); reading and writing key
 //! files is `shoal_runtime::keys`.
 
 use crate::names::PoolName;
 use crate::time::Timestamp;
+use header::Header;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use tree::Hash;
 
+mod header;
 mod tree;
 
 /// The NATS header that carries a message's signature.
@@ -67,18 +66,6 @@ impl Kind {
             Kind::DrainState => "drain-state",
         }
     }
-
-    fn parse(s: &str) -> Option<Kind> {
-        [
-            Kind::Task,
-            Kind::HealthCheck,
-            Kind::Cancel,
-            Kind::Control,
-            Kind::DrainState,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-    }
 }
 
 impl fmt::Display for Kind {
@@ -114,6 +101,17 @@ impl KeyId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The id's 8 bytes (made from them, so the hex always decodes).
+    fn bytes(&self) -> [u8; 8] {
+        crate::hex::decode(&self.0)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .unwrap_or_default()
+    }
+
+    fn from_bytes(bytes: [u8; 8]) -> KeyId {
+        KeyId(crate::hex::encode(&bytes))
     }
 }
 
@@ -232,38 +230,48 @@ impl SigningKey {
         now: Timestamp,
         ttl_ms: u64,
     ) -> Vec<String> {
-        let claims: Vec<String> = messages
+        let (issued_at, expires_at) = (now.millis(), now.plus_millis(ttl_ms).millis());
+        let leaves: Vec<Hash> = messages
             .iter()
-            .map(|(binding, _)| self.claims(binding, now, ttl_ms))
-            .collect();
-        let leaves: Vec<Hash> = claims
-            .iter()
-            .zip(messages)
-            .map(|(c, (_, payload))| tree::leaf(c, payload))
+            .map(|(binding, payload)| {
+                tree::leaf(
+                    &canonical_claims(&self.id, issued_at, expires_at, binding),
+                    payload,
+                )
+            })
             .collect();
         let (root, paths) = tree::build(&leaves);
-        let sig = crate::hex::encode(self.pair.sign(&root_message(&root)).as_ref());
-        claims
-            .into_iter()
+        let sig = self.pair.sign(&root_message(&root)).as_ref().to_vec();
+        let key_id = self.id.bytes();
+        messages
+            .iter()
             .zip(paths)
-            .map(|(c, path)| format!("{c};path={};sig={sig}", tree::encode_path(&path)))
+            .map(|((binding, _), path)| {
+                Header {
+                    key_id,
+                    issued_at,
+                    expires_at,
+                    pool: binding.pool.to_string(),
+                    attempt: binding.attempt,
+                    path,
+                    sig: sig.clone(),
+                }
+                .encode()
+            })
             .collect()
     }
+}
 
-    fn claims(&self, binding: &Binding, now: Timestamp, ttl_ms: u64) -> String {
-        let attempt = binding
-            .attempt
-            .map_or_else(|| "-".to_owned(), |a| a.to_string());
-        format!(
-            "{VERSION};key={};iat={};exp={};kind={};pool={};id={};attempt={attempt}",
-            self.id,
-            now.millis(),
-            now.plus_millis(ttl_ms).millis(),
-            binding.kind,
-            binding.pool,
-            binding.id,
-        )
-    }
+/// The text a message's leaf commits to, with its payload: the signer writes it from the
+/// binding it signs, the verifier from the header and the binding it expects.
+fn canonical_claims(key: &KeyId, issued_at: i64, expires_at: i64, binding: &Binding) -> String {
+    let attempt = binding
+        .attempt
+        .map_or_else(|| "-".to_owned(), |a| a.to_string());
+    format!(
+        "shoal-signature-{VERSION};key={key};iat={issued_at};exp={expires_at};kind={};pool={};id={};attempt={attempt}",
+        binding.kind, binding.pool, binding.id,
+    )
 }
 
 /// A public key and its id.
@@ -384,27 +392,38 @@ impl TrustedKeys {
         payload: &[u8],
         now: Timestamp,
     ) -> Result<Claims, Refusal> {
-        let header = header.ok_or(Refusal::Unsigned)?;
-        let malformed = |what: &str| Refusal::Malformed(format!("bad or missing {what}"));
-        let (rest, sig) = header
-            .rsplit_once(";sig=")
-            .ok_or_else(|| malformed("sig"))?;
-        let (claims_text, path) = rest
-            .rsplit_once(";path=")
-            .ok_or_else(|| malformed("path"))?;
-        let claims = Claims::parse(claims_text)?;
-        claims.check_binding(expected)?;
-        let key = self
-            .keys
-            .get(&claims.key_id)
-            .ok_or_else(|| Refusal::UnknownKey {
-                key_id: claims.key_id.0.clone(),
-                trusted: self.key_ids().join(", "),
-            })?;
-        let sig = crate::hex::decode(sig).ok_or_else(|| malformed("sig"))?;
-        let path = tree::parse_path(path).ok_or_else(|| malformed("path"))?;
-        let root = tree::root_of(tree::leaf(claims_text, payload), &path);
-        self.verify_root(key, &claims.key_id, root, sig)?;
+        let header = Header::parse(header.ok_or(Refusal::Unsigned)?)?;
+        if header.pool != expected.pool.as_str() {
+            return Err(Refusal::WrongPool {
+                signed: header.pool,
+                arrived_for: expected.pool.to_string(),
+            });
+        }
+        if header.attempt != expected.attempt {
+            return Err(Refusal::WrongAttempt {
+                signed: header.attempt,
+                message: expected.attempt,
+            });
+        }
+        let key_id = KeyId::from_bytes(header.key_id);
+        let key = self.keys.get(&key_id).ok_or_else(|| Refusal::UnknownKey {
+            key_id: key_id.0.clone(),
+            trusted: self.key_ids().join(", "),
+        })?;
+        let claims = Claims {
+            key_id,
+            issued_at: Timestamp(header.issued_at),
+            expires_at: Timestamp(header.expires_at),
+            binding: expected.clone(),
+        };
+        let text = canonical_claims(
+            &claims.key_id,
+            header.issued_at,
+            header.expires_at,
+            expected,
+        );
+        let root = tree::root_of(tree::leaf(&text, payload), &header.path);
+        self.verify_root(key, &claims.key_id, root, header.sig)?;
         // Last: an expired or early message is authentic, so its worker may say so about
         // the task it names (a forgery could make a worker report on someone else's task).
         claims.check_time(now)?;
@@ -448,75 +467,6 @@ pub struct Claims {
 }
 
 impl Claims {
-    fn parse(text: &str) -> Result<Claims, Refusal> {
-        let bad = |what: &str| Refusal::Malformed(format!("bad or missing {what}"));
-        let mut fields = text.split(';');
-        if fields.next() != Some(VERSION) {
-            return Err(Refusal::Malformed(format!(
-                "unknown signature version (this build reads {VERSION})"
-            )));
-        }
-        let mut next = |name: &'static str| {
-            fields
-                .next()
-                .and_then(|f| f.strip_prefix(name)?.strip_prefix('='))
-                .ok_or_else(|| bad(name))
-        };
-        let key_id = KeyId(next("key")?.to_owned());
-        let issued_at = Timestamp(next("iat")?.parse().map_err(|_| bad("iat"))?);
-        let expires_at = Timestamp(next("exp")?.parse().map_err(|_| bad("exp"))?);
-        let kind = Kind::parse(next("kind")?).ok_or_else(|| bad("kind"))?;
-        let pool = PoolName::parse(next("pool")?).map_err(|_| bad("pool"))?;
-        let id = next("id")?.to_owned();
-        let attempt = match next("attempt")? {
-            "-" => None,
-            n => Some(n.parse().map_err(|_| bad("attempt"))?),
-        };
-        if fields.next().is_some() {
-            return Err(Refusal::Malformed("unexpected fields".into()));
-        }
-        Ok(Claims {
-            key_id,
-            issued_at,
-            expires_at,
-            binding: Binding {
-                kind,
-                pool,
-                id,
-                attempt,
-            },
-        })
-    }
-
-    fn check_binding(&self, expected: &Binding) -> Result<(), Refusal> {
-        let signed = &self.binding;
-        if signed.kind != expected.kind {
-            return Err(Refusal::WrongKind {
-                signed: signed.kind,
-                arrived_as: expected.kind,
-            });
-        }
-        if signed.pool != expected.pool {
-            return Err(Refusal::WrongPool {
-                signed: signed.pool.to_string(),
-                arrived_for: expected.pool.to_string(),
-            });
-        }
-        if signed.id != expected.id {
-            return Err(Refusal::WrongId {
-                signed: signed.id.clone(),
-                message: expected.id.clone(),
-            });
-        }
-        if signed.attempt != expected.attempt {
-            return Err(Refusal::WrongAttempt {
-                signed: signed.attempt,
-                message: expected.attempt,
-            });
-        }
-        Ok(())
-    }
-
     fn check_time(&self, now: Timestamp) -> Result<(), Refusal> {
         if self.issued_at > now.plus_millis(MAX_CLOCK_SKEW_MS) {
             return Err(Refusal::FromTheFuture {
@@ -548,7 +498,7 @@ pub enum Refusal {
     )]
     UnknownKey { key_id: String, trusted: String },
     #[error(
-        "bad signature by key {key_id}: the message was altered after it was signed (or forged)"
+        "bad signature by key {key_id}: the message was altered after it was signed, or the signature is another message's (another kind, task or worker), or forged"
     )]
     BadSignature { key_id: String },
     #[error(
@@ -569,10 +519,6 @@ pub enum Refusal {
         "signed for pool \"{signed}\" but arrived for pool \"{arrived_for}\" (replayed into another pool)"
     )]
     WrongPool { signed: String, arrived_for: String },
-    #[error("signed as a {signed} message but arrived as a {arrived_as} message")]
-    WrongKind { signed: Kind, arrived_as: Kind },
-    #[error("signed for id {signed} but the message is about {message}")]
-    WrongId { signed: String, message: String },
     #[error(
         "signed for attempt {} but the message is attempt {} (replayed as another attempt)",
         show(*signed),

@@ -9,9 +9,6 @@ use ring::digest::{SHA256, digest};
 /// A SHA-256.
 pub(super) type Hash = [u8; 32];
 
-/// Longest path accepted: a batch of up to 2^32 messages.
-const MAX_DEPTH: usize = 32;
-
 /// One step from a node towards the root: its sibling, on the left or on the right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Step {
@@ -29,8 +26,8 @@ fn sha(parts: &[&[u8]]) -> Hash {
     out
 }
 
-/// The leaf of a message: its claims (the header text before `;path=`) and its payload's
-/// SHA-256. Leaves and inner nodes hash with different prefixes, so neither passes for the
+/// The leaf of a message: its canonical claims ([`super::canonical_claims`]) and its
+/// payload's SHA-256. Leaves and inner nodes hash with different prefixes, so neither passes for the
 /// other.
 pub(super) fn leaf(claims: &str, payload: &[u8]) -> Hash {
     let payload = digest(&SHA256, payload);
@@ -76,39 +73,6 @@ pub(super) fn root_of(leaf: Hash, path: &[Step]) -> Hash {
     })
 }
 
-/// `l<hex>` / `r<hex>` per step, comma-separated; empty for a batch of one.
-pub(super) fn encode_path(path: &[Step]) -> String {
-    path.iter()
-        .map(|s| match s {
-            Step::Left(h) => format!("l{}", crate::hex::encode(h)),
-            Step::Right(h) => format!("r{}", crate::hex::encode(h)),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Reads a path strictly (one spelling per path); `None` when it is not one.
-pub(super) fn parse_path(text: &str) -> Option<Vec<Step>> {
-    if text.is_empty() {
-        return Some(Vec::new());
-    }
-    let steps: Vec<&str> = text.split(',').collect();
-    if steps.len() > MAX_DEPTH {
-        return None;
-    }
-    steps
-        .into_iter()
-        .map(|s| {
-            let hash = <Hash>::try_from(crate::hex::decode(s.get(1..)?)?).ok()?;
-            match s.as_bytes().first()? {
-                b'l' => Some(Step::Left(hash)),
-                b'r' => Some(Step::Right(hash)),
-                _ => None,
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,7 +84,6 @@ mod tests {
             let (root, paths) = build(&leaves);
             for (l, path) in leaves.iter().zip(&paths) {
                 assert_eq!(root_of(*l, path), root, "batch of {n}");
-                assert_eq!(parse_path(&encode_path(path)).as_deref(), Some(&path[..]));
             }
         }
     }
