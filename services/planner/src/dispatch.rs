@@ -25,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Most publishes awaiting the broker's ack at once.
 const MAX_IN_FLIGHT: usize = 4096;
-/// Most attempts signed together (one Ed25519 signature over their Merkle root): what is
-/// ready at once, up to this. 16 makes the signature's share small (a sixteenth) while each
-/// message's path to the root stays at most four hashes long (it travels in its header).
-const SIGN_BATCH: usize = 16;
+/// Most attempts taken together to be signed (what is ready at once, up to this): the signer
+/// splits them by pool into groups of at most [`crate::signing::SIGN_GROUP`], each under one
+/// Ed25519 signature, so four busy pools still get full groups.
+const SIGN_BATCH: usize = 64;
 /// How long shutdown waits for the broker to confirm publishes in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The first and the longest wait before publishing again what the broker did not store.

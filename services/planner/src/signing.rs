@@ -14,6 +14,11 @@ use std::time::Duration;
 /// at once or not at all.
 pub const SHORT_TTL: Duration = Duration::from_secs(5 * 60);
 
+/// Most attempts of one pool under one signature: the signature's (and a worker's
+/// verification's) share is a sixteenth, and a message's path to the root is at most four
+/// hashes (it travels in the header).
+pub const SIGN_GROUP: usize = 16;
+
 /// Signs what the planner sends. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Signer {
@@ -55,9 +60,10 @@ impl Signer {
     }
 
     /// Headers of task attempts' messages (pool, task, attempt, payload) published together,
-    /// in their order: one Ed25519 signature for each pool's messages, each verifiable on its
-    /// own. Per pool, because a pool's workers verify each root they see once and carry only
-    /// their own pool's siblings in the path (4 pools in a batch of 16: 2 steps, not 4).
+    /// in their order: one Ed25519 signature for each group of up to [`SIGN_GROUP`] messages of
+    /// one pool, each verifiable on its own. Per pool, because a pool's workers verify each
+    /// root they see once (a root shared with other pools costs each pool a verification for
+    /// fewer of its own messages) and carry only their own pool's siblings in the path.
     pub fn tasks(&self, messages: &[(&PoolName, TaskId, u32, &[u8])]) -> Vec<HeaderMap> {
         let mut headers: Vec<HeaderMap> = messages.iter().map(|_| HeaderMap::new()).collect();
         let Some(key) = self.key.as_ref() else {
@@ -69,7 +75,7 @@ impl Signer {
         }
         let ttl_ms = u64::try_from(self.task_ttl.as_millis()).unwrap_or(u64::MAX);
         let now = Timestamp::now();
-        for indices in by_pool.values() {
+        for indices in by_pool.values().flat_map(|all| all.chunks(SIGN_GROUP)) {
             let bindings: Vec<Binding> = indices
                 .iter()
                 .map(|&i| {
