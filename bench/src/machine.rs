@@ -52,6 +52,17 @@ pub fn rss_mib(pid: i32) -> Option<f64> {
     field_kib(&status, "VmRSS:").map(|kib| crate::stats::round(kib as f64 / 1024.0))
 }
 
+/// The CPU time a process has used so far (user and system, all its threads), in seconds.
+pub fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state is the first field, utime the 12th and
+    // stime the 13th (proc(5)), in clock ticks of USER_HZ, which Linux fixes at 100.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    #[expect(clippy::cast_precision_loss, reason = "a measurement")]
+    Some(ticks as f64 / 100.0)
+}
+
 fn field_kib(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name))

@@ -450,11 +450,15 @@ async fn main() -> anyhow::Result<()> {
             ),
             format!(
                 "no-op: {:.0} tasks/s signed, {:.0} unsigned ({:.1}% cost)
+CPU per no-op task (broker, planner, workers): {:.0} µs signed, {:.0} unsigned ({:.1}% cost)
 schedule-to-start p50 {:.3} vs {:.3} ms, p99 {:.3} vs {:.3} ms
-one signature {:.1} µs, one verification {:.1} µs ({} B message); in batches of 16: {:.1} / {:.1} µs a message",
+one signature {:.1} µs, one verification of a root not seen before {:.1} µs ({} B message); in batches of 16: {:.1} / {:.1} µs a message",
                 o.signed.noop_tasks_per_s_median,
                 o.unsigned.noop_tasks_per_s_median,
                 (1.0 - o.throughput_ratio) * 100.0,
+                o.signed.noop_cpu_us_per_task_median,
+                o.unsigned.noop_cpu_us_per_task_median,
+                (o.cpu_per_task_ratio - 1.0) * 100.0,
                 o.signed.schedule_to_start_p50_ms_median,
                 o.unsigned.schedule_to_start_p50_ms_median,
                 o.signed.schedule_to_start_p99_ms_median,
@@ -467,6 +471,7 @@ one signature {:.1} µs, one verification {:.1} µs ({} B message); in batches o
             ),
         );
         r.set("signing_throughput_ratio", o.throughput_ratio);
+        r.set("signing_cpu_per_task_ratio", o.cpu_per_task_ratio);
         r.set("signing", &o);
     }
     r.set("tasks_expected", expected);

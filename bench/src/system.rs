@@ -125,6 +125,17 @@ impl Shoal {
             .and_then(crate::machine::rss_mib)
     }
 
+    /// The CPU time the broker, the planner and the workers have used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let pids = self
+            .workers
+            .iter()
+            .chain(self.planner.iter())
+            .filter_map(Proc::pid)
+            .chain(self.nats.pid());
+        pids.filter_map(crate::machine::cpu_seconds).sum()
+    }
+
     async fn wait_online(&self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {

@@ -2,7 +2,7 @@
 //! targets spread over the pools) through the real planner and worker processes; measured
 //! until the last `TaskFinished` is in the planner's log.
 
-use crate::stats::{Latency, per_second, us_to_ms};
+use crate::stats::{Latency, per_second, round, us_to_ms};
 use crate::system::{Layout, Observer, Shoal, over_targets};
 use anyhow::Context as _;
 use futures::StreamExt as _;
@@ -36,6 +36,9 @@ pub struct Outcome {
     pub tasks_succeeded: usize,
     pub events_in_log: u64,
     pub planner_rss_mib: Option<f64>,
+    /// CPU time of the broker, the planner and the workers (from their start, targets'
+    /// registration included) per task, in µs: what the run cost, whatever the VM's stalls.
+    pub cpu_us_per_task: f64,
 }
 
 /// Most targets (so tasks) per deployment.
@@ -64,6 +67,8 @@ pub async fn run(layout: Layout, tasks: usize, action: Value) -> anyhow::Result<
     observer.wait_finished(n, timeout).await?;
     shoal.wait_ingested(Duration::from_secs(120)).await?;
     let rss = shoal.planner_rss_mib();
+    #[expect(clippy::cast_precision_loss, reason = "a measurement")]
+    let cpu_us_per_task = round(shoal.cpu_seconds() * 1e6 / n as f64);
     let (schedule_to_start, missing) = observer.schedule_to_start_ms(0);
     drop(observer);
     let facts = shoal.stop().await.context("stopping the installation")?;
@@ -89,5 +94,6 @@ pub async fn run(layout: Layout, tasks: usize, action: Value) -> anyhow::Result<
         tasks_succeeded: facts.succeeded(),
         events_in_log: facts.events,
         planner_rss_mib: rss,
+        cpu_us_per_task,
     })
 }

@@ -33,6 +33,7 @@ fn quick_benchmark_completes_and_every_task_finishes() {
         "replay_events_per_s",
         "planner_rss_mb_after_1m_events",
         "signing_throughput_ratio",
+        "signing_cpu_per_task_ratio",
     ] {
         assert!(
             v[field].is_number(),
@@ -42,6 +43,11 @@ fn quick_benchmark_completes_and_every_task_finishes() {
     assert!(v["machine"]["cores"].is_number(), "{text}");
     assert!(v["machine"]["cpu_model"].is_string(), "{text}");
     assert!(v["noop"]["params"]["tasks"].is_number(), "{text}");
+    // CPU per task is read from /proc of the running processes: a run costs something.
+    assert!(
+        v["noop"]["cpu_us_per_task"].as_f64().unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
     assert_eq!(v["all_tasks_finished"], true, "{text}");
     assert_eq!(v["tasks_finished"], v["tasks_expected"], "{text}");
     assert!(v["tasks_expected"].as_u64().unwrap_or(0) > 0, "{text}");

@@ -373,6 +373,14 @@ impl TrustedKeys {
         ))
     }
 
+    /// The same keys with no root remembered (what a newly started worker holds).
+    pub fn clone_keys(&self) -> TrustedKeys {
+        TrustedKeys {
+            keys: self.keys.clone(),
+            verified: Arc::default(),
+        }
+    }
+
     /// The trusted key ids.
     pub fn key_ids(&self) -> Vec<String> {
         self.keys.keys().map(|k| k.0.clone()).collect()

@@ -361,6 +361,11 @@ impl Nats {
         Ok(nats)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.proc.as_ref().and_then(Proc::pid)
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)

@@ -83,6 +83,10 @@ pub async fn run(
                 None => break,
             },
         };
+        tracing::debug!(
+            attempts = batch.len(),
+            "publishing attempts signed together"
+        );
         for (task, encoded) in encode_and_sign(batch, &sealer, &signer) {
             in_flight.push(Box::pin(send(
                 js.clone(),
