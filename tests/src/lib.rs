@@ -263,16 +263,41 @@ impl Cluster {
     ///
     /// # Errors
     /// It did not end within `timeout`.
+    /// On a timeout the error holds where each task stood and the processes' last log lines,
+    /// so a failure in CI says why without a rerun.
     pub async fn finished(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
-        self.wait_for("deployment finished", timeout, || async {
-            let d = self.api.get(&format!("/api/deployments/{id}")).await?;
-            Ok(matches!(
-                d["state"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            )
-            .then_some(d))
+        let last = std::sync::Mutex::new(Value::Null);
+        let done = self
+            .wait_for("deployment finished", timeout, || async {
+                let d = self.api.get(&format!("/api/deployments/{id}")).await?;
+                let ended = matches!(
+                    d["state"].as_str(),
+                    Some("succeeded" | "failed" | "cancelled")
+                );
+                if let Ok(mut l) = last.lock() {
+                    *l = d.clone();
+                }
+                Ok(ended.then_some(d))
+            })
+            .await;
+        done.map_err(|e| {
+            let d = last.lock().map(|l| l.clone()).unwrap_or_default();
+            e.context(format!(
+                "deployment {id} was last {}; its tasks:\n{}\n{}",
+                d["state"],
+                task_lines(&d),
+                self.log_tails()
+            ))
         })
-        .await
+    }
+
+    /// The last lines of the planner's and each worker's log.
+    fn log_tails(&self) -> String {
+        let procs = self.planner.iter().chain(self.workers.iter());
+        procs
+            .map(|p| format!("----- {} log -----\n{}", p.name, tail(&p.output(), 60)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Polls `check` until it yields a value or the deadline passes.
@@ -464,6 +489,21 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// One line per task of a deployment document: step, target, state, attempt, delivery,
+/// worker and reason.
+fn task_lines(d: &Value) -> String {
+    tasks(d)
+        .iter()
+        .map(|(step, t)| {
+            format!(
+                "  {step} {} {} attempt {} delivery {} worker {} {}",
+                t["target"], t["state"], t["attempt"], t["delivery"], t["worker"], t["reason"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A hub with JetStream (domain `hub`) that takes leaf nodes on a port of its own: the hub,
