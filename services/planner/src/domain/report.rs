@@ -113,10 +113,18 @@ fn task_refusal(
             t.attempt
         ));
     }
-    let ran_it = t
+    // Who started a run of this attempt. A report may overtake its own run's start: a
+    // planner killed after taking the start but before recording it sees it redelivered
+    // only after the ack wait, while the end arrives at once. So what is refused is a run
+    // another worker started, not one whose start has not been read yet (a worker of the
+    // pool could pull the message and report it started anyway).
+    let mut starters = t
         .attempts
         .iter()
-        .any(|r| r.attempt == attempt && r.worker.as_ref() == Some(worker));
+        .filter(|r| r.attempt == attempt)
+        .filter_map(|r| r.worker.as_ref());
+    let ran_it = starters.clone().any(|w| w == worker);
+    let other = starters.find(|w| *w != worker);
     let speaks_for_a_run = match &msg.body {
         WorkerBody::TaskOutput { .. } => true,
         // A worker ends an attempt it never started only as not run (refused, given up,
@@ -126,11 +134,10 @@ fn task_refusal(
         }
         _ => false,
     };
-    (speaks_for_a_run && !ran_it).then(|| {
-        format!(
-            "worker \"{worker}\" reported on a run of attempt {attempt} of task {task} it never started; a worker speaks only for its own runs"
-        )
-    })
+    let other = other.filter(|_| speaks_for_a_run && !ran_it)?;
+    Some(format!(
+        "worker \"{worker}\" reported on a run of attempt {attempt} of task {task} it never started (worker \"{other}\" did); a worker speaks only for its own runs"
+    ))
 }
 
 /// Why a health result is refused: the target is unknown, or the check was not sent to the

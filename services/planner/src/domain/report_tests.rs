@@ -94,6 +94,23 @@ fn a_worker_of_the_same_pool_cannot_finish_or_write_output_of_a_run_it_never_sta
 }
 
 #[test]
+fn the_end_of_a_run_that_overtook_its_start_is_taken_and_the_late_start_changes_nothing() {
+    // A planner killed after reading a start but before recording it gets the start again
+    // only after the ack wait; the run's end arrives first.
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let (_, events) = deploy(&mut m, vec![step("s", &["web"], Some("eu-west"))]);
+    let task = planned(&events)[0].0;
+    let end = finished_by(&m, task, "w1", "eu-west", 1);
+    assert!(when(&mut m, Command::WorkerReport(end)).is_ok());
+    assert_eq!(m.state.tasks[&task].state, TaskState::Succeeded);
+    report(&mut m, task, "w1", started(task, 1));
+    assert_eq!(m.state.tasks[&task].state, TaskState::Succeeded);
+    // Another worker of the pool still cannot speak for w1's run once it is known.
+    let forged = finished_by(&m, task, "w2", "eu-west", 1);
+    assert!(when(&mut m, Command::WorkerReport(forged)).is_err());
+}
+
+#[test]
 fn a_report_on_an_attempt_never_planned_is_refused() {
     let mut m = given(&[target("t1", &["web"], None)]);
     let task = running_task(&mut m);
