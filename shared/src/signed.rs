@@ -33,12 +33,13 @@ pub const SIGNATURE_HEADER: &str = "Shoal-Signature";
 /// How far a signer's clock may be ahead of (or an expiry behind) the verifier's.
 pub const MAX_CLOCK_SKEW_MS: u64 = 2 * 60 * 1000;
 /// What the Ed25519 signature covers: this, then the batch's Merkle root.
-const ROOT_CONTEXT: &[u8] = b"shoal-signature-v1 root\n";
+const ROOT_CONTEXT: &[u8] = b"shoal-signature-v2 root\n";
 /// Roots a verifier remembers having verified.
 const VERIFIED_ROOTS: usize = 4096;
 /// First line of a signing key file.
 const KEY_FILE_TAG: &str = "shoal-signing-key v1 ed25519";
-const VERSION: &str = "v1";
+/// v2: the compact header of `header.rs` (v1 carried hex claims; never released).
+const VERSION: &str = "v2";
 
 /// What a signed message is; a signature for one kind is refused as another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -230,6 +231,12 @@ impl SigningKey {
         now: Timestamp,
         ttl_ms: u64,
     ) -> Vec<String> {
+        if messages.len() > header::MAX_BATCH {
+            return messages
+                .chunks(header::MAX_BATCH)
+                .flat_map(|part| self.sign_batch(part, now, ttl_ms))
+                .collect();
+        }
         let (issued_at, expires_at) = (now.millis(), now.plus_millis(ttl_ms).millis());
         let leaves: Vec<Hash> = messages
             .iter()

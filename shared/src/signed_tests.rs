@@ -219,3 +219,16 @@ fn each_message_of_a_batch_verifies_on_its_own_and_only_with_its_own_payload() {
     let got = t.verify(Some(&headers[0]), &bindings[1], &payloads[1], now());
     assert!(got.is_err(), "{got:?}");
 }
+
+#[test]
+fn a_batch_larger_than_one_path_can_hold_is_signed_in_parts_that_each_verify() {
+    let k = key();
+    let t = trusted(&k);
+    let bindings: Vec<Binding> = (0..300).map(|_| task(1)).collect();
+    let batch: Vec<(&Binding, &[u8])> = bindings.iter().map(|b| (b, &b"p"[..])).collect();
+    let headers = k.sign_batch(&batch, now(), HOUR);
+    assert_eq!(headers.len(), 300);
+    for h in &headers {
+        assert!(t.verify(Some(h), &task(1), b"p", now()).is_ok(), "{h}");
+    }
+}

@@ -219,9 +219,13 @@ async fn pause(
 /// end so the broker does not give it to the same request again.
 async fn hand_back(batch: &mut jetstream::consumer::pull::Batch, until: tokio::time::Instant) {
     let delay = until.saturating_duration_since(tokio::time::Instant::now());
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, batch.next()).await {
-        let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-    }
+    let drain = async {
+        while let Some(Ok(msg)) = batch.next().await {
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+    };
+    // Bounded as a whole: a hand-back stuck behind a full send queue waits no longer.
+    let _ = tokio::time::timeout_at(until, drain).await;
 }
 
 /// Looks up the pool's queue consumer until found (ready) or shutdown. While it cannot, the

@@ -2,7 +2,7 @@
 //! every task through JetStream's store and TLS (a no-op task's payload is about 250 bytes):
 //!
 //! ```text
-//! v1;k=<key id>;i=<issued ms>;e=<expires ms>;o=<pool>;a=<attempt|->;p=<path>;s=<signature>
+//! v2;k=<key id>;i=<issued ms>;e=<expires ms>;o=<pool>;a=<attempt|->;p=<path>;s=<signature>
 //! ```
 //!
 //! The key id (8 bytes), the path and the signature are unpadded base64url. The path is one
@@ -20,6 +20,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
 /// Longest path: a batch of up to 2^8 messages (the planner signs at most 16 together).
 const MAX_DEPTH: usize = 8;
+/// Most messages under one signature ([`super::SigningKey::sign_batch`] splits more).
+pub(super) const MAX_BATCH: usize = 1 << MAX_DEPTH;
 
 /// A parsed header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,12 +68,12 @@ impl Header {
         let key_id = decode_b64(next("k")?)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .ok_or_else(|| bad("k (key id)"))?;
-        let issued_at = next("i")?.parse().map_err(|_| bad("i (issued at)"))?;
-        let expires_at = next("e")?.parse().map_err(|_| bad("e (expires at)"))?;
+        let issued_at = number(next("i")?).ok_or_else(|| bad("i (issued at)"))?;
+        let expires_at = number(next("e")?).ok_or_else(|| bad("e (expires at)"))?;
         let pool = next("o")?.to_owned();
         let attempt = match next("a")? {
             "-" => None,
-            n => Some(n.parse().map_err(|_| bad("a (attempt)"))?),
+            n => Some(number(n).ok_or_else(|| bad("a (attempt)"))?),
         };
         let path = parse_path(next("p")?).ok_or_else(|| bad("p (path)"))?;
         let sig = decode_b64(next("s")?).ok_or_else(|| bad("s (signature)"))?;
@@ -88,6 +90,12 @@ impl Header {
             sig,
         })
     }
+}
+
+/// A decimal number in its one spelling (no sign, no leading zero, no `-0`).
+fn number<T: std::str::FromStr + ToString>(text: &str) -> Option<T> {
+    let n: T = text.parse().ok()?;
+    (n.to_string() == text).then_some(n)
 }
 
 /// Strict base64url without padding: one spelling per value.
@@ -212,7 +220,9 @@ mod tests {
             format!("{good}="),
             format!("{good};x=1"),
             good.replacen(";k=", ";key=", 1),
-            good.replacen("v1;", "v2;", 1),
+            good.replacen("v2;", "v1;", 1),
+            good.replacen(";i=1", ";i=01", 1),
+            good.replacen(";e=2", ";e=+2", 1),
         ] {
             assert!(
                 matches!(Header::parse(&bad), Err(Refusal::Malformed(_))),

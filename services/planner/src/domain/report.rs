@@ -113,15 +113,22 @@ fn task_refusal(
             t.attempt
         ));
     }
-    // Who started a run of this attempt. A report may overtake its own run's start: a
-    // planner killed after taking the start but before recording it sees it redelivered
-    // only after the ack wait, while the end arrives at once. So what is refused is a run
-    // another worker started, not one whose start has not been read yet (a worker of the
-    // pool could pull the message and report it started anyway).
+    // Who started a run of this attempt at this delivery or a later one. A report may
+    // overtake its own run's start: a planner killed after taking the start but before
+    // recording it sees it redelivered only after the ack wait, while the end arrives at
+    // once. So what is refused is a run another worker started, not one whose start has not
+    // been read yet (a worker of the pool could pull the message and report it started
+    // anyway); an earlier delivery's worker (one that died) does not own the later run.
+    let delivery = match &msg.body {
+        WorkerBody::TaskOutput { delivery, .. } | WorkerBody::TaskFinished { delivery, .. } => {
+            *delivery
+        }
+        _ => 0,
+    };
     let mut starters = t
         .attempts
         .iter()
-        .filter(|r| r.attempt == attempt)
+        .filter(|r| r.attempt == attempt && r.delivery >= delivery)
         .filter_map(|r| r.worker.as_ref());
     let ran_it = starters.clone().any(|w| w == worker);
     let other = starters.find(|w| *w != worker);

@@ -111,6 +111,19 @@ fn the_end_of_a_run_that_overtook_its_start_is_taken_and_the_late_start_changes_
 }
 
 #[test]
+fn a_later_deliverys_end_is_not_refused_for_an_earlier_deliverys_worker() {
+    // w1 started delivery 1 and died; w3's end of delivery 2 overtakes its own start.
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let task = running_task(&mut m);
+    let mut end = finished_by(&m, task, "w3", "eu-west", 1);
+    if let WorkerBody::TaskFinished { delivery, .. } = &mut end.body {
+        *delivery = 2;
+    }
+    assert!(when(&mut m, Command::WorkerReport(end)).is_ok());
+    assert_eq!(m.state.tasks[&task].state, TaskState::Succeeded);
+}
+
+#[test]
 fn a_report_on_an_attempt_never_planned_is_refused() {
     let mut m = given(&[target("t1", &["web"], None)]);
     let task = running_task(&mut m);
