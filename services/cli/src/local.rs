@@ -514,18 +514,13 @@ pub fn start_worker(
 /// # Errors
 /// The binary is missing or failed.
 pub fn make_pool_key(dir: &Path, pool: &str) -> anyhow::Result<(PathBuf, String)> {
-    let bin = find_binary("shoal-planner")?;
-    let out = std::process::Command::new(bin)
-        .args(["pool-keygen", "--pool", pool, "--out"])
-        .arg(dir)
-        .output()
-        .context("cannot run shoal-planner pool-keygen")?;
-    if !out.status.success() {
-        bail!(
-            "shoal-planner pool-keygen failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    run_planner(&[
+        "pool-keygen".as_ref(),
+        "--pool".as_ref(),
+        pool.as_ref(),
+        "--out".as_ref(),
+        dir.as_os_str(),
+    ])?;
     let public = std::fs::read_to_string(dir.join(format!("{pool}.xpub")))?;
     Ok((dir.join(format!("{pool}.xkey")), public.trim().to_owned()))
 }
@@ -572,21 +567,32 @@ pub fn installation_signing_key(log_dir: &Path) -> anyhow::Result<PathBuf> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !key.with_extension("key.pub").exists() {
-        let out = std::process::Command::new(find_binary("shoal-planner")?)
-            .arg("keygen")
-            .arg("--out")
-            .arg(&key)
-            .output()
-            .context("cannot run shoal-planner keygen")?;
-        if !out.status.success() {
-            bail!(
-                "shoal-planner keygen --out {} failed: {}",
-                key.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        run_planner(&["keygen".as_ref(), "--out".as_ref(), key.as_os_str()])?;
     }
     Ok(key)
+}
+
+/// Runs `shoal-planner` with `args` to its end.
+///
+/// # Errors
+/// The binary is missing, or it failed (its standard error is in the message).
+fn run_planner(args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+    let shown = args
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new(find_binary("shoal-planner")?)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run shoal-planner {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "shoal-planner {shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// `--signing-key` of the installation's key, unless the caller chose (or switched off)
