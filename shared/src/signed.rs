@@ -272,13 +272,16 @@ impl SigningKey {
 /// The text a message's leaf commits to, with its payload: the signer writes it from the
 /// binding it signs, the verifier from the header and the binding it expects.
 fn canonical_claims(key: &KeyId, issued_at: i64, expires_at: i64, binding: &Binding) -> String {
-    let attempt = binding
-        .attempt
-        .map_or_else(|| "-".to_owned(), |a| a.to_string());
+    let attempt = attempt_text(binding.attempt);
     format!(
         "shoal-signature-{VERSION};key={key};iat={issued_at};exp={expires_at};kind={};pool={};id={};attempt={attempt}",
         binding.kind, binding.pool, binding.id,
     )
+}
+
+/// An attempt as the header and the canonical claims spell it: the number, or `-` for none.
+fn attempt_text(attempt: Option<u32>) -> String {
+    attempt.map_or_else(|| "-".to_owned(), |a| a.to_string())
 }
 
 /// A public key and its id.

@@ -14,7 +14,7 @@
 //! are read strictly in this order, each once.
 
 use super::tree::{Hash, Step};
-use super::{Refusal, VERSION};
+use super::{Refusal, VERSION, attempt_text};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
@@ -37,9 +37,7 @@ pub(super) struct Header {
 
 impl Header {
     pub fn encode(&self) -> String {
-        let attempt = self
-            .attempt
-            .map_or_else(|| "-".to_owned(), |a| a.to_string());
+        let attempt = attempt_text(self.attempt);
         format!(
             "{VERSION};k={};i={};e={};o={};a={attempt};p={};s={}",
             B64.encode(self.key_id),

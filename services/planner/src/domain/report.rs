@@ -10,6 +10,7 @@
 
 use super::decide::{NewEvent, Rejection};
 use super::state::State;
+use super::task::TaskDoc;
 use shoal_shared::events::Event;
 use shoal_shared::messages::{WIRE_SCHEMA_VERSION, WorkerBody, WorkerMessage};
 use shoal_shared::subjects::SubjectOwner;
@@ -113,35 +114,36 @@ fn task_refusal(
             t.attempt
         ));
     }
-    // Who started a run of this attempt at this delivery or a later one. A report may
-    // overtake its own run's start: a planner killed after taking the start but before
-    // recording it sees it redelivered only after the ack wait, while the end arrives at
-    // once. So what is refused is a run another worker started, not one whose start has not
-    // been read yet (a worker of the pool could pull the message and report it started
-    // anyway); an earlier delivery's worker (one that died) does not own the later run.
+    run_refusal(t, msg, task, attempt)
+}
+
+/// Why a report that speaks for a run (its output, or an end other than "not run") is
+/// refused: another worker started that run. Only runs of this attempt at the report's
+/// delivery or a later one count: an earlier delivery's worker (one that died) does not own
+/// the later run. A run whose start has not been read yet is not refused: a report may
+/// overtake its own run's start (a planner killed after taking the start but before
+/// recording it sees it redelivered only after the ack wait, while the end arrives at once),
+/// and a worker of the pool could pull the message and report it started anyway.
+fn run_refusal(t: &TaskDoc, msg: &WorkerMessage, task: TaskId, attempt: u32) -> Option<String> {
     let delivery = match &msg.body {
-        WorkerBody::TaskOutput { delivery, .. } | WorkerBody::TaskFinished { delivery, .. } => {
-            *delivery
-        }
-        _ => 0,
+        WorkerBody::TaskOutput { delivery, .. } => *delivery,
+        // A worker ends an attempt it never started only as not run (refused, given up,
+        // cancelled before it started): never as a success or a timeout.
+        WorkerBody::TaskFinished {
+            delivery, outcome, ..
+        } if !matches!(outcome, Outcome::Failed | Outcome::Cancelled) => *delivery,
+        _ => return None,
     };
+    let worker = &msg.worker;
     let mut starters = t
         .attempts
         .iter()
         .filter(|r| r.attempt == attempt && r.delivery >= delivery)
         .filter_map(|r| r.worker.as_ref());
-    let ran_it = starters.clone().any(|w| w == worker);
-    let other = starters.find(|w| *w != worker);
-    let speaks_for_a_run = match &msg.body {
-        WorkerBody::TaskOutput { .. } => true,
-        // A worker ends an attempt it never started only as not run (refused, given up,
-        // cancelled before it started): never as a success or a timeout.
-        WorkerBody::TaskFinished { outcome, .. } => {
-            !matches!(outcome, Outcome::Failed | Outcome::Cancelled)
-        }
-        _ => false,
-    };
-    let other = other.filter(|_| speaks_for_a_run && !ran_it)?;
+    if starters.clone().any(|w| w == worker) {
+        return None;
+    }
+    let other = starters.next()?;
     Some(format!(
         "worker \"{worker}\" reported on a run of attempt {attempt} of task {task} it never started (worker \"{other}\" did); a worker speaks only for its own runs"
     ))
