@@ -317,6 +317,15 @@ pub struct TrustedKeys {
 struct VerifiedRoots {
     by_root: HashMap<Hash, (KeyId, Vec<u8>)>,
     order: VecDeque<Hash>,
+    counts: VerifyCounts,
+}
+
+/// How much verifying a verifier has done: messages whose signature held, and how many of
+/// them needed an Ed25519 verification (the rest had a root verified before).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyCounts {
+    pub messages: u64,
+    pub signatures: u64,
 }
 
 impl VerifiedRoots {
@@ -391,6 +400,11 @@ impl TrustedKeys {
         }
     }
 
+    /// How many messages verified so far, and how many Ed25519 verifications they took.
+    pub fn counts(&self) -> VerifyCounts {
+        self.verified.lock().map(|v| v.counts).unwrap_or_default()
+    }
+
     /// The trusted key ids.
     pub fn key_ids(&self) -> Vec<String> {
         self.keys.keys().map(|k| k.0.clone()).collect()
@@ -458,9 +472,10 @@ impl TrustedKeys {
         root: Hash,
         sig: Vec<u8>,
     ) -> Result<(), Refusal> {
-        if let Ok(v) = self.verified.lock()
+        if let Ok(mut v) = self.verified.lock()
             && v.holds(&root, key_id, &sig)
         {
+            v.counts.messages += 1;
             return Ok(());
         }
         UnparsedPublicKey::new(&ED25519, key)
@@ -469,6 +484,8 @@ impl TrustedKeys {
                 key_id: key_id.0.clone(),
             })?;
         if let Ok(mut v) = self.verified.lock() {
+            v.counts.messages += 1;
+            v.counts.signatures += 1;
             v.insert(root, key_id.clone(), sig);
         }
         Ok(())

@@ -156,6 +156,7 @@ pub async fn run(
             }
         }
     }
+    config.trust.log_counts();
     tracing::info!(worker = %config.name, "worker stopped");
     Ok(())
 }

@@ -60,6 +60,23 @@ impl Trust {
     }
 }
 
+impl Trust {
+    /// Logs how many messages were verified with how many signature checks (what a batch
+    /// root saves: one Ed25519 verification per root, not per message).
+    pub fn log_counts(&self) {
+        if let Trust::Keys(keys) = self {
+            let c = keys.counts();
+            tracing::info!(
+                messages = c.messages,
+                signatures = c.signatures,
+                "verified {} messages with {} signature checks",
+                c.messages,
+                c.signatures
+            );
+        }
+    }
+}
+
 /// Logs refused cancellations and instructions: the first at once, then one line per
 /// [`QUIET_FOR`] with how many more there were.
 #[derive(Debug, Default)]
