@@ -28,7 +28,7 @@ const MAX_IN_FLIGHT: usize = 4096;
 /// Most attempts taken together to be signed (what is ready at once, up to this): the signer
 /// splits them by pool into groups of at most [`crate::signing::SIGN_GROUP`], each under one
 /// Ed25519 signature, so four busy pools still get full groups.
-const SIGN_BATCH: usize = 64;
+const SIGN_BATCH: usize = 256;
 /// How long shutdown waits for the broker to confirm publishes in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The first and the longest wait before publishing again what the broker did not store.

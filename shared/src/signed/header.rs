@@ -18,7 +18,7 @@ use super::{Refusal, VERSION, attempt_text};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
-/// Longest path: a batch of up to 2^8 messages (the planner signs at most 16 together).
+/// Longest path: a batch of up to 2^8 messages (the planner signs at most 64 together).
 const MAX_DEPTH: usize = 8;
 /// Most messages under one signature ([`super::SigningKey::sign_batch`] splits more).
 pub(super) const MAX_BATCH: usize = 1 << MAX_DEPTH;
