@@ -61,6 +61,12 @@ struct Args {
     insecure_accept_unsigned: bool,
 }
 
+/// A worker allocates for every message it reads, decodes, verifies and reports; glibc's
+/// allocator took about a fifth of a busy worker's samples (malloc_consolidate among them).
+/// See docs/BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     shoal_runtime::telemetry::init();
     let args = Args::parse();
