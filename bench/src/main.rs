@@ -449,29 +449,54 @@ async fn main() -> anyhow::Result<()> {
                 o.params.offered_seconds
             ),
             format!(
-                "no-op: {:.0} tasks/s signed, {:.0} unsigned ({:.1}% cost)
-CPU per no-op task (broker, planner, workers): {:.0} µs signed, {:.0} unsigned ({:.1}% cost)
-schedule-to-start p50 {:.3} vs {:.3} ms, p99 {:.3} vs {:.3} ms
-one signature {:.1} µs, one verification of a root not seen before {:.1} µs ({} B message); in batches of 16: {:.1} / {:.1} µs a message",
+                "no-op: {:.0} tasks/s signed, {:.0} unsigned ({:.1}% cost; paired by round {:.1}%)
+CPU per no-op task (broker, planner, workers): {:.0} µs signed, {:.0} unsigned ({:.1}% cost; paired by round {:.1}%)
+  by part, broker / planner / workers: {:.0} / {:.0} / {:.0} µs signed, {:.0} / {:.0} / {:.0} unsigned
+Ed25519 verifications per task by the workers, each round: no-op {:?}, offered {:?}
+schedule-to-start p50 {:.3} vs {:.3} ms, p99 {:.3} vs {:.3} ms (paired by round: p50 {:+.1}%, p99 {:+.1}%)
+CPU per one-task deployment (offered load), paired by round: {:+.1}%
+one signature {:.1} µs, one verification of a root not seen before {:.1} µs ({} B message); in groups of {}: {:.1} / {:.1} µs a message",
                 o.signed.noop_tasks_per_s_median,
                 o.unsigned.noop_tasks_per_s_median,
                 (1.0 - o.throughput_ratio) * 100.0,
+                (1.0 - o.paired.noop_tasks_per_s_median) * 100.0,
                 o.signed.noop_cpu_us_per_task_median,
                 o.unsigned.noop_cpu_us_per_task_median,
                 (o.cpu_per_task_ratio - 1.0) * 100.0,
+                (o.paired.noop_cpu_us_per_task_median - 1.0) * 100.0,
+                o.signed.noop_cpu_us_per_task_by_part_median.broker,
+                o.signed.noop_cpu_us_per_task_by_part_median.planner,
+                o.signed.noop_cpu_us_per_task_by_part_median.workers,
+                o.unsigned.noop_cpu_us_per_task_by_part_median.broker,
+                o.unsigned.noop_cpu_us_per_task_by_part_median.planner,
+                o.unsigned.noop_cpu_us_per_task_by_part_median.workers,
+                o.signed.noop_signatures_per_task,
+                o.signed.offered_signatures_per_task,
                 o.signed.schedule_to_start_p50_ms_median,
                 o.unsigned.schedule_to_start_p50_ms_median,
                 o.signed.schedule_to_start_p99_ms_median,
                 o.unsigned.schedule_to_start_p99_ms_median,
+                (o.paired.schedule_to_start_p50_median - 1.0) * 100.0,
+                (o.paired.schedule_to_start_p99_median - 1.0) * 100.0,
+                (o.paired.offered_cpu_us_per_task_median - 1.0) * 100.0,
                 o.micro.sign_us,
                 o.micro.verify_us,
                 o.micro.payload_bytes,
-                o.micro.batch_of_16_sign_us_per_message,
-                o.micro.batch_of_16_verify_us_per_message
+                shoal_planner::signing::SIGN_GROUP,
+                o.micro.group_sign_us_per_message,
+                o.micro.group_verify_us_per_message
             ),
         );
         r.set("signing_throughput_ratio", o.throughput_ratio);
         r.set("signing_cpu_per_task_ratio", o.cpu_per_task_ratio);
+        r.set(
+            "signing_paired_throughput_ratio",
+            o.paired.noop_tasks_per_s_median,
+        );
+        r.set(
+            "signing_paired_cpu_per_task_ratio",
+            o.paired.noop_cpu_us_per_task_median,
+        );
         r.set("signing", &o);
     }
     r.set("tasks_expected", expected);

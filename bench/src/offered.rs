@@ -2,7 +2,7 @@
 //! a fixed rate (each request sent on its tick, whether or not earlier ones were answered),
 //! after a warm-up at the same rate that is not counted.
 
-use crate::stats::{Latency, per_second};
+use crate::stats::{Latency, per_second, round};
 use crate::system::{Layout, Observer, Shoal, pool};
 use anyhow::Context as _;
 use serde::Serialize;
@@ -38,6 +38,11 @@ pub struct Outcome {
     pub queued_to_started: Latency,
     pub end_to_end: Latency,
     pub planner_rss_mib: Option<f64>,
+    /// CPU time of broker, planner and workers per task, in µs (all tasks, warm-up and
+    /// start-up included).
+    pub cpu_us_per_task: f64,
+    /// Ed25519 verifications the workers made per task (all tasks, warm-up included).
+    pub signatures_per_task: f64,
 }
 
 /// Runs the offered load.
@@ -105,6 +110,8 @@ pub async fn run(
         .await?;
     shoal.wait_ingested(Duration::from_secs(120)).await?;
     let rss = shoal.planner_rss_mib();
+    #[expect(clippy::cast_precision_loss, reason = "a measurement")]
+    let cpu_us_per_task = round(shoal.cpu_seconds().total() * 1e6 / total as f64);
     let (s2s, missing) = observer.schedule_to_start_ms(measured_from);
     let (to_queue, to_start) = observer.phases_ms(measured_from);
     if let Some(path) = trace {
@@ -138,5 +145,7 @@ pub async fn run(
         queued_to_started: Latency::of(to_start),
         end_to_end: Latency::of(facts.end_to_end_ms(measured_from)),
         planner_rss_mib: rss,
+        cpu_us_per_task,
+        signatures_per_task: facts.signatures_per_task(total),
     })
 }

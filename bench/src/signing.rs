@@ -11,6 +11,7 @@ use crate::system::Layout;
 use crate::throughput;
 use serde::Serialize;
 use serde_json::json;
+use shoal_planner::signing::SIGN_GROUP;
 use shoal_shared::messages::{TaskMessage, WIRE_SCHEMA_VERSION};
 use shoal_shared::signed::{Binding, Kind, SigningKey, TrustedKeys};
 use shoal_shared::{Action, DeploymentId, PoolName, TaskId, Timestamp, codec};
@@ -38,10 +39,80 @@ pub struct Side {
     /// CPU time of broker, planner and workers per no-op task, µs (see `throughput`).
     pub noop_cpu_us_per_task: Vec<f64>,
     pub noop_cpu_us_per_task_median: f64,
+    /// CPU µs per no-op task of broker, planner and workers, each round.
+    pub noop_cpu_us_per_task_by_part: Vec<crate::system::CpuSeconds>,
+    pub noop_cpu_us_per_task_by_part_median: crate::system::CpuSeconds,
+    /// Ed25519 verifications by the workers per no-op task, each round.
+    pub noop_signatures_per_task: Vec<f64>,
     pub schedule_to_start_p50_ms: Vec<f64>,
     pub schedule_to_start_p99_ms: Vec<f64>,
     pub schedule_to_start_p50_ms_median: f64,
     pub schedule_to_start_p99_ms_median: f64,
+    /// The offered load's schedule-to-start split where the observer sees the task on the
+    /// broker: planned → queued and queued → started, p50 of each round.
+    pub planned_to_queued_p50_ms: Vec<f64>,
+    /// CPU of broker, planner and workers per task of the offered load (one-task
+    /// deployments), µs, each round.
+    pub offered_cpu_us_per_task: Vec<f64>,
+    pub queued_to_started_p50_ms: Vec<f64>,
+    /// Ed25519 verifications by the workers per task of the offered load, each round.
+    pub offered_signatures_per_task: Vec<f64>,
+}
+
+/// Signed as a multiple of unsigned, per round (the two sides of a round run one after the
+/// other), and the median of those: a VM that is slower for a minute moves both sides of a
+/// round, where it moves only one side's median.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Paired {
+    pub noop_tasks_per_s: Vec<f64>,
+    pub noop_cpu_us_per_task: Vec<f64>,
+    pub schedule_to_start_p50: Vec<f64>,
+    pub schedule_to_start_p99: Vec<f64>,
+    pub offered_cpu_us_per_task: Vec<f64>,
+    pub noop_tasks_per_s_median: f64,
+    pub noop_cpu_us_per_task_median: f64,
+    pub schedule_to_start_p50_median: f64,
+    pub schedule_to_start_p99_median: f64,
+    pub offered_cpu_us_per_task_median: f64,
+}
+
+impl Paired {
+    fn of(signed: &Side, unsigned: &Side) -> Paired {
+        let per_round = |s: &[f64], u: &[f64]| -> Vec<f64> {
+            s.iter().zip(u).map(|(s, u)| ratio(*s, *u)).collect()
+        };
+        let mut p = Paired {
+            noop_tasks_per_s: per_round(&signed.noop_tasks_per_s, &unsigned.noop_tasks_per_s),
+            noop_cpu_us_per_task: per_round(
+                &signed.noop_cpu_us_per_task,
+                &unsigned.noop_cpu_us_per_task,
+            ),
+            schedule_to_start_p50: per_round(
+                &signed.schedule_to_start_p50_ms,
+                &unsigned.schedule_to_start_p50_ms,
+            ),
+            schedule_to_start_p99: per_round(
+                &signed.schedule_to_start_p99_ms,
+                &unsigned.schedule_to_start_p99_ms,
+            ),
+            offered_cpu_us_per_task: per_round(
+                &signed.offered_cpu_us_per_task,
+                &unsigned.offered_cpu_us_per_task,
+            ),
+            ..Paired::default()
+        };
+        p.offered_cpu_us_per_task_median = median(&p.offered_cpu_us_per_task);
+        p.noop_tasks_per_s_median = median(&p.noop_tasks_per_s);
+        p.noop_cpu_us_per_task_median = median(&p.noop_cpu_us_per_task);
+        p.schedule_to_start_p50_median = median(&p.schedule_to_start_p50);
+        p.schedule_to_start_p99_median = median(&p.schedule_to_start_p99);
+        p
+    }
+}
+
+/// `a / b` to three places (0 when `b` is 0).
+fn ratio(a: f64, b: f64) -> f64 {
+    round(if b > 0.0 { a / b } else { 0.0 })
 }
 
 /// The bare cost of signing and verifying one no-op task message, in this process.
@@ -51,10 +122,11 @@ pub struct Micro {
     pub sign_us: f64,
     /// One verification by a worker that has not seen the message's root before.
     pub verify_us: f64,
-    /// Per message, signing 16 together (the largest group of one pool) and verifying each
+    /// Per message, signing a whole group together (`SIGN_GROUP`, the largest group of one
+    /// pool) and verifying each
     /// by a worker new to the root: one Ed25519 verification, fifteen remembered roots.
-    pub batch_of_16_sign_us_per_message: f64,
-    pub batch_of_16_verify_us_per_message: f64,
+    pub group_sign_us_per_message: f64,
+    pub group_verify_us_per_message: f64,
 }
 
 /// What the scenario measured.
@@ -73,6 +145,8 @@ pub struct Outcome {
     /// Signed schedule-to-start p50 / p99 as a multiple of unsigned.
     pub schedule_to_start_p50_ratio: f64,
     pub schedule_to_start_p99_ratio: f64,
+    /// The same ratios taken per round, and their medians.
+    pub paired: Paired,
 }
 
 /// Runs both sides `params.rounds` times.
@@ -114,6 +188,9 @@ pub async fn run(
             );
             side.noop_tasks_per_s.push(round(o.tasks_per_s));
             side.noop_cpu_us_per_task.push(o.cpu_us_per_task);
+            side.noop_signatures_per_task.push(o.signatures_per_task);
+            side.noop_cpu_us_per_task_by_part
+                .push(o.cpu_us_per_task_by_part);
             let o = offered::run(
                 Layout {
                     signing,
@@ -130,18 +207,33 @@ pub async fn run(
                 .push(round(o.schedule_to_start.p50_ms));
             side.schedule_to_start_p99_ms
                 .push(round(o.schedule_to_start.p99_ms));
+            side.offered_signatures_per_task.push(o.signatures_per_task);
+            side.offered_cpu_us_per_task.push(o.cpu_us_per_task);
+            side.planned_to_queued_p50_ms
+                .push(round(o.planned_to_queued.p50_ms));
+            side.queued_to_started_p50_ms
+                .push(round(o.queued_to_started.p50_ms));
         }
     }
     for side in [&mut signed, &mut unsigned] {
         side.noop_tasks_per_s_median = median(&side.noop_tasks_per_s);
         side.noop_cpu_us_per_task_median = median(&side.noop_cpu_us_per_task);
+        let parts = &side.noop_cpu_us_per_task_by_part;
+        let part = |f: fn(&crate::system::CpuSeconds) -> f64| {
+            median(&parts.iter().map(f).collect::<Vec<_>>())
+        };
+        side.noop_cpu_us_per_task_by_part_median = crate::system::CpuSeconds {
+            broker: part(|c| c.broker),
+            planner: part(|c| c.planner),
+            workers: part(|c| c.workers),
+        };
         side.schedule_to_start_p50_ms_median = median(&side.schedule_to_start_p50_ms);
         side.schedule_to_start_p99_ms_median = median(&side.schedule_to_start_p99_ms);
     }
-    let ratio = |a: f64, b: f64| round(if b > 0.0 { a / b } else { 0.0 });
     Ok(Outcome {
         params,
         micro,
+        paired: Paired::of(&signed, &unsigned),
         throughput_ratio: ratio(
             signed.noop_tasks_per_s_median,
             unsigned.noop_tasks_per_s_median,
@@ -225,21 +317,21 @@ fn micro() -> anyhow::Result<Micro> {
         payload_bytes: payload.len(),
         sign_us: round(sign_us),
         verify_us: round(verify_us),
-        batch_of_16_sign_us_per_message: round(batch_sign_us),
-        batch_of_16_verify_us_per_message: round(batch_verify_us),
+        group_sign_us_per_message: round(batch_sign_us),
+        group_verify_us_per_message: round(batch_verify_us),
     })
 }
 
-/// Per message: signing 16 messages together, and verifying each (one Ed25519 verification
-/// for the batch, the rest from the remembered root).
+/// Per message: signing a group of [`SIGN_GROUP`] messages together, and verifying each (one
+/// Ed25519 verification for the group, the rest from the remembered root).
 fn micro_batch(
     key: &SigningKey,
     trusted: &TrustedKeys,
     binding: &Binding,
     payload: &[u8],
 ) -> anyhow::Result<(f64, f64)> {
-    const BATCH: usize = 16;
-    const ROUNDS: u32 = 300;
+    const BATCH: usize = SIGN_GROUP;
+    const ROUNDS: u32 = 100;
     let batch: Vec<(&Binding, &[u8])> = (0..BATCH).map(|_| (binding, payload)).collect();
     let now = Timestamp::now();
     let per = f64::from(ROUNDS) * BATCH as f64;
@@ -252,7 +344,7 @@ fn micro_batch(
     let started = Instant::now();
     for _ in 0..ROUNDS {
         // Each round a worker that has not seen the root: one Ed25519 verification, then
-        // fifteen from the remembered root.
+        // the rest of the group from the remembered root.
         let fresh = trusted.clone_keys();
         for h in &headers {
             fresh

@@ -7,6 +7,7 @@
 use crate::stats::us_to_ms;
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
+use serde::Serialize;
 use serde_json::{Value, json};
 use shoal_cli::client::ApiClient;
 use shoal_cli::local::{self, Nats, Proc};
@@ -126,14 +127,13 @@ impl Shoal {
     }
 
     /// The CPU time the broker, the planner and the workers have used so far, in seconds.
-    pub fn cpu_seconds(&self) -> f64 {
-        let pids = self
-            .workers
-            .iter()
-            .chain(self.planner.iter())
-            .filter_map(Proc::pid)
-            .chain(self.nats.pid());
-        pids.filter_map(crate::machine::cpu_seconds).sum()
+    pub fn cpu_seconds(&self) -> CpuSeconds {
+        let of = |pid: Option<i32>| pid.and_then(crate::machine::cpu_seconds).unwrap_or(0.0);
+        CpuSeconds {
+            broker: of(self.nats.pid()),
+            planner: of(self.planner.as_ref().and_then(Proc::pid)),
+            workers: self.workers.iter().map(|w| of(w.pid())).sum(),
+        }
     }
 
     async fn wait_online(&self) -> anyhow::Result<()> {
@@ -250,8 +250,11 @@ impl Shoal {
     /// # Errors
     /// A process did not stop cleanly or the log cannot be read.
     pub async fn stop(mut self) -> anyhow::Result<LogFacts> {
+        let mut verified = (0, 0);
         for w in &mut self.workers {
             w.terminate(Duration::from_secs(30)).await?;
+            let (messages, signatures) = verify_counts(&w.output());
+            verified = (verified.0 + messages, verified.1 + signatures);
         }
         if let Some(mut p) = self.planner.take() {
             let status = p.terminate(Duration::from_secs(60)).await?;
@@ -259,9 +262,45 @@ impl Shoal {
                 bail!("planner exited with {status}:\n{}", p.output());
             }
         }
-        let facts = LogFacts::read(&self.data_dir().join("log")).await?;
+        let mut facts = LogFacts::read(&self.data_dir().join("log")).await?;
+        facts.workers_verified = verified;
         self.nats.stop().await?;
         Ok(facts)
+    }
+}
+
+/// What a stopped worker's last line about verification says: messages verified, and the
+/// Ed25519 verifications they took (0, 0 for a worker that does not verify).
+fn verify_counts(output: &str) -> (u64, u64) {
+    let Some(line) = output
+        .lines()
+        .rev()
+        .find(|l| l.contains(" signature checks"))
+    else {
+        return (0, 0);
+    };
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.split('=').next_back()?.parse().ok())
+        .collect();
+    match numbers[..] {
+        [.., messages, signatures] => (messages, signatures),
+        _ => (0, 0),
+    }
+}
+
+/// CPU time used by each part of an installation, in seconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuSeconds {
+    pub broker: f64,
+    pub planner: f64,
+    pub workers: f64,
+}
+
+impl CpuSeconds {
+    /// All parts together.
+    pub fn total(&self) -> f64 {
+        self.broker + self.planner + self.workers
     }
 }
 
@@ -285,9 +324,18 @@ pub struct LogFacts {
     pub finished_ms: HashMap<TaskId, (i64, Outcome)>,
     /// Deployments that ended `succeeded`.
     pub deployments_succeeded: usize,
+    /// Messages the workers verified, and the Ed25519 verifications that took.
+    pub workers_verified: (u64, u64),
 }
 
 impl LogFacts {
+    /// Ed25519 verifications the workers made per task, of `tasks`, to four places.
+    pub fn signatures_per_task(&self, tasks: usize) -> f64 {
+        #[expect(clippy::cast_precision_loss, reason = "a ratio")]
+        let ratio = self.workers_verified.1 as f64 / tasks.max(1) as f64;
+        (ratio * 1e4).round() / 1e4
+    }
+
     /// Reads a stopped planner's log (waiting for sled to release its lock).
     ///
     /// # Errors

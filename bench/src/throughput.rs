@@ -3,7 +3,7 @@
 //! until the last `TaskFinished` is in the planner's log.
 
 use crate::stats::{Latency, per_second, round, us_to_ms};
-use crate::system::{Layout, Observer, Shoal, over_targets};
+use crate::system::{CpuSeconds, Layout, Observer, Shoal, over_targets};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use serde::Serialize;
@@ -39,6 +39,11 @@ pub struct Outcome {
     /// CPU time of the broker, the planner and the workers (from their start, targets'
     /// registration included) per task, in µs: what the run cost, whatever the VM's stalls.
     pub cpu_us_per_task: f64,
+    /// The same, by part.
+    pub cpu_us_per_task_by_part: CpuSeconds,
+    /// Ed25519 verifications the workers made per task (0 unsigned; 1/16 when every
+    /// worker gets whole signing groups).
+    pub signatures_per_task: f64,
 }
 
 /// Most targets (so tasks) per deployment.
@@ -68,7 +73,14 @@ pub async fn run(layout: Layout, tasks: usize, action: Value) -> anyhow::Result<
     shoal.wait_ingested(Duration::from_secs(120)).await?;
     let rss = shoal.planner_rss_mib();
     #[expect(clippy::cast_precision_loss, reason = "a measurement")]
-    let cpu_us_per_task = round(shoal.cpu_seconds() * 1e6 / n as f64);
+    let per_task = |seconds: f64| round(seconds * 1e6 / n as f64);
+    let cpu = shoal.cpu_seconds();
+    let cpu_us_per_task = per_task(cpu.total());
+    let cpu_us_per_task_by_part = CpuSeconds {
+        broker: per_task(cpu.broker),
+        planner: per_task(cpu.planner),
+        workers: per_task(cpu.workers),
+    };
     let (schedule_to_start, missing) = observer.schedule_to_start_ms(0);
     drop(observer);
     let facts = shoal.stop().await.context("stopping the installation")?;
@@ -95,5 +107,7 @@ pub async fn run(layout: Layout, tasks: usize, action: Value) -> anyhow::Result<
         events_in_log: facts.events,
         planner_rss_mib: rss,
         cpu_us_per_task,
+        cpu_us_per_task_by_part,
+        signatures_per_task: facts.signatures_per_task(n),
     })
 }

@@ -48,6 +48,9 @@ fn quick_benchmark_completes_and_every_task_finishes() {
         v["noop"]["cpu_us_per_task"].as_f64().unwrap_or(0.0) > 0.0,
         "{text}"
     );
+    // The workers verified what they ran, most tasks under a root verified before.
+    let signatures = v["noop"]["signatures_per_task"].as_f64().unwrap_or(0.0);
+    assert!(signatures > 0.0 && signatures < 1.0, "{text}");
     assert_eq!(v["all_tasks_finished"], true, "{text}");
     assert_eq!(v["tasks_finished"], v["tasks_expected"], "{text}");
     assert!(v["tasks_expected"].as_u64().unwrap_or(0) > 0, "{text}");
