@@ -452,7 +452,7 @@ async fn main() -> anyhow::Result<()> {
                 "no-op: {:.0} tasks/s signed, {:.0} unsigned ({:.1}% cost; paired by round {:.1}%)
 CPU per no-op task (broker, planner, workers): {:.0} µs signed, {:.0} unsigned ({:.1}% cost; paired by round {:.1}%)
   by part, broker / planner / workers: {:.0} / {:.0} / {:.0} µs signed, {:.0} / {:.0} / {:.0} unsigned
-Ed25519 verifications per task by the workers, each round: no-op {:?}, offered {:?}
+Ed25519 verifications per task by the workers, each round: no-op {}, offered {}
 schedule-to-start p50 {:.3} vs {:.3} ms, p99 {:.3} vs {:.3} ms (paired by round: p50 {:+.1}%, p99 {:+.1}%)
 CPU per one-task deployment (offered load), paired by round: {:+.1}%
 one signature {:.1} µs, one verification of a root not seen before {:.1} µs ({} B message); in groups of {}: {:.1} / {:.1} µs a message",
@@ -470,8 +470,8 @@ one signature {:.1} µs, one verification of a root not seen before {:.1} µs ({
                 o.unsigned.noop_cpu_us_per_task_by_part_median.broker,
                 o.unsigned.noop_cpu_us_per_task_by_part_median.planner,
                 o.unsigned.noop_cpu_us_per_task_by_part_median.workers,
-                o.signed.noop_signatures_per_task,
-                o.signed.offered_signatures_per_task,
+                known(&o.signed.noop_signatures_per_task),
+                known(&o.signed.offered_signatures_per_task),
                 o.signed.schedule_to_start_p50_ms_median,
                 o.unsigned.schedule_to_start_p50_ms_median,
                 o.signed.schedule_to_start_p99_ms_median,
@@ -521,6 +521,15 @@ one signature {:.1} µs, one verification of a root not seen before {:.1} µs ({
         "only {succeeded} of {expected} tasks finished"
     );
     Ok(())
+}
+
+/// Figures of each round, `?` for one not known.
+fn known(figures: &[Option<f64>]) -> String {
+    let each: Vec<String> = figures
+        .iter()
+        .map(|f| f.map_or_else(|| "?".to_owned(), |f| f.to_string()))
+        .collect();
+    each.join(" / ")
 }
 
 async fn signing_scenario(opts: &Opts, sizes: &Sizes) -> anyhow::Result<signing::Outcome> {

@@ -38,11 +38,11 @@ pub struct Outcome {
     pub queued_to_started: Latency,
     pub end_to_end: Latency,
     pub planner_rss_mib: Option<f64>,
-    /// CPU time of broker, planner and workers per task, in µs (all tasks, warm-up and
-    /// start-up included).
+    /// CPU time of broker, planner and workers per task, in µs, from the first submission
+    /// until the last report is taken (warm-up included, start-up not).
     pub cpu_us_per_task: f64,
     /// Ed25519 verifications the workers made per task (all tasks, warm-up included).
-    pub signatures_per_task: f64,
+    pub signatures_per_task: Option<f64>,
 }
 
 /// Runs the offered load.
@@ -85,6 +85,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate_d)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut submitted = Vec::with_capacity(total);
+    let cpu_before = shoal.cpu_seconds().total();
     let start = Timestamp::now_micros();
     let mut measured_from = start;
     for i in 0..total {
@@ -111,7 +112,7 @@ pub async fn run(
     shoal.wait_ingested(Duration::from_secs(120)).await?;
     let rss = shoal.planner_rss_mib();
     #[expect(clippy::cast_precision_loss, reason = "a measurement")]
-    let cpu_us_per_task = round(shoal.cpu_seconds().total() * 1e6 / total as f64);
+    let cpu_us_per_task = round((shoal.cpu_seconds().total() - cpu_before) * 1e6 / total as f64);
     let (s2s, missing) = observer.schedule_to_start_ms(measured_from);
     let (to_queue, to_start) = observer.phases_ms(measured_from);
     if let Some(path) = trace {

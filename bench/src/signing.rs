@@ -40,10 +40,10 @@ pub struct Side {
     pub noop_cpu_us_per_task: Vec<f64>,
     pub noop_cpu_us_per_task_median: f64,
     /// CPU µs per no-op task of broker, planner and workers, each round.
-    pub noop_cpu_us_per_task_by_part: Vec<crate::system::CpuSeconds>,
-    pub noop_cpu_us_per_task_by_part_median: crate::system::CpuSeconds,
+    pub noop_cpu_us_per_task_by_part: Vec<crate::system::CpuByPart>,
+    pub noop_cpu_us_per_task_by_part_median: crate::system::CpuByPart,
     /// Ed25519 verifications by the workers per no-op task, each round.
-    pub noop_signatures_per_task: Vec<f64>,
+    pub noop_signatures_per_task: Vec<Option<f64>>,
     pub schedule_to_start_p50_ms: Vec<f64>,
     pub schedule_to_start_p99_ms: Vec<f64>,
     pub schedule_to_start_p50_ms_median: f64,
@@ -51,12 +51,13 @@ pub struct Side {
     /// The offered load's schedule-to-start split where the observer sees the task on the
     /// broker: planned → queued and queued → started, p50 of each round.
     pub planned_to_queued_p50_ms: Vec<f64>,
-    /// CPU of broker, planner and workers per task of the offered load (one-task
-    /// deployments), µs, each round.
-    pub offered_cpu_us_per_task: Vec<f64>,
     pub queued_to_started_p50_ms: Vec<f64>,
+    /// CPU of broker, planner and workers per task of the offered load (one-task
+    /// deployments, measured from the first submission to the last report taken), µs, each
+    /// round.
+    pub offered_cpu_us_per_task: Vec<f64>,
     /// Ed25519 verifications by the workers per task of the offered load, each round.
-    pub offered_signatures_per_task: Vec<f64>,
+    pub offered_signatures_per_task: Vec<Option<f64>>,
 }
 
 /// Signed as a multiple of unsigned, per round (the two sides of a round run one after the
@@ -123,8 +124,8 @@ pub struct Micro {
     /// One verification by a worker that has not seen the message's root before.
     pub verify_us: f64,
     /// Per message, signing a whole group together (`SIGN_GROUP`, the largest group of one
-    /// pool) and verifying each
-    /// by a worker new to the root: one Ed25519 verification, fifteen remembered roots.
+    /// pool) and verifying each by a worker new to the root: one Ed25519 verification, the
+    /// rest of the group from the remembered root.
     pub group_sign_us_per_message: f64,
     pub group_verify_us_per_message: f64,
 }
@@ -219,10 +220,10 @@ pub async fn run(
         side.noop_tasks_per_s_median = median(&side.noop_tasks_per_s);
         side.noop_cpu_us_per_task_median = median(&side.noop_cpu_us_per_task);
         let parts = &side.noop_cpu_us_per_task_by_part;
-        let part = |f: fn(&crate::system::CpuSeconds) -> f64| {
+        let part = |f: fn(&crate::system::CpuByPart) -> f64| {
             median(&parts.iter().map(f).collect::<Vec<_>>())
         };
-        side.noop_cpu_us_per_task_by_part_median = crate::system::CpuSeconds {
+        side.noop_cpu_us_per_task_by_part_median = crate::system::CpuByPart {
             broker: part(|c| c.broker),
             planner: part(|c| c.planner),
             workers: part(|c| c.workers),

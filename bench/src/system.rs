@@ -127,9 +127,9 @@ impl Shoal {
     }
 
     /// The CPU time the broker, the planner and the workers have used so far, in seconds.
-    pub fn cpu_seconds(&self) -> CpuSeconds {
+    pub fn cpu_seconds(&self) -> CpuByPart {
         let of = |pid: Option<i32>| pid.and_then(crate::machine::cpu_seconds).unwrap_or(0.0);
-        CpuSeconds {
+        CpuByPart {
             broker: of(self.nats.pid()),
             planner: of(self.planner.as_ref().and_then(Proc::pid)),
             workers: self.workers.iter().map(|w| of(w.pid())).sum(),
@@ -250,11 +250,18 @@ impl Shoal {
     /// # Errors
     /// A process did not stop cleanly or the log cannot be read.
     pub async fn stop(mut self) -> anyhow::Result<LogFacts> {
-        let mut verified = (0, 0);
+        let mut verified = Some((0, 0));
         for w in &mut self.workers {
             w.terminate(Duration::from_secs(30)).await?;
-            let (messages, signatures) = verify_counts(&w.output());
-            verified = (verified.0 + messages, verified.1 + signatures);
+            let counts = verify_counts(&w.output());
+            if counts.is_none() && self.layout.signing {
+                eprintln!(
+                    "note: a worker did not log what it verified (is RUST_LOG below info?); verifications per task are not known"
+                );
+            }
+            verified = verified
+                .zip(counts)
+                .map(|((m, s), (m2, s2))| (m + m2, s + s2));
         }
         if let Some(mut p) = self.planner.take() {
             let status = p.terminate(Duration::from_secs(60)).await?;
@@ -270,34 +277,33 @@ impl Shoal {
 }
 
 /// What a stopped worker's last line about verification says: messages verified, and the
-/// Ed25519 verifications they took (0, 0 for a worker that does not verify).
-fn verify_counts(output: &str) -> (u64, u64) {
-    let Some(line) = output
+/// Ed25519 verifications they took; none if it said nothing (it does not verify, or logs
+/// below info).
+fn verify_counts(output: &str) -> Option<(u64, u64)> {
+    let line = output
         .lines()
         .rev()
-        .find(|l| l.contains(" signature checks"))
-    else {
-        return (0, 0);
-    };
+        .find(|l| l.contains(" signature checks"))?;
     let numbers: Vec<u64> = line
         .split_whitespace()
         .filter_map(|w| w.split('=').next_back()?.parse().ok())
         .collect();
     match numbers[..] {
-        [.., messages, signatures] => (messages, signatures),
-        _ => (0, 0),
+        [.., messages, signatures] => Some((messages, signatures)),
+        _ => None,
     }
 }
 
-/// CPU time used by each part of an installation, in seconds.
+/// CPU time used by each part of an installation: seconds, or µs per task where the field
+/// holding it says so.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct CpuSeconds {
+pub struct CpuByPart {
     pub broker: f64,
     pub planner: f64,
     pub workers: f64,
 }
 
-impl CpuSeconds {
+impl CpuByPart {
     /// All parts together.
     pub fn total(&self) -> f64 {
         self.broker + self.planner + self.workers
@@ -324,16 +330,18 @@ pub struct LogFacts {
     pub finished_ms: HashMap<TaskId, (i64, Outcome)>,
     /// Deployments that ended `succeeded`.
     pub deployments_succeeded: usize,
-    /// Messages the workers verified, and the Ed25519 verifications that took.
-    pub workers_verified: (u64, u64),
+    /// Messages the workers verified, and the Ed25519 verifications that took (none when a
+    /// worker did not say).
+    pub workers_verified: Option<(u64, u64)>,
 }
 
 impl LogFacts {
     /// Ed25519 verifications the workers made per task, of `tasks`, to four places.
-    pub fn signatures_per_task(&self, tasks: usize) -> f64 {
+    pub fn signatures_per_task(&self, tasks: usize) -> Option<f64> {
+        let (_, signatures) = self.workers_verified?;
         #[expect(clippy::cast_precision_loss, reason = "a ratio")]
-        let ratio = self.workers_verified.1 as f64 / tasks.max(1) as f64;
-        (ratio * 1e4).round() / 1e4
+        let ratio = signatures as f64 / tasks.max(1) as f64;
+        Some((ratio * 1e4).round() / 1e4)
     }
 
     /// Reads a stopped planner's log (waiting for sled to release its lock).

@@ -3,7 +3,7 @@
 //! until the last `TaskFinished` is in the planner's log.
 
 use crate::stats::{Latency, per_second, round, us_to_ms};
-use crate::system::{CpuSeconds, Layout, Observer, Shoal, over_targets};
+use crate::system::{CpuByPart, Layout, Observer, Shoal, over_targets};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use serde::Serialize;
@@ -40,10 +40,10 @@ pub struct Outcome {
     /// registration included) per task, in µs: what the run cost, whatever the VM's stalls.
     pub cpu_us_per_task: f64,
     /// The same, by part.
-    pub cpu_us_per_task_by_part: CpuSeconds,
-    /// Ed25519 verifications the workers made per task (0 unsigned; 1/16 when every
-    /// worker gets whole signing groups).
-    pub signatures_per_task: f64,
+    pub cpu_us_per_task_by_part: CpuByPart,
+    /// Ed25519 verifications the workers made per task (0 unsigned; 1/`SIGN_GROUP` when
+    /// every worker gets whole signing groups; none when a worker's log did not say).
+    pub signatures_per_task: Option<f64>,
 }
 
 /// Most targets (so tasks) per deployment.
@@ -76,7 +76,7 @@ pub async fn run(layout: Layout, tasks: usize, action: Value) -> anyhow::Result<
     let per_task = |seconds: f64| round(seconds * 1e6 / n as f64);
     let cpu = shoal.cpu_seconds();
     let cpu_us_per_task = per_task(cpu.total());
-    let cpu_us_per_task_by_part = CpuSeconds {
+    let cpu_us_per_task_by_part = CpuByPart {
         broker: per_task(cpu.broker),
         planner: per_task(cpu.planner),
         workers: per_task(cpu.workers),

@@ -320,8 +320,9 @@ struct VerifiedRoots {
     counts: VerifyCounts,
 }
 
-/// How much verifying a verifier has done: messages whose signature held, and how many of
-/// them needed an Ed25519 verification (the rest had a root verified before).
+/// How much verifying a verifier has done: messages whose signature held (whether or not
+/// they were then found expired), and how many of them needed an Ed25519 verification (the
+/// rest had a root verified before).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct VerifyCounts {
     pub messages: u64,
@@ -402,7 +403,10 @@ impl TrustedKeys {
 
     /// How many messages verified so far, and how many Ed25519 verifications they took.
     pub fn counts(&self) -> VerifyCounts {
-        self.verified.lock().map(|v| v.counts).unwrap_or_default()
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .counts
     }
 
     /// The trusted key ids.
