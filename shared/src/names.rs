@@ -109,7 +109,7 @@ macro_rules! name_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -195,6 +195,13 @@ impl WorkerName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_takes_the_width_it_is_formatted_with() {
+        let pool = PoolName::parse("eu-west").expect("pool");
+        assert_eq!(format!("[{pool:<9}]"), "[eu-west  ]");
+        assert_eq!(format!("[{pool}]"), "[eu-west]");
+    }
 
     #[test]
     fn accepts_safe_tokens() {
