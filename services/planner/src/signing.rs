@@ -191,26 +191,7 @@ mod tests {
             .zip(&payloads)
             .map(|((p, t), b)| (p, *t, 1, b.as_slice()))
             .collect();
-        let headers = signer.tasks(&messages);
-        let mut signatures = std::collections::BTreeSet::new();
-        for ((pool, task, attempt, payload), h) in messages.iter().zip(&headers) {
-            let value = h.get(SIGNATURE_HEADER).expect("signed").as_str();
-            let binding = Binding {
-                kind: Kind::Task,
-                pool: (*pool).clone(),
-                id: task.to_string(),
-                attempt: Some(*attempt),
-            };
-            let now = Timestamp::now();
-            assert!(
-                trusted.verify(Some(value), &binding, payload, now).is_ok(),
-                "{value}"
-            );
-            signatures.insert((
-                pool.to_string(),
-                value.rsplit_once(";s=").expect("sig").1.to_owned(),
-            ));
-        }
+        let signatures = verify_each(&trusted, &messages, &signer.tasks(&messages));
         // One signature per pool: eu's three share one, us's two another.
         assert_eq!(signatures.len(), 2, "{signatures:?}");
     }
@@ -226,23 +207,34 @@ mod tests {
             .iter()
             .map(|t| (&pool, *t, 2, &b"payload"[..]))
             .collect();
-        let headers = signer.tasks(&messages);
-        let mut signatures = std::collections::BTreeSet::new();
-        for ((_, task, _, payload), h) in messages.iter().zip(&headers) {
-            let value = h.get(SIGNATURE_HEADER).expect("signed").as_str();
-            let binding = Binding {
-                kind: Kind::Task,
-                pool: pool.clone(),
-                id: task.to_string(),
-                attempt: Some(2),
-            };
-            let verified = trusted.verify(Some(value), &binding, payload, Timestamp::now());
-            assert!(verified.is_ok(), "{value}: {verified:?}");
-            signatures.insert(value.rsplit_once(";s=").expect("sig").1.to_owned());
-        }
+        let signatures = verify_each(&trusted, &messages, &signer.tasks(&messages));
         assert_eq!(signatures.len(), 2, "{signatures:?}");
         // One verification covered a whole group: the first group's root, then the second's.
         assert_eq!(trusted.counts().signatures, 2);
         assert_eq!(trusted.counts().messages, SIGN_GROUP as u64 + 1);
+    }
+
+    /// Verifies each message against its own binding (as its worker would) and returns the
+    /// distinct (pool, signature) pairs.
+    fn verify_each(
+        trusted: &TrustedKeys,
+        messages: &[(&PoolName, TaskId, u32, &[u8])],
+        headers: &[HeaderMap],
+    ) -> std::collections::BTreeSet<(String, String)> {
+        let mut signatures = std::collections::BTreeSet::new();
+        for ((pool, task, attempt, payload), h) in messages.iter().zip(headers) {
+            let value = h.get(SIGNATURE_HEADER).expect("signed").as_str();
+            let binding = Binding {
+                kind: Kind::Task,
+                pool: (*pool).clone(),
+                id: task.to_string(),
+                attempt: Some(*attempt),
+            };
+            let verified = trusted.verify(Some(value), &binding, payload, Timestamp::now());
+            assert!(verified.is_ok(), "{value}: {verified:?}");
+            let sig = value.rsplit_once(";s=").expect("sig").1.to_owned();
+            signatures.insert((pool.to_string(), sig));
+        }
+        signatures
     }
 }
