@@ -47,6 +47,8 @@ pub enum TrustError {
     Certificate(#[from] rcgen::Error),
     #[error("cannot make an nkey: {0}")]
     Nkey(String),
+    #[error("cannot hash a region's password: {0}")]
+    Hash(String),
 }
 
 /// Which server an identity connects to.
@@ -159,12 +161,18 @@ pub fn generate(dir: &Path, t: &Topology) -> Result<(), TrustError> {
     let ca = pki::Ca::load_or_make(&dir)?;
     let keys = identities(&dir, t, &m, &ca)?;
     let passwords = servers(&dir, t, &ca)?;
+    // The hub checks a leaf node's password against its bcrypt hash, so the hub's config
+    // (and a copy of the broker's disk) does not hold the passwords themselves.
+    let hashed = passwords
+        .iter()
+        .map(|pw| hashed_password(pw))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let on = |server: Server| keys.iter().filter(move |(_, i)| server_of(i) == server);
     let mut users: Vec<User<'_>> = on(Server::Hub)
         .map(|(k, i)| user(&subjects, "$JS.API", k, i, t))
         .collect();
-    for (r, pw) in t.regions.iter().zip(&passwords) {
+    for (r, pw) in t.regions.iter().zip(&hashed) {
         users.push(User::Leaf {
             user: format!("leaf-{}", r.name),
             password: pw,
@@ -273,6 +281,17 @@ fn seed(path: &Path) -> Result<String, TrustError> {
         problem: e.to_string(),
     })?;
     Ok(pair.public_key())
+}
+
+/// How much work one check of a hashed password is: nats-server's `mkpasswd` default. It is
+/// paid once per leaf node connection.
+const BCRYPT_COST: u32 = 11;
+
+/// A password as nats-server reads a hashed one: bcrypt, `$2a$`.
+fn hashed_password(password: &str) -> Result<String, TrustError> {
+    bcrypt::hash_with_result(password, BCRYPT_COST)
+        .map(|h| h.format_for_version(bcrypt::Version::TwoA))
+        .map_err(|e| TrustError::Hash(e.to_string()))
 }
 
 /// A random password of 32 letters and digits (safe in a URL).

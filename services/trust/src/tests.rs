@@ -95,3 +95,22 @@ fn secrets_are_readable_by_their_owner_only_and_env_files_name_the_identity_file
     let planner = read(dir.path(), "identities/planner.env");
     assert!(planner.contains("SHOAL_BUILTIN_WORKER_NKEY="), "{planner}");
 }
+
+#[test]
+fn the_hub_holds_a_regions_password_only_as_a_bcrypt_hash_and_the_leaf_the_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    generate(dir.path(), &topology()).expect("generated");
+    let password = read(dir.path(), "leaf-eu.password");
+    let password = password.trim();
+    let hub = read(dir.path(), "hub.conf");
+    assert!(!hub.contains(password), "{hub}");
+    let hash = hub
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("password: \""))
+        .map(|l| l.trim_end_matches('"'))
+        .next()
+        .expect("a leaf password");
+    assert!(hash.starts_with("$2a$11$"), "{hash}");
+    assert!(bcrypt::verify(password, hash).expect("a bcrypt hash"));
+    assert!(read(dir.path(), "leaf-eu.conf").contains(password));
+}

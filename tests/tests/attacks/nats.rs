@@ -344,27 +344,51 @@ async fn a_worker_claiming_another_pool_is_refused_and_logs_the_subject_and_its_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaf_node_without_credentials_gets_nothing() -> anyhow::Result<()> {
     let b = broker().await?;
+    rogue_leaf_gets_nothing(&b, "").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_node_with_the_region_password_hash_from_the_hubs_config_gets_nothing()
+-> anyhow::Result<()> {
+    let b = broker().await?;
+    // An attacker with the hub's disk reads hub.conf: the region's password is only there as
+    // its bcrypt hash, and the hash does not pass for the password.
+    let hub = std::fs::read_to_string(bundle_dir(b.c.dir.path()).join("hub.conf"))?;
+    let hash = hub
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password: \""))
+        .map(|l| l.trim_end_matches('"').to_owned())
+        .ok_or_else(|| anyhow::anyhow!("no region password in hub.conf:\n{hub}"))?;
+    anyhow::ensure!(hash.starts_with("$2a$"), "not a bcrypt hash: {hash}");
+    let leaf_user = hub
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("user: \"leaf-"))
+        .map(|l| format!("leaf-{}", l.trim_end_matches('"')))
+        .ok_or_else(|| anyhow::anyhow!("no region user in hub.conf"))?;
+    rogue_leaf_gets_nothing(&b, &format!("{leaf_user}:{}@", hash.replace('/', "%2F"))).await
+}
+
+/// A rogue leaf node with a certificate of the CA (stolen from a region), logging in with
+/// `userinfo` (`user:password@`, or nothing): it sees nothing, pulls nothing, and what it
+/// publishes arrives nowhere.
+async fn rogue_leaf_gets_nothing(b: &Broker, userinfo: &str) -> anyhow::Result<()> {
     let dir = b.c.dir.path();
     let bundle = bundle_dir(dir);
     let t = shoal_trust::load_topology(&bundle)?;
-    // A rogue leaf node with a certificate of the CA (stolen from a region) but without a
-    // region's user and password.
-    let rogue_port = free_port()?;
     let config = format!(
-        "leafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{}\", tls: {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\" }} }} ] }}\n",
+        "leafnodes {{ remotes: [ {{ url: \"nats-leaf://{userinfo}127.0.0.1:{}\", tls: {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\" }} }} ] }}\n",
         t.hub.leaf_port,
         bundle.join("leaf-eu-cert.pem").display(),
         bundle.join("leaf-eu-key.pem").display(),
         bundle.join("ca.pem").display(),
     );
     let mut rogue = Nats::start_with_config(dir, "rogue", &config).await?;
-    let _ = rogue_port;
     let log = dir.join("logs").join("rogue.log");
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("Leafnode connection created")
-    {
+    // Let in (to nothing: the hub's empty LEAFJAIL) or turned away: either is an answer.
+    while !std::fs::read_to_string(&log).is_ok_and(|l| {
+        l.contains("Leafnode connection created") || l.contains("Authorization Violation")
+    }) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the rogue leaf node never connected"
