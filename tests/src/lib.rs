@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use serde_json;
-pub use shoal_cli::local::{Nats, free_port};
+pub use shoal_cli::local::{Nats, free_port, free_ports};
 
 /// Default deadline of a wait.
 pub const WAIT: Duration = Duration::from_secs(60);

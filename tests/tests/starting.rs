@@ -3,7 +3,7 @@
 //! the start-up 503. The README's walk-through runs `shoal pool add` right after starting the
 //! planner and relies on it.
 
-use shoal_cli::local::{Proc, find_binary, find_nats_server, free_port, planner_args};
+use shoal_cli::local::{Proc, find_binary, find_nats_server, free_ports, planner_args};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -13,9 +13,8 @@ const WAIT: Duration = Duration::from_secs(30);
 async fn a_command_waits_for_a_starting_planner_and_says_what_it_waits_for() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // The broker's port is chosen now; the broker starts only later.
-    let nats_port = free_port()?;
+    let [nats_port, http_port] = free_ports()?;
     let url = format!("nats://127.0.0.1:{nats_port}");
-    let http_port = free_port()?;
     let args = planner_args(&url, &dir.path().join("data"), http_port, &[]);
     let mut planner = Proc::spawn(
         "planner",

@@ -75,8 +75,24 @@ pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
 /// # Errors
 /// No port could be bound.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a free port")?;
-    Ok(l.local_addr()?.port())
+    let [port] = free_ports()?;
+    Ok(port)
+}
+
+/// `N` different free TCP ports on 127.0.0.1: all are held until each is found, so two calls
+/// of [`free_port`] in a row cannot hand out the same one twice.
+///
+/// # Errors
+/// No free port.
+pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let held = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a free port"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut ports = [0; N];
+    for (port, l) in ports.iter_mut().zip(&held) {
+        *port = l.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 /// Waits until something accepts connections on `port`.

@@ -7,7 +7,7 @@
 use async_nats::jetstream;
 use futures::StreamExt as _;
 use shoal_cli::local::trust::{bundle_dir, client_options};
-use shoal_e2e::{Cluster, Nats, free_port, tempdir};
+use shoal_e2e::{Cluster, Nats, free_ports, tempdir};
 use shoal_trust::{Hub, Identity, IdentityFiles, Region, Server, Topology, Worker};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -34,12 +34,11 @@ fn worker(pool: &str, name: &str, region: &str) -> Worker {
 /// (their consumers made by the planner).
 async fn broker() -> anyhow::Result<Broker> {
     let dir = tempdir()?;
-    let mut t = Topology::hub_only(Hub::local(free_port()?, free_port()?));
+    let [hub, leafs, eu, us] = free_ports()?;
+    let mut t = Topology::hub_only(Hub::local(hub, leafs));
     t.hub.store_dir = Some(dir.path().join("hub-store"));
-    t.regions
-        .push(Region::local("eu", free_port()?, &["eu-west"]));
-    t.regions
-        .push(Region::local("us", free_port()?, &["us-east"]));
+    t.regions.push(Region::local("eu", eu, &["eu-west"]));
+    t.regions.push(Region::local("us", us, &["us-east"]));
     t.workers.push(worker("eu-west", "eu-west-1", "eu"));
     t.workers.push(worker("eu-west", "eu-west-2", "eu"));
     t.workers.push(worker("us-east", "us-east-1", "us"));

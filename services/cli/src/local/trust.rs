@@ -86,7 +86,7 @@ pub fn server_of(url: &str) -> Option<(PathBuf, Server)> {
 pub fn start_hub_bundle(dir: &Path, leafs: bool) -> anyhow::Result<(u16, u16)> {
     let name = if leafs { "hub" } else { "nats-server" };
     let _changing = CHANGING.lock();
-    let (port, leaf_port) = (super::free_port()?, super::free_port()?);
+    let [port, leaf_port] = super::free_ports()?;
     let bundle = bundle_dir(dir);
     let mut hub = Hub::local(port, leaf_port);
     hub.store_dir = Some(dir.join(if leafs { "hub" } else { "nats-store" }));
