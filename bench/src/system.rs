@@ -304,6 +304,15 @@ pub struct CpuByPart {
 }
 
 impl CpuByPart {
+    /// Each part's figure through `f` (e.g. seconds to µs per task).
+    pub fn map(self, f: impl Fn(f64) -> f64) -> CpuByPart {
+        CpuByPart {
+            broker: f(self.broker),
+            planner: f(self.planner),
+            workers: f(self.workers),
+        }
+    }
+
     /// All parts together.
     pub fn total(&self) -> f64 {
         self.broker + self.planner + self.workers

@@ -76,11 +76,7 @@ pub async fn run(layout: Layout, tasks: usize, action: Value) -> anyhow::Result<
     let per_task = |seconds: f64| round(seconds * 1e6 / n as f64);
     let cpu = shoal.cpu_seconds();
     let cpu_us_per_task = per_task(cpu.total());
-    let cpu_us_per_task_by_part = CpuByPart {
-        broker: per_task(cpu.broker),
-        planner: per_task(cpu.planner),
-        workers: per_task(cpu.workers),
-    };
+    let cpu_us_per_task_by_part = cpu.map(per_task);
     let (schedule_to_start, missing) = observer.schedule_to_start_ms(0);
     drop(observer);
     let facts = shoal.stop().await.context("stopping the installation")?;

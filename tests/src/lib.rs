@@ -262,9 +262,8 @@ impl Cluster {
     /// Waits until a deployment ends and returns it.
     ///
     /// # Errors
-    /// It did not end within `timeout`.
-    /// On a timeout the error holds where each task stood and the processes' last log lines,
-    /// so a failure in CI says why without a rerun.
+    /// It did not end within `timeout`: the error holds where each task stood and the
+    /// processes' last log lines, so a failure in CI says why without a rerun.
     pub async fn finished(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
         let last = std::sync::Mutex::new(Value::Null);
         let done = self

@@ -58,9 +58,7 @@ impl Trust {
             }
         }
     }
-}
 
-impl Trust {
     /// Logs how many messages were verified with how many signature checks (what a batch
     /// root saves: one Ed25519 verification per root, not per message).
     pub fn log_counts(&self) {
