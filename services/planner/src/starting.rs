@@ -68,12 +68,15 @@ impl Starting {
     }
 }
 
-/// Every route while starting.
+/// Every route while starting. Each answer closes its connection: a client that kept one
+/// open to ask again would send its next request just as the start-up server lets go of the
+/// port and closes it ("connection closed before message completed"); on a new connection
+/// that request reaches the real API.
 async fn starting(State(status): State<watch::Receiver<String>>) -> impl IntoResponse {
     let error = format!("the planner is starting: {}", *status.borrow());
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, "1")],
+        [(header::RETRY_AFTER, "1"), (header::CONNECTION, "close")],
         Json(ErrorBody { error }),
     )
 }

@@ -77,12 +77,33 @@ async fn a_planner_that_cannot_reach_nats_answers_503_naming_the_url_and_stops_a
         )),
         "{message}"
     );
+    // Each 503 closes its connection, so no client is left holding one when the real API
+    // takes the port over.
+    let head = raw_answer_head(p.api.base()).await?;
+    assert!(
+        head.starts_with("HTTP/1.1 503") && head.contains("connection: close"),
+        "{head}"
+    );
     let out = p.proc.output();
     assert!(
         out.contains(&format!("cannot reach NATS at {url}")) && !out.contains("JetStream"),
         "the log names the URL and does not blame JetStream:\n{out}"
     );
     p.proc.stops_within(Signal::SIGTERM, STOP).await
+}
+
+/// The status line and headers, lower-cased, of a plain HTTP/1.1 GET with keep-alive.
+async fn raw_answer_head(base: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET /api/pools HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut answer)).await??;
+    let text = String::from_utf8_lossy(&answer).to_lowercase();
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    Ok(head.replace("http/1.1", "HTTP/1.1"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
