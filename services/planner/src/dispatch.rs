@@ -4,8 +4,9 @@
 //! are in flight at once; failures are retried with backoff, nothing is dropped. Attempts
 //! come from the writer's bounded task channel and, when that overflowed (the broker was
 //! slow or down), from pages of the durable outbox (`log::handover`), taken only while there
-//! is room for more publishes in flight. Each publish, a retry too, is signed anew
-//! (`signing`).
+//! is room for more publishes in flight. Attempts arrive as soon as the writer has written
+//! them and are sealed, encoded and signed while its flush is in flight, then published once
+//! the writer says they are durable. Each publish, a retry too, is signed anew (`signing`).
 
 use crate::domain::Command;
 use crate::log::handover::TaskReceiver;
@@ -87,7 +88,12 @@ pub async fn run(
             attempts = batch.len(),
             "publishing attempts signed together"
         );
-        for (task, encoded) in encode_and_sign(batch, &sealer, &signer) {
+        let signed = encode_and_sign(batch, &sealer, &signer);
+        // Signed while the writer's flush was on its way; published once it is durable.
+        if !tasks.durable().await {
+            break;
+        }
+        for (task, encoded) in signed {
             in_flight.push(Box::pin(send(
                 js.clone(),
                 subjects.tasks(&task.pool),

@@ -1,5 +1,6 @@
-//! What the writer hands on once a batch is durable: task messages to the dispatcher and
-//! effects to the effects runner, over bounded channels on which the writer never waits.
+//! What the writer hands on: task messages to the dispatcher as soon as their batch is
+//! written, to be published once it is durable, and effects to the effects runner once it is
+//! durable, over bounded channels on which the writer never waits.
 //! Both consumers submit commands to the writer (confirmations, scheduled commands), so a
 //! writer waiting for room could wait forever. What does not fit is not lost, because it can
 //! be found again in the writer's state:
@@ -26,6 +27,12 @@
 //!   cancellations carry ids), so a repeat is harmless. The resync is handed over before the
 //!   live effects of batches joined to its own, so the newest still win.
 //!
+//! A task message is handed over when its batch is *written*, with the batch's sequence, and
+//! the dispatcher publishes it only once the writer says that sequence is durable
+//! ([`TaskReceiver::durable`]): sealing, encoding and signing it happen while the batch's
+//! flush is on its way to disk instead of after it (the sign is on the path of every
+//! one-task deployment). A message whose batch never becomes durable is never published.
+//!
 //! The owed attempts take a few bytes each and are bounded by the outbox, which the writer
 //! holds in memory anyway; the messages themselves (scripts, variables) are never queued
 //! beyond the channel's capacity.
@@ -38,7 +45,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// Most owed task messages the dispatcher asks for at once.
 pub const TASK_PAGE: usize = 1024;
@@ -67,11 +74,13 @@ pub struct OutboxPage {
 pub fn task_channel(capacity: usize) -> (TaskSender, TaskReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
     let signal = Arc::new(Owed::default());
+    let (durable_tx, durable_rx) = watch::channel(0);
     (
         TaskSender {
             tx,
             signal: signal.clone(),
             owed: VecDeque::new(),
+            durable: durable_tx,
         },
         TaskReceiver {
             rx,
@@ -79,6 +88,8 @@ pub fn task_channel(capacity: usize) -> (TaskSender, TaskReceiver) {
             page: VecDeque::new(),
             asked: None,
             more: false,
+            durable: durable_rx,
+            newest: 0,
         },
     )
 }
@@ -86,15 +97,19 @@ pub fn task_channel(capacity: usize) -> (TaskSender, TaskReceiver) {
 /// The writer's end of the task channel.
 #[derive(Debug)]
 pub struct TaskSender {
-    tx: mpsc::Sender<TaskMessage>,
+    /// Each message with the log sequence that must be durable before it is published.
+    tx: mpsc::Sender<(u64, TaskMessage)>,
     signal: Arc<Owed>,
     /// Oldest first.
     owed: VecDeque<OwedAttempt>,
+    /// The log's last durable sequence.
+    durable: watch::Sender<u64>,
 }
 
 impl TaskSender {
-    /// Hands the message of a durable attempt over, or owes it.
-    pub(super) fn hand_over(&mut self, msg: TaskMessage) {
+    /// Hands over the message of an attempt written up to log sequence `written`, or owes
+    /// it.
+    pub(super) fn hand_over(&mut self, written: u64, msg: TaskMessage) {
         if self.tx.is_closed() {
             // The dispatcher stopped (shutdown): the outbox keeps the attempt for the next
             // start.
@@ -102,9 +117,9 @@ impl TaskSender {
             return;
         }
         let msg = if self.owed.is_empty() {
-            match self.tx.try_send(msg) {
+            match self.tx.try_send((written, msg)) {
                 Ok(()) | Err(TrySendError::Closed(_)) => return,
-                Err(TrySendError::Full(msg)) => msg,
+                Err(TrySendError::Full((_, msg))) => msg,
             }
         } else {
             msg
@@ -132,12 +147,21 @@ impl TaskSender {
     pub(super) fn owes(&self) -> bool {
         !self.owed.is_empty()
     }
+
+    /// The log is durable up to `seq`: messages handed over up to it may be published.
+    pub(super) fn durable(&self, seq: u64) {
+        self.durable.send_if_modified(|d| {
+            let newer = seq > *d;
+            *d = (*d).max(seq);
+            newer
+        });
+    }
 }
 
 /// The dispatcher's end of the task channel.
 #[derive(Debug)]
 pub struct TaskReceiver {
-    rx: mpsc::Receiver<TaskMessage>,
+    rx: mpsc::Receiver<(u64, TaskMessage)>,
     signal: Arc<Owed>,
     /// Messages of the last page not yet taken (at most [`TASK_PAGE`]).
     page: VecDeque<TaskMessage>,
@@ -145,6 +169,10 @@ pub struct TaskReceiver {
     asked: Option<oneshot::Receiver<OutboxPage>>,
     /// The last page said the writer owes more.
     more: bool,
+    /// The log's last durable sequence, as the writer says.
+    durable: watch::Receiver<u64>,
+    /// The highest sequence a message taken so far waits for.
+    newest: u64,
 }
 
 impl TaskReceiver {
@@ -159,16 +187,16 @@ impl TaskReceiver {
             // What waits in the channel was handed over before anything was owed: it goes
             // first, so the oldest attempts are published first.
             if self.asked.is_none()
-                && let Ok(msg) = self.rx.try_recv()
+                && let Ok(handed) = self.rx.try_recv()
             {
-                return Some(msg);
+                return Some(self.took(handed));
             }
             if self.fetch(writer).await? {
                 continue;
             }
             tokio::select! {
                 biased;
-                msg = self.rx.recv() => return msg,
+                handed = self.rx.recv() => return handed.map(|h| self.took(h)),
                 () = self.signal.notify.notified() => {}
             }
         }
@@ -182,22 +210,39 @@ impl TaskReceiver {
             return Some(msg);
         }
         if self.asked.is_none() {
-            return self.rx.try_recv().ok();
+            return self.rx.try_recv().ok().map(|h| self.took(h));
         }
         None
     }
 
-    /// Everything handed over or owed so far, without waiting for more (for stand-ins of the
-    /// dispatcher in tests and the benchmark).
+    fn took(&mut self, (written, msg): (u64, TaskMessage)) -> TaskMessage {
+        self.newest = self.newest.max(written);
+        msg
+    }
+
+    /// Waits until every message taken so far is durable (a page's messages are when they
+    /// come). `false`: the writer stopped first, and what it had not made durable must not
+    /// be published.
+    pub async fn durable(&mut self) -> bool {
+        let newest = self.newest;
+        self.durable.wait_for(|&d| d >= newest).await.is_ok()
+    }
+
+    /// Everything handed over or owed so far, once durable, without waiting for more (for
+    /// stand-ins of the dispatcher in tests and the benchmark).
     pub async fn ready(&mut self, writer: &WriterHandle) -> Vec<TaskMessage> {
         let mut out: Vec<TaskMessage> = self.page.drain(..).collect();
         loop {
-            while let Ok(msg) = self.rx.try_recv() {
+            while let Ok(handed) = self.rx.try_recv() {
+                let msg = self.took(handed);
                 out.push(msg);
             }
             match self.fetch(writer).await {
                 Some(true) => out.extend(self.page.drain(..)),
-                Some(false) | None => return out,
+                Some(false) | None => {
+                    self.durable().await;
+                    return out;
+                }
             }
         }
     }
@@ -287,5 +332,70 @@ impl EffectSender {
     /// Room for the resync is reserved (or the runner is gone).
     pub(super) fn resync_reserved(&mut self) {
         self.resync = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use shoal_shared::domain::Action;
+    use shoal_shared::{DeploymentId, PoolName, Timestamp};
+    use std::collections::BTreeMap;
+
+    fn message() -> TaskMessage {
+        TaskMessage {
+            schema_version: 1,
+            deployment: DeploymentId::new(),
+            task: TaskId::new(),
+            attempt: 1,
+            step_index: 0,
+            step_name: "s".into(),
+            target: None,
+            endpoint: None,
+            pool: PoolName::parse("p").expect("valid"),
+            action: Action::Noop,
+            variables: BTreeMap::new(),
+            timeout_secs: None,
+            planned_at: Timestamp(0),
+            max_deliveries: 0,
+            probe: None,
+            planned_at_us: 0,
+            sensitive_variables: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_message_handed_over_when_written_waits_for_its_batch_to_be_durable() {
+        let (mut tx, mut rx) = task_channel(4);
+        tx.durable(3);
+        tx.hand_over(5, message());
+        assert!(rx.try_next().is_some(), "handed over before the flush");
+        assert_eq!(
+            rx.durable().now_or_never(),
+            None,
+            "log durable up to 3 of 5"
+        );
+        tx.durable(4);
+        assert_eq!(
+            rx.durable().now_or_never(),
+            None,
+            "log durable up to 4 of 5"
+        );
+        tx.durable(5);
+        assert_eq!(rx.durable().now_or_never(), Some(true));
+        tx.durable(2);
+        assert_eq!(rx.durable().now_or_never(), Some(true), "never goes back");
+    }
+
+    #[test]
+    fn a_message_whose_batch_never_became_durable_is_not_released() {
+        let (mut tx, mut rx) = task_channel(4);
+        tx.hand_over(1, message());
+        tx.hand_over(2, message());
+        tx.durable(1);
+        assert!(rx.try_next().is_some() && rx.try_next().is_some());
+        drop(tx);
+        assert_eq!(rx.durable().now_or_never(), Some(false));
     }
 }

@@ -259,7 +259,6 @@ struct Done {
     /// The log's last sequence once it is durable.
     seq: u64,
     replies: Vec<Reply>,
-    messages: Vec<TaskMessage>,
     effects: Vec<Effect>,
     evict: BTreeSet<DeploymentId>,
     /// Every effect derivable from the state as of this batch, and the room reserved for it.
@@ -272,7 +271,6 @@ impl Done {
         self.wrote |= later.wrote;
         self.seq = later.seq;
         self.replies.append(&mut later.replies);
-        self.messages.append(&mut later.messages);
         self.effects.append(&mut later.effects);
         self.evict.append(&mut later.evict);
         if later.resync.is_some() {
@@ -651,18 +649,17 @@ impl Writer {
         if wrote {
             self.write(&mut pending)?;
         }
-        let messages = pending
-            .planned
-            .iter()
-            .filter_map(|(task, attempt, at_us)| {
-                effects::task_message(&self.state, task, *attempt, Some(*at_us))
-            })
-            .collect();
+        // Handed over now, published once this batch is durable: the dispatcher seals,
+        // encodes and signs them while the flush is on its way.
+        for (task, attempt, at_us) in &pending.planned {
+            if let Some(msg) = effects::task_message(&self.state, task, *attempt, Some(*at_us)) {
+                self.tasks.hand_over(self.head.seq, msg);
+            }
+        }
         Ok(Done {
             wrote,
             seq: self.head.seq,
             replies,
-            messages,
             effects: pending.effects,
             evict: &pending.faulted | &pending.finished,
             resync: None,
@@ -676,12 +673,9 @@ impl Writer {
         for id in &done.evict {
             self.evict_if_finished(id);
         }
+        // Task messages (handed over when written) and effects before the answers: a caller
+        // that has its answer finds what its command led to already handed on.
         self.count_memory(done.seq);
-        // Task messages and effects before the answers: a caller that has its answer finds
-        // what its command led to already handed on.
-        for msg in done.messages {
-            self.tasks.hand_over(msg);
-        }
         // The resync first: it is a snapshot as of a batch no later than any whose effects
         // were joined to this one, and live effects are in order, so the newest still win
         // (a worker resumed after the snapshot must not be told to drain again).
@@ -712,6 +706,7 @@ impl Writer {
             .store(self.state.deployments.len(), Ordering::Relaxed);
         m.tasks.store(self.state.tasks.len(), Ordering::Relaxed);
         m.log_seq.store(durable_seq, Ordering::Relaxed);
+        self.tasks.durable(durable_seq);
     }
 
     fn handle(
