@@ -10,8 +10,9 @@ use crate::auth::{Actor, Role};
 use crate::health::{HealthCheck, HealthState, UnhealthyTargets};
 use crate::ids::{CheckId, DeploymentId, EventId, TaskId};
 use crate::names::{
-    EnvironmentName, PoolName, RegionName, RoleName, TargetName, TokenName, WorkerName,
+    EnvironmentName, PackageId, PoolName, RegionName, RoleName, TargetName, TokenName, WorkerName,
 };
+use crate::package::Sha256;
 use crate::resolve::PoolRule;
 use crate::time::Timestamp;
 use crate::{DeploymentState, OutputStream, StepState, Target, TargetKind, TaskState};
@@ -564,6 +565,34 @@ pub struct TokenView {
     pub role: Role,
     pub created_at: Timestamp,
     pub created_by: Actor,
+}
+
+// ---------------------------------------------------------------------------------------
+// Packages
+
+/// `GET /api/packages/{id}/{version}`, and each version in `GET /api/packages[/{id}]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageView {
+    pub id: PackageId,
+    pub version: semver::Version,
+    /// Bytes of the whole file.
+    pub size: u64,
+    /// SHA-256 of the whole file.
+    pub sha256: Sha256,
+    /// How many content-defined chunks it is stored as.
+    pub chunks: usize,
+    pub pushed_at: Timestamp,
+}
+
+/// The answer to `PUT /api/packages/{id}/{version}` (201 when the version is new, 200 when
+/// the same bytes were in the feed already): the version, and what the push stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushedPackage {
+    pub package: PackageView,
+    /// Chunks the feed did not hold before this push.
+    pub new_chunks: usize,
+    /// Bytes of those chunks: what crossed to the broker.
+    pub new_bytes: u64,
 }
 
 /// `GET /api/status`: what the planner holds.

@@ -7,7 +7,8 @@ use crate::auth::{Actor, Role};
 use crate::domain::{DeploymentSpec, DeploymentState, Outcome, OutputLine, StepState, Target};
 use crate::health::{HealthCheck, HealthState};
 use crate::ids::{CheckId, DeploymentId, EventId, TaskId};
-use crate::names::{PoolName, RegionName, TargetName, TokenName, WorkerName};
+use crate::names::{PackageId, PoolName, RegionName, TargetName, TokenName, WorkerName};
+use crate::package::Manifest;
 use crate::resolve::PoolRule;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -230,6 +231,15 @@ pub enum Event {
         name: TokenName,
         hash: String,
     },
+    /// A version of a package is in the feed: every chunk it names was stored first.
+    PackagePushed {
+        manifest: Manifest,
+    },
+    /// A version of a package left the feed.
+    PackageRemoved {
+        id: PackageId,
+        version: semver::Version,
+    },
     /// A message on a shoal subject that could not be accepted; kept so nothing is lost.
     MessageRejected {
         subject: String,
@@ -286,6 +296,8 @@ impl Event {
             Event::WorkerResumed { .. } => "WorkerResumed",
             Event::TokenCreated { .. } => "TokenCreated",
             Event::TokenRevoked { .. } => "TokenRevoked",
+            Event::PackagePushed { .. } => "PackagePushed",
+            Event::PackageRemoved { .. } => "PackageRemoved",
             Event::MessageRejected { .. } => "MessageRejected",
             Event::RejectionsCounted { .. } => "RejectionsCounted",
         }
@@ -328,6 +340,8 @@ impl Event {
             | Event::HealthCheckUnavailable { .. }
             | Event::TokenCreated { .. }
             | Event::TokenRevoked { .. }
+            | Event::PackagePushed { .. }
+            | Event::PackageRemoved { .. }
             | Event::MessageRejected { .. }
             | Event::RejectionsCounted { .. } => None,
         }
@@ -360,6 +374,8 @@ impl Event {
             Event::TokenCreated { name, .. } | Event::TokenRevoked { name, .. } => {
                 format!("token/{name}")
             }
+            Event::PackagePushed { manifest } => format!("package/{}", manifest.id),
+            Event::PackageRemoved { id, .. } => format!("package/{id}"),
             _ => "rejected".to_owned(),
         }
     }

@@ -16,6 +16,7 @@ pub mod hex;
 pub mod ids;
 pub mod messages;
 pub mod names;
+pub mod package;
 pub mod resolve;
 pub mod secret;
 pub mod signed;

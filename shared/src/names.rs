@@ -1,4 +1,5 @@
-//! Validated names of pools, workers, targets, environments, roles, regions and API tokens.
+//! Validated names of pools, workers, targets, environments, roles, regions, packages and API
+//! tokens.
 //!
 //! Every name is a single, safe NATS subject token (lowercase letters, digits, `-` and `_`,
 //! 1 to 63 characters), so it can be put into a subject or a consumer name without escaping.
@@ -156,6 +157,11 @@ name_type!(
     /// A region, e.g. `eu`.
     RegionName,
     "region"
+);
+name_type!(
+    /// The id of a package in the feed, e.g. `web`.
+    PackageId,
+    "package"
 );
 name_type!(
     /// The name of an API token, e.g. `ci`; recorded as the actor of what it does.

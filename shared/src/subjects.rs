@@ -46,6 +46,15 @@ impl Subjects {
         )
     }
 
+    /// Object store bucket of the package feed's chunks, e.g. `SHOAL_PACKAGES` (its stream
+    /// is `OBJ_SHOAL_PACKAGES`).
+    pub fn packages_bucket(&self) -> String {
+        format!(
+            "{}_PACKAGES",
+            self.prefix.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+
     /// Stream of worker results, e.g. `SHOAL_RESULTS`.
     pub fn results_stream(&self) -> String {
         format!(
