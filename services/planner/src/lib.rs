@@ -18,6 +18,7 @@ pub mod health;
 pub mod ingest;
 pub mod liveness;
 pub mod log;
+pub mod packages;
 pub mod rejections;
 pub mod replay;
 pub mod secrets;
@@ -115,6 +116,7 @@ struct Parts {
     /// The default pool's secret key, for the built-in worker.
     pool_key: shoal_runtime::secrets::PoolSecretKey,
     client: async_nats::Client,
+    feed: packages::Feed,
     js: async_nats::jetstream::Context,
     handle: WriterHandle,
     liveness: Liveness,
@@ -188,6 +190,7 @@ impl Planner {
             secrets::open_master_key(&config.data_dir, config.master_key.as_deref(), &log)?;
         let pool_key = secrets::default_pool_key(&config.data_dir, &config.default_pool)?;
         let (client, js) = connect_broker(&config, shutdown, status).await?;
+        let feed = packages::Feed::open(&js, &config.subjects).await?;
         status.send_replace("reading the event log".to_owned());
         let stop = CancellationToken::new();
         let services = stop.child_token();
@@ -227,6 +230,7 @@ impl Planner {
             pool_key,
             client,
             js,
+            feed,
             handle,
             liveness,
             stop,
@@ -382,6 +386,7 @@ impl Parts {
             default_pool: self.config.default_pool.clone(),
             health_deadline_secs: self.config.health_deadline.as_secs(),
             master_key: self.master_key.clone(),
+            feed: self.feed.clone(),
         }
     }
 }

@@ -34,19 +34,37 @@ pub enum Access {
     Role(Role),
 }
 
-/// One endpoint of the router: its method, its route pattern and what it needs.
+/// One endpoint of the router: its method, its route pattern, what it needs, and the media
+/// type of its body.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
+    pub body: &'static str,
 }
+
+/// The media type of every body but an upload's.
+pub const JSON: &str = "application/json";
+/// The media type of an upload (a package file): like JSON, not one a web page may send
+/// across origins without a preflight.
+pub const OCTETS: &str = "application/octet-stream";
 
 const fn ep(method: Method, path: &'static str, role: Role) -> Endpoint {
     Endpoint {
         method,
         path,
         access: Access::Role(role),
+        body: JSON,
+    }
+}
+
+const fn upload(method: Method, path: &'static str, role: Role) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        access: Access::Role(role),
+        body: OCTETS,
     }
 }
 
@@ -54,7 +72,9 @@ use Role::{Admin, Deployer, Viewer};
 
 /// Every endpoint and what it needs. Reading is `viewer`; starting and stopping work
 /// (deployments, on-demand health checks, which run a probe on a worker) is `deployer`;
-/// changing what exists (pools, targets, workers' maintenance, tokens) is `admin`.
+/// changing what exists (pools, targets, workers' maintenance, tokens) is `admin`. Pushing a
+/// package is `deployer` (it is what a build pipeline does before it deploys); removing one
+/// is `admin`.
 pub const ENDPOINTS: &[Endpoint] = &[
     ep(Method::GET, "/api/pools", Viewer),
     ep(Method::POST, "/api/pools", Admin),
@@ -80,6 +100,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep(Method::POST, "/api/workers/{name}/resume", Admin),
     ep(Method::GET, "/api/events", Viewer),
     ep(Method::GET, "/api/status", Viewer),
+    ep(Method::GET, "/api/packages", Viewer),
+    ep(Method::GET, "/api/packages/{id}", Viewer),
+    ep(Method::GET, "/api/packages/{id}/{version}", Viewer),
+    upload(Method::PUT, "/api/packages/{id}/{version}", Deployer),
+    ep(Method::DELETE, "/api/packages/{id}/{version}", Admin),
     ep(Method::GET, "/api/tokens", Admin),
     ep(Method::POST, "/api/tokens", Admin),
     ep(Method::DELETE, "/api/tokens/{name}", Admin),
@@ -87,6 +112,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: Method::GET,
         path: "/healthz",
         access: Access::Public,
+        body: JSON,
     },
 ];
 
@@ -97,6 +123,11 @@ pub fn access(method: &Method, path: Option<&str>) -> Access {
     let Some(path) = path else {
         return Access::Role(Viewer);
     };
+    endpoint(method, path).map_or(Access::Role(Admin), |e| e.access)
+}
+
+/// The table's entry of a request.
+fn endpoint(method: &Method, path: &str) -> Option<&'static Endpoint> {
     // HEAD is answered by the GET handler.
     let method = if method == Method::HEAD {
         &Method::GET
@@ -106,7 +137,6 @@ pub fn access(method: &Method, path: Option<&str>) -> Access {
     ENDPOINTS
         .iter()
         .find(|e| e.method == *method && e.path == path)
-        .map_or(Access::Role(Admin), |e| e.access)
 }
 
 /// The token a request was made with, once checked; handlers take it to record who acted.
@@ -159,7 +189,10 @@ pub(super) async fn guard(State(app): State<AppState>, mut req: Request, next: N
         ))
         .into_response();
     }
-    if let Err(e) = json_body_only(req.method(), req.headers()) {
+    let body = path
+        .and_then(|p| endpoint(req.method(), p))
+        .map_or(JSON, |e| e.body);
+    if let Err(e) = body_of_type(req.method(), req.headers(), body) {
         return e.into_response();
     }
     req.extensions_mut().insert(caller);
@@ -199,9 +232,10 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller, Api
     })
 }
 
-/// 415 for a request that sends a body (or says it does) that is not JSON: a web page can
-/// send `text/plain` anywhere without a preflight.
-fn json_body_only(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+/// 415 for a request that sends a body (or says it does) that is not of the endpoint's
+/// media type (JSON but for uploads): a web page can send `text/plain` anywhere without a
+/// preflight.
+fn body_of_type(method: &Method, headers: &HeaderMap, wanted: &str) -> Result<(), ApiError> {
     if matches!(*method, Method::GET | Method::HEAD) {
         return Ok(());
     }
@@ -214,17 +248,17 @@ fn json_body_only(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> 
         Some(v) => {
             let text = v.to_str().unwrap_or("(not text)");
             let essence = text.split(';').next().unwrap_or("").trim();
-            if essence.eq_ignore_ascii_case("application/json") {
+            if essence.eq_ignore_ascii_case(wanted) {
                 Ok(())
             } else {
                 Err(ApiError::unsupported_media_type(format!(
-                    "request bodies must be JSON: send \"Content-Type: application/json\" (got {text:?})"
+                    "this endpoint's body must be {wanted}: send \"Content-Type: {wanted}\" (got {text:?})"
                 )))
             }
         }
-        None if has_body => Err(ApiError::unsupported_media_type(
-            "request bodies must be JSON: send \"Content-Type: application/json\" (got none)",
-        )),
+        None if has_body => Err(ApiError::unsupported_media_type(format!(
+            "this endpoint's body must be {wanted}: send \"Content-Type: {wanted}\" (got none)"
+        ))),
         None => Ok(()),
     }
 }
@@ -362,7 +396,7 @@ mod tests {
     }
 
     #[test]
-    fn only_json_bodies_pass() {
+    fn only_bodies_of_the_endpoints_type_pass() {
         let with = |ct: Option<&str>, len: &str| {
             let mut h = HeaderMap::new();
             if let Some(ct) = ct {
@@ -375,7 +409,7 @@ mod tests {
                 header::CONTENT_LENGTH,
                 len.parse().unwrap_or_else(|_| panic!()),
             );
-            json_body_only(&Method::POST, &h)
+            body_of_type(&Method::POST, &h, JSON)
         };
         assert!(with(Some("application/json"), "2").is_ok());
         assert!(with(Some("Application/JSON; charset=utf-8"), "2").is_ok());
@@ -383,5 +417,20 @@ mod tests {
         assert!(with(Some("text/plain"), "2").is_err());
         assert!(with(Some("application/x-www-form-urlencoded"), "0").is_err());
         assert!(with(None, "2").is_err());
+        let upload = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONTENT_TYPE,
+                ct.parse().unwrap_or_else(|_| panic!()),
+            );
+            body_of_type(&Method::PUT, &h, OCTETS)
+        };
+        assert!(upload("application/octet-stream").is_ok());
+        assert!(upload("application/json").is_err());
+        assert!(upload("text/plain").is_err());
+        assert_eq!(
+            endpoint(&Method::PUT, "/api/packages/{id}/{version}").map(|e| e.body),
+            Some(OCTETS)
+        );
     }
 }

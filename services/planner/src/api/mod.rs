@@ -3,13 +3,15 @@
 //! ([`AppState::read`]) so a slow disk never stalls the runtime. The bodies are the types of
 //! [`shoal_shared::api`], which the CLI reads. Errors are
 //! `{"error": "<what is wrong and what to do>"}` with 400, 401 (no valid token), 403 (the
-//! token's role is too low), 404, 409, 415 (a body that is not JSON); a failure of the
+//! token's role is too low), 404, 409, 415 (a body that is not JSON, or for an upload not
+//! `application/octet-stream`); a failure of the
 //! planner itself is a 500 whose cause goes to the planner's log under an id the answer
 //! names. Who may call what is [`auth`]'s table; no CORS header is ever sent.
 
 pub mod auth;
 mod deployments;
 mod events;
+mod packages;
 mod pools;
 mod targets;
 mod tokens;
@@ -38,6 +40,8 @@ pub struct AppState {
     pub health_deadline_secs: u64,
     /// Seals sensitive variables before a deployment is recorded.
     pub master_key: std::sync::Arc<shoal_runtime::secrets::MasterKey>,
+    /// The package feed's chunks on the broker.
+    pub feed: crate::packages::Feed,
 }
 
 impl AppState {
@@ -101,6 +105,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/events", get(events::list))
         .route("/api/status", get(status))
+        .route("/api/packages", get(packages::list))
+        .route("/api/packages/{id}", get(packages::show))
+        .route(
+            "/api/packages/{id}/{version}",
+            get(packages::version)
+                .put(packages::push)
+                .delete(packages::remove),
+        )
         .route("/api/tokens", get(tokens::list).post(tokens::create))
         .route("/api/tokens/{name}", axum::routing::delete(tokens::revoke))
         .route("/healthz", get(|| async { "ok" }))
@@ -157,7 +169,15 @@ impl ApiError {
         }
     }
 
-    /// 415: the body is not JSON.
+    /// 503: something the request needs (the broker) is not answering now.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+        }
+    }
+
+    /// 415: the body is not of the endpoint's media type.
     pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,

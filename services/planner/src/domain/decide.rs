@@ -1,9 +1,9 @@
 //! Commands and the events they produce, or why they are refused. [`decide`] only
 //! dispatches: each command is decided by its aggregate's module (`pool`, `target`,
-//! `deployment`, `task`, `worker`, `token`, `report`).
+//! `deployment`, `task`, `worker`, `token`, `package`, `report`).
 
 use super::state::State;
-use super::{deployment, pool, report, target, task, token, worker};
+use super::{deployment, package, pool, report, target, task, token, worker};
 use shoal_shared::auth::{Actor, Role};
 use shoal_shared::events::{CheckTrigger, Event};
 use shoal_shared::messages::WorkerMessage;
@@ -100,6 +100,13 @@ pub enum Command {
     },
     /// An API token stops working.
     RevokeToken(TokenName),
+    /// A package version whose chunks are stored in the feed.
+    RecordPackage(shoal_shared::package::Manifest),
+    /// A package version leaves the feed.
+    RemovePackage {
+        id: shoal_shared::PackageId,
+        version: semver::Version,
+    },
     /// A fact reported by a worker.
     WorkerReport(WorkerMessage),
     /// A message that was refused (undecodable, on the wrong subject, claiming another
@@ -241,6 +248,8 @@ pub fn decide(
         } => token::create(state, name, *role, hash, created_by),
         Command::BootstrapAdmin { hash } => token::bootstrap(state, hash),
         Command::RevokeToken(name) => token::revoke(state, name),
+        Command::RecordPackage(manifest) => package::record(state, manifest),
+        Command::RemovePackage { id, version } => package::remove(state, id, version),
         Command::WorkerReport(msg) => Ok(vec![report::report(state, msg)?]),
         Command::RejectMessage {
             id,

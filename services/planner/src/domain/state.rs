@@ -2,7 +2,8 @@
 //!
 //! [`State::apply`] is infallible and deterministic: the same events in the same order give
 //! the same documents byte for byte, which is what makes replay verifiable. It only
-//! dispatches: each aggregate's module (`pool`, `target`, `deployment`, `task`, `worker`)
+//! dispatches: each aggregate's module (`pool`, `target`, `deployment`, `task`, `worker`,
+//! `token`, `package`)
 //! holds its documents and how its events change them. This module keeps what spans them:
 //! the document keys, the changes of a batch, and the step counts.
 
@@ -14,6 +15,7 @@ use shoal_shared::{
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use super::deployment::{DeploymentDoc, StepDoc};
+pub use super::package::{PackageDoc, PackageKey};
 pub use super::pool::PoolDoc;
 pub use super::target::{HealthRecord, PendingCheck, TargetDoc};
 pub use super::task::{AttemptDoc, TaskDoc};
@@ -32,6 +34,8 @@ pub enum DocKey {
     Outbox(TaskId, u32),
     /// An API token, by the SHA-256 of its value (hex).
     Token(String),
+    /// A version of a package in the feed.
+    Package(shoal_shared::PackageId, semver::Version),
 }
 
 /// Projection rows that are written once and never held in memory (task output).
@@ -65,6 +69,8 @@ pub struct State {
     pub workers: BTreeMap<WorkerName, WorkerDoc>,
     /// API tokens by the SHA-256 of their value (hex).
     pub tokens: BTreeMap<String, TokenDoc>,
+    /// The versions in the package feed.
+    pub packages: BTreeMap<PackageKey, PackageDoc>,
     /// Task attempts planned but not yet confirmed by the broker.
     pub outbox: BTreeSet<(TaskId, u32)>,
     /// Deployments not yet finished, for quick lookups after restart.
@@ -235,6 +241,9 @@ impl State {
             | Event::WorkerResumed { .. } => self.apply_worker(event, changes),
             Event::TokenCreated { .. } | Event::TokenRevoked { .. } => {
                 self.apply_token(at, event, changes)
+            }
+            Event::PackagePushed { .. } | Event::PackageRemoved { .. } => {
+                self.apply_package(at, event, changes)
             }
             Event::MessageRejected { .. } | Event::RejectionsCounted { .. } => {}
         }

@@ -1757,3 +1757,101 @@ fn a_pool_key_is_set_only_on_a_known_pool_and_a_new_one_rotates_it() {
         Some(pool_key('B'))
     );
 }
+
+fn manifest(id: &str, version: &str, content: &[u8]) -> shoal_shared::package::Manifest {
+    use shoal_shared::package::{ChunkRef, Manifest, Sha256};
+    Manifest {
+        id: PackageId::parse(id).expect("valid"),
+        version: version.parse().expect("valid"),
+        size: content.len() as u64,
+        sha256: Sha256::of(content),
+        chunks: vec![ChunkRef {
+            sha256: Sha256::of(content),
+            size: u32::try_from(content.len()).expect("small"),
+        }],
+    }
+}
+
+#[test]
+fn a_package_version_is_recorded_once_and_never_changes() {
+    let mut m = given(&[]);
+    let v1 = manifest("web", "1.2.3", b"first");
+    let events = when(&mut m, Command::RecordPackage(v1.clone())).expect("new version");
+    assert!(matches!(&events[..], [Event::PackagePushed { manifest }] if *manifest == v1));
+    assert_eq!(
+        when(&mut m, Command::RecordPackage(v1.clone())).expect("the same bytes again"),
+        vec![],
+        "pushing the same bytes again records nothing"
+    );
+    let other = manifest("web", "1.2.3", b"other bytes");
+    let Err(Rejection::Conflict(why)) = when(&mut m, Command::RecordPackage(other)) else {
+        panic!("other bytes under a recorded version must be refused");
+    };
+    assert!(
+        why.contains("web 1.2.3") && why.contains("new version"),
+        "{why}"
+    );
+    when(
+        &mut m,
+        Command::RecordPackage(manifest("web", "1.10.0", b"ten")),
+    )
+    .expect("new");
+    when(
+        &mut m,
+        Command::RecordPackage(manifest("api", "0.1.0", b"api")),
+    )
+    .expect("new");
+    let web = PackageId::parse("web").expect("valid");
+    let versions: Vec<String> = m
+        .state
+        .package_versions(&web)
+        .map(|d| d.manifest.version.to_string())
+        .collect();
+    assert_eq!(
+        versions,
+        ["1.2.3", "1.10.0"],
+        "semantic order, one package only"
+    );
+}
+
+#[test]
+fn a_manifest_whose_chunks_do_not_add_up_is_refused() {
+    let mut m = given(&[]);
+    let mut bad = manifest("web", "1.0.0", b"content");
+    bad.size += 1;
+    let Err(Rejection::Invalid(why)) = when(&mut m, Command::RecordPackage(bad)) else {
+        panic!("refused");
+    };
+    assert!(why.contains("add up"), "{why}");
+}
+
+#[test]
+fn removing_a_version_names_the_versions_there_are() {
+    let mut m = given(&[]);
+    when(
+        &mut m,
+        Command::RecordPackage(manifest("web", "1.0.0", b"a")),
+    )
+    .expect("new");
+    let id = PackageId::parse("web").expect("valid");
+    let Err(Rejection::NotFound(why)) = when(
+        &mut m,
+        Command::RemovePackage {
+            id: id.clone(),
+            version: "2.0.0".parse().expect("valid"),
+        },
+    ) else {
+        panic!("no such version");
+    };
+    assert!(why.contains("1.0.0"), "{why}");
+    let events = when(
+        &mut m,
+        Command::RemovePackage {
+            id: id.clone(),
+            version: "1.0.0".parse().expect("valid"),
+        },
+    )
+    .expect("removed");
+    assert!(matches!(&events[..], [Event::PackageRemoved { .. }]));
+    assert_eq!(m.state.package_versions(&id).count(), 0);
+}

@@ -22,7 +22,9 @@
 pub mod handover;
 pub mod writer;
 
-use crate::domain::state::{DeploymentDoc, PoolDoc, Row, TargetDoc, TaskDoc, TokenDoc, WorkerDoc};
+use crate::domain::state::{
+    DeploymentDoc, PackageDoc, PoolDoc, Row, TargetDoc, TaskDoc, TokenDoc, WorkerDoc,
+};
 use crate::domain::{DocKey, State};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -147,11 +149,12 @@ pub enum Proj {
     Output,
     /// API tokens by their hash.
     Tokens,
+    Packages,
 }
 
 impl Proj {
     /// Every projection.
-    pub const ALL: [Proj; 8] = [
+    pub const ALL: [Proj; 9] = [
         Proj::Pools,
         Proj::Targets,
         Proj::Deployments,
@@ -160,6 +163,7 @@ impl Proj {
         Proj::Outbox,
         Proj::Output,
         Proj::Tokens,
+        Proj::Packages,
     ];
 
     /// The projection's name.
@@ -173,6 +177,7 @@ impl Proj {
             Proj::Outbox => "outbox",
             Proj::Output => "output",
             Proj::Tokens => "tokens",
+            Proj::Packages => "packages",
         }
     }
 
@@ -186,6 +191,7 @@ impl Proj {
             Proj::Outbox => b'O',
             Proj::Output => b'L',
             Proj::Tokens => b'X',
+            Proj::Packages => b'G',
         }
     }
 
@@ -239,6 +245,11 @@ pub fn doc_write(state: &State, key: &DocKey) -> Result<ProjWrite, LogError> {
             Proj::Tokens,
             hash.as_bytes().into(),
             enc(state.tokens.get(hash))?,
+        ),
+        DocKey::Package(id, version) => (
+            Proj::Packages,
+            format!("{id}/{version}").into_bytes(),
+            enc(state.packages.get(&(id.clone(), version.clone())))?,
         ),
     })
 }
@@ -608,6 +619,10 @@ impl EventLog {
         }
         for t in self.docs::<TokenDoc>(Proj::Tokens)? {
             state.tokens.insert(t.hash.clone(), t);
+        }
+        for p in self.docs::<PackageDoc>(Proj::Packages)? {
+            let key = (p.manifest.id.clone(), p.manifest.version.clone());
+            state.packages.insert(key, p);
         }
         for d in self.docs::<DeploymentDoc>(Proj::Deployments)? {
             if !d.state.is_terminal() {

@@ -1,0 +1,147 @@
+//! The package feed over HTTP: `PUT /api/packages/{id}/{version}` (deployer; the body is the
+//! file, `application/octet-stream`, streamed into chunks, never held whole),
+//! `GET /api/packages[/{id}[/{version}]]` (viewer), `DELETE /api/packages/{id}/{version}`
+//! (admin).
+
+use super::auth::Caller;
+use super::{ApiError, AppState};
+use crate::domain::Command;
+use crate::domain::package::PackageDoc;
+use crate::log::Proj;
+use crate::packages::FeedError;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use futures::TryStreamExt;
+use shoal_shared::PackageId;
+use shoal_shared::api::{PackageView, PushedPackage};
+
+/// The id and version of a path, or a 400 naming what is wrong.
+fn parse(id: &str, version: &str) -> Result<(PackageId, semver::Version), ApiError> {
+    let id = PackageId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let version = semver::Version::parse(version).map_err(|e| {
+        ApiError::bad_request(format!(
+            "package version {version:?} is not a semantic version (e.g. 1.2.3): {e}"
+        ))
+    })?;
+    Ok((id, version))
+}
+
+fn view(doc: &PackageDoc) -> PackageView {
+    let m = &doc.manifest;
+    PackageView {
+        id: m.id.clone(),
+        version: m.version.clone(),
+        size: m.size,
+        sha256: m.sha256,
+        chunks: m.chunks.len(),
+        pushed_at: doc.pushed_at,
+    }
+}
+
+/// 201 with what was stored once the version is durable in the log; 200 when the same bytes
+/// were there already; 409 when the version exists with other bytes.
+pub(super) async fn push(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((id, version)): Path<(String, String)>,
+    body: Body,
+) -> Result<(StatusCode, Json<PushedPackage>), ApiError> {
+    let (id, version) = parse(&id, &version)?;
+    let upload =
+        tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let (manifest, stats) = app
+        .feed
+        .push(id.clone(), version.clone(), upload)
+        .await
+        .map_err(|e| match e {
+            FeedError::Upload { .. } | FeedError::TooLarge => ApiError::bad_request(e.to_string()),
+            _ => ApiError::unavailable(e.to_string()),
+        })?;
+    let appended = app
+        .writer
+        .execute_as(caller.actor(), Command::RecordPackage(manifest))
+        .await?;
+    let doc = app
+        .read(move |log| Ok(log.doc::<PackageDoc>(Proj::Packages, &key(&id, &version))?))
+        .await?
+        .ok_or_else(|| ApiError::internal("reading a pushed package", &"not in the projection"))?;
+    let status = if appended.seqs.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(PushedPackage {
+            package: view(&doc),
+            new_chunks: stats.new_chunks,
+            new_bytes: stats.new_bytes,
+        }),
+    ))
+}
+
+/// A version's key in the projection.
+fn key(id: &PackageId, version: &semver::Version) -> Vec<u8> {
+    format!("{id}/{version}").into_bytes()
+}
+
+/// Every version in the feed, by id and then version.
+pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<PackageView>>, ApiError> {
+    Ok(Json(versions(&app, None).await?))
+}
+
+/// The versions of one package, oldest first; 404 if it has none.
+pub(super) async fn show(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<PackageView>>, ApiError> {
+    let id = PackageId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let found = versions(&app, Some(&id)).await?;
+    if found.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "package {id} is not in the feed (`shoal package push FILE --id {id} --version X.Y.Z`)"
+        )));
+    }
+    Ok(Json(found))
+}
+
+async fn versions(app: &AppState, id: Option<&PackageId>) -> Result<Vec<PackageView>, ApiError> {
+    let docs: Vec<PackageDoc> = app.read(|log| Ok(log.docs(Proj::Packages)?)).await?;
+    let mut views: Vec<PackageView> = docs
+        .iter()
+        .filter(|d| id.is_none_or(|id| &d.manifest.id == id))
+        .map(view)
+        .collect();
+    views.sort_by(|a, b| (&a.id, &a.version).cmp(&(&b.id, &b.version)));
+    Ok(views)
+}
+
+/// One version.
+pub(super) async fn version(
+    State(app): State<AppState>,
+    Path((id, version)): Path<(String, String)>,
+) -> Result<Json<PackageView>, ApiError> {
+    let (id, version) = parse(&id, &version)?;
+    let k = key(&id, &version);
+    let doc: Option<PackageDoc> = app
+        .read(move |log| Ok(log.doc(Proj::Packages, &k)?))
+        .await?;
+    doc.map(|d| Json(view(&d))).ok_or_else(|| {
+        ApiError::not_found(format!("package {id} has no version {version} in the feed"))
+    })
+}
+
+/// 204 once the removal is durable.
+pub(super) async fn remove(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((id, version)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (id, version) = parse(&id, &version)?;
+    app.writer
+        .execute_as(caller.actor(), Command::RemovePackage { id, version })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,91 @@
+//! Packages in the feed: a version's document (its manifest and when it was pushed), how
+//! `PackagePushed` and `PackageRemoved` change it, and the commands that record and remove
+//! versions. The bytes are chunks in the broker's object store (`packages`, at the planner's
+//! I/O edge), stored before the version is recorded; the log holds what each version is.
+
+use super::decide::{NewEvent, Rejection, join};
+use super::state::{Changes, DocKey, State};
+use serde::{Deserialize, Serialize};
+use shoal_shared::events::Event;
+use shoal_shared::package::Manifest;
+use shoal_shared::{PackageId, Timestamp};
+
+/// One version of a package in the feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageDoc {
+    pub manifest: Manifest,
+    pub pushed_at: Timestamp,
+}
+
+/// A package version's key: its id and version.
+pub type PackageKey = (PackageId, semver::Version);
+
+impl State {
+    /// How a package's events change the state.
+    pub(super) fn apply_package(&mut self, at: Timestamp, event: &Event, changes: &mut Changes) {
+        match event {
+            Event::PackagePushed { manifest } => {
+                let key = (manifest.id.clone(), manifest.version.clone());
+                let doc = PackageDoc {
+                    manifest: manifest.clone(),
+                    pushed_at: at,
+                };
+                self.packages.insert(key.clone(), doc);
+                changes.docs.insert(DocKey::Package(key.0, key.1));
+            }
+            Event::PackageRemoved { id, version } => {
+                self.packages.remove(&(id.clone(), version.clone()));
+                changes
+                    .docs
+                    .insert(DocKey::Package(id.clone(), version.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    /// The versions of a package, oldest first.
+    pub fn package_versions(&self, id: &PackageId) -> impl Iterator<Item = &PackageDoc> {
+        self.packages
+            .range((id.clone(), semver::Version::new(0, 0, 0))..)
+            .take_while(move |((i, _), _)| i == id)
+            .map(|(_, doc)| doc)
+    }
+}
+
+/// `RecordPackage`: a version whose chunks are in the feed. Versions are immutable: pushing
+/// the same bytes again changes nothing; other bytes under the same version are refused.
+pub(super) fn record(state: &State, manifest: &Manifest) -> Result<Vec<NewEvent>, Rejection> {
+    manifest.check().map_err(Rejection::Invalid)?;
+    let key = (manifest.id.clone(), manifest.version.clone());
+    if let Some(doc) = state.packages.get(&key) {
+        if doc.manifest.sha256 == manifest.sha256 {
+            return Ok(vec![]);
+        }
+        return Err(Rejection::Conflict(format!(
+            "package {} {} is in the feed already with other content (SHA-256 {}); a version never changes: push this file as a new version",
+            manifest.id, manifest.version, doc.manifest.sha256
+        )));
+    }
+    Ok(vec![NewEvent::new(Event::PackagePushed {
+        manifest: manifest.clone(),
+    })])
+}
+
+/// `RemovePackage`: a version leaves the feed (its chunks no other version uses are swept
+/// at the I/O edge).
+pub(super) fn remove(
+    state: &State,
+    id: &PackageId,
+    version: &semver::Version,
+) -> Result<Vec<NewEvent>, Rejection> {
+    if !state.packages.contains_key(&(id.clone(), version.clone())) {
+        let known = join(state.package_versions(id).map(|d| &d.manifest.version));
+        return Err(Rejection::NotFound(format!(
+            "package {id} has no version {version} (versions in the feed: {known})"
+        )));
+    }
+    Ok(vec![NewEvent::new(Event::PackageRemoved {
+        id: id.clone(),
+        version: version.clone(),
+    })])
+}
