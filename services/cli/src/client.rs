@@ -218,6 +218,26 @@ impl ApiClient {
         typed(&format!("PUT {path}"), &text)
     }
 
+    /// `PUT path` with a streamed body of `content_type`, the answer read as a `T` (a
+    /// streamed body is sent once: no wait for a starting planner).
+    ///
+    /// # Errors
+    /// The planner is unreachable, answered with an error, or with something else than a `T`.
+    pub async fn put_stream_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: reqwest::Body,
+    ) -> Result<T, ClientError> {
+        let req = self
+            .http
+            .put(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        let text = self.send(req).await?;
+        typed(&format!("PUT {path}"), &text)
+    }
+
     /// One page of a task's output: the lines after `after` (from the first when `None`),
     /// as many as the planner gives at once.
     ///

@@ -1,6 +1,7 @@
 //! `shoal`: the command line over the planner's HTTP API, and `shoal demo`.
 
 mod demo;
+mod package;
 mod render;
 mod watch;
 
@@ -143,6 +144,9 @@ enum Cmd {
     /// pools, targets, workers and tokens (admin).
     #[command(subcommand)]
     Token(TokenCmd),
+    /// The package feed: push a file as a version of a package, list versions, remove one.
+    #[command(subcommand)]
+    Package(PackageCmd),
     /// Run the whole system on this machine and show a deployment routed to pools.
     Demo {
         /// Stay up after the demo deployment (Ctrl-C stops everything).
@@ -339,6 +343,29 @@ enum TokenCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum PackageCmd {
+    /// Push a file (.tar.gz, .zip, anything) as a version of a package (deployer). Only the
+    /// chunks the feed lacks are stored; the same bytes again change nothing.
+    Push {
+        /// The file.
+        file: PathBuf,
+        /// The package's id, e.g. `web`.
+        #[arg(long)]
+        id: String,
+        /// Its semantic version, e.g. `1.2.3`.
+        #[arg(long)]
+        version: String,
+    },
+    /// The versions in the feed, of every package or of one.
+    List {
+        /// Only this package.
+        id: Option<String>,
+    },
+    /// Remove a version from the feed (admin).
+    Rm { id: String, version: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum DeploymentCmd {
     /// Recent deployments, newest first.
     List {
@@ -456,6 +483,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             limit,
         } => events(&api, out, deployment, stream, after, limit).await?,
         Cmd::Token(cmd) => token(&api, out, cmd).await?,
+        Cmd::Package(cmd) => package::run(&api, out, cmd).await?,
         Cmd::Demo { keep } => return demo::run(keep).await,
         Cmd::Completions { shell } => {
             // Into a buffer first: the generator panics on a failed write (a closed pipe).

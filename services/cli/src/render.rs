@@ -337,6 +337,27 @@ pub fn tokens(v: &[shoal_shared::api::TokenView]) {
     println!("{t}");
 }
 
+/// `shoal package list`.
+pub fn packages(v: &[shoal_shared::api::PackageView]) {
+    if v.is_empty() {
+        println!("no packages in the feed (`shoal package push FILE --id ID --version X.Y.Z`)");
+        return;
+    }
+    let mut t = table(&["package", "version", "bytes", "chunks", "sha-256", "pushed"]);
+    for p in v {
+        let sha = p.sha256.to_hex();
+        t.add_row(vec![
+            p.id.to_string(),
+            p.version.to_string(),
+            p.size.to_string(),
+            p.chunks.to_string(),
+            sha[..12].to_owned(),
+            s(&p.pushed_at),
+        ]);
+    }
+    println!("{t}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
