@@ -261,6 +261,7 @@ fn task_message(i: usize, pool: &PoolName, now_us: i64) -> TaskMessage {
         max_deliveries: 3,
         probe: None,
         sensitive_variables: BTreeMap::new(),
+        package: None,
     }
 }
 

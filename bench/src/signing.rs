@@ -285,6 +285,7 @@ fn micro() -> anyhow::Result<Micro> {
         action: Action::Noop,
         variables: Default::default(),
         sensitive_variables: Default::default(),
+        package: None,
         timeout_secs: None,
         planned_at: Timestamp::now(),
         max_deliveries: 3,

@@ -255,6 +255,14 @@ pub enum ActionRequest {
     },
     Noop {},
     HealthCheck {},
+    /// `{"type": "deploy_package", "package": {"id": "web", "version": "1.2.3"}, "script": …}`:
+    /// the version exact or a range (`^1.2`), resolved when the deployment is accepted.
+    DeployPackage {
+        package: crate::domain::PackageRef,
+        script: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shell: Option<String>,
+    },
 }
 
 /// The answer to `POST /api/deployments`.

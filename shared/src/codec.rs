@@ -232,6 +232,7 @@ mod tests {
                                 pool: pool.clone(),
                                 rule: PoolRule::GlobalDefault,
                             }],
+                            package: None,
                         })
                         .collect(),
                 }),
@@ -408,6 +409,13 @@ mod tests {
                 sensitive_variables: BTreeMap::from([("PW".to_owned(), crate::secret::Sealed {
                     to: crate::secret::SealedFor::Pool, key: "XK".into(), from: "XF".into(), data: vec![9; 40],
                 })]),
+                package: Some(crate::messages::PackageSpec {
+                    id: crate::PackageId::parse("web").expect("valid"),
+                    version: semver::Version::new(1, 2, at.millis().unsigned_abs() % 7),
+                    size: attempt.into(),
+                    sha256: crate::package::Sha256::of(d.as_bytes()),
+                    manifest_sha256: crate::package::Sha256::of(t.as_bytes()),
+                }),
             };
             let back: TaskMessage = decode("task", &encode(&m).expect("encodes")).expect("decodes");
             prop_assert_eq!(back, m);

@@ -119,6 +119,32 @@ pub enum Action {
     /// Checks the health of the step's targets again (their probes) and applies the
     /// deployment's `unhealthy_targets` option to those found unhealthy.
     HealthCheck,
+    /// Acquires a package from the feed (the worker fetches only the chunks its cache
+    /// lacks), unpacks it into the task's directory and runs the script there.
+    DeployPackage {
+        package: PackageRef,
+        script: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shell: Option<String>,
+    },
+}
+
+/// The package a step deploys: an id and a version, exact (`1.2.3`) or a range (`^1.2`,
+/// `>=1.0, <2`: the newest version in the feed that matches, chosen when the deployment is
+/// accepted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageRef {
+    pub id: crate::names::PackageId,
+    pub version: String,
+}
+
+/// The version a step's package reference was resolved to when its deployment was
+/// accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedPackage {
+    pub id: crate::names::PackageId,
+    pub version: semver::Version,
+    pub sha256: crate::package::Sha256,
 }
 
 /// One step of a deployment process.

@@ -37,6 +37,9 @@ pub struct PlannedTask {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedStep {
     pub tasks: Vec<PlannedTask>,
+    /// The package version a `deploy_package` step was resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<crate::domain::ResolvedPackage>,
 }
 
 /// Every fact shoal records.
@@ -234,6 +237,8 @@ pub enum Event {
     /// A version of a package is in the feed: every chunk it names was stored first.
     PackagePushed {
         manifest: Manifest,
+        /// SHA-256 of the manifest as stored in the feed (see `package::encode_manifest`).
+        manifest_sha256: crate::package::Sha256,
     },
     /// A version of a package left the feed.
     PackageRemoved {
@@ -374,7 +379,7 @@ impl Event {
             Event::TokenCreated { name, .. } | Event::TokenRevoked { name, .. } => {
                 format!("token/{name}")
             }
-            Event::PackagePushed { manifest } => format!("package/{}", manifest.id),
+            Event::PackagePushed { manifest, .. } => format!("package/{}", manifest.id),
             Event::PackageRemoved { id, .. } => format!("package/{id}"),
             _ => "rejected".to_owned(),
         }

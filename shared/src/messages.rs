@@ -45,6 +45,22 @@ pub struct TaskMessage {
     /// one refuses the task.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sensitive_variables: BTreeMap<String, crate::secret::Sealed>,
+    /// The package a `deploy_package` step deploys. The signature over this message binds
+    /// the manifest's digest, the manifest binds every chunk's and the whole file's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<PackageSpec>,
+}
+
+/// The package version a task deploys: what the worker fetches from the feed and checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageSpec {
+    pub id: crate::names::PackageId,
+    pub version: semver::Version,
+    pub size: u64,
+    /// SHA-256 of the whole file.
+    pub sha256: crate::package::Sha256,
+    /// SHA-256 of the encoded manifest (its name in the feed: [`crate::package::manifest_object`]).
+    pub manifest_sha256: crate::package::Sha256,
 }
 
 /// Header of a message on `shoal.tasks.<pool>` saying what its payload is; absent: a

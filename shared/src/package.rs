@@ -129,6 +129,27 @@ impl Manifest {
     }
 }
 
+/// The name of a chunk's object in the feed: its SHA-256.
+pub fn chunk_object(sha: &Sha256) -> String {
+    sha.to_hex()
+}
+
+/// The name of a manifest's object in the feed, by the SHA-256 of its encoding.
+pub fn manifest_object(digest: &Sha256) -> String {
+    format!("manifest-{digest}")
+}
+
+/// A manifest as stored in the feed (MessagePack, named fields: deterministic) and the
+/// SHA-256 of those bytes, which a signed task carries.
+///
+/// # Errors
+/// It cannot be encoded.
+pub fn encode_manifest(m: &Manifest) -> Result<(Vec<u8>, Sha256), crate::codec::CodecError> {
+    let bytes = crate::codec::encode(m)?;
+    let sha = Sha256::of(&bytes);
+    Ok((bytes, sha))
+}
+
 /// A chunk cut from a file, with its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {

@@ -7,9 +7,10 @@
 //! environments, pools and targets ask a [`Registry`], in the order the fields are read, so
 //! the first problem reported is always the first one in the request.
 
-use crate::domain::{Action, DeploymentSpec, StepSpec, Target};
+use crate::domain::{Action, DeploymentSpec, PackageRef, ResolvedPackage, StepSpec, Target};
 use crate::health::UnhealthyTargets;
-use crate::names::{EnvironmentName, PoolName, RoleName, TargetName};
+use crate::names::{EnvironmentName, PackageId, PoolName, RoleName, TargetName};
+use crate::package::Sha256;
 use crate::secret::Sealed;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -69,6 +70,14 @@ pub enum StepAction {
     Noop,
     /// Checks the health of the step's targets again.
     HealthCheck,
+    /// Deploys a package version (resolved against the feed) with a script.
+    DeployPackage {
+        package: ResolvedPackage,
+        /// The version as the step gave it.
+        asked: String,
+        script: String,
+        shell: Option<Shell>,
+    },
 }
 
 /// What a deployment is checked against beyond itself: the planner's registered
@@ -84,6 +93,10 @@ pub trait Registry {
     fn pools(&self) -> Vec<PoolName>;
     /// The targets of an environment, in name order.
     fn targets_in(&self, environment: &EnvironmentName) -> Vec<&Target>;
+    /// The versions of a package in the feed, with their digests (none: unknown package).
+    fn package_versions(&self, id: &PackageId) -> Vec<(semver::Version, Sha256)>;
+    /// The ids of the packages in the feed.
+    fn package_ids(&self) -> Vec<PackageId>;
 }
 
 /// Whether a step with these roles runs on the target (it has any of them).
@@ -105,6 +118,24 @@ pub enum Problem {
     UnknownEnvironment {
         environment: EnvironmentName,
         known: Vec<EnvironmentName>,
+    },
+    #[error(
+        "package version {0:?} is neither a version (1.2.3) nor a range (^1.2, ~1.2.3, >=1.0, <2)"
+    )]
+    BadVersion(String),
+    #[error("unknown package \"{id}\" (in the feed: {})", join(known))]
+    UnknownPackage {
+        id: PackageId,
+        known: Vec<PackageId>,
+    },
+    #[error(
+        "package \"{id}\" has no version matching {asked} (versions in the feed: {})",
+        join(versions)
+    )]
+    NoSuchVersion {
+        id: PackageId,
+        asked: String,
+        versions: Vec<semver::Version>,
     },
     #[error("a deployment needs at least one step")]
     NoSteps,
@@ -187,6 +218,14 @@ impl ValidStep {
     pub fn action(&self) -> &StepAction {
         &self.action
     }
+    /// The package version it deploys, resolved against the feed.
+    pub fn package(&self) -> Option<&ResolvedPackage> {
+        match &self.action {
+            StepAction::DeployPackage { package, .. } => Some(package),
+            _ => None,
+        }
+    }
+
     /// Whether it checks its targets' health ([`Action::HealthCheck`]).
     pub fn checks_health(&self) -> bool {
         self.action == StepAction::HealthCheck
@@ -250,7 +289,7 @@ impl ValidStep {
         registry: &impl Registry,
     ) -> Result<ValidStep, Fault> {
         check_name_and_pool(step, names, registry)?;
-        let action = parse_action(&step.action).map_err(|p| (".action.shell", p))?;
+        let action = parse_action(&step.action, registry)?;
         let size = step_bytes(step);
         if size > MAX_STEP_BYTES {
             return Err(("", Problem::TooLarge(size)));
@@ -352,6 +391,19 @@ impl From<ValidStep> for StepSpec {
                 },
                 StepAction::Noop => Action::Noop,
                 StepAction::HealthCheck => Action::HealthCheck,
+                StepAction::DeployPackage {
+                    package,
+                    asked,
+                    script,
+                    shell,
+                } => Action::DeployPackage {
+                    package: PackageRef {
+                        id: package.id,
+                        version: asked,
+                    },
+                    script,
+                    shell: shell.map(|s| s.as_str().to_owned()),
+                },
             },
             roles: s.roles,
             pool: s.pool,
@@ -475,21 +527,84 @@ fn check_name_and_pool(
     Ok(())
 }
 
-fn parse_action(action: &Action) -> Result<StepAction, Problem> {
+fn parse_action(action: &Action, registry: &impl Registry) -> Result<StepAction, Fault> {
+    let shell = |shell: &Option<String>| {
+        (shell.as_deref().map(Shell::parse).transpose()).map_err(|p| (".action.shell", p))
+    };
     Ok(match action {
-        Action::Script { script, shell } => StepAction::Script {
+        Action::Script { script, shell: s } => StepAction::Script {
             script: script.clone(),
-            shell: shell.as_deref().map(Shell::parse).transpose()?,
+            shell: shell(s)?,
         },
         Action::Noop => StepAction::Noop,
         Action::HealthCheck => StepAction::HealthCheck,
+        Action::DeployPackage {
+            package,
+            script,
+            shell: s,
+        } => StepAction::DeployPackage {
+            package: resolve_package(package, registry)?,
+            asked: package.version.clone(),
+            script: script.clone(),
+            shell: shell(s)?,
+        },
+    })
+}
+
+/// The version a package reference names: the exact version, or the newest in the feed
+/// that matches the range.
+fn resolve_package(r: &PackageRef, registry: &impl Registry) -> Result<ResolvedPackage, Fault> {
+    let wanted = match semver::Version::parse(&r.version) {
+        Ok(exact) => semver::VersionReq {
+            comparators: vec![semver::Comparator {
+                op: semver::Op::Exact,
+                major: exact.major,
+                minor: Some(exact.minor),
+                patch: Some(exact.patch),
+                pre: exact.pre,
+            }],
+        },
+        Err(_) => semver::VersionReq::parse(&r.version).map_err(|_| {
+            let problem = Problem::BadVersion(r.version.clone());
+            (".action.package.version", problem)
+        })?,
+    };
+    let versions = registry.package_versions(&r.id);
+    if versions.is_empty() {
+        let known = registry.package_ids();
+        let problem = Problem::UnknownPackage {
+            id: r.id.clone(),
+            known,
+        };
+        return Err((".action.package.id", problem));
+    }
+    let newest = versions
+        .iter()
+        .filter(|(v, _)| wanted.matches(v))
+        .max_by(|a, b| a.0.cmp(&b.0));
+    let Some((version, sha256)) = newest else {
+        let problem = Problem::NoSuchVersion {
+            id: r.id.clone(),
+            asked: r.version.clone(),
+            versions: {
+                let mut all: Vec<semver::Version> = versions.into_iter().map(|(v, _)| v).collect();
+                all.sort();
+                all
+            },
+        };
+        return Err((".action.package.version", problem));
+    };
+    Ok(ResolvedPackage {
+        id: r.id.clone(),
+        version: version.clone(),
+        sha256: *sha256,
     })
 }
 
 /// What every task of the step carries through the broker: script plus variables.
 fn step_bytes(step: &StepSpec) -> usize {
     let script = match &step.action {
-        Action::Script { script, .. } => script.len(),
+        Action::Script { script, .. } | Action::DeployPackage { script, .. } => script.len(),
         Action::Noop | Action::HealthCheck => 0,
     };
     let variables: usize = step.variables.iter().map(|(k, v)| k.len() + v.len()).sum();

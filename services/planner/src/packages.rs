@@ -8,13 +8,18 @@
 
 use async_nats::jetstream::{self, object_store};
 use shoal_shared::PackageId;
-use shoal_shared::package::{Chunk, Chunker, Manifest, Sha256};
+use shoal_shared::package::{
+    Chunk, Chunker, MAX_CHUNK, Manifest, Sha256, chunk_object, encode_manifest, manifest_object,
+};
 use shoal_shared::subjects::Subjects;
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
 /// Largest package the feed takes (bytes).
 pub const MAX_PACKAGE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Largest message of an object in the feed: a whole chunk.
+const OBJECT_MESSAGE: usize = MAX_CHUNK as usize;
 
 /// Chunks cut and waiting to be stored: the chunker runs ahead of the broker by this many.
 const CHUNKS_AHEAD: usize = 8;
@@ -85,7 +90,11 @@ impl Feed {
     /// # Errors
     /// The broker did not answer.
     pub async fn has(&self, chunk: &Sha256) -> Result<bool, FeedError> {
-        match self.store.info(chunk.to_hex()).await {
+        self.has_object(&chunk_object(chunk), chunk).await
+    }
+
+    async fn has_object(&self, name: &str, chunk: &Sha256) -> Result<bool, FeedError> {
+        match self.store.info(name).await {
             Ok(info) => Ok(!info.deleted),
             Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
             Err(e) => Err(FeedError::Lookup {
@@ -104,19 +113,50 @@ impl Feed {
         if self.has(&sha).await? {
             return Ok(false);
         }
-        let mut data = chunk.data.as_slice();
-        self.store
-            .put(sha.to_hex().as_str(), &mut data)
+        self.put_object(&chunk_object(&sha), &chunk.data)
             .await
-            .map_err(|e| FeedError::Store {
-                chunk: sha,
-                cause: e.to_string(),
-            })?;
+            .map_err(|cause| FeedError::Store { chunk: sha, cause })?;
         Ok(true)
     }
 
-    /// Cuts what `upload` yields into chunks and stores those the bucket lacks; the manifest
-    /// of the version, to be recorded.
+    /// Stores an object as messages of up to [`OBJECT_MESSAGE`] bytes: a chunk is one
+    /// message, so a worker reads it with two direct gets (its info, its data).
+    async fn put_object(&self, name: &str, data: &[u8]) -> Result<(), String> {
+        let meta = object_store::ObjectMetadata {
+            name: name.to_owned(),
+            chunk_size: Some(OBJECT_MESSAGE),
+            ..Default::default()
+        };
+        let mut data = data;
+        self.store
+            .put(meta, &mut data)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Stores a version's manifest under its digest (see [`manifest_object`]); the digest.
+    ///
+    /// # Errors
+    /// The broker did not store it.
+    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<Sha256, FeedError> {
+        let (bytes, digest) = encode_manifest(manifest).map_err(|e| FeedError::Store {
+            chunk: manifest.sha256,
+            cause: e.to_string(),
+        })?;
+        if !self.has_object(&manifest_object(&digest), &digest).await? {
+            self.put_object(&manifest_object(&digest), &bytes)
+                .await
+                .map_err(|cause| FeedError::Store {
+                    chunk: digest,
+                    cause,
+                })?;
+        }
+        Ok(digest)
+    }
+
+    /// Cuts what `upload` yields into chunks and stores those the bucket lacks, then the
+    /// manifest; the manifest of the version and its digest, to be recorded.
     ///
     /// # Errors
     /// The upload broke off or was too large, or the broker did not store a chunk.
@@ -125,7 +165,7 @@ impl Feed {
         id: PackageId,
         version: semver::Version,
         upload: impl AsyncRead + Send + Unpin + 'static,
-    ) -> Result<(Manifest, PushStats), FeedError> {
+    ) -> Result<(Manifest, Sha256, PushStats), FeedError> {
         let (tx, mut rx) = mpsc::channel::<Chunk>(CHUNKS_AHEAD);
         // The chunker reads synchronously; on a blocking thread it reads the upload through
         // a bridge as the chunks are stored.
@@ -169,6 +209,7 @@ impl Feed {
             sha256,
             chunks,
         };
-        Ok((manifest, stats))
+        let digest = self.put_manifest(&manifest).await?;
+        Ok((manifest, digest, stats))
     }
 }

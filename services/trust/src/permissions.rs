@@ -25,13 +25,13 @@ pub fn planner() -> Permissions {
 ///
 /// Publish: the pool consumer's info (the worker binds its consumer by name and looks it
 /// up, it never lists streams) and next-message requests, acks of that consumer's messages,
-/// and its own results, heartbeat and drain-state subjects. Subscribe: its own inbox prefix
+/// its own results, heartbeat and drain-state subjects, and reads of the package feed. Subscribe: its own inbox prefix
 /// (fetched messages and every reply, including JetStream publish acks), its pool's
 /// cancellations and its own control subject.
 pub fn worker(subjects: &Subjects, api: &str, pool: &str, name: &str) -> Permissions {
     let p = subjects.prefix();
     let stream = subjects.tasks_stream();
-    let publish = vec![
+    let mut publish = vec![
         format!("{api}.CONSUMER.INFO.{stream}.{pool}"),
         format!("{api}.CONSUMER.MSG.NEXT.{stream}.{pool}"),
         format!("$JS.ACK.{stream}.{pool}.>"),
@@ -39,6 +39,7 @@ pub fn worker(subjects: &Subjects, api: &str, pool: &str, name: &str) -> Permiss
         format!("{p}.heartbeat.{pool}.{name}"),
         format!("{p}.drain-state.{pool}.{name}"),
     ];
+    publish.extend(package_feed(subjects, api));
     Permissions {
         publish,
         subscribe: vec![
@@ -47,6 +48,17 @@ pub fn worker(subjects: &Subjects, api: &str, pool: &str, name: &str) -> Permiss
             format!("{p}.control.{pool}.{name}"),
         ],
     }
+}
+
+/// Reading the package feed: direct gets on its object store's stream (an object's info,
+/// then its data), which read and never write or create a consumer. Every worker may read
+/// every package.
+fn package_feed(subjects: &Subjects, api: &str) -> [String; 2] {
+    let stream = format!("OBJ_{}", subjects.packages_bucket());
+    [
+        format!("{api}.DIRECT.GET.{stream}"),
+        format!("{api}.DIRECT.GET.{stream}.>"),
+    ]
 }
 
 /// A region's leaf node as a user of the hub: the upper limit of what crosses the link,
@@ -88,6 +100,7 @@ pub fn region(subjects: &Subjects, domain: &str, pools: &[String], any_pool: boo
             format!("{p}.control.{pool}.*"),
         ]);
     }
+    both.extend(package_feed(subjects, &format!("$JS.{domain}.API")));
     let mut subscribe = both.clone();
     // The leaf node's own loop-detection subscription.
     subscribe.push("$LDS.>".to_owned());
@@ -113,6 +126,8 @@ mod tests {
                 "shoal.results.eu-west.eu-west-1",
                 "shoal.heartbeat.eu-west.eu-west-1",
                 "shoal.drain-state.eu-west.eu-west-1",
+                "$JS.API.DIRECT.GET.OBJ_SHOAL_PACKAGES",
+                "$JS.API.DIRECT.GET.OBJ_SHOAL_PACKAGES.>",
             ]
         );
         assert_eq!(
@@ -124,7 +139,10 @@ mod tests {
             ]
         );
         let all = perms.publish.iter().chain(&perms.subscribe);
-        assert!(all.clone().all(|s| !s.contains("STREAM") && s != ">"));
+        assert!(
+            all.clone()
+                .all(|s| !s.contains("STREAM") && !s.contains("CREATE") && s != ">")
+        );
         assert!(all.clone().all(|s| !s.starts_with("shoal.tasks")));
     }
 }

@@ -7,6 +7,7 @@
 pub mod control;
 pub mod execute;
 pub mod heartbeat;
+pub mod packages;
 pub mod pull;
 pub mod readiness;
 pub mod report;
@@ -52,6 +53,9 @@ pub struct WorkerConfig {
     /// Whose signatures the worker accepts; by default none, so nothing runs until the
     /// planner's public key is given.
     pub trust: Trust,
+    /// The package feed and this worker's chunk cache (`<work_dir>/packages`), set when the
+    /// worker starts.
+    pub packages: Option<packages::Acquirer>,
 }
 
 impl WorkerConfig {
@@ -71,6 +75,7 @@ impl WorkerConfig {
             min_free_disk_mb: 1024,
             pool_keys: Vec::new(),
             trust: Trust::default(),
+            packages: None,
         }
     }
 }
@@ -97,6 +102,13 @@ pub async fn run(
         Some(domain) => async_nats::jetstream::with_domain(client.clone(), domain),
         None => async_nats::jetstream::new(client.clone()),
     };
+    let cache = config.work_dir.join("packages").join("chunks");
+    let bucket = config.subjects.packages_bucket();
+    config.packages = Some(
+        packages::Acquirer::new(&js, &bucket, cache)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the package cache: {e}"))?,
+    );
     let reporter = report::Reporter::new(js.clone(), &config, shutdown.clone());
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(config.slots as usize));
     tracing::info!(

@@ -65,6 +65,87 @@ impl Registry for Known {
             .filter(|t| &t.environment == environment)
             .collect()
     }
+    /// Package `web` in versions 1.2.3, 1.4.0, 1.10.0 and 2.0.0.
+    fn package_versions(&self, id: &PackageId) -> Vec<(semver::Version, Sha256)> {
+        if id.as_str() != "web" {
+            return vec![];
+        }
+        ["1.2.3", "1.10.0", "1.4.0", "2.0.0"]
+            .into_iter()
+            .map(|v| (v.parse().expect("valid"), Sha256::of(v.as_bytes())))
+            .collect()
+    }
+    fn package_ids(&self) -> Vec<PackageId> {
+        vec![PackageId::parse("web").expect("valid")]
+    }
+}
+
+fn deploy_package(id: &str, version: &str) -> StepSpec {
+    StepSpec {
+        action: Action::DeployPackage {
+            package: PackageRef {
+                id: PackageId::parse(id).expect("valid"),
+                version: version.into(),
+            },
+            script: "./install.sh".into(),
+            shell: None,
+        },
+        ..step("deploy")
+    }
+}
+
+fn resolved(version: &str) -> Result<String, String> {
+    let spec = DeploymentSpec {
+        steps: vec![deploy_package("web", version)],
+        ..deployment(vec![])
+    };
+    ValidDeployment::parse(&spec, &known())
+        .map(|d| {
+            let p = d.steps()[0].package().expect("a package step");
+            p.version.to_string()
+        })
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_package_version_is_exact_or_the_newest_in_its_range() {
+    assert_eq!(resolved("1.4.0").as_deref(), Ok("1.4.0"));
+    assert_eq!(
+        resolved("1.2.3").as_deref(),
+        Ok("1.2.3"),
+        "exact, not ^1.2.3"
+    );
+    assert_eq!(
+        resolved("^1.2").as_deref(),
+        Ok("1.10.0"),
+        "semantic, not text order"
+    );
+    assert_eq!(resolved("~1.4").as_deref(), Ok("1.4.0"));
+    assert_eq!(resolved(">=1.0, <3").as_deref(), Ok("2.0.0"));
+    assert_eq!(resolved("*").as_deref(), Ok("2.0.0"));
+}
+
+#[test]
+fn an_unknown_package_or_version_is_refused_naming_what_the_feed_has() {
+    let err = resolved("1.3.0").expect_err("no such version");
+    assert!(
+        err.starts_with("steps[0].action.package.version:")
+            && err.contains("1.2.3, 1.4.0, 1.10.0, 2.0.0"),
+        "{err}"
+    );
+    let err = resolved("one").expect_err("not a version");
+    assert!(err.contains("neither a version"), "{err}");
+    let spec = DeploymentSpec {
+        steps: vec![deploy_package("api", "1.0.0")],
+        ..deployment(vec![])
+    };
+    let err = ValidDeployment::parse(&spec, &known())
+        .expect_err("unknown")
+        .to_string();
+    assert_eq!(
+        err,
+        "steps[0].action.package.id: unknown package \"api\" (in the feed: web)"
+    );
 }
 
 fn step(name: &str) -> StepSpec {

@@ -43,6 +43,15 @@ fn spec_of(
                 ActionRequest::Script { script, shell } => Action::Script { script, shell },
                 ActionRequest::Noop {} => Action::Noop,
                 ActionRequest::HealthCheck {} => Action::HealthCheck,
+                ActionRequest::DeployPackage {
+                    package,
+                    script,
+                    shell,
+                } => Action::DeployPackage {
+                    package,
+                    script,
+                    shell,
+                },
             },
             roles: s.roles,
             pool: s.pool,

@@ -51,7 +51,7 @@ pub(super) async fn push(
     let (id, version) = parse(&id, &version)?;
     let upload =
         tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
-    let (manifest, stats) = app
+    let (manifest, manifest_sha256, stats) = app
         .feed
         .push(id.clone(), version.clone(), upload)
         .await
@@ -61,7 +61,13 @@ pub(super) async fn push(
         })?;
     let appended = app
         .writer
-        .execute_as(caller.actor(), Command::RecordPackage(manifest))
+        .execute_as(
+            caller.actor(),
+            Command::RecordPackage {
+                manifest,
+                manifest_sha256,
+            },
+        )
         .await?;
     let doc = app
         .read(move |log| Ok(log.doc::<PackageDoc>(Proj::Packages, &key(&id, &version))?))

@@ -100,8 +100,11 @@ pub enum Command {
     },
     /// An API token stops working.
     RevokeToken(TokenName),
-    /// A package version whose chunks are stored in the feed.
-    RecordPackage(shoal_shared::package::Manifest),
+    /// A package version whose chunks and manifest are stored in the feed.
+    RecordPackage {
+        manifest: shoal_shared::package::Manifest,
+        manifest_sha256: shoal_shared::package::Sha256,
+    },
     /// A package version leaves the feed.
     RemovePackage {
         id: shoal_shared::PackageId,
@@ -248,7 +251,10 @@ pub fn decide(
         } => token::create(state, name, *role, hash, created_by),
         Command::BootstrapAdmin { hash } => token::bootstrap(state, hash),
         Command::RevokeToken(name) => token::revoke(state, name),
-        Command::RecordPackage(manifest) => package::record(state, manifest),
+        Command::RecordPackage {
+            manifest,
+            manifest_sha256,
+        } => package::record(state, manifest, *manifest_sha256),
         Command::RemovePackage { id, version } => package::remove(state, id, version),
         Command::WorkerReport(msg) => Ok(vec![report::report(state, msg)?]),
         Command::RejectMessage {

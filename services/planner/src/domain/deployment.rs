@@ -8,12 +8,13 @@ use super::state::{Changes, DocKey, State, StepProgress};
 use super::task::TaskDoc;
 use serde::{Deserialize, Serialize};
 use shoal_shared::events::{Event, PlannedStep, PlannedTask};
+use shoal_shared::package::Sha256;
 use shoal_shared::step::{Registry, ValidDeployment, ValidStep, runs_on};
 use shoal_shared::{
-    DeploymentId, DeploymentSpec, DeploymentState, EnvironmentName, PoolName, StepState, Target,
-    TargetName, TaskId, TaskState, Timestamp, resolve_pool,
+    DeploymentId, DeploymentSpec, DeploymentState, EnvironmentName, PackageId, PoolName,
+    ResolvedPackage, StepState, Target, TargetName, TaskId, TaskState, Timestamp, resolve_pool,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A deployment and its steps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +40,9 @@ pub struct StepDoc {
     pub name: String,
     pub state: StepState,
     pub tasks: Vec<TaskId>,
+    /// The package version a `deploy_package` step deploys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<ResolvedPackage>,
 }
 
 impl State {
@@ -109,6 +113,7 @@ impl State {
                 name: step_spec.name.clone(),
                 state: StepState::Pending,
                 tasks: planned.tasks.iter().map(|t| t.task).collect(),
+                package: planned.package.clone(),
             });
         }
         let doc = DeploymentDoc {
@@ -267,6 +272,15 @@ impl Registry for State {
             .filter(|t| t.environment == *environment)
             .collect()
     }
+    fn package_versions(&self, id: &PackageId) -> Vec<(semver::Version, Sha256)> {
+        State::package_versions(self, id)
+            .map(|d| (d.manifest.version.clone(), d.manifest.sha256))
+            .collect()
+    }
+    fn package_ids(&self) -> Vec<PackageId> {
+        let ids: BTreeSet<&PackageId> = self.packages.keys().map(|(id, _)| id).collect();
+        ids.into_iter().cloned().collect()
+    }
 }
 
 /// `CreateDeployment`: parses the deployment and decides, for every step and target,
@@ -290,6 +304,7 @@ pub(super) fn create(
         .iter()
         .map(|step| PlannedStep {
             tasks: plan(&targets, default_pool, step),
+            package: step.package().cloned(),
         })
         .collect::<Vec<_>>();
     check_pool_keys(state, valid.steps(), &steps)?;

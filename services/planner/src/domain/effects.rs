@@ -10,7 +10,7 @@
 use super::decide::CANCEL_GRACE_SECS;
 use super::{Command, State};
 use shoal_shared::events::Event;
-use shoal_shared::messages::{CheckMessage, TaskMessage, WIRE_SCHEMA_VERSION};
+use shoal_shared::messages::{CheckMessage, PackageSpec, TaskMessage, WIRE_SCHEMA_VERSION};
 use shoal_shared::{
     Action, DeploymentId, DeploymentState, PoolName, Target, TargetName, TaskId, TaskState,
     Timestamp, WorkerName,
@@ -186,6 +186,25 @@ pub fn task_message(
         // Sealed for the master key, as the log holds them: the dispatcher re-seals them for
         // the pool's workers (the core holds no keys).
         sensitive_variables: step.sensitive_variables.clone(),
+        package: package_of(state, t),
+    })
+}
+
+/// What the worker needs to acquire the package a task's step deploys.
+fn package_of(state: &State, t: &super::task::TaskDoc) -> Option<PackageSpec> {
+    let step = state
+        .deployments
+        .get(&t.deployment)?
+        .steps
+        .get(t.step as usize)?;
+    let p = step.package.as_ref()?;
+    let doc = state.packages.get(&(p.id.clone(), p.version.clone()))?;
+    Some(PackageSpec {
+        id: p.id.clone(),
+        version: p.version.clone(),
+        size: doc.manifest.size,
+        sha256: doc.manifest.sha256,
+        manifest_sha256: doc.manifest_sha256,
     })
 }
 

@@ -7,13 +7,15 @@ use super::decide::{NewEvent, Rejection, join};
 use super::state::{Changes, DocKey, State};
 use serde::{Deserialize, Serialize};
 use shoal_shared::events::Event;
-use shoal_shared::package::Manifest;
+use shoal_shared::package::{Manifest, Sha256};
 use shoal_shared::{PackageId, Timestamp};
 
 /// One version of a package in the feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageDoc {
     pub manifest: Manifest,
+    /// SHA-256 of the manifest as stored in the feed: what a task carries.
+    pub manifest_sha256: Sha256,
     pub pushed_at: Timestamp,
 }
 
@@ -24,10 +26,14 @@ impl State {
     /// How a package's events change the state.
     pub(super) fn apply_package(&mut self, at: Timestamp, event: &Event, changes: &mut Changes) {
         match event {
-            Event::PackagePushed { manifest } => {
+            Event::PackagePushed {
+                manifest,
+                manifest_sha256,
+            } => {
                 let key = (manifest.id.clone(), manifest.version.clone());
                 let doc = PackageDoc {
                     manifest: manifest.clone(),
+                    manifest_sha256: *manifest_sha256,
                     pushed_at: at,
                 };
                 self.packages.insert(key.clone(), doc);
@@ -54,7 +60,11 @@ impl State {
 
 /// `RecordPackage`: a version whose chunks are in the feed. Versions are immutable: pushing
 /// the same bytes again changes nothing; other bytes under the same version are refused.
-pub(super) fn record(state: &State, manifest: &Manifest) -> Result<Vec<NewEvent>, Rejection> {
+pub(super) fn record(
+    state: &State,
+    manifest: &Manifest,
+    manifest_sha256: Sha256,
+) -> Result<Vec<NewEvent>, Rejection> {
     manifest.check().map_err(Rejection::Invalid)?;
     let key = (manifest.id.clone(), manifest.version.clone());
     if let Some(doc) = state.packages.get(&key) {
@@ -68,11 +78,12 @@ pub(super) fn record(state: &State, manifest: &Manifest) -> Result<Vec<NewEvent>
     }
     Ok(vec![NewEvent::new(Event::PackagePushed {
         manifest: manifest.clone(),
+        manifest_sha256,
     })])
 }
 
-/// `RemovePackage`: a version leaves the feed (its chunks no other version uses are swept
-/// at the I/O edge).
+/// `RemovePackage`: a version leaves the feed, unless an unfinished deployment deploys it
+/// (its tasks carry its manifest's digest, and a retry must still find its chunks).
 pub(super) fn remove(
     state: &State,
     id: &PackageId,
@@ -82,6 +93,22 @@ pub(super) fn remove(
         let known = join(state.package_versions(id).map(|d| &d.manifest.version));
         return Err(Rejection::NotFound(format!(
             "package {id} has no version {version} (versions in the feed: {known})"
+        )));
+    }
+    let users: Vec<String> = state
+        .active
+        .iter()
+        .filter_map(|d| state.deployments.get(d))
+        .filter(|d| {
+            (d.steps.iter().filter_map(|s| s.package.as_ref()))
+                .any(|p| &p.id == id && &p.version == version)
+        })
+        .map(|d| d.id.to_string())
+        .collect();
+    if !users.is_empty() {
+        return Err(Rejection::Conflict(format!(
+            "package {id} {version} is deployed by unfinished deployments ({}); remove it once they end",
+            users.join(", ")
         )));
     }
     Ok(vec![NewEvent::new(Event::PackageRemoved {

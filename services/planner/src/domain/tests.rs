@@ -1772,35 +1772,37 @@ fn manifest(id: &str, version: &str, content: &[u8]) -> shoal_shared::package::M
     }
 }
 
+fn record(manifest: shoal_shared::package::Manifest) -> Command {
+    let manifest_sha256 = shoal_shared::package::encode_manifest(&manifest)
+        .expect("encodes")
+        .1;
+    Command::RecordPackage {
+        manifest,
+        manifest_sha256,
+    }
+}
+
 #[test]
 fn a_package_version_is_recorded_once_and_never_changes() {
     let mut m = given(&[]);
     let v1 = manifest("web", "1.2.3", b"first");
-    let events = when(&mut m, Command::RecordPackage(v1.clone())).expect("new version");
-    assert!(matches!(&events[..], [Event::PackagePushed { manifest }] if *manifest == v1));
+    let events = when(&mut m, record(v1.clone())).expect("new version");
+    assert!(matches!(&events[..], [Event::PackagePushed { manifest, .. }] if *manifest == v1));
     assert_eq!(
-        when(&mut m, Command::RecordPackage(v1.clone())).expect("the same bytes again"),
+        when(&mut m, record(v1.clone())).expect("the same bytes again"),
         vec![],
         "pushing the same bytes again records nothing"
     );
     let other = manifest("web", "1.2.3", b"other bytes");
-    let Err(Rejection::Conflict(why)) = when(&mut m, Command::RecordPackage(other)) else {
+    let Err(Rejection::Conflict(why)) = when(&mut m, record(other)) else {
         panic!("other bytes under a recorded version must be refused");
     };
     assert!(
         why.contains("web 1.2.3") && why.contains("new version"),
         "{why}"
     );
-    when(
-        &mut m,
-        Command::RecordPackage(manifest("web", "1.10.0", b"ten")),
-    )
-    .expect("new");
-    when(
-        &mut m,
-        Command::RecordPackage(manifest("api", "0.1.0", b"api")),
-    )
-    .expect("new");
+    when(&mut m, record(manifest("web", "1.10.0", b"ten"))).expect("new");
+    when(&mut m, record(manifest("api", "0.1.0", b"api"))).expect("new");
     let web = PackageId::parse("web").expect("valid");
     let versions: Vec<String> = m
         .state
@@ -1819,7 +1821,7 @@ fn a_manifest_whose_chunks_do_not_add_up_is_refused() {
     let mut m = given(&[]);
     let mut bad = manifest("web", "1.0.0", b"content");
     bad.size += 1;
-    let Err(Rejection::Invalid(why)) = when(&mut m, Command::RecordPackage(bad)) else {
+    let Err(Rejection::Invalid(why)) = when(&mut m, record(bad)) else {
         panic!("refused");
     };
     assert!(why.contains("add up"), "{why}");
@@ -1828,11 +1830,7 @@ fn a_manifest_whose_chunks_do_not_add_up_is_refused() {
 #[test]
 fn removing_a_version_names_the_versions_there_are() {
     let mut m = given(&[]);
-    when(
-        &mut m,
-        Command::RecordPackage(manifest("web", "1.0.0", b"a")),
-    )
-    .expect("new");
+    when(&mut m, record(manifest("web", "1.0.0", b"a"))).expect("new");
     let id = PackageId::parse("web").expect("valid");
     let Err(Rejection::NotFound(why)) = when(
         &mut m,
@@ -1854,4 +1852,52 @@ fn removing_a_version_names_the_versions_there_are() {
     .expect("removed");
     assert!(matches!(&events[..], [Event::PackageRemoved { .. }]));
     assert_eq!(m.state.package_versions(&id).count(), 0);
+}
+
+#[test]
+fn a_package_step_records_its_version_carries_its_digests_and_holds_the_version() {
+    let mut m = given(&[target("web-1", &["web"], None)]);
+    let v1 = manifest("web", "1.2.0", b"one");
+    let v2 = manifest("web", "1.3.0", b"two");
+    when(&mut m, record(v1)).expect("new");
+    when(&mut m, record(v2.clone())).expect("new");
+    let mut s = step("deploy", &["web"], None);
+    s.action = Action::DeployPackage {
+        package: PackageRef {
+            id: PackageId::parse("web").expect("valid"),
+            version: "^1.2".into(),
+        },
+        script: "./install.sh".into(),
+        shell: None,
+    };
+    let (id, events) = deploy(&mut m, vec![s]);
+    let Some(Event::DeploymentCreated { steps, .. }) = events.first() else {
+        panic!("{events:?}");
+    };
+    let resolved = steps[0].package.as_ref().expect("recorded");
+    assert_eq!(
+        resolved.version.to_string(),
+        "1.3.0",
+        "the newest in the range"
+    );
+    let (task, ..) = planned(&events)[0].clone();
+    let msg = super::effects::task_message(&m.state, &task, 1, None).expect("a message");
+    let spec = msg.package.expect("the task carries its package");
+    let digest = shoal_shared::package::encode_manifest(&v2)
+        .expect("encodes")
+        .1;
+    assert_eq!(
+        (spec.version.to_string(), spec.sha256, spec.manifest_sha256),
+        ("1.3.0".to_owned(), v2.sha256, digest)
+    );
+    let remove = Command::RemovePackage {
+        id: PackageId::parse("web").expect("valid"),
+        version: "1.3.0".parse().expect("valid"),
+    };
+    let Err(Rejection::Conflict(why)) = when(&mut m, remove.clone()) else {
+        panic!("a version an unfinished deployment deploys must stay");
+    };
+    assert!(why.contains(&id.to_string()), "{why}");
+    finish(&mut m, task, Outcome::Succeeded, 0);
+    when(&mut m, remove).expect("removable once the deployment ended");
 }

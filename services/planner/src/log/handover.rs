@@ -362,6 +362,7 @@ mod tests {
             probe: None,
             planned_at_us: 0,
             sensitive_variables: BTreeMap::new(),
+            package: None,
         }
     }
 

@@ -1,9 +1,11 @@
 //! Step executors: what a worker does with a task's action.
 
 mod output;
+mod package;
 pub mod probe;
 mod script;
 mod secrets;
+mod unpack;
 
 use crate::WorkerConfig;
 use crate::report::Reporter;
@@ -75,20 +77,52 @@ pub async fn run(
         },
         Action::HealthCheck => health_step(task, config, reporter, stops).await,
         Action::Script { script, shell } => {
-            let sink = OutputSink::spawn(task, delivery, reporter.clone(), opened.masker());
-            let shell = shell.as_deref().unwrap_or("bash");
             let run = script::Run {
                 task,
                 delivery,
                 script,
-                shell,
+                shell: shell.as_deref().unwrap_or("bash"),
                 secrets: &opened,
+                package: None,
             };
-            let result = script::run(run, config, &sink, stops).await;
-            sink.finish().await;
-            result
+            run_script(run, config, reporter, stops).await
+        }
+        Action::DeployPackage { script, shell, .. } => {
+            let (Some(spec), Some(acquirer)) = (&task.package, &config.packages) else {
+                return TaskResult::failed(
+                    "the task names no package version to deploy (or this worker has no package cache)"
+                        .to_owned(),
+                );
+            };
+            let run = script::Run {
+                task,
+                delivery,
+                script,
+                shell: shell.as_deref().unwrap_or("bash"),
+                secrets: &opened,
+                package: Some((spec, acquirer)),
+            };
+            run_script(run, config, reporter, stops).await
         }
     }
+}
+
+/// Runs a script step with its output collected (and masked).
+async fn run_script(
+    run: script::Run<'_>,
+    config: &WorkerConfig,
+    reporter: &Reporter,
+    stops: &Stops,
+) -> TaskResult {
+    let sink = OutputSink::spawn(
+        run.task,
+        run.delivery,
+        reporter.clone(),
+        run.secrets.masker(),
+    );
+    let result = script::run(run, config, &sink, stops).await;
+    sink.finish().await;
+    result
 }
 
 /// A `health_check` step: probes the task's target, reports the result as the target's

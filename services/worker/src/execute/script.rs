@@ -5,8 +5,10 @@
 use super::secrets::Opened;
 use super::{OutputSink, Stops, TaskResult};
 use crate::WorkerConfig;
+use crate::packages::Acquirer;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use shoal_shared::messages::PackageSpec;
 use shoal_shared::messages::TaskMessage;
 use shoal_shared::{Outcome, OutputStream};
 use std::process::Stdio;
@@ -32,6 +34,8 @@ pub(super) struct Run<'a> {
     pub script: &'a str,
     pub shell: &'a str,
     pub secrets: &'a Opened,
+    /// The package to acquire and unpack first (`deploy_package`).
+    pub package: Option<(&'a PackageSpec, &'a Acquirer)>,
 }
 
 pub(super) async fn run(
@@ -46,12 +50,39 @@ pub(super) async fn run(
         script,
         shell,
         secrets,
+        package,
     } = run;
     let dir = config
         .work_dir
         .join("tasks")
         .join(format!("{}-{}-{delivery}", task.task, task.attempt));
-    let result = run_in(task, script, shell, secrets, config, sink, stops, &dir).await;
+    let result = match package {
+        None => {
+            run_in(
+                task, script, shell, secrets, config, sink, stops, &dir, None,
+            )
+            .await
+        }
+        Some((spec, acquirer)) => {
+            match super::package::prepare(spec, acquirer, task, &dir, sink, stops).await {
+                Ok(env) => {
+                    run_in(
+                        task,
+                        script,
+                        shell,
+                        secrets,
+                        config,
+                        sink,
+                        stops,
+                        &dir,
+                        Some(&env),
+                    )
+                    .await
+                }
+                Err(result) => result,
+            }
+        }
+    };
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         tracing::debug!(error = %e, dir = %dir.display(), "task directory not removed");
     }
@@ -71,6 +102,7 @@ async fn run_in(
     sink: &OutputSink,
     stops: &Stops,
     dir: &std::path::Path,
+    package: Option<&super::package::Unpacked>,
 ) -> TaskResult {
     if let Err(e) = tokio::fs::create_dir_all(dir).await {
         return TaskResult::failed(format!(
@@ -83,8 +115,11 @@ async fn run_in(
         return TaskResult::failed(format!("cannot write script to {}: {e}", path.display()));
     }
     let mut cmd = Command::new(shell);
+    if let Some(p) = package {
+        cmd.envs(p.env());
+    }
     cmd.arg(&path)
-        .current_dir(dir)
+        .current_dir(package.map_or(dir, |p| p.dir.as_path()))
         .envs(&task.variables)
         .envs(secrets.env())
         .env("SHOAL_DEPLOYMENT_ID", task.deployment.to_string())

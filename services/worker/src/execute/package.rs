@@ -1,0 +1,161 @@
+//! The first part of a `deploy_package` step: acquire the package (chunks from the cache or
+//! the feed, waiting for a feed that does not answer within the task's timeout), say in the
+//! task's output what moved, and unpack it into `<task dir>/package`, where the script runs.
+
+use super::unpack::{MAX_UNPACKED, unpack};
+use super::{OutputSink, Stops, TaskResult};
+use crate::packages::{Acquired, Acquirer};
+use shoal_shared::messages::{PackageSpec, TaskMessage};
+use shoal_shared::{Outcome, OutputStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long acquisition waits for a feed that does not answer, when the task has no timeout.
+const WAIT_WITHOUT_TIMEOUT: Duration = Duration::from_secs(600);
+/// The longest pause between two tries.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// A package unpacked for its script.
+#[derive(Debug)]
+pub(super) struct Unpacked {
+    pub dir: PathBuf,
+    id: String,
+    version: String,
+}
+
+impl Unpacked {
+    /// What the script is told about its package.
+    pub fn env(&self) -> [(&'static str, String); 3] {
+        [
+            ("SHOAL_PACKAGE_ID", self.id.clone()),
+            ("SHOAL_PACKAGE_VERSION", self.version.clone()),
+            ("SHOAL_PACKAGE_PATH", self.dir.display().to_string()),
+        ]
+    }
+}
+
+/// Acquires and unpacks the package into `dir`; the task's result if it cannot.
+pub(super) async fn prepare(
+    spec: &PackageSpec,
+    acquirer: &Acquirer,
+    task: &TaskMessage,
+    dir: &Path,
+    sink: &OutputSink,
+    stops: &Stops,
+) -> Result<Unpacked, TaskResult> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| TaskResult::failed(format!("cannot create {}: {e}", dir.display())))?;
+    let archive = dir.join(format!("{}-{}.package", spec.id, spec.version));
+    let acquired = acquire(spec, acquirer, task, &archive, sink, stops).await?;
+    say(sink, &summary(spec, &acquired)).await;
+    let into = dir.join("package");
+    let (from, to) = (archive.clone(), into.clone());
+    let unpacked = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&to).map_err(|e| e.to_string())?;
+        unpack(&from, &to, MAX_UNPACKED)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    let _ = tokio::fs::remove_file(&archive).await;
+    match unpacked {
+        Ok(files) => {
+            say(
+                sink,
+                &format!("package unpacked: {files} files in {}", into.display()),
+            )
+            .await;
+            Ok(Unpacked {
+                dir: into,
+                id: spec.id.to_string(),
+                version: spec.version.to_string(),
+            })
+        }
+        Err(e) => Err(TaskResult::failed(format!(
+            "package {} {} not unpacked: {e}",
+            spec.id, spec.version
+        ))),
+    }
+}
+
+/// Acquires, trying again while the feed does not answer, until the task's timeout.
+async fn acquire(
+    spec: &PackageSpec,
+    acquirer: &Acquirer,
+    task: &TaskMessage,
+    archive: &Path,
+    sink: &OutputSink,
+    stops: &Stops,
+) -> Result<Acquired, TaskResult> {
+    let wait = task
+        .timeout_secs
+        .map_or(WAIT_WITHOUT_TIMEOUT, Duration::from_secs);
+    let give_up = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let tried = tokio::select! {
+            r = acquirer.acquire(spec, archive) => r,
+            () = stops.cancel.cancelled() => return Err(stopped("cancelled while acquiring its package", false)),
+            () = stops.kill.cancelled() => return Err(stopped("the worker stopped while acquiring the package", true)),
+        };
+        let e = match tried {
+            Ok(a) => return Ok(a),
+            Err(e) => e,
+        };
+        let failed = || {
+            TaskResult::failed(format!(
+                "package {} {} not acquired: {}",
+                spec.id, spec.version, e.reason
+            ))
+        };
+        if !e.retry || tokio::time::Instant::now() + pause > give_up {
+            return Err(failed());
+        }
+        say(
+            sink,
+            &format!(
+                "package feed: {}; trying again in {} s",
+                e.reason,
+                pause.as_secs()
+            ),
+        )
+        .await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
+fn stopped(reason: &str, interrupted: bool) -> TaskResult {
+    TaskResult {
+        outcome: Outcome::Cancelled,
+        exit_code: None,
+        reason: Some(reason.to_owned()),
+        interrupted,
+    }
+}
+
+/// One output line of what the acquisition moved: "from cache" when nothing was fetched.
+fn summary(spec: &PackageSpec, a: &Acquired) -> String {
+    if a.chunks_fetched == 0 {
+        return format!(
+            "package {} {} ({} bytes) from cache: {} chunks, nothing fetched",
+            spec.id, spec.version, spec.size, a.chunks_cached
+        );
+    }
+    format!(
+        "package {} {} ({} bytes): {} chunks ({} bytes) fetched from the feed, {} chunks ({} bytes) from cache",
+        spec.id,
+        spec.version,
+        spec.size,
+        a.chunks_fetched,
+        a.bytes_fetched,
+        a.chunks_cached,
+        a.bytes_cached
+    )
+}
+
+async fn say(sink: &OutputSink, line: &str) {
+    sink.line(OutputStream::Stdout, format!("[shoal] {line}"))
+        .await;
+}

@@ -1,0 +1,206 @@
+//! Unpacking a package into its task's directory: `.tar.gz`, `.tar` and `.zip`, told apart by
+//! their first bytes. Nothing is written outside the directory: a path that is absolute or
+//! climbs out with `..`, and a link whose target is absolute or climbs out, fail the task;
+//! so does an archive that unpacks to more than [`MAX_UNPACKED`] bytes (a zip bomb), counted
+//! from the bytes actually written, not from what the archive declares.
+
+use std::fs::File;
+use std::io::{Read, Seek};
+use std::path::{Component, Path, PathBuf};
+
+/// Most bytes one package may unpack to.
+pub const MAX_UNPACKED: u64 = 8 * 1024 * 1024 * 1024;
+
+/// Unpacks `archive` into `dir` (which exists); how many files it wrote.
+///
+/// # Errors
+/// Why it was refused or failed, naming the entry.
+pub fn unpack(archive: &Path, dir: &Path, limit: u64) -> Result<u64, String> {
+    let mut f = File::open(archive).map_err(|e| format!("cannot open the package: {e}"))?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic).map_err(|e| e.to_string())?;
+    f.rewind().map_err(|e| e.to_string())?;
+    match &magic[..n] {
+        [0x1f, 0x8b, ..] => tar(flate2::read::GzDecoder::new(f), dir, limit),
+        [b'P', b'K', 3, 4] | [b'P', b'K', 5, 6] => zip(f, dir, limit),
+        _ if is_tar(archive) => tar(f, dir, limit),
+        _ => Err("the package is not a .tar.gz, .tar or .zip archive".to_owned()),
+    }
+}
+
+/// A tar archive has `ustar` at offset 257.
+fn is_tar(archive: &Path) -> bool {
+    let mut head = [0u8; 263];
+    File::open(archive)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| &head[257..262] == b"ustar")
+}
+
+/// The path of an entry inside `dir`, or why it would leave it.
+fn inside(dir: &Path, name: &Path) -> Result<PathBuf, String> {
+    let mut out = dir.to_path_buf();
+    for part in name.components() {
+        match part {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            _ => {
+                return Err(format!(
+                    "entry {} would be written outside the task directory",
+                    name.display()
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a link at `at` (relative to `dir`) pointing to `target` stays inside `dir`.
+fn link_stays_inside(at: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth: i64 = at.components().count() as i64 - 1;
+    for part in target.components() {
+        match part {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            _ => return false,
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Counts written bytes against the limit.
+struct Budget {
+    left: u64,
+}
+
+impl Budget {
+    fn copy(&mut self, from: &mut impl Read, to: &Path, name: &Path) -> Result<(), String> {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", name.display()))?;
+        }
+        let mut out = File::create(to).map_err(|e| format!("{}: {e}", name.display()))?;
+        // One byte more than is left: reading it means the limit was passed.
+        let mut limited = from.take(self.left + 1);
+        let n = std::io::copy(&mut limited, &mut out)
+            .map_err(|e| format!("{}: {e}", name.display()))?;
+        if n > self.left {
+            return Err(format!(
+                "the package unpacks to more than {} bytes (at {}): refused as a possible archive bomb",
+                MAX_UNPACKED.min(self.left + n),
+                name.display()
+            ));
+        }
+        self.left -= n;
+        Ok(())
+    }
+}
+
+fn tar(reader: impl Read, dir: &Path, limit: u64) -> Result<u64, String> {
+    let mut archive = tar::Archive::new(reader);
+    let mut budget = Budget { left: limit };
+    let mut files = 0;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("unreadable archive: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("unreadable archive: {e}"))?;
+        let name = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let to = inside(dir, &name)?;
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", name.display()))?;
+        } else if kind.is_file() {
+            budget.copy(&mut entry, &to, &name)?;
+            if let Ok(mode) = entry.header().mode() {
+                set_mode(&to, mode);
+            }
+            files += 1;
+        } else if kind.is_symlink() {
+            let target = entry
+                .link_name()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("link {} has no target", name.display()))?
+                .into_owned();
+            if !link_stays_inside(&name, &target) {
+                return Err(format!(
+                    "link {} -> {} points outside the task directory",
+                    name.display(),
+                    target.display()
+                ));
+            }
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            }
+            std::os::unix::fs::symlink(&target, &to)
+                .map_err(|e| format!("{}: {e}", name.display()))?;
+        } else {
+            return Err(format!(
+                "entry {} is a {kind:?}; only files, directories and links inside are unpacked",
+                name.display()
+            ));
+        }
+    }
+    Ok(files)
+}
+
+fn zip(f: File, dir: &Path, limit: u64) -> Result<u64, String> {
+    let mut archive = zip::ZipArchive::new(f).map_err(|e| format!("unreadable zip: {e}"))?;
+    let mut budget = Budget { left: limit };
+    let mut files = 0;
+    for i in 0..archive.len() {
+        let mut entry = archive
+            .by_index(i)
+            .map_err(|e| format!("unreadable zip: {e}"))?;
+        let name = PathBuf::from(entry.name());
+        let to = inside(dir, &name)?;
+        if entry.is_symlink() {
+            return Err(format!(
+                "zip entry {} is a link; links are unpacked from tar archives only",
+                name.display()
+            ));
+        }
+        if entry.is_dir() {
+            std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", name.display()))?;
+            continue;
+        }
+        budget.copy(&mut entry, &to, &name)?;
+        if let Some(mode) = entry.unix_mode() {
+            set_mode(&to, mode);
+        }
+        files += 1;
+    }
+    Ok(files)
+}
+
+/// Keeps the permission bits an entry had (executables stay executable).
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_may_point_within_the_directory_only() {
+        assert!(link_stays_inside(Path::new("a/b"), Path::new("c")));
+        assert!(link_stays_inside(Path::new("a/b"), Path::new("../c")));
+        assert!(!link_stays_inside(Path::new("a/b"), Path::new("../../c")));
+        assert!(!link_stays_inside(Path::new("b"), Path::new("/etc/passwd")));
+    }
+
+    #[test]
+    fn an_entry_may_not_climb_out() {
+        let d = Path::new("/t");
+        assert_eq!(inside(d, Path::new("./a/b")), Ok(PathBuf::from("/t/a/b")));
+        assert!(inside(d, Path::new("a/../../b")).is_err());
+        assert!(inside(d, Path::new("/etc/x")).is_err());
+    }
+}
