@@ -265,6 +265,7 @@ async fn bad_messages_on_the_wire_are_rejected_recorded_and_never_redelivered() 
         probe: None,
         planned_at_us: 0,
         sensitive_variables: Default::default(),
+        package: None,
     };
     let valid = shoal_shared::codec::encode(&task(1, pool("default")))?;
     let to_tasks: Vec<(Vec<u8>, Option<TaskMessage>)> = vec![

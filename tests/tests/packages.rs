@@ -61,6 +61,14 @@ async fn stored_chunks(c: &Cluster) -> anyhow::Result<BTreeSet<Sha256>> {
         let mut bytes = Vec::new();
         store.get(&name).await?.read_to_end(&mut bytes).await?;
         let sha = Sha256::of(&bytes);
+        // A manifest is named by its digest too.
+        if let Some(digest) = name.strip_prefix("manifest-") {
+            anyhow::ensure!(
+                sha.to_hex() == digest,
+                "manifest {name} holds bytes of {sha}"
+            );
+            continue;
+        }
         anyhow::ensure!(sha.to_hex() == name, "chunk {name} holds bytes of {sha}");
         out.insert(sha);
     }
@@ -231,5 +239,160 @@ async fn an_upload_must_be_octets_from_a_deployer() -> anyhow::Result<()> {
     assert_eq!(anonymous.status(), 401);
     let created = send("application/octet-stream", token).await?;
     assert_eq!(created.status(), 201);
+    Ok(())
+}
+
+/// A `.tar.gz` of `files` (path, bytes), built with the tar crate so a test can write paths
+/// no tool would (`../x`).
+fn tar_gz(files: &[(&str, &[u8])]) -> anyhow::Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (path, bytes) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        // Written into the header as is: `set_path` refuses `..`.
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        tar.append(&h, *bytes)?;
+    }
+    Ok(tar.into_inner()?.finish()?)
+}
+
+/// A deployment of one `deploy_package` step to the `web` targets.
+fn package_deployment(version: &str, script: &str) -> serde_json::Value {
+    serde_json::json!({"project": "shop", "environment": "prod", "steps": [{
+        "name": "deploy", "roles": ["web"],
+        "action": {"type": "deploy_package", "package": {"id": "web", "version": version},
+                   "script": script}}]})
+}
+
+/// (worker, chunks fetched) of each task, read from the line the worker wrote.
+async fn fetched_by_worker(
+    c: &Cluster,
+    id: &str,
+    d: &serde_json::Value,
+) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for (_, t) in shoal_e2e::tasks(d) {
+        let lines = c.output(id, &t).await?;
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with("[shoal] package web"))
+            .with_context(|| format!("no package line in {lines:?}"))?;
+        let fetched = if line.contains("from cache: ") {
+            0
+        } else {
+            let (_, after) = line.split_once("): ").context("a fetch line")?;
+            after.split(' ').next().unwrap_or("x").parse()?
+        };
+        out.push((t["worker"].as_str().unwrap_or_default().to_owned(), fetched));
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_reaches_every_target_and_each_worker_fetches_each_chunk_once()
+-> anyhow::Result<()> {
+    let mut c = Cluster::start(&[]).await?;
+    c.pool("eu-west", "eu").await?;
+    for w in ["eu-1", "eu-2"] {
+        c.worker(w, "eu-west", "eu", &["--slots", "4"])?;
+    }
+    c.wait_online(&["eu-1", "eu-2"]).await?;
+    for i in 1..=8 {
+        c.target(&format!("web-{i}"), "prod", &["web"], Some("eu-west"))
+            .await?;
+    }
+    let mut data = vec![0u8; 2 * 1024 * 1024];
+    rand::rng().fill_bytes(&mut data);
+    let archive = tar_gz(&[("app/run.sh", b"echo running\n"), ("app/data.bin", &data)])?;
+    let file = c.dir.path().join("web.tar.gz");
+    std::fs::write(&file, &archive)?;
+    let pushed = push(&c, &file, "1.0.0")?;
+    let chunks = pushed.package.chunks as u64;
+
+    // A range resolves to the newest matching version; the script runs in the unpacked
+    // package, told where it is.
+    let script = "test \"$(sha256sum < app/data.bin | cut -c1-64)\" = \"$WANT\" && \
+                  test \"$PWD\" = \"$SHOAL_PACKAGE_PATH\" && echo \"deployed $SHOAL_PACKAGE_ID $SHOAL_PACKAGE_VERSION\"";
+    let mut body = package_deployment("^1", script);
+    body["steps"][0]["variables"] = serde_json::json!({"WANT": Sha256::of(&data).to_hex()});
+    let id = c.deploy(&body).await?;
+    let d = c.finished(&id, std::time::Duration::from_secs(60)).await?;
+    assert_eq!(d["state"], "succeeded", "{d:#}");
+    let per_task = fetched_by_worker(&c, &id, &d).await?;
+    assert_eq!(per_task.len(), 8);
+    eprintln!("chunks {chunks}, fetched per task {per_task:?}");
+    for (_, t) in shoal_e2e::tasks(&d) {
+        let lines = c.output(&id, &t).await?;
+        assert!(lines.iter().any(|l| l == "deployed web 1.0.0"), "{lines:?}");
+    }
+    // Each worker that ran tasks fetched every chunk exactly once, however its tasks ran.
+    let workers: BTreeSet<&String> = per_task.iter().map(|(w, _)| w).collect();
+    for w in workers {
+        let fetched: u64 = per_task
+            .iter()
+            .filter(|(x, _)| x == w)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(fetched, chunks, "worker {w}: {per_task:?}");
+    }
+
+    // Again: nothing crosses the link.
+    let again = c.deploy(&package_deployment("1.0.0", "true")).await?;
+    let d = c
+        .finished(&again, std::time::Duration::from_secs(60))
+        .await?;
+    assert_eq!(d["state"], "succeeded", "{d:#}");
+    let per_task = fetched_by_worker(&c, &again, &d).await?;
+    assert!(per_task.iter().all(|(_, n)| *n == 0), "{per_task:?}");
+
+    // An unknown package or version is refused at submission, naming it.
+    shoal_e2e::assert_api_error(
+        c.api
+            .post("/api/deployments", &package_deployment("2.0.0", "true"))
+            .await,
+        400,
+        &["steps[0].action.package.version", "1.0.0"],
+    );
+    let mut other = package_deployment("1.0.0", "true");
+    other["steps"][0]["action"]["package"]["id"] = "api".into();
+    shoal_e2e::assert_api_error(
+        c.api.post("/api/deployments", &other).await,
+        400,
+        &["unknown package \"api\""],
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_archive_fails_its_task_and_writes_nothing_outside() -> anyhow::Result<()> {
+    let mut c = Cluster::start(&[]).await?;
+    c.worker("w1", "default", "eu", &[])?;
+    c.wait_online(&["w1"]).await?;
+    c.target("web-1", "prod", &["web"], None).await?;
+    let evil = tar_gz(&[("ok.txt", b"fine"), ("../../escaped.txt", b"gotcha")])?;
+    let file = c.dir.path().join("evil.tar.gz");
+    std::fs::write(&file, &evil)?;
+    push(&c, &file, "6.6.6")?;
+    let id = c.deploy(&package_deployment("6.6.6", "echo ran")).await?;
+    let d = c.finished(&id, std::time::Duration::from_secs(60)).await?;
+    assert_eq!(d["state"], "failed", "{d:#}");
+    let (_, t) = shoal_e2e::tasks(&d).into_iter().next().context("a task")?;
+    let reason = t["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("outside the task directory"), "{t:#}");
+    let lines = c.output(&id, &t).await?;
+    assert!(
+        !lines.iter().any(|l| l == "ran"),
+        "the script must not run: {lines:?}"
+    );
+    let escaped = local::files_containing(c.dir.path(), b"gotcha")?;
+    assert!(
+        escaped.iter().all(|p| !p.ends_with("escaped.txt")),
+        "{escaped:?}"
+    );
     Ok(())
 }

@@ -96,6 +96,7 @@ fn forged_task(pool_name: &str, marker: &Path) -> TaskMessage {
         },
         variables: Default::default(),
         sensitive_variables: Default::default(),
+        package: None,
         timeout_secs: None,
         planned_at: Timestamp::now(),
         max_deliveries: 0,
