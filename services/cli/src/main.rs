@@ -361,8 +361,14 @@ enum PackageCmd {
         /// Only this package.
         id: Option<String>,
     },
-    /// Remove a version from the feed (admin).
-    Rm { id: String, version: String },
+    /// Remove a version from the feed (admin); refused while an unfinished deployment
+    /// deploys it.
+    Rm {
+        /// The package's id.
+        id: String,
+        /// The version to remove.
+        version: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

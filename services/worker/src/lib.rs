@@ -45,8 +45,11 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     /// JetStream domain of the hub, when the worker connects through a leaf node.
     pub js_domain: Option<String>,
-    /// Free disk (MiB) in the work dir below which the worker warns in its heartbeats.
+    /// Free disk (MiB) in the work dir below which the worker warns in its heartbeats, and
+    /// which fetching a package never goes below.
     pub min_free_disk_mb: u64,
+    /// Most bytes the package cache (`<work_dir>/packages/chunks`) holds.
+    pub package_cache_bytes: u64,
     /// The pool's secret keys that open sensitive variables (more than one during a key
     /// rotation). A task with a value none of them opens is refused.
     pub pool_keys: Vec<shoal_runtime::secrets::PoolSecretKey>,
@@ -73,6 +76,7 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(30),
             js_domain: None,
             min_free_disk_mb: 1024,
+            package_cache_bytes: 10 * 1024 * 1024 * 1024,
             pool_keys: Vec::new(),
             trust: Trust::default(),
             packages: None,
@@ -105,9 +109,15 @@ pub async fn run(
     let cache = config.work_dir.join("packages").join("chunks");
     let bucket = config.subjects.packages_bucket();
     config.packages = Some(
-        packages::Acquirer::new(&js, &bucket, cache)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot open the package cache: {e}"))?,
+        packages::Acquirer::new(
+            &js,
+            &bucket,
+            cache,
+            config.package_cache_bytes,
+            config.min_free_disk_mb * 1024 * 1024,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the package cache: {e}"))?,
     );
     let reporter = report::Reporter::new(js.clone(), &config, shutdown.clone());
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(config.slots as usize));

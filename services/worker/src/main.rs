@@ -47,6 +47,10 @@ struct Args {
     /// `healthy_with_warnings`.
     #[arg(long, env = "SHOAL_MIN_FREE_DISK_MB", default_value_t = 1024)]
     min_free_disk_mb: u64,
+    /// Most the package cache (`<work dir>/packages/chunks`) holds, in MiB; least recently
+    /// used chunks no running task holds are evicted beyond it.
+    #[arg(long, env = "SHOAL_PACKAGE_CACHE_MB", default_value_t = 10240)]
+    package_cache_mb: u64,
     /// The pool's secret key file(s) (`shoal-planner pool-keygen`), comma-separated: two
     /// during a key rotation. Without one, tasks with sensitive variables are refused.
     #[arg(long, env = "SHOAL_POOL_KEY", value_delimiter = ',')]
@@ -118,6 +122,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
     config.js_domain = args.js_domain;
     config.min_free_disk_mb = args.min_free_disk_mb;
+    config.package_cache_bytes = args.package_cache_mb.saturating_mul(1024 * 1024);
     config.subjects = subjects.clone();
     for path in &args.pool_key {
         config

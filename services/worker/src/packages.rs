@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt as _;
 
+mod cache;
+
 /// Chunks fetched at once for one acquisition.
 const FETCH_AHEAD: usize = 8;
 /// Times a chunk whose bytes do not match its digest is fetched before the task fails.
@@ -65,6 +67,8 @@ pub struct Acquirer {
     stream: Stream<()>,
     bucket: String,
     cache: PathBuf,
+    /// What the cache holds and what acquisitions hold.
+    index: Arc<Mutex<cache::Index>>,
     /// A lock per chunk being fetched, so two tasks fetch it once.
     fetching: Arc<Mutex<HashMap<Sha256, Arc<tokio::sync::Mutex<()>>>>>,
 }
@@ -79,8 +83,9 @@ impl std::fmt::Debug for Acquirer {
 }
 
 impl Acquirer {
-    /// The feed `bucket` through `js`, with the cache in `cache` (made if missing, and
-    /// cleared of temporary files a crash left).
+    /// The feed `bucket` through `js`, with the cache in `cache` (made if missing; every
+    /// chunk in it checked, and what is not a whole chunk removed), holding at most `limit`
+    /// bytes and fetching nothing that would leave less than `min_free` bytes free.
     ///
     /// # Errors
     /// The cache directory cannot be made or read.
@@ -88,14 +93,16 @@ impl Acquirer {
         js: &jetstream::Context,
         bucket: &str,
         cache: PathBuf,
+        limit: u64,
+        min_free: u64,
     ) -> std::io::Result<Acquirer> {
         tokio::fs::create_dir_all(&cache).await?;
-        let mut entries = tokio::fs::read_dir(&cache).await?;
-        while let Some(e) = entries.next_entry().await? {
-            if e.file_name().to_string_lossy().ends_with(".part") {
-                tokio::fs::remove_file(e.path()).await?;
-            }
-        }
+        let dir = cache.clone();
+        let index = tokio::task::spawn_blocking(move || cache::Index::load(&dir, limit, min_free))
+            .await
+            .map_err(std::io::Error::other)??;
+        let (chunks, bytes) = index.usage();
+        tracing::info!(chunks, bytes, dir = %cache.display(), "package cache checked");
         Ok(Acquirer {
             stream: js
                 .get_stream_no_info(format!("OBJ_{bucket}"))
@@ -103,8 +110,15 @@ impl Acquirer {
                 .map_err(|e| std::io::Error::other(format!("the package feed's stream: {e}")))?,
             bucket: bucket.to_owned(),
             cache,
+            index: Arc::new(Mutex::new(index)),
             fetching: Arc::default(),
         })
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, cache::Index> {
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Acquires the package into `file`: every chunk from the cache or the feed, checked,
@@ -121,11 +135,26 @@ impl Acquirer {
                 unique.push(*c);
             }
         }
+        let missing: u64 = {
+            let mut index = self.index();
+            let missing = unique.iter().filter(|c| !index.has(&c.sha256));
+            missing.map(|c| u64::from(c.size)).sum()
+        };
+        let cache = self.cache.clone();
+        self.index()
+            .room_for(missing, || free_bytes(&cache))
+            .map_err(AcquireError::wrong)?;
+        // Every chunk this acquisition ensured is held until it ends, however it ends.
+        let held = Held {
+            acquirer: self,
+            chunks: Arc::default(),
+        };
         let mut acquired = Acquired::default();
         // Each fetch owns what it uses, so the futures are Send whatever borrows them.
         let fetches = unique.into_iter().map(|c| {
             let this = self.clone();
-            async move { this.ensure(&c).await }
+            let held = held.chunks.clone();
+            async move { this.ensure(&c, &held).await }
         });
         let mut results = futures::stream::iter(fetches).buffer_unordered(FETCH_AHEAD);
         while let Some(r) = results.next().await {
@@ -174,21 +203,30 @@ impl Acquirer {
     }
 
     /// Makes sure the cache holds `chunk`; whether it had to be fetched.
-    async fn ensure(&self, chunk: &ChunkRef) -> Result<(ChunkRef, bool), AcquireError> {
+    async fn ensure(
+        &self,
+        chunk: &ChunkRef,
+        held: &Mutex<Vec<Sha256>>,
+    ) -> Result<(ChunkRef, bool), AcquireError> {
         let lock = {
             let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
             fetching.entry(chunk.sha256).or_default().clone()
         };
-        let _held = lock.lock().await;
+        let guard = lock.lock().await;
         let path = self.chunk_path(&chunk.sha256);
-        let fetched = match tokio::fs::metadata(&path).await {
-            Ok(m) if m.len() == u64::from(chunk.size) => false,
-            _ => {
-                self.fetch_into_cache(chunk, &path).await?;
-                true
-            }
+        // Held from here on (so nothing evicts it before the file is put together).
+        let fetched = if self.index().has_and_hold(&chunk.sha256) {
+            false
+        } else {
+            self.fetch_into_cache(chunk, &path).await?;
+            self.index().added_held(chunk.sha256, u64::from(chunk.size));
+            true
         };
-        drop(_held);
+        (held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+        .push(chunk.sha256);
+        drop(guard);
         let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
         if Arc::strong_count(&lock) <= 2 {
             fetching.remove(&chunk.sha256);
@@ -230,6 +268,7 @@ impl Acquirer {
             if let Err(e) = verify_chunk(c, &data) {
                 // A cached chunk changed on disk: drop it, so the next task fetches it again.
                 let _ = tokio::fs::remove_file(self.chunk_path(&c.sha256)).await;
+                self.index().dropped(&c.sha256);
                 return Err(format!("the cache held a bad chunk (dropped): {e}"));
             }
             whole.update(&data);
@@ -280,6 +319,30 @@ impl Acquirer {
         }
         Ok(data)
     }
+}
+
+/// The chunks an acquisition holds in the cache, released when it ends.
+struct Held<'a> {
+    acquirer: &'a Acquirer,
+    chunks: Arc<Mutex<Vec<Sha256>>>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let chunks = std::mem::take(
+            &mut *self
+                .chunks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        self.acquirer.index().release(&chunks);
+    }
+}
+
+/// Free bytes on the disk of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 /// The fields of an object's info the worker reads (JSON, as every object store client
