@@ -5,8 +5,9 @@
 //!
 //! What is trusted: the signed task carries the manifest's digest; the manifest fetched by
 //! that digest names every chunk's digest and the whole file's. Each is checked before it is
-//! used, so the broker (or anyone who can write to the feed) can make an acquisition fail
-//! but never change what runs. A chunk is written to the cache under a temporary name,
+//! used (and an object larger than it may be is refused before it is read), so the broker
+//! (or anyone who can write to the feed) can make an acquisition fail but never change what
+//! runs. A chunk is written to the cache under a temporary name,
 //! synced and then renamed, so no half chunk survives a crash; a chunk is fetched once even
 //! when several tasks want it at the same time.
 
@@ -26,6 +27,8 @@ mod cache;
 
 /// Chunks fetched at once for one acquisition.
 const FETCH_AHEAD: usize = 8;
+/// Largest manifest a worker reads (a 4 GiB package of 64 KiB chunks has about 5 MB).
+const MAX_MANIFEST: usize = 64 * 1024 * 1024;
 /// Times a chunk whose bytes do not match its digest is fetched before the task fails.
 const FETCH_TRIES: u32 = 2;
 
@@ -168,19 +171,14 @@ impl Acquirer {
             }
         }
         drop(results);
-        self.assemble(&manifest, file)
-            .await
-            .map_err(AcquireError::wrong)?;
+        self.assemble(&manifest, file).await?;
         Ok(acquired)
     }
 
     /// The manifest the task's digest names, checked against the task.
     async fn manifest(&self, spec: &PackageSpec) -> Result<Manifest, AcquireError> {
         let name = manifest_object(&spec.manifest_sha256);
-        let bytes = self
-            .object(&name)
-            .await
-            .map_err(AcquireError::unavailable)?;
+        let bytes = self.object(&name, MAX_MANIFEST).await?;
         let got = Sha256::of(&bytes);
         if got != spec.manifest_sha256 {
             return Err(AcquireError::wrong(format!(
@@ -239,8 +237,7 @@ impl Acquirer {
     async fn fetch_into_cache(&self, chunk: &ChunkRef, path: &Path) -> Result<(), AcquireError> {
         let mut last = String::new();
         for _ in 0..FETCH_TRIES {
-            let data = (self.object(&chunk_object(&chunk.sha256)).await)
-                .map_err(AcquireError::unavailable)?;
+            let data = (self.object(&chunk_object(&chunk.sha256), chunk.size as usize)).await?;
             match verify_chunk(chunk, &data) {
                 Ok(()) => {
                     return write_atomically(path, &data)
@@ -255,34 +252,30 @@ impl Acquirer {
         )))
     }
 
-    /// Puts the file together from the cache, checking the whole digest.
-    async fn assemble(&self, m: &Manifest, file: &Path) -> Result<(), String> {
-        let mut out = tokio::fs::File::create(file)
-            .await
-            .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
+    /// Puts the file together from the cache, checking every chunk and the whole digest (a
+    /// chunk changed or gone on disk since it was checked is fetched once more).
+    async fn assemble(&self, m: &Manifest, file: &Path) -> Result<(), AcquireError> {
+        let io = |e: std::io::Error| AcquireError::wrong(format!("{}: {e}", file.display()));
+        let mut out = tokio::fs::File::create(file).await.map_err(io)?;
         let mut whole = ring::digest::Context::new(&ring::digest::SHA256);
         for c in &m.chunks {
-            let data = tokio::fs::read(self.chunk_path(&c.sha256))
-                .await
-                .map_err(|e| format!("chunk {} left the cache: {e}", c.sha256))?;
-            if let Err(e) = verify_chunk(c, &data) {
-                // A cached chunk changed on disk: drop it, so the next task fetches it again.
-                let _ = tokio::fs::remove_file(self.chunk_path(&c.sha256)).await;
-                self.index().dropped(&c.sha256);
-                return Err(format!("the cache held a bad chunk (dropped): {e}"));
+            let path = self.chunk_path(&c.sha256);
+            let mut data = tokio::fs::read(&path).await.unwrap_or_default();
+            if verify_chunk(c, &data).is_err() {
+                tracing::warn!(chunk = %c.sha256, "a cached chunk does not match its digest; fetching it again");
+                self.fetch_into_cache(c, &path).await?;
+                data = tokio::fs::read(&path).await.map_err(io)?;
             }
             whole.update(&data);
-            out.write_all(&data)
-                .await
-                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+            out.write_all(&data).await.map_err(io)?;
         }
-        out.flush().await.map_err(|e| e.to_string())?;
+        out.flush().await.map_err(io)?;
         let got = Sha256(whole.finish().as_ref().try_into().unwrap_or([0; 32]));
         if got != m.sha256 {
-            return Err(format!(
+            return Err(AcquireError::wrong(format!(
                 "package {} {} put together has digest {got}, not {}",
                 m.id, m.version, m.sha256
-            ));
+            )));
         }
         Ok(())
     }
@@ -291,19 +284,28 @@ impl Acquirer {
         self.cache.join(sha.to_hex())
     }
 
-    /// An object's bytes: its info (last message on its meta subject), then its messages.
-    async fn object(&self, name: &str) -> Result<Vec<u8>, String> {
+    /// An object's bytes: its info (last message on its meta subject), then its messages;
+    /// one that says it is larger than `max` bytes is refused before anything is read.
+    async fn object(&self, name: &str, max: usize) -> Result<Vec<u8>, AcquireError> {
         let key = base64::engine::general_purpose::URL_SAFE.encode(name);
         let meta_subject = format!("$O.{}.M.{key}", self.bucket);
         let meta = self
             .stream
             .direct_get_last_for_subject(meta_subject)
             .await
-            .map_err(|e| format!("the package feed has no object {name}: {e}"))?;
+            .map_err(|e| got_error(name, &e))?;
         let info: ObjectInfo = serde_json::from_slice(&meta.payload)
-            .map_err(|e| format!("object {name}: unreadable info: {e}"))?;
+            .map_err(|e| AcquireError::wrong(format!("object {name}: unreadable info: {e}")))?;
         if info.deleted {
-            return Err(format!("the package feed's object {name} was deleted"));
+            return Err(AcquireError::wrong(format!(
+                "the package feed's object {name} was deleted"
+            )));
+        }
+        if info.size > max {
+            return Err(AcquireError::wrong(format!(
+                "the package feed's object {name} says it has {} bytes, more than the {max} it may",
+                info.size
+            )));
         }
         let data_subject = format!("$O.{}.C.{}", self.bucket, info.nuid);
         let mut data = Vec::with_capacity(info.size);
@@ -313,8 +315,13 @@ impl Acquirer {
                 .stream
                 .direct_get_next_for_subject(data_subject.as_str(), from)
                 .await
-                .map_err(|e| format!("object {name}: {e}"))?;
+                .map_err(|e| got_error(name, &e))?;
             data.extend_from_slice(&msg.payload);
+            if data.len() > max {
+                return Err(AcquireError::wrong(format!(
+                    "the package feed's object {name} is longer than it says"
+                )));
+            }
             from = Some(msg.sequence + 1);
         }
         Ok(data)
@@ -343,6 +350,18 @@ impl Drop for Held<'_> {
 fn free_bytes(dir: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
     Some(st.blocks_available().saturating_mul(st.fragment_size()))
+}
+
+/// A failed direct get: an object the feed does not have is final; anything else (a
+/// timeout, no answer) may pass.
+fn got_error(name: &str, e: &jetstream::stream::DirectGetError) -> AcquireError {
+    use jetstream::stream::DirectGetErrorKind;
+    match e.kind() {
+        DirectGetErrorKind::NotFound => {
+            AcquireError::wrong(format!("the package feed has no object {name}"))
+        }
+        _ => AcquireError::unavailable(format!("reading object {name}: {e}")),
+    }
 }
 
 /// The fields of an object's info the worker reads (JSON, as every object store client

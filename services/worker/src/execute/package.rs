@@ -19,6 +19,8 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(super) struct Unpacked {
     pub dir: PathBuf,
+    /// When the task's timeout ends (it counts from before the acquisition).
+    pub deadline: Option<tokio::time::Instant>,
     id: String,
     version: String,
 }
@@ -43,11 +45,14 @@ pub(super) async fn prepare(
     sink: &OutputSink,
     stops: &Stops,
 ) -> Result<Unpacked, TaskResult> {
+    let deadline =
+        (task.timeout_secs).map(|t| tokio::time::Instant::now() + Duration::from_secs(t));
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| TaskResult::failed(format!("cannot create {}: {e}", dir.display())))?;
     let archive = dir.join(format!("{}-{}.package", spec.id, spec.version));
-    let acquired = acquire(spec, acquirer, task, &archive, sink, stops).await?;
+    let give_up = deadline.unwrap_or_else(|| tokio::time::Instant::now() + WAIT_WITHOUT_TIMEOUT);
+    let acquired = acquire(spec, acquirer, give_up, &archive, sink, stops).await?;
     say(sink, &summary(spec, &acquired)).await;
     let into = dir.join("package");
     let (from, to) = (archive.clone(), into.clone());
@@ -68,6 +73,7 @@ pub(super) async fn prepare(
             .await;
             Ok(Unpacked {
                 dir: into,
+                deadline,
                 id: spec.id.to_string(),
                 version: spec.version.to_string(),
             })
@@ -83,19 +89,21 @@ pub(super) async fn prepare(
 async fn acquire(
     spec: &PackageSpec,
     acquirer: &Acquirer,
-    task: &TaskMessage,
+    give_up: tokio::time::Instant,
     archive: &Path,
     sink: &OutputSink,
     stops: &Stops,
 ) -> Result<Acquired, TaskResult> {
-    let wait = task
-        .timeout_secs
-        .map_or(WAIT_WITHOUT_TIMEOUT, Duration::from_secs);
-    let give_up = tokio::time::Instant::now() + wait;
     let mut pause = Duration::from_secs(1);
     loop {
         let tried = tokio::select! {
             r = acquirer.acquire(spec, archive) => r,
+            () = tokio::time::sleep_until(give_up) => return Err(TaskResult {
+                outcome: Outcome::TimedOut,
+                exit_code: None,
+                reason: Some(format!("timed out acquiring package {} {}", spec.id, spec.version)),
+                interrupted: false,
+            }),
             () = stops.cancel.cancelled() => return Err(stopped("cancelled while acquiring its package", false)),
             () = stops.kill.cancelled() => return Err(stopped("the worker stopped while acquiring the package", true)),
         };

@@ -164,7 +164,11 @@ async fn run_in(
             read_lines(stderr, OutputStream::Stderr, sink, &gone)
         )
     };
-    let timeout = task.timeout_secs.map(Duration::from_secs);
+    // A package step's timeout counts from before its package was acquired.
+    let timeout = match package.and_then(|p| p.deadline) {
+        Some(d) => Some(d.saturating_duration_since(tokio::time::Instant::now())),
+        None => task.timeout_secs.map(Duration::from_secs),
+    };
     let supervise = async {
         let ended = tokio::select! {
             status = child.wait() => Ended::Exited(status),
