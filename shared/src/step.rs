@@ -554,20 +554,17 @@ fn parse_action(action: &Action, registry: &impl Registry) -> Result<StepAction,
 /// The version a package reference names: the exact version, or the newest in the feed
 /// that matches the range.
 fn resolve_package(r: &PackageRef, registry: &impl Registry) -> Result<ResolvedPackage, Fault> {
-    let wanted = match semver::Version::parse(&r.version) {
-        Ok(exact) => semver::VersionReq {
-            comparators: vec![semver::Comparator {
-                op: semver::Op::Exact,
-                major: exact.major,
-                minor: Some(exact.minor),
-                patch: Some(exact.patch),
-                pre: exact.pre,
-            }],
-        },
-        Err(_) => semver::VersionReq::parse(&r.version).map_err(|_| {
-            let problem = Problem::BadVersion(r.version.clone());
-            (".action.package.version", problem)
-        })?,
+    // A version is exact, build metadata included; anything else is a range (which, as in
+    // Cargo, matches a pre-release only when the range names one of its version).
+    let matches: Box<dyn Fn(&semver::Version) -> bool> = match semver::Version::parse(&r.version) {
+        Ok(exact) => Box::new(move |v| *v == exact),
+        Err(_) => {
+            let range = semver::VersionReq::parse(&r.version).map_err(|_| {
+                let problem = Problem::BadVersion(r.version.clone());
+                (".action.package.version", problem)
+            })?;
+            Box::new(move |v| range.matches(v))
+        }
     };
     let versions = registry.package_versions(&r.id);
     if versions.is_empty() {
@@ -580,7 +577,7 @@ fn resolve_package(r: &PackageRef, registry: &impl Registry) -> Result<ResolvedP
     }
     let newest = versions
         .iter()
-        .filter(|(v, _)| wanted.matches(v))
+        .filter(|(v, _)| matches(v))
         .max_by(|a, b| a.0.cmp(&b.0));
     let Some((version, sha256)) = newest else {
         let problem = Problem::NoSuchVersion {

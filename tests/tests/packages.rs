@@ -126,13 +126,18 @@ async fn a_new_version_stores_only_the_chunks_the_feed_lacks() -> anyhow::Result
         "the two versions share every other chunk"
     );
 
-    // A version never changes: other bytes under 1.0.0 are refused, naming it.
+    // A version never changes: other bytes under 1.0.0 (new ones, not in the feed) are
+    // refused, naming it, and none of their chunks is stored.
+    let mut v3 = vec![0u8; 1024 * 1024];
+    rand::rng().fill_bytes(&mut v3);
+    let file3 = c.dir.path().join("other.bin");
+    std::fs::write(&file3, &v3)?;
     let (code, _, err) = shoal(
         &c,
         &[
             "package",
             "push",
-            &file2.display().to_string(),
+            &file3.display().to_string(),
             "--id",
             "web",
             "--version",
@@ -143,6 +148,11 @@ async fn a_new_version_stores_only_the_chunks_the_feed_lacks() -> anyhow::Result
     assert!(
         err.contains("web 1.0.0") && err.contains("new version"),
         "{err}"
+    );
+    assert_eq!(
+        stored_chunks(&c).await?,
+        stored,
+        "a refused push leaves no chunk behind"
     );
     let (code, _, err) = shoal(
         &c,

@@ -117,6 +117,8 @@ struct Parts {
     pool_key: shoal_runtime::secrets::PoolSecretKey,
     client: async_nats::Client,
     feed: packages::Feed,
+    /// Shared by every API state: room for package uploads at once.
+    uploads: std::sync::Arc<tokio::sync::Semaphore>,
     js: async_nats::jetstream::Context,
     handle: WriterHandle,
     liveness: Liveness,
@@ -231,6 +233,7 @@ impl Planner {
             client,
             js,
             feed,
+            uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(api::MAX_UPLOADS)),
             handle,
             liveness,
             stop,
@@ -387,6 +390,7 @@ impl Parts {
             health_deadline_secs: self.config.health_deadline.as_secs(),
             master_key: self.master_key.clone(),
             feed: self.feed.clone(),
+            uploads: self.uploads.clone(),
         }
     }
 }

@@ -39,6 +39,15 @@ pub enum FeedError {
     TooLarge,
 }
 
+/// What a push stores: its chunks and manifest, or nothing (the version is in the feed
+/// already: the upload is only hashed, to tell the same bytes from others without leaving
+/// chunks of a refused push behind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Chunks,
+    Nothing,
+}
+
 /// What a push moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PushStats {
@@ -165,6 +174,7 @@ impl Feed {
         id: PackageId,
         version: semver::Version,
         upload: impl AsyncRead + Send + Unpin + 'static,
+        store: Store,
     ) -> Result<(Manifest, Sha256, PushStats), FeedError> {
         let (tx, mut rx) = mpsc::channel::<Chunk>(CHUNKS_AHEAD);
         // The chunker reads synchronously; on a blocking thread it reads the upload through
@@ -191,7 +201,7 @@ impl Feed {
         let mut chunks = Vec::new();
         let mut stats = PushStats::default();
         while let Some(chunk) = rx.recv().await {
-            if self.put(&chunk).await? {
+            if store == Store::Chunks && self.put(&chunk).await? {
                 stats.new_chunks += 1;
                 stats.new_bytes += u64::from(chunk.chunk.size);
             }
@@ -209,7 +219,16 @@ impl Feed {
             sha256,
             chunks,
         };
-        let digest = self.put_manifest(&manifest).await?;
+        let digest = match store {
+            Store::Chunks => self.put_manifest(&manifest).await?,
+            Store::Nothing => {
+                (encode_manifest(&manifest).map_err(|e| FeedError::Store {
+                    chunk: manifest.sha256,
+                    cause: e.to_string(),
+                })?)
+                .1
+            }
+        };
         Ok((manifest, digest, stats))
     }
 }

@@ -12,6 +12,7 @@ pub mod auth;
 mod deployments;
 mod events;
 mod packages;
+pub use packages::MAX_UPLOADS;
 mod pools;
 mod targets;
 mod tokens;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub master_key: std::sync::Arc<shoal_runtime::secrets::MasterKey>,
     /// The package feed's chunks on the broker.
     pub feed: crate::packages::Feed,
+    /// Room for package uploads at once ([`MAX_UPLOADS`]).
+    pub uploads: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

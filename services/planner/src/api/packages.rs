@@ -8,12 +8,12 @@ use super::{ApiError, AppState};
 use crate::domain::Command;
 use crate::domain::package::PackageDoc;
 use crate::log::Proj;
-use crate::packages::FeedError;
+use crate::packages::{FeedError, Store};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use futures::TryStreamExt;
+use futures::StreamExt as _;
 use shoal_shared::PackageId;
 use shoal_shared::api::{PackageView, PushedPackage};
 
@@ -49,11 +49,25 @@ pub(super) async fn push(
     body: Body,
 ) -> Result<(StatusCode, Json<PushedPackage>), ApiError> {
     let (id, version) = parse(&id, &version)?;
-    let upload =
-        tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let _slot = app.uploads.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable(format!(
+            "{MAX_UPLOADS} package uploads are already in progress; try again when one has ended"
+        ))
+    })?;
+    // A version in the feed is only hashed: the same bytes are a no-op, others a 409, and
+    // neither stores a chunk.
+    let k = key(&id, &version);
+    let known: Option<PackageDoc> = app
+        .read(move |log| Ok(log.doc(Proj::Packages, &k)?))
+        .await?;
+    let store = match known {
+        Some(d) if d.removed_at.is_none() => Store::Nothing,
+        _ => Store::Chunks,
+    };
+    let upload = tokio_util::io::StreamReader::new(idle_limited(body));
     let (manifest, manifest_sha256, stats) = app
         .feed
-        .push(id.clone(), version.clone(), upload)
+        .push(id.clone(), version.clone(), upload, store)
         .await
         .map_err(|e| match e {
             FeedError::Upload { .. } | FeedError::TooLarge => ApiError::bad_request(e.to_string()),
@@ -88,6 +102,32 @@ pub(super) async fn push(
     ))
 }
 
+/// Uploads at once: each holds a blocking thread (the chunker) while it lasts.
+pub const MAX_UPLOADS: usize = 4;
+/// How long an upload may send nothing before it is given up.
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The request body as a stream that fails when nothing comes for [`UPLOAD_IDLE`].
+fn idle_limited(
+    body: Body,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Unpin + 'static {
+    let data = body.into_data_stream();
+    Box::pin(futures::stream::unfold(data, |mut data| async move {
+        match tokio::time::timeout(UPLOAD_IDLE, data.next()).await {
+            Ok(Some(Ok(b))) => Some((Ok(b), data)),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), data)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the upload sent nothing for {} s", UPLOAD_IDLE.as_secs()),
+                )),
+                data,
+            )),
+        }
+    }))
+}
+
 /// A version's key in the projection.
 fn key(id: &PackageId, version: &semver::Version) -> Vec<u8> {
     format!("{id}/{version}").into_bytes()
@@ -117,7 +157,7 @@ async fn versions(app: &AppState, id: Option<&PackageId>) -> Result<Vec<PackageV
     let docs: Vec<PackageDoc> = app.read(|log| Ok(log.docs(Proj::Packages)?)).await?;
     let mut views: Vec<PackageView> = docs
         .iter()
-        .filter(|d| id.is_none_or(|id| &d.manifest.id == id))
+        .filter(|d| d.removed_at.is_none() && id.is_none_or(|id| &d.manifest.id == id))
         .map(view)
         .collect();
     views.sort_by(|a, b| (&a.id, &a.version).cmp(&(&b.id, &b.version)));
@@ -134,9 +174,11 @@ pub(super) async fn version(
     let doc: Option<PackageDoc> = app
         .read(move |log| Ok(log.doc(Proj::Packages, &k)?))
         .await?;
-    doc.map(|d| Json(view(&d))).ok_or_else(|| {
-        ApiError::not_found(format!("package {id} has no version {version} in the feed"))
-    })
+    (doc.filter(|d| d.removed_at.is_none()))
+        .map(|d| Json(view(&d)))
+        .ok_or_else(|| {
+            ApiError::not_found(format!("package {id} has no version {version} in the feed"))
+        })
 }
 
 /// 204 once the removal is durable.

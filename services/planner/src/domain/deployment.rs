@@ -278,7 +278,10 @@ impl Registry for State {
             .collect()
     }
     fn package_ids(&self) -> Vec<PackageId> {
-        let ids: BTreeSet<&PackageId> = self.packages.keys().map(|(id, _)| id).collect();
+        let ids: BTreeSet<&PackageId> = (self.packages.iter())
+            .filter(|(_, d)| d.removed_at.is_none())
+            .map(|((id, _), _)| id)
+            .collect();
         ids.into_iter().cloned().collect()
     }
 }

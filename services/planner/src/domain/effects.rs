@@ -198,7 +198,9 @@ fn package_of(state: &State, t: &super::task::TaskDoc) -> Option<PackageSpec> {
         .steps
         .get(t.step as usize)?;
     let p = step.package.as_ref()?;
-    let doc = state.packages.get(&(p.id.clone(), p.version.clone()))?;
+    // The bytes the version was resolved to, or no package (the worker then fails the task).
+    let doc = (state.packages.get(&(p.id.clone(), p.version.clone())))
+        .filter(|d| d.manifest.sha256 == p.sha256)?;
     Some(PackageSpec {
         id: p.id.clone(),
         version: p.version.clone(),

@@ -17,6 +17,10 @@ pub struct PackageDoc {
     /// SHA-256 of the manifest as stored in the feed: what a task carries.
     pub manifest_sha256: Sha256,
     pub pushed_at: Timestamp,
+    /// When it left the feed. A removed version is kept (without being listed or
+    /// deployable) so that it can never come back with other bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<Timestamp>,
 }
 
 /// A package version's key: its id and version.
@@ -35,12 +39,15 @@ impl State {
                     manifest: manifest.clone(),
                     manifest_sha256: *manifest_sha256,
                     pushed_at: at,
+                    removed_at: None,
                 };
                 self.packages.insert(key.clone(), doc);
                 changes.docs.insert(DocKey::Package(key.0, key.1));
             }
             Event::PackageRemoved { id, version } => {
-                self.packages.remove(&(id.clone(), version.clone()));
+                if let Some(doc) = self.packages.get_mut(&(id.clone(), version.clone())) {
+                    doc.removed_at = Some(at);
+                }
                 changes
                     .docs
                     .insert(DocKey::Package(id.clone(), version.clone()));
@@ -49,12 +56,23 @@ impl State {
         }
     }
 
-    /// The versions of a package, oldest first.
+    /// The versions of a package in the feed (not removed), oldest first.
     pub fn package_versions(&self, id: &PackageId) -> impl Iterator<Item = &PackageDoc> {
+        // Every version sorts after (id, 0.0.0-0), pre-releases of 0.0.0 included.
+        let lowest = semver::Version {
+            pre: semver::Prerelease::new("0").unwrap_or(semver::Prerelease::EMPTY),
+            ..semver::Version::new(0, 0, 0)
+        };
         self.packages
-            .range((id.clone(), semver::Version::new(0, 0, 0))..)
+            .range((id.clone(), lowest)..)
             .take_while(move |((i, _), _)| i == id)
             .map(|(_, doc)| doc)
+            .filter(|doc| doc.removed_at.is_none())
+    }
+
+    /// A version in the feed (not removed).
+    pub fn package(&self, id: &PackageId, version: &semver::Version) -> Option<&PackageDoc> {
+        (self.packages.get(&(id.clone(), version.clone()))).filter(|d| d.removed_at.is_none())
     }
 }
 
@@ -69,10 +87,17 @@ pub(super) fn record(
     let key = (manifest.id.clone(), manifest.version.clone());
     if let Some(doc) = state.packages.get(&key) {
         if doc.manifest.sha256 == manifest.sha256 {
-            return Ok(vec![]);
+            // The same bytes: nothing changes, or a removed version comes back as it was.
+            return Ok(match doc.removed_at {
+                None => vec![],
+                Some(_) => vec![NewEvent::new(Event::PackagePushed {
+                    manifest: manifest.clone(),
+                    manifest_sha256,
+                })],
+            });
         }
         return Err(Rejection::Conflict(format!(
-            "package {} {} is in the feed already with other content (SHA-256 {}); a version never changes: push this file as a new version",
+            "package {} {} was pushed before with other content (SHA-256 {}); a version never changes, even once removed: push this file as a new version",
             manifest.id, manifest.version, doc.manifest.sha256
         )));
     }
@@ -89,7 +114,7 @@ pub(super) fn remove(
     id: &PackageId,
     version: &semver::Version,
 ) -> Result<Vec<NewEvent>, Rejection> {
-    if !state.packages.contains_key(&(id.clone(), version.clone())) {
+    if state.package(id, version).is_none() {
         let known = join(state.package_versions(id).map(|d| &d.manifest.version));
         return Err(Rejection::NotFound(format!(
             "package {id} has no version {version} (versions in the feed: {known})"

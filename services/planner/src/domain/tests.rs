@@ -1852,6 +1852,12 @@ fn removing_a_version_names_the_versions_there_are() {
     .expect("removed");
     assert!(matches!(&events[..], [Event::PackageRemoved { .. }]));
     assert_eq!(m.state.package_versions(&id).count(), 0);
+    // A removed version never comes back with other bytes; with the same ones it may.
+    let Err(Rejection::Conflict(_)) = when(&mut m, record(manifest("web", "1.0.0", b"b"))) else {
+        panic!("other bytes under a removed version must be refused");
+    };
+    when(&mut m, record(manifest("web", "1.0.0", b"a"))).expect("the same bytes again");
+    assert_eq!(m.state.package_versions(&id).count(), 1);
 }
 
 #[test]
