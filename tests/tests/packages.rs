@@ -406,3 +406,48 @@ async fn a_hostile_archive_fails_its_task_and_writes_nothing_outside() -> anyhow
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_behind_a_regions_leaf_node_acquire_packages_through_it() -> anyhow::Result<()> {
+    let dir = shoal_e2e::tempdir()?;
+    let (hub, leaf_port) = shoal_e2e::start_hub(dir.path()).await?;
+    let eu = shoal_e2e::start_leaf(dir.path(), "eu", leaf_port).await?;
+    let mut c = Cluster::start_on(dir, hub, &["--no-builtin-worker"]).await?;
+    c.pool("eu-west", "eu").await?;
+    for w in ["eu-1", "eu-2"] {
+        c.worker_via(&eu.url(), w, "eu-west", "eu", &["--js-domain", "hub"])?;
+    }
+    c.wait_online(&["eu-1", "eu-2"]).await?;
+    for i in 1..=4 {
+        c.target(&format!("web-{i}"), "prod", &["web"], Some("eu-west"))
+            .await?;
+    }
+    let mut data = vec![0u8; 1024 * 1024];
+    rand::rng().fill_bytes(&mut data);
+    let file = c.dir.path().join("web.tar.gz");
+    std::fs::write(&file, tar_gz(&[("data.bin", &data)])?)?;
+    let pushed = push(&c, &file, "2.0.0")?;
+    let id = c
+        .deploy(&package_deployment(
+            "2.0.0",
+            "test -s data.bin && echo \"$SHOAL_REGION\"",
+        ))
+        .await?;
+    let d = c.finished(&id, shoal_e2e::WAIT).await?;
+    assert_eq!(d["state"], "succeeded", "{d:#}");
+    let per_task = fetched_by_worker(&c, &id, &d).await?;
+    let workers: BTreeSet<&String> = per_task.iter().map(|(w, _)| w).collect();
+    for w in workers {
+        let fetched: u64 = per_task
+            .iter()
+            .filter(|(x, _)| x == w)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(
+            fetched, pushed.package.chunks as u64,
+            "worker {w}: {per_task:?}"
+        );
+    }
+    drop(eu);
+    Ok(())
+}

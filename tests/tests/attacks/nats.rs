@@ -287,6 +287,44 @@ async fn a_worker_cannot_create_delete_or_purge_streams_or_consumers() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_may_read_the_package_feed_and_nothing_else_of_it() -> anyhow::Result<()> {
+    let b = broker().await?;
+    // The planner made the feed's bucket at start; the admin puts an object in it.
+    let admin = jetstream::new(b.c.nats.connect().await?);
+    let store = admin.get_object_store("SHOAL_PACKAGES").await?;
+    store.put("genuine", &mut &b"package bytes"[..]).await?;
+    let (client, mut errors) = b.eu_west_1().await?;
+    let js = jetstream::with_domain(client.clone(), "hub");
+    let stream = js.get_stream_no_info("OBJ_SHOAL_PACKAGES").await?;
+    let meta = stream
+        .direct_get_last_for_subject("$O.SHOAL_PACKAGES.M.Z2VudWluZQ==")
+        .await?;
+    assert!(
+        String::from_utf8_lossy(&meta.payload).contains("genuine"),
+        "a worker reads the feed"
+    );
+    for subject in [
+        "$O.SHOAL_PACKAGES.C.forged",
+        "$O.SHOAL_PACKAGES.M.Z2VudWluZQ==",
+        "$JS.hub.API.STREAM.PURGE.OBJ_SHOAL_PACKAGES",
+        "$JS.hub.API.STREAM.DELETE.OBJ_SHOAL_PACKAGES",
+        "$JS.hub.API.STREAM.MSG.DELETE.OBJ_SHOAL_PACKAGES",
+        "$JS.hub.API.CONSUMER.CREATE.OBJ_SHOAL_PACKAGES",
+        "$JS.hub.API.DIRECT.GET.SHOAL_TASKS",
+        "$JS.hub.API.DIRECT.GET.SHOAL_RESULTS.shoal.results.us-east.us-east-1",
+    ] {
+        let answer =
+            tokio::time::timeout(REFUSED_WITHIN, client.request(subject, "{}".into())).await;
+        assert!(!matches!(answer, Ok(Ok(_))), "{subject} was answered");
+        refused(&mut errors, subject).await;
+    }
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut store.get("genuine").await?, &mut bytes).await?;
+    assert_eq!(bytes, b"package bytes", "the object is as the admin put it");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_claiming_another_pool_is_refused_and_logs_the_subject_and_its_identity()
 -> anyhow::Result<()> {
     let mut b = broker().await?;
