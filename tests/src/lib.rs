@@ -354,6 +354,26 @@ impl Cluster {
         run_binary_env("shoal", &all, &[("SHOAL_TOKEN_FILE", token.as_os_str())])
     }
 
+    /// `shoal --api … args` as the admin, as a script runs it (no colour): (exit code,
+    /// stdout, stderr).
+    ///
+    /// # Errors
+    /// The binary cannot be run.
+    pub fn shoal(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let out = std::process::Command::new(local::find_binary("shoal")?)
+            .arg("--api")
+            .arg(self.api.base())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("SHOAL_TOKEN_FILE", self.admin_token_file())
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     /// The file holding the planner's admin token (what [`Cluster::api`] sends).
     pub fn admin_token_file(&self) -> PathBuf {
         local::admin_token_file(&self.data_dir())

@@ -15,18 +15,7 @@ use std::time::Duration;
 
 /// `shoal --api … args`: (exit code, stdout, stderr).
 fn shoal(c: &Cluster, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let out = Command::new(local::find_binary("shoal")?)
-        .arg("--api")
-        .arg(c.api.base())
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("SHOAL_TOKEN_FILE", c.admin_token_file())
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    c.shoal(args)
 }
 
 /// `shoal --output json args`, its whole stdout read as a `T`.

@@ -11,38 +11,38 @@ use shoal_e2e::Cluster;
 use shoal_shared::api::{PackageView, PushedPackage};
 use shoal_shared::package::Sha256;
 use std::collections::BTreeSet;
-use std::process::Command;
 use tokio::io::AsyncReadExt as _;
 
 /// `shoal --output json args` as admin: (exit code, stdout, stderr).
 fn shoal(c: &Cluster, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let out = Command::new(local::find_binary("shoal")?)
-        .arg("--api")
-        .arg(c.api.base())
-        .args(["--output", "json"])
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("SHOAL_TOKEN_FILE", c.admin_token_file())
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    let mut all = vec!["--output", "json"];
+    all.extend_from_slice(args);
+    c.shoal(&all)
+}
+
+/// `shoal package push FILE --id web --version VERSION`.
+fn push_web(
+    c: &Cluster,
+    file: &std::path::Path,
+    version: &str,
+) -> anyhow::Result<(i32, String, String)> {
+    let path = file.display().to_string();
+    shoal(
+        c,
+        &[
+            "package",
+            "push",
+            &path,
+            "--id",
+            "web",
+            "--version",
+            version,
+        ],
+    )
 }
 
 fn push(c: &Cluster, file: &std::path::Path, version: &str) -> anyhow::Result<PushedPackage> {
-    let path = file.display().to_string();
-    let args = [
-        "package",
-        "push",
-        &path,
-        "--id",
-        "web",
-        "--version",
-        version,
-    ];
-    let (code, out, err) = shoal(c, &args)?;
+    let (code, out, err) = push_web(c, file, version)?;
     anyhow::ensure!(code == exit::OK, "push {version} exited {code}: {err}");
     serde_json::from_str(&out).with_context(|| format!("push printed {out}"))
 }
@@ -132,18 +132,7 @@ async fn a_new_version_stores_only_the_chunks_the_feed_lacks() -> anyhow::Result
     rand::rng().fill_bytes(&mut v3);
     let file3 = c.dir.path().join("other.bin");
     std::fs::write(&file3, &v3)?;
-    let (code, _, err) = shoal(
-        &c,
-        &[
-            "package",
-            "push",
-            &file3.display().to_string(),
-            "--id",
-            "web",
-            "--version",
-            "1.0.0",
-        ],
-    )?;
+    let (code, _, err) = push_web(&c, &file3, "1.0.0")?;
     assert_ne!(code, exit::OK);
     assert!(
         err.contains("web 1.0.0") && err.contains("new version"),
@@ -154,32 +143,10 @@ async fn a_new_version_stores_only_the_chunks_the_feed_lacks() -> anyhow::Result
         stored,
         "a refused push leaves no chunk behind"
     );
-    let (code, _, err) = shoal(
-        &c,
-        &[
-            "package",
-            "push",
-            "/nonexistent",
-            "--id",
-            "web",
-            "--version",
-            "2.0.0",
-        ],
-    )?;
+    let (code, _, err) = push_web(&c, std::path::Path::new("/nonexistent"), "2.0.0")?;
     assert_ne!(code, exit::OK);
     assert!(err.contains("/nonexistent"), "{err}");
-    let (code, _, err) = shoal(
-        &c,
-        &[
-            "package",
-            "push",
-            &file1.display().to_string(),
-            "--id",
-            "web",
-            "--version",
-            "1.0",
-        ],
-    )?;
+    let (code, _, err) = push_web(&c, &file1, "1.0")?;
     assert_ne!(code, exit::OK);
     assert!(err.contains("semantic version"), "{err}");
 
@@ -279,6 +246,17 @@ fn package_deployment(version: &str, script: &str) -> serde_json::Value {
                    "script": script}}]})
 }
 
+/// Each worker that ran tasks fetched every chunk exactly once, however its tasks ran.
+fn each_worker_fetched_each_chunk_once(per_task: &[(String, u64)], chunks: u64) {
+    let workers: BTreeSet<&String> = per_task.iter().map(|(w, _)| w).collect();
+    for w in workers {
+        let fetched: u64 = (per_task.iter().filter(|(x, _)| x == w))
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(fetched, chunks, "worker {w}: {per_task:?}");
+    }
+}
+
 /// (worker, chunks fetched) of each task, read from the line the worker wrote.
 async fn fetched_by_worker(
     c: &Cluster,
@@ -340,16 +318,7 @@ async fn a_package_reaches_every_target_and_each_worker_fetches_each_chunk_once(
         let lines = c.output(&id, &t).await?;
         assert!(lines.iter().any(|l| l == "deployed web 1.0.0"), "{lines:?}");
     }
-    // Each worker that ran tasks fetched every chunk exactly once, however its tasks ran.
-    let workers: BTreeSet<&String> = per_task.iter().map(|(w, _)| w).collect();
-    for w in workers {
-        let fetched: u64 = per_task
-            .iter()
-            .filter(|(x, _)| x == w)
-            .map(|(_, n)| n)
-            .sum();
-        assert_eq!(fetched, chunks, "worker {w}: {per_task:?}");
-    }
+    each_worker_fetched_each_chunk_once(&per_task, chunks);
 
     // Again: nothing crosses the link.
     let again = c.deploy(&package_deployment("1.0.0", "true")).await?;
@@ -436,18 +405,7 @@ async fn workers_behind_a_regions_leaf_node_acquire_packages_through_it() -> any
     let d = c.finished(&id, shoal_e2e::WAIT).await?;
     assert_eq!(d["state"], "succeeded", "{d:#}");
     let per_task = fetched_by_worker(&c, &id, &d).await?;
-    let workers: BTreeSet<&String> = per_task.iter().map(|(w, _)| w).collect();
-    for w in workers {
-        let fetched: u64 = per_task
-            .iter()
-            .filter(|(x, _)| x == w)
-            .map(|(_, n)| n)
-            .sum();
-        assert_eq!(
-            fetched, pushed.package.chunks as u64,
-            "worker {w}: {per_task:?}"
-        );
-    }
+    each_worker_fetched_each_chunk_once(&per_task, pushed.package.chunks as u64);
     drop(eu);
     Ok(())
 }

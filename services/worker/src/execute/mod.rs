@@ -77,14 +77,7 @@ pub async fn run(
         },
         Action::HealthCheck => health_step(task, config, reporter, stops).await,
         Action::Script { script, shell } => {
-            let run = script::Run {
-                task,
-                delivery,
-                script,
-                shell: shell.as_deref().unwrap_or("bash"),
-                secrets: &opened,
-                package: None,
-            };
+            let run = script::Run::of(task, delivery, script, shell.as_deref(), &opened);
             run_script(run, config, reporter, stops).await
         }
         Action::DeployPackage { script, shell, .. } => {
@@ -95,12 +88,8 @@ pub async fn run(
                 );
             };
             let run = script::Run {
-                task,
-                delivery,
-                script,
-                shell: shell.as_deref().unwrap_or("bash"),
-                secrets: &opened,
                 package: Some((spec, acquirer)),
+                ..script::Run::of(task, delivery, script, shell.as_deref(), &opened)
             };
             run_script(run, config, reporter, stops).await
         }

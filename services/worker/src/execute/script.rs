@@ -38,6 +38,26 @@ pub(super) struct Run<'a> {
     pub package: Option<(&'a PackageSpec, &'a Acquirer)>,
 }
 
+impl<'a> Run<'a> {
+    /// A script run (`bash` unless another shell is named), without a package.
+    pub fn of(
+        task: &'a TaskMessage,
+        delivery: u32,
+        script: &'a str,
+        shell: Option<&'a str>,
+        secrets: &'a Opened,
+    ) -> Run<'a> {
+        Run {
+            task,
+            delivery,
+            script,
+            shell: shell.unwrap_or("bash"),
+            secrets,
+            package: None,
+        }
+    }
+}
+
 pub(super) async fn run(
     run: Run<'_>,
     config: &WorkerConfig,
