@@ -590,6 +590,10 @@ pub struct PackageView {
     /// How many content-defined chunks it is stored as.
     pub chunks: usize,
     pub pushed_at: Timestamp,
+    /// Its acquisitions by workers, per pool: bytes fetched from the feed against bytes
+    /// used (fetched plus served from the workers' caches).
+    #[serde(default)]
+    pub acquired: BTreeMap<PoolName, crate::package::Acquisitions>,
 }
 
 /// The answer to `PUT /api/packages/{id}/{version}` (201 when the version is new, 200 when

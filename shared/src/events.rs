@@ -240,6 +240,17 @@ pub enum Event {
         /// SHA-256 of the manifest as stored in the feed (see `package::encode_manifest`).
         manifest_sha256: crate::package::Sha256,
     },
+    /// A worker acquired a deploy_package task's package (see `package::Acquisition`).
+    PackageAcquired {
+        deployment: DeploymentId,
+        task: TaskId,
+        attempt: u32,
+        delivery: u32,
+        worker: WorkerName,
+        pool: PoolName,
+        acquired: crate::package::Acquisition,
+        at: Timestamp,
+    },
     /// A version of a package left the feed.
     PackageRemoved {
         id: PackageId,
@@ -303,6 +314,7 @@ impl Event {
             Event::TokenRevoked { .. } => "TokenRevoked",
             Event::PackagePushed { .. } => "PackagePushed",
             Event::PackageRemoved { .. } => "PackageRemoved",
+            Event::PackageAcquired { .. } => "PackageAcquired",
             Event::MessageRejected { .. } => "MessageRejected",
             Event::RejectionsCounted { .. } => "RejectionsCounted",
         }
@@ -329,7 +341,8 @@ impl Event {
             | Event::TargetSkipped { deployment, .. }
             | Event::DeploymentCancelRequested { deployment, .. }
             | Event::StepFinished { deployment, .. }
-            | Event::DeploymentFinished { deployment, .. } => Some(*deployment),
+            | Event::DeploymentFinished { deployment, .. }
+            | Event::PackageAcquired { deployment, .. } => Some(*deployment),
             Event::PoolRegistered { .. }
             | Event::TargetRegistered { .. }
             | Event::TargetUpdated { .. }

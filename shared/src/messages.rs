@@ -243,6 +243,16 @@ pub enum WorkerBody {
         exit_code: Option<i32>,
         reason: Option<String>,
     },
+    /// A `deploy_package` task's package was acquired: what came from the feed and what
+    /// from the worker's cache.
+    PackageAcquired {
+        deployment: DeploymentId,
+        task: TaskId,
+        attempt: u32,
+        #[serde(default)]
+        delivery: u32,
+        acquired: crate::package::Acquisition,
+    },
     /// A probe ran: a scheduled or asked-for check, or one of a `health_check` step
     /// (`task`, with a check id of the worker's own).
     HealthChecked {

@@ -129,6 +129,45 @@ impl Manifest {
     }
 }
 
+/// One acquisition of a package version by a worker: what crossed from the feed, what its
+/// cache already held, and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acquisition {
+    pub id: PackageId,
+    pub version: semver::Version,
+    pub chunks_fetched: u64,
+    pub bytes_fetched: u64,
+    pub chunks_cached: u64,
+    pub bytes_cached: u64,
+    pub duration_ms: u64,
+}
+
+/// Acquisitions of a package version by one pool's workers, added up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acquisitions {
+    pub count: u64,
+    pub chunks_fetched: u64,
+    pub bytes_fetched: u64,
+    pub chunks_cached: u64,
+    pub bytes_cached: u64,
+}
+
+impl Acquisitions {
+    /// Adds one acquisition.
+    pub fn add(&mut self, a: &Acquisition) {
+        self.count += 1;
+        self.chunks_fetched += a.chunks_fetched;
+        self.bytes_fetched += a.bytes_fetched;
+        self.chunks_cached += a.chunks_cached;
+        self.bytes_cached += a.bytes_cached;
+    }
+
+    /// Bytes the tasks used (each got the whole package).
+    pub fn bytes_used(&self) -> u64 {
+        self.bytes_fetched + self.bytes_cached
+    }
+}
+
 /// The name of a chunk's object in the feed: its SHA-256.
 pub fn chunk_object(sha: &Sha256) -> String {
     sha.to_hex()

@@ -319,6 +319,11 @@ async fn a_package_reaches_every_target_and_each_worker_fetches_each_chunk_once(
         assert!(lines.iter().any(|l| l == "deployed web 1.0.0"), "{lines:?}");
     }
     each_worker_fetched_each_chunk_once(&per_task, chunks);
+    let workers_used = per_task
+        .iter()
+        .map(|(w, _)| w)
+        .collect::<BTreeSet<_>>()
+        .len() as u64;
 
     // Again: nothing crosses the link.
     let again = c.deploy(&package_deployment("1.0.0", "true")).await?;
@@ -328,6 +333,23 @@ async fn a_package_reaches_every_target_and_each_worker_fetches_each_chunk_once(
     assert_eq!(d["state"], "succeeded", "{d:#}");
     let per_task = fetched_by_worker(&c, &again, &d).await?;
     assert!(per_task.iter().all(|(_, n)| *n == 0), "{per_task:?}");
+
+    // Every acquisition is recorded: 16 tasks used the package 16 times, and the feed sent
+    // each of the workers that ran them the package once.
+    let (code, out, err) = shoal(&c, &["package", "stats", "web"])?;
+    assert_eq!(code, exit::OK, "{err}");
+    let versions: Vec<PackageView> = serde_json::from_str(&out)?;
+    let a = &versions[0].acquired[&shoal_shared::PoolName::parse("eu-west")?];
+    let size = pushed.package.size;
+    assert_eq!(a.count, 16, "{a:?}");
+    assert_eq!(a.bytes_used(), 16 * size, "{a:?}");
+    assert_eq!(a.bytes_fetched, workers_used * size, "{a:?}");
+    let events = c.events(Some(&format!("deployment/{again}"))).await?;
+    let acquired = events
+        .iter()
+        .filter(|e| e["type"] == "PackageAcquired")
+        .count();
+    assert_eq!(acquired, 8, "one PackageAcquired per task");
 
     // An unknown package or version is refused at submission, naming it.
     shoal_e2e::assert_api_error(

@@ -361,6 +361,12 @@ enum PackageCmd {
         /// Only this package.
         id: Option<String>,
     },
+    /// What acquiring packages moved, per version and pool: bytes fetched from the feed
+    /// against bytes the tasks used (the rest came from the workers' caches).
+    Stats {
+        /// Only this package.
+        id: Option<String>,
+    },
     /// Remove a version from the feed (admin); refused while an unfinished deployment
     /// deploys it.
     Rm {

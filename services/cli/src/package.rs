@@ -30,12 +30,12 @@ pub(super) async fn run(api: &ApiClient, out: Output, cmd: PackageCmd) -> anyhow
             })?;
         }
         PackageCmd::List { id } => {
-            let path = match id {
-                Some(id) => format!("/api/packages/{}", parse_id(&id)?),
-                None => "/api/packages".to_owned(),
-            };
-            let list: Vec<PackageView> = api.get_as(&path).await?;
+            let list = versions(api, id).await?;
             show(out, &list, |l| render::packages(l))?;
+        }
+        PackageCmd::Stats { id } => {
+            let list = versions(api, id).await?;
+            show(out, &list, |l| render::package_stats(l))?;
         }
         PackageCmd::Rm { id, version } => {
             let (id, version) = parse(&id, &version)?;
@@ -50,6 +50,15 @@ pub(super) async fn run(api: &ApiClient, out: Output, cmd: PackageCmd) -> anyhow
         }
     }
     Ok(())
+}
+
+/// The versions in the feed, of every package or of one.
+async fn versions(api: &ApiClient, id: Option<String>) -> anyhow::Result<Vec<PackageView>> {
+    let path = match id {
+        Some(id) => format!("/api/packages/{}", parse_id(&id)?),
+        None => "/api/packages".to_owned(),
+    };
+    Ok(api.get_as(&path).await?)
 }
 
 fn parse_id(id: &str) -> Result<PackageId, Refused> {

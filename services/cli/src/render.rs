@@ -358,6 +358,47 @@ pub fn packages(v: &[shoal_shared::api::PackageView]) {
     println!("{t}");
 }
 
+/// `shoal package stats`: per version and pool, what crossed from the feed against what the
+/// tasks used.
+pub fn package_stats(v: &[shoal_shared::api::PackageView]) {
+    let rows: Vec<_> = v
+        .iter()
+        .flat_map(|p| p.acquired.iter().map(move |(pool, a)| (p, pool, a)))
+        .collect();
+    if rows.is_empty() {
+        println!("no package has been acquired by a worker yet");
+        return;
+    }
+    let mut t = table(&[
+        "package",
+        "version",
+        "pool",
+        "acquisitions",
+        "bytes used",
+        "fetched",
+        "from cache",
+        "saved",
+    ]);
+    for (p, pool, a) in rows {
+        let used = a.bytes_used();
+        let saved = match used {
+            0 => "-".to_owned(),
+            _ => format!("{:.1}%", 100.0 * a.bytes_cached as f64 / used as f64),
+        };
+        t.add_row(vec![
+            p.id.to_string(),
+            p.version.to_string(),
+            pool.to_string(),
+            a.count.to_string(),
+            used.to_string(),
+            a.bytes_fetched.to_string(),
+            a.bytes_cached.to_string(),
+            saved,
+        ]);
+    }
+    println!("{t}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

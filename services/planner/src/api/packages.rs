@@ -37,6 +37,7 @@ fn view(doc: &PackageDoc) -> PackageView {
         sha256: m.sha256,
         chunks: m.chunks.len(),
         pushed_at: doc.pushed_at,
+        acquired: doc.acquired.clone(),
     }
 }
 

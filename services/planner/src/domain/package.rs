@@ -7,8 +7,9 @@ use super::decide::{NewEvent, Rejection, join};
 use super::state::{Changes, DocKey, State};
 use serde::{Deserialize, Serialize};
 use shoal_shared::events::Event;
-use shoal_shared::package::{Manifest, Sha256};
-use shoal_shared::{PackageId, Timestamp};
+use shoal_shared::package::{Acquisitions, Manifest, Sha256};
+use shoal_shared::{PackageId, PoolName, Timestamp};
+use std::collections::BTreeMap;
 
 /// One version of a package in the feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +22,9 @@ pub struct PackageDoc {
     /// deployable) so that it can never come back with other bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_at: Option<Timestamp>,
+    /// Its acquisitions by workers, added up per pool.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub acquired: BTreeMap<PoolName, Acquisitions>,
 }
 
 /// A package version's key: its id and version.
@@ -40,6 +44,13 @@ impl State {
                     manifest_sha256: *manifest_sha256,
                     pushed_at: at,
                     removed_at: None,
+                    acquired: BTreeMap::new(),
+                };
+                // A version pushed again after its removal keeps what it was used for.
+                let acquired = self.packages.remove(&key).map(|d| d.acquired);
+                let doc = PackageDoc {
+                    acquired: acquired.unwrap_or_default(),
+                    ..doc
                 };
                 self.packages.insert(key.clone(), doc);
                 changes.docs.insert(DocKey::Package(key.0, key.1));
@@ -51,6 +62,13 @@ impl State {
                 changes
                     .docs
                     .insert(DocKey::Package(id.clone(), version.clone()));
+            }
+            Event::PackageAcquired { pool, acquired, .. } => {
+                let key = (acquired.id.clone(), acquired.version.clone());
+                if let Some(doc) = self.packages.get_mut(&key) {
+                    doc.acquired.entry(pool.clone()).or_default().add(acquired);
+                    changes.docs.insert(DocKey::Package(key.0, key.1));
+                }
             }
             _ => {}
         }

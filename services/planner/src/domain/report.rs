@@ -78,6 +78,12 @@ fn refusal(state: &State, msg: &WorkerMessage) -> Option<String> {
             task,
             attempt,
             ..
+        }
+        | WorkerBody::PackageAcquired {
+            deployment,
+            task,
+            attempt,
+            ..
         } => task_refusal(state, msg, *deployment, *task, *attempt),
         WorkerBody::Joined { .. } | WorkerBody::Left { .. } | WorkerBody::Rejected { .. } => None,
     }
@@ -244,7 +250,8 @@ fn fact(msg: &WorkerMessage) -> Event {
         },
         WorkerBody::TaskStarted { .. }
         | WorkerBody::TaskOutput { .. }
-        | WorkerBody::TaskFinished { .. } => task_fact(msg),
+        | WorkerBody::TaskFinished { .. }
+        | WorkerBody::PackageAcquired { .. } => task_fact(msg),
     }
 }
 
@@ -299,6 +306,22 @@ fn task_fact(msg: &WorkerMessage) -> Event {
             outcome: *outcome,
             exit_code: *exit_code,
             reason: reason.clone(),
+            at,
+        },
+        WorkerBody::PackageAcquired {
+            deployment,
+            task,
+            attempt,
+            delivery,
+            acquired,
+        } => Event::PackageAcquired {
+            deployment: *deployment,
+            task: *task,
+            attempt: *attempt,
+            delivery: *delivery,
+            worker,
+            pool: msg.pool.clone(),
+            acquired: acquired.clone(),
             at,
         },
         // Every other report is `fact`'s; listed, not `_`, so a new kind must be placed.

@@ -242,9 +242,9 @@ impl State {
             Event::TokenCreated { .. } | Event::TokenRevoked { .. } => {
                 self.apply_token(at, event, changes)
             }
-            Event::PackagePushed { .. } | Event::PackageRemoved { .. } => {
-                self.apply_package(at, event, changes)
-            }
+            Event::PackagePushed { .. }
+            | Event::PackageRemoved { .. }
+            | Event::PackageAcquired { .. } => self.apply_package(at, event, changes),
             Event::MessageRejected { .. } | Event::RejectionsCounted { .. } => {}
         }
     }

@@ -88,7 +88,11 @@ pub async fn run(
                 );
             };
             let run = script::Run {
-                package: Some((spec, acquirer)),
+                package: Some(package::Package {
+                    spec,
+                    acquirer,
+                    reporter,
+                }),
                 ..script::Run::of(task, delivery, script, shell.as_deref(), &opened)
             };
             run_script(run, config, reporter, stops).await

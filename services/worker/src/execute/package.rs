@@ -5,7 +5,9 @@
 use super::unpack::{MAX_UNPACKED, unpack};
 use super::{OutputSink, Stops, TaskResult};
 use crate::packages::{Acquired, Acquirer};
-use shoal_shared::messages::{PackageSpec, TaskMessage};
+use crate::report::Reporter;
+use shoal_shared::messages::{PackageSpec, TaskMessage, WorkerBody};
+use shoal_shared::package::Acquisition;
 use shoal_shared::{Outcome, OutputStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,15 +38,31 @@ impl Unpacked {
     }
 }
 
-/// Acquires and unpacks the package into `dir`; the task's result if it cannot.
+/// What a `deploy_package` task needs beyond its script: its package, the feed and cache,
+/// and where to report the acquisition.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Package<'a> {
+    pub spec: &'a PackageSpec,
+    pub acquirer: &'a Acquirer,
+    pub reporter: &'a Reporter,
+}
+
+/// Acquires and unpacks the package into `dir` (reporting what the acquisition moved); the
+/// task's result if it cannot.
 pub(super) async fn prepare(
-    spec: &PackageSpec,
-    acquirer: &Acquirer,
+    package: &Package<'_>,
     task: &TaskMessage,
+    delivery: u32,
     dir: &Path,
     sink: &OutputSink,
     stops: &Stops,
 ) -> Result<Unpacked, TaskResult> {
+    let Package {
+        spec,
+        acquirer,
+        reporter,
+    } = *package;
+    let began = std::time::Instant::now();
     let deadline =
         (task.timeout_secs).map(|t| tokio::time::Instant::now() + Duration::from_secs(t));
     tokio::fs::create_dir_all(dir)
@@ -54,6 +72,23 @@ pub(super) async fn prepare(
     let give_up = deadline.unwrap_or_else(|| tokio::time::Instant::now() + WAIT_WITHOUT_TIMEOUT);
     let acquired = acquire(spec, acquirer, give_up, &archive, sink, stops).await?;
     say(sink, &summary(spec, &acquired)).await;
+    reporter
+        .send(WorkerBody::PackageAcquired {
+            deployment: task.deployment,
+            task: task.task,
+            attempt: task.attempt,
+            delivery,
+            acquired: Acquisition {
+                id: spec.id.clone(),
+                version: spec.version.clone(),
+                chunks_fetched: acquired.chunks_fetched as u64,
+                bytes_fetched: acquired.bytes_fetched,
+                chunks_cached: acquired.chunks_cached as u64,
+                bytes_cached: acquired.bytes_cached,
+                duration_ms: u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
+            },
+        })
+        .await;
     let into = dir.join("package");
     let (from, to) = (archive.clone(), into.clone());
     let unpacked = tokio::task::spawn_blocking(move || {

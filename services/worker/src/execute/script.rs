@@ -5,10 +5,8 @@
 use super::secrets::Opened;
 use super::{OutputSink, Stops, TaskResult};
 use crate::WorkerConfig;
-use crate::packages::Acquirer;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use shoal_shared::messages::PackageSpec;
 use shoal_shared::messages::TaskMessage;
 use shoal_shared::{Outcome, OutputStream};
 use std::process::Stdio;
@@ -35,7 +33,7 @@ pub(super) struct Run<'a> {
     pub shell: &'a str,
     pub secrets: &'a Opened,
     /// The package to acquire and unpack first (`deploy_package`).
-    pub package: Option<(&'a PackageSpec, &'a Acquirer)>,
+    pub package: Option<super::package::Package<'a>>,
 }
 
 impl<'a> Run<'a> {
@@ -83,8 +81,8 @@ pub(super) async fn run(
             )
             .await
         }
-        Some((spec, acquirer)) => {
-            match super::package::prepare(spec, acquirer, task, &dir, sink, stops).await {
+        Some(package) => {
+            match super::package::prepare(&package, task, delivery, &dir, sink, stops).await {
                 Ok(env) => {
                     run_in(
                         task,
