@@ -64,6 +64,18 @@ async fn the_demo_routes_a_deployment_by_all_three_rules_with_security_on() -> a
             "no masked secret from pool {pool}:\n{text}"
         );
     }
+    // A package deployed twice: each worker fetches it once, then deploys it from cache.
+    assert!(
+        text.contains("package site 1.0.0 pushed to the feed"),
+        "{text}"
+    );
+    assert!(text.contains("deployed (succeeded):"), "{text}");
+    assert!(text.contains("deployed again (succeeded):"), "{text}");
+    let again = text.split("deployed again").nth(1).unwrap_or_default();
+    assert!(
+        again.matches("from cache: ").count() >= 2 && again.contains("nothing fetched"),
+        "the single-worker pools deploy the second time from cache:\n{text}"
+    );
     // The demo's password is `demo-<hex>-<pid>`: nowhere in what it printed, nowhere on disk.
     assert!(!text.contains("DB_PASSWORD=demo-"), "{text}");
     assert!(text.contains("in clear in 0 files"), "{text}");

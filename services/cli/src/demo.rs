@@ -9,7 +9,9 @@ use serde_json::json;
 use shoal_cli::client::ApiClient;
 use shoal_cli::local::{self, Nats, Proc};
 use shoal_shared::DeploymentState;
-use shoal_shared::api::{CheckingView, Created, HealthRecordView, WorkerStatus, WorkerView};
+use shoal_shared::api::{
+    CheckingView, Created, HealthRecordView, PushedPackage, WorkerStatus, WorkerView,
+};
 use std::time::Duration;
 
 pub async fn run(keep: bool) -> anyhow::Result<i32> {
@@ -118,7 +120,7 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
     println!("{}", render::task_table(&d));
     println!("rules: step = the step named its pool; target_default = the target's default pool;");
     println!("       global_default = neither, so the global default pool (built-in worker).");
-    let ok = d.state == DeploymentState::Succeeded;
+    let mut ok = d.state == DeploymentState::Succeeded;
     let found = local::files_containing(&dir.path().join("planner-data"), password.as_bytes())?
         .len()
         + local::files_containing(&dir.path().join("nats-store"), password.as_bytes())?.len();
@@ -135,6 +137,8 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
         }
     }
     println!("  in clear in {found} files of the planner's data dir and the broker's store");
+    let packaged = packages(&api).await?;
+    ok &= packaged;
     println!("\ndeployment {}: {}", id, render::s(&d.state));
 
     if keep {
@@ -163,6 +167,74 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
     } else {
         shoal_cli::exit::FAILED
     })
+}
+
+/// Pushes a small package and deploys it twice to the `web` targets: the first time each
+/// worker fetches it from the feed, the second time a worker that has it deploys it from its
+/// cache. Whether both deployments succeeded.
+async fn packages(api: &ApiClient) -> anyhow::Result<bool> {
+    let archive = demo_archive()?;
+    let pushed: PushedPackage = api
+        .put_stream_as(
+            "/api/packages/site/1.0.0",
+            "application/octet-stream",
+            reqwest::Body::from(archive),
+        )
+        .await?;
+    let p = &pushed.package;
+    println!(
+        "\npackage site 1.0.0 pushed to the feed: {} bytes in {} chunks (stored {} new)",
+        p.size, p.chunks, pushed.new_chunks
+    );
+    let mut ok = true;
+    for round in ["deployed", "deployed again"] {
+        let deployment = json!({"project": "shop", "environment": "production", "steps": [
+            {"name": "deploy-site", "roles": ["web"],
+             "action": {"type": "deploy_package", "package": {"id": "site", "version": "^1"},
+                        "script": "test -f index.html && echo \"site $SHOAL_PACKAGE_VERSION is live\""}}]});
+        let created: Created = api.post_as("/api/deployments", &deployment).await?;
+        let id = created.id.to_string();
+        let d = tokio::time::timeout(Duration::from_secs(120), crate::follow(api, &id, false))
+            .await
+            .context("the package deployment did not finish within 2 minutes")??;
+        ok &= d.state == DeploymentState::Succeeded;
+        println!("{round} ({}):", render::s(&d.state));
+        for t in d.steps.iter().flat_map(|s| &s.tasks) {
+            let lines = api.task_log(&id, &t.id.to_string()).await?;
+            let said = lines
+                .iter()
+                .find(|l| l.line.starts_with("[shoal] package site"))
+                .map_or("(no acquisition)", |l| &l.line["[shoal] ".len()..]);
+            println!(
+                "  {:<9} {:<14} {said}",
+                render::s(&t.target),
+                render::s(&t.worker)
+            );
+        }
+    }
+    Ok(ok)
+}
+
+/// A `.tar.gz` of a small site: an index and 256 KiB of data (a few chunks).
+fn demo_archive() -> anyhow::Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut data = Vec::with_capacity(256 * 1024);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while data.len() < 256 * 1024 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    let index: &[u8] = b"<h1>shop</h1>\n";
+    for (name, bytes) in [("index.html", index), ("assets/data.bin", &data[..])] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, name, bytes)?;
+    }
+    Ok(tar.into_inner()?.finish()?)
 }
 
 /// A random password for the demo's sensitive variable.
