@@ -80,6 +80,9 @@ pub struct PlannerConfig {
     pub builtin_worker_nkey: Option<PathBuf>,
     /// Signs every message workers act on (tasks, checks, cancellations, instructions).
     pub signer: signing::Signer,
+    /// Versions of each package the feed keeps, newest first, besides those an unfinished
+    /// deployment deploys; 0: every one.
+    pub package_retention: u32,
 }
 
 /// A planner that is set up but not yet serving: its log is open and the writer runs on it,
@@ -391,6 +394,7 @@ impl Parts {
             master_key: self.master_key.clone(),
             feed: self.feed.clone(),
             uploads: self.uploads.clone(),
+            package_retention: self.config.package_retention,
         }
     }
 }

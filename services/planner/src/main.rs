@@ -71,6 +71,10 @@ struct Serve {
     #[arg(long, env = "SHOAL_HEALTH_DEADLINE_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     health_deadline_secs: u64,
+    /// Versions of each package the feed keeps (the newest; a version an unfinished
+    /// deployment deploys is always kept); 0 keeps every version.
+    #[arg(long, env = "SHOAL_PACKAGE_RETENTION", default_value_t = 0)]
+    package_retention: u32,
     /// The master key that seals sensitive variables in the event log (made at first start
     /// when missing and the log holds no sealed value). Default: <data-dir>/keys/master.key.
     /// Back it up: without it the log's sensitive values cannot be used.
@@ -276,6 +280,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         nats_auth: s.nats_auth,
         builtin_worker_nkey: s.builtin_worker_nkey,
         signer,
+        package_retention: s.package_retention,
     };
     let data_dir = config.data_dir.clone();
     let planner = match Planner::build(config, listener, &shutdown).await {

@@ -45,6 +45,8 @@ pub struct AppState {
     pub feed: crate::packages::Feed,
     /// Room for package uploads at once ([`MAX_UPLOADS`]).
     pub uploads: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Versions of each package the feed keeps (`--package-retention`); 0: every one.
+    pub package_retention: u32,
 }
 
 impl AppState {

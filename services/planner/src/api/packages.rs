@@ -81,6 +81,7 @@ pub(super) async fn push(
             Command::RecordPackage {
                 manifest,
                 manifest_sha256,
+                keep: app.package_retention,
             },
         )
         .await?;

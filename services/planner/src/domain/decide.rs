@@ -104,6 +104,8 @@ pub enum Command {
     RecordPackage {
         manifest: shoal_shared::package::Manifest,
         manifest_sha256: shoal_shared::package::Sha256,
+        /// Versions of the package to keep (`--package-retention`); 0: every one.
+        keep: u32,
     },
     /// A package version leaves the feed.
     RemovePackage {
@@ -254,7 +256,8 @@ pub fn decide(
         Command::RecordPackage {
             manifest,
             manifest_sha256,
-        } => package::record(state, manifest, *manifest_sha256),
+            keep,
+        } => package::record(state, manifest, *manifest_sha256, *keep),
         Command::RemovePackage { id, version } => package::remove(state, id, version),
         Command::WorkerReport(msg) => Ok(vec![report::report(state, msg)?]),
         Command::RejectMessage {

@@ -96,33 +96,85 @@ impl State {
 
 /// `RecordPackage`: a version whose chunks are in the feed. Versions are immutable: pushing
 /// the same bytes again changes nothing; other bytes under the same version are refused.
+/// With `keep` > 0, a new version removes the package's versions older than its newest
+/// `keep`, except those an unfinished deployment deploys.
 pub(super) fn record(
     state: &State,
     manifest: &Manifest,
     manifest_sha256: Sha256,
+    keep: u32,
 ) -> Result<Vec<NewEvent>, Rejection> {
     manifest.check().map_err(Rejection::Invalid)?;
     let key = (manifest.id.clone(), manifest.version.clone());
-    if let Some(doc) = state.packages.get(&key) {
-        if doc.manifest.sha256 == manifest.sha256 {
-            // The same bytes: nothing changes, or a removed version comes back as it was.
-            return Ok(match doc.removed_at {
-                None => vec![],
-                Some(_) => vec![NewEvent::new(Event::PackagePushed {
-                    manifest: manifest.clone(),
-                    manifest_sha256,
-                })],
-            });
-        }
-        return Err(Rejection::Conflict(format!(
-            "package {} {} was pushed before with other content (SHA-256 {}); a version never changes, even once removed: push this file as a new version",
-            manifest.id, manifest.version, doc.manifest.sha256
-        )));
-    }
-    Ok(vec![NewEvent::new(Event::PackagePushed {
+    let pushed = NewEvent::new(Event::PackagePushed {
         manifest: manifest.clone(),
         manifest_sha256,
-    })])
+    });
+    if let Some(doc) = state.packages.get(&key) {
+        if doc.manifest.sha256 != manifest.sha256 {
+            return Err(Rejection::Conflict(format!(
+                "package {} {} was pushed before with other content (SHA-256 {}); a version never changes, even once removed: push this file as a new version",
+                manifest.id, manifest.version, doc.manifest.sha256
+            )));
+        }
+        // The same bytes: nothing changes, or a removed version comes back as it was.
+        if doc.removed_at.is_none() {
+            return Ok(vec![]);
+        }
+    }
+    let mut events = vec![pushed];
+    events.extend(beyond_retention(
+        state,
+        &manifest.id,
+        &manifest.version,
+        keep,
+    ));
+    Ok(events)
+}
+
+/// The removals that keep a package at its newest `keep` versions once `new` is in (none
+/// when `keep` is 0); a version an unfinished deployment deploys stays.
+fn beyond_retention(
+    state: &State,
+    id: &PackageId,
+    new: &semver::Version,
+    keep: u32,
+) -> Vec<NewEvent> {
+    if keep == 0 {
+        return vec![];
+    }
+    let mut versions: Vec<&semver::Version> = state
+        .package_versions(id)
+        .map(|d| &d.manifest.version)
+        .chain([new])
+        .collect();
+    versions.sort_by(|a, b| b.cmp(a));
+    versions.dedup();
+    versions
+        .into_iter()
+        .skip(keep as usize)
+        .filter(|v| *v != new && users(state, id, v).is_empty())
+        .map(|v| {
+            NewEvent::new(Event::PackageRemoved {
+                id: id.clone(),
+                version: v.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The unfinished deployments that deploy a version.
+fn users(state: &State, id: &PackageId, version: &semver::Version) -> Vec<String> {
+    state
+        .active
+        .iter()
+        .filter_map(|d| state.deployments.get(d))
+        .filter(|d| {
+            (d.steps.iter().filter_map(|s| s.package.as_ref()))
+                .any(|p| &p.id == id && &p.version == version)
+        })
+        .map(|d| d.id.to_string())
+        .collect()
 }
 
 /// `RemovePackage`: a version leaves the feed, unless an unfinished deployment deploys it
@@ -138,16 +190,7 @@ pub(super) fn remove(
             "package {id} has no version {version} (versions in the feed: {known})"
         )));
     }
-    let users: Vec<String> = state
-        .active
-        .iter()
-        .filter_map(|d| state.deployments.get(d))
-        .filter(|d| {
-            (d.steps.iter().filter_map(|s| s.package.as_ref()))
-                .any(|p| &p.id == id && &p.version == version)
-        })
-        .map(|d| d.id.to_string())
-        .collect();
+    let users = users(state, id, version);
     if !users.is_empty() {
         return Err(Rejection::Conflict(format!(
             "package {id} {version} is deployed by unfinished deployments ({}); remove it once they end",

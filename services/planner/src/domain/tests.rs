@@ -1779,6 +1779,7 @@ fn record(manifest: shoal_shared::package::Manifest) -> Command {
     Command::RecordPackage {
         manifest,
         manifest_sha256,
+        keep: 0,
     }
 }
 
@@ -1906,4 +1907,65 @@ fn a_package_step_records_its_version_carries_its_digests_and_holds_the_version(
     assert!(why.contains(&id.to_string()), "{why}");
     finish(&mut m, task, Outcome::Succeeded, 0);
     when(&mut m, remove).expect("removable once the deployment ended");
+}
+
+#[test]
+fn a_retention_keeps_the_newest_versions_and_every_one_in_use() {
+    let mut m = given(&[target("web-1", &["web"], None)]);
+    let keep2 = |version: &str, content: &[u8]| {
+        let Command::RecordPackage {
+            manifest,
+            manifest_sha256,
+            ..
+        } = record(manifest("web", version, content))
+        else {
+            unreachable!()
+        };
+        Command::RecordPackage {
+            manifest,
+            manifest_sha256,
+            keep: 2,
+        }
+    };
+    when(&mut m, keep2("1.0.0", b"a")).expect("new");
+    // 1.0.0 is deployed by an unfinished deployment: it stays whatever the retention.
+    let mut s = step("deploy", &["web"], None);
+    s.action = Action::DeployPackage {
+        package: PackageRef {
+            id: PackageId::parse("web").expect("valid"),
+            version: "1.0.0".into(),
+        },
+        script: "true".into(),
+        shell: None,
+    };
+    let (_, events) = deploy(&mut m, vec![s]);
+    when(&mut m, keep2("1.1.0", b"b")).expect("new");
+    when(&mut m, keep2("1.2.0", b"c")).expect("new");
+    let events_now = when(&mut m, keep2("1.3.0", b"d")).expect("new");
+    let removed: Vec<String> = events_now
+        .iter()
+        .filter_map(|e| match e {
+            Event::PackageRemoved { version, .. } => Some(version.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        removed,
+        ["1.1.0"],
+        "older than the newest two and not in use"
+    );
+    let web = PackageId::parse("web").expect("valid");
+    let left: Vec<String> = (m.state.package_versions(&web))
+        .map(|d| d.manifest.version.to_string())
+        .collect();
+    assert_eq!(left, ["1.0.0", "1.2.0", "1.3.0"]);
+    // Once its deployment ends, the next push lets it go.
+    let (task, ..) = planned(&events)[0].clone();
+    finish(&mut m, task, Outcome::Succeeded, 0);
+    let events_now = when(&mut m, keep2("1.4.0", b"e")).expect("new");
+    let removed = events_now
+        .iter()
+        .filter(|e| matches!(e, Event::PackageRemoved { .. }))
+        .count();
+    assert_eq!(removed, 2, "1.0.0 and 1.2.0: {events_now:?}");
 }
