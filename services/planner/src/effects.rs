@@ -48,6 +48,8 @@ pub struct Runner {
     pub tasks: TaskTracker,
     /// Signs cancellations, checks and instructions as they go out.
     pub signer: Signer,
+    /// The package feed, swept when a version leaves it.
+    pub feed: crate::packages::Feed,
 }
 
 enum Due {
@@ -183,6 +185,7 @@ impl Runner {
                 );
             }
             Effect::ScheduleHealth { target, every } => self.health.set(target, every),
+            Effect::SweepFeed => self.feed.sweep_soon(),
         }
     }
 }

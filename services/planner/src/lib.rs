@@ -355,7 +355,13 @@ impl Parts {
             health: health::Schedule::new(self.config.health_interval, self.config.health_deadline),
             tasks: tasks.clone(),
             signer: self.config.signer.clone(),
+            feed: self.feed.clone(),
         };
+        tasks.spawn(packages::sweeper(
+            self.feed.clone(),
+            self.log.clone(),
+            stop_services.clone(),
+        ));
         tasks.spawn(effects::run(runner, effects_rx, stop_services.clone()));
         tasks.spawn(dispatch::run(
             js.clone(),

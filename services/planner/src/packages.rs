@@ -5,6 +5,12 @@
 //! file is never held in memory: a chunk at a time), stores each chunk the bucket lacks, and
 //! only then is the version recorded in the log (`Command::RecordPackage`), so a version in
 //! the log always has its chunks.
+//!
+//! A sweep ([`sweeper`], asked for by `Effect::SweepFeed`: a version left the feed, or the
+//! planner started) deletes every object no version in the feed needs: the chunks only a
+//! removed version used, and those a push stored before it failed or was cut off. It runs
+//! while no push does (a push holds [`Feed::pushing`] until its version is recorded), and
+//! reads what to keep once it has the feed to itself.
 
 use async_nats::jetstream::{self, object_store};
 use shoal_shared::PackageId;
@@ -12,14 +18,20 @@ use shoal_shared::package::{
     Chunk, Chunker, MAX_CHUNK, Manifest, Sha256, chunk_object, encode_manifest, manifest_object,
 };
 use shoal_shared::subjects::Subjects;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use tokio::io::AsyncRead;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, OwnedRwLockReadGuard, RwLock, mpsc};
+use tokio_util::sync::CancellationToken;
 
 /// Largest package the feed takes (bytes).
 pub const MAX_PACKAGE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// Largest message of an object in the feed: a whole chunk.
 const OBJECT_MESSAGE: usize = MAX_CHUNK as usize;
+
+/// How long a sweep waits for the next entry of the bucket's listing.
+const LIST_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Chunks cut and waiting to be stored: the chunker runs ahead of the broker by this many.
 const CHUNKS_AHEAD: usize = 8;
@@ -37,6 +49,8 @@ pub enum FeedError {
     Upload { read: u64, cause: String },
     #[error("the package is larger than the feed takes ({MAX_PACKAGE_BYTES} bytes)")]
     TooLarge,
+    #[error("sweeping the package feed failed: {0}")]
+    Sweep(String),
 }
 
 /// What a push stores: its chunks and manifest, or nothing (the version is in the feed
@@ -57,10 +71,21 @@ pub struct PushStats {
     pub new_bytes: u64,
 }
 
+/// What a sweep deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub objects: usize,
+    pub bytes: u64,
+}
+
 /// The feed's bucket.
 #[derive(Clone)]
 pub struct Feed {
     store: object_store::ObjectStore,
+    /// Pushes share it, a sweep has it to itself.
+    turns: Arc<RwLock<()>>,
+    /// A sweep is wanted.
+    sweep: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -91,7 +116,52 @@ impl Feed {
                     cause: e.to_string(),
                 })?,
         };
-        Ok(Feed { store })
+        Ok(Feed {
+            store,
+            turns: Arc::default(),
+            sweep: Arc::default(),
+        })
+    }
+
+    /// Held by a push from its first chunk until its version is recorded (or it failed),
+    /// so that no sweep deletes a chunk it counts on.
+    pub async fn pushing(&self) -> OwnedRwLockReadGuard<()> {
+        self.turns.clone().read_owned().await
+    }
+
+    /// Asks [`sweeper`] for a sweep (requests while one is due make one).
+    pub fn sweep_soon(&self) {
+        self.sweep.notify_one();
+    }
+
+    /// Deletes every chunk and manifest in the bucket that `keep` does not name (an object
+    /// of another name is not the feed's and stays). The caller holds the feed to itself.
+    async fn sweep(&self, keep: &BTreeSet<String>) -> Result<Swept, FeedError> {
+        let failed = |e: &dyn std::fmt::Display| FeedError::Sweep(e.to_string());
+        let mut doomed = Vec::new();
+        let mut listing = self.store.list().await.map_err(|e| failed(&e))?;
+        // A listing waits for the broker's last entry, which an object deleted meanwhile
+        // (by an admin's client) can take away: a listing that stalls is given up.
+        loop {
+            let next = tokio::time::timeout(LIST_STALL, futures::StreamExt::next(&mut listing));
+            let Some(info) = next
+                .await
+                .map_err(|_| failed(&"listing the bucket stalled"))?
+            else {
+                break;
+            };
+            let info = info.map_err(|e| failed(&e))?;
+            if !keep.contains(&info.name) && is_feed_object(&info.name) {
+                doomed.push((info.name, info.size as u64));
+            }
+        }
+        let mut swept = Swept::default();
+        for (name, size) in doomed {
+            self.store.delete(&name).await.map_err(|e| failed(&e))?;
+            swept.objects += 1;
+            swept.bytes += size;
+        }
+        Ok(swept)
     }
 
     /// Whether the bucket holds `chunk`.
@@ -230,5 +300,60 @@ impl Feed {
             }
         };
         Ok((manifest, digest, stats))
+    }
+}
+
+/// A chunk's name (its SHA-256 in hex) or a manifest's (`manifest-` and its digest).
+fn is_feed_object(name: &str) -> bool {
+    let digest = name.strip_prefix("manifest-").unwrap_or(name);
+    digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Sweeps the feed each time one is asked for, until `stop`: with the feed to itself, reads
+/// the versions in it from the log and deletes what none of them needs. A sweep that fails
+/// is tried again at the next request (and at the next start).
+pub async fn sweeper(feed: Feed, log: crate::log::EventLog, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = feed.sweep.notified() => {}
+            () = stop.cancelled() => return,
+        }
+        let _alone = feed.turns.write().await;
+        let log = log.clone();
+        let keep = tokio::task::spawn_blocking(move || {
+            let docs: Vec<crate::domain::package::PackageDoc> =
+                log.docs(crate::log::Proj::Packages)?;
+            Ok::<_, crate::log::LogError>(crate::domain::package::feed_objects(&docs))
+        })
+        .await;
+        let swept = match keep {
+            Ok(Ok(keep)) => feed.sweep(&keep).await,
+            Ok(Err(e)) => Err(FeedError::Sweep(e.to_string())),
+            Err(e) => Err(FeedError::Sweep(e.to_string())),
+        };
+        match swept {
+            Ok(s) if s.objects > 0 => {
+                tracing::info!(
+                    objects = s.objects,
+                    bytes = s.bytes,
+                    "package feed swept: objects no version needs deleted"
+                );
+            }
+            Ok(_) => tracing::debug!("package feed swept: nothing to delete"),
+            Err(e) => tracing::warn!(error = %e, "package feed not swept"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_chunk_and_manifest_names_are_the_feeds() {
+        let hex = "ab".repeat(32);
+        assert!(super::is_feed_object(&hex));
+        assert!(super::is_feed_object(&format!("manifest-{hex}")));
+        assert!(!super::is_feed_object("notes.txt"));
+        assert!(!super::is_feed_object(&format!("x{hex}")));
+        assert!(!super::is_feed_object(&"zz".repeat(32)));
     }
 }

@@ -66,25 +66,34 @@ pub(super) async fn push(
         _ => Store::Chunks,
     };
     let upload = tokio_util::io::StreamReader::new(idle_limited(body));
-    let (manifest, manifest_sha256, stats) = app
-        .feed
-        .push(id.clone(), version.clone(), upload, store)
-        .await
-        .map_err(|e| match e {
-            FeedError::Upload { .. } | FeedError::TooLarge => ApiError::bad_request(e.to_string()),
-            _ => ApiError::unavailable(e.to_string()),
-        })?;
-    let appended = app
-        .writer
-        .execute_as(
-            caller.actor(),
-            Command::RecordPackage {
-                manifest,
-                manifest_sha256,
-                keep: app.package_retention,
-            },
-        )
-        .await?;
+    // No sweep until the version is recorded or the push has failed; a push that failed
+    // with chunks stored asks for one, to take them away again.
+    let pushing = app.feed.pushing().await;
+    let recorded = async {
+        let (manifest, manifest_sha256, stats) = app
+            .feed
+            .push(id.clone(), version.clone(), upload, store)
+            .await
+            .map_err(|e| match e {
+                FeedError::Upload { .. } | FeedError::TooLarge => {
+                    ApiError::bad_request(e.to_string())
+                }
+                _ => ApiError::unavailable(e.to_string()),
+            })?;
+        let command = Command::RecordPackage {
+            manifest,
+            manifest_sha256,
+            keep: app.package_retention,
+        };
+        let appended = app.writer.execute_as(caller.actor(), command).await?;
+        Ok::<_, ApiError>((appended, stats))
+    }
+    .await;
+    drop(pushing);
+    if recorded.is_err() && store == Store::Chunks {
+        app.feed.sweep_soon();
+    }
+    let (appended, stats) = recorded?;
     let doc = app
         .read(move |log| Ok(log.doc::<PackageDoc>(Proj::Packages, &key(&id, &version))?))
         .await?

@@ -42,6 +42,9 @@ pub enum Effect {
         target: TargetName,
         every: Option<CheckEvery>,
     },
+    /// Delete from the package feed every object no version in it needs (the chunks only a
+    /// removed version used, and those of a push that never recorded its version).
+    SweepFeed,
 }
 
 /// How often a target is checked on schedule.
@@ -108,6 +111,7 @@ pub fn effects_of(state: &State, event: &Event, now: Timestamp, out: &mut Vec<Ef
         Event::HealthCheckPlanned { target, .. } => {
             out.extend(check_effects(state, target).into_iter().flatten())
         }
+        Event::PackageRemoved { .. } => out.push(Effect::SweepFeed),
         Event::WorkerDrainRequested { worker, pool } | Event::WorkerResumed { worker, pool } => {
             out.push(Effect::Control {
                 worker: worker.clone(),
@@ -121,14 +125,16 @@ pub fn effects_of(state: &State, event: &Event, now: Timestamp, out: &mut Vec<Ef
 
 /// The effects still due when the planner starts at `now` with `state`: every pool's queue
 /// consumer, every target's place on the health schedule, retries waiting for their backoff,
-/// checks waiting for an answer, and cancellations whose tasks may still run (told again,
-/// with a fresh grace period).
+/// checks waiting for an answer, cancellations whose tasks may still run (told again,
+/// with a fresh grace period), and a sweep of the package feed (a push cut off by a stop
+/// may have left chunks no version names).
 pub fn pending_effects(state: &State, now: Timestamp) -> Vec<Effect> {
     let mut out: Vec<Effect> = state
         .pools
         .keys()
         .map(|p| Effect::EnsureConsumer(p.clone()))
         .collect();
+    out.push(Effect::SweepFeed);
     out.extend(state.targets.values().map(|d| schedule_health(&d.target)));
     for t in state.tasks.values() {
         out.extend(retry(state, t.id, t.attempt));

@@ -7,9 +7,9 @@ use super::decide::{NewEvent, Rejection, join};
 use super::state::{Changes, DocKey, State};
 use serde::{Deserialize, Serialize};
 use shoal_shared::events::Event;
-use shoal_shared::package::{Acquisitions, Manifest, Sha256};
+use shoal_shared::package::{Acquisitions, Manifest, Sha256, chunk_object, manifest_object};
 use shoal_shared::{PackageId, PoolName, Timestamp};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One version of a package in the feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,4 +201,16 @@ pub(super) fn remove(
         id: id.clone(),
         version: version.clone(),
     })])
+}
+
+/// The objects the feed must keep: the manifest and chunks of every version in it. A removed
+/// version's are not needed (no deployment can deploy it again), nor is anything a push left
+/// without recording its version; the planner sweeps the rest away (`Effect::SweepFeed`).
+pub fn feed_objects<'a>(docs: impl IntoIterator<Item = &'a PackageDoc>) -> BTreeSet<String> {
+    let mut keep = BTreeSet::new();
+    for doc in docs.into_iter().filter(|d| d.removed_at.is_none()) {
+        keep.insert(manifest_object(&doc.manifest_sha256));
+        keep.extend(doc.manifest.chunks.iter().map(|c| chunk_object(&c.sha256)));
+    }
+    keep
 }

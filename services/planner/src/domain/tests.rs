@@ -1969,3 +1969,58 @@ fn a_retention_keeps_the_newest_versions_and_every_one_in_use() {
         .count();
     assert_eq!(removed, 2, "1.0.0 and 1.2.0: {events_now:?}");
 }
+
+#[test]
+fn the_feed_keeps_the_objects_of_the_versions_in_it_and_is_swept_when_one_leaves() {
+    use shoal_shared::package::{ChunkRef, Sha256, chunk_object, encode_manifest, manifest_object};
+    let mut m = given(&[]);
+    let chunk = |b: &[u8]| ChunkRef {
+        sha256: Sha256::of(b),
+        size: u32::try_from(b.len()).expect("small"),
+    };
+    let two = |version: &str, tail: &[u8]| {
+        let mut v = manifest("web", version, b"shared");
+        v.chunks.push(chunk(tail));
+        v.size += tail.len() as u64;
+        v.sha256 = Sha256::of(&[b"shared".as_slice(), tail].concat());
+        v
+    };
+    let (v1, v2) = (two("1.0.0", b"one"), two("2.0.0", b"two"));
+    when(&mut m, record(v1.clone())).expect("new");
+    when(&mut m, record(v2.clone())).expect("new");
+    let events = when(
+        &mut m,
+        Command::RemovePackage {
+            id: PackageId::parse("web").expect("valid"),
+            version: "1.0.0".parse().expect("valid"),
+        },
+    )
+    .expect("removed");
+
+    let keep = super::package::feed_objects(m.state.packages.values());
+    let digest = |v| manifest_object(&encode_manifest(v).expect("encodes").1);
+    let want: std::collections::BTreeSet<String> = [
+        chunk_object(&Sha256::of(b"shared")),
+        chunk_object(&Sha256::of(b"two")),
+        digest(&v2),
+    ]
+    .into();
+    assert_eq!(keep, want, "a chunk 1.0.0 shares with 2.0.0 stays");
+    assert!(!keep.contains(&digest(&v1)));
+    let mut effects = Vec::new();
+    super::effects::effects_of(
+        &m.state,
+        &events[0],
+        Timestamp(1_700_000_000_000),
+        &mut effects,
+    );
+    assert!(
+        matches!(&effects[..], [super::effects::Effect::SweepFeed]),
+        "{effects:?}"
+    );
+    let at_start = super::effects::pending_effects(&m.state, Timestamp(1_700_000_000_000));
+    assert!(
+        (at_start.iter()).any(|e| matches!(e, super::effects::Effect::SweepFeed)),
+        "a push cut off by a stop is swept at the next start"
+    );
+}
