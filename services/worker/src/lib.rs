@@ -50,6 +50,9 @@ pub struct WorkerConfig {
     pub min_free_disk_mb: u64,
     /// Most bytes the package cache (`<work_dir>/packages/chunks`) holds.
     pub package_cache_bytes: u64,
+    /// Most bytes one package may unpack to: an archive that would go past it (a zip bomb)
+    /// fails its task.
+    pub package_unpack_bytes: u64,
     /// The pool's secret keys that open sensitive variables (more than one during a key
     /// rotation). A task with a value none of them opens is refused.
     pub pool_keys: Vec<shoal_runtime::secrets::PoolSecretKey>,
@@ -77,6 +80,7 @@ impl WorkerConfig {
             js_domain: None,
             min_free_disk_mb: 1024,
             package_cache_bytes: 10 * 1024 * 1024 * 1024,
+            package_unpack_bytes: execute::MAX_UNPACKED,
             pool_keys: Vec::new(),
             trust: Trust::default(),
             packages: None,

@@ -51,6 +51,10 @@ struct Args {
     /// used chunks no running task holds are evicted beyond it.
     #[arg(long, env = "SHOAL_PACKAGE_CACHE_MB", default_value_t = 10240)]
     package_cache_mb: u64,
+    /// Most a package may unpack to, in MiB: an archive that would go past it (a zip bomb)
+    /// fails its task, and what it wrote is removed with the task's directory.
+    #[arg(long, env = "SHOAL_PACKAGE_UNPACK_MB", default_value_t = 8192)]
+    package_unpack_mb: u64,
     /// The pool's secret key file(s) (`shoal-planner pool-keygen`), comma-separated: two
     /// during a key rotation. Without one, tasks with sensitive variables are refused.
     #[arg(long, env = "SHOAL_POOL_KEY", value_delimiter = ',')]
@@ -123,6 +127,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.js_domain = args.js_domain;
     config.min_free_disk_mb = args.min_free_disk_mb;
     config.package_cache_bytes = args.package_cache_mb.saturating_mul(1024 * 1024);
+    config.package_unpack_bytes = args.package_unpack_mb.saturating_mul(1024 * 1024);
     config.subjects = subjects.clone();
     for path in &args.pool_key {
         config

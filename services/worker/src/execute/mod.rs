@@ -14,6 +14,7 @@ use shoal_shared::{Action, CheckId, HealthState, Outcome};
 use tokio_util::sync::CancellationToken;
 
 pub use output::OutputSink;
+pub use unpack::MAX_UNPACKED;
 
 /// What can end a running task early.
 #[derive(Debug, Clone, Default)]
@@ -92,6 +93,7 @@ pub async fn run(
                     spec,
                     acquirer,
                     reporter,
+                    unpack_limit: config.package_unpack_bytes,
                 }),
                 ..script::Run::of(task, delivery, script, shell.as_deref(), &opened)
             };

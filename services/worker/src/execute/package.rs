@@ -2,7 +2,7 @@
 //! the feed, waiting for a feed that does not answer within the task's timeout), say in the
 //! task's output what moved, and unpack it into `<task dir>/package`, where the script runs.
 
-use super::unpack::{MAX_UNPACKED, unpack};
+use super::unpack::unpack;
 use super::{OutputSink, Stops, TaskResult};
 use crate::packages::{Acquired, Acquirer};
 use crate::report::Reporter;
@@ -45,6 +45,8 @@ pub(super) struct Package<'a> {
     pub spec: &'a PackageSpec,
     pub acquirer: &'a Acquirer,
     pub reporter: &'a Reporter,
+    /// Most bytes the package may unpack to.
+    pub unpack_limit: u64,
 }
 
 /// Acquires and unpacks the package into `dir` (reporting what the acquisition moved); the
@@ -61,6 +63,7 @@ pub(super) async fn prepare(
         spec,
         acquirer,
         reporter,
+        unpack_limit,
     } = *package;
     let began = std::time::Instant::now();
     let deadline =
@@ -93,7 +96,7 @@ pub(super) async fn prepare(
     let (from, to) = (archive.clone(), into.clone());
     let unpacked = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&to).map_err(|e| e.to_string())?;
-        unpack(&from, &to, MAX_UNPACKED)
+        unpack(&from, &to, unpack_limit)
     })
     .await
     .map_err(|e| e.to_string())

@@ -2,14 +2,15 @@
 //! their first bytes. Nothing is written outside the directory: a path that is absolute or
 //! climbs out with `..`, an entry that would be written through a link unpacked before it,
 //! and a link whose target is absolute or climbs out, fail the task;
-//! so does an archive that unpacks to more than [`MAX_UNPACKED`] bytes (a zip bomb), counted
+//! so does an archive that unpacks to more than its limit (by default [`MAX_UNPACKED`] bytes:
+//! a zip bomb), counted
 //! from the bytes actually written, not from what the archive declares.
 
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::path::{Component, Path, PathBuf};
 
-/// Most bytes one package may unpack to.
+/// Most bytes one package may unpack to, unless the worker is told otherwise.
 pub const MAX_UNPACKED: u64 = 8 * 1024 * 1024 * 1024;
 
 /// Unpacks `archive` into `dir` (which exists); how many files it wrote.
@@ -95,6 +96,7 @@ fn link_stays_inside(at: &Path, target: &Path) -> bool {
 
 /// Counts written bytes against the limit.
 struct Budget {
+    limit: u64,
     left: u64,
 }
 
@@ -111,7 +113,7 @@ impl Budget {
         if n > self.left {
             return Err(format!(
                 "the package unpacks to more than {} bytes (at {}): refused as a possible archive bomb",
-                MAX_UNPACKED.min(self.left + n),
+                self.limit,
                 name.display()
             ));
         }
@@ -122,7 +124,7 @@ impl Budget {
 
 fn tar(reader: impl Read, dir: &Path, limit: u64) -> Result<u64, String> {
     let mut archive = tar::Archive::new(reader);
-    let mut budget = Budget { left: limit };
+    let mut budget = Budget { limit, left: limit };
     let mut files = 0;
     let entries = archive
         .entries()
@@ -174,7 +176,7 @@ fn tar(reader: impl Read, dir: &Path, limit: u64) -> Result<u64, String> {
 
 fn zip(f: File, dir: &Path, limit: u64) -> Result<u64, String> {
     let mut archive = zip::ZipArchive::new(f).map_err(|e| format!("unreadable zip: {e}"))?;
-    let mut budget = Budget { left: limit };
+    let mut budget = Budget { limit, left: limit };
     let mut files = 0;
     for i in 0..archive.len() {
         let mut entry = archive
