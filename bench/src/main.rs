@@ -7,6 +7,7 @@
 mod eventlog;
 mod machine;
 mod offered;
+mod packages;
 mod raw;
 mod signing;
 mod stats;
@@ -54,6 +55,9 @@ enum Scenario {
     Scale(Opts),
     /// 7. What signing costs: no-op throughput and schedule-to-start, signing on and off.
     Signing(Opts),
+    /// 8. One package to 20 targets through 2 workers, next to the push model and to a
+    ///    whole-file download per task.
+    Packages(Opts),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -89,6 +93,9 @@ struct Opts {
     /// Rounds of the signing scenario (each runs both sides).
     #[arg(long)]
     rounds: Option<usize>,
+    /// Size of the packages scenario's package, in MiB.
+    #[arg(long)]
+    package_mb: Option<usize>,
 }
 
 /// Sizes of one run.
@@ -198,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Log(o) => ("log", o),
         Scenario::Scale(o) => ("scale", o),
         Scenario::Signing(o) => ("signing", o),
+        Scenario::Packages(o) => ("packages", o),
     };
     let sizes = Sizes::of(opts);
     let machine = machine::Machine::detect();
@@ -499,6 +507,15 @@ one signature {:.1} µs, one verification of a root not seen before {:.1} µs ({
         );
         r.set("signing", &o);
     }
+    if run_all || which == "packages" {
+        let mb = opts.package_mb.unwrap_or(if opts.quick { 2 } else { 50 });
+        eprintln!("[8] packages: {mb} MiB to 20 targets …");
+        let o = packages::run(mb * 1024 * 1024)
+            .await
+            .context("packages scenario")?;
+        packages_row(&mut r, &o);
+        r.set("packages", &o);
+    }
     r.set("tasks_expected", expected);
     r.set("tasks_finished", succeeded);
     r.set("all_tasks_finished", expected == succeeded);
@@ -554,4 +571,42 @@ fn throughput_params(p: &throughput::Params) -> String {
         "{} tasks ({} deployments × {} targets), {} pools, {} workers × {} slots",
         p.tasks, p.deployments, p.targets, p.pools, p.workers, p.slots_per_worker
     )
+}
+
+fn packages_row(r: &mut Results, o: &packages::Outcome) {
+    let size = o.params.package_bytes as f64;
+    let each = |m: &packages::Moved| {
+        format!(
+            "{:.2} s, {:.1} MiB from the centre ({:.2} × the package)",
+            m.seconds,
+            m.bytes_from_centre as f64 / 1048576.0,
+            m.bytes_from_centre as f64 / size
+        )
+    };
+    r.set(
+        "packages_bytes_ratio_to_push_model",
+        round(o.shoal_first.bytes_from_centre as f64 / o.push_model.bytes_from_centre as f64),
+    );
+    r.set(
+        "packages_time_ratio_to_whole_download",
+        round(o.shoal_first.seconds / o.whole_download.seconds),
+    );
+    r.row(
+        "8 packages",
+        format!(
+            "{:.1} MiB package to {} targets through {} workers × {} slots",
+            size / 1048576.0,
+            o.params.targets,
+            o.params.workers,
+            o.params.slots_per_worker
+        ),
+        format!(
+            "shoal, first: {}\nshoal, again: {}\nshoal, next version (1 % changed): {}\npush model: {}\nwhole download per task: {}",
+            each(&o.shoal_first),
+            each(&o.shoal_again),
+            each(&o.shoal_next_version),
+            each(&o.push_model),
+            each(&o.whole_download)
+        ),
+    );
 }

@@ -34,6 +34,8 @@ fn quick_benchmark_completes_and_every_task_finishes() {
         "planner_rss_mb_after_1m_events",
         "signing_throughput_ratio",
         "signing_cpu_per_task_ratio",
+        "packages_bytes_ratio_to_push_model",
+        "packages_time_ratio_to_whole_download",
     ] {
         assert!(
             v[field].is_number(),
@@ -52,6 +54,16 @@ fn quick_benchmark_completes_and_every_task_finishes() {
     let signatures = v["noop"]["signatures_per_task"].as_f64().unwrap_or(0.0);
     assert!(signatures > 0.0 && signatures < 1.0, "{text}");
     assert_eq!(v["all_tasks_finished"], true, "{text}");
+    // The package left the feed at most once per worker, and not at all the second time;
+    // the baselines sent it once per target.
+    let p = &v["packages"];
+    let size = p["params"]["package_bytes"].as_u64().expect("package size");
+    let first = p["shoal_first"]["bytes_from_centre"]
+        .as_u64()
+        .expect("bytes");
+    assert!(first >= size && first <= 2 * size, "{p:#}");
+    assert_eq!(p["shoal_again"]["bytes_from_centre"], 0, "{p:#}");
+    assert_eq!(p["push_model"]["bytes_from_centre"], 20 * size, "{p:#}");
     assert_eq!(v["tasks_finished"], v["tasks_expected"], "{text}");
     assert!(v["tasks_expected"].as_u64().unwrap_or(0) > 0, "{text}");
     // The offered-load trace: a row per measured task, each seen planned and started.
