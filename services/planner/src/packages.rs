@@ -135,8 +135,12 @@ impl Feed {
     }
 
     /// Deletes every chunk and manifest in the bucket that `keep` does not name (an object
-    /// of another name is not the feed's and stays). The caller holds the feed to itself.
-    async fn sweep(&self, keep: &BTreeSet<String>) -> Result<Swept, FeedError> {
+    /// of another name is not the feed's and stays); with `known` false (the log has never
+    /// seen a package) it deletes nothing and says so if the bucket holds any: that feed is
+    /// not this log's (another planner's, or a data dir that is not the one the feed was
+    /// pushed through), and what is deleted cannot come back. The caller holds the feed to
+    /// itself.
+    async fn sweep(&self, keep: &BTreeSet<String>, known: bool) -> Result<Swept, FeedError> {
         let failed = |e: &dyn std::fmt::Display| FeedError::Sweep(e.to_string());
         let mut doomed = Vec::new();
         let mut listing = self.store.list().await.map_err(|e| failed(&e))?;
@@ -155,9 +159,19 @@ impl Feed {
                 doomed.push((info.name, info.size as u64));
             }
         }
+        if !known && !doomed.is_empty() {
+            return Err(FeedError::Sweep(format!(
+                "the bucket holds {} chunks and manifests and this planner's log knows of no package: not deleting a feed that is not this log's",
+                doomed.len()
+            )));
+        }
         let mut swept = Swept::default();
         for (name, size) in doomed {
-            self.store.delete(&name).await.map_err(|e| failed(&e))?;
+            // One that cannot be deleted now is tried again at the next sweep.
+            if let Err(e) = self.store.delete(&name).await {
+                tracing::warn!(object = %name, error = %e, "package feed: object not deleted");
+                continue;
+            }
             swept.objects += 1;
             swept.bytes += size;
         }
@@ -323,11 +337,12 @@ pub async fn sweeper(feed: Feed, log: crate::log::EventLog, stop: CancellationTo
         let keep = tokio::task::spawn_blocking(move || {
             let docs: Vec<crate::domain::package::PackageDoc> =
                 log.docs(crate::log::Proj::Packages)?;
-            Ok::<_, crate::log::LogError>(crate::domain::package::feed_objects(&docs))
+            let known = !docs.is_empty();
+            Ok::<_, crate::log::LogError>((crate::domain::package::feed_objects(&docs), known))
         })
         .await;
         let swept = match keep {
-            Ok(Ok(keep)) => feed.sweep(&keep).await,
+            Ok(Ok((keep, known))) => feed.sweep(&keep, known).await,
             Ok(Err(e)) => Err(FeedError::Sweep(e.to_string())),
             Err(e) => Err(FeedError::Sweep(e.to_string())),
         };

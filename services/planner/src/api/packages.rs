@@ -8,7 +8,8 @@ use super::{ApiError, AppState};
 use crate::domain::Command;
 use crate::domain::package::PackageDoc;
 use crate::log::Proj;
-use crate::packages::{FeedError, Store};
+use crate::log::writer::Appended;
+use crate::packages::{FeedError, PushStats, Store};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -16,6 +17,7 @@ use axum::http::StatusCode;
 use futures::StreamExt as _;
 use shoal_shared::PackageId;
 use shoal_shared::api::{PackageView, PushedPackage};
+use shoal_shared::auth::Actor;
 
 /// The id and version of a path, or a 400 naming what is wrong.
 fn parse(id: &str, version: &str) -> Result<(PackageId, semver::Version), ApiError> {
@@ -55,45 +57,18 @@ pub(super) async fn push(
             "{MAX_UPLOADS} package uploads are already in progress; try again when one has ended"
         ))
     })?;
-    // A version in the feed is only hashed: the same bytes are a no-op, others a 409, and
-    // neither stores a chunk.
-    let k = key(&id, &version);
-    let known: Option<PackageDoc> = app
-        .read(move |log| Ok(log.doc(Proj::Packages, &k)?))
-        .await?;
-    let store = match known {
-        Some(d) if d.removed_at.is_none() => Store::Nothing,
-        _ => Store::Chunks,
-    };
     let upload = tokio_util::io::StreamReader::new(idle_limited(body));
-    // No sweep until the version is recorded or the push has failed; a push that failed
-    // with chunks stored asks for one, to take them away again.
-    let pushing = app.feed.pushing().await;
-    let recorded = async {
-        let (manifest, manifest_sha256, stats) = app
-            .feed
-            .push(id.clone(), version.clone(), upload, store)
-            .await
-            .map_err(|e| match e {
-                FeedError::Upload { .. } | FeedError::TooLarge => {
-                    ApiError::bad_request(e.to_string())
-                }
-                _ => ApiError::unavailable(e.to_string()),
-            })?;
-        let command = Command::RecordPackage {
-            manifest,
-            manifest_sha256,
-            keep: app.package_retention,
-        };
-        let appended = app.writer.execute_as(caller.actor(), command).await?;
-        Ok::<_, ApiError>((appended, stats))
-    }
-    .await;
-    drop(pushing);
-    if recorded.is_err() && store == Store::Chunks {
-        app.feed.sweep_soon();
-    }
-    let (appended, stats) = recorded?;
+    // On a task of its own, so that a client hanging up cannot end it between storing the
+    // chunks and recording the version (and let a sweep in between).
+    let pushed = tokio::spawn(push_and_record(
+        app.clone(),
+        caller.actor(),
+        (id.clone(), version.clone()),
+        upload,
+    ));
+    let (appended, stats) = pushed
+        .await
+        .map_err(|e| ApiError::internal("a package push", &e))??;
     let doc = app
         .read(move |log| Ok(log.doc::<PackageDoc>(Proj::Packages, &key(&id, &version))?))
         .await?
@@ -111,6 +86,49 @@ pub(super) async fn push(
             new_bytes: stats.new_bytes,
         }),
     ))
+}
+
+/// Stores the upload's chunks the feed lacks and records the version, holding the feed
+/// (no sweep) from before it looks the version up until the version is recorded or the push
+/// failed; one that failed with chunks stored asks for a sweep, to take them away again.
+async fn push_and_record(
+    app: AppState,
+    actor: Option<Actor>,
+    (id, version): (PackageId, semver::Version),
+    upload: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+) -> Result<(Appended, PushStats), ApiError> {
+    let _pushing = app.feed.pushing().await;
+    // A version in the feed is only hashed: the same bytes are a no-op, others a 409, and
+    // neither stores a chunk.
+    let k = key(&id, &version);
+    let known: Option<PackageDoc> = app
+        .read(move |log| Ok(log.doc(Proj::Packages, &k)?))
+        .await?;
+    let store = match known {
+        Some(d) if d.removed_at.is_none() => Store::Nothing,
+        _ => Store::Chunks,
+    };
+    let recorded = async {
+        let (manifest, manifest_sha256, stats) = (app.feed.push(id, version, upload, store))
+            .await
+            .map_err(|e| match e {
+                FeedError::Upload { .. } | FeedError::TooLarge => {
+                    ApiError::bad_request(e.to_string())
+                }
+                _ => ApiError::unavailable(e.to_string()),
+            })?;
+        let command = Command::RecordPackage {
+            manifest,
+            manifest_sha256,
+            keep: app.package_retention,
+        };
+        Ok((app.writer.execute_as(actor, command).await?, stats))
+    }
+    .await;
+    if recorded.is_err() && store == Store::Chunks {
+        app.feed.sweep_soon();
+    }
+    recorded
 }
 
 /// Uploads at once: each holds a blocking thread (the chunker) while it lasts.
