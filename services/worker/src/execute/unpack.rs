@@ -107,7 +107,7 @@ impl Budget {
         }
         let mut out = File::create(to).map_err(|e| format!("{}: {e}", name.display()))?;
         // One byte more than is left: reading it means the limit was passed.
-        let mut limited = from.take(self.left + 1);
+        let mut limited = from.take(self.left.saturating_add(1));
         let n = std::io::copy(&mut limited, &mut out)
             .map_err(|e| format!("{}: {e}", name.display()))?;
         if n > self.left {
