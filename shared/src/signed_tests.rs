@@ -232,3 +232,50 @@ fn a_batch_larger_than_one_path_can_hold_is_signed_in_parts_that_each_verify() {
         assert!(t.verify(Some(h), &task(1), b"p", now()).is_ok(), "{h}");
     }
 }
+
+#[test]
+fn a_signature_whose_scalar_is_not_reduced_is_refused() {
+    // s + L satisfies the same equation as s; RFC 8032 (and ring before) require s < L.
+    const L: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let k = key();
+    let text = k.sign(&task(1), b"echo hi", now(), HOUR);
+    assert!(
+        trusted(&k)
+            .verify(Some(&text), &task(1), b"echo hi", now())
+            .is_ok()
+    );
+    let mut h = super::header::Header::parse(&text).expect("parses");
+    let mut carry = 0u16;
+    for (s, l) in h.sig[32..].iter_mut().zip(L) {
+        let sum = u16::from(*s) + u16::from(l) + carry;
+        *s = sum.to_le_bytes()[0];
+        carry = sum >> 8;
+    }
+    let got = trusted(&k).verify(Some(&h.encode()), &task(1), b"echo hi", now());
+    assert!(matches!(got, Err(Refusal::BadSignature { .. })), "{got:?}");
+}
+
+#[test]
+fn a_trusted_key_that_is_not_a_point_of_the_curve_is_refused() {
+    let bytes = (2u8..)
+        .map(|y| {
+            let mut b = [0u8; 32];
+            b[0] = y;
+            b
+        })
+        .find(|b| ed25519_dalek::VerifyingKey::from_bytes(b).is_err())
+        .expect("about half of all encodings are not points");
+    let line = format!(
+        "ed25519 {} {}",
+        KeyId::of(&bytes).as_str(),
+        crate::hex::encode(&bytes)
+    );
+    let got = TrustedKeys::parse(&line);
+    assert!(
+        matches!(got, Err(KeyError::BadPublicKey { line: 1, .. })),
+        "{got:?}"
+    );
+}
