@@ -141,22 +141,29 @@ async fn deploy(shoal: &Shoal, version: &str) -> anyhow::Result<Moved> {
                    "script": "test -s data.bin"}}]});
     let began = Instant::now();
     let id = Shoal::deploy(&shoal.api, &body).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let d = shoal.api.get(&format!("/api/deployments/{id}")).await?;
         match d["state"].as_str() {
             Some("succeeded") => break,
             Some("failed" | "cancelled") => anyhow::bail!("deployment of {version}: {d:#}"),
+            _ if Instant::now() > deadline => anyhow::bail!("deployment of {version}: {d:#}"),
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
     let seconds = began.elapsed().as_secs_f64();
     // Every task reports its acquisition before it ends; the planner may take it in after.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (fetched, _) = loop {
-        let now = usage(shoal, version).await?;
-        if now.1 >= count_before + TARGETS as u64 || Instant::now() > deadline {
-            break now;
+    let fetched = loop {
+        let (fetched, count) = usage(shoal, version).await?;
+        if count >= count_before + TARGETS as u64 {
+            break fetched;
         }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{version}: {} of {TARGETS} acquisitions recorded after 30 s",
+            count - count_before
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     Ok(Moved {
@@ -199,17 +206,16 @@ async fn whole_download(js: &jetstream::Context, file: &[u8], dir: &Path) -> any
                 async move {
                     let mut object = store.get("package").await?;
                     let mut out = tokio::fs::File::create(&path).await?;
-                    tokio::io::copy(&mut object, &mut out).await?;
-                    anyhow::Ok(())
+                    anyhow::Ok(tokio::io::copy(&mut object, &mut out).await?)
                 }
             });
             futures::future::try_join_all(gets).await
         }
     });
-    futures::future::try_join_all(hosts).await?;
+    let copied = futures::future::try_join_all(hosts).await?;
     Ok(Moved {
         seconds: began.elapsed().as_secs_f64(),
-        bytes_from_centre: (TARGETS * file.len()) as u64,
+        bytes_from_centre: copied.iter().flatten().sum(),
     })
 }
 
@@ -218,11 +224,13 @@ async fn whole_download(js: &jetstream::Context, file: &[u8], dir: &Path) -> any
 /// worker host) has written it.
 async fn push_model(url: &str, file: &[u8], dir: &Path) -> anyhow::Result<Moved> {
     let server = shoal_cli::local::trust::admin_client(url).await?;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut receivers = Vec::new();
     for w in 0..WORKERS {
         let host = shoal_cli::local::trust::admin_client(url).await?;
         let mut sub = host.subscribe(format!("bench.push.w{w}.*")).await?;
         let dir = dir.to_owned();
+        let received = received.clone();
         receivers.push(tokio::spawn(async move {
             let mut files = std::collections::HashMap::new();
             while let Some(msg) = sub.next().await {
@@ -234,6 +242,8 @@ async fn push_model(url: &str, file: &[u8], dir: &Path) -> anyhow::Result<Moved>
                     ),
                 };
                 tokio::io::AsyncWriteExt::write_all(out, &msg.payload).await?;
+                let n = msg.payload.len() as u64;
+                received.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 if let Some(reply) = msg.reply {
                     host.publish(reply, bytes::Bytes::new()).await?;
                 }
@@ -261,6 +271,7 @@ async fn push_model(url: &str, file: &[u8], dir: &Path) -> anyhow::Result<Moved>
     }
     Ok(Moved {
         seconds,
-        bytes_from_centre: (TARGETS * file.len()) as u64,
+        // Every piece is answered once written: all of it is counted by now.
+        bytes_from_centre: received.load(std::sync::atomic::Ordering::Relaxed),
     })
 }

@@ -466,8 +466,14 @@ async fn feed_holds(c: &Cluster, what: &str, want: &BTreeSet<String>) -> anyhow:
     .with_context(|| format!("the feed should hold {want:?}"))
 }
 
-/// An upload that sends `sent` of the `announced` bytes it announced, then hangs up.
-async fn cut_off_upload(c: &Cluster, sent: &[u8], announced: usize) -> anyhow::Result<()> {
+/// An upload that sends `sent` of the `announced` bytes it announced and, once the feed holds
+/// more objects than `before`, hangs up.
+async fn cut_off_upload(
+    c: &Cluster,
+    sent: &[u8],
+    announced: usize,
+    before: &BTreeSet<String>,
+) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt as _;
     let addr = c.api.base().trim_start_matches("http://").to_owned();
     let mut tcp = tokio::net::TcpStream::connect(&addr).await?;
@@ -479,8 +485,16 @@ async fn cut_off_upload(c: &Cluster, sent: &[u8], announced: usize) -> anyhow::R
     tcp.write_all(head.as_bytes()).await?;
     tcp.write_all(sent).await?;
     tcp.flush().await?;
-    // Long enough for the planner to store what it could cut.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    c.wait_for(
+        "the cut-off push to store chunks",
+        shoal_e2e::WAIT,
+        || async {
+            let listed = tokio::time::timeout(std::time::Duration::from_secs(3), object_names(c));
+            let now = listed.await.context("listing stalled")??;
+            Ok((now.len() > before.len()).then_some(()))
+        },
+    )
+    .await?;
     drop(tcp);
     Ok(())
 }
@@ -510,7 +524,7 @@ async fn the_feed_keeps_only_what_its_versions_need() -> anyhow::Result<()> {
     // A push cut off midway stored the chunks it had cut; the planner takes them away.
     let mut partial = vec![0u8; 2 * 1024 * 1024];
     rand::rng().fill_bytes(&mut partial);
-    cut_off_upload(&c, &partial, 8 * 1024 * 1024).await?;
+    cut_off_upload(&c, &partial, 8 * 1024 * 1024, &both).await?;
     feed_holds(&c, "the cut-off push's chunks to be swept", &both).await?;
 
     // Removing 1.0.0 deletes the chunks only it used; those it shares with 2.0.0 stay.
