@@ -563,6 +563,18 @@ async fn the_feed_keeps_only_what_its_versions_need() -> anyhow::Result<()> {
     let mut want = v2_needs.clone();
     want.insert("notes.txt".into());
     feed_holds(&c, "the stray chunk to be swept at start", &want).await?;
+
+    // A planner whose log knows of no package (here: a fresh data dir on the same broker)
+    // deletes nothing of a feed that is not its log's.
+    c.stop_planner().await?;
+    std::fs::rename(c.data_dir(), c.dir.path().join("planner-data.old"))?;
+    c.start_planner().await?;
+    c.wait_for("the start sweep to decline", shoal_e2e::WAIT, || async {
+        let log = c.planner.as_ref().map(|p| p.output()).unwrap_or_default();
+        Ok(log.contains("knows of no package").then_some(()))
+    })
+    .await?;
+    assert_eq!(object_names(&c).await?, want, "nothing deleted");
     Ok(())
 }
 
