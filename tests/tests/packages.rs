@@ -51,13 +51,8 @@ fn push(c: &Cluster, file: &std::path::Path, version: &str) -> anyhow::Result<Pu
 async fn stored_chunks(c: &Cluster) -> anyhow::Result<BTreeSet<Sha256>> {
     let js = async_nats::jetstream::new(c.nats.connect().await?);
     let store = js.get_object_store("SHOAL_PACKAGES").await?;
-    let mut names = Vec::new();
-    let mut list = store.list().await?;
-    while let Some(info) = list.next().await {
-        names.push(info?.name);
-    }
     let mut out = BTreeSet::new();
-    for name in names {
+    for name in object_names(c).await? {
         let mut bytes = Vec::new();
         store.get(&name).await?.read_to_end(&mut bytes).await?;
         let sha = Sha256::of(&bytes);
@@ -263,6 +258,22 @@ fn package_deployment(version: &str, script: &str) -> serde_json::Value {
                    "script": script}}]})
 }
 
+/// Deploys `body` and waits for it to end: its id and the deployment as it ended.
+async fn deployed(
+    c: &Cluster,
+    body: &serde_json::Value,
+) -> anyhow::Result<(String, serde_json::Value)> {
+    let id = c.deploy(body).await?;
+    let d = c.finished(&id, shoal_e2e::WAIT).await?;
+    Ok((id, d))
+}
+
+/// The first task of a deployment.
+fn first_task(d: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let (_, t) = shoal_e2e::tasks(d).into_iter().next().context("a task")?;
+    Ok(t)
+}
+
 /// Each worker that ran tasks fetched every chunk exactly once, however its tasks ran.
 fn each_worker_fetched_each_chunk_once(per_task: &[(String, u64)], chunks: u64) {
     let workers: BTreeSet<&String> = per_task.iter().map(|(w, _)| w).collect();
@@ -419,13 +430,8 @@ async fn workers_behind_a_regions_leaf_node_acquire_packages_through_it() -> any
     let file = c.dir.path().join("web.tar.gz");
     std::fs::write(&file, tar_gz(&[("data.bin", &data)])?)?;
     let pushed = push(&c, &file, "2.0.0")?;
-    let id = c
-        .deploy(&package_deployment(
-            "2.0.0",
-            "test -s data.bin && echo \"$SHOAL_REGION\"",
-        ))
-        .await?;
-    let d = c.finished(&id, shoal_e2e::WAIT).await?;
+    let script = "test -s data.bin && echo \"$SHOAL_REGION\"";
+    let (id, d) = deployed(&c, &package_deployment("2.0.0", script)).await?;
     assert_eq!(d["state"], "succeeded", "{d:#}");
     let per_task = fetched_by_worker(&c, &id, &d).await?;
     each_worker_fetched_each_chunk_once(&per_task, pushed.package.chunks as u64);
@@ -540,13 +546,8 @@ async fn the_feed_keeps_only_what_its_versions_need() -> anyhow::Result<()> {
     feed_holds(&c, "1.0.0's own chunks to be swept", &v2_needs).await?;
 
     // What is left deploys.
-    let id = c
-        .deploy(&package_deployment(
-            "2.0.0",
-            "cmp -s data.bin data.bin && echo ok",
-        ))
-        .await?;
-    let d = c.finished(&id, shoal_e2e::WAIT).await?;
+    let script = "cmp -s data.bin data.bin && echo ok";
+    let (_, d) = deployed(&c, &package_deployment("2.0.0", script)).await?;
     assert_eq!(d["state"], "succeeded", "{d:#}");
 
     // A chunk left by a push the planner's stop cut off is swept at the next start; an
@@ -600,10 +601,8 @@ async fn deploy_bytes(
     let file = c.dir.path().join(format!("web-{version}.package"));
     std::fs::write(&file, bytes)?;
     push(c, &file, version)?;
-    let id = c.deploy(&package_deployment(version, "echo ran")).await?;
-    let d = c.finished(&id, shoal_e2e::WAIT).await?;
-    let (_, t) = shoal_e2e::tasks(&d).into_iter().next().context("a task")?;
-    Ok((id, t))
+    let (id, d) = deployed(c, &package_deployment(version, "echo ran")).await?;
+    Ok((id, first_task(&d)?))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -669,9 +668,8 @@ async fn a_chunk_the_feed_serves_wrong_is_fetched_once_more_then_fails_its_task(
     forged[0] ^= 0xff;
     store.put(name.as_str(), &mut forged.as_slice()).await?;
 
-    let id = c.deploy(&package_deployment("1.0.0", "echo ran")).await?;
-    let d = c.finished(&id, shoal_e2e::WAIT).await?;
-    let (_, t) = shoal_e2e::tasks(&d).into_iter().next().context("a task")?;
+    let (_, d) = deployed(&c, &package_deployment("1.0.0", "echo ran")).await?;
+    let t = first_task(&d)?;
     assert_eq!(t["state"], "failed", "{t:#}");
     let reason = t["reason"].as_str().unwrap_or_default();
     assert!(
@@ -703,9 +701,8 @@ async fn a_feed_that_does_not_answer_is_waited_for_within_the_tasks_timeout() ->
     // Within a 12 s timeout it tries a few times, then times out naming the package.
     let mut short = package_deployment("1.0.0", "echo ran");
     short["steps"][0]["timeout_secs"] = 12.into();
-    let id = c.deploy(&short).await?;
-    let d = c.finished(&id, shoal_e2e::WAIT).await?;
-    let (_, t) = shoal_e2e::tasks(&d).into_iter().next().context("a task")?;
+    let (id, d) = deployed(&c, &short).await?;
+    let t = first_task(&d)?;
     assert_eq!(t["state"], "timed_out", "{t:#}");
     let reason = t["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("acquiring package web 1.0.0"), "{reason}");
@@ -733,12 +730,10 @@ async fn a_feed_that_does_not_answer_is_waited_for_within_the_tasks_timeout() ->
 
 /// Deploys web `version` to the one target: chunks fetched, and the worker's package line.
 async fn deployed_fetching(c: &Cluster, version: &str) -> anyhow::Result<(u64, String)> {
-    let id = c.deploy(&package_deployment(version, "true")).await?;
-    let d = c.finished(&id, shoal_e2e::WAIT).await?;
+    let (id, d) = deployed(c, &package_deployment(version, "true")).await?;
     assert_eq!(d["state"], "succeeded", "{d:#}");
     let per_task = fetched_by_worker(c, &id, &d).await?;
-    let (_, t) = shoal_e2e::tasks(&d).into_iter().next().context("a task")?;
-    let lines = c.output(&id, &t).await?;
+    let lines = c.output(&id, &first_task(&d)?).await?;
     let line =
         (lines.iter().find(|l| l.starts_with("[shoal] package web"))).context("a package line")?;
     Ok((per_task[0].1, line.clone()))

@@ -1,9 +1,8 @@
 //! Unpacking a package into its task's directory: `.tar.gz`, `.tar` and `.zip`, told apart by
 //! their first bytes. Nothing is written outside the directory: a path that is absolute or
 //! climbs out with `..`, an entry that would be written through a link unpacked before it,
-//! and a link whose target is absolute or climbs out, fail the task;
-//! so does an archive that unpacks to more than its limit (by default [`MAX_UNPACKED`] bytes:
-//! a zip bomb), counted
+//! and a link whose target is absolute or climbs out, fail the task; so does an archive that
+//! unpacks to more than its limit (by default [`MAX_UNPACKED`] bytes: a zip bomb), counted
 //! from the bytes actually written, not from what the archive declares.
 
 use std::fs::File;
