@@ -42,6 +42,46 @@ pub struct PlannedStep {
     pub package: Option<crate::domain::ResolvedPackage>,
 }
 
+/// The name of every event type, as [`Event::event_type`] gives it.
+pub const EVENT_TYPES: [&str; 36] = [
+    "PoolRegistered",
+    "TargetRegistered",
+    "TargetUpdated",
+    "TargetRemoved",
+    "PoolRemoved",
+    "PoolKeySet",
+    "WorkerWentOffline",
+    "WorkerCameOnline",
+    "TargetHealthChanged",
+    "DeploymentCreated",
+    "DeploymentStarted",
+    "StepStarted",
+    "TaskPlanned",
+    "TaskDispatched",
+    "TaskStarted",
+    "TaskOutput",
+    "TaskFinished",
+    "TaskCancelled",
+    "HealthCheckPlanned",
+    "TargetHealthChecked",
+    "HealthCheckUnavailable",
+    "TargetSkipped",
+    "DeploymentCancelRequested",
+    "StepFinished",
+    "DeploymentFinished",
+    "WorkerJoined",
+    "WorkerLeft",
+    "WorkerDrainRequested",
+    "WorkerResumed",
+    "TokenCreated",
+    "TokenRevoked",
+    "PackagePushed",
+    "PackageRemoved",
+    "PackageAcquired",
+    "MessageRejected",
+    "RejectionsCounted",
+];
+
 /// Every fact shoal records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -221,6 +261,26 @@ pub enum Event {
         worker: WorkerName,
         pool: PoolName,
     },
+    /// The planner stopped hearing a worker's heartbeats: `last_seen` is the last one it
+    /// received (`None`: none since the planner started).
+    WorkerWentOffline {
+        worker: WorkerName,
+        pool: PoolName,
+        last_seen: Option<Timestamp>,
+    },
+    /// A worker's heartbeats reach the planner again.
+    WorkerCameOnline {
+        worker: WorkerName,
+        pool: PoolName,
+    },
+    /// A target's health changed: a check's answer (or its deadline passing unanswered,
+    /// `unavailable`) made it `to`. `from`: `None` when it had never been checked.
+    TargetHealthChanged {
+        target: TargetName,
+        check: CheckId,
+        from: Option<HealthState>,
+        to: HealthState,
+    },
     /// An API token was made. Only the SHA-256 of the token (hex) is kept; the token itself
     /// was shown once, to whoever made it.
     TokenCreated {
@@ -290,6 +350,9 @@ impl Event {
             Event::TargetRemoved { .. } => "TargetRemoved",
             Event::PoolRemoved { .. } => "PoolRemoved",
             Event::PoolKeySet { .. } => "PoolKeySet",
+            Event::WorkerWentOffline { .. } => "WorkerWentOffline",
+            Event::WorkerCameOnline { .. } => "WorkerCameOnline",
+            Event::TargetHealthChanged { .. } => "TargetHealthChanged",
             Event::DeploymentCreated { .. } => "DeploymentCreated",
             Event::DeploymentStarted { .. } => "DeploymentStarted",
             Event::StepStarted { .. } => "StepStarted",
@@ -353,6 +416,9 @@ impl Event {
             | Event::WorkerLeft { .. }
             | Event::WorkerDrainRequested { .. }
             | Event::WorkerResumed { .. }
+            | Event::WorkerWentOffline { .. }
+            | Event::WorkerCameOnline { .. }
+            | Event::TargetHealthChanged { .. }
             | Event::HealthCheckPlanned { .. }
             | Event::TargetHealthChecked { .. }
             | Event::HealthCheckUnavailable { .. }
@@ -382,11 +448,14 @@ impl Event {
             Event::TargetRemoved { target }
             | Event::HealthCheckPlanned { target, .. }
             | Event::TargetHealthChecked { target, .. }
-            | Event::HealthCheckUnavailable { target, .. } => format!("target/{target}"),
+            | Event::HealthCheckUnavailable { target, .. }
+            | Event::TargetHealthChanged { target, .. } => format!("target/{target}"),
             Event::WorkerJoined { worker, .. }
             | Event::WorkerLeft { worker, .. }
             | Event::WorkerDrainRequested { worker, .. }
-            | Event::WorkerResumed { worker, .. } => {
+            | Event::WorkerResumed { worker, .. }
+            | Event::WorkerWentOffline { worker, .. }
+            | Event::WorkerCameOnline { worker, .. } => {
                 format!("worker/{worker}")
             }
             Event::TokenCreated { name, .. } | Event::TokenRevoked { name, .. } => {

@@ -66,6 +66,13 @@ pub enum Command {
     CancelGraceExpired {
         deployment: DeploymentId,
     },
+    /// The planner stopped (`online: false`) or started hearing a worker's heartbeats;
+    /// `last_seen`: when it last heard one.
+    WorkerPresence {
+        worker: WorkerName,
+        online: bool,
+        last_seen: Option<Timestamp>,
+    },
     /// Maintenance: a worker stops taking tasks (`drain`) or takes them again.
     DrainWorker {
         worker: WorkerName,
@@ -245,6 +252,11 @@ pub fn decide(
         ),
         Command::CheckDeadline { target, check } => Ok(target::deadline(state, target, *check)),
         Command::DrainWorker { worker, drain } => worker::drain(state, worker, *drain),
+        Command::WorkerPresence {
+            worker,
+            online,
+            last_seen,
+        } => Ok(worker::presence(state, worker, *online, *last_seen)),
         Command::CreateToken {
             name,
             role,

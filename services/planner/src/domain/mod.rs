@@ -62,7 +62,11 @@ pub fn handle<S: EventSink>(
         if let Some(d) = advances(&e.event) {
             touched.insert(d);
         }
+        let health = target::health_before(sink.state(), &e.event);
         seqs.push(sink.append(e, None)?);
+        if let Some(changed) = health.and_then(|h| target::health_changed(sink.state(), h)) {
+            seqs.push(sink.append(NewEvent::new(changed), Some(cause))?);
+        }
         for d in std::mem::take(&mut touched) {
             loop {
                 let next = react::next_events(sink.state(), d);

@@ -222,6 +222,8 @@ impl State {
             | Event::HealthCheckPlanned { .. }
             | Event::TargetHealthChecked { .. }
             | Event::HealthCheckUnavailable { .. } => self.apply_target(at, event, changes),
+            // The answer that changed the target's health was applied already.
+            Event::TargetHealthChanged { .. } => {}
             Event::DeploymentCreated { .. }
             | Event::DeploymentStarted { .. }
             | Event::StepStarted { .. }
@@ -238,7 +240,9 @@ impl State {
             Event::WorkerJoined { .. }
             | Event::WorkerLeft { .. }
             | Event::WorkerDrainRequested { .. }
-            | Event::WorkerResumed { .. } => self.apply_worker(event, changes),
+            | Event::WorkerResumed { .. }
+            | Event::WorkerWentOffline { .. }
+            | Event::WorkerCameOnline { .. } => self.apply_worker(event, changes),
             Event::TokenCreated { .. } | Event::TokenRevoked { .. } => {
                 self.apply_token(at, event, changes)
             }

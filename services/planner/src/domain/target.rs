@@ -242,6 +242,35 @@ impl State {
     }
 }
 
+/// The target whose health an event may change, the check, and the target's health state
+/// before the event (`None`: never checked).
+pub(super) type HealthBefore = (TargetName, CheckId, Option<HealthState>);
+
+/// What [`health_changed`] compares against, read before a check's answer (or its deadline)
+/// is applied.
+pub(super) fn health_before(state: &State, event: &Event) -> Option<HealthBefore> {
+    let (Event::TargetHealthChecked { target, check, .. }
+    | Event::HealthCheckUnavailable { target, check, .. }) = event
+    else {
+        return None;
+    };
+    let doc = state.targets.get(target)?;
+    Some((target.clone(), *check, doc.health.as_ref().map(|h| h.state)))
+}
+
+/// `TargetHealthChanged` when the event applied since [`health_before`] made the target's
+/// health another state (a late answer that only joined the history changes nothing).
+pub(super) fn health_changed(state: &State, before: HealthBefore) -> Option<Event> {
+    let (target, check, from) = before;
+    let to = state.targets.get(&target)?.health.as_ref()?.state;
+    (from != Some(to)).then_some(Event::TargetHealthChanged {
+        target,
+        check,
+        from,
+        to,
+    })
+}
+
 /// `RegisterTarget`: a new target; a name already taken is refused.
 pub(super) fn register(state: &State, target: &Target) -> Result<Vec<NewEvent>, Rejection> {
     if state.targets.contains_key(&target.name) {

@@ -890,6 +890,114 @@ fn draining_a_worker_is_recorded_once_and_survives_its_rejoining() {
 }
 
 #[test]
+fn a_worker_going_offline_and_back_is_recorded_once_each_and_never_for_one_that_left() {
+    let mut m = given(&[]);
+    let w1 = WorkerName::parse("w1").expect("valid");
+    let presence = |online| Command::WorkerPresence {
+        worker: w1.clone(),
+        online,
+        last_seen: Some(Timestamp(5)),
+    };
+    // Not joined: nothing to record.
+    assert_eq!(when(&mut m, presence(false)).expect("ok"), []);
+    let join = WorkerMessage {
+        schema_version: 1,
+        event_id: EventId::new(),
+        worker: w1.clone(),
+        pool: pool("eu-west"),
+        sent_at: Timestamp(1),
+        body: WorkerBody::Joined {
+            region: None,
+            slots: 2,
+            version: "0".into(),
+        },
+    };
+    when(&mut m, Command::WorkerReport(join.clone())).expect("ok");
+    assert!(m.state.workers[&w1].online);
+    assert_eq!(when(&mut m, presence(true)).expect("ok"), []);
+    assert!(matches!(
+        &when(&mut m, presence(false)).expect("ok")[..],
+        [Event::WorkerWentOffline {
+            last_seen: Some(Timestamp(5)),
+            ..
+        }]
+    ));
+    assert_eq!(when(&mut m, presence(false)).expect("ok"), []);
+    assert!(!m.state.workers[&w1].online);
+    assert!(matches!(
+        &when(&mut m, presence(true)).expect("ok")[..],
+        [Event::WorkerCameOnline { .. }]
+    ));
+    let left = WorkerMessage {
+        event_id: EventId::new(),
+        body: WorkerBody::Left {
+            reason: "stopped".into(),
+        },
+        ..join
+    };
+    when(&mut m, Command::WorkerReport(left)).expect("ok");
+    assert!(!m.state.workers[&w1].online);
+    assert_eq!(when(&mut m, presence(true)).expect("ok"), []);
+    assert_eq!(when(&mut m, presence(false)).expect("ok"), []);
+}
+
+#[test]
+fn a_targets_health_change_is_recorded_and_an_answer_that_changes_nothing_is_not() {
+    let mut m = given(&[target("eu", &["web"], Some("eu-west"))]);
+    let changes = |events: &[Event]| -> Vec<(Option<HealthState>, HealthState)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::TargetHealthChanged { from, to, .. } => Some((*from, *to)),
+                _ => None,
+            })
+            .collect()
+    };
+    check(&mut m, "eu");
+    let first = checked(&mut m, "eu", HealthState::Healthy, "ok");
+    assert_eq!(changes(&first), [(None, HealthState::Healthy)]);
+    check(&mut m, "eu");
+    assert_eq!(
+        changes(&checked(&mut m, "eu", HealthState::Healthy, "ok")),
+        []
+    );
+    check(&mut m, "eu");
+    let worse = checked(&mut m, "eu", HealthState::Unhealthy, "refused");
+    assert_eq!(
+        changes(&worse),
+        [(Some(HealthState::Healthy), HealthState::Unhealthy)]
+    );
+    // The change follows the answer, caused by it.
+    assert!(matches!(
+        &worse[..],
+        [
+            Event::TargetHealthChecked { .. },
+            Event::TargetHealthChanged { .. }
+        ]
+    ));
+    // A late answer (its check no longer under way) only joins the history: no change.
+    check(&mut m, "eu");
+    let late = checked_report(&m, "eu");
+    let name = TargetName::parse("eu").expect("valid");
+    let pending = m.state.targets[&name]
+        .pending_check
+        .clone()
+        .expect("pending");
+    let deadline = Command::CheckDeadline {
+        target: name,
+        check: pending.check,
+    };
+    assert_eq!(
+        changes(&when(&mut m, deadline).expect("ok")),
+        [(Some(HealthState::Unhealthy), HealthState::Unavailable)]
+    );
+    assert_eq!(
+        changes(&when(&mut m, Command::WorkerReport(late)).expect("ok")),
+        []
+    );
+}
+
+#[test]
 fn a_repeated_run_after_the_task_ended_is_kept_in_the_history_without_changing_the_outcome() {
     let mut m = given(&[target("t1", &["web"], None)]);
     let (_, events) = deploy(&mut m, vec![step("a", &["web"], None)]);
@@ -1091,9 +1199,10 @@ fn a_check_no_worker_ran_before_its_deadline_makes_the_target_unavailable_naming
         },
     )
     .expect("ok");
-    assert!(
-        matches!(&events[..], [Event::HealthCheckUnavailable { reason, .. }] if reason.contains("pool \"eu-west\""))
-    );
+    assert!(matches!(&events[..], [
+            Event::HealthCheckUnavailable { reason, .. },
+            Event::TargetHealthChanged { from: None, to: HealthState::Unavailable, .. },
+        ] if reason.contains("pool \"eu-west\"")));
     let h = m.state.targets[&name].health.clone().expect("recorded");
     assert_eq!((h.state, h.worker), (HealthState::Unavailable, None));
     // A target without endpoint or check cannot be checked; an unknown one is not found.

@@ -23,6 +23,14 @@ pub struct WorkerDoc {
     /// Asked to take no new tasks until resumed (maintenance); survives restarts.
     #[serde(default)]
     pub draining: bool,
+    /// Whether the planner hears the worker's heartbeats, as last recorded
+    /// (`WorkerWentOffline`, `WorkerCameOnline`); a worker that joins is online.
+    #[serde(default = "online_by_default")]
+    pub online: bool,
+}
+
+fn online_by_default() -> bool {
+    true
 }
 
 impl State {
@@ -48,6 +56,7 @@ impl State {
                     left_reason: None,
                     // A drain outlives the worker's restarts.
                     draining: self.workers.get(worker).is_some_and(|w| w.draining),
+                    online: true,
                 };
                 self.workers.insert(worker.clone(), doc);
                 changes.docs.insert(DocKey::Worker(worker.clone()));
@@ -58,6 +67,7 @@ impl State {
                 if let Some(w) = self.workers.get_mut(worker) {
                     w.left_at = Some(*at);
                     w.left_reason = Some(reason.clone());
+                    w.online = false;
                     changes.docs.insert(DocKey::Worker(worker.clone()));
                 }
             }
@@ -67,9 +77,42 @@ impl State {
                     changes.docs.insert(DocKey::Worker(worker.clone()));
                 }
             }
+            Event::WorkerWentOffline { worker, .. } | Event::WorkerCameOnline { worker, .. } => {
+                if let Some(w) = self.workers.get_mut(worker) {
+                    w.online = matches!(event, Event::WorkerCameOnline { .. });
+                    changes.docs.insert(DocKey::Worker(worker.clone()));
+                }
+            }
             _ => {}
         }
     }
+}
+
+/// `WorkerPresence`: records that the planner stopped or started hearing a worker's
+/// heartbeats; nothing when the log says so already, or for a worker that never joined or
+/// has left (its departure said it all).
+pub(super) fn presence(
+    state: &State,
+    worker: &WorkerName,
+    online: bool,
+    last_seen: Option<Timestamp>,
+) -> Vec<NewEvent> {
+    let Some(w) = state.workers.get(worker) else {
+        return vec![];
+    };
+    if w.online == online || w.left_at.is_some() {
+        return vec![];
+    }
+    let (worker, pool) = (worker.clone(), w.pool.clone());
+    vec![NewEvent::new(if online {
+        Event::WorkerCameOnline { worker, pool }
+    } else {
+        Event::WorkerWentOffline {
+            worker,
+            pool,
+            last_seen,
+        }
+    })]
 }
 
 /// `DrainWorker`: asks a worker to stop taking tasks, or to take them again; nothing when
