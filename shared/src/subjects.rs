@@ -3,6 +3,23 @@
 use crate::ids::TaskId;
 use crate::names::{NameError, PoolName, WorkerName, check_name};
 
+/// `text` as one subject token: dots, wildcards, spaces and control characters become `_`,
+/// and an empty text is `_`.
+fn subject_token(text: &str) -> String {
+    if text.is_empty() {
+        return "_".to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// The name of the planner's built-in worker when it has an identity of its own (a trust
 /// bundle binds this name to the default pool).
 pub const BUILTIN_WORKER_NAME: &str = "builtin-worker";
@@ -60,6 +77,34 @@ impl Subjects {
         format!(
             "{}_RESULTS",
             self.prefix.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+
+    /// Stream of the event feed for integrators, e.g. `SHOAL_EVENTS`.
+    pub fn events_stream(&self) -> String {
+        format!(
+            "{}_EVENTS",
+            self.prefix.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+
+    /// Every subject of the event feed: `shoal.events.>`.
+    pub fn events_all(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+
+    /// The feed subject of a log record of `stream` (`<kind>/<id>`, e.g. `deployment/<id>`,
+    /// or a kind alone such as `rejected`, whose id token is `_`) and type:
+    /// `shoal.events.<kind>.<id>.<type>`. A character that cannot be in a subject token
+    /// (none of shoal's names has one) becomes `_`.
+    pub fn event(&self, stream: &str, event_type: &str) -> String {
+        let (kind, id) = stream.split_once('/').unwrap_or((stream, "_"));
+        format!(
+            "{}.events.{}.{}.{}",
+            self.prefix,
+            subject_token(kind),
+            subject_token(id),
+            subject_token(event_type)
         )
     }
 
@@ -259,6 +304,23 @@ pub fn parse_cancel_payload(payload: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_subject_has_kind_id_and_type_tokens() {
+        let s = Subjects::default();
+        assert_eq!(
+            s.event("deployment/0191-ab", "TaskFinished"),
+            "shoal.events.deployment.0191-ab.TaskFinished"
+        );
+        assert_eq!(
+            s.event("rejected", "MessageRejected"),
+            "shoal.events.rejected._.MessageRejected"
+        );
+        assert_eq!(s.event("a/b.c d>*", "T"), "shoal.events.a.b_c_d__.T");
+        assert_eq!(s.event("x/", ""), "shoal.events.x._._");
+        assert_eq!(s.events_stream(), "SHOAL_EVENTS");
+        assert_eq!(s.events_all(), "shoal.events.>");
+    }
 
     #[test]
     fn cancellation_payloads_name_the_last_attempt_or_all() {

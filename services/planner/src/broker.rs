@@ -1,6 +1,6 @@
 //! JetStream set-up: the task work queue with one durable pull consumer per pool, filtered on
 //! exactly that pool's subject (nats-server 2.9 ignores `filter_subjects`), and the results
-//! stream the planner consumes.
+//! stream the planner consumes, and the event feed's stream it publishes its log to.
 
 use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind, GetStreamError};
 use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
@@ -82,6 +82,84 @@ impl BrokerError {
     }
 }
 
+/// How the event feed's stream (`SHOAL_EVENTS`) keeps events: the oldest go once either
+/// limit is passed (zero: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventsRetention {
+    pub max_age: Duration,
+    pub max_bytes: u64,
+}
+
+impl Default for EventsRetention {
+    /// 30 days, 1 GiB.
+    fn default() -> Self {
+        EventsRetention {
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Creates the event feed's stream, or brings an existing one to `retention`: limits
+/// retention (every integrator reads every event; none is removed by being read), subjects
+/// `shoal.events.>`, direct gets allowed (an integrator reads one record by its stream
+/// sequence), and a de-duplication window of two minutes (or the age limit, if shorter) that
+/// drops a record the publisher sends twice across a broker restart.
+///
+/// # Errors
+/// The broker refused or did not answer.
+pub async fn ensure_events_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    retention: EventsRetention,
+) -> Result<(), BrokerError> {
+    let window = if retention.max_age.is_zero() {
+        DUPLICATE_WINDOW
+    } else {
+        DUPLICATE_WINDOW.min(retention.max_age)
+    };
+    let config = stream::Config {
+        name: subjects.events_stream(),
+        description: Some(
+            "shoal event feed: every record of the planner's event log, in log order".into(),
+        ),
+        subjects: vec![subjects.events_all()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        max_age: retention.max_age,
+        max_bytes: i64::try_from(retention.max_bytes)
+            .ok()
+            .filter(|b| *b > 0)
+            .unwrap_or(-1),
+        duplicate_window: window,
+        allow_direct: true,
+        ..Default::default()
+    };
+    let refused = |cause| BrokerError::CreateStream {
+        stream: subjects.events_stream(),
+        cause,
+    };
+    let mut stream = js
+        .get_or_create_stream(config.clone())
+        .await
+        .map_err(refused)?;
+    let now = stream.info().await.map(|i| i.config.clone()).ok();
+    let same = now.is_some_and(|c| {
+        (c.max_age, c.max_bytes, c.duplicate_window, c.allow_direct)
+            == (
+                config.max_age,
+                config.max_bytes,
+                config.duplicate_window,
+                config.allow_direct,
+            )
+    });
+    if !same {
+        js.update_stream(config).await.map_err(refused)?;
+    }
+    Ok(())
+}
+
 /// Creates the task and result streams if they do not exist. The task stream remembers message ids for `task_window` (see
 /// [`crate::signing::Signer::replay_window`]); an existing stream is updated to it.
 ///
@@ -91,7 +169,9 @@ pub async fn ensure_streams(
     js: &jetstream::Context,
     subjects: &Subjects,
     task_window: Duration,
+    events: EventsRetention,
 ) -> Result<(), BrokerError> {
+    ensure_events_stream(js, subjects, events).await?;
     let tasks = stream::Config {
         name: subjects.tasks_stream(),
         description: Some("shoal task queue: one subject and one consumer per pool".into()),

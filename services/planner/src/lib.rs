@@ -14,11 +14,13 @@ pub mod broker;
 pub mod dispatch;
 pub mod domain;
 pub mod effects;
+pub mod event_feed;
 pub mod health;
 pub mod ingest;
 pub mod liveness;
 pub mod log;
 pub mod packages;
+pub mod presence;
 pub mod rejections;
 pub mod replay;
 pub mod secrets;
@@ -83,6 +85,8 @@ pub struct PlannerConfig {
     /// Versions of each package the feed keeps, newest first, besides those an unfinished
     /// deployment deploys; 0: every one.
     pub package_retention: u32,
+    /// How long, and up to what size, the event feed's stream keeps events.
+    pub events: broker::EventsRetention,
 }
 
 /// A planner that is set up but not yet serving: its log is open and the writer runs on it,
@@ -125,6 +129,8 @@ struct Parts {
     js: async_nats::jetstream::Context,
     handle: WriterHandle,
     liveness: Liveness,
+    /// The log's last durable sequence.
+    durable: watch::Receiver<u64>,
     stop: CancellationToken,
     services: CancellationToken,
     /// Every task the planner starts, so that shutdown can wait for them.
@@ -135,6 +141,8 @@ struct Parts {
 struct Queues {
     dispatch_rx: TaskReceiver,
     effects_rx: mpsc::Receiver<Vec<Effect>>,
+    /// The log's last durable sequence, for the event feed.
+    durable: watch::Receiver<u64>,
 }
 
 /// Runs the planner until `shutdown` is cancelled, serving HTTP on `listener`: [`Planner::build`]
@@ -211,6 +219,7 @@ impl Planner {
             effects_tx.clone(),
         )?;
         let backlog = writer.republish_outbox();
+        let durable = writer.watch_durable();
         // The channel is empty, so the first batch fits: pools' consumers, the health
         // schedule, retries and cancellations still due.
         let _ = effects_tx.try_send(writer.pending_effects());
@@ -239,6 +248,7 @@ impl Planner {
             uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(api::MAX_UPLOADS)),
             handle,
             liveness,
+            durable: durable.clone(),
             stop,
             services,
             tasks,
@@ -246,6 +256,7 @@ impl Planner {
         let queues = Queues {
             dispatch_rx,
             effects_rx,
+            durable,
         };
         Ok((parts, writer_task, queues))
     }
@@ -273,7 +284,7 @@ impl Planner {
             &shutdown,
             intake.child_token(),
         );
-        let app = p.app_state();
+        let app = p.app_state(shutdown.clone());
         // The writer ends once every handle is gone: the services' and the API's are.
         drop(p.handle);
         warn_if_exposed(listener.local_addr()?);
@@ -331,6 +342,7 @@ impl Parts {
         let Queues {
             dispatch_rx,
             effects_rx,
+            durable,
         } = queues;
         let (client, js, subjects) = (&self.client, &self.js, &self.config.subjects);
         let (handle, liveness, stop_services) = (&self.handle, &self.liveness, &self.services);
@@ -363,6 +375,21 @@ impl Parts {
             stop_services.clone(),
         ));
         tasks.spawn(effects::run(runner, effects_rx, stop_services.clone()));
+        let publisher = event_feed::Publisher {
+            client: client.clone(),
+            js: js.clone(),
+            subjects: subjects.clone(),
+            log: self.log.clone(),
+            retention: self.config.events,
+            durable,
+        };
+        tasks.spawn(event_feed::run(publisher, stop_services.clone()));
+        tasks.spawn(presence::record(
+            liveness.clone(),
+            self.log.clone(),
+            handle.clone(),
+            stop_services.clone(),
+        ));
         tasks.spawn(dispatch::run(
             js.clone(),
             subjects.clone(),
@@ -390,7 +417,7 @@ impl Parts {
     }
 
     /// What the API's handlers work with.
-    fn app_state(&self) -> api::AppState {
+    fn app_state(&self, closing: CancellationToken) -> api::AppState {
         api::AppState {
             writer: self.handle.clone(),
             log: self.log.clone(),
@@ -401,6 +428,8 @@ impl Parts {
             feed: self.feed.clone(),
             uploads: self.uploads.clone(),
             package_retention: self.config.package_retention,
+            durable: self.durable.clone(),
+            closing,
         }
     }
 }
@@ -625,6 +654,7 @@ async fn ensure_broker(
                 js,
                 &config.subjects,
                 config.signer.replay_window(),
+                config.events,
             ))
             .await
         else {

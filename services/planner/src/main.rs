@@ -75,6 +75,14 @@ struct Serve {
     /// deployment deploys is always kept); 0 keeps every version.
     #[arg(long, env = "SHOAL_PACKAGE_RETENTION", default_value_t = 0)]
     package_retention: u32,
+    /// How long the event feed (the JetStream stream SHOAL_EVENTS that integrators follow)
+    /// keeps an event, e.g. `30d`, `12h`; `0s`: no age limit. Older events stay in the log:
+    /// `GET /api/events` reads them from there, in the same order and with the same ids.
+    #[arg(long, env = "SHOAL_EVENTS_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
+    events_max_age: std::time::Duration,
+    /// Most MiB the event feed's stream keeps (the oldest events go first); 0: no limit.
+    #[arg(long, env = "SHOAL_EVENTS_MAX_MB", default_value_t = 1024)]
+    events_max_mb: u64,
     /// The master key that seals sensitive variables in the event log (made at first start
     /// when missing and the log holds no sealed value). Default: <data-dir>/keys/master.key.
     /// Back it up: without it the log's sensitive values cannot be used.
@@ -281,6 +289,10 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         builtin_worker_nkey: s.builtin_worker_nkey,
         signer,
         package_retention: s.package_retention,
+        events: shoal_planner::broker::EventsRetention {
+            max_age: s.events_max_age,
+            max_bytes: s.events_max_mb.saturating_mul(1024 * 1024),
+        },
     };
     let data_dir = config.data_dir.clone();
     let planner = match Planner::build(config, listener, &shutdown).await {

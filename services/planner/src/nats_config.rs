@@ -36,6 +36,9 @@ pub struct NatsConfig {
     /// A worker identity: `POOL/NAME` on the hub, or `POOL/NAME@REGION` via a leaf node.
     #[arg(long = "worker", value_name = "SPEC")]
     workers: Vec<String>,
+    /// An integrator identity (reads the event feed SHOAL_EVENTS, nothing else): NAME.
+    #[arg(long = "integrator", value_name = "NAME")]
+    integrators: Vec<String>,
     /// More host names for the server certificates (e.g. container names).
     #[arg(long = "host", value_name = "NAME")]
     hosts: Vec<String>,
@@ -71,6 +74,11 @@ pub fn run(args: NatsConfig) -> anyhow::Result<String> {
         topology
             .add_worker(worker)
             .map_err(|e| anyhow::anyhow!("--worker {spec}: {e}"))?;
+    }
+    for name in &args.integrators {
+        topology
+            .add_integrator(name)
+            .map_err(|e| anyhow::anyhow!("--integrator {name}: {e}"))?;
     }
     shoal_trust::generate(&args.out, &topology)?;
     Ok(summary(&args.out, &topology))
@@ -153,6 +161,9 @@ fn summary(out: &std::path::Path, t: &Topology) -> String {
     }
     for w in &t.workers {
         s.push_str(&format!(", identities/worker.{}.{}.env", w.pool, w.name));
+    }
+    for i in &t.integrators {
+        s.push_str(&format!(", identities/integrator.{i}.env"));
     }
     s.push_str(
         "\nstart the servers with `nats-server -c hub.conf` (and each leaf-<region>.conf);\n\

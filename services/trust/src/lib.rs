@@ -67,6 +67,8 @@ pub enum Identity {
     BuiltinWorker,
     /// A named worker.
     Worker(Worker),
+    /// A system that follows the event feed, read-only.
+    Integrator(String),
 }
 
 impl Identity {
@@ -76,6 +78,7 @@ impl Identity {
             Identity::Planner => "planner".to_owned(),
             Identity::BuiltinWorker => BUILTIN_WORKER_NAME.to_owned(),
             Identity::Worker(w) => format!("worker.{}.{}", w.pool, w.name),
+            Identity::Integrator(name) => format!("integrator.{name}"),
         }
     }
 }
@@ -205,6 +208,7 @@ fn identities(
         all.push(Identity::BuiltinWorker);
     }
     all.extend(t.workers.iter().cloned().map(Identity::Worker));
+    all.extend(t.integrators.iter().cloned().map(Identity::Integrator));
     let mut keys = Vec::new();
     for identity in all {
         let files = IdentityFiles::of(dir, &identity);
@@ -257,6 +261,10 @@ fn user<'a>(
         Identity::Worker(w) => (
             format!("worker {} of pool {}", w.name, w.pool),
             permissions::worker(subjects, api, &w.pool, &w.name),
+        ),
+        Identity::Integrator(name) => (
+            format!("integrator {name} (reads the event feed)"),
+            permissions::integrator(subjects, api, name),
         ),
     };
     User::Nkey {
@@ -340,6 +348,12 @@ fn env(t: &Topology, m: &Path, identity: &Identity) -> String {
                 vars.push(("SHOAL_REGION", r.clone()));
                 vars.push(("SHOAL_JS_DOMAIN", t.hub.domain.clone()));
             }
+        }
+        Identity::Integrator(name) => {
+            let subjects = Subjects::new(&t.prefix).unwrap_or_default();
+            let prefix = permissions::integrator_inbox_prefix(&subjects, name);
+            vars.push(("SHOAL_NATS_INBOX_PREFIX", prefix));
+            vars.push(("SHOAL_EVENTS_STREAM", subjects.events_stream()));
         }
     }
     let mut out = format!(

@@ -50,6 +50,42 @@ pub fn worker(subjects: &Subjects, api: &str, pool: &str, name: &str) -> Permiss
     }
 }
 
+/// An integrator `name`: reads the event feed's stream (`SHOAL_EVENTS`) and nothing else.
+///
+/// Publish: the JetStream API calls a client makes to follow a stream — account and stream
+/// info, consumers on that stream only (ephemeral or durable, filtered or not: created,
+/// looked up, deleted, pulled from), acks and flow-control replies of them, and reads of
+/// one record (`MSG.GET`, direct gets). Nothing that writes to a stream, and no shoal
+/// subject. Subscribe: its own inbox prefix `_INBOX_<prefix>.integrator.<name>` only (the
+/// client must be configured with it: a shared `_INBOX.>` would let it read other clients'
+/// replies), which also carries push consumers' deliveries.
+pub fn integrator(subjects: &Subjects, api: &str, name: &str) -> Permissions {
+    let stream = subjects.events_stream();
+    Permissions {
+        publish: vec![
+            format!("{api}.INFO"),
+            format!("{api}.STREAM.INFO.{stream}"),
+            format!("{api}.STREAM.MSG.GET.{stream}"),
+            format!("{api}.DIRECT.GET.{stream}"),
+            format!("{api}.DIRECT.GET.{stream}.>"),
+            format!("{api}.CONSUMER.CREATE.{stream}"),
+            format!("{api}.CONSUMER.CREATE.{stream}.>"),
+            format!("{api}.CONSUMER.DURABLE.CREATE.{stream}.*"),
+            format!("{api}.CONSUMER.INFO.{stream}.*"),
+            format!("{api}.CONSUMER.DELETE.{stream}.*"),
+            format!("{api}.CONSUMER.MSG.NEXT.{stream}.*"),
+            format!("$JS.ACK.{stream}.>"),
+            format!("$JS.FC.{stream}.>"),
+        ],
+        subscribe: vec![format!("{}.>", integrator_inbox_prefix(subjects, name))],
+    }
+}
+
+/// The inbox prefix an integrator's client must use: `_INBOX_<prefix>.integrator.<name>`.
+pub fn integrator_inbox_prefix(subjects: &Subjects, name: &str) -> String {
+    format!("_INBOX_{}.integrator.{name}", subjects.prefix())
+}
+
 /// Reading the package feed: direct gets on its object store's stream (an object's info,
 /// then its data), which read and never write or create a consumer. Every worker may read
 /// every package.

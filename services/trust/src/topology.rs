@@ -35,6 +35,10 @@ pub struct Topology {
     pub regions: Vec<Region>,
     #[serde(default)]
     pub workers: Vec<Worker>,
+    /// Integrators: systems that follow the event feed (`SHOAL_EVENTS`), each with a
+    /// read-only identity on the hub.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub integrators: Vec<String>,
 }
 
 /// The hub: JetStream (domain [`Hub::domain`]), clients and leaf nodes.
@@ -158,6 +162,7 @@ impl Topology {
             hub,
             regions: Vec::new(),
             workers: Vec::new(),
+            integrators: Vec::new(),
         }
     }
 
@@ -207,6 +212,22 @@ impl Topology {
         Ok(true)
     }
 
+    /// Adds an integrator unless it is there; whether it was added.
+    ///
+    /// # Errors
+    /// The name is not a valid name.
+    pub fn add_integrator(&mut self, name: &str) -> Result<bool, String> {
+        if self.integrators.iter().any(|i| i == name) {
+            return Ok(false);
+        }
+        self.integrators.push(name.to_owned());
+        if let Err(e) = self.check() {
+            self.integrators.pop();
+            return Err(e);
+        }
+        Ok(true)
+    }
+
     /// Checks names, regions, pools and ports; the first problem, in words.
     ///
     /// # Errors
@@ -244,7 +265,16 @@ impl Topology {
                     .map_err(|e| format!("pool of region \"{}\": {e}", r.name))?;
             }
         }
-        self.check_workers()
+        self.check_workers()?;
+        let mut integrators = BTreeSet::new();
+        for i in &self.integrators {
+            shoal_shared::names::check_name("integrator", i)
+                .map_err(|e| format!("integrator: {e}"))?;
+            if !integrators.insert(i.as_str()) {
+                return Err(format!("integrator \"{i}\" is listed twice"));
+            }
+        }
+        Ok(())
     }
 
     fn check_workers(&self) -> Result<(), String> {

@@ -322,6 +322,47 @@ pub async fn worker_client(
         .await?)
 }
 
+/// A client with the read-only identity of integrator `name` on the hub started here (added
+/// to the bundle first, the servers reloaded), with its own inbox prefix; and that
+/// identity's files (e.g. for a client in another language).
+///
+/// # Errors
+/// Not a server started here, or the identity is not let in.
+pub async fn integrator_client(
+    url: &str,
+    name: &str,
+) -> anyhow::Result<(async_nats::Client, IdentityFiles)> {
+    let (bundle, _) = server_of(url).context("not a server started by the harness")?;
+    let files = IdentityFiles::of(&bundle, &Identity::Integrator(name.to_owned()));
+    let (u, f, n) = (url.to_owned(), files.clone(), name.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let added = {
+            let _changing = CHANGING.lock();
+            let mut t = shoal_trust::load_topology(&bundle)?;
+            let added = t
+                .add_integrator(&n)
+                .map_err(|e| anyhow::anyhow!("cannot add the integrator: {e}"))?;
+            if added {
+                shoal_trust::generate(&bundle, &t)?;
+                reload(&bundle)?;
+            }
+            added
+        };
+        if added {
+            wait_until_accepted(&u, &f)?;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    let subjects = shoal_shared::subjects::Subjects::default();
+    let inbox = shoal_trust::permissions::integrator_inbox_prefix(&subjects, name);
+    let client = client_options(&files)?
+        .custom_inbox_prefix(inbox)
+        .connect(url)
+        .await?;
+    Ok((client, files))
+}
+
 /// Binds `worker`'s name to its pool and region (a test may reuse a name in another pool:
 /// the older binding goes); whether the bundle changed (and the servers were reloaded).
 fn bind_worker(bundle: &Path, worker: Worker) -> anyhow::Result<bool> {

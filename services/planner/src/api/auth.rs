@@ -99,6 +99,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep(Method::POST, "/api/workers/{name}/drain", Admin),
     ep(Method::POST, "/api/workers/{name}/resume", Admin),
     ep(Method::GET, "/api/events", Viewer),
+    ep(Method::GET, "/api/events/stream", Viewer),
     ep(Method::GET, "/api/status", Viewer),
     ep(Method::GET, "/api/packages", Viewer),
     ep(Method::GET, "/api/packages/{id}", Viewer),

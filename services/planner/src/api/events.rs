@@ -1,52 +1,267 @@
-//! `GET /api/events?stream=&after=&limit=`: the audit trail, read from the log itself.
+//! The audit trail, read from the log itself:
+//!
+//! - `GET /api/events?stream=&type=&after=&limit=`: a page of records after a sequence, of
+//!   one stream and of some types (`type=TaskFinished,DeploymentFinished`). The answer's
+//!   `Shoal-Next-After` header is where the next page starts: the last record the page
+//!   looked at (a filtered page looks at no more than [`SCAN`] records).
+//! - `GET /api/events/stream?stream=&type=&after=`: the same records as Server-Sent Events
+//!   (`id:` the sequence, `event:` the type, `data:` the record as JSON), then every new one
+//!   once durable, until the client or the planner goes. A reconnecting client sends
+//!   `Last-Event-ID` and resumes after it; without it or `after`, the stream starts at the
+//!   log's end.
 
 use super::{ApiError, AppState};
-use crate::log::decode_event;
+use crate::log::{EventLog, LogError, decode_event};
 use axum::Json;
 use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
 use serde::Deserialize;
 use shoal_shared::api::EventView;
-use shoal_shared::events::Envelope;
+use shoal_shared::events::{EVENT_TYPES, Envelope};
+use std::collections::VecDeque;
+use std::convert::Infallible;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
+/// Most records one filtered page looks at.
+pub const SCAN: usize = 100_000;
+/// Records read from the log at a time.
+const READ: usize = 1024;
+/// The header saying where the next page starts.
+pub const NEXT_AFTER: &str = "Shoal-Next-After";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventQuery {
     stream: Option<String>,
-    #[serde(default)]
-    after: u64,
+    #[serde(rename = "type")]
+    types: Option<String>,
+    after: Option<u64>,
     limit: Option<usize>,
+}
+
+/// Which records a reader wants.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    stream: Option<String>,
+    /// Empty: every type.
+    types: Vec<String>,
+}
+
+impl Filter {
+    /// The filter of a query; an unknown type is refused, naming the known ones.
+    fn of(q: &EventQuery) -> Result<Filter, ApiError> {
+        let types: Vec<String> = q
+            .types
+            .iter()
+            .flat_map(|t| t.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(bad) = types.iter().find(|t| !EVENT_TYPES.contains(&t.as_str())) {
+            return Err(ApiError::bad_request(format!(
+                "type: unknown event type \"{bad}\" (known: {})",
+                EVENT_TYPES.join(", ")
+            )));
+        }
+        Ok(Filter {
+            stream: q.stream.clone().filter(|s| !s.is_empty()),
+            types,
+        })
+    }
+
+    fn wants(&self, env: &Envelope) -> bool {
+        self.types.is_empty() || self.types.contains(&env.event_type)
+    }
+
+    /// Up to `limit` wanted records after `after` and no later than `upto`, where the next
+    /// page starts (the last sequence looked at; at most [`SCAN`] records are), and whether
+    /// every record up to `upto` was looked at.
+    pub fn page(
+        &self,
+        log: &EventLog,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Page, LogError> {
+        let mut page = Page {
+            records: Vec::new(),
+            next_after: after,
+            done: false,
+        };
+        let mut scanned = 0;
+        loop {
+            let read = match &self.stream {
+                Some(stream) => log.read_stream(stream, page.next_after, READ)?,
+                None => log.read(page.next_after, READ)?,
+            };
+            let full = read.len() == READ;
+            for env in read {
+                if env.seq > upto {
+                    page.done = true;
+                    return Ok(page);
+                }
+                page.next_after = env.seq;
+                scanned += 1;
+                if self.wants(&env) {
+                    page.records.push(env);
+                    if page.records.len() >= limit {
+                        return Ok(page);
+                    }
+                }
+            }
+            if !full {
+                page.done = true;
+                return Ok(page);
+            }
+            if scanned >= SCAN {
+                return Ok(page);
+            }
+        }
+    }
+}
+
+/// What [`Filter::page`] found.
+#[derive(Debug)]
+pub struct Page {
+    pub records: Vec<Envelope>,
+    /// The last sequence looked at: where the next page starts.
+    pub next_after: u64,
+    /// Every record up to the page's end was looked at.
+    pub done: bool,
+}
+
+fn query_error(e: &axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::bad_request(format!(
+        "{}; parameters: stream, type (event types, comma-separated), after (a sequence number), limit (1-{MAX_LIMIT})",
+        e.body_text()
+    ))
 }
 
 pub(super) async fn list(
     State(app): State<AppState>,
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<EventView>>, ApiError> {
-    let Query(q) = query.map_err(|e| {
-        ApiError::bad_request(format!(
-            "{}; parameters: stream, after (a sequence number), limit (1-{MAX_LIMIT})",
-            e.body_text()
-        ))
-    })?;
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| query_error(&e))?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::bad_request(format!(
             "limit: must be between 1 and {MAX_LIMIT}"
         )));
     }
+    let filter = Filter::of(&q)?;
+    let after = q.after.unwrap_or(0);
     // Decoding up to MAX_LIMIT events is work too: it stays on the blocking thread.
-    let views = app
+    let (views, next) = app
         .read(move |log| {
-            let records = match &q.stream {
-                Some(stream) if !stream.is_empty() => log.read_stream(stream, q.after, limit)?,
-                _ => log.read(q.after, limit)?,
-            };
-            Ok(records.into_iter().map(view).collect())
+            let page = filter.page(log, after, u64::MAX, limit)?;
+            let views: Vec<EventView> = page.records.into_iter().map(view).collect();
+            Ok((views, page.next_after))
         })
         .await?;
-    Ok(Json(views))
+    let mut response = Json(views).into_response();
+    response
+        .headers_mut()
+        .insert(NEXT_AFTER, HeaderValue::from(next));
+    Ok(response)
+}
+
+pub(super) async fn follow(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Query(q) = query.map_err(|e| query_error(&e))?;
+    if q.limit.is_some() {
+        return Err(ApiError::bad_request(
+            "limit: a stream has no limit; use GET /api/events for pages",
+        ));
+    }
+    let filter = Filter::of(&q)?;
+    let last_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "Last-Event-ID: must be the sequence number of the last event received",
+                    )
+                })?,
+        ),
+    };
+    let after = match last_id.or(q.after) {
+        Some(after) => after,
+        None => *app.durable.borrow(),
+    };
+    let follower = Follower {
+        app,
+        filter,
+        at: after,
+        pending: VecDeque::new(),
+    };
+    let stream = futures::stream::unfold(follower, |mut f| async move {
+        let next = f.next().await?;
+        Some((Ok(next), f))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// One client's place in the log.
+struct Follower {
+    app: AppState,
+    filter: Filter,
+    /// The last record looked at.
+    at: u64,
+    pending: VecDeque<Envelope>,
+}
+
+impl Follower {
+    /// The next wanted record once it is durable; `None` once the planner is stopping or its
+    /// log cannot be read.
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(env) = self.pending.pop_front() {
+                return Some(sse_event(env));
+            }
+            let durable = *self.app.durable.borrow();
+            if self.at >= durable {
+                let mut rx = self.app.durable.clone();
+                tokio::select! {
+                    () = self.app.closing.cancelled() => return None,
+                    changed = rx.wait_for(|d| *d > self.at) => { changed.ok()?; }
+                }
+                continue;
+            }
+            let (filter, at) = (self.filter.clone(), self.at);
+            let page = self
+                .app
+                .read(move |log| Ok(filter.page(log, at, durable, READ)?))
+                .await;
+            match page {
+                Ok(page) => {
+                    self.pending.extend(page.records);
+                    // Done: nothing else up to `durable` is wanted.
+                    self.at = if page.done { durable } else { page.next_after };
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+fn sse_event(env: Envelope) -> SseEvent {
+    let (seq, event_type) = (env.seq, env.event_type.clone());
+    let event = SseEvent::default().id(seq.to_string()).event(event_type);
+    match event.clone().json_data(view(env)) {
+        Ok(e) => e,
+        Err(e) => event.data(format!("{{\"undisplayable\": \"{e}\"}}")),
+    }
 }
 
 /// The API view of a record: the event's fields under `data`.

@@ -10,7 +10,7 @@
 
 pub mod auth;
 mod deployments;
-mod events;
+pub mod events;
 mod packages;
 pub use packages::MAX_UPLOADS;
 mod pools;
@@ -47,6 +47,10 @@ pub struct AppState {
     pub uploads: std::sync::Arc<tokio::sync::Semaphore>,
     /// Versions of each package the feed keeps (`--package-retention`); 0: every one.
     pub package_retention: u32,
+    /// The log's last durable sequence (event streams follow it).
+    pub durable: tokio::sync::watch::Receiver<u64>,
+    /// Cancelled when the planner stops: endless answers (event streams) end then.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -109,6 +113,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(workers::resume),
         )
         .route("/api/events", get(events::list))
+        .route("/api/events/stream", get(events::follow))
         .route("/api/status", get(status))
         .route("/api/packages", get(packages::list))
         .route("/api/packages/{id}", get(packages::show))

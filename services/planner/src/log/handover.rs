@@ -148,6 +148,11 @@ impl TaskSender {
         !self.owed.is_empty()
     }
 
+    /// Hears the log's last durable sequence (the event feed's publisher follows it).
+    pub(super) fn watch_durable(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
     /// The log is durable up to `seq`: messages handed over up to it may be published.
     pub(super) fn durable(&self, seq: u64) {
         self.durable.send_if_modified(|d| {

@@ -321,6 +321,8 @@ impl Writer {
             )));
         }
         let state = log.load_state()?;
+        // What a start finds in the log is on disk.
+        tasks.durable(head.seq);
         Ok(Writer {
             log,
             state,
@@ -340,6 +342,12 @@ impl Writer {
     pub fn keep_finished(mut self, keep: bool) -> Writer {
         self.keep_finished = keep;
         self
+    }
+
+    /// Hears the log's last durable sequence: the head at open, then each batch's once its
+    /// flush is done.
+    pub fn watch_durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.tasks.watch_durable()
     }
 
     /// The effects still due after a restart (see [`effects::pending_effects`]).

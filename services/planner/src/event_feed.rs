@@ -1,0 +1,203 @@
+//! The event feed: every record of the log, once durable, published in log order to the
+//! JetStream stream `SHOAL_EVENTS` (limits retention) on `shoal.events.<kind>.<id>.<type>`,
+//! for integrators to follow, filter and resume from any point.
+//!
+//! Each message is the record as `GET /api/events` shows it (JSON, sensitive values masked,
+//! token hashes left out), with the log sequence in the `Shoal-Seq` header and as its message
+//! id. **The stream sequence is the log sequence**: each record is published expecting the
+//! stream's last sequence to be the one before it (`Nats-Expected-Last-Sequence`), so an
+//! integrator resumes after record N by asking for stream sequence N + 1, and the stream can
+//! hold no gap, no repeat and nothing out of order. The log is the outbox: at start and after
+//! any failure the publisher goes on after the stream's last sequence, so a planner killed
+//! between a publish and its confirmation, or a broker restarted under it, leaves nothing
+//! out and sends nothing twice (a publish whose confirmation was lost is answered as a
+//! duplicate of its message id). The stream's last sequence stays when its retention drops
+//! old records; a stream that never held one (new, or made again) gets the whole log.
+//!
+//! A record larger than the broker's largest message (a package of hundreds of thousands of
+//! chunks) is published with its `data` left out and the `Shoal-Truncated` header; an
+//! integrator reads it whole from `GET /api/events?after=<seq - 1>&limit=1`.
+
+use crate::broker::{self, EventsRetention};
+use crate::log::{EventLog, LogError};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, message::PublishMessage};
+use shoal_shared::events::Envelope;
+use shoal_shared::subjects::Subjects;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The header with the record's log sequence.
+pub const SEQ_HEADER: &str = "Shoal-Seq";
+/// The header with the record's event type.
+pub const TYPE_HEADER: &str = "Shoal-Event-Type";
+/// The header with the record's stream (`deployment/<id>`, ...).
+pub const STREAM_HEADER: &str = "Shoal-Stream";
+/// The header on a record published without its `data` (too large): its encoded size.
+pub const TRUNCATED_HEADER: &str = "Shoal-Truncated";
+
+/// Most records read from the log and published in one round.
+const BATCH: usize = 1024;
+/// Room kept below the broker's largest message for headers and the subject.
+const HEADROOM: usize = 4096;
+/// The first and the longest wait after a failure.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
+
+/// Why a round of publishing stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("{0}")]
+    Log(#[from] LogError),
+    #[error("the event feed's stream: {0}")]
+    Broker(#[from] broker::BrokerError),
+    #[error("cannot read the event feed's stream: {0}")]
+    Stream(String),
+    #[error("the broker did not store an event: {0}")]
+    Publish(String),
+    #[error("cannot encode record {seq} for the event feed: {cause}")]
+    Encode { seq: u64, cause: serde_json::Error },
+}
+
+/// What the publisher needs.
+pub struct Publisher {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub log: EventLog,
+    pub retention: EventsRetention,
+    /// The log's last durable sequence.
+    pub durable: watch::Receiver<u64>,
+}
+
+/// Publishes the log to the feed until `stop`.
+pub async fn run(mut p: Publisher, stop: CancellationToken) {
+    // `None`: ask the stream where it stands.
+    let mut cursor: Option<u64> = None;
+    let mut delay = BACKOFF.0;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let round = match cursor {
+            None => p.resume_point().await.map(Some),
+            Some(from) => {
+                let durable = *p.durable.borrow_and_update();
+                if from >= durable {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        changed = p.durable.changed() => if changed.is_err() { return },
+                    }
+                    continue;
+                }
+                p.publish(from, durable).await.map(Some)
+            }
+        };
+        match round {
+            Ok(at) => {
+                cursor = at;
+                delay = BACKOFF.0;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "event feed: publishing paused; retrying from where the stream stands");
+                cursor = None;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(BACKOFF.1);
+            }
+        }
+    }
+}
+
+impl Publisher {
+    /// The last record the stream holds: its last sequence, which is the log's.
+    async fn resume_point(&self) -> Result<u64, FeedError> {
+        broker::ensure_events_stream(&self.js, &self.subjects, self.retention).await?;
+        let mut stream = self
+            .js
+            .get_stream(self.subjects.events_stream())
+            .await
+            .map_err(|e| FeedError::Stream(e.to_string()))?;
+        let at = stream
+            .info()
+            .await
+            .map_err(|e| FeedError::Stream(e.to_string()))?
+            .state
+            .last_sequence;
+        let head = self.log.head()?.seq;
+        if at > head {
+            tracing::error!(
+                stream_at = at,
+                log_at = head,
+                "event feed: the stream holds records past this log's end (another planner's log, or this data dir was replaced); publishing resumes once this log passes {at}"
+            );
+        } else {
+            tracing::info!(from = at + 1, log_at = head, "event feed: publishing");
+        }
+        Ok(at)
+    }
+
+    /// Publishes durable records after `from` (up to `durable`, at most [`BATCH`]) and waits
+    /// for the stream to confirm them; the last one confirmed.
+    async fn publish(&self, from: u64, durable: u64) -> Result<u64, FeedError> {
+        let log = self.log.clone();
+        let records = tokio::task::spawn_blocking(move || log.read(from, BATCH))
+            .await
+            .map_err(|e| FeedError::Stream(format!("reading the log failed: {e}")))??;
+        let max = self
+            .client
+            .server_info()
+            .max_payload
+            .saturating_sub(HEADROOM);
+        let mut acks = Vec::with_capacity(records.len());
+        for env in records.into_iter().take_while(|r| r.seq <= durable) {
+            let (subject, seq, msg) = message(&self.subjects, env, max)?;
+            let ack = self
+                .js
+                .send_publish(subject, msg)
+                .await
+                .map_err(|e| FeedError::Publish(e.to_string()))?;
+            acks.push((seq, ack));
+        }
+        let mut last = from;
+        for (seq, ack) in acks {
+            ack.await.map_err(|e| FeedError::Publish(e.to_string()))?;
+            last = seq;
+        }
+        Ok(last)
+    }
+}
+
+/// The feed message of a record: its subject, its sequence and the message.
+fn message(
+    subjects: &Subjects,
+    env: Envelope,
+    max: usize,
+) -> Result<(String, u64, PublishMessage), FeedError> {
+    let (seq, subject) = (env.seq, subjects.event(&env.stream, &env.event_type));
+    let mut headers = HeaderMap::new();
+    headers.insert(SEQ_HEADER, seq.to_string().as_str());
+    headers.insert(TYPE_HEADER, env.event_type.as_str());
+    headers.insert(STREAM_HEADER, env.stream.as_str());
+    headers.insert("Content-Type", "application/json");
+    let mut view = crate::api::events::view(env);
+    let mut body = serde_json::to_vec(&view).map_err(|cause| FeedError::Encode { seq, cause })?;
+    if body.len() > max {
+        headers.insert(TRUNCATED_HEADER, body.len().to_string().as_str());
+        view.data = serde_json::json!({ "truncated": body.len() });
+        body = serde_json::to_vec(&view).map_err(|cause| FeedError::Encode { seq, cause })?;
+    }
+    let msg = PublishMessage::build()
+        .payload(body.into())
+        .headers(headers)
+        .message_id(seq.to_string())
+        .expected_last_sequence(seq.saturating_sub(1));
+    Ok((subject, seq, msg))
+}
+
+/// The log sequence a feed message carries.
+pub fn seq_of(headers: &HeaderMap) -> Option<u64> {
+    headers.get(SEQ_HEADER)?.as_str().parse().ok()
+}
