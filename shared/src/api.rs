@@ -546,6 +546,46 @@ pub struct EventView {
     pub actor: Option<Actor>,
 }
 
+impl EventView {
+    /// How the API shows a record: the event's fields under `data` (sensitive values masked,
+    /// as every JSON rendering does), a token's hash left out.
+    pub fn of(env: crate::events::Envelope) -> EventView {
+        let data = match crate::codec::decode::<crate::events::Event>("event payload", &env.payload)
+        {
+            Ok(event) => match serde_json::to_value(&event) {
+                Ok(serde_json::Value::Object(mut m)) if m.len() == 1 => {
+                    let mut data = m.remove(&env.event_type).unwrap_or(serde_json::Value::Null);
+                    // A token's hash stays in the log (replay rebuilds the token store from
+                    // it) but is shown to no one: the API says which token, never what it
+                    // hashes to.
+                    if env.event_type.starts_with("Token")
+                        && let Some(fields) = data.as_object_mut()
+                    {
+                        fields.remove("hash");
+                    }
+                    data
+                }
+                Ok(other) => other,
+                Err(e) => serde_json::json!({ "undisplayable": e.to_string() }),
+            },
+            Err(e) => serde_json::json!({ "undecodable": e.to_string() }),
+        };
+        EventView {
+            seq: env.seq,
+            event_id: env.event_id,
+            time: env.time,
+            stream: env.stream,
+            event_type: env.event_type,
+            schema_version: env.schema_version,
+            correlation_id: env.correlation_id,
+            causation_id: env.causation_id,
+            data,
+            prev_hash: crate::hex::encode(&env.prev_hash),
+            actor: env.actor,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Tokens
 

@@ -43,13 +43,15 @@ pub struct PlannedStep {
 }
 
 /// The name of every event type, as [`Event::event_type`] gives it.
-pub const EVENT_TYPES: [&str; 36] = [
+pub const EVENT_TYPES: [&str; 38] = [
     "PoolRegistered",
     "TargetRegistered",
     "TargetUpdated",
     "TargetRemoved",
     "PoolRemoved",
     "PoolKeySet",
+    "LogHeadSigned",
+    "FeedConsumerSet",
     "WorkerWentOffline",
     "WorkerCameOnline",
     "TargetHealthChanged",
@@ -281,6 +283,24 @@ pub enum Event {
         from: Option<HealthState>,
         to: HealthState,
     },
+    /// The planner signed that record `seq` of its log has `hash` (the SHA-256 of its stored
+    /// bytes, hex) with its key `key_id`: every record the chain links to it is vouched for
+    /// by that key (see `audit`).
+    LogHeadSigned {
+        seq: u64,
+        hash: String,
+        key_id: String,
+        /// Ed25519, hex.
+        signature: String,
+    },
+    /// An integrator's durable consumer of the event feed was (re)made by an admin: it
+    /// delivers the records after `after` (on `filter`, a subject of the feed, if set).
+    FeedConsumerSet {
+        integrator: String,
+        consumer: String,
+        after: u64,
+        filter: Option<String>,
+    },
     /// An API token was made. Only the SHA-256 of the token (hex) is kept; the token itself
     /// was shown once, to whoever made it.
     TokenCreated {
@@ -350,6 +370,8 @@ impl Event {
             Event::TargetRemoved { .. } => "TargetRemoved",
             Event::PoolRemoved { .. } => "PoolRemoved",
             Event::PoolKeySet { .. } => "PoolKeySet",
+            Event::LogHeadSigned { .. } => "LogHeadSigned",
+            Event::FeedConsumerSet { .. } => "FeedConsumerSet",
             Event::WorkerWentOffline { .. } => "WorkerWentOffline",
             Event::WorkerCameOnline { .. } => "WorkerCameOnline",
             Event::TargetHealthChanged { .. } => "TargetHealthChanged",
@@ -419,6 +441,8 @@ impl Event {
             | Event::WorkerWentOffline { .. }
             | Event::WorkerCameOnline { .. }
             | Event::TargetHealthChanged { .. }
+            | Event::LogHeadSigned { .. }
+            | Event::FeedConsumerSet { .. }
             | Event::HealthCheckPlanned { .. }
             | Event::TargetHealthChecked { .. }
             | Event::HealthCheckUnavailable { .. }
@@ -463,6 +487,8 @@ impl Event {
             }
             Event::PackagePushed { manifest, .. } => format!("package/{}", manifest.id),
             Event::PackageRemoved { id, .. } => format!("package/{id}"),
+            Event::LogHeadSigned { .. } => "audit".to_owned(),
+            Event::FeedConsumerSet { integrator, .. } => format!("feed/{integrator}"),
             _ => "rejected".to_owned(),
         }
     }
@@ -495,6 +521,19 @@ pub struct Envelope {
 mod tests {
     use super::*;
     use crate::codec::{decode, encode};
+
+    #[test]
+    fn event_types_names_every_variant() {
+        // serde names every variant when it refuses an unknown one.
+        let e = serde_json::from_str::<Event>(r#"{"NoSuchEvent": null}"#)
+            .expect_err("no such variant")
+            .to_string();
+        let mut variants: Vec<&str> = e.split('`').skip(3).step_by(2).collect();
+        variants.sort_unstable();
+        let mut listed = EVENT_TYPES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(variants, listed, "{e}");
+    }
 
     /// A record as written before actors were kept.
     #[derive(Serialize)]

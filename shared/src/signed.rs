@@ -36,6 +36,9 @@ pub const MAX_CLOCK_SKEW_MS: u64 = 2 * 60 * 1000;
 const ROOT_CONTEXT: &[u8] = b"shoal-signature-v2 root\n";
 /// Roots a verifier remembers having verified.
 const VERIFIED_ROOTS: usize = 4096;
+/// What an audit head signature covers: this, the record's sequence (8 bytes, big-endian)
+/// and the SHA-256 of its stored bytes.
+const HEAD_CONTEXT: &[u8] = b"shoal-audit-head-v1\n";
 /// First line of a signing key file.
 const KEY_FILE_TAG: &str = "shoal-signing-key v1 ed25519";
 /// v2: the compact header of `header.rs` (v1 carried hex claims; never released).
@@ -269,6 +272,22 @@ impl SigningKey {
     }
 }
 
+/// The bytes an audit head signature covers.
+fn head_message(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut m = HEAD_CONTEXT.to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(hash);
+    m
+}
+
+impl SigningKey {
+    /// Signs that record `seq` of the log has `hash` (the SHA-256 of its stored bytes): an
+    /// audit head, which vouches for every record the hash chain links to it.
+    pub fn sign_head(&self, seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+        self.pair.sign(&head_message(seq, hash)).as_ref().to_vec()
+    }
+}
+
 /// The text a message's leaf commits to, with its payload: the signer writes it from the
 /// binding it signs, the verifier from the header and the binding it expects.
 fn canonical_claims(key: &KeyId, issued_at: i64, expires_at: i64, binding: &Binding) -> String {
@@ -417,6 +436,32 @@ impl TrustedKeys {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .counts
+    }
+
+    /// Checks that `signature` is key `key_id`'s signature of the audit head (`seq`,
+    /// `hash`), and that the key is trusted.
+    ///
+    /// # Errors
+    /// The key is not trusted, or the signature is not its signature of that head.
+    pub fn verify_head(
+        &self,
+        key_id: &str,
+        seq: u64,
+        hash: &[u8; 32],
+        signature: &[u8],
+    ) -> Result<(), String> {
+        let key = self.keys.get(&KeyId(key_id.to_owned())).ok_or_else(|| {
+            format!(
+                "key {key_id} is not trusted (trusted: {})",
+                self.key_ids().join(", ")
+            )
+        })?;
+        let sig = ed25519_dalek::Signature::from_slice(signature)
+            .map_err(|_| "the signature is not 64 bytes".to_owned())?;
+        key.verify_strict(&head_message(seq, hash), &sig)
+            .map_err(|_| {
+                format!("the signature of record {seq}'s hash by key {key_id} does not verify")
+            })
     }
 
     /// The trusted key ids.

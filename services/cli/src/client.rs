@@ -238,6 +238,33 @@ impl ApiClient {
         typed(&format!("PUT {path}"), &text)
     }
 
+    /// `GET path`, the answer's body as it streams in (sent once: no wait for a starting
+    /// planner).
+    ///
+    /// # Errors
+    /// The planner is unreachable or answered with an error.
+    pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            api: self.base.clone(),
+            cause: innermost(&e),
+        };
+        let req = self.http.get(self.url(path));
+        let req = match self.token() {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        };
+        let resp = req.send().await.map_err(unreachable)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.map_err(unreachable)?;
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message: self.with_hint(status.as_u16(), error_text(&text)),
+        })
+    }
+
     /// One page of a task's output: the lines after `after` (from the first when `None`),
     /// as many as the planner gives at once.
     ///

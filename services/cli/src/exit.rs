@@ -12,7 +12,8 @@ pub const OK: i32 = 0;
 pub const ERROR: i32 = 1;
 /// The command line is wrong (clap's own code): unknown flag, missing or malformed value.
 pub const USAGE: i32 = 2;
-/// What was waited for failed: the deployment ended `failed`, the target is not healthy.
+/// What was waited for failed: the deployment ended `failed`, the target is not healthy;
+/// or what was checked is not sound: an audit export does not verify.
 pub const FAILED: i32 = 3;
 /// The deployment waited for ended `cancelled` (by someone else than this command).
 pub const CANCELLED: i32 = 4;
@@ -33,7 +34,10 @@ pub const TABLE: &[(i32, &str)] = &[
     (OK, "ok (with --wait: succeeded, healthy)"),
     (ERROR, "any other error"),
     (USAGE, "usage error (unknown flag, malformed value)"),
-    (FAILED, "the deployment failed / the target is not healthy"),
+    (
+        FAILED,
+        "the deployment failed / the target is not healthy / the audit export does not verify",
+    ),
     (CANCELLED, "the deployment was cancelled"),
     (TIMED_OUT, "a wait gave up at its time limit"),
     (UNREACHABLE, "the planner cannot be reached"),

@@ -1,6 +1,8 @@
 //! `shoal`: the command line over the planner's HTTP API, and `shoal demo`.
 
+mod audit;
 mod demo;
+mod explain;
 mod package;
 mod render;
 mod watch;
@@ -140,6 +142,13 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// The event feed (JetStream stream SHOAL_EVENTS) integrators follow.
+    #[command(subcommand)]
+    Feed(FeedCmd),
+    /// Audits: export the log with its hash chain and the planner's signature, verify an
+    /// export offline, explain from the events why a task ran where it did.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// API tokens (admin): who may read (viewer), deploy and cancel (deployer), or manage
     /// pools, targets, workers and tokens (admin).
     #[command(subcommand)]
@@ -161,6 +170,63 @@ enum Cmd {
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FeedCmd {
+    /// Make or move an integrator's consumer of the feed (`feed-<NAME>`, the one its NATS
+    /// identity reads through, from `shoal-planner nats-config --integrator NAME`): it
+    /// delivers the records after --after, on --filter if given (admin).
+    Consumer {
+        /// The integrator.
+        name: String,
+        /// Deliver the records after this log sequence (0: from the first).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Only records on this subject of the feed, e.g. `shoal.events.deployment.>` or
+        /// `shoal.events.*.*.DeploymentFinished`.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Write the log's records as stored, with their chain links, and the planner's
+    /// signature of the last one (JSON lines) — for `shoal audit verify` (admin).
+    Export {
+        /// Only the records from one deployment's first to its last (its own marked in
+        /// scope; the records between stay, the chain needs them): its id or a prefix.
+        #[arg(long)]
+        deployment: Option<String>,
+        /// The first record (a sequence number).
+        #[arg(long)]
+        from: Option<u64>,
+        /// The last record (default: the log's last durable one).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Write it to this file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Check an export offline, without the planner: every record's hash, its link to the
+    /// record before, what it shows against its bytes, and the planner's signature; names
+    /// the first bad record and exits 3 when it does not verify.
+    Verify {
+        /// The export.
+        file: PathBuf,
+        /// The planner's public key (its `signing.key.pub`): the signature must be by it.
+        /// Without it the export is checked against the key it names (intact, but not
+        /// proven to be the planner's).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Why a task ran where it did, from the events alone: who asked, the routing rule and
+    /// pool, the target's health when planned, each attempt and run.
+    Explain {
+        /// The task's id.
+        task: String,
     },
 }
 
@@ -494,6 +560,26 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             after,
             limit,
         } => events(&api, out, deployment, stream, after, limit).await?,
+        Cmd::Audit(cmd) => return audit::run(&api, out, cmd).await,
+        Cmd::Feed(FeedCmd::Consumer {
+            name,
+            after,
+            filter,
+        }) => {
+            let v = api
+                .put(
+                    &format!("/api/feed/consumers/{name}"),
+                    &json!({"after": after, "filter": filter}),
+                )
+                .await?;
+            show(out, &v, |v| {
+                println!(
+                    "integrator {name} reads the records after {after} through consumer {} of stream {}",
+                    v["consumer"].as_str().unwrap_or("?"),
+                    v["stream"].as_str().unwrap_or("?")
+                );
+            })?;
+        }
         Cmd::Token(cmd) => token(&api, out, cmd).await?,
         Cmd::Package(cmd) => package::run(&api, out, cmd).await?,
         Cmd::Demo { keep } => return demo::run(keep).await,

@@ -169,9 +169,7 @@ pub async fn ensure_streams(
     js: &jetstream::Context,
     subjects: &Subjects,
     task_window: Duration,
-    events: EventsRetention,
 ) -> Result<(), BrokerError> {
-    ensure_events_stream(js, subjects, events).await?;
     let tasks = stream::Config {
         name: subjects.tasks_stream(),
         description: Some("shoal task queue: one subject and one consumer per pool".into()),

@@ -55,6 +55,10 @@ pub enum FeedError {
     Stream(String),
     #[error("the broker did not store an event: {0}")]
     Publish(String),
+    #[error(
+        "the stream holds another log's records ({0}); this planner publishes nothing to it: delete the stream SHOAL_EVENTS if this log is the one to publish, or give this planner its own --subject-prefix"
+    )]
+    Foreign(String),
     #[error("cannot encode record {seq} for the event feed: {cause}")]
     Encode { seq: u64, cause: serde_json::Error },
 }
@@ -80,7 +84,7 @@ pub async fn run(mut p: Publisher, stop: CancellationToken) {
             return;
         }
         let round = match cursor {
-            None => p.resume_point().await.map(Some),
+            None => futures::future::Either::Left(p.resume_point()),
             Some(from) => {
                 let durable = *p.durable.borrow_and_update();
                 if from >= durable {
@@ -90,12 +94,16 @@ pub async fn run(mut p: Publisher, stop: CancellationToken) {
                     }
                     continue;
                 }
-                p.publish(from, durable).await.map(Some)
+                futures::future::Either::Right(p.publish(from, durable))
             }
+        };
+        let round = tokio::select! {
+            () = stop.cancelled() => return,
+            round = round => round,
         };
         match round {
             Ok(at) => {
-                cursor = at;
+                cursor = Some(at);
                 delay = BACKOFF.0;
             }
             Err(e) => {
@@ -128,15 +136,44 @@ impl Publisher {
             .last_sequence;
         let head = self.log.head()?.seq;
         if at > head {
-            tracing::error!(
-                stream_at = at,
-                log_at = head,
-                "event feed: the stream holds records past this log's end (another planner's log, or this data dir was replaced); publishing resumes once this log passes {at}"
-            );
-        } else {
-            tracing::info!(from = at + 1, log_at = head, "event feed: publishing");
+            return Err(FeedError::Foreign(format!(
+                "it holds {at} records, this log {head}"
+            )));
         }
+        if at > 0 {
+            self.same_record(&stream, at).await?;
+        }
+        tracing::info!(from = at + 1, log_at = head, "event feed: publishing");
         Ok(at)
+    }
+
+    /// Checks that the stream's record `at` is this log's record `at` (same event id), unless
+    /// the stream no longer holds it.
+    async fn same_record(
+        &self,
+        stream: &jetstream::stream::Stream,
+        at: u64,
+    ) -> Result<(), FeedError> {
+        let Ok(msg) = stream.get_raw_message(at).await else {
+            return Ok(());
+        };
+        let theirs = serde_json::from_slice::<serde_json::Value>(&msg.payload)
+            .ok()
+            .and_then(|v| v["event_id"].as_str().map(str::to_owned));
+        let log = self.log.clone();
+        let ours = tokio::task::spawn_blocking(move || log.read(at - 1, 1))
+            .await
+            .map_err(|e| FeedError::Stream(format!("reading the log failed: {e}")))??
+            .pop()
+            .map(|env| env.event_id.to_string());
+        if theirs.is_some() && theirs == ours {
+            return Ok(());
+        }
+        Err(FeedError::Foreign(format!(
+            "its record {at} is event {}, this log's is {}",
+            theirs.as_deref().unwrap_or("unreadable"),
+            ours.as_deref().unwrap_or("missing")
+        )))
     }
 
     /// Publishes durable records after `from` (up to `durable`, at most [`BATCH`]) and waits
@@ -163,7 +200,13 @@ impl Publisher {
         }
         let mut last = from;
         for (seq, ack) in acks {
-            ack.await.map_err(|e| FeedError::Publish(e.to_string()))?;
+            let ack = ack.await.map_err(|e| FeedError::Publish(e.to_string()))?;
+            if ack.sequence != seq {
+                return Err(FeedError::Publish(format!(
+                    "record {seq} was stored as {}",
+                    ack.sequence
+                )));
+            }
             last = seq;
         }
         Ok(last)

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod broker;
 pub mod dispatch;
 pub mod domain;
@@ -52,6 +53,9 @@ const TASK_MESSAGES: usize = 4096;
 /// from the state again once it catches up.
 const EFFECT_BATCHES: usize = 1024;
 
+/// How long a stopping planner waits for HTTP answers under way (event streams end at once).
+const SERVE_GRACE: Duration = Duration::from_secs(10);
+
 /// How long a stopping planner waits for its NATS connection to drain.
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
@@ -87,6 +91,8 @@ pub struct PlannerConfig {
     pub package_retention: u32,
     /// How long, and up to what size, the event feed's stream keeps events.
     pub events: broker::EventsRetention,
+    /// How often the planner signs its log's head (when it moved).
+    pub audit_sign_interval: std::time::Duration,
 }
 
 /// A planner that is set up but not yet serving: its log is open and the writer runs on it,
@@ -289,10 +295,18 @@ impl Planner {
         drop(p.handle);
         warn_if_exposed(listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, data_dir = %p.config.data_dir.display(), nats.url = %p.config.nats_url, "planner ready");
+        let stopping = shutdown.clone();
         let server = axum::serve(listener, api::router(app))
             .with_graceful_shutdown(stop_on(shutdown, intake.child_token()));
+        // A client that never reads (an event stream) must not hold the stop up: the
+        // connections still open SERVE_GRACE after the stop are dropped.
+        let grace = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(SERVE_GRACE).await;
+        };
         tokio::select! {
             served = server => served.context("HTTP server failed")?,
+            () = grace => tracing::warn!("HTTP connections still open {SERVE_GRACE:?} after the stop are closed"),
             // The writer only ends early when the log failed: stop rather than serve stale state.
             ended = &mut writer_task => {
                 p.stop.cancel();
@@ -384,7 +398,16 @@ impl Parts {
             durable,
         };
         tasks.spawn(event_feed::run(publisher, stop_services.clone()));
+        tasks.spawn(audit::sign_heads(
+            self.log.clone(),
+            handle.clone(),
+            self.config.signer.clone(),
+            self.durable.clone(),
+            self.config.audit_sign_interval,
+            stop_services.clone(),
+        ));
         tasks.spawn(presence::record(
+            client.clone(),
             liveness.clone(),
             self.log.clone(),
             handle.clone(),
@@ -429,6 +452,9 @@ impl Parts {
             uploads: self.uploads.clone(),
             package_retention: self.config.package_retention,
             durable: self.durable.clone(),
+            signer: self.config.signer.clone(),
+            js: self.js.clone(),
+            subjects: self.config.subjects.clone(),
             closing,
         }
     }
@@ -654,7 +680,6 @@ async fn ensure_broker(
                 js,
                 &config.subjects,
                 config.signer.replay_window(),
-                config.events,
             ))
             .await
         else {

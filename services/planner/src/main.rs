@@ -83,6 +83,11 @@ struct Serve {
     /// Most MiB the event feed's stream keeps (the oldest events go first); 0: no limit.
     #[arg(long, env = "SHOAL_EVENTS_MAX_MB", default_value_t = 1024)]
     events_max_mb: u64,
+    /// How often the planner signs its log's head with its signing key (a LogHeadSigned
+    /// record, when the log moved since the last), e.g. `15m`: what an audit export
+    /// checks besides the signature at its end.
+    #[arg(long, env = "SHOAL_AUDIT_SIGN_INTERVAL", default_value = "15m", value_parser = positive_duration)]
+    audit_sign_interval: std::time::Duration,
     /// The master key that seals sensitive variables in the event log (made at first start
     /// when missing and the log holds no sealed value). Default: <data-dir>/keys/master.key.
     /// Back it up: without it the log's sensitive values cannot be used.
@@ -293,6 +298,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
             max_age: s.events_max_age,
             max_bytes: s.events_max_mb.saturating_mul(1024 * 1024),
         },
+        audit_sign_interval: s.audit_sign_interval,
     };
     let data_dir = config.data_dir.clone();
     let planner = match Planner::build(config, listener, &shutdown).await {
@@ -305,6 +311,15 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         Err(e) => return Err(locked_by_another(e, &data_dir)),
     };
     planner.run(shutdown).await
+}
+
+/// A duration of at least a second (`humantime`: `90s`, `15m`, `1h`).
+fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(d)
 }
 
 fn keygen(out: &std::path::Path) -> anyhow::Result<()> {

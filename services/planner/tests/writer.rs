@@ -179,14 +179,9 @@ async fn the_dispatcher_catches_up_from_the_outbox_after_its_channel_overflowed(
     let client = nats.connect().await.expect("connects");
     let js = async_nats::jetstream::new(client.clone());
     let subjects = Subjects::default();
-    broker::ensure_streams(
-        &js,
-        &subjects,
-        broker::DUPLICATE_WINDOW,
-        broker::EventsRetention::default(),
-    )
-    .await
-    .expect("streams");
+    broker::ensure_streams(&js, &subjects, broker::DUPLICATE_WINDOW)
+        .await
+        .expect("streams");
     let observer = client
         .subscribe(subjects.tasks_all())
         .await

@@ -52,38 +52,39 @@ pub fn worker(subjects: &Subjects, api: &str, pool: &str, name: &str) -> Permiss
 
 /// An integrator `name`: reads the event feed's stream (`SHOAL_EVENTS`) and nothing else.
 ///
-/// Publish: the JetStream API calls a client makes to follow a stream — account and stream
-/// info, consumers on that stream only (ephemeral or durable, filtered or not: created,
-/// looked up, deleted, pulled from), acks and flow-control replies of them, and reads of
-/// one record (`MSG.GET`, direct gets). Nothing that writes to a stream, and no shoal
-/// subject. Subscribe: its own inbox prefix `_INBOX_<prefix>.integrator.<name>` only (the
-/// client must be configured with it: a shared `_INBOX.>` would let it read other clients'
-/// replies), which also carries push consumers' deliveries.
+/// Publish: account and stream info, direct gets of one record of the feed (by sequence,
+/// or the next one on a subject from a sequence), and its own durable pull consumer, which
+/// the planner makes and moves (`PUT /api/feed/consumers/<name>`): its info, next-message
+/// requests and acks. It cannot create, change or delete a consumer — a push consumer would
+/// have the broker deliver the feed onto any subject — nor touch another integrator's.
+/// Subscribe: its own inbox prefix ([`integrator_inbox_prefix`]) only; the client must be
+/// configured with it.
 pub fn integrator(subjects: &Subjects, api: &str, name: &str) -> Permissions {
     let stream = subjects.events_stream();
+    let consumer = feed_consumer(name);
     Permissions {
         publish: vec![
             format!("{api}.INFO"),
             format!("{api}.STREAM.INFO.{stream}"),
-            format!("{api}.STREAM.MSG.GET.{stream}"),
             format!("{api}.DIRECT.GET.{stream}"),
             format!("{api}.DIRECT.GET.{stream}.>"),
-            format!("{api}.CONSUMER.CREATE.{stream}"),
-            format!("{api}.CONSUMER.CREATE.{stream}.>"),
-            format!("{api}.CONSUMER.DURABLE.CREATE.{stream}.*"),
-            format!("{api}.CONSUMER.INFO.{stream}.*"),
-            format!("{api}.CONSUMER.DELETE.{stream}.*"),
-            format!("{api}.CONSUMER.MSG.NEXT.{stream}.*"),
-            format!("$JS.ACK.{stream}.>"),
-            format!("$JS.FC.{stream}.>"),
+            format!("{api}.CONSUMER.INFO.{stream}.{consumer}"),
+            format!("{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+            format!("$JS.ACK.{stream}.{consumer}.>"),
         ],
         subscribe: vec![format!("{}.>", integrator_inbox_prefix(subjects, name))],
     }
 }
 
-/// The inbox prefix an integrator's client must use: `_INBOX_<prefix>.integrator.<name>`.
+/// The durable consumer of the event feed the planner keeps for integrator `name`.
+pub fn feed_consumer(name: &str) -> String {
+    format!("feed-{name}")
+}
+
+/// The inbox prefix an integrator's client must use: `_INBOX_<prefix>_integrator.<name>`
+/// (its first token is no worker's or region's, so no pool name can reach it).
 pub fn integrator_inbox_prefix(subjects: &Subjects, name: &str) -> String {
-    format!("_INBOX_{}.integrator.{name}", subjects.prefix())
+    format!("_INBOX_{}_integrator.{name}", subjects.prefix())
 }
 
 /// Reading the package feed: direct gets on its object store's stream (an object's info,

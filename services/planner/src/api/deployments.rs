@@ -344,6 +344,25 @@ pub(super) async fn task_log(
     }))
 }
 
+/// `GET /api/tasks/{id}`: which deployment a task belongs to (what `shoal audit explain`
+/// starts from).
+pub(super) async fn task_ref(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let task = uuid::Uuid::parse_str(&id)
+        .map(TaskId)
+        .map_err(|_| ApiError::bad_request(format!("id: \"{id}\" is not a task id (a UUID)")))?;
+    let doc = app
+        .read(move |log| Ok(log.doc::<TaskDoc>(Proj::Tasks, task.as_bytes())?))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown task {task}")))?;
+    Ok(Json(serde_json::json!({
+        "id": doc.id, "deployment": doc.deployment, "step": doc.step_name,
+        "target": doc.target, "pool": doc.pool, "state": doc.state,
+    })))
+}
+
 fn parse_id(id: &str) -> Result<DeploymentId, ApiError> {
     DeploymentId::parse(id)
         .map_err(|_| ApiError::bad_request(format!("id: \"{id}\" is not a deployment id (a UUID)")))

@@ -11,7 +11,7 @@
 //!   log's end.
 
 use super::{ApiError, AppState};
-use crate::log::{EventLog, LogError, decode_event};
+use crate::log::{EventLog, LogError, Proj};
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue};
@@ -199,11 +199,19 @@ pub(super) async fn follow(
         Some(after) => after,
         None => *app.durable.borrow(),
     };
+    // The stream ends once its token is revoked (checked at every page it reads).
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .map(|(_, t)| super::auth::hash_token(t.trim()))
+        .unwrap_or_default();
     let follower = Follower {
         app,
         filter,
         at: after,
         pending: VecDeque::new(),
+        token,
     };
     let stream = futures::stream::unfold(follower, |mut f| async move {
         let next = f.next().await?;
@@ -219,13 +227,18 @@ struct Follower {
     /// The last record looked at.
     at: u64,
     pending: VecDeque<Envelope>,
+    /// The SHA-256 of the client's token (hex).
+    token: String,
 }
 
 impl Follower {
-    /// The next wanted record once it is durable; `None` once the planner is stopping or its
-    /// log cannot be read.
+    /// The next wanted record once it is durable; `None` once the planner is stopping, the
+    /// client's token is revoked, or the log cannot be read.
     async fn next(&mut self) -> Option<SseEvent> {
         loop {
+            if self.app.closing.is_cancelled() {
+                return None;
+            }
             if let Some(env) = self.pending.pop_front() {
                 return Some(sse_event(env));
             }
@@ -238,10 +251,18 @@ impl Follower {
                 }
                 continue;
             }
-            let (filter, at) = (self.filter.clone(), self.at);
+            let (filter, at, token) = (self.filter.clone(), self.at, self.token.clone());
             let page = self
                 .app
-                .read(move |log| Ok(filter.page(log, at, durable, READ)?))
+                .read(move |log| {
+                    let valid = log
+                        .doc::<crate::domain::state::TokenDoc>(Proj::Tokens, token.as_bytes())?
+                        .is_some();
+                    if !valid {
+                        return Err(ApiError::unauthorized("the token was revoked"));
+                    }
+                    Ok(filter.page(log, at, durable, READ)?)
+                })
                 .await;
             match page {
                 Ok(page) => {
@@ -266,33 +287,5 @@ fn sse_event(env: Envelope) -> SseEvent {
 
 /// The API view of a record: the event's fields under `data`.
 pub fn view(env: Envelope) -> EventView {
-    let data = match decode_event(&env) {
-        Ok(event) => match serde_json::to_value(&event) {
-            Ok(serde_json::Value::Object(mut m)) if m.len() == 1 => {
-                let mut data = m.remove(&env.event_type).unwrap_or(serde_json::Value::Null);
-                // A token's hash stays in the log (replay rebuilds the token store from it)
-                // but is shown to no one: the API says which token, never what it hashes to.
-                if let Some(fields) = data.as_object_mut() {
-                    fields.remove("hash");
-                }
-                data
-            }
-            Ok(other) => other,
-            Err(e) => serde_json::json!({ "undisplayable": e.to_string() }),
-        },
-        Err(e) => serde_json::json!({ "undecodable": e.to_string() }),
-    };
-    EventView {
-        seq: env.seq,
-        event_id: env.event_id,
-        time: env.time,
-        stream: env.stream,
-        event_type: env.event_type,
-        schema_version: env.schema_version,
-        correlation_id: env.correlation_id,
-        causation_id: env.causation_id,
-        data,
-        prev_hash: env.prev_hash.iter().map(|b| format!("{b:02x}")).collect(),
-        actor: env.actor,
-    }
+    EventView::of(env)
 }

@@ -8,9 +8,11 @@
 //! planner itself is a 500 whose cause goes to the planner's log under an id the answer
 //! names. Who may call what is [`auth`]'s table; no CORS header is ever sent.
 
+mod audit;
 pub mod auth;
 mod deployments;
 pub mod events;
+mod feed;
 mod packages;
 pub use packages::MAX_UPLOADS;
 mod pools;
@@ -49,6 +51,11 @@ pub struct AppState {
     pub package_retention: u32,
     /// The log's last durable sequence (event streams follow it).
     pub durable: tokio::sync::watch::Receiver<u64>,
+    /// The broker, for the event feed's consumers.
+    pub js: async_nats::jetstream::Context,
+    pub subjects: shoal_shared::subjects::Subjects,
+    /// Signs audit exports' heads.
+    pub signer: crate::signing::Signer,
     /// Cancelled when the planner stops: endless answers (event streams) end then.
     pub closing: tokio_util::sync::CancellationToken,
 }
@@ -103,6 +110,7 @@ pub fn router(state: AppState) -> Router {
             "/api/deployments/{id}/tasks/{task}/log",
             get(deployments::task_log),
         )
+        .route("/api/tasks/{id}", get(deployments::task_ref))
         .route("/api/workers", get(workers::list))
         .route(
             "/api/workers/{name}/drain",
@@ -114,6 +122,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/events", get(events::list))
         .route("/api/events/stream", get(events::follow))
+        .route("/api/audit/export", get(audit::export_log))
+        .route(
+            "/api/feed/consumers/{name}",
+            axum::routing::put(feed::set_consumer),
+        )
         .route("/api/status", get(status))
         .route("/api/packages", get(packages::list))
         .route("/api/packages/{id}", get(packages::show))
@@ -175,6 +188,14 @@ impl ApiError {
     pub fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::FORBIDDEN,
+            message: message.into(),
+        }
+    }
+
+    /// 409: the request conflicts with how the planner runs or what it holds.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::CONFLICT,
             message: message.into(),
         }
     }

@@ -3,7 +3,7 @@
 //! `deployment`, `task`, `worker`, `token`, `package`, `report`).
 
 use super::state::State;
-use super::{deployment, package, pool, report, target, task, token, worker};
+use super::{audit, deployment, package, pool, report, target, task, token, worker};
 use shoal_shared::auth::{Actor, Role};
 use shoal_shared::events::{CheckTrigger, Event};
 use shoal_shared::messages::WorkerMessage;
@@ -118,6 +118,20 @@ pub enum Command {
     RemovePackage {
         id: shoal_shared::PackageId,
         version: semver::Version,
+    },
+    /// The planner signed that record `seq` of its log has `hash` (an audit head).
+    RecordHeadSignature {
+        seq: u64,
+        hash: [u8; 32],
+        key_id: String,
+        signature: Vec<u8>,
+    },
+    /// An admin (re)made an integrator's consumer of the event feed.
+    RecordFeedConsumer {
+        integrator: String,
+        consumer: String,
+        after: u64,
+        filter: Option<String>,
     },
     /// A fact reported by a worker.
     WorkerReport(WorkerMessage),
@@ -271,6 +285,20 @@ pub fn decide(
             keep,
         } => package::record(state, manifest, *manifest_sha256, *keep),
         Command::RemovePackage { id, version } => package::remove(state, id, version),
+        Command::RecordHeadSignature {
+            seq,
+            hash,
+            key_id,
+            signature,
+        } => Ok(audit::head_signed(*seq, hash, key_id, signature)),
+        Command::RecordFeedConsumer {
+            integrator,
+            consumer,
+            after,
+            filter,
+        } => Ok(audit::feed_consumer_set(
+            integrator, consumer, *after, filter,
+        )),
         Command::WorkerReport(msg) => Ok(vec![report::report(state, msg)?]),
         Command::RejectMessage {
             id,

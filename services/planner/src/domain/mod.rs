@@ -4,10 +4,11 @@
 //! module holding its documents, how its events change them, and how its commands become
 //! events: `pool`, `target` (with its health checks), `deployment` (with its steps), `task`
 //! (with its attempts and runs), `worker`, `token` (API tokens, by hash),
-//! `package` (versions in the package feed); `report` turns a worker's report into a fact; `effects`
+//! `package` (versions in the package feed), `audit` (signatures of the log's head); `report` turns a worker's report into a fact; `effects`
 //! says what the planner must do once an event is durable.
 //! No I/O and no clock: everything here is tested without NATS or sled.
 
+pub mod audit;
 pub mod decide;
 pub mod deployment;
 pub mod effects;

@@ -249,7 +249,10 @@ impl State {
             Event::PackagePushed { .. }
             | Event::PackageRemoved { .. }
             | Event::PackageAcquired { .. } => self.apply_package(at, event, changes),
-            Event::MessageRejected { .. } | Event::RejectionsCounted { .. } => {}
+            Event::MessageRejected { .. }
+            | Event::RejectionsCounted { .. }
+            | Event::LogHeadSigned { .. }
+            | Event::FeedConsumerSet { .. } => {}
         }
     }
 

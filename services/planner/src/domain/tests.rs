@@ -913,7 +913,7 @@ fn a_worker_going_offline_and_back_is_recorded_once_each_and_never_for_one_that_
         },
     };
     when(&mut m, Command::WorkerReport(join.clone())).expect("ok");
-    assert!(m.state.workers[&w1].online);
+    assert!(m.state.workers[&w1].online());
     assert_eq!(when(&mut m, presence(true)).expect("ok"), []);
     assert!(matches!(
         &when(&mut m, presence(false)).expect("ok")[..],
@@ -923,7 +923,7 @@ fn a_worker_going_offline_and_back_is_recorded_once_each_and_never_for_one_that_
         }]
     ));
     assert_eq!(when(&mut m, presence(false)).expect("ok"), []);
-    assert!(!m.state.workers[&w1].online);
+    assert!(!m.state.workers[&w1].online());
     assert!(matches!(
         &when(&mut m, presence(true)).expect("ok")[..],
         [Event::WorkerCameOnline { .. }]
@@ -936,7 +936,7 @@ fn a_worker_going_offline_and_back_is_recorded_once_each_and_never_for_one_that_
         ..join
     };
     when(&mut m, Command::WorkerReport(left)).expect("ok");
-    assert!(!m.state.workers[&w1].online);
+    assert!(!m.state.workers[&w1].online());
     assert_eq!(when(&mut m, presence(true)).expect("ok"), []);
     assert_eq!(when(&mut m, presence(false)).expect("ok"), []);
 }

@@ -23,14 +23,22 @@ pub struct WorkerDoc {
     /// Asked to take no new tasks until resumed (maintenance); survives restarts.
     #[serde(default)]
     pub draining: bool,
-    /// Whether the planner hears the worker's heartbeats, as last recorded
-    /// (`WorkerWentOffline`, `WorkerCameOnline`); a worker that joins is online.
-    #[serde(default = "online_by_default")]
-    pub online: bool,
+    /// The planner stopped hearing the worker's heartbeats (`WorkerWentOffline`) and has not
+    /// heard them again (`WorkerCameOnline`) nor seen it join since. Left out of the
+    /// document when false, so documents written before it keep their bytes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub offline: bool,
 }
 
-fn online_by_default() -> bool {
-    true
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl WorkerDoc {
+    /// Whether the log has the worker as online: joined, not left, not gone silent.
+    pub fn online(&self) -> bool {
+        self.left_at.is_none() && !self.offline
+    }
 }
 
 impl State {
@@ -56,7 +64,7 @@ impl State {
                     left_reason: None,
                     // A drain outlives the worker's restarts.
                     draining: self.workers.get(worker).is_some_and(|w| w.draining),
-                    online: true,
+                    offline: false,
                 };
                 self.workers.insert(worker.clone(), doc);
                 changes.docs.insert(DocKey::Worker(worker.clone()));
@@ -67,7 +75,6 @@ impl State {
                 if let Some(w) = self.workers.get_mut(worker) {
                     w.left_at = Some(*at);
                     w.left_reason = Some(reason.clone());
-                    w.online = false;
                     changes.docs.insert(DocKey::Worker(worker.clone()));
                 }
             }
@@ -79,7 +86,7 @@ impl State {
             }
             Event::WorkerWentOffline { worker, .. } | Event::WorkerCameOnline { worker, .. } => {
                 if let Some(w) = self.workers.get_mut(worker) {
-                    w.online = matches!(event, Event::WorkerCameOnline { .. });
+                    w.offline = matches!(event, Event::WorkerWentOffline { .. });
                     changes.docs.insert(DocKey::Worker(worker.clone()));
                 }
             }
@@ -100,7 +107,7 @@ pub(super) fn presence(
     let Some(w) = state.workers.get(worker) else {
         return vec![];
     };
-    if w.online == online || w.left_at.is_some() {
+    if w.online() == online || w.left_at.is_some() {
         return vec![];
     }
     let (worker, pool) = (worker.clone(), w.pool.clone());

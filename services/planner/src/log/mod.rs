@@ -716,6 +716,56 @@ impl EventLog {
         Ok(out)
     }
 
+    /// Records after `after` as stored (the bytes the chain hashes), oldest first, at most
+    /// `limit`, each with its sequence.
+    ///
+    /// # Errors
+    /// Storage failure or undecodable records.
+    pub fn read_raw(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        let start = match self.chunk_at(after.saturating_add(1))? {
+            Some((first, _)) => first,
+            None => 0,
+        };
+        let mut out = Vec::new();
+        for kv in self.tree.range(chunk_key(start)..=chunk_key(u64::MAX)) {
+            let (_, v) = kv?;
+            for r in chunk_records(&v)? {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let seq = codec::decode::<Envelope>("log record", r)?.seq;
+                if seq > after {
+                    out.push((seq, r.to_vec()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first and last sequence of a stream's records, if it has any.
+    ///
+    /// # Errors
+    /// Storage failure or a malformed index row.
+    pub fn stream_bounds(&self, stream: &str) -> Result<Option<(u64, u64)>, LogError> {
+        if stream.contains('\0') {
+            return Ok(None);
+        }
+        let prefix = stream_prefix(stream);
+        let seqs = |v: &[u8]| -> Result<Vec<u64>, LogError> {
+            v.chunks(8)
+                .map(|s| be_u64(s, "stream index entry"))
+                .collect()
+        };
+        let Some(first) = self.tree.scan_prefix(&prefix).next() else {
+            return Ok(None);
+        };
+        let Some(last) = self.tree.scan_prefix(&prefix).next_back() else {
+            return Ok(None);
+        };
+        let (first, last) = (seqs(&first?.1)?, seqs(&last?.1)?);
+        Ok(first.first().copied().zip(last.last().copied()))
+    }
+
     /// Records of one stream after `after`, oldest first, at most `limit`.
     ///
     /// # Errors

@@ -1,0 +1,96 @@
+//! `PUT /api/feed/consumers/{name}`: makes (or moves) integrator `name`'s durable pull
+//! consumer of the event feed, `feed-<name>`, so that it delivers the records after `after`
+//! (a log sequence, which is the feed's stream sequence), on `filter` if given (a subject of
+//! the feed, e.g. `shoal.events.deployment.>`). Integrators' NATS identities may read
+//! through their own consumer but not make one: a consumer they made could deliver the feed
+//! onto any subject. Admin only; recorded as `FeedConsumerSet`.
+
+use super::auth::Caller;
+use super::{ApiError, AppState, JsonBody};
+use crate::domain::Command;
+use async_nats::jetstream::consumer;
+use async_nats::jetstream::stream::ConsumerErrorKind;
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSpec {
+    #[serde(default)]
+    after: u64,
+    filter: Option<String>,
+}
+
+/// How long a delivered record may go unacked before it is delivered again.
+const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+pub(super) async fn set_consumer(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    JsonBody(spec): JsonBody<ConsumerSpec>,
+) -> Result<Json<Value>, ApiError> {
+    shoal_shared::names::check_name("integrator", &name)
+        .map_err(|e| ApiError::bad_request(format!("name: {e}")))?;
+    let all = app.subjects.events_all();
+    let root = all.trim_end_matches('>');
+    if let Some(f) = &spec.filter
+        && !(f == &all || f.starts_with(root) && !f.contains(' '))
+    {
+        return Err(ApiError::bad_request(format!(
+            "filter: \"{f}\" is not a subject of the event feed (they start with {root}, e.g. {root}deployment.>)"
+        )));
+    }
+    let head = *app.durable.borrow();
+    if spec.after > head {
+        return Err(ApiError::bad_request(format!(
+            "after: the log's durable records end at {head}"
+        )));
+    }
+    let consumer = shoal_trust::permissions::feed_consumer(&name);
+    let unavailable = |e: &dyn std::fmt::Display| {
+        ApiError::unavailable(format!("the broker did not make the consumer: {e}"))
+    };
+    let stream = app
+        .js
+        .get_stream(app.subjects.events_stream())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    // Moving a consumer's start means making it again.
+    if let Err(e) = stream.delete_consumer(&consumer).await {
+        let gone = matches!(e.kind(), ConsumerErrorKind::JetStream(j)
+            if j.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND);
+        if !gone {
+            return Err(unavailable(&e));
+        }
+    }
+    let config = consumer::pull::Config {
+        durable_name: Some(consumer.clone()),
+        description: Some(format!("event feed of integrator {name}")),
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: spec.after + 1,
+        },
+        filter_subject: spec.filter.clone().unwrap_or_default(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        max_ack_pending: 10_000,
+        ..Default::default()
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let cmd = Command::RecordFeedConsumer {
+        integrator: name.clone(),
+        consumer: consumer.clone(),
+        after: spec.after,
+        filter: spec.filter.clone(),
+    };
+    app.writer.execute_as(caller.actor(), cmd).await?;
+    Ok(Json(json!({
+        "integrator": name, "stream": app.subjects.events_stream(), "consumer": consumer,
+        "after": spec.after, "filter": spec.filter,
+    })))
+}
