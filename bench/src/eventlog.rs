@@ -174,6 +174,7 @@ pub async fn run(events: u64) -> anyhow::Result<Outcome> {
             .execute(Command::CreateDeployment {
                 id: DeploymentId::new(),
                 spec: spec.clone(),
+                idempotency: None,
             })
             .await?;
     }

@@ -66,6 +66,8 @@ pub enum Actor {
     Worker(WorkerName),
     /// The planner on its own (start-up, timers, retries, deadlines).
     Planner,
+    /// A command over NATS from an integrator's identity (its name in the trust bundle).
+    Integrator(TokenName),
 }
 
 impl fmt::Display for Actor {
@@ -74,6 +76,7 @@ impl fmt::Display for Actor {
             Actor::Token(n) => write!(f, "token:{n}"),
             Actor::Worker(n) => write!(f, "worker:{n}"),
             Actor::Planner => f.write_str("planner"),
+            Actor::Integrator(n) => write!(f, "integrator:{n}"),
         }
     }
 }
@@ -94,8 +97,9 @@ impl TryFrom<String> for Actor {
         match s.split_once(':') {
             Some(("token", n)) => TokenName::parse(n).map(Actor::Token).map_err(bad),
             Some(("worker", n)) => WorkerName::parse(n).map(Actor::Worker).map_err(bad),
+            Some(("integrator", n)) => TokenName::parse(n).map(Actor::Integrator).map_err(bad),
             _ => Err(format!(
-                "actor {s:?} is none of token:<name>, worker:<name>, planner"
+                "actor {s:?} is none of token:<name>, worker:<name>, integrator:<name>, planner"
             )),
         }
     }
@@ -118,6 +122,7 @@ mod tests {
             Actor::Planner,
             Actor::Token(TokenName::parse("ci").unwrap_or_else(|e| panic!("{e}"))),
             Actor::Worker(WorkerName::parse("eu-west-1").unwrap_or_else(|e| panic!("{e}"))),
+            Actor::Integrator(TokenName::parse("ci").unwrap_or_else(|e| panic!("{e}"))),
         ] {
             assert_eq!(Actor::try_from(a.to_string()), Ok(a));
         }

@@ -217,7 +217,7 @@ mod tests {
                 .prop_map(|(d, project, steps, t, pool)| Event::DeploymentCreated {
                     deployment: DeploymentId(d),
                     spec: DeploymentSpec {
-                        project,
+                        project: project.clone(),
                         environment: EnvironmentName::parse("prod").expect("valid"),
                         steps: steps.clone(),
                         unhealthy_targets: UnhealthyTargets::Skip,
@@ -235,6 +235,10 @@ mod tests {
                             package: None,
                         })
                         .collect(),
+                    idempotency: (project.len() % 2 == 0).then(|| crate::events::IdempotencyKey {
+                        key: format!("token:ci/{project}"),
+                        request: "ab".repeat(32),
+                    }),
                 }),
             (uuid(), uuid(), any::<u32>(), pool()).prop_map(|(d, t, attempt, pool)| {
                 Event::TaskPlanned {

@@ -42,6 +42,14 @@ pub struct PlannedStep {
     pub package: Option<crate::domain::ResolvedPackage>,
 }
 
+/// The idempotency key a deployment was requested with: `<who>/<key>` and the SHA-256 of
+/// the request (hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request: String,
+}
+
 /// The name of every event type, as [`Event::event_type`] gives it.
 pub const EVENT_TYPES: [&str; 38] = [
     "PoolRegistered",
@@ -119,6 +127,9 @@ pub enum Event {
         deployment: DeploymentId,
         spec: DeploymentSpec,
         steps: Vec<PlannedStep>,
+        /// The request's idempotency key, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency: Option<IdempotencyKey>,
     },
     DeploymentStarted {
         deployment: DeploymentId,

@@ -108,6 +108,17 @@ impl Subjects {
         )
     }
 
+    /// Every command subject: `shoal.cmd.>` (the planner answers them).
+    pub fn commands_all(&self) -> String {
+        format!("{}.cmd.>", self.prefix)
+    }
+
+    /// The command subjects of an integrator with a role, without the command:
+    /// `shoal.cmd.<role>.<name>` (its commands are `….deployment.create` and so on).
+    pub fn commands_of(&self, role: &str, name: &str) -> String {
+        format!("{}.cmd.{role}.{name}", self.prefix)
+    }
+
     /// `shoal.tasks.<pool>`.
     pub fn tasks(&self, pool: &PoolName) -> String {
         format!("{}.tasks.{pool}", self.prefix)

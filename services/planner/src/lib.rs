@@ -12,6 +12,7 @@
 pub mod api;
 pub mod audit;
 pub mod broker;
+pub mod commands;
 pub mod dispatch;
 pub mod domain;
 pub mod effects;
@@ -291,6 +292,13 @@ impl Planner {
             intake.child_token(),
         );
         let app = p.app_state(shutdown.clone());
+        p.tasks.spawn(commands::serve(
+            p.client.clone(),
+            p.config.subjects.clone(),
+            api::router(app.clone()),
+            rejections::Recorder::new(p.handle.clone()),
+            intake.child_token(),
+        ));
         // The writer ends once every handle is gone: the services' and the API's are.
         drop(p.handle);
         warn_if_exposed(listener.local_addr()?);

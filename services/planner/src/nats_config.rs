@@ -36,8 +36,9 @@ pub struct NatsConfig {
     /// A worker identity: `POOL/NAME` on the hub, or `POOL/NAME@REGION` via a leaf node.
     #[arg(long = "worker", value_name = "SPEC")]
     workers: Vec<String>,
-    /// An integrator identity (reads the event feed SHOAL_EVENTS, nothing else): NAME.
-    #[arg(long = "integrator", value_name = "NAME")]
+    /// An integrator identity: NAME reads the event feed (SHOAL_EVENTS) and nothing else;
+    /// NAME:ROLE (deployer, admin) may also send commands over NATS with that role.
+    #[arg(long = "integrator", value_name = "NAME[:ROLE]")]
     integrators: Vec<String>,
     /// More host names for the server certificates (e.g. container names).
     #[arg(long = "host", value_name = "NAME")]
@@ -75,10 +76,17 @@ pub fn run(args: NatsConfig) -> anyhow::Result<String> {
             .add_worker(worker)
             .map_err(|e| anyhow::anyhow!("--worker {spec}: {e}"))?;
     }
-    for name in &args.integrators {
+    for spec in &args.integrators {
+        let (name, role) = spec
+            .split_once(':')
+            .map_or((spec.as_str(), None), |(n, r)| (n, Some(r.to_owned())));
+        let integrator = shoal_trust::Integrator {
+            name: name.to_owned(),
+            role,
+        };
         topology
-            .add_integrator(name)
-            .map_err(|e| anyhow::anyhow!("--integrator {name}: {e}"))?;
+            .add_integrator(integrator)
+            .map_err(|e| anyhow::anyhow!("--integrator {spec}: {e}"))?;
     }
     shoal_trust::generate(&args.out, &topology)?;
     Ok(summary(&args.out, &topology))
@@ -163,7 +171,7 @@ fn summary(out: &std::path::Path, t: &Topology) -> String {
         s.push_str(&format!(", identities/worker.{}.{}.env", w.pool, w.name));
     }
     for i in &t.integrators {
-        s.push_str(&format!(", identities/integrator.{i}.env"));
+        s.push_str(&format!(", identities/integrator.{}.env", i.name));
     }
     s.push_str(
         "\nstart the servers with `nats-server -c hub.conf` (and each leaf-<region>.conf);\n\

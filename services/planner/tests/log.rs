@@ -261,6 +261,7 @@ impl Harness {
                 self.run(Command::CreateDeployment {
                     id: DeploymentId::new(),
                     spec,
+                    idempotency: None,
                 })
                 .await;
             }

@@ -82,7 +82,15 @@ async fn deploy(h: &WriterHandle) -> DeploymentId {
         "steps": [{"name": "s", "roles": ["web"], "action": {"type": "noop"}}],
     }))
     .expect("valid spec");
-    execute(h, Command::CreateDeployment { id, spec }).await;
+    execute(
+        h,
+        Command::CreateDeployment {
+            id,
+            spec,
+            idempotency: None,
+        },
+    )
+    .await;
     id
 }
 

@@ -21,7 +21,7 @@ pub mod pki;
 pub mod render;
 pub mod topology;
 
-pub use topology::{Hub, Region, Topology, Worker};
+pub use topology::{Hub, Integrator, Region, Topology, Worker};
 
 use files::{read_or, write_public, write_secret};
 use render::User;
@@ -208,7 +208,11 @@ fn identities(
         all.push(Identity::BuiltinWorker);
     }
     all.extend(t.workers.iter().cloned().map(Identity::Worker));
-    all.extend(t.integrators.iter().cloned().map(Identity::Integrator));
+    all.extend(
+        t.integrators
+            .iter()
+            .map(|i| Identity::Integrator(i.name.clone())),
+    );
     let mut keys = Vec::new();
     for identity in all {
         let files = IdentityFiles::of(dir, &identity);
@@ -262,10 +266,22 @@ fn user<'a>(
             format!("worker {} of pool {}", w.name, w.pool),
             permissions::worker(subjects, api, &w.pool, &w.name),
         ),
-        Identity::Integrator(name) => (
-            format!("integrator {name} (reads the event feed)"),
-            permissions::integrator(subjects, api, name),
-        ),
+        Identity::Integrator(name) => {
+            let role = t
+                .integrators
+                .iter()
+                .find(|i| &i.name == name)
+                .and_then(|i| i.role.as_deref());
+            (
+                match role {
+                    Some(r) => {
+                        format!("integrator {name} (reads the event feed, sends commands as {r})")
+                    }
+                    None => format!("integrator {name} (reads the event feed)"),
+                },
+                permissions::integrator(subjects, api, name, role),
+            )
+        }
     };
     User::Nkey {
         comment,

@@ -57,21 +57,27 @@ pub fn worker(subjects: &Subjects, api: &str, pool: &str, name: &str) -> Permiss
 /// the planner makes and moves (`PUT /api/feed/consumers/<name>`): its info, next-message
 /// requests and acks. It cannot create, change or delete a consumer — a push consumer would
 /// have the broker deliver the feed onto any subject — nor touch another integrator's.
-/// Subscribe: its own inbox prefix ([`integrator_inbox_prefix`]) only; the client must be
-/// configured with it.
-pub fn integrator(subjects: &Subjects, api: &str, name: &str) -> Permissions {
+/// With a role, it may also send commands over NATS on `<prefix>.cmd.<role>.<name>.>`: the
+/// planner reads the role and the caller from the subject, which only this identity may
+/// publish on. Subscribe: its own inbox prefix ([`integrator_inbox_prefix`]) only; the
+/// client must be configured with it.
+pub fn integrator(subjects: &Subjects, api: &str, name: &str, role: Option<&str>) -> Permissions {
     let stream = subjects.events_stream();
     let consumer = feed_consumer(name);
+    let commands = role.map(|r| format!("{}.>", subjects.commands_of(r, name)));
     Permissions {
-        publish: vec![
-            format!("{api}.INFO"),
-            format!("{api}.STREAM.INFO.{stream}"),
-            format!("{api}.DIRECT.GET.{stream}"),
-            format!("{api}.DIRECT.GET.{stream}.>"),
-            format!("{api}.CONSUMER.INFO.{stream}.{consumer}"),
-            format!("{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
-            format!("$JS.ACK.{stream}.{consumer}.>"),
-        ],
+        publish: commands
+            .into_iter()
+            .chain([
+                format!("{api}.INFO"),
+                format!("{api}.STREAM.INFO.{stream}"),
+                format!("{api}.DIRECT.GET.{stream}"),
+                format!("{api}.DIRECT.GET.{stream}.>"),
+                format!("{api}.CONSUMER.INFO.{stream}.{consumer}"),
+                format!("{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+                format!("$JS.ACK.{stream}.{consumer}.>"),
+            ])
+            .collect(),
         subscribe: vec![format!("{}.>", integrator_inbox_prefix(subjects, name))],
     }
 }

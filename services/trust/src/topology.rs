@@ -35,10 +35,10 @@ pub struct Topology {
     pub regions: Vec<Region>,
     #[serde(default)]
     pub workers: Vec<Worker>,
-    /// Integrators: systems that follow the event feed (`SHOAL_EVENTS`), each with a
-    /// read-only identity on the hub.
+    /// Integrators: systems that follow the event feed (`SHOAL_EVENTS`), each with an
+    /// identity on the hub; one with a role may also send commands over NATS.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub integrators: Vec<String>,
+    pub integrators: Vec<Integrator>,
 }
 
 /// The hub: JetStream (domain [`Hub::domain`]), clients and leaf nodes.
@@ -96,6 +96,44 @@ pub struct Worker {
     pub name: String,
     #[serde(default)]
     pub region: Option<String>,
+}
+
+/// An integrator: its name and the API role its NATS commands carry (`deployer`, `admin`;
+/// none: it only reads the feed). Written as a table, or as its name alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "IntegratorRepr", into = "IntegratorRepr")]
+pub struct Integrator {
+    pub name: String,
+    pub role: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum IntegratorRepr {
+    Name(String),
+    Table {
+        name: String,
+        #[serde(default)]
+        role: Option<String>,
+    },
+}
+
+impl From<IntegratorRepr> for Integrator {
+    fn from(r: IntegratorRepr) -> Integrator {
+        match r {
+            IntegratorRepr::Name(name) => Integrator { name, role: None },
+            IntegratorRepr::Table { name, role } => Integrator { name, role },
+        }
+    }
+}
+
+impl From<Integrator> for IntegratorRepr {
+    fn from(i: Integrator) -> IntegratorRepr {
+        IntegratorRepr::Table {
+            name: i.name,
+            role: i.role,
+        }
+    }
 }
 
 fn default_prefix() -> String {
@@ -212,17 +250,19 @@ impl Topology {
         Ok(true)
     }
 
-    /// Adds an integrator unless it is there; whether it was added.
+    /// Adds an integrator, or gives it this role; whether the bundle changes.
     ///
     /// # Errors
-    /// The name is not a valid name.
-    pub fn add_integrator(&mut self, name: &str) -> Result<bool, String> {
-        if self.integrators.iter().any(|i| i == name) {
+    /// The name is not a valid name, or the role not a role.
+    pub fn add_integrator(&mut self, integrator: Integrator) -> Result<bool, String> {
+        if self.integrators.contains(&integrator) {
             return Ok(false);
         }
-        self.integrators.push(name.to_owned());
+        let before = self.integrators.clone();
+        self.integrators.retain(|i| i.name != integrator.name);
+        self.integrators.push(integrator);
         if let Err(e) = self.check() {
-            self.integrators.pop();
+            self.integrators = before;
             return Err(e);
         }
         Ok(true)
@@ -268,10 +308,18 @@ impl Topology {
         self.check_workers()?;
         let mut integrators = BTreeSet::new();
         for i in &self.integrators {
-            shoal_shared::names::check_name("integrator", i)
+            shoal_shared::names::check_name("integrator", &i.name)
                 .map_err(|e| format!("integrator: {e}"))?;
-            if !integrators.insert(i.as_str()) {
-                return Err(format!("integrator \"{i}\" is listed twice"));
+            if !integrators.insert(i.name.as_str()) {
+                return Err(format!("integrator \"{}\" is listed twice", i.name));
+            }
+            if let Some(role) = &i.role
+                && !matches!(role.as_str(), "viewer" | "deployer" | "admin")
+            {
+                return Err(format!(
+                    "integrator \"{}\": role \"{role}\" is none of viewer, deployer, admin",
+                    i.name
+                ));
             }
         }
         Ok(())

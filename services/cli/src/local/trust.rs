@@ -332,15 +332,31 @@ pub async fn integrator_client(
     url: &str,
     name: &str,
 ) -> anyhow::Result<(async_nats::Client, IdentityFiles)> {
+    integrator_client_as(url, name, None).await
+}
+
+/// [`integrator_client`] for an integrator that may send commands over NATS with `role`.
+///
+/// # Errors
+/// Not a server started here, or the identity is not let in.
+pub async fn integrator_client_as(
+    url: &str,
+    name: &str,
+    role: Option<&str>,
+) -> anyhow::Result<(async_nats::Client, IdentityFiles)> {
     let (bundle, _) = server_of(url).context("not a server started by the harness")?;
     let files = IdentityFiles::of(&bundle, &Identity::Integrator(name.to_owned()));
-    let (u, f, n) = (url.to_owned(), files.clone(), name.to_owned());
+    let (u, f) = (url.to_owned(), files.clone());
+    let integrator = shoal_trust::Integrator {
+        name: name.to_owned(),
+        role: role.map(str::to_owned),
+    };
     tokio::task::spawn_blocking(move || {
         let added = {
             let _changing = CHANGING.lock();
             let mut t = shoal_trust::load_topology(&bundle)?;
             let added = t
-                .add_integrator(&n)
+                .add_integrator(integrator)
                 .map_err(|e| anyhow::anyhow!("cannot add the integrator: {e}"))?;
             if added {
                 shoal_trust::generate(&bundle, &t)?;

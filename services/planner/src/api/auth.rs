@@ -148,14 +148,35 @@ fn endpoint(method: &Method, path: &str) -> Option<&'static Endpoint> {
 pub struct Caller {
     pub name: TokenName,
     pub role: Role,
+    /// An integrator's command over NATS (`commands`), not a token's request.
+    pub integrator: bool,
 }
 
 impl Caller {
+    /// An integrator sending a command over NATS with `role`.
+    pub fn integrator(name: TokenName, role: Role) -> Caller {
+        Caller {
+            name,
+            role,
+            integrator: true,
+        }
+    }
+
     /// The actor to record in the events the request causes.
     pub fn actor(&self) -> Option<Actor> {
-        Some(Actor::Token(self.name.clone()))
+        Some(if self.integrator {
+            Actor::Integrator(self.name.clone())
+        } else {
+            Actor::Token(self.name.clone())
+        })
     }
 }
+
+/// Marks a request the planner made itself from a command over NATS (`commands`), whose
+/// [`Caller`] it set from the command's subject. No HTTP request can carry it: extensions
+/// are never read from the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct FromNats;
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
@@ -182,14 +203,27 @@ pub(super) async fn guard(State(app): State<AppState>, mut req: Request, next: N
     let Access::Role(needed) = access(req.method(), path) else {
         return next.run(req).await;
     };
-    let caller = match authenticate(&app, req.headers()).await {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
+    let from_nats = req
+        .extensions()
+        .get::<FromNats>()
+        .and_then(|_| req.extensions().get::<Caller>().cloned());
+    let caller = match from_nats {
+        Some(c) => c,
+        None => match authenticate(&app, req.headers()).await {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        },
     };
     if !caller.role.allows(needed) {
         return ApiError::forbidden(format!(
-            "this endpoint needs role {needed}; token \"{}\" has {}",
-            caller.name, caller.role
+            "this endpoint needs role {needed}; {} \"{}\" has {}",
+            if caller.integrator {
+                "integrator"
+            } else {
+                "token"
+            },
+            caller.name,
+            caller.role
         ))
         .into_response();
     }
@@ -233,6 +267,7 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller, Api
     Ok(Caller {
         name: doc.name,
         role: doc.role,
+        integrator: false,
     })
 }
 

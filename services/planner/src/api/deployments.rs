@@ -2,10 +2,11 @@
 //! log.
 
 use super::auth::Caller;
-use super::{ApiError, AppState, JsonBody};
-use crate::domain::Command;
+use super::{ApiError, AppState};
 use crate::domain::state::{AttemptDoc, DeploymentDoc, TaskDoc};
+use crate::domain::{Command, Rejection};
 use crate::liveness::PoolLoad;
+use crate::log::writer::WriteError;
 use crate::log::{EventLog, Proj};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -72,17 +73,35 @@ fn spec_of(
     })
 }
 
+/// `POST /api/deployments`. With an `Idempotency-Key` header, the same request sent again
+/// with the same key gets the first answer (and `Idempotent-Replayed: true`) instead of a
+/// second deployment; another request with that key is refused (409).
 pub(super) async fn create(
     State(app): State<AppState>,
     caller: Caller,
-    JsonBody(req): JsonBody<CreateDeployment>,
-) -> Result<(StatusCode, Json<Created>), ApiError> {
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let idempotency = super::idempotency::key_of(&headers, &caller, &body)?;
+    let req: CreateDeployment = super::parse_body(&body)?;
     let id = DeploymentId::new();
     let spec = spec_of(id, req, &app.master_key)?;
-    app.writer
-        .execute_as(caller.actor(), Command::CreateDeployment { id, spec })
-        .await?;
-    Ok((StatusCode::CREATED, Json(Created { id })))
+    let cmd = Command::CreateDeployment {
+        id,
+        spec,
+        idempotency: idempotency.map(|k| (k, shoal_shared::Timestamp::now())),
+    };
+    match app.writer.execute_as(caller.actor(), cmd).await {
+        Ok(_) => Ok((StatusCode::CREATED, Json(Created { id })).into_response()),
+        Err(WriteError::Rejected(Rejection::Replayed(first))) => Ok((
+            StatusCode::CREATED,
+            [(super::idempotency::REPLAYED, "true")],
+            Json(Created { id: first }),
+        )
+            .into_response()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]

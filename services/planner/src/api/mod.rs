@@ -13,6 +13,7 @@ pub mod auth;
 mod deployments;
 pub mod events;
 mod feed;
+pub mod idempotency;
 mod packages;
 pub use packages::MAX_UPLOADS;
 mod pools;
@@ -259,6 +260,10 @@ impl From<WriteError> for ApiError {
             WriteError::Rejected(Rejection::Conflict(m)) => ApiError {
                 status: StatusCode::CONFLICT,
                 message: m,
+            },
+            WriteError::Rejected(r @ Rejection::Replayed(_)) => ApiError {
+                status: StatusCode::CONFLICT,
+                message: r.to_string(),
             },
             WriteError::Unavailable(m) => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,

@@ -20,7 +20,9 @@ pub(super) async fn create(
     JsonBody(req): JsonBody<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let (token, hash) = new_token();
-    let created_by = Actor::Token(caller.name.clone());
+    let created_by = caller
+        .actor()
+        .unwrap_or_else(|| Actor::Token(caller.name.clone()));
     app.writer
         .execute_as(
             caller.actor(),

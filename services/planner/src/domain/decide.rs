@@ -43,6 +43,8 @@ pub enum Command {
     CreateDeployment {
         id: DeploymentId,
         spec: DeploymentSpec,
+        /// The request's idempotency key, and now (keys expire).
+        idempotency: Option<(shoal_shared::events::IdempotencyKey, Timestamp)>,
     },
     /// The broker stored this task attempt (at `stream_seq`, when known).
     MarkDispatched {
@@ -190,6 +192,10 @@ pub enum Rejection {
     /// The request clashes with the current state (HTTP 409).
     #[error("{0}")]
     Conflict(String),
+    /// The request was made before with the same idempotency key: what it made, which is
+    /// the answer again.
+    #[error("the request was made before: deployment {0}")]
+    Replayed(DeploymentId),
 }
 
 /// An event to append, with its id (a worker's own id for reported facts).
@@ -229,9 +235,11 @@ pub fn decide(
         Command::UpdateTarget { name, update } => target::update(state, name, update),
         Command::RemoveTarget(name) => target::remove(state, name),
         Command::RemovePool { name, online } => pool::remove(state, default_pool, name, online),
-        Command::CreateDeployment { id, spec } => {
-            deployment::create(state, default_pool, *id, spec)
-        }
+        Command::CreateDeployment {
+            id,
+            spec,
+            idempotency,
+        } => deployment::create(state, default_pool, *id, spec, idempotency.as_ref()),
         Command::MarkDispatched {
             deployment,
             task,

@@ -118,7 +118,15 @@ fn deployed(w: &mut World, retries: u32) -> (DeploymentId, [TaskId; 2]) {
         steps: vec![step(retries)],
         unhealthy_targets: UnhealthyTargets::Fail,
     };
-    when(w, Command::CreateDeployment { id, spec }).expect("valid");
+    when(
+        w,
+        Command::CreateDeployment {
+            id,
+            spec,
+            idempotency: None,
+        },
+    )
+    .expect("valid");
     let tasks: Vec<TaskId> = w.state.deployments[&id].steps[0].tasks.clone();
     for (task, seq) in tasks.iter().zip([11, 12]) {
         let cmd = Command::MarkDispatched {
@@ -365,7 +373,15 @@ fn a_task_stored_after_it_was_cancelled_is_taken_off_the_queue() {
         steps: vec![step(0)],
         unhealthy_targets: UnhealthyTargets::Fail,
     };
-    when(&mut w, Command::CreateDeployment { id, spec }).expect("valid");
+    when(
+        &mut w,
+        Command::CreateDeployment {
+            id,
+            spec,
+            idempotency: None,
+        },
+    )
+    .expect("valid");
     let task = w.state.deployments[&id].steps[0].tasks[0];
     when(&mut w, Command::CancelDeployment { id, reason: None }).expect("ok");
     let cmd = Command::MarkDispatched {

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod decide;
 pub mod deployment;
 pub mod effects;
+pub mod idempotency;
 pub mod package;
 pub mod pool;
 pub mod react;

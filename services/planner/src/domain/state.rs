@@ -15,6 +15,7 @@ use shoal_shared::{
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use super::deployment::{DeploymentDoc, StepDoc};
+pub use super::idempotency::IdempotencyDoc;
 pub use super::package::{PackageDoc, PackageKey};
 pub use super::pool::PoolDoc;
 pub use super::target::{HealthRecord, PendingCheck, TargetDoc};
@@ -36,6 +37,8 @@ pub enum DocKey {
     Token(String),
     /// A version of a package in the feed.
     Package(shoal_shared::PackageId, semver::Version),
+    /// An idempotency key (`<who>/<key>`).
+    Idempotency(String),
 }
 
 /// Projection rows that are written once and never held in memory (task output).
@@ -71,6 +74,8 @@ pub struct State {
     pub tokens: BTreeMap<String, TokenDoc>,
     /// The versions in the package feed.
     pub packages: BTreeMap<PackageKey, PackageDoc>,
+    /// Idempotency keys of deployment requests, by `<who>/<key>`.
+    pub idempotency: BTreeMap<String, IdempotencyDoc>,
     /// Task attempts planned but not yet confirmed by the broker.
     pub outbox: BTreeSet<(TaskId, u32)>,
     /// Deployments not yet finished, for quick lookups after restart.

@@ -132,7 +132,15 @@ fn deploy(m: &mut Memory, steps: Vec<StepSpec>) -> (DeploymentId, Vec<Event>) {
         steps,
         unhealthy_targets: UnhealthyTargets::Fail,
     };
-    let events = when(m, Command::CreateDeployment { id, spec }).expect("valid deployment");
+    let events = when(
+        m,
+        Command::CreateDeployment {
+            id,
+            spec,
+            idempotency: None,
+        },
+    )
+    .expect("valid deployment");
     (id, events)
 }
 
@@ -378,6 +386,7 @@ fn a_deployment_is_refused_for_its_first_wrong_field_in_reading_order() {
         let cmd = Command::CreateDeployment {
             id: DeploymentId::new(),
             spec,
+            idempotency: None,
         };
         match when(m, cmd) {
             Err(Rejection::Invalid(message)) => message,
@@ -415,6 +424,7 @@ fn refusals_name_the_field_and_the_known_values() {
         Command::CreateDeployment {
             id,
             spec: spec(vec![step("a", &[], Some("eu-wset"))]),
+            idempotency: None,
         },
     )
     .expect_err("refused");
@@ -427,6 +437,7 @@ fn refusals_name_the_field_and_the_known_values() {
         Command::CreateDeployment {
             id,
             spec: spec(vec![step("a", &["db"], None)]),
+            idempotency: None,
         },
     )
     .expect_err("refused");
@@ -1242,7 +1253,15 @@ fn deploy_with(
         steps,
         unhealthy_targets: policy,
     };
-    let events = when(m, Command::CreateDeployment { id, spec }).expect("valid deployment");
+    let events = when(
+        m,
+        Command::CreateDeployment {
+            id,
+            spec,
+            idempotency: None,
+        },
+    )
+    .expect("valid deployment");
     (id, events)
 }
 
@@ -1458,6 +1477,7 @@ fn a_health_check_step_takes_no_pool_and_needs_targets_with_probes() {
         Command::CreateDeployment {
             id: DeploymentId::new(),
             spec: spec(pinned),
+            idempotency: None,
         },
     );
     assert!(matches!(e, Err(Rejection::Invalid(e)) if e.starts_with("steps[0].pool")));
@@ -1471,6 +1491,7 @@ fn a_health_check_step_takes_no_pool_and_needs_targets_with_probes() {
         Command::CreateDeployment {
             id: DeploymentId::new(),
             spec: spec(s),
+            idempotency: None,
         },
     );
     assert!(matches!(e, Err(Rejection::Invalid(e)) if e.contains("\"bare\" has no health check")));
@@ -1501,7 +1522,7 @@ fn a_deployment_id_already_used_is_refused() {
     let (id, _) = deploy(&mut m, vec![step("a", &["web"], None)]);
     let spec = m.state.deployments[&id].spec.clone();
     assert!(matches!(
-        when(&mut m, Command::CreateDeployment { id, spec }),
+        when(&mut m, Command::CreateDeployment { id, spec, idempotency: None }),
         Err(Rejection::Conflict(e)) if e.contains("already exists")
     ));
 }
@@ -1601,6 +1622,7 @@ fn a_pool_nothing_uses_any_more_is_removed_and_its_name_can_be_registered_again(
                 steps: vec![step("s", &[], Some("eu-west"))],
                 unhealthy_targets: UnhealthyTargets::Fail,
             },
+            idempotency: None,
         },
     );
     assert!(
@@ -1700,6 +1722,7 @@ fn deploy_result(m: &mut Memory) -> Result<Vec<Event>, Rejection> {
                 steps: vec![step("s", &["web"], None)],
                 unhealthy_targets: UnhealthyTargets::Fail,
             },
+            idempotency: None,
         },
     )
 }
@@ -1812,7 +1835,14 @@ fn a_step_with_sensitive_variables_is_refused_for_a_pool_without_a_key() {
         unhealthy_targets: UnhealthyTargets::Fail,
     };
     let id = DeploymentId::new();
-    let refused = when(&mut m, Command::CreateDeployment { id, spec });
+    let refused = when(
+        &mut m,
+        Command::CreateDeployment {
+            id,
+            spec,
+            idempotency: None,
+        },
+    );
     let Err(Rejection::Invalid(msg)) = refused else {
         panic!("not refused as invalid: {refused:?}");
     };
@@ -2132,4 +2162,46 @@ fn the_feed_keeps_the_objects_of_the_versions_in_it_and_is_swept_when_one_leaves
         (at_start.iter()).any(|e| matches!(e, super::effects::Effect::SweepFeed)),
         "a push cut off by a stop is swept at the next start"
     );
+}
+
+#[test]
+fn an_idempotency_key_makes_one_deployment_and_refuses_another_request() {
+    use shoal_shared::events::IdempotencyKey;
+    let mut m = given(&[target("t1", &["web"], None)]);
+    let spec = DeploymentSpec {
+        project: "p".into(),
+        environment: EnvironmentName::parse("prod").expect("valid"),
+        steps: vec![step("a", &["web"], None)],
+        unhealthy_targets: UnhealthyTargets::Fail,
+    };
+    let key = |request: &str| IdempotencyKey {
+        key: "token:ci/k1".into(),
+        request: request.into(),
+    };
+    let create = |key: IdempotencyKey, at: i64| Command::CreateDeployment {
+        id: DeploymentId::new(),
+        spec: spec.clone(),
+        idempotency: Some((key, Timestamp(at))),
+    };
+    let events = when(&mut m, create(key("aa"), 1_000)).expect("new key");
+    let Some(Event::DeploymentCreated { deployment, .. }) = events.first() else {
+        panic!("created: {events:?}")
+    };
+    let first = *deployment;
+    assert_eq!(m.state.idempotency["token:ci/k1"].deployment, first);
+    // Again: the first deployment, nothing new.
+    assert!(matches!(
+        when(&mut m, create(key("aa"), 2_000)),
+        Err(Rejection::Replayed(id)) if id == first
+    ));
+    // Another request with the key: refused, naming the key and what it made.
+    let refused = when(&mut m, create(key("bb"), 2_000));
+    assert!(
+        matches!(&refused, Err(Rejection::Conflict(e)) if e.contains("\"k1\"") && e.contains(&first.to_string())),
+        "{refused:?}"
+    );
+    // A day later the key is free again.
+    let later = 1_000 + i64::try_from(super::idempotency::KEEP_MS).unwrap_or(0) + 1;
+    assert!(when(&mut m, create(key("bb"), later)).is_ok());
+    assert_ne!(m.state.idempotency["token:ci/k1"].deployment, first);
 }

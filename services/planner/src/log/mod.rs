@@ -23,7 +23,8 @@ pub mod handover;
 pub mod writer;
 
 use crate::domain::state::{
-    DeploymentDoc, PackageDoc, PoolDoc, Row, TargetDoc, TaskDoc, TokenDoc, WorkerDoc,
+    DeploymentDoc, IdempotencyDoc, PackageDoc, PoolDoc, Row, TargetDoc, TaskDoc, TokenDoc,
+    WorkerDoc,
 };
 use crate::domain::{DocKey, State};
 use serde::de::DeserializeOwned;
@@ -150,11 +151,13 @@ pub enum Proj {
     /// API tokens by their hash.
     Tokens,
     Packages,
+    /// Idempotency keys of deployment requests.
+    Idempotency,
 }
 
 impl Proj {
     /// Every projection.
-    pub const ALL: [Proj; 9] = [
+    pub const ALL: [Proj; 10] = [
         Proj::Pools,
         Proj::Targets,
         Proj::Deployments,
@@ -164,6 +167,7 @@ impl Proj {
         Proj::Output,
         Proj::Tokens,
         Proj::Packages,
+        Proj::Idempotency,
     ];
 
     /// The projection's name.
@@ -178,6 +182,7 @@ impl Proj {
             Proj::Output => "output",
             Proj::Tokens => "tokens",
             Proj::Packages => "packages",
+            Proj::Idempotency => "idempotency",
         }
     }
 
@@ -192,6 +197,7 @@ impl Proj {
             Proj::Output => b'L',
             Proj::Tokens => b'X',
             Proj::Packages => b'G',
+            Proj::Idempotency => b'Y',
         }
     }
 
@@ -250,6 +256,11 @@ pub fn doc_write(state: &State, key: &DocKey) -> Result<ProjWrite, LogError> {
             Proj::Packages,
             format!("{id}/{version}").into_bytes(),
             enc(state.packages.get(&(id.clone(), version.clone())))?,
+        ),
+        DocKey::Idempotency(key) => (
+            Proj::Idempotency,
+            key.as_bytes().to_vec(),
+            enc(state.idempotency.get(key))?,
         ),
     })
 }
@@ -623,6 +634,9 @@ impl EventLog {
         for p in self.docs::<PackageDoc>(Proj::Packages)? {
             let key = (p.manifest.id.clone(), p.manifest.version.clone());
             state.packages.insert(key, p);
+        }
+        for k in self.docs::<IdempotencyDoc>(Proj::Idempotency)? {
+            state.idempotency.insert(k.key.clone(), k);
         }
         for d in self.docs::<DeploymentDoc>(Proj::Deployments)? {
             if !d.state.is_terminal() {

@@ -1,0 +1,45 @@
+//! The `Idempotency-Key` header of the create endpoints: what it is checked for and what it
+//! becomes (a key scoped to the caller, with the SHA-256 of the request's body).
+
+use super::ApiError;
+use super::auth::Caller;
+use sha2::{Digest as _, Sha256};
+use shoal_shared::events::IdempotencyKey;
+
+/// The request header.
+pub const HEADER: &str = "idempotency-key";
+/// The answer's header when it is the first answer again.
+pub const REPLAYED: &str = "idempotent-replayed";
+/// Longest key.
+const MAX_KEY: usize = 255;
+
+/// The idempotency key of a request, if it sent one: scoped to the caller, with the hash of
+/// `body`.
+///
+/// # Errors
+/// A key that is empty, too long or not printable ASCII.
+pub fn key_of(
+    headers: &axum::http::HeaderMap,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(HEADER) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Idempotency-Key: must be 1 to {MAX_KEY} printable ASCII characters without spaces (e.g. a UUID)"
+            ))
+        })?;
+    let who = caller
+        .actor()
+        .map_or_else(|| "anyone".to_owned(), |a| a.to_string());
+    Ok(Some(IdempotencyKey {
+        key: format!("{who}/{key}"),
+        request: shoal_shared::hex::encode(&Sha256::digest(body)),
+    }))
+}
