@@ -51,7 +51,7 @@ pub struct IdempotencyKey {
 }
 
 /// The name of every event type, as [`Event::event_type`] gives it.
-pub const EVENT_TYPES: [&str; 38] = [
+pub const EVENT_TYPES: [&str; 44] = [
     "PoolRegistered",
     "TargetRegistered",
     "TargetUpdated",
@@ -60,6 +60,12 @@ pub const EVENT_TYPES: [&str; 38] = [
     "PoolKeySet",
     "LogHeadSigned",
     "FeedConsumerSet",
+    "WebhookCreated",
+    "WebhookDelivered",
+    "WebhookAttemptFailed",
+    "WebhookPaused",
+    "WebhookResumed",
+    "WebhookRemoved",
     "WorkerWentOffline",
     "WorkerCameOnline",
     "TargetHealthChanged",
@@ -312,6 +318,48 @@ pub enum Event {
         after: u64,
         filter: Option<String>,
     },
+    /// A webhook subscription: records of these types (all when empty), of deployments of
+    /// these projects and environments (any when empty), are POSTed to `url`, signed with
+    /// the secret (sealed), from the record after `after` on.
+    WebhookCreated {
+        name: TokenName,
+        url: String,
+        types: Vec<String>,
+        projects: Vec<String>,
+        environments: Vec<String>,
+        secret: crate::secret::Sealed,
+        after: u64,
+    },
+    /// A delivery of record `seq` to the webhook was answered 2xx.
+    WebhookDelivered {
+        name: TokenName,
+        seq: u64,
+        attempt: u32,
+        status: u16,
+    },
+    /// A delivery failed; it is tried again after `retry_in_ms`.
+    WebhookAttemptFailed {
+        name: TokenName,
+        seq: u64,
+        attempt: u32,
+        status: Option<u16>,
+        error: String,
+        retry_in_ms: u64,
+    },
+    /// The webhook gave up on record `seq` after `attempts` and is paused: nothing more is
+    /// sent until it is resumed, then from that record on.
+    WebhookPaused {
+        name: TokenName,
+        seq: u64,
+        attempts: u32,
+        reason: String,
+    },
+    WebhookResumed {
+        name: TokenName,
+    },
+    WebhookRemoved {
+        name: TokenName,
+    },
     /// An API token was made. Only the SHA-256 of the token (hex) is kept; the token itself
     /// was shown once, to whoever made it.
     TokenCreated {
@@ -383,6 +431,12 @@ impl Event {
             Event::PoolKeySet { .. } => "PoolKeySet",
             Event::LogHeadSigned { .. } => "LogHeadSigned",
             Event::FeedConsumerSet { .. } => "FeedConsumerSet",
+            Event::WebhookCreated { .. } => "WebhookCreated",
+            Event::WebhookDelivered { .. } => "WebhookDelivered",
+            Event::WebhookAttemptFailed { .. } => "WebhookAttemptFailed",
+            Event::WebhookPaused { .. } => "WebhookPaused",
+            Event::WebhookResumed { .. } => "WebhookResumed",
+            Event::WebhookRemoved { .. } => "WebhookRemoved",
             Event::WorkerWentOffline { .. } => "WorkerWentOffline",
             Event::WorkerCameOnline { .. } => "WorkerCameOnline",
             Event::TargetHealthChanged { .. } => "TargetHealthChanged",
@@ -454,6 +508,12 @@ impl Event {
             | Event::TargetHealthChanged { .. }
             | Event::LogHeadSigned { .. }
             | Event::FeedConsumerSet { .. }
+            | Event::WebhookCreated { .. }
+            | Event::WebhookDelivered { .. }
+            | Event::WebhookAttemptFailed { .. }
+            | Event::WebhookPaused { .. }
+            | Event::WebhookResumed { .. }
+            | Event::WebhookRemoved { .. }
             | Event::HealthCheckPlanned { .. }
             | Event::TargetHealthChecked { .. }
             | Event::HealthCheckUnavailable { .. }
@@ -500,6 +560,12 @@ impl Event {
             Event::PackageRemoved { id, .. } => format!("package/{id}"),
             Event::LogHeadSigned { .. } => "audit".to_owned(),
             Event::FeedConsumerSet { integrator, .. } => format!("feed/{integrator}"),
+            Event::WebhookCreated { name, .. }
+            | Event::WebhookDelivered { name, .. }
+            | Event::WebhookAttemptFailed { name, .. }
+            | Event::WebhookPaused { name, .. }
+            | Event::WebhookResumed { name }
+            | Event::WebhookRemoved { name } => format!("webhook/{name}"),
             _ => "rejected".to_owned(),
         }
     }

@@ -24,6 +24,7 @@ pub mod signed;
 pub mod step;
 pub mod subjects;
 pub mod time;
+pub mod webhook;
 
 pub use domain::*;
 pub use health::{HealthCheck, HealthState, UnhealthyTargets};

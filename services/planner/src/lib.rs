@@ -28,6 +28,7 @@ pub mod replay;
 pub mod secrets;
 pub mod signing;
 pub mod starting;
+pub mod webhooks;
 
 use crate::domain::Command;
 use crate::domain::effects::Effect;
@@ -94,6 +95,8 @@ pub struct PlannerConfig {
     pub events: broker::EventsRetention,
     /// How often the planner signs its log's head (when it moved).
     pub audit_sign_interval: std::time::Duration,
+    /// How webhook deliveries are retried before a webhook is paused.
+    pub webhook_retry: webhooks::RetryPolicy,
 }
 
 /// A planner that is set up but not yet serving: its log is open and the writer runs on it,
@@ -414,6 +417,15 @@ impl Parts {
             self.config.audit_sign_interval,
             stop_services.clone(),
         ));
+        let deliverer = webhooks::Deliverer {
+            log: self.log.clone(),
+            writer: handle.clone(),
+            master_key: self.master_key.clone(),
+            durable: self.durable.clone(),
+            policy: self.config.webhook_retry,
+            http: reqwest::Client::new(),
+        };
+        tasks.spawn(webhooks::run(deliverer, stop_services.clone()));
         tasks.spawn(presence::record(
             client.clone(),
             liveness.clone(),

@@ -88,6 +88,14 @@ struct Serve {
     /// checks besides the signature at its end.
     #[arg(long, env = "SHOAL_AUDIT_SIGN_INTERVAL", default_value = "15m", value_parser = positive_duration)]
     audit_sign_interval: std::time::Duration,
+    /// Attempts of one webhook delivery before the webhook is paused (until resumed).
+    #[arg(long, env = "SHOAL_WEBHOOK_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    webhook_attempts: u32,
+    /// The wait after a webhook delivery's first failure; it doubles at each failure, up to
+    /// 10 minutes.
+    #[arg(long, env = "SHOAL_WEBHOOK_RETRY_BASE", default_value = "1s", value_parser = humantime::parse_duration)]
+    webhook_retry_base: std::time::Duration,
     /// The master key that seals sensitive variables in the event log (made at first start
     /// when missing and the log holds no sealed value). Default: <data-dir>/keys/master.key.
     /// Back it up: without it the log's sensitive values cannot be used.
@@ -299,6 +307,11 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
             max_bytes: s.events_max_mb.saturating_mul(1024 * 1024),
         },
         audit_sign_interval: s.audit_sign_interval,
+        webhook_retry: shoal_planner::webhooks::RetryPolicy {
+            attempts: s.webhook_attempts,
+            base: s.webhook_retry_base,
+            ..Default::default()
+        },
     };
     let data_dir = config.data_dir.clone();
     let planner = match Planner::build(config, listener, &shutdown).await {

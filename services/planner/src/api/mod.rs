@@ -19,6 +19,7 @@ pub use packages::MAX_UPLOADS;
 mod pools;
 mod targets;
 mod tokens;
+mod webhooks;
 mod workers;
 
 use crate::domain::Rejection;
@@ -136,6 +137,15 @@ pub fn router(state: AppState) -> Router {
             get(packages::version)
                 .put(packages::push)
                 .delete(packages::remove),
+        )
+        .route("/api/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/api/webhooks/{name}",
+            axum::routing::delete(webhooks::remove),
+        )
+        .route(
+            "/api/webhooks/{name}/resume",
+            axum::routing::post(webhooks::resume),
         )
         .route("/api/tokens", get(tokens::list).post(tokens::create))
         .route("/api/tokens/{name}", axum::routing::delete(tokens::revoke))

@@ -3,7 +3,7 @@
 //! `deployment`, `task`, `worker`, `token`, `package`, `report`).
 
 use super::state::State;
-use super::{audit, deployment, package, pool, report, target, task, token, worker};
+use super::{audit, deployment, package, pool, report, target, task, token, webhook, worker};
 use shoal_shared::auth::{Actor, Role};
 use shoal_shared::events::{CheckTrigger, Event};
 use shoal_shared::messages::WorkerMessage;
@@ -135,6 +135,18 @@ pub enum Command {
         after: u64,
         filter: Option<String>,
     },
+    CreateWebhook(super::webhook::NewWebhook),
+    /// A delivery attempt of record `seq` to a webhook, and how it went.
+    RecordWebhookAttempt {
+        name: TokenName,
+        seq: u64,
+        attempt: u32,
+        outcome: super::webhook::Attempt,
+    },
+    /// Deliveries to a paused webhook start again (from the record it gave up on), or the
+    /// webhook goes.
+    ResumeWebhook(TokenName),
+    RemoveWebhook(TokenName),
     /// A fact reported by a worker.
     WorkerReport(WorkerMessage),
     /// A message that was refused (undecodable, on the wrong subject, claiming another
@@ -307,6 +319,15 @@ pub fn decide(
         } => Ok(audit::feed_consumer_set(
             integrator, consumer, *after, filter,
         )),
+        Command::CreateWebhook(w) => webhook::create(state, w),
+        Command::RecordWebhookAttempt {
+            name,
+            seq,
+            attempt,
+            outcome,
+        } => Ok(webhook::attempt(state, name, *seq, *attempt, outcome)),
+        Command::ResumeWebhook(name) => webhook::resume_or_remove(state, name, false),
+        Command::RemoveWebhook(name) => webhook::resume_or_remove(state, name, true),
         Command::WorkerReport(msg) => Ok(vec![report::report(state, msg)?]),
         Command::RejectMessage {
             id,

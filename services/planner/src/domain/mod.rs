@@ -21,6 +21,7 @@ pub mod state;
 pub mod target;
 pub mod task;
 pub mod token;
+pub mod webhook;
 pub mod worker;
 
 pub use decide::{Command, NewEvent, Rejection};

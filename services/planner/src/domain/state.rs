@@ -10,7 +10,7 @@
 use shoal_shared::events::{Envelope, Event};
 use shoal_shared::{
     Action, DeploymentId, EnvironmentName, OutputLine, PoolName, StepSpec, TargetName, TaskId,
-    TaskState, Timestamp, WorkerName,
+    TaskState, Timestamp, TokenName, WorkerName,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,6 +21,7 @@ pub use super::pool::PoolDoc;
 pub use super::target::{HealthRecord, PendingCheck, TargetDoc};
 pub use super::task::{AttemptDoc, TaskDoc};
 pub use super::token::TokenDoc;
+pub use super::webhook::WebhookDoc;
 pub use super::worker::WorkerDoc;
 
 /// A projection document's key; after a batch, each changed key is written from [`State`]
@@ -39,6 +40,7 @@ pub enum DocKey {
     Package(shoal_shared::PackageId, semver::Version),
     /// An idempotency key (`<who>/<key>`).
     Idempotency(String),
+    Webhook(TokenName),
 }
 
 /// Projection rows that are written once and never held in memory (task output).
@@ -76,6 +78,8 @@ pub struct State {
     pub packages: BTreeMap<PackageKey, PackageDoc>,
     /// Idempotency keys of deployment requests, by `<who>/<key>`.
     pub idempotency: BTreeMap<String, IdempotencyDoc>,
+    /// Webhook subscriptions.
+    pub webhooks: BTreeMap<TokenName, WebhookDoc>,
     /// Task attempts planned but not yet confirmed by the broker.
     pub outbox: BTreeSet<(TaskId, u32)>,
     /// Deployments not yet finished, for quick lookups after restart.
@@ -254,6 +258,12 @@ impl State {
             Event::PackagePushed { .. }
             | Event::PackageRemoved { .. }
             | Event::PackageAcquired { .. } => self.apply_package(at, event, changes),
+            Event::WebhookCreated { .. }
+            | Event::WebhookDelivered { .. }
+            | Event::WebhookAttemptFailed { .. }
+            | Event::WebhookPaused { .. }
+            | Event::WebhookResumed { .. }
+            | Event::WebhookRemoved { .. } => self.apply_webhook(at, event, changes),
             Event::MessageRejected { .. }
             | Event::RejectionsCounted { .. }
             | Event::LogHeadSigned { .. }

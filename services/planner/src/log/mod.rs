@@ -24,7 +24,7 @@ pub mod writer;
 
 use crate::domain::state::{
     DeploymentDoc, IdempotencyDoc, PackageDoc, PoolDoc, Row, TargetDoc, TaskDoc, TokenDoc,
-    WorkerDoc,
+    WebhookDoc, WorkerDoc,
 };
 use crate::domain::{DocKey, State};
 use serde::de::DeserializeOwned;
@@ -153,11 +153,12 @@ pub enum Proj {
     Packages,
     /// Idempotency keys of deployment requests.
     Idempotency,
+    Webhooks,
 }
 
 impl Proj {
     /// Every projection.
-    pub const ALL: [Proj; 10] = [
+    pub const ALL: [Proj; 11] = [
         Proj::Pools,
         Proj::Targets,
         Proj::Deployments,
@@ -168,6 +169,7 @@ impl Proj {
         Proj::Tokens,
         Proj::Packages,
         Proj::Idempotency,
+        Proj::Webhooks,
     ];
 
     /// The projection's name.
@@ -183,6 +185,7 @@ impl Proj {
             Proj::Tokens => "tokens",
             Proj::Packages => "packages",
             Proj::Idempotency => "idempotency",
+            Proj::Webhooks => "webhooks",
         }
     }
 
@@ -198,6 +201,7 @@ impl Proj {
             Proj::Tokens => b'X',
             Proj::Packages => b'G',
             Proj::Idempotency => b'Y',
+            Proj::Webhooks => b'H',
         }
     }
 
@@ -256,6 +260,11 @@ pub fn doc_write(state: &State, key: &DocKey) -> Result<ProjWrite, LogError> {
             Proj::Packages,
             format!("{id}/{version}").into_bytes(),
             enc(state.packages.get(&(id.clone(), version.clone())))?,
+        ),
+        DocKey::Webhook(name) => (
+            Proj::Webhooks,
+            name.as_str().into(),
+            enc(state.webhooks.get(name))?,
         ),
         DocKey::Idempotency(key) => (
             Proj::Idempotency,
@@ -634,6 +643,9 @@ impl EventLog {
         for p in self.docs::<PackageDoc>(Proj::Packages)? {
             let key = (p.manifest.id.clone(), p.manifest.version.clone());
             state.packages.insert(key, p);
+        }
+        for w in self.docs::<WebhookDoc>(Proj::Webhooks)? {
+            state.webhooks.insert(w.name.clone(), w);
         }
         for k in self.docs::<IdempotencyDoc>(Proj::Idempotency)? {
             state.idempotency.insert(k.key.clone(), k);
