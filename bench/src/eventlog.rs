@@ -220,6 +220,7 @@ pub async fn run(events: u64) -> anyhow::Result<Outcome> {
             workers: 0,
             slots: 1,
             signing: true,
+            feed: true,
         },
     )
     .await?;

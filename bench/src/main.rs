@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod eventlog;
+mod feed;
 mod machine;
 mod offered;
 mod packages;
@@ -58,6 +59,9 @@ enum Scenario {
     /// 8. One package to 20 targets through 2 workers, next to the push model and to a
     ///    whole-file download per task.
     Packages(Opts),
+    /// 9. What the event feed costs (no-op throughput, feed on and off) and its lag under
+    ///    the offered load.
+    Feed(Opts),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -119,6 +123,7 @@ impl Sizes {
             workers: o.workers.unwrap_or(4),
             slots: o.slots.unwrap_or(64),
             signing: true,
+            feed: true,
         };
         if o.quick {
             Sizes {
@@ -129,6 +134,7 @@ impl Sizes {
                     workers: o.workers.unwrap_or(2),
                     slots: o.slots.unwrap_or(16),
                     signing: true,
+                    feed: true,
                 },
                 rate: o.rate.unwrap_or(200),
                 offered_seconds: 1.0,
@@ -138,6 +144,7 @@ impl Sizes {
                     workers: 1,
                     slots: 16,
                     signing: true,
+                    feed: true,
                 },
                 events: o.events.unwrap_or(8_000),
                 scale_tasks: 100,
@@ -156,6 +163,7 @@ impl Sizes {
                     workers: 4,
                     slots: 16,
                     signing: true,
+                    feed: true,
                 },
                 events: o.events.unwrap_or(1_000_000),
                 scale_tasks: 20_000,
@@ -206,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Scale(o) => ("scale", o),
         Scenario::Signing(o) => ("signing", o),
         Scenario::Packages(o) => ("packages", o),
+        Scenario::Feed(o) => ("feed", o),
     };
     let sizes = Sizes::of(opts);
     let machine = machine::Machine::detect();
@@ -414,6 +423,7 @@ async fn main() -> anyhow::Result<()> {
                 workers: *workers,
                 slots: sizes.layout.slots,
                 signing: true,
+                feed: true,
             };
             let o = throughput::run(layout, sizes.scale_tasks, json!({"type": "noop"}))
                 .await
@@ -515,6 +525,42 @@ one signature {:.1} µs, one verification of a root not seen before {:.1} µs ({
             .context("packages scenario")?;
         packages_row(&mut r, &o);
         r.set("packages", &o);
+    }
+    if run_all || which == "feed" {
+        let params = feed::Params {
+            rounds: opts.rounds.unwrap_or(if opts.quick { 1 } else { 3 }),
+            noop_tasks: sizes.tasks,
+            offered_rate_per_s: sizes.rate,
+            offered_seconds: sizes.offered_seconds,
+            offered_warmup_seconds: sizes.warmup_seconds,
+        };
+        let o = feed::run(sizes.layout, sizes.offered_layout, params)
+            .await
+            .context("feed scenario")?;
+        r.row(
+            "9 event feed",
+            format!(
+                "{} no-op tasks, feed on and off, {} rounds; {}/s one-task deployments for {} s",
+                o.params.noop_tasks,
+                o.params.rounds,
+                o.params.offered_rate_per_s,
+                o.params.offered_seconds
+            ),
+            format!(
+                "no-op throughput, feed on / off by round: {:?} (median {:.3}, cost {:.1}%)\nCPU per no-op task, on / off by round: {:?} (median {:.3})\nlag (record's time → integrator holds it) p50 {:.1} ms, p99 {:.1} ms (medians over rounds)",
+                o.throughput_ratio_by_round,
+                o.throughput_ratio,
+                (1.0 - o.throughput_ratio) * 100.0,
+                o.cpu_ratio_by_round,
+                o.cpu_ratio,
+                o.lag_p50_ms_median,
+                o.lag_p99_ms_median
+            ),
+        );
+        r.set("feed_throughput_ratio", o.throughput_ratio);
+        r.set("feed_lag_p50_ms", o.lag_p50_ms_median);
+        r.set("feed_lag_p99_ms", o.lag_p99_ms_median);
+        r.set("feed", &o);
     }
     r.set("tasks_expected", expected);
     r.set("tasks_finished", succeeded);

@@ -43,6 +43,10 @@ pub struct Outcome {
     pub cpu_us_per_task: f64,
     /// Ed25519 verifications the workers made per task (all tasks, warm-up included).
     pub signatures_per_task: Option<f64>,
+    /// The event feed's lag: a record's time in the log (when it was decided, before its
+    /// batch is flushed) → an integrator subscribed to `shoal.events.>` holds it, for the
+    /// records of the measured part; none with the feed off.
+    pub feed_lag: Option<Latency>,
 }
 
 /// Runs the offered load.
@@ -59,6 +63,11 @@ pub async fn run(
 ) -> anyhow::Result<Outcome> {
     let shoal = Shoal::start(layout).await?;
     let observer = Observer::start(&shoal.nats_url()).await?;
+    let lag = if layout.feed {
+        Some(crate::feed::Lag::start(&shoal.nats_url()).await?)
+    } else {
+        None
+    };
     let per_deployment = per_deployment.max(1);
     // One task per deployment: a step that names no role (the environment must still exist,
     // so one target is registered). More: a step over that many targets, all in pool 0.
@@ -123,6 +132,7 @@ pub async fn run(
             .context("writing the trace")?;
     }
     drop(observer);
+    let feed_lag = lag.map(|l| l.latency(measured_from / 1000));
     let facts = shoal.stop().await?;
     facts.ensure_all_succeeded(total, ids.len())?;
     if missing > 0 {
@@ -148,5 +158,6 @@ pub async fn run(
         planner_rss_mib: rss,
         cpu_us_per_task,
         signatures_per_task: facts.signatures_per_task(total),
+        feed_lag,
     })
 }

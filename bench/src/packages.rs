@@ -70,6 +70,7 @@ pub async fn run(size: usize) -> anyhow::Result<Outcome> {
         workers: WORKERS,
         slots: (TARGETS / WORKERS) as u32,
         signing: true,
+        feed: true,
     };
     let shoal = Shoal::start(layout).await?;
     shoal.targets(TARGETS).await?;

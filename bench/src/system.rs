@@ -29,6 +29,9 @@ pub struct Layout {
     /// The planner signs and the workers verify (the default); off, both run with their
     /// insecure switches, to measure what signing costs.
     pub signing: bool,
+    /// The planner publishes the event feed (the default); off, `--no-event-feed`, to
+    /// measure what it costs.
+    pub feed: bool,
 }
 
 /// The running installation.
@@ -59,16 +62,19 @@ impl Shoal {
     pub async fn start_in(dir: tempfile::TempDir, layout: Layout) -> anyhow::Result<Shoal> {
         let nats = Nats::start(dir.path()).await?;
         let http_port = local::free_port()?;
+        let mut planner_args = vec!["--no-builtin-worker"];
+        if !layout.signing {
+            planner_args.push("--insecure-no-signing");
+        }
+        if !layout.feed {
+            planner_args.push("--no-event-feed");
+        }
         let planner = local::start_planner(
             &dir.path().join("logs"),
             &nats.url(),
             &dir.path().join("planner-data"),
             http_port,
-            if layout.signing {
-                &["--no-builtin-worker"]
-            } else {
-                &["--no-builtin-worker", "--insecure-no-signing"]
-            },
+            &planner_args,
         )
         .await?;
         let mut shoal = Shoal {

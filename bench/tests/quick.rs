@@ -36,6 +36,9 @@ fn quick_benchmark_completes_and_every_task_finishes() {
         "signing_cpu_per_task_ratio",
         "packages_bytes_ratio_to_push_model",
         "packages_time_ratio_to_whole_download",
+        "feed_throughput_ratio",
+        "feed_lag_p50_ms",
+        "feed_lag_p99_ms",
     ] {
         assert!(
             v[field].is_number(),
@@ -64,6 +67,9 @@ fn quick_benchmark_completes_and_every_task_finishes() {
     assert!(first >= size && first <= 2 * size, "{p:#}");
     assert_eq!(p["shoal_again"]["bytes_from_centre"], 0, "{p:#}");
     assert_eq!(p["push_model"]["bytes_from_centre"], 20 * size, "{p:#}");
+    // The feed's lag was measured over the records an integrator received.
+    let lag = &v["feed"]["lag"][0];
+    assert!(lag["samples"].as_u64().unwrap_or(0) > 0, "{lag}");
     assert_eq!(v["tasks_finished"], v["tasks_expected"], "{text}");
     assert!(v["tasks_expected"].as_u64().unwrap_or(0) > 0, "{text}");
     // The offered-load trace: a row per measured task, each seen planned and started.

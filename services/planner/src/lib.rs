@@ -95,6 +95,8 @@ pub struct PlannerConfig {
     pub events: broker::EventsRetention,
     /// How often the planner signs its log's head (when it moved).
     pub audit_sign_interval: std::time::Duration,
+    /// Publish the log to the event feed (`SHOAL_EVENTS`).
+    pub event_feed: bool,
     /// How webhook deliveries are retried before a webhook is paused.
     pub webhook_retry: webhooks::RetryPolicy,
 }
@@ -408,7 +410,13 @@ impl Parts {
             retention: self.config.events,
             durable,
         };
-        tasks.spawn(event_feed::run(publisher, stop_services.clone()));
+        if self.config.event_feed {
+            tasks.spawn(event_feed::run(publisher, stop_services.clone()));
+        } else {
+            tracing::warn!(
+                "the event feed is off (--no-event-feed): integrators following SHOAL_EVENTS get nothing"
+            );
+        }
         tasks.spawn(audit::sign_heads(
             self.log.clone(),
             handle.clone(),

@@ -83,6 +83,10 @@ struct Serve {
     /// Most MiB the event feed's stream keeps (the oldest events go first); 0: no limit.
     #[arg(long, env = "SHOAL_EVENTS_MAX_MB", default_value_t = 1024)]
     events_max_mb: u64,
+    /// Publish no event feed (for benchmarks that measure what it costs, and installations
+    /// with no integrator): GET /api/events, its stream and webhooks still serve the log.
+    #[arg(long, env = "SHOAL_NO_EVENT_FEED")]
+    no_event_feed: bool,
     /// How often the planner signs its log's head with its signing key (a LogHeadSigned
     /// record, when the log moved since the last), e.g. `15m`: what an audit export
     /// checks besides the signature at its end.
@@ -307,6 +311,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
             max_bytes: s.events_max_mb.saturating_mul(1024 * 1024),
         },
         audit_sign_interval: s.audit_sign_interval,
+        event_feed: !s.no_event_feed,
         webhook_retry: shoal_planner::webhooks::RetryPolicy {
             attempts: s.webhook_attempts,
             base: s.webhook_retry_base,
