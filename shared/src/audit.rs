@@ -12,7 +12,7 @@
 use crate::api::EventView;
 use crate::events::{Envelope, Event};
 use crate::ids::DeploymentId;
-use crate::signed::TrustedKeys;
+use crate::signed::{ExportClaims, TrustedKeys};
 use crate::time::Timestamp;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -79,6 +79,8 @@ pub struct Verified {
     pub key_trusted: bool,
     /// `LogHeadSigned` records inside the export, each checked.
     pub signatures_inside: u64,
+    /// `LogHeadSigned` records by keys not given (an earlier key): not checked.
+    pub signatures_unchecked: u64,
 }
 
 /// Why an export does not verify: the line, the record if any, and what is wrong.
@@ -95,6 +97,8 @@ pub struct Bad {
 #[derive(Default)]
 struct Walk {
     header: Option<(u64, u64)>,
+    /// The deployment the export was asked for.
+    deployment: Option<String>,
     /// The last record: sequence and hash.
     last: Option<(u64, [u8; 32])>,
     records: u64,
@@ -135,7 +139,11 @@ impl Walk {
     fn line(&mut self, n: usize, line: Line) -> Result<(), Bad> {
         match line {
             Line::Header {
-                format, from, to, ..
+                format,
+                from,
+                to,
+                deployment,
+                ..
             } => {
                 if self.header.is_some() || self.records > 0 {
                     return Err(bad(n, None, "a second header".into()));
@@ -148,6 +156,7 @@ impl Walk {
                     ));
                 }
                 self.header = Some((from, to));
+                self.deployment = deployment.map(|d| d.to_string());
             }
             Line::Record {
                 seq,
@@ -159,7 +168,22 @@ impl Walk {
                 if self.header.is_none() {
                     return Err(bad(n, Some(seq), "a record before the header".into()));
                 }
+                let stream = event.stream.clone();
                 self.record(n, seq, &hash, &bytes, event)?;
+                let scoped = self
+                    .deployment
+                    .as_ref()
+                    .is_none_or(|d| stream == format!("deployment/{d}"));
+                if scoped != in_scope {
+                    return Err(bad(
+                        n,
+                        Some(seq),
+                        format!(
+                            "it says it is {}in scope; its stream says otherwise",
+                            if in_scope { "" } else { "not " }
+                        ),
+                    ));
+                }
                 self.in_scope += u64::from(in_scope);
             }
             Line::Head(head) => self.head = Some(head),
@@ -249,9 +273,15 @@ impl Walk {
         let key_id = head.key.split_whitespace().nth(1).unwrap_or_default();
         let sig = crate::hex::decode(&head.signature)
             .ok_or_else(|| end("the signed head's signature is not hex".into()))?;
-        keys.verify_head(key_id, last, &last_hash, &sig)
+        let claims = ExportClaims {
+            from,
+            to,
+            deployment: self.deployment.as_deref(),
+            hash: &last_hash,
+        };
+        keys.verify_export(key_id, &claims, &sig)
             .map_err(|e| end(format!("the signed head: {e}")))?;
-        let mut inside = 0;
+        let (mut inside, mut unchecked) = (0, 0);
         for (named, hash, signer, sig) in &self.inside {
             let Ok(i) = self.hashes.binary_search_by_key(named, |(s, _)| *s) else {
                 continue;
@@ -262,6 +292,10 @@ impl Walk {
                     Some(*named),
                     "a LogHeadSigned record says it had another hash: it was changed after it was signed".into(),
                 ));
+            }
+            if !keys.trusts(signer) {
+                unchecked += 1;
+                continue;
             }
             keys.verify_head(signer, *named, hash, sig)
                 .map_err(|e| bad(0, Some(*named), format!("its LogHeadSigned: {e}")))?;
@@ -275,6 +309,7 @@ impl Walk {
             key_id: key_id.to_owned(),
             key_trusted: trusted.is_some(),
             signatures_inside: inside,
+            signatures_unchecked: unchecked,
         })
     }
 }

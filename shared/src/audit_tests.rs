@@ -45,11 +45,17 @@ fn export(records: &[Vec<u8>], key: &SigningKey) -> Vec<String> {
         lines.push(record_line(r, None).expect("a record"));
     }
     let hash = record_hash(records.last().expect("some"));
+    let claims = crate::signed::ExportClaims {
+        from: first,
+        to: last,
+        deployment: None,
+        hash: &hash,
+    };
     lines.push(Line::Head(SignedHead {
         seq: last,
         hash: crate::hex::encode(&hash),
         key: key.public().to_line(),
-        signature: crate::hex::encode(&key.sign_head(last, &hash)),
+        signature: crate::hex::encode(&key.sign_export(&claims)),
         signed_at: Timestamp(10),
     }));
     lines
@@ -132,4 +138,30 @@ fn a_missing_record_a_cut_off_end_or_another_key_fails() {
     )
     .expect_err("another key");
     assert!(e.why.contains("is not trusted"), "{e}");
+}
+
+#[test]
+fn a_head_signed_in_the_log_cannot_end_an_export_cut_short() {
+    let key = key();
+    let records = chain(5);
+    // The planner signed record 3's hash at an interval (a LogHeadSigned anyone can read).
+    let h3 = record_hash(&records[2]);
+    let logged = key.sign_head(3, &h3);
+    // An export cut after record 3, ending with that signature as its head.
+    let mut lines = export(&records[..3], &key);
+    let last = lines.len() - 1;
+    lines[last] = serde_json::to_string(&Line::Head(SignedHead {
+        seq: 3,
+        hash: crate::hex::encode(&h3),
+        key: key.public().to_line(),
+        signature: crate::hex::encode(&logged),
+        signed_at: Timestamp(10),
+    }))
+    .expect("json");
+    let e = check(&lines, Some(&TrustedKeys::of([key.public()]))).expect_err("not an export's");
+    assert!(e.why.contains("does not verify"), "{e}");
+    // A header that claims another range than was signed fails too.
+    let mut lines = export(&records, &key);
+    lines[0] = lines[0].replace("\"from\":1", "\"from\":2");
+    assert!(check(&lines, None).is_err());
 }

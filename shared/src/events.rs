@@ -42,8 +42,9 @@ pub struct PlannedStep {
     pub package: Option<crate::domain::ResolvedPackage>,
 }
 
-/// The idempotency key a deployment was requested with: `<who>/<key>` and the SHA-256 of
-/// the request (hex).
+/// The idempotency key a deployment was requested with: `<who>/<key>` and a fingerprint of
+/// the request (an HMAC under the planner's master key, hex: it can be compared, but not
+/// used to test guesses of the request's sensitive values).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyKey {
     pub key: String,

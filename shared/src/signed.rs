@@ -280,11 +280,41 @@ fn head_message(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
     m
 }
 
+/// What an audit export's signature covers: its range, what it was asked for, and the hash
+/// of its last record. Another context than a head's, so that a head signed in the log
+/// cannot end an export cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportClaims<'a> {
+    pub from: u64,
+    pub to: u64,
+    /// The deployment exported (its id), or none for a range of the log.
+    pub deployment: Option<&'a str>,
+    /// SHA-256 of record `to` as stored.
+    pub hash: &'a [u8; 32],
+}
+
+impl ExportClaims<'_> {
+    fn message(&self) -> Vec<u8> {
+        let mut m = b"shoal-audit-export-v1\n".to_vec();
+        m.extend_from_slice(&self.from.to_be_bytes());
+        m.extend_from_slice(&self.to.to_be_bytes());
+        m.extend_from_slice(self.deployment.unwrap_or("-").as_bytes());
+        m.push(b'\n');
+        m.extend_from_slice(self.hash);
+        m
+    }
+}
+
 impl SigningKey {
     /// Signs that record `seq` of the log has `hash` (the SHA-256 of its stored bytes): an
     /// audit head, which vouches for every record the hash chain links to it.
     pub fn sign_head(&self, seq: u64, hash: &[u8; 32]) -> Vec<u8> {
         self.pair.sign(&head_message(seq, hash)).as_ref().to_vec()
+    }
+
+    /// Signs an audit export: its range, scope and last record's hash.
+    pub fn sign_export(&self, claims: &ExportClaims<'_>) -> Vec<u8> {
+        self.pair.sign(&claims.message()).as_ref().to_vec()
     }
 }
 
@@ -462,6 +492,41 @@ impl TrustedKeys {
             .map_err(|_| {
                 format!("the signature of record {seq}'s hash by key {key_id} does not verify")
             })
+    }
+
+    /// Checks that `signature` is trusted key `key_id`'s signature of an export.
+    ///
+    /// # Errors
+    /// The key is not trusted, or the signature is not its signature of these claims.
+    pub fn verify_export(
+        &self,
+        key_id: &str,
+        claims: &ExportClaims<'_>,
+        signature: &[u8],
+    ) -> Result<(), String> {
+        let key = self.keys.get(&KeyId(key_id.to_owned())).ok_or_else(|| {
+            format!(
+                "key {key_id} is not trusted (trusted: {})",
+                self.key_ids().join(", ")
+            )
+        })?;
+        let sig = ed25519_dalek::Signature::from_slice(signature)
+            .map_err(|_| "the signature is not 64 bytes".to_owned())?;
+        key.verify_strict(&claims.message(), &sig).map_err(|_| {
+            format!(
+                "the export's signature by key {key_id} does not verify for records {}..{} of {}",
+                claims.from,
+                claims.to,
+                claims
+                    .deployment
+                    .map_or("the log".to_owned(), |d| format!("deployment {d}"))
+            )
+        })
+    }
+
+    /// Whether `key_id` is trusted.
+    pub fn trusts(&self, key_id: &str) -> bool {
+        self.keys.contains_key(&KeyId(key_id.to_owned()))
     }
 
     /// The trusted key ids.

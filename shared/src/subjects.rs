@@ -119,6 +119,13 @@ impl Subjects {
         format!("{}.cmd.{role}.{name}", self.prefix)
     }
 
+    /// The inbox prefix an integrator's client must use: `_INBOX_<prefix>_integrator.<name>`
+    /// (its first token is no worker's or region's, so no pool name can reach it). The
+    /// planner answers an integrator's commands only on subjects under it.
+    pub fn integrator_inbox_prefix(&self, name: &str) -> String {
+        format!("_INBOX_{}_integrator.{name}", self.prefix)
+    }
+
     /// `shoal.tasks.<pool>`.
     pub fn tasks(&self, pool: &PoolName) -> String {
         format!("{}.tasks.{pool}", self.prefix)

@@ -74,6 +74,14 @@ async fn an_integrator_deploys_over_nats_with_the_same_errors_as_http_and_one_de
     let (s1, first) = command(&ci, create, &good, Some("release-42")).await?;
     let (s2, again) = command(&ci, create, &good, Some("release-42")).await?;
     assert_eq!((s1, s2), (201, 201), "{first} {again}");
+    // The NATS answer says it is the first again.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Idempotency-Key", "release-42");
+    let raw = ci
+        .request_with_headers(create.to_owned(), headers, good.to_string().into())
+        .await?;
+    let raw: Value = shoal_e2e::serde_json::from_slice(&raw.payload)?;
+    assert_eq!(raw["replayed"], true, "{raw}");
     assert_eq!(first["id"], again["id"]);
     let id = first["id"].as_str().unwrap_or_default().to_owned();
     // Another request with that key is refused; another key makes another deployment.
@@ -138,15 +146,34 @@ async fn an_integrator_deploys_over_nats_with_the_same_errors_as_http_and_one_de
             .is_some_and(|e| e.contains("integrator \"ci\"")),
         "{body}"
     );
-    // Cancel, by id in the body; an unknown command is named.
+    // Cancel a running deployment, by id in the body; an unknown command is named.
+    let slow = json!({"project": "shop", "environment": "prod", "steps": [
+        {"name": "x", "roles": ["web"], "action": {"type": "script", "script": "sleep 30"}}]});
+    let (_, running) = command(&ci, create, &slow, None).await?;
+    let running_id = running["id"].as_str().unwrap_or_default().to_owned();
+    c.wait_for("the slow task running", WAIT, || async {
+        let d = c.api.get(&format!("/api/deployments/{running_id}")).await?;
+        Ok((d["state"] == "running").then_some(()))
+    })
+    .await?;
     let (status, body) = command(
         &ci,
         "shoal.cmd.deployer.ci.deployment.cancel",
-        &json!({"id": second["id"], "reason": "changed my mind"}),
+        &json!({"id": running_id, "reason": "changed my mind"}),
         None,
     )
     .await?;
-    assert!(status == 202 || status == 409, "{status} {body}");
+    assert_eq!(status, 202, "{body}");
+    let d = c.finished(&running_id, WAIT).await?;
+    assert_eq!(d["state"], "cancelled", "{d}");
+    let (status, body) = command(
+        &ci,
+        "shoal.cmd.deployer.ci.deployment.cancel",
+        &json!({"id": "w1/../../x"}),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 400, "{body}");
     let (status, body) =
         command(&ci, "shoal.cmd.deployer.ci.deployment.delete", &good, None).await?;
     assert_eq!(status, 400);
@@ -157,6 +184,52 @@ async fn an_integrator_deploys_over_nats_with_the_same_errors_as_http_and_one_de
         "{body}"
     );
 
+    // The answer goes only to the integrator's own inbox: a reply subject elsewhere (here a
+    // purge of the feed's stream) gets nothing, and the refusal is recorded.
+    let admin = shoal_cli::local::trust::admin_client(&c.nats.url()).await?;
+    let events = async_nats::jetstream::new(admin);
+    let before = events
+        .get_stream("SHOAL_EVENTS")
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    ci.publish_with_reply(
+        create.to_owned(),
+        "$JS.API.STREAM.PURGE.SHOAL_EVENTS".to_owned(),
+        good.to_string().into(),
+    )
+    .await?;
+    ci.flush().await?;
+    let refused = c
+        .wait_for("the refusal recorded", WAIT, || async {
+            let e = c.api.get("/api/events?type=MessageRejected").await?;
+            Ok(e.as_array().and_then(|a| {
+                a.iter()
+                    .find(|e| {
+                        e["data"]["reason"]
+                            .as_str()
+                            .is_some_and(|r| r.contains("reply subject"))
+                    })
+                    .cloned()
+            }))
+        })
+        .await?;
+    assert!(
+        refused["data"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("PURGE")),
+        "{refused}"
+    );
+    let after = events
+        .get_stream("SHOAL_EVENTS")
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    assert!(after >= before, "the feed was purged: {before} → {after}");
     // Another role, another name: refused by the broker, never answered.
     let spoof = tokio::time::timeout(
         Duration::from_secs(3),

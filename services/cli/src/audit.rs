@@ -99,6 +99,7 @@ fn verify(out: Output, file: &Path, key: Option<&Path>) -> anyhow::Result<i32> {
                 "verified": true, "first": v.first, "last": v.last, "records": v.records,
                 "in_scope": v.in_scope, "key_id": v.key_id, "key_trusted": v.key_trusted,
                 "signatures_inside": v.signatures_inside,
+                "signatures_unchecked": v.signatures_unchecked,
             });
             show(out, &body, |_| {
                 println!(
@@ -109,6 +110,12 @@ fn verify(out: Output, file: &Path, key: Option<&Path>) -> anyhow::Result<i32> {
                     println!(
                         "{} signatures of the planner inside the export hold too",
                         v.signatures_inside
+                    );
+                }
+                if v.signatures_unchecked > 0 {
+                    println!(
+                        "{} signatures inside are by keys not given (an earlier key?): not checked; pass every key the planner had",
+                        v.signatures_unchecked
                     );
                 }
                 if !v.key_trusted {

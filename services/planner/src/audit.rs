@@ -9,7 +9,7 @@ use crate::log::{EventLog, LogError};
 use crate::signing::Signer;
 use shoal_shared::Timestamp;
 use shoal_shared::audit::{FORMAT, Line, SignedHead, record_hash, record_line};
-use shoal_shared::signed::SigningKey;
+use shoal_shared::signed::{ExportClaims, SigningKey};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -26,14 +26,21 @@ pub struct Range {
     pub deployment: Option<shoal_shared::DeploymentId>,
 }
 
-/// The signed head of record `seq` with its stored bytes `bytes`.
-fn signed_head(key: &SigningKey, seq: u64, bytes: &[u8]) -> SignedHead {
+/// The signed end of an export of `range` whose last record is `seq`, stored as `bytes`.
+fn signed_head(key: &SigningKey, range: &Range, seq: u64, bytes: &[u8]) -> SignedHead {
     let hash = record_hash(bytes);
+    let deployment = range.deployment.map(|d| d.to_string());
+    let claims = ExportClaims {
+        from: range.from,
+        to: seq,
+        deployment: deployment.as_deref(),
+        hash: &hash,
+    };
     SignedHead {
         seq,
         hash: shoal_shared::hex::encode(&hash),
         key: key.public().to_line(),
-        signature: shoal_shared::hex::encode(&key.sign_head(seq, &hash)),
+        signature: shoal_shared::hex::encode(&key.sign_export(&claims)),
         signed_at: Timestamp::now(),
     }
 }
@@ -83,7 +90,7 @@ pub fn export(
         }
     }
     if let Some((seq, bytes)) = last {
-        send(&Line::Head(signed_head(key, seq, &bytes)));
+        send(&Line::Head(signed_head(key, range, seq, &bytes)));
     }
     Ok(())
 }

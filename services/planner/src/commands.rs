@@ -4,7 +4,8 @@
 //! so the subject says who asks and with which role; the planner records the integrator as
 //! the actor. Each command goes through the HTTP API's own router — the same checks of role
 //! and body, the same errors, the same idempotency keys (the `Idempotency-Key` header) — and
-//! its answer comes back as `{"status": <HTTP status>, "body": <the API's answer>}`.
+//! its answer comes back as `{"status": <HTTP status>, "body": <the API's answer>,
+//! "replayed": <the first answer again (idempotency key)>}`.
 //!
 //! | command | body | as |
 //! |---|---|---|
@@ -14,8 +15,13 @@
 //! | `target.set-pool` | `{"name": …, "default_pool": … or null}` | `PUT /api/targets/{name}` |
 //! | `worker.drain`, `worker.resume` | `{"name": …}` | `POST /api/workers/{name}/drain`, `…/resume` |
 //!
-//! A request that cannot be answered (no reply subject) or names no known command is
-//! refused and recorded like any bad message.
+//! The answer goes only to the integrator's own inbox (`_INBOX_<prefix>_integrator.<name>.…`):
+//! a reply subject is the sender's to choose and nats-server checks none, so answering
+//! anywhere else would let a caller have the planner's unrestricted connection publish onto
+//! any subject (a stream's purge, another client's inbox). That also refuses what JetStream
+//! delivers onto a command subject on someone's behalf (its reply is an ack subject): only
+//! the integrator itself sends from its inbox. A request refused so, or naming no known
+//! command, is recorded like any bad message.
 
 use crate::api::auth::Caller;
 use crate::rejections::{Recorder, Refused};
@@ -96,30 +102,47 @@ async fn answer(
         reason,
         bytes: msg.payload.to_vec(),
     };
-    let Some(reply) = msg.reply.clone() else {
-        recorder
-            .refuse(refuse(
-                "a command without a reply subject: no one to answer".into(),
-            ))
-            .await;
-        return;
+    // Answers go to the inbox of the integrator the subject names, and nowhere else.
+    let reply = match (inbox_of(subjects, &msg.subject), msg.reply.as_ref()) {
+        (Some(inbox), Some(reply)) if reply.starts_with(&format!("{inbox}.")) => reply.clone(),
+        (inbox, reply) => {
+            let why = format!(
+                "a command is answered only in its integrator's inbox ({}.…); its reply subject is {}",
+                inbox
+                    .as_deref()
+                    .unwrap_or("_INBOX_<prefix>_integrator.<name>"),
+                reply.map_or("missing", |r| r.as_str())
+            );
+            recorder.refuse(refuse(why)).await;
+            return;
+        }
     };
-    let (status, body) = match parse(subjects, &msg) {
+    let (status, body, replayed) = match parse(subjects, &msg) {
         Ok(parsed) => run(router, parsed).await,
         Err(why) => {
             recorder.refuse(refuse(why.clone())).await;
-            (400, json!({ "error": why }))
+            (400, json!({ "error": why }), false)
         }
     };
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(STATUS_HEADER, status.to_string().as_str());
-    let payload = json!({ "status": status, "body": body }).to_string();
+    let payload = json!({ "status": status, "body": body, "replayed": replayed }).to_string();
     if let Err(e) = client
         .publish_with_headers(reply, headers, payload.into())
         .await
     {
         tracing::warn!(error = %e, subject = %msg.subject, "a command's answer was not sent");
     }
+}
+
+/// The inbox of the integrator a command subject names (`shoal.cmd.<role>.<name>.…`), if
+/// the name is a name.
+fn inbox_of(subjects: &Subjects, subject: &str) -> Option<String> {
+    let root = subjects.commands_all();
+    let rest = subject.strip_prefix(root.trim_end_matches('>'))?;
+    let name = rest.split('.').nth(1)?;
+    TokenName::parse(name).ok()?;
+    Some(subjects.integrator_inbox_prefix(name))
 }
 
 /// The command's caller and request, from its subject, body and headers.
@@ -143,7 +166,12 @@ fn parse(subjects: &Subjects, msg: &async_nats::Message) -> Result<Parsed, Strin
         .method(method)
         .uri(path)
         .header("content-type", "application/json");
-    if let Some(key) = msg.headers.as_ref().and_then(|h| h.get("Idempotency-Key")) {
+    // NATS header names are case-sensitive; a client may write either spelling.
+    let key = msg.headers.as_ref().and_then(|h| {
+        h.get("Idempotency-Key")
+            .or_else(|| h.get(crate::api::idempotency::HEADER))
+    });
+    if let Some(key) = key {
         request = request.header(crate::api::idempotency::HEADER, key.as_str());
     }
     let request = request
@@ -172,14 +200,18 @@ fn route(command: &str, payload: &[u8]) -> Result<(Method, String, Vec<u8>), Str
         "target.register" => (Method::POST, "/api/targets".into(), payload.to_vec()),
         "deployment.cancel" => {
             let (id, body) = take("id")?;
+            let id = shoal_shared::DeploymentId::parse(&id)
+                .map_err(|_| format!("id: \"{id}\" is not a deployment id (a UUID)"))?;
             (Method::POST, format!("/api/deployments/{id}/cancel"), body)
         }
         "target.set-pool" => {
             let (name, body) = take("name")?;
+            let name = shoal_shared::TargetName::parse(name).map_err(|e| format!("name: {e}"))?;
             (Method::PUT, format!("/api/targets/{name}"), body)
         }
         "worker.drain" | "worker.resume" => {
             let (name, _) = take("name")?;
+            let name = shoal_shared::WorkerName::parse(name).map_err(|e| format!("name: {e}"))?;
             let verb = command.trim_start_matches("worker.");
             (
                 Method::POST,
@@ -195,8 +227,9 @@ fn route(command: &str, payload: &[u8]) -> Result<(Method, String, Vec<u8>), Str
     })
 }
 
-/// Sends the request through the API's router as `caller`: the answer's status and body.
-async fn run(router: axum::Router, parsed: Parsed) -> (u16, Value) {
+/// Sends the request through the API's router as `caller`: the answer's status and body,
+/// and whether it is the first answer again (an idempotency key).
+async fn run(router: axum::Router, parsed: Parsed) -> (u16, Value, bool) {
     let Parsed {
         caller,
         mut request,
@@ -208,11 +241,14 @@ async fn run(router: axum::Router, parsed: Parsed) -> (u16, Value) {
         Err(never) => match never {},
     };
     let status = response.status().as_u16();
+    let replayed = response
+        .headers()
+        .contains_key(crate::api::idempotency::REPLAYED);
     let body = match axum::body::to_bytes(response.into_body(), MAX_ANSWER).await {
         Ok(b) if b.is_empty() => Value::Null,
         Ok(b) => serde_json::from_slice(&b)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned())),
         Err(e) => json!({ "error": format!("the answer could not be read: {e}") }),
     };
-    (status, body)
+    (status, body, replayed)
 }

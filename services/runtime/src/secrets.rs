@@ -61,6 +61,9 @@ pub enum SecretError {
 /// The planner's master key: seals sensitive values for the log.
 pub struct MasterKey {
     key: LessSafeKey,
+    /// For MACs of what must be compared but not guessed (a request's fingerprint), derived
+    /// from the key so that it is never the sealing key itself.
+    mac: ring::hmac::Key,
     id: String,
 }
 
@@ -78,7 +81,22 @@ impl MasterKey {
         let key = UnboundKey::new(&CHACHA20_POLY1305, bytes)
             .map(LessSafeKey::new)
             .unwrap_or_else(|_| unreachable!("32-byte key"));
-        MasterKey { key, id }
+        let mut derived = b"shoal master key: mac\n".to_vec();
+        derived.extend_from_slice(bytes);
+        let mac_key = ring::digest::digest(&ring::digest::SHA256, &derived);
+        let mac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, mac_key.as_ref());
+        MasterKey { key, mac, id }
+    }
+
+    /// HMAC-SHA256 (hex) of `bytes` under a key derived from the master key, bound to
+    /// `purpose`: a fingerprint that can be compared and recorded without letting anyone
+    /// who reads it test guesses of what it covers.
+    pub fn fingerprint(&self, purpose: &str, bytes: &[u8]) -> String {
+        let mut ctx = ring::hmac::Context::with_key(&self.mac);
+        ctx.update(purpose.as_bytes());
+        ctx.update(b"\n");
+        ctx.update(bytes);
+        shoal_shared::hex::encode(ctx.sign().as_ref())
     }
 
     /// The key's id: the first 8 bytes of its SHA-256, hex. Recorded with every value it

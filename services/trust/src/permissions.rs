@@ -87,10 +87,9 @@ pub fn feed_consumer(name: &str) -> String {
     format!("feed-{name}")
 }
 
-/// The inbox prefix an integrator's client must use: `_INBOX_<prefix>_integrator.<name>`
-/// (its first token is no worker's or region's, so no pool name can reach it).
+/// The inbox prefix an integrator's client must use ([`Subjects::integrator_inbox_prefix`]).
 pub fn integrator_inbox_prefix(subjects: &Subjects, name: &str) -> String {
-    format!("_INBOX_{}_integrator.{name}", subjects.prefix())
+    subjects.integrator_inbox_prefix(name)
 }
 
 /// Reading the package feed: direct gets on its object store's stream (an object's info,

@@ -83,7 +83,7 @@ pub(super) async fn create(
     body: axum::body::Bytes,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse as _;
-    let idempotency = super::idempotency::key_of(&headers, &caller, &body)?;
+    let idempotency = super::idempotency::key_of(&headers, &caller, &body, &app.master_key)?;
     let req: CreateDeployment = super::parse_body(&body)?;
     let id = DeploymentId::new();
     let spec = spec_of(id, req, &app.master_key)?;

@@ -3,7 +3,6 @@
 
 use super::ApiError;
 use super::auth::Caller;
-use sha2::{Digest as _, Sha256};
 use shoal_shared::events::IdempotencyKey;
 
 /// The request header.
@@ -13,8 +12,9 @@ pub const REPLAYED: &str = "idempotent-replayed";
 /// Longest key.
 const MAX_KEY: usize = 255;
 
-/// The idempotency key of a request, if it sent one: scoped to the caller, with the hash of
-/// `body`.
+/// The idempotency key of a request, if it sent one: scoped to the caller, with a
+/// fingerprint of `body` (an HMAC under the master key: the body may hold sensitive values
+/// in clear, and the fingerprint is recorded where viewers read it).
 ///
 /// # Errors
 /// A key that is empty, too long or not printable ASCII.
@@ -22,6 +22,7 @@ pub fn key_of(
     headers: &axum::http::HeaderMap,
     caller: &Caller,
     body: &[u8],
+    master_key: &shoal_runtime::secrets::MasterKey,
 ) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(value) = headers.get(HEADER) else {
         return Ok(None);
@@ -40,6 +41,6 @@ pub fn key_of(
         .map_or_else(|| "anyone".to_owned(), |a| a.to_string());
     Ok(Some(IdempotencyKey {
         key: format!("{who}/{key}"),
-        request: shoal_shared::hex::encode(&Sha256::digest(body)),
+        request: master_key.fingerprint("idempotent request", body),
     }))
 }

@@ -34,6 +34,19 @@ impl State {
         at: Timestamp,
         changes: &mut Changes,
     ) {
+        // Keys past their day go as new ones come (by the record's own time, so replay
+        // forgets the same ones).
+        let keep = i64::try_from(KEEP_MS).unwrap_or(i64::MAX);
+        while let Some((t, old)) = self.idempotency_expiry.first().cloned() {
+            if at.millis() - t.millis() <= keep {
+                break;
+            }
+            self.idempotency_expiry.pop_first();
+            if self.idempotency.get(&old).is_some_and(|d| d.at == t) {
+                self.idempotency.remove(&old);
+                changes.docs.insert(DocKey::Idempotency(old));
+            }
+        }
         let doc = IdempotencyDoc {
             key: key.key.clone(),
             request: key.request.clone(),
@@ -41,6 +54,7 @@ impl State {
             at,
         };
         self.idempotency.insert(key.key.clone(), doc);
+        self.idempotency_expiry.insert((at, key.key.clone()));
         changes.docs.insert(DocKey::Idempotency(key.key.clone()));
     }
 }

@@ -78,6 +78,9 @@ pub struct State {
     pub packages: BTreeMap<PackageKey, PackageDoc>,
     /// Idempotency keys of deployment requests, by `<who>/<key>`.
     pub idempotency: BTreeMap<String, IdempotencyDoc>,
+    /// The same keys by when they were used, oldest first, to forget them after a day.
+    /// Derived (not stored): rebuilt from the keys when the state is loaded.
+    pub idempotency_expiry: BTreeSet<(Timestamp, String)>,
     /// Webhook subscriptions.
     pub webhooks: BTreeMap<TokenName, WebhookDoc>,
     /// Task attempts planned but not yet confirmed by the broker.

@@ -2204,4 +2204,27 @@ fn an_idempotency_key_makes_one_deployment_and_refuses_another_request() {
     let later = 1_000 + i64::try_from(super::idempotency::KEEP_MS).unwrap_or(0) + 1;
     assert!(when(&mut m, create(key("bb"), later)).is_ok());
     assert_ne!(m.state.idempotency["token:ci/k1"].deployment, first);
+    // Keys are forgotten a day after their use (by the records' times), as later keys come.
+    let day = i64::try_from(super::idempotency::KEEP_MS).unwrap_or(0);
+    let mut state = State::default();
+    let mut changes = Changes::default();
+    let use_key = |state: &mut State, changes: &mut Changes, k: &str, at: i64| {
+        let key = IdempotencyKey {
+            key: k.into(),
+            request: "aa".into(),
+        };
+        state.key_used(&key, DeploymentId::new(), Timestamp(at), changes);
+    };
+    use_key(&mut state, &mut changes, "a", 0);
+    use_key(&mut state, &mut changes, "b", 10);
+    use_key(&mut state, &mut changes, "c", day + 5);
+    assert_eq!(state.idempotency.keys().collect::<Vec<_>>(), ["b", "c"]);
+    assert!(
+        changes
+            .docs
+            .contains(&super::DocKey::Idempotency("a".into()))
+    );
+    use_key(&mut state, &mut changes, "d", 2 * day + 6);
+    assert_eq!(state.idempotency.keys().collect::<Vec<_>>(), ["d"]);
+    assert_eq!(state.idempotency_expiry.len(), 1);
 }

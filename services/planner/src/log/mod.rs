@@ -648,6 +648,7 @@ impl EventLog {
             state.webhooks.insert(w.name.clone(), w);
         }
         for k in self.docs::<IdempotencyDoc>(Proj::Idempotency)? {
+            state.idempotency_expiry.insert((k.at, k.key.clone()));
             state.idempotency.insert(k.key.clone(), k);
         }
         for d in self.docs::<DeploymentDoc>(Proj::Deployments)? {
