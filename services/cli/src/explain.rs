@@ -167,7 +167,7 @@ fn finish(a: &mut Attempt, e: &Value) {
 fn why(rule: &Value, pool: &Value) -> String {
     let pool = pool.as_str().unwrap_or("?");
     match rule.as_str() {
-        Some("step_explicit") => format!("the step names pool {pool}"),
+        Some("step") => format!("the step names pool {pool}"),
         Some("target_default") => {
             format!("the step names no pool; the target's default pool is {pool}")
         }
