@@ -382,6 +382,27 @@ mod tests {
 
     proptest! {
         #[test]
+        fn the_feeds_json_of_a_record_is_the_apis(e in event()) {
+            let env = Envelope {
+                seq: 7,
+                event_id: EventId::new(),
+                time: Timestamp(1_700_000_000_123),
+                stream: e.stream(),
+                event_type: e.event_type().to_owned(),
+                schema_version: 1,
+                correlation_id: e.deployment().map(|d| d.0),
+                causation_id: None,
+                payload: encode(&e).expect("encodes"),
+                prev_hash: vec![7; 32],
+                actor: None,
+            };
+            let fast: serde_json::Value =
+                serde_json::from_slice(&crate::api::EventView::json_of(&env).expect("json")).expect("parses");
+            let view = serde_json::to_value(crate::api::EventView::of(env)).expect("json");
+            prop_assert_eq!(fast, view);
+        }
+
+        #[test]
         fn events_round_trip(e in event()) {
             let bytes = encode(&e).expect("encodes");
             let back: Event = decode("event", &bytes).expect("decodes");

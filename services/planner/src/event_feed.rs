@@ -21,7 +21,12 @@
 use crate::broker::{self, EventsRetention};
 use crate::log::{EventLog, LogError};
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, message::PublishMessage};
+use futures::StreamExt as _;
+use futures::stream::FuturesOrdered;
+use shoal_shared::api::EventView;
 use shoal_shared::events::Envelope;
 use shoal_shared::subjects::Subjects;
 use std::time::Duration;
@@ -74,47 +79,75 @@ pub struct Publisher {
     pub durable: watch::Receiver<u64>,
 }
 
+/// Records published and not yet confirmed by the stream, at most: the publisher reads and
+/// sends the next records while the broker stores the last ones.
+const WINDOW: usize = 4096;
+
+/// A publish on its way: its record's sequence and the broker's answer.
+type Pending = futures::future::BoxFuture<'static, (u64, Result<PublishAck, String>)>;
+
 /// Publishes the log to the feed until `stop`.
 pub async fn run(mut p: Publisher, stop: CancellationToken) {
-    // `None`: ask the stream where it stands.
-    let mut cursor: Option<u64> = None;
     let mut delay = BACKOFF.0;
     loop {
-        if stop.is_cancelled() {
-            return;
-        }
-        let round = match cursor {
-            None => futures::future::Either::Left(p.resume_point()),
-            Some(from) => {
-                let durable = *p.durable.borrow_and_update();
-                if from >= durable {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        changed = p.durable.changed() => if changed.is_err() { return },
-                    }
-                    continue;
-                }
-                futures::future::Either::Right(p.publish(from, durable))
-            }
-        };
-        let round = tokio::select! {
+        // Where the stream stands: at start and after any failure.
+        let resumed = tokio::select! {
             () = stop.cancelled() => return,
-            round = round => round,
+            r = p.resume_point() => r,
         };
-        match round {
+        let failure = match resumed {
             Ok(at) => {
-                cursor = Some(at);
                 delay = BACKOFF.0;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "event feed: publishing paused; retrying from where the stream stands");
-                cursor = None;
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+                match publish_from(&mut p, at, &stop).await {
+                    Some(e) => e,
+                    None => return,
                 }
-                delay = (delay * 2).min(BACKOFF.1);
             }
+            Err(e) => e,
+        };
+        tracing::warn!(error = %failure, "event feed: publishing paused; retrying from where the stream stands");
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(BACKOFF.1);
+    }
+}
+
+/// Publishes every durable record after `at`, keeping up to [`WINDOW`] unconfirmed, until a
+/// failure (returned) or `stop` (`None`).
+async fn publish_from(p: &mut Publisher, at: u64, stop: &CancellationToken) -> Option<FeedError> {
+    let mut sent = at;
+    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    loop {
+        let durable = *p.durable.borrow_and_update();
+        if sent < durable && pending.len() < WINDOW / 2 {
+            let room = WINDOW - pending.len();
+            let batch = tokio::select! {
+                () = stop.cancelled() => return None,
+                b = p.send(sent, durable, room) => b,
+            };
+            match batch {
+                Ok(acks) => {
+                    for (seq, ack) in acks {
+                        sent = seq;
+                        pending.push_back(Box::pin(async move {
+                            (seq, ack.await.map_err(|e| e.to_string()))
+                        }));
+                    }
+                }
+                Err(e) => return Some(e),
+            }
+            continue;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            Some((seq, ack)) = pending.next(), if !pending.is_empty() => match ack {
+                Ok(a) if a.sequence == seq => {}
+                Ok(a) => return Some(FeedError::Publish(format!("record {seq} was stored as {}", a.sequence))),
+                Err(e) => return Some(FeedError::Publish(e)),
+            },
+            changed = p.durable.changed(), if sent >= durable => if changed.is_err() { return None },
         }
     }
 }
@@ -176,11 +209,17 @@ impl Publisher {
         )))
     }
 
-    /// Publishes durable records after `from` (up to `durable`, at most [`BATCH`]) and waits
-    /// for the stream to confirm them; the last one confirmed.
-    async fn publish(&self, from: u64, durable: u64) -> Result<u64, FeedError> {
+    /// Reads the durable records after `from` (up to `durable`, at most `room` and
+    /// [`BATCH`]) and sends them: each record's sequence and the broker's answer to come.
+    async fn send(
+        &self,
+        from: u64,
+        durable: u64,
+        room: usize,
+    ) -> Result<Vec<(u64, PublishAckFuture)>, FeedError> {
         let log = self.log.clone();
-        let records = tokio::task::spawn_blocking(move || log.read(from, BATCH))
+        let limit = room.min(BATCH);
+        let records = tokio::task::spawn_blocking(move || log.read(from, limit))
             .await
             .map_err(|e| FeedError::Stream(format!("reading the log failed: {e}")))??;
         let max = self
@@ -198,18 +237,7 @@ impl Publisher {
                 .map_err(|e| FeedError::Publish(e.to_string()))?;
             acks.push((seq, ack));
         }
-        let mut last = from;
-        for (seq, ack) in acks {
-            let ack = ack.await.map_err(|e| FeedError::Publish(e.to_string()))?;
-            if ack.sequence != seq {
-                return Err(FeedError::Publish(format!(
-                    "record {seq} was stored as {}",
-                    ack.sequence
-                )));
-            }
-            last = seq;
-        }
-        Ok(last)
+        Ok(acks)
     }
 }
 
@@ -225,10 +253,10 @@ fn message(
     headers.insert(TYPE_HEADER, env.event_type.as_str());
     headers.insert(STREAM_HEADER, env.stream.as_str());
     headers.insert("Content-Type", "application/json");
-    let mut view = crate::api::events::view(env);
-    let mut body = serde_json::to_vec(&view).map_err(|cause| FeedError::Encode { seq, cause })?;
+    let mut body = EventView::json_of(&env).map_err(|cause| FeedError::Encode { seq, cause })?;
     if body.len() > max {
         headers.insert(TRUNCATED_HEADER, body.len().to_string().as_str());
+        let mut view = EventView::of(env);
         view.data = serde_json::json!({ "truncated": body.len() });
         body = serde_json::to_vec(&view).map_err(|cause| FeedError::Encode { seq, cause })?;
     }
