@@ -174,7 +174,6 @@ pub async fn run(events: u64) -> anyhow::Result<Outcome> {
             .execute(Command::CreateDeployment {
                 id: DeploymentId::new(),
                 spec: spec.clone(),
-                idempotency: None,
             })
             .await?;
     }

@@ -235,10 +235,6 @@ mod tests {
                             package: None,
                         })
                         .collect(),
-                    idempotency: (project.len() % 2 == 0).then(|| crate::events::IdempotencyKey {
-                        key: format!("token:ci/{project}"),
-                        request: "ab".repeat(32),
-                    }),
                 }),
             (uuid(), uuid(), any::<u32>(), pool()).prop_map(|(d, t, attempt, pool)| {
                 Event::TaskPlanned {

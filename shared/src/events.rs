@@ -42,9 +42,9 @@ pub struct PlannedStep {
     pub package: Option<crate::domain::ResolvedPackage>,
 }
 
-/// The idempotency key a deployment was requested with: `<who>/<key>` and a fingerprint of
-/// the request (an HMAC under the planner's master key, hex: it can be compared, but not
-/// used to test guesses of the request's sensitive values).
+/// The idempotency key a request came with: `<who>/<key>` and a fingerprint of the request
+/// (an HMAC under the planner's master key, hex: it can be compared, but not used to test
+/// guesses of the request's sensitive values).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyKey {
     pub key: String,
@@ -52,7 +52,7 @@ pub struct IdempotencyKey {
 }
 
 /// The name of every event type, as [`Event::event_type`] gives it.
-pub const EVENT_TYPES: [&str; 44] = [
+pub const EVENT_TYPES: [&str; 45] = [
     "PoolRegistered",
     "TargetRegistered",
     "TargetUpdated",
@@ -61,6 +61,7 @@ pub const EVENT_TYPES: [&str; 44] = [
     "PoolKeySet",
     "LogHeadSigned",
     "FeedConsumerSet",
+    "IdempotencyKeyUsed",
     "WebhookCreated",
     "WebhookDelivered",
     "WebhookAttemptFailed",
@@ -134,9 +135,6 @@ pub enum Event {
         deployment: DeploymentId,
         spec: DeploymentSpec,
         steps: Vec<PlannedStep>,
-        /// The request's idempotency key, if it had one.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        idempotency: Option<IdempotencyKey>,
     },
     DeploymentStarted {
         deployment: DeploymentId,
@@ -361,6 +359,13 @@ pub enum Event {
     WebhookRemoved {
         name: TokenName,
     },
+    /// A request with an idempotency key made `made` (the stream of what it made, e.g.
+    /// `deployment/<id>`, `target/<name>`): the same request with the key again gets that.
+    IdempotencyKeyUsed {
+        key: String,
+        request: String,
+        made: String,
+    },
     /// An API token was made. Only the SHA-256 of the token (hex) is kept; the token itself
     /// was shown once, to whoever made it.
     TokenCreated {
@@ -432,6 +437,7 @@ impl Event {
             Event::PoolKeySet { .. } => "PoolKeySet",
             Event::LogHeadSigned { .. } => "LogHeadSigned",
             Event::FeedConsumerSet { .. } => "FeedConsumerSet",
+            Event::IdempotencyKeyUsed { .. } => "IdempotencyKeyUsed",
             Event::WebhookCreated { .. } => "WebhookCreated",
             Event::WebhookDelivered { .. } => "WebhookDelivered",
             Event::WebhookAttemptFailed { .. } => "WebhookAttemptFailed",
@@ -509,6 +515,7 @@ impl Event {
             | Event::TargetHealthChanged { .. }
             | Event::LogHeadSigned { .. }
             | Event::FeedConsumerSet { .. }
+            | Event::IdempotencyKeyUsed { .. }
             | Event::WebhookCreated { .. }
             | Event::WebhookDelivered { .. }
             | Event::WebhookAttemptFailed { .. }
@@ -561,6 +568,7 @@ impl Event {
             Event::PackageRemoved { id, .. } => format!("package/{id}"),
             Event::LogHeadSigned { .. } => "audit".to_owned(),
             Event::FeedConsumerSet { integrator, .. } => format!("feed/{integrator}"),
+            Event::IdempotencyKeyUsed { .. } => "idempotency".to_owned(),
             Event::WebhookCreated { name, .. }
             | Event::WebhookDelivered { name, .. }
             | Event::WebhookAttemptFailed { name, .. }

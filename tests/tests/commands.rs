@@ -130,6 +130,20 @@ async fn an_integrator_deploys_over_nats_with_the_same_errors_as_http_and_one_de
     assert_eq!(again["id"], answer["id"]);
     let (status, _, bad_key) = post(&c, "/api/deployments", &good, Some("has space")).await?;
     assert_eq!(status, 400, "{bad_key}");
+    // The other create endpoints take keys too: a target registered once, its answer twice.
+    let t2 =
+        json!({"name": "web-2", "kind": "azure-web-app", "environment": "prod", "roles": ["web"]});
+    let (s1, r1, first_target) = post(&c, "/api/targets", &t2, Some("t-1")).await?;
+    let (s2, r2, again_target) = post(&c, "/api/targets", &t2, Some("t-1")).await?;
+    assert_eq!((s1, r1, s2, r2), (201, false, 201, true), "{again_target}");
+    assert_eq!(first_target["name"], again_target["name"]);
+    let (s3, _, _) = post(&c, "/api/targets", &t2, None).await?;
+    assert_eq!(s3, 400, "without a key, a second registration is refused");
+    let registered = c
+        .api
+        .get("/api/events?stream=target/web-2&type=TargetRegistered")
+        .await?;
+    assert_eq!(registered.as_array().map(Vec::len), Some(1));
 
     // Its role bounds it: registering a target needs admin.
     let (status, body) = command(

@@ -261,7 +261,6 @@ impl Harness {
                 self.run(Command::CreateDeployment {
                     id: DeploymentId::new(),
                     spec,
-                    idempotency: None,
                 })
                 .await;
             }

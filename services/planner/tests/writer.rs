@@ -82,15 +82,7 @@ async fn deploy(h: &WriterHandle) -> DeploymentId {
         "steps": [{"name": "s", "roles": ["web"], "action": {"type": "noop"}}],
     }))
     .expect("valid spec");
-    execute(
-        h,
-        Command::CreateDeployment {
-            id,
-            spec,
-            idempotency: None,
-        },
-    )
-    .await;
+    execute(h, Command::CreateDeployment { id, spec }).await;
     id
 }
 

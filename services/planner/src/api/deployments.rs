@@ -87,19 +87,23 @@ pub(super) async fn create(
     let req: CreateDeployment = super::parse_body(&body)?;
     let id = DeploymentId::new();
     let spec = spec_of(id, req, &app.master_key)?;
-    let cmd = Command::CreateDeployment {
-        id,
-        spec,
-        idempotency: idempotency.map(|k| (k, shoal_shared::Timestamp::now())),
-    };
+    let cmd = super::idempotency::once(idempotency, Command::CreateDeployment { id, spec });
     match app.writer.execute_as(caller.actor(), cmd).await {
         Ok(_) => Ok((StatusCode::CREATED, Json(Created { id })).into_response()),
-        Err(WriteError::Rejected(Rejection::Replayed(first))) => Ok((
-            StatusCode::CREATED,
-            [(super::idempotency::REPLAYED, "true")],
-            Json(Created { id: first }),
-        )
-            .into_response()),
+        Err(WriteError::Rejected(Rejection::Replayed(made))) => {
+            let first = made
+                .strip_prefix("deployment/")
+                .and_then(|d| DeploymentId::parse(d).ok())
+                .ok_or_else(|| {
+                    ApiError::conflict(format!("the key made {made}, not a deployment"))
+                })?;
+            Ok((
+                StatusCode::CREATED,
+                [(super::idempotency::REPLAYED, "true")],
+                Json(Created { id: first }),
+            )
+                .into_response())
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -3,6 +3,7 @@
 
 use super::ApiError;
 use super::auth::Caller;
+use crate::domain::Command;
 use shoal_shared::events::IdempotencyKey;
 
 /// The request header.
@@ -11,6 +12,18 @@ pub const HEADER: &str = "idempotency-key";
 pub const REPLAYED: &str = "idempotent-replayed";
 /// Longest key.
 const MAX_KEY: usize = 255;
+
+/// `cmd`, once per idempotency key when the request has one.
+pub fn once(key: Option<IdempotencyKey>, cmd: Command) -> Command {
+    match key {
+        Some(key) => Command::Once {
+            key,
+            now: shoal_shared::Timestamp::now(),
+            inner: Box::new(cmd),
+        },
+        None => cmd,
+    }
+}
 
 /// The idempotency key of a request, if it sent one: scoped to the caller, with a
 /// fingerprint of `body` (an HMAC under the master key: the body may hold sensitive values
@@ -43,4 +56,21 @@ pub fn key_of(
         key: format!("{who}/{key}"),
         request: master_key.fingerprint("idempotent request", body),
     }))
+}
+
+/// Whether a command's answer is a replay (the key's first request made it already); other
+/// refusals are errors.
+///
+/// # Errors
+/// The command was refused otherwise.
+pub fn replayed(
+    result: Result<crate::log::writer::Appended, crate::log::writer::WriteError>,
+) -> Result<bool, ApiError> {
+    match result {
+        Ok(_) => Ok(false),
+        Err(crate::log::writer::WriteError::Rejected(crate::domain::Rejection::Replayed(_))) => {
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

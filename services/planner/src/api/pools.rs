@@ -14,18 +14,21 @@ use shoal_shared::{Pool, PoolName, Timestamp, WorkerName};
 pub(super) async fn create(
     State(app): State<AppState>,
     caller: Caller,
-    JsonBody(req): JsonBody<CreatePool>,
-) -> Result<(StatusCode, Json<PoolView>), ApiError> {
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let key = super::idempotency::key_of(&headers, &caller, &body, &app.master_key)?;
+    let req: CreatePool = super::parse_body(&body)?;
     let pool = Pool {
         name: req.name.clone(),
         region: req.region,
         description: req.description,
     };
     // Its queue consumer is created by the effect of the registration, once it is durable.
-    app.writer
-        .execute_as(caller.actor(), Command::RegisterPool(pool))
-        .await?;
-    if let Some(key) = req.sealing_key {
+    let cmd = super::idempotency::once(key, Command::RegisterPool(pool));
+    let replayed = super::idempotency::replayed(app.writer.execute_as(caller.actor(), cmd).await)?;
+    if let Some(key) = req.sealing_key.filter(|_| !replayed) {
         let pool = req.name.clone();
         app.writer
             .execute_as(caller.actor(), Command::SetPoolKey { pool, key })
@@ -38,7 +41,12 @@ pub(super) async fn create(
                 .ok_or_else(|| ApiError::not_found("pool vanished"))
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(view(&app, doc))))
+    // The same key again: the pool as it is now.
+    let answer = (StatusCode::CREATED, Json(view(&app, doc)));
+    Ok(match replayed {
+        true => (answer.0, [(super::idempotency::REPLAYED, "true")], answer.1).into_response(),
+        false => answer.into_response(),
+    })
 }
 
 pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<PoolView>>, ApiError> {

@@ -46,8 +46,12 @@ fn view(doc: TargetDoc) -> TargetView {
 pub(super) async fn create(
     State(app): State<AppState>,
     caller: Caller,
-    JsonBody(req): JsonBody<CreateTarget>,
-) -> Result<(StatusCode, Json<TargetView>), ApiError> {
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let key = super::idempotency::key_of(&headers, &caller, &body, &app.master_key)?;
+    let req: CreateTarget = super::parse_body(&body)?;
     let name = req.name.clone();
     let target = Target {
         name: req.name,
@@ -59,10 +63,14 @@ pub(super) async fn create(
         health_check: req.health_check,
         health_interval_secs: req.health_interval_secs,
     };
-    app.writer
-        .execute_as(caller.actor(), Command::RegisterTarget(target))
-        .await?;
-    Ok((StatusCode::CREATED, Json(view(load(&app, name).await?))))
+    let cmd = super::idempotency::once(key, Command::RegisterTarget(target));
+    let replayed = super::idempotency::replayed(app.writer.execute_as(caller.actor(), cmd).await)?;
+    // The same key again: the target as it is now.
+    let answer = (StatusCode::CREATED, Json(view(load(&app, name).await?)));
+    Ok(match replayed {
+        true => (answer.0, [(super::idempotency::REPLAYED, "true")], answer.1).into_response(),
+        false => answer.into_response(),
+    })
 }
 
 pub(super) async fn update(

@@ -3,7 +3,9 @@
 //! `deployment`, `task`, `worker`, `token`, `package`, `report`).
 
 use super::state::State;
-use super::{audit, deployment, package, pool, report, target, task, token, webhook, worker};
+use super::{
+    audit, deployment, idempotency, package, pool, report, target, task, token, webhook, worker,
+};
 use shoal_shared::auth::{Actor, Role};
 use shoal_shared::events::{CheckTrigger, Event};
 use shoal_shared::messages::WorkerMessage;
@@ -43,8 +45,13 @@ pub enum Command {
     CreateDeployment {
         id: DeploymentId,
         spec: DeploymentSpec,
-        /// The request's idempotency key, and now (keys expire).
-        idempotency: Option<(shoal_shared::events::IdempotencyKey, Timestamp)>,
+    },
+    /// `inner`, once per idempotency key: the same request with the key again is answered
+    /// with what the first made, another request with it is refused. `now`: keys expire.
+    Once {
+        key: shoal_shared::events::IdempotencyKey,
+        now: Timestamp,
+        inner: Box<Command>,
     },
     /// The broker stored this task attempt (at `stream_seq`, when known).
     MarkDispatched {
@@ -206,8 +213,8 @@ pub enum Rejection {
     Conflict(String),
     /// The request was made before with the same idempotency key: what it made, which is
     /// the answer again.
-    #[error("the request was made before: deployment {0}")]
-    Replayed(DeploymentId),
+    #[error("the request was made before: it made {0}")]
+    Replayed(String),
 }
 
 /// An event to append, with its id (a worker's own id for reported facts).
@@ -247,11 +254,12 @@ pub fn decide(
         Command::UpdateTarget { name, update } => target::update(state, name, update),
         Command::RemoveTarget(name) => target::remove(state, name),
         Command::RemovePool { name, online } => pool::remove(state, default_pool, name, online),
-        Command::CreateDeployment {
-            id,
-            spec,
-            idempotency,
-        } => deployment::create(state, default_pool, *id, spec, idempotency.as_ref()),
+        Command::CreateDeployment { id, spec } => {
+            deployment::create(state, default_pool, *id, spec)
+        }
+        Command::Once { key, now, inner } => {
+            idempotency::once(state, key, *now, || decide(state, default_pool, inner))
+        }
         Command::MarkDispatched {
             deployment,
             task,

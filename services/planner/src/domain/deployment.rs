@@ -7,7 +7,7 @@ use super::decide::{CANCEL_GRACE_SECS, NewEvent, Rejection};
 use super::state::{Changes, DocKey, State, StepProgress};
 use super::task::TaskDoc;
 use serde::{Deserialize, Serialize};
-use shoal_shared::events::{Event, IdempotencyKey, PlannedStep, PlannedTask};
+use shoal_shared::events::{Event, PlannedStep, PlannedTask};
 use shoal_shared::package::Sha256;
 use shoal_shared::step::{Registry, ValidDeployment, ValidStep, runs_on};
 use shoal_shared::{
@@ -53,13 +53,7 @@ impl State {
                 deployment,
                 spec,
                 steps,
-                idempotency,
-            } => {
-                if let Some(key) = idempotency {
-                    self.key_used(key, *deployment, at, changes);
-                }
-                self.deployment_created(*deployment, spec, steps, at, changes)
-            }
+            } => self.deployment_created(*deployment, spec, steps, at, changes),
             Event::DeploymentStarted { deployment } => {
                 if let Some(d) = self.deployments.get_mut(deployment) {
                     d.state = DeploymentState::Running;
@@ -299,13 +293,7 @@ pub(super) fn create(
     default_pool: &PoolName,
     id: DeploymentId,
     spec: &DeploymentSpec,
-    idempotency: Option<&(IdempotencyKey, Timestamp)>,
 ) -> Result<Vec<NewEvent>, Rejection> {
-    if let Some((key, now)) = idempotency
-        && let Some(first) = super::idempotency::check(state, key, *now)?
-    {
-        return Err(Rejection::Replayed(first));
-    }
     if state.deployments.contains_key(&id) {
         return Err(Rejection::Conflict(format!(
             "deployment {id} already exists"
@@ -327,7 +315,6 @@ pub(super) fn create(
         deployment: id,
         spec: valid.into(),
         steps,
-        idempotency: idempotency.map(|(key, _)| key.clone()),
     })])
 }
 

@@ -118,15 +118,7 @@ fn deployed(w: &mut World, retries: u32) -> (DeploymentId, [TaskId; 2]) {
         steps: vec![step(retries)],
         unhealthy_targets: UnhealthyTargets::Fail,
     };
-    when(
-        w,
-        Command::CreateDeployment {
-            id,
-            spec,
-            idempotency: None,
-        },
-    )
-    .expect("valid");
+    when(w, Command::CreateDeployment { id, spec }).expect("valid");
     let tasks: Vec<TaskId> = w.state.deployments[&id].steps[0].tasks.clone();
     for (task, seq) in tasks.iter().zip([11, 12]) {
         let cmd = Command::MarkDispatched {
@@ -373,15 +365,7 @@ fn a_task_stored_after_it_was_cancelled_is_taken_off_the_queue() {
         steps: vec![step(0)],
         unhealthy_targets: UnhealthyTargets::Fail,
     };
-    when(
-        &mut w,
-        Command::CreateDeployment {
-            id,
-            spec,
-            idempotency: None,
-        },
-    )
-    .expect("valid");
+    when(&mut w, Command::CreateDeployment { id, spec }).expect("valid");
     let task = w.state.deployments[&id].steps[0].tasks[0];
     when(&mut w, Command::CancelDeployment { id, reason: None }).expect("ok");
     let cmd = Command::MarkDispatched {

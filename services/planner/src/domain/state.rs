@@ -271,6 +271,9 @@ impl State {
             | Event::RejectionsCounted { .. }
             | Event::LogHeadSigned { .. }
             | Event::FeedConsumerSet { .. } => {}
+            Event::IdempotencyKeyUsed { key, request, made } => {
+                self.key_used(key, request, made, at, changes)
+            }
         }
     }
 

@@ -132,15 +132,7 @@ fn deploy(m: &mut Memory, steps: Vec<StepSpec>) -> (DeploymentId, Vec<Event>) {
         steps,
         unhealthy_targets: UnhealthyTargets::Fail,
     };
-    let events = when(
-        m,
-        Command::CreateDeployment {
-            id,
-            spec,
-            idempotency: None,
-        },
-    )
-    .expect("valid deployment");
+    let events = when(m, Command::CreateDeployment { id, spec }).expect("valid deployment");
     (id, events)
 }
 
@@ -386,7 +378,6 @@ fn a_deployment_is_refused_for_its_first_wrong_field_in_reading_order() {
         let cmd = Command::CreateDeployment {
             id: DeploymentId::new(),
             spec,
-            idempotency: None,
         };
         match when(m, cmd) {
             Err(Rejection::Invalid(message)) => message,
@@ -424,7 +415,6 @@ fn refusals_name_the_field_and_the_known_values() {
         Command::CreateDeployment {
             id,
             spec: spec(vec![step("a", &[], Some("eu-wset"))]),
-            idempotency: None,
         },
     )
     .expect_err("refused");
@@ -437,7 +427,6 @@ fn refusals_name_the_field_and_the_known_values() {
         Command::CreateDeployment {
             id,
             spec: spec(vec![step("a", &["db"], None)]),
-            idempotency: None,
         },
     )
     .expect_err("refused");
@@ -1253,15 +1242,7 @@ fn deploy_with(
         steps,
         unhealthy_targets: policy,
     };
-    let events = when(
-        m,
-        Command::CreateDeployment {
-            id,
-            spec,
-            idempotency: None,
-        },
-    )
-    .expect("valid deployment");
+    let events = when(m, Command::CreateDeployment { id, spec }).expect("valid deployment");
     (id, events)
 }
 
@@ -1477,7 +1458,6 @@ fn a_health_check_step_takes_no_pool_and_needs_targets_with_probes() {
         Command::CreateDeployment {
             id: DeploymentId::new(),
             spec: spec(pinned),
-            idempotency: None,
         },
     );
     assert!(matches!(e, Err(Rejection::Invalid(e)) if e.starts_with("steps[0].pool")));
@@ -1491,7 +1471,6 @@ fn a_health_check_step_takes_no_pool_and_needs_targets_with_probes() {
         Command::CreateDeployment {
             id: DeploymentId::new(),
             spec: spec(s),
-            idempotency: None,
         },
     );
     assert!(matches!(e, Err(Rejection::Invalid(e)) if e.contains("\"bare\" has no health check")));
@@ -1522,7 +1501,7 @@ fn a_deployment_id_already_used_is_refused() {
     let (id, _) = deploy(&mut m, vec![step("a", &["web"], None)]);
     let spec = m.state.deployments[&id].spec.clone();
     assert!(matches!(
-        when(&mut m, Command::CreateDeployment { id, spec, idempotency: None }),
+        when(&mut m, Command::CreateDeployment { id, spec }),
         Err(Rejection::Conflict(e)) if e.contains("already exists")
     ));
 }
@@ -1622,7 +1601,6 @@ fn a_pool_nothing_uses_any_more_is_removed_and_its_name_can_be_registered_again(
                 steps: vec![step("s", &[], Some("eu-west"))],
                 unhealthy_targets: UnhealthyTargets::Fail,
             },
-            idempotency: None,
         },
     );
     assert!(
@@ -1722,7 +1700,6 @@ fn deploy_result(m: &mut Memory) -> Result<Vec<Event>, Rejection> {
                 steps: vec![step("s", &["web"], None)],
                 unhealthy_targets: UnhealthyTargets::Fail,
             },
-            idempotency: None,
         },
     )
 }
@@ -1835,14 +1812,7 @@ fn a_step_with_sensitive_variables_is_refused_for_a_pool_without_a_key() {
         unhealthy_targets: UnhealthyTargets::Fail,
     };
     let id = DeploymentId::new();
-    let refused = when(
-        &mut m,
-        Command::CreateDeployment {
-            id,
-            spec,
-            idempotency: None,
-        },
-    );
+    let refused = when(&mut m, Command::CreateDeployment { id, spec });
     let Err(Rejection::Invalid(msg)) = refused else {
         panic!("not refused as invalid: {refused:?}");
     };
@@ -2178,21 +2148,30 @@ fn an_idempotency_key_makes_one_deployment_and_refuses_another_request() {
         key: "token:ci/k1".into(),
         request: request.into(),
     };
-    let create = |key: IdempotencyKey, at: i64| Command::CreateDeployment {
-        id: DeploymentId::new(),
-        spec: spec.clone(),
-        idempotency: Some((key, Timestamp(at))),
+    let create = |key: IdempotencyKey, at: i64| Command::Once {
+        key,
+        now: Timestamp(at),
+        inner: Box::new(Command::CreateDeployment {
+            id: DeploymentId::new(),
+            spec: spec.clone(),
+        }),
     };
     let events = when(&mut m, create(key("aa"), 1_000)).expect("new key");
     let Some(Event::DeploymentCreated { deployment, .. }) = events.first() else {
         panic!("created: {events:?}")
     };
     let first = *deployment;
-    assert_eq!(m.state.idempotency["token:ci/k1"].deployment, first);
+    assert!(
+        matches!(events.last(), Some(Event::IdempotencyKeyUsed { made, .. }) if *made == format!("deployment/{first}"))
+    );
+    assert_eq!(
+        m.state.idempotency["token:ci/k1"].made,
+        format!("deployment/{first}")
+    );
     // Again: the first deployment, nothing new.
     assert!(matches!(
         when(&mut m, create(key("aa"), 2_000)),
-        Err(Rejection::Replayed(id)) if id == first
+        Err(Rejection::Replayed(made)) if made == format!("deployment/{first}")
     ));
     // Another request with the key: refused, naming the key and what it made.
     let refused = when(&mut m, create(key("bb"), 2_000));
@@ -2200,20 +2179,26 @@ fn an_idempotency_key_makes_one_deployment_and_refuses_another_request() {
         matches!(&refused, Err(Rejection::Conflict(e)) if e.contains("\"k1\"") && e.contains(&first.to_string())),
         "{refused:?}"
     );
-    // A day later the key is free again.
-    let later = 1_000 + i64::try_from(super::idempotency::KEEP_MS).unwrap_or(0) + 1;
-    assert!(when(&mut m, create(key("bb"), later)).is_ok());
-    assert_ne!(m.state.idempotency["token:ci/k1"].deployment, first);
+    // A target too: the same key and request again is the target it made.
+    let target_key = IdempotencyKey {
+        key: "token:ci/t".into(),
+        request: "tt".into(),
+    };
+    let register = Command::Once {
+        key: target_key,
+        now: Timestamp(3_000),
+        inner: Box::new(Command::RegisterTarget(target("t2", &["web"], None))),
+    };
+    when(&mut m, register.clone()).expect("new key");
+    assert!(
+        matches!(when(&mut m, register), Err(Rejection::Replayed(made)) if made == "target/t2")
+    );
     // Keys are forgotten a day after their use (by the records' times), as later keys come.
     let day = i64::try_from(super::idempotency::KEEP_MS).unwrap_or(0);
     let mut state = State::default();
     let mut changes = Changes::default();
     let use_key = |state: &mut State, changes: &mut Changes, k: &str, at: i64| {
-        let key = IdempotencyKey {
-            key: k.into(),
-            request: "aa".into(),
-        };
-        state.key_used(&key, DeploymentId::new(), Timestamp(at), changes);
+        state.key_used(k, "aa", "deployment/x", Timestamp(at), changes);
     };
     use_key(&mut state, &mut changes, "a", 0);
     use_key(&mut state, &mut changes, "b", 10);
