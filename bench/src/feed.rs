@@ -5,7 +5,7 @@
 //! `shoal.events.>`, which sees each record as JetStream stores it).
 
 use crate::offered;
-use crate::stats::{Latency, round};
+use crate::stats::{Latency, median, round};
 use crate::system::Layout;
 use crate::throughput;
 use futures::StreamExt as _;
@@ -183,14 +183,4 @@ pub async fn run(
     o.lag_p50_ms_median = round(median(&o.lag.iter().map(|l| l.p50_ms).collect::<Vec<_>>()));
     o.lag_p99_ms_median = round(median(&o.lag.iter().map(|l| l.p99_ms).collect::<Vec<_>>()));
     Ok(o)
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }

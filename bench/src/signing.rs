@@ -6,7 +6,7 @@
 //! Also the bare cost of one signature and one verification of a no-op task message.
 
 use crate::offered;
-use crate::stats::round;
+use crate::stats::{median, round};
 use crate::system::Layout;
 use crate::throughput;
 use serde::Serialize;
@@ -254,16 +254,6 @@ pub async fn run(
         signed,
         unsigned,
     })
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// Signs and verifies a no-op task message many times, as the planner and a worker do.

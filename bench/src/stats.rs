@@ -38,6 +38,17 @@ fn rank(sorted: &[f64], q: f64) -> f64 {
     sorted[i - 1]
 }
 
+/// The median of `xs` (0 for none).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// `count` per second over `micros` microseconds.
 pub fn per_second(count: u64, micros: i64) -> f64 {
     #[expect(clippy::cast_precision_loss, reason = "rates, not exact counts")]

@@ -480,17 +480,11 @@ impl TrustedKeys {
         hash: &[u8; 32],
         signature: &[u8],
     ) -> Result<(), String> {
-        let key = self.keys.get(&KeyId(key_id.to_owned())).ok_or_else(|| {
-            format!(
-                "key {key_id} is not trusted (trusted: {})",
-                self.key_ids().join(", ")
-            )
-        })?;
-        let sig = ed25519_dalek::Signature::from_slice(signature)
-            .map_err(|_| "the signature is not 64 bytes".to_owned())?;
-        key.verify_strict(&head_message(seq, hash), &sig)
-            .map_err(|_| {
-                format!("the signature of record {seq}'s hash by key {key_id} does not verify")
+        self.verify_message(key_id, &head_message(seq, hash), signature)
+            .map_err(|e| {
+                e.unwrap_or_else(|| {
+                    format!("the signature of record {seq}'s hash by key {key_id} does not verify")
+                })
             })
     }
 
@@ -504,24 +498,36 @@ impl TrustedKeys {
         claims: &ExportClaims<'_>,
         signature: &[u8],
     ) -> Result<(), String> {
+        self.verify_message(key_id, &claims.message(), signature)
+            .map_err(|e| {
+                e.unwrap_or_else(|| {
+                    format!(
+                        "the export's signature by key {key_id} does not verify for records {}..{} of {}",
+                        claims.from,
+                        claims.to,
+                        claims.deployment.map_or("the log".to_owned(), |d| format!("deployment {d}"))
+                    )
+                })
+            })
+    }
+
+    /// An Ed25519 signature of `message` by trusted key `key_id`: `Err(Some(why))` when the
+    /// key is not trusted or the signature malformed, `Err(None)` when it does not verify.
+    fn verify_message(
+        &self,
+        key_id: &str,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), Option<String>> {
         let key = self.keys.get(&KeyId(key_id.to_owned())).ok_or_else(|| {
-            format!(
+            Some(format!(
                 "key {key_id} is not trusted (trusted: {})",
                 self.key_ids().join(", ")
-            )
+            ))
         })?;
         let sig = ed25519_dalek::Signature::from_slice(signature)
-            .map_err(|_| "the signature is not 64 bytes".to_owned())?;
-        key.verify_strict(&claims.message(), &sig).map_err(|_| {
-            format!(
-                "the export's signature by key {key_id} does not verify for records {}..{} of {}",
-                claims.from,
-                claims.to,
-                claims
-                    .deployment
-                    .map_or("the log".to_owned(), |d| format!("deployment {d}"))
-            )
-        })
+            .map_err(|_| Some("the signature is not 64 bytes".to_owned()))?;
+        key.verify_strict(message, &sig).map_err(|_| None)
     }
 
     /// Whether `key_id` is trusted.

@@ -26,6 +26,16 @@ async fn command(
     Ok((v["status"].as_u64().unwrap_or(0), v["body"].clone()))
 }
 
+/// Asserts that a request on `subject` gets no answer (the broker refuses its publish).
+async fn unanswered(client: &async_nats::Client, subject: &str, body: &str, what: &str) {
+    let tried = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.request(subject.to_owned(), body.to_owned().into()),
+    )
+    .await;
+    assert!(!matches!(tried, Ok(Ok(_))), "{what}");
+}
+
 /// `POST path` over HTTP with the admin token and maybe a key: (status, replayed, body).
 async fn post(
     c: &Cluster,
@@ -245,40 +255,29 @@ async fn an_integrator_deploys_over_nats_with_the_same_errors_as_http_and_one_de
         .messages;
     assert!(after >= before, "the feed was purged: {before} → {after}");
     // Another role, another name: refused by the broker, never answered.
-    let spoof = tokio::time::timeout(
-        Duration::from_secs(3),
-        ci.request("shoal.cmd.admin.ci.target.register", "{}".into()),
+    unanswered(
+        &ci,
+        "shoal.cmd.admin.ci.target.register",
+        "{}",
+        "a deployer sent an admin command",
     )
     .await;
-    assert!(
-        !matches!(spoof, Ok(Ok(_))),
-        "a deployer sent an admin command"
-    );
-    let spoof = tokio::time::timeout(
-        Duration::from_secs(3),
-        ci.request(
-            "shoal.cmd.deployer.other.deployment.create",
-            good.to_string().into(),
-        ),
+    let body = good.to_string();
+    unanswered(
+        &ci,
+        "shoal.cmd.deployer.other.deployment.create",
+        &body,
+        "an integrator spoke as another",
     )
     .await;
-    assert!(
-        !matches!(spoof, Ok(Ok(_))),
-        "an integrator spoke as another"
-    );
     // An integrator without a role sends no command at all.
     let (reader, _) = integrator_client(&c.nats.url(), "reader").await?;
-    let tried = tokio::time::timeout(
-        Duration::from_secs(3),
-        reader.request(
-            "shoal.cmd.deployer.reader.deployment.create",
-            good.to_string().into(),
-        ),
+    unanswered(
+        &reader,
+        "shoal.cmd.deployer.reader.deployment.create",
+        &body,
+        "a read-only integrator sent a command",
     )
     .await;
-    assert!(
-        !matches!(tried, Ok(Ok(_))),
-        "a read-only integrator sent a command"
-    );
     Ok(())
 }

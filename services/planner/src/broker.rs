@@ -82,6 +82,9 @@ impl BrokerError {
     }
 }
 
+/// The event feed's de-duplication window (see [`ensure_events_stream`]).
+pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(5);
+
 /// How the event feed's stream (`SHOAL_EVENTS`) keeps events: the oldest go once either
 /// limit is passed (zero: no limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,8 +106,10 @@ impl Default for EventsRetention {
 /// Creates the event feed's stream, or brings an existing one to `retention`: limits
 /// retention (every integrator reads every event; none is removed by being read), subjects
 /// `shoal.events.>`, direct gets allowed (an integrator reads one record by its stream
-/// sequence), and a de-duplication window of two minutes (or the age limit, if shorter) that
-/// drops a record the publisher sends twice across a broker restart.
+/// sequence), and a short de-duplication window ([`EVENTS_DUPLICATE_WINDOW`]): exactness
+/// comes from each publish expecting the stream's last sequence, and the publisher resumes
+/// after the stream's last record, so the window only answers a publish retried at once as
+/// a duplicate; a long one would make the broker remember every id of minutes of records.
 ///
 /// # Errors
 /// The broker refused or did not answer.
@@ -114,9 +119,9 @@ pub async fn ensure_events_stream(
     retention: EventsRetention,
 ) -> Result<(), BrokerError> {
     let window = if retention.max_age.is_zero() {
-        DUPLICATE_WINDOW
+        EVENTS_DUPLICATE_WINDOW
     } else {
-        DUPLICATE_WINDOW.min(retention.max_age)
+        EVENTS_DUPLICATE_WINDOW.min(retention.max_age)
     };
     let config = stream::Config {
         name: subjects.events_stream(),

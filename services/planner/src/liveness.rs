@@ -142,28 +142,30 @@ pub struct PoolLoad {
     pub busy: u32,
 }
 
+/// A heartbeat of `worker` in pool `eu-west` (2 s interval), for tests.
+#[cfg(test)]
+pub(crate) fn beat(worker: &str, ready: Option<bool>) -> Heartbeat {
+    use shoal_shared::messages::WIRE_SCHEMA_VERSION;
+    Heartbeat {
+        schema_version: WIRE_SCHEMA_VERSION,
+        worker: WorkerName::parse(worker).expect("valid"),
+        pool: PoolName::parse("eu-west").expect("valid"),
+        region: None,
+        slots: 1,
+        busy: 0,
+        interval_ms: 2000,
+        sent_at: Timestamp::now(),
+        draining: false,
+        free_disk_mb: None,
+        warnings: vec![],
+        ready,
+        not_ready_reason: (ready == Some(false)).then(|| "no consumer".to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_shared::messages::WIRE_SCHEMA_VERSION;
-
-    fn beat(worker: &str, ready: Option<bool>) -> Heartbeat {
-        Heartbeat {
-            schema_version: WIRE_SCHEMA_VERSION,
-            worker: WorkerName::parse(worker).expect("valid"),
-            pool: PoolName::parse("eu-west").expect("valid"),
-            region: None,
-            slots: 1,
-            busy: 0,
-            interval_ms: 2000,
-            sent_at: Timestamp::now(),
-            draining: false,
-            free_disk_mb: None,
-            warnings: vec![],
-            ready,
-            not_ready_reason: (ready == Some(false)).then(|| "no consumer".to_owned()),
-        }
-    }
 
     #[test]
     fn a_worker_that_is_not_ready_does_not_count_for_its_pool() {

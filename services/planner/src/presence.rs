@@ -105,13 +105,12 @@ fn changes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_shared::messages::{Heartbeat, WIRE_SCHEMA_VERSION};
     use shoal_shared::{PoolName, WorkerName};
 
     fn doc(name: &str, joined_ago_ms: i64) -> WorkerDoc {
         WorkerDoc {
             name: WorkerName::parse(name).expect("valid"),
-            pool: PoolName::parse("eu").expect("valid"),
+            pool: PoolName::parse("eu-west").expect("valid"),
             region: None,
             slots: 1,
             version: "0".into(),
@@ -124,21 +123,7 @@ mod tests {
     }
 
     fn beat(l: &Liveness, name: &str) {
-        l.beat(Heartbeat {
-            schema_version: WIRE_SCHEMA_VERSION,
-            worker: WorkerName::parse(name).expect("valid"),
-            pool: PoolName::parse("eu").expect("valid"),
-            region: None,
-            slots: 1,
-            busy: 0,
-            interval_ms: 2000,
-            sent_at: Timestamp::now(),
-            draining: false,
-            free_disk_mb: None,
-            warnings: vec![],
-            ready: None,
-            not_ready_reason: None,
-        });
+        l.beat(crate::liveness::beat(name, None));
     }
 
     #[test]

@@ -840,13 +840,12 @@ fn an_attempt_given_up_after_lost_runs_fails_and_closes_the_open_run() {
     assert_eq!(m.state.deployments[&id].state, DeploymentState::Failed);
 }
 
-#[test]
-fn draining_a_worker_is_recorded_once_and_survives_its_rejoining() {
-    let mut m = given(&[]);
-    let join = WorkerMessage {
+/// Worker `name` of pool eu-west says it joined.
+fn joined(name: &str) -> WorkerMessage {
+    WorkerMessage {
         schema_version: 1,
         event_id: EventId::new(),
-        worker: WorkerName::parse("w1").expect("valid"),
+        worker: WorkerName::parse(name).expect("valid"),
         pool: pool("eu-west"),
         sent_at: Timestamp(1),
         body: WorkerBody::Joined {
@@ -854,7 +853,13 @@ fn draining_a_worker_is_recorded_once_and_survives_its_rejoining() {
             slots: 2,
             version: "0".into(),
         },
-    };
+    }
+}
+
+#[test]
+fn draining_a_worker_is_recorded_once_and_survives_its_rejoining() {
+    let mut m = given(&[]);
+    let join = joined("w1");
     when(&mut m, Command::WorkerReport(join.clone())).expect("ok");
     let w1 = WorkerName::parse("w1").expect("valid");
     let drain = |drain| Command::DrainWorker {
@@ -900,18 +905,7 @@ fn a_worker_going_offline_and_back_is_recorded_once_each_and_never_for_one_that_
     };
     // Not joined: nothing to record.
     assert_eq!(when(&mut m, presence(false)).expect("ok"), []);
-    let join = WorkerMessage {
-        schema_version: 1,
-        event_id: EventId::new(),
-        worker: w1.clone(),
-        pool: pool("eu-west"),
-        sent_at: Timestamp(1),
-        body: WorkerBody::Joined {
-            region: None,
-            slots: 2,
-            version: "0".into(),
-        },
-    };
+    let join = joined("w1");
     when(&mut m, Command::WorkerReport(join.clone())).expect("ok");
     assert!(m.state.workers[&w1].online());
     assert_eq!(when(&mut m, presence(true)).expect("ok"), []);

@@ -723,6 +723,26 @@ impl EventLog {
     /// # Errors
     /// Storage failure or undecodable records.
     pub fn read(&self, after: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
+        self.read_with(after, limit, |env, _| env)
+    }
+
+    /// Records after `after` as stored (the bytes the chain hashes), oldest first, at most
+    /// `limit`, each with its sequence.
+    ///
+    /// # Errors
+    /// Storage failure or undecodable records.
+    pub fn read_raw(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        self.read_with(after, limit, |env, bytes| (env.seq, bytes.to_vec()))
+    }
+
+    /// Up to `limit` records after `after`, oldest first, each as `map` makes it of the
+    /// record and its stored bytes.
+    fn read_with<T>(
+        &self,
+        after: u64,
+        limit: usize,
+        map: impl Fn(Envelope, &[u8]) -> T,
+    ) -> Result<Vec<T>, LogError> {
         let start = match self.chunk_at(after.saturating_add(1))? {
             Some((first, _)) => first,
             None => 0,
@@ -736,33 +756,7 @@ impl EventLog {
                 }
                 let env: Envelope = codec::decode("log record", r)?;
                 if env.seq > after {
-                    out.push(env);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Records after `after` as stored (the bytes the chain hashes), oldest first, at most
-    /// `limit`, each with its sequence.
-    ///
-    /// # Errors
-    /// Storage failure or undecodable records.
-    pub fn read_raw(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
-        let start = match self.chunk_at(after.saturating_add(1))? {
-            Some((first, _)) => first,
-            None => 0,
-        };
-        let mut out = Vec::new();
-        for kv in self.tree.range(chunk_key(start)..=chunk_key(u64::MAX)) {
-            let (_, v) = kv?;
-            for r in chunk_records(&v)? {
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-                let seq = codec::decode::<Envelope>("log record", r)?.seq;
-                if seq > after {
-                    out.push((seq, r.to_vec()));
+                    out.push(map(env, r));
                 }
             }
         }
