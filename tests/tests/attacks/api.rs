@@ -49,6 +49,13 @@ async fn send(
     }
     let resp = tokio::time::timeout(WAIT, req.send()).await??;
     let (status, headers) = (resp.status(), resp.headers().clone());
+    // An event stream has no end: its status and headers are the answer.
+    let endless = headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if endless {
+        return Ok((status, headers, String::new()));
+    }
     Ok((status, headers, resp.text().await?))
 }
 
