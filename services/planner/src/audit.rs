@@ -111,7 +111,8 @@ pub async fn sign_heads(
         );
         return;
     }
-    let mut tick = tokio::time::interval(every);
+    // The first signature one interval after the start: not one per start.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The record of the last signature: signing again is due only after something else.
     let mut signed_at_seq = 0;

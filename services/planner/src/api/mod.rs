@@ -299,8 +299,22 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Json
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let body = axum::body::Bytes::from_request(req, state)
+        let RawBody(body) = RawBody::from_request(req, state).await?;
+        parse_body(&body).map(JsonBody)
+    }
+}
+
+/// A request body as bytes (for a handler that also fingerprints it), read with the same
+/// limit and errors as [`JsonBody`].
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(req, state)
             .await
+            .map(RawBody)
             .map_err(|e| ApiError {
                 status: e.status(),
                 message: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -308,8 +322,7 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Json
                 } else {
                     format!("cannot read the request body: {}", e.body_text())
                 },
-            })?;
-        parse_body(&body).map(JsonBody)
+            })
     }
 }
 

@@ -47,7 +47,7 @@ pub(super) async fn create(
     State(app): State<AppState>,
     caller: Caller,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    super::RawBody(body): super::RawBody,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse as _;
     let key = super::idempotency::key_of(&headers, &caller, &body, &app.master_key)?;
