@@ -10,7 +10,6 @@ use crate::system::Layout;
 use crate::throughput;
 use futures::StreamExt as _;
 use serde::Serialize;
-use serde_json::json;
 use shoal_shared::api::EventView;
 use std::sync::{Arc, Mutex};
 
@@ -122,30 +121,14 @@ pub async fn run(
         schedule_to_start_p50_ms: vec![],
     };
     for r in 0..params.rounds {
-        let order = if r % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for feed in order {
+        for feed in throughput::sides(r) {
             eprintln!(
                 "[9] event feed {}: round {} of {} …",
                 if feed { "on" } else { "off" },
                 r + 1,
                 params.rounds
             );
-            let t = throughput::run(
-                Layout { feed, ..layout },
-                params.noop_tasks,
-                json!({"type": "noop"}),
-            )
-            .await?;
-            anyhow::ensure!(
-                t.tasks_succeeded == t.params.tasks,
-                "only {} of {} no-op tasks succeeded",
-                t.tasks_succeeded,
-                t.params.tasks
-            );
+            let t = throughput::noop(Layout { feed, ..layout }, params.noop_tasks).await?;
             let (rate, cpu) = if feed {
                 (&mut o.on_tasks_per_s, &mut o.on_cpu_us_per_task)
             } else {

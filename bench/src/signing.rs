@@ -10,7 +10,6 @@ use crate::stats::{median, round};
 use crate::system::Layout;
 use crate::throughput;
 use serde::Serialize;
-use serde_json::json;
 use shoal_planner::signing::SIGN_GROUP;
 use shoal_shared::messages::{TaskMessage, WIRE_SCHEMA_VERSION};
 use shoal_shared::signed::{Binding, Kind, SigningKey, TrustedKeys};
@@ -162,12 +161,7 @@ pub async fn run(
     let micro = micro()?;
     let (mut signed, mut unsigned) = (Side::default(), Side::default());
     for r in 0..params.rounds {
-        let order = if r % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for signing in order {
+        for signing in throughput::sides(r) {
             let side = if signing { &mut signed } else { &mut unsigned };
             eprintln!(
                 "[7] signing {}: round {} of {} …",
@@ -175,18 +169,7 @@ pub async fn run(
                 r + 1,
                 params.rounds
             );
-            let o = throughput::run(
-                Layout { signing, ..layout },
-                params.noop_tasks,
-                json!({"type": "noop"}),
-            )
-            .await?;
-            anyhow::ensure!(
-                o.tasks_succeeded == o.params.tasks,
-                "only {} of {} no-op tasks succeeded",
-                o.tasks_succeeded,
-                o.params.tasks
-            );
+            let o = throughput::noop(Layout { signing, ..layout }, params.noop_tasks).await?;
             side.noop_tasks_per_s.push(round(o.tasks_per_s));
             side.noop_cpu_us_per_task.push(o.cpu_us_per_task);
             side.noop_signatures_per_task.push(o.signatures_per_task);

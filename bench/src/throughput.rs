@@ -107,3 +107,28 @@ pub async fn run(layout: Layout, tasks: usize, action: Value) -> anyhow::Result<
         signatures_per_task: facts.signatures_per_task(n),
     })
 }
+
+/// Which side of an on/off comparison goes first in round `r`: off first in even rounds, on
+/// first in odd ones, so that a machine that warms up or gets busier favours neither.
+pub fn sides(r: usize) -> [bool; 2] {
+    if r.is_multiple_of(2) {
+        [false, true]
+    } else {
+        [true, false]
+    }
+}
+
+/// [`run`] with no-op steps, failing unless every task succeeded.
+///
+/// # Errors
+/// As [`run`], or a task did not succeed.
+pub async fn noop(layout: Layout, tasks: usize) -> anyhow::Result<Outcome> {
+    let o = run(layout, tasks, serde_json::json!({"type": "noop"})).await?;
+    anyhow::ensure!(
+        o.tasks_succeeded == o.params.tasks,
+        "only {} of {} no-op tasks succeeded",
+        o.tasks_succeeded,
+        o.params.tasks
+    );
+    Ok(o)
+}
