@@ -100,6 +100,22 @@ pub const EVENT_TYPES: [&str; 45] = [
     "RejectionsCounted",
 ];
 
+/// Checks that each of `types` is an event type; the first that is not, named with the known
+/// ones.
+///
+/// # Errors
+/// A name that is no event type's.
+pub fn check_types<S: AsRef<str>>(types: &[S]) -> Result<(), String> {
+    match types.iter().find(|t| !EVENT_TYPES.contains(&t.as_ref())) {
+        Some(bad) => Err(format!(
+            "unknown event type \"{}\" (known: {})",
+            bad.as_ref(),
+            EVENT_TYPES.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Every fact shoal records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {

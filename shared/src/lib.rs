@@ -32,3 +32,13 @@ pub use ids::*;
 pub use names::*;
 pub use resolve::{PoolRule, resolve_pool};
 pub use time::Timestamp;
+
+/// The deepest cause of an error ("Connection refused" rather than "error sending request"):
+/// what a person can act on.
+pub fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

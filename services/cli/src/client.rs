@@ -246,7 +246,7 @@ impl ApiClient {
     pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
         let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             api: self.base.clone(),
-            cause: innermost(&e),
+            cause: shoal_shared::innermost(&e),
         };
         let req = self.http.get(self.url(path));
         let req = match self.token() {
@@ -333,7 +333,7 @@ impl ApiClient {
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<String, ClientError> {
         let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             api: self.base.clone(),
-            cause: innermost(&e),
+            cause: shoal_shared::innermost(&e),
         };
         let give_up = tokio::time::Instant::now() + STARTING_WAIT;
         let mut told = false;
@@ -420,13 +420,4 @@ fn typed<T: DeserializeOwned>(request: &str, text: &str) -> Result<T, ClientErro
         request: request.to_owned(),
         cause: e.to_string(),
     })
-}
-
-/// The deepest cause of an error ("Connection refused" rather than "error sending request").
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }

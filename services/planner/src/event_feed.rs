@@ -267,8 +267,3 @@ fn message(
         .expected_last_sequence(seq.saturating_sub(1));
     Ok((subject, seq, msg))
 }
-
-/// The log sequence a feed message carries.
-pub fn seq_of(headers: &HeaderMap) -> Option<u64> {
-    headers.get(SEQ_HEADER)?.as_str().parse().ok()
-}

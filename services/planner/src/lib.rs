@@ -153,8 +153,6 @@ struct Parts {
 struct Queues {
     dispatch_rx: TaskReceiver,
     effects_rx: mpsc::Receiver<Vec<Effect>>,
-    /// The log's last durable sequence, for the event feed.
-    durable: watch::Receiver<u64>,
 }
 
 /// Runs the planner until `shutdown` is cancelled, serving HTTP on `listener`: [`Planner::build`]
@@ -260,7 +258,7 @@ impl Planner {
             uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(api::MAX_UPLOADS)),
             handle,
             liveness,
-            durable: durable.clone(),
+            durable,
             stop,
             services,
             tasks,
@@ -268,7 +266,6 @@ impl Planner {
         let queues = Queues {
             dispatch_rx,
             effects_rx,
-            durable,
         };
         Ok((parts, writer_task, queues))
     }
@@ -287,7 +284,9 @@ impl Planner {
             queues,
         } = self;
         let intake = p.stop.child_token();
-        p.spawn_services(queues);
+        // One budget of recorded refusals for every subject the planner reads.
+        let recorder = rejections::Recorder::new(p.handle.clone());
+        p.spawn_services(queues, recorder.clone());
         let builtin = start_builtin_worker(
             &p.config,
             &p.pool_key,
@@ -301,7 +300,7 @@ impl Planner {
             p.client.clone(),
             p.config.subjects.clone(),
             api::router(app.clone()),
-            rejections::Recorder::new(p.handle.clone()),
+            recorder,
             intake.child_token(),
         ));
         // The writer ends once every handle is gone: the services' and the API's are.
@@ -365,16 +364,14 @@ impl Parts {
     /// Starts, on the tracker, what runs beside the API until the services are stopped:
     /// effects, drain-state answers, dispatch, scheduled health checks, and ingestion of
     /// results and heartbeats.
-    fn spawn_services(&self, queues: Queues) {
+    fn spawn_services(&self, queues: Queues, recorder: rejections::Recorder) {
         let Queues {
             dispatch_rx,
             effects_rx,
-            durable,
         } = queues;
         let (client, js, subjects) = (&self.client, &self.js, &self.config.subjects);
         let (handle, liveness, stop_services) = (&self.handle, &self.liveness, &self.services);
         let tasks = &self.tasks;
-        let recorder = rejections::Recorder::new(handle.clone());
         tasks.spawn(recorder.clone().summarise(stop_services.clone()));
         tasks.spawn(effects::answer_drain_state(
             client.clone(),
@@ -408,7 +405,7 @@ impl Parts {
             subjects: subjects.clone(),
             log: self.log.clone(),
             retention: self.config.events,
-            durable,
+            durable: self.durable.clone(),
         };
         if self.config.event_feed {
             tasks.spawn(event_feed::run(publisher, stop_services.clone()));

@@ -215,7 +215,7 @@ async fn deliver(d: &Deliverer, w: &WebhookDoc, env: Envelope, stop: &Cancellati
     };
     let seq = env.seq;
     let (event_type, event_id) = (env.event_type.clone(), env.event_id.to_string());
-    let body = serde_json::to_vec(&EventView::of(env)).unwrap_or_default();
+    let body = EventView::json_of(&env).unwrap_or_default();
     let mut attempt = w.failing + 1;
     loop {
         let t = shoal_shared::Timestamp::now().millis() / 1000;
@@ -242,7 +242,7 @@ async fn deliver(d: &Deliverer, w: &WebhookDoc, env: Envelope, stop: &Cancellati
                 Some(r.status().as_u16()),
                 format!("answered {}", r.status()),
             ),
-            Err(e) => (None, innermost(&e)),
+            Err(e) => (None, shoal_shared::innermost(&e)),
         };
         if attempt >= d.policy.attempts {
             let reason = format!(
@@ -277,15 +277,6 @@ async fn record(d: &Deliverer, w: &WebhookDoc, seq: u64, attempt: u32, outcome: 
     if let Err(e) = d.writer.execute(cmd).await {
         tracing::warn!(webhook = %w.name, error = %e, "a webhook attempt was not recorded");
     }
-}
-
-/// The deepest cause of an error ("Connection refused" rather than "error sending request").
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]

@@ -3,10 +3,9 @@
 
 use super::auth::Caller;
 use super::{ApiError, AppState};
+use crate::domain::Command;
 use crate::domain::state::{AttemptDoc, DeploymentDoc, TaskDoc};
-use crate::domain::{Command, Rejection};
 use crate::liveness::PoolLoad;
-use crate::log::writer::WriteError;
 use crate::log::{EventLog, Proj};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -82,30 +81,20 @@ pub(super) async fn create(
     headers: axum::http::HeaderMap,
     super::RawBody(body): super::RawBody,
 ) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse as _;
     let idempotency = super::idempotency::key_of(&headers, &caller, &body, &app.master_key)?;
     let req: CreateDeployment = super::parse_body(&body)?;
     let id = DeploymentId::new();
     let spec = spec_of(id, req, &app.master_key)?;
     let cmd = super::idempotency::once(idempotency, Command::CreateDeployment { id, spec });
-    match app.writer.execute_as(caller.actor(), cmd).await {
-        Ok(_) => Ok((StatusCode::CREATED, Json(Created { id })).into_response()),
-        Err(WriteError::Rejected(Rejection::Replayed(made))) => {
-            let first = made
-                .strip_prefix("deployment/")
-                .and_then(|d| DeploymentId::parse(d).ok())
-                .ok_or_else(|| {
-                    ApiError::conflict(format!("the key made {made}, not a deployment"))
-                })?;
-            Ok((
-                StatusCode::CREATED,
-                [(super::idempotency::REPLAYED, "true")],
-                Json(Created { id: first }),
-            )
-                .into_response())
-        }
-        Err(e) => Err(e.into()),
-    }
+    let made = super::idempotency::replayed(app.writer.execute_as(caller.actor(), cmd).await)?;
+    let Some(made) = made else {
+        return Ok(super::idempotency::created(false, Created { id }));
+    };
+    let first = made
+        .strip_prefix("deployment/")
+        .and_then(|d| DeploymentId::parse(d).ok())
+        .ok_or_else(|| ApiError::conflict(format!("the key made {made}, not a deployment")))?;
+    Ok(super::idempotency::created(true, Created { id: first }))
 }
 
 #[derive(Deserialize)]

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde::Deserialize;
 use shoal_shared::api::EventView;
-use shoal_shared::events::{EVENT_TYPES, Envelope};
+use shoal_shared::events::{Envelope, check_types};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
@@ -62,12 +62,7 @@ impl Filter {
             .filter(|t| !t.is_empty())
             .map(str::to_owned)
             .collect();
-        if let Some(bad) = types.iter().find(|t| !EVENT_TYPES.contains(&t.as_str())) {
-            return Err(ApiError::bad_request(format!(
-                "type: unknown event type \"{bad}\" (known: {})",
-                EVENT_TYPES.join(", ")
-            )));
-        }
+        check_types(&types).map_err(|e| ApiError::bad_request(format!("type: {e}")))?;
         Ok(Filter {
             stream: q.stream.clone().filter(|s| !s.is_empty()),
             types,
@@ -159,7 +154,7 @@ pub(super) async fn list(
     let (views, next) = app
         .read(move |log| {
             let page = filter.page(log, after, u64::MAX, limit)?;
-            let views: Vec<EventView> = page.records.into_iter().map(view).collect();
+            let views: Vec<EventView> = page.records.into_iter().map(EventView::of).collect();
             Ok((views, page.next_after))
         })
         .await?;
@@ -276,16 +271,13 @@ impl Follower {
     }
 }
 
+/// A record as an event of the stream: the same JSON as the feed's and the pages'.
 fn sse_event(env: Envelope) -> SseEvent {
-    let (seq, event_type) = (env.seq, env.event_type.clone());
-    let event = SseEvent::default().id(seq.to_string()).event(event_type);
-    match event.clone().json_data(view(env)) {
-        Ok(e) => e,
+    let event = SseEvent::default()
+        .id(env.seq.to_string())
+        .event(env.event_type.as_str());
+    match EventView::json_of(&env) {
+        Ok(json) => event.data(String::from_utf8_lossy(&json)),
         Err(e) => event.data(format!("{{\"undisplayable\": \"{e}\"}}")),
     }
-}
-
-/// The API view of a record: the event's fields under `data`.
-pub fn view(env: Envelope) -> EventView {
-    EventView::of(env)
 }

@@ -58,19 +58,31 @@ pub fn key_of(
     }))
 }
 
-/// Whether a command's answer is a replay (the key's first request made it already); other
-/// refusals are errors.
+/// What a keyed create's command came to: `None` when it made something now, the stream of
+/// what the key's first request made when it is a replay; other refusals are errors.
 ///
 /// # Errors
 /// The command was refused otherwise.
 pub fn replayed(
     result: Result<crate::log::writer::Appended, crate::log::writer::WriteError>,
-) -> Result<bool, ApiError> {
+) -> Result<Option<String>, ApiError> {
     match result {
-        Ok(_) => Ok(false),
-        Err(crate::log::writer::WriteError::Rejected(crate::domain::Rejection::Replayed(_))) => {
-            Ok(true)
+        Ok(_) => Ok(None),
+        Err(crate::log::writer::WriteError::Rejected(crate::domain::Rejection::Replayed(made))) => {
+            Ok(Some(made))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The 201 answer of a create: `body`, marked `Idempotent-Replayed: true` when it is the
+/// key's first answer again.
+pub fn created<T: serde::Serialize>(replayed: bool, body: T) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let answer = (axum::http::StatusCode::CREATED, axum::Json(body));
+    if replayed {
+        (answer.0, [(REPLAYED, "true")], answer.1).into_response()
+    } else {
+        answer.into_response()
     }
 }

@@ -17,7 +17,6 @@ pub(super) async fn create(
     headers: axum::http::HeaderMap,
     super::RawBody(body): super::RawBody,
 ) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse as _;
     let key = super::idempotency::key_of(&headers, &caller, &body, &app.master_key)?;
     let req: CreatePool = super::parse_body(&body)?;
     let pool = Pool {
@@ -27,7 +26,8 @@ pub(super) async fn create(
     };
     // Its queue consumer is created by the effect of the registration, once it is durable.
     let cmd = super::idempotency::once(key, Command::RegisterPool(pool));
-    let replayed = super::idempotency::replayed(app.writer.execute_as(caller.actor(), cmd).await)?;
+    let replayed =
+        super::idempotency::replayed(app.writer.execute_as(caller.actor(), cmd).await)?.is_some();
     if let Some(key) = req.sealing_key.filter(|_| !replayed) {
         let pool = req.name.clone();
         app.writer
@@ -42,11 +42,7 @@ pub(super) async fn create(
         })
         .await?;
     // The same key again: the pool as it is now.
-    let answer = (StatusCode::CREATED, Json(view(&app, doc)));
-    Ok(match replayed {
-        true => (answer.0, [(super::idempotency::REPLAYED, "true")], answer.1).into_response(),
-        false => answer.into_response(),
-    })
+    Ok(super::idempotency::created(replayed, view(&app, doc)))
 }
 
 pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<PoolView>>, ApiError> {

@@ -49,7 +49,6 @@ pub(super) async fn create(
     headers: axum::http::HeaderMap,
     super::RawBody(body): super::RawBody,
 ) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse as _;
     let key = super::idempotency::key_of(&headers, &caller, &body, &app.master_key)?;
     let req: CreateTarget = super::parse_body(&body)?;
     let name = req.name.clone();
@@ -66,11 +65,8 @@ pub(super) async fn create(
     let cmd = super::idempotency::once(key, Command::RegisterTarget(target));
     let replayed = super::idempotency::replayed(app.writer.execute_as(caller.actor(), cmd).await)?;
     // The same key again: the target as it is now.
-    let answer = (StatusCode::CREATED, Json(view(load(&app, name).await?)));
-    Ok(match replayed {
-        true => (answer.0, [(super::idempotency::REPLAYED, "true")], answer.1).into_response(),
-        false => answer.into_response(),
-    })
+    let target = view(load(&app, name).await?);
+    Ok(super::idempotency::created(replayed.is_some(), target))
 }
 
 pub(super) async fn update(

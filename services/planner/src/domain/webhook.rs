@@ -6,7 +6,7 @@
 use super::decide::{NewEvent, Rejection, join};
 use super::state::{Changes, DocKey, State};
 use serde::{Deserialize, Serialize};
-use shoal_shared::events::{EVENT_TYPES, Event};
+use shoal_shared::events::{Event, check_types};
 use shoal_shared::secret::Sealed;
 use shoal_shared::{Timestamp, TokenName};
 
@@ -143,12 +143,7 @@ pub(super) fn create(state: &State, w: &NewWebhook) -> Result<Vec<NewEvent>, Rej
             w.url
         )));
     }
-    if let Some(bad) = w.types.iter().find(|t| !EVENT_TYPES.contains(&t.as_str())) {
-        return Err(Rejection::Invalid(format!(
-            "types: unknown event type \"{bad}\" (known: {})",
-            EVENT_TYPES.join(", ")
-        )));
-    }
+    check_types(&w.types).map_err(|e| Rejection::Invalid(format!("types: {e}")))?;
     Ok(vec![NewEvent::new(Event::WebhookCreated {
         name: w.name.clone(),
         url: w.url.clone(),

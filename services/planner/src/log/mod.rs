@@ -28,7 +28,6 @@ use crate::domain::state::{
 };
 use crate::domain::{DocKey, State};
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use shoal_shared::api::LogCursor;
 use shoal_shared::codec::{self, CodecError};
 use shoal_shared::events::{Envelope, Event};
@@ -358,7 +357,8 @@ fn be_u64(bytes: &[u8], what: &str) -> Result<u64, LogError> {
 
 /// SHA-256 of a stored record.
 pub fn record_hash(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
+    // The one definition the chain and an offline audit agree on.
+    shoal_shared::audit::record_hash(bytes)
 }
 
 /// The end of the chain: last sequence number and the hash of its record.
