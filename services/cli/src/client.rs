@@ -38,6 +38,9 @@ impl ClientError {
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    /// For answers with no end (event streams): no limit on the whole request, only on
+    /// silence (the planner sends a keep-alive every 15 s).
+    streaming: reqwest::Client,
     /// Wait for a planner that says it is still starting (see [`ApiClient::waiting_for_start`]).
     wait_starting: bool,
     token: Token,
@@ -70,9 +73,15 @@ impl ApiClient {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
+        let streaming = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(STREAM_SILENCE)
+            .build()
+            .unwrap_or_default();
         ApiClient {
             base: base.trim_end_matches('/').to_owned(),
             http,
+            streaming,
             wait_starting: false,
             token: Token::None,
         }
@@ -244,11 +253,37 @@ impl ApiClient {
     /// # Errors
     /// The planner is unreachable or answered with an error.
     pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        self.open(self.http.get(self.url(path))).await
+    }
+
+    /// `GET path` of an answer with no end (Server-Sent Events), resuming after
+    /// `last_event_id` when given (`Last-Event-ID`): only silence longer than
+    /// [`STREAM_SILENCE`] ends it, not its length.
+    ///
+    /// # Errors
+    /// The planner is unreachable or answered with an error.
+    pub async fn get_event_stream(
+        &self,
+        path: &str,
+        last_event_id: Option<u64>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let req = self
+            .streaming
+            .get(self.url(path))
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        let req = match last_event_id {
+            Some(id) => req.header("Last-Event-ID", id.to_string()),
+            None => req,
+        };
+        self.open(req).await
+    }
+
+    /// Sends a request once; the answer, its body not read, when it is a success.
+    async fn open(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
         let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             api: self.base.clone(),
             cause: shoal_shared::innermost(&e),
         };
-        let req = self.http.get(self.url(path));
         let req = match self.token() {
             Some(token) => req.bearer_auth(token),
             None => req,
@@ -398,6 +433,10 @@ impl ApiClient {
 
 /// How long a command waits for a planner that says it is still starting.
 pub const STARTING_WAIT: Duration = Duration::from_secs(15);
+
+/// How long an event stream may be silent before it is taken as dropped: three of the
+/// planner's keep-alives.
+pub const STREAM_SILENCE: Duration = Duration::from_secs(45);
 
 /// The message of an error answer: the planner's error body, else what came (a proxy in
 /// between?).

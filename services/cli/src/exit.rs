@@ -4,7 +4,7 @@
 
 use crate::client::ClientError;
 use crate::ids::IdError;
-use shoal_shared::DeploymentState;
+use shoal_shared::{DeploymentState, TaskState};
 
 /// It did what was asked (`--wait`: the deployment succeeded, the target is healthy).
 pub const OK: i32 = 0;
@@ -86,6 +86,22 @@ pub fn for_deployment(state: DeploymentState) -> i32 {
         DeploymentState::Queued | DeploymentState::Running | DeploymentState::Cancelling => {
             TIMED_OUT
         }
+    }
+}
+
+/// The exit code of following one task (`shoal logs -f ID TASK`) that is now in `state`: as
+/// [`for_deployment`], a task that never ran (skipped) counting as failed.
+pub fn for_task(state: TaskState) -> i32 {
+    match state {
+        TaskState::Succeeded => OK,
+        TaskState::Failed | TaskState::TimedOut | TaskState::Skipped => FAILED,
+        TaskState::Cancelled => CANCELLED,
+        TaskState::Pending
+        | TaskState::Planned
+        | TaskState::Dispatched
+        | TaskState::Running
+        | TaskState::RetryScheduled
+        | TaskState::Lost => TIMED_OUT,
     }
 }
 

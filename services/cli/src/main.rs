@@ -3,6 +3,8 @@
 mod audit;
 mod demo;
 mod explain;
+mod live;
+mod logs;
 mod package;
 mod render;
 mod watch;
@@ -18,11 +20,11 @@ use shoal_cli::{ids, input};
 use shoal_shared::api::{
     CancelRequest, CheckingView, CreateDeployment, CreatePool, CreateTarget, Created,
     DeploymentDetail, DeploymentSummary, DrainView, HealthHistory, HealthRecordView, TargetView,
-    TaskLog, UpdateTarget,
+    UpdateTarget,
 };
 use shoal_shared::{
-    DeploymentState, EnvironmentName, HealthCheck, HealthState, OutputStream, PoolName, RegionName,
-    RoleName, TargetKind, TargetName, TaskId,
+    DeploymentState, EnvironmentName, HealthCheck, HealthState, PoolName, RegionName, RoleName,
+    TargetKind, TargetName,
 };
 use std::path::PathBuf;
 use std::time::Duration;
@@ -90,6 +92,10 @@ enum Cmd {
         /// task; exit non-zero unless it succeeds. Ctrl-C stops following, not the deployment.
         #[arg(long)]
         wait: bool,
+        /// With --wait: also every task's output as it arrives, each line prefixed with its
+        /// task (`step · target`), `!` marking stderr.
+        #[arg(long, requires = "wait")]
+        logs: bool,
         /// Set a variable in every step (`KEY=VALUE`) or in one step (`STEP.KEY=VALUE`),
         /// over the file's; repeat for several.
         #[arg(long = "var", value_name = "[STEP.]KEY=VALUE", value_parser = input::var)]
@@ -109,6 +115,11 @@ enum Cmd {
         id: String,
         /// One task: its id or the first characters of it, as `deployment show` prints it.
         task: Option<String>,
+        /// Follow it: the output there is, then new output as it arrives, until the task (or
+        /// every task of the deployment, each line prefixed with its task) has ended; exits as
+        /// `deploy --wait` does (0 only if it succeeded).
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// Workers, their pools and liveness.
     Workers,
@@ -489,6 +500,7 @@ fn show<T: Serialize + ?Sized>(
 fn text_only(cmd: &Cmd) -> Option<&'static str> {
     match cmd {
         Cmd::Deploy { .. } => Some("deploy"),
+        Cmd::Logs { follow: true, .. } => Some("logs --follow"),
         Cmd::Demo { .. } => Some("demo"),
         Cmd::Completions { .. } => Some("completions"),
         _ => None,
@@ -518,9 +530,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Deploy {
             file,
             wait,
+            logs,
             vars,
             sensitive_vars,
-        } => return deploy(&api, &file, &vars, &sensitive_vars, wait).await,
+        } => {
+            let follow = Following { wait, logs };
+            return deploy(&api, &file, &vars, &sensitive_vars, follow).await;
+        }
         Cmd::Deployment(DeploymentCmd::List { limit }) => {
             let list: Vec<DeploymentSummary> = api
                 .get_as(&format!("/api/deployments?limit={limit}"))
@@ -532,7 +548,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let d: DeploymentDetail = api.get_as(&format!("/api/deployments/{id}")).await?;
             show(out, &d, render::deployment)?;
         }
-        Cmd::Logs { id, task } => logs(&api, out, &id, task.as_deref()).await?,
+        Cmd::Logs { id, task, follow } => {
+            return logs::run(&api, out, &id, task.as_deref(), follow).await;
+        }
         Cmd::Workers | Cmd::Worker(WorkerCmd::List) => {
             let list: Vec<shoal_shared::api::WorkerView> = api.get_as("/api/workers").await?;
             show(out, &list, |l| render::workers(l))?;
@@ -1058,12 +1076,19 @@ fn set_in_steps(
     Ok(())
 }
 
+/// What `deploy` follows after submitting: `--wait`, `--logs`.
+#[derive(Debug, Clone, Copy)]
+struct Following {
+    wait: bool,
+    logs: bool,
+}
+
 async fn deploy(
     api: &ApiClient,
     file: &std::path::Path,
     vars: &[String],
     sensitive: &[String],
-    wait: bool,
+    follow: Following,
 ) -> anyhow::Result<i32> {
     let body = read_deployment(file)?;
     // Without --var the file goes as written: the planner's answer names the field at fault.
@@ -1075,11 +1100,15 @@ async fn deploy(
     };
     let id = created.id.to_string();
     println!("deployment {id} accepted");
-    if !wait {
+    if !follow.wait {
         return Ok(exit::OK);
     }
+    let mut watch = watch::Watch::new(api, &id);
+    if follow.logs {
+        watch = watch.with_output(live::spawn(api, &id));
+    }
     let d = tokio::select! {
-        d = follow(api, &id, true) => d?,
+        d = watch.run() => d?,
         _ = tokio::signal::ctrl_c() => return Ok(interrupted(api, &id).await),
     };
     render::deployment(&d);
@@ -1128,68 +1157,6 @@ pub(crate) async fn follow(
         }
         tokio::time::sleep(watch::POLL).await;
     }
-}
-
-/// `shoal logs`: every task's output, or one task's; with `--output json`, an array of the
-/// API's `TaskLog`, one per task, each with all its lines.
-async fn logs(api: &ApiClient, out: Output, id: &str, task: Option<&str>) -> anyhow::Result<()> {
-    let id = ids::deployment(api, id).await?.to_string();
-    let d: DeploymentDetail = api.get_as(&format!("/api/deployments/{id}")).await?;
-    let mut tasks: Vec<(TaskId, String)> = Vec::new();
-    for step in &d.steps {
-        for t in &step.tasks {
-            let label = format!(
-                "{} · {} · pool {}",
-                step.name,
-                t.target.as_ref().map_or("(no target)", |t| t.as_str()),
-                t.pool
-            );
-            tasks.push((t.id, label));
-        }
-    }
-    if let Some(wanted) = task {
-        let one = ids::task(&d, wanted)?;
-        tasks.retain(|(t, _)| *t == one);
-    }
-    if tasks.is_empty() {
-        bail!("deployment {id} has no tasks");
-    }
-    if out == Output::Json {
-        let mut all = Vec::with_capacity(tasks.len());
-        for (task, _) in &tasks {
-            all.push(whole_log(api, &id, &task.to_string()).await?);
-        }
-        return show(out, &all, |_| {});
-    }
-    for (task, label) in tasks {
-        println!("== task {task} ({label})");
-        // Page by page, so a long log is printed as it comes rather than held whole.
-        api.task_log_pages(&id, &task.to_string(), None, |lines| {
-            for l in &lines {
-                // attempt.run: a run above 1 is a redelivery after a worker was lost.
-                let run = format!("{}.{}", l.attempt, l.run);
-                match l.stream {
-                    OutputStream::Stderr => println!("{run} ! {}", l.line),
-                    OutputStream::Stdout => println!("{run}   {}", l.line),
-                }
-            }
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-/// A task's log as one `TaskLog`: every page's lines, the last page's state and cursor.
-async fn whole_log(api: &ApiClient, id: &str, task: &str) -> anyhow::Result<TaskLog> {
-    let mut lines = Vec::new();
-    let last = api
-        .task_log_pages(id, task, None, |page| lines.extend(page))
-        .await?;
-    Ok(TaskLog {
-        lines,
-        more: false,
-        ..last
-    })
 }
 
 /// A value of a request field, or an error naming the field (as the planner would).

@@ -6,11 +6,11 @@ use serde::Serialize;
 use serde_json::Value;
 use shoal_cli::colour::{self, Tone};
 use shoal_cli::ids;
-use shoal_shared::TaskState;
 use shoal_shared::api::{
     DeploymentDetail, DeploymentSummary, EventView, HealthHistory, HealthRecordView, PoolView,
     TargetView, WorkerView,
 };
+use shoal_shared::{OutputStream, TaskState};
 
 /// A field as the API spells it (names, states, times), `-` for none.
 pub fn s<T: Serialize + ?Sized>(v: &T) -> String {
@@ -18,6 +18,15 @@ pub fn s<T: Serialize + ?Sized>(v: &T) -> String {
         Ok(Value::Null) | Err(_) => "-".to_owned(),
         Ok(Value::String(s)) => s,
         Ok(other) => other.to_string(),
+    }
+}
+
+/// A line of a task's output as `shoal logs` prints it: `attempt.run`, `!` for stderr.
+pub fn log_line(attempt: u32, run: u32, stream: OutputStream, line: &str) -> String {
+    // attempt.run: a run above 1 is a redelivery after a worker was lost.
+    match stream {
+        OutputStream::Stderr => format!("{attempt}.{run} ! {line}"),
+        OutputStream::Stdout => format!("{attempt}.{run}   {line}"),
     }
 }
 

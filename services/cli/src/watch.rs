@@ -3,7 +3,7 @@
 //! task's output, and what is left running when the user stops following with Ctrl-C.
 //!
 //! On a terminal the task lines are one block redrawn in place; anything worth keeping
-//! (retries, failures) is printed above it. When stdout is not a terminal only changes are
+//! (retries, failures, with `--logs` the tasks' output) is printed above it. When stdout is not a terminal only changes are
 //! appended, one line each, so a CI log of the run stays readable.
 
 use crate::render;
@@ -13,6 +13,7 @@ use shoal_shared::{OutputStream, StepState, TaskId, TaskState, Timestamp};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// The exit code of a command the user interrupted with Ctrl-C (128 + SIGINT), as shells use.
 pub(crate) const EXIT_INTERRUPTED: i32 = 130;
@@ -32,8 +33,12 @@ const BLOCK_TASKS: usize = 24;
 /// How often the deployment is read.
 pub(crate) const POLL: Duration = Duration::from_millis(300);
 
+/// How long, once the deployment has ended, its last output lines are waited for (`--logs`):
+/// they are in the log before its end, so they come at once unless a task still runs.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+
 /// A task's place in its deployment, as the user reads it: `step · target`.
-fn label(step: &StepDetail, t: &TaskView) -> String {
+pub(crate) fn label(step: &StepDetail, t: &TaskView) -> String {
     match &t.target {
         Some(target) => format!("{} · {target}", step.name),
         None => step.name.clone(),
@@ -310,6 +315,8 @@ pub(crate) struct Watch<'a> {
     told: HashSet<(TaskId, u32, u32)>,
     /// Tasks whose failure was already shown.
     failed: HashSet<TaskId>,
+    /// The tasks' output lines as they arrive (`--logs`), until they end.
+    output: Option<mpsc::Receiver<Vec<String>>>,
 }
 
 impl<'a> Watch<'a> {
@@ -324,7 +331,15 @@ impl<'a> Watch<'a> {
             progress: String::new(),
             told: HashSet::new(),
             failed: HashSet::new(),
+            output: None,
         }
+    }
+
+    /// The same watch, also printing the output lines `lines` hands over (above the block
+    /// on a terminal).
+    pub(crate) fn with_output(mut self, lines: mpsc::Receiver<Vec<String>>) -> Watch<'a> {
+        self.output = Some(lines);
+        self
     }
 
     /// Polls the deployment until it ends, showing it as it goes; its last state.
@@ -337,6 +352,9 @@ impl<'a> Watch<'a> {
                 .api
                 .get_as(&format!("/api/deployments/{}", self.id))
                 .await?;
+            if d.state.is_terminal() {
+                self.drain_output().await;
+            }
             if self.tty {
                 let lasting = self.lasting(&d).await;
                 self.redraw(&lasting, block(&d, Timestamp::now()));
@@ -350,7 +368,45 @@ impl<'a> Watch<'a> {
             if d.state.is_terminal() {
                 return Ok(d);
             }
-            tokio::time::sleep(POLL).await;
+            self.pause().await;
+        }
+    }
+
+    /// Waits [`POLL`], printing the output lines that arrive meanwhile.
+    async fn pause(&mut self) {
+        let until = tokio::time::Instant::now() + POLL;
+        while let Some(rx) = self.output.as_mut() {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return,
+                lines = rx.recv() => match lines {
+                    Some(lines) => self.show_output(&lines),
+                    None => self.output = None,
+                },
+            }
+        }
+        tokio::time::sleep_until(until).await;
+    }
+
+    /// Once the deployment has ended: prints the output lines still on their way.
+    async fn drain_output(&mut self) {
+        let Some(mut rx) = self.output.take() else {
+            return;
+        };
+        let until = tokio::time::Instant::now() + OUTPUT_DRAIN;
+        while let Ok(Some(lines)) = tokio::time::timeout_at(until, rx.recv()).await {
+            self.show_output(&lines);
+        }
+    }
+
+    /// Output lines: above the block on a terminal, appended otherwise.
+    fn show_output(&mut self, lines: &[String]) {
+        if self.tty {
+            let block = self.drawn.clone();
+            self.redraw(lines, block);
+        } else {
+            for l in lines {
+                println!("{l}");
+            }
         }
     }
 
