@@ -19,12 +19,13 @@ use crate::{DeploymentState, OutputStream, StepState, Target, TargetKind, TaskSt
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+use utoipa::ToSchema;
 
 // ---------------------------------------------------------------------------------------
 // Errors
 
 /// The body of every error answer (4xx, 5xx): what is wrong and what to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: String,
 }
@@ -33,7 +34,7 @@ pub struct ErrorBody {
 // Pools
 
 /// `POST /api/pools`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePool {
     pub name: PoolName,
@@ -48,14 +49,14 @@ pub struct CreatePool {
 
 /// `PUT /api/pools/{name}/key`: the public key a pool's sensitive variables are sealed to
 /// from now on (set or rotated).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPoolKey {
     pub key: crate::secret::PoolKey,
 }
 
 /// A pool as the API shows it (`GET /api/pools`, and the answer to `POST`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PoolView {
     pub name: PoolName,
     pub region: Option<RegionName>,
@@ -73,7 +74,7 @@ pub struct PoolView {
 // Targets
 
 /// `POST /api/targets`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTarget {
     pub name: TargetName,
@@ -88,11 +89,12 @@ pub struct CreateTarget {
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub health_interval_secs: Option<u64>,
 }
 
 /// `PUT /api/targets/{name}`: absent fields stay as they are; `null` clears an optional one.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,6 +126,7 @@ pub struct UpdateTarget {
         deserialize_with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(minimum = 1)]
     pub health_interval_secs: Option<Option<u64>>,
 }
 
@@ -141,7 +144,7 @@ where
 }
 
 /// A target as the API shows it: its definition, the probe its checks run, and its health.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TargetView {
     #[serde(flatten)]
     pub target: Target,
@@ -153,7 +156,7 @@ pub struct TargetView {
 }
 
 /// A target's health now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HealthView {
     pub state: HealthState,
     pub reason: Option<String>,
@@ -169,7 +172,7 @@ pub struct HealthView {
 
 /// A check on its way (also the answer to `POST /api/targets/{name}/health-check`, where a
 /// check a fast worker already answered has no deadline any more).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CheckingView {
     pub check: CheckId,
     pub pool: PoolName,
@@ -178,7 +181,7 @@ pub struct CheckingView {
 }
 
 /// One result of a health check of a target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HealthRecordView {
     pub check: CheckId,
     pub state: HealthState,
@@ -194,7 +197,7 @@ pub struct HealthRecordView {
 }
 
 /// `GET /api/targets/{name}/health`: the history, oldest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HealthHistory {
     pub target: TargetName,
     pub state: HealthState,
@@ -206,20 +209,23 @@ pub struct HealthHistory {
 // Deployments
 
 /// `POST /api/deployments`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDeployment {
+    #[schema(pattern = "\\S")]
     pub project: String,
     pub environment: EnvironmentName,
+    #[schema(min_items = 1)]
     pub steps: Vec<StepRequest>,
     #[serde(default)]
     pub unhealthy_targets: UnhealthyTargets,
 }
 
 /// One step of [`CreateDeployment`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepRequest {
+    #[schema(pattern = "\\S")]
     pub name: String,
     pub action: ActionRequest,
     #[serde(default)]
@@ -227,8 +233,10 @@ pub struct StepRequest {
     #[serde(default)]
     pub pool: Option<PoolName>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub timeout_secs: Option<u64>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_parallel: Option<u32>,
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
@@ -237,15 +245,17 @@ pub struct StepRequest {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sensitive_variables: BTreeMap<String, crate::secret::SecretString>,
     #[serde(default)]
+    #[schema(maximum = 100)]
     pub retries: u32,
     #[serde(default)]
     pub retry_backoff_secs: Option<u64>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_attempts: Option<u32>,
 }
 
 /// What a step does, as a request names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActionRequest {
     Script {
@@ -266,13 +276,13 @@ pub enum ActionRequest {
 }
 
 /// The answer to `POST /api/deployments`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Created {
     pub id: DeploymentId,
 }
 
 /// `POST /api/deployments/{id}/cancel` (the body is optional).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     #[serde(default)]
@@ -280,7 +290,7 @@ pub struct CancelRequest {
 }
 
 /// A deployment in a list (`GET /api/deployments`, and the answer to a cancel).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeploymentSummary {
     pub id: DeploymentId,
     pub project: String,
@@ -293,7 +303,7 @@ pub struct DeploymentSummary {
 }
 
 /// A step in a [`DeploymentSummary`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StepSummary {
     pub name: String,
     pub state: StepState,
@@ -302,7 +312,7 @@ pub struct StepSummary {
 }
 
 /// A deployment with every task (`GET /api/deployments/{id}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeploymentDetail {
     pub id: DeploymentId,
     pub project: String,
@@ -316,7 +326,7 @@ pub struct DeploymentDetail {
 }
 
 /// A step of a [`DeploymentDetail`] with its tasks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StepDetail {
     pub index: u32,
     pub name: String,
@@ -329,7 +339,7 @@ pub struct StepDetail {
 }
 
 /// A task as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TaskView {
     pub id: TaskId,
     pub target: Option<TargetName>,
@@ -357,7 +367,7 @@ pub struct TaskView {
 
 /// One run of a task: an attempt as delivered to one worker. An attempt delivered again (its
 /// worker died) has several runs; every earlier one is `lost`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AttemptView {
     pub attempt: u32,
     /// The broker's delivery count of the attempt (0 until a worker starts it).
@@ -367,6 +377,18 @@ pub struct AttemptView {
     pub finished_at: Option<Timestamp>,
     pub state: TaskState,
     pub exit_code: Option<i32>,
+}
+
+/// `GET /api/tasks/{id}`: which deployment a task belongs to (what `shoal audit explain`
+/// starts from).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskRef {
+    pub id: TaskId,
+    pub deployment: DeploymentId,
+    pub step: String,
+    pub target: Option<TargetName>,
+    pub pool: PoolName,
+    pub state: TaskState,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -379,7 +401,7 @@ pub const LOG_PAGE_MAX: usize = 10_000;
 
 /// `GET /api/deployments/{id}/tasks/{task}/log?after=&limit=`: one page of a task's output,
 /// oldest first: `limit` lines, or fewer when they hold about 4 MiB already (then `more`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TaskLog {
     pub task: TaskId,
     pub state: TaskState,
@@ -394,7 +416,7 @@ pub struct TaskLog {
 }
 
 /// One line of a task's output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogLine {
     pub attempt: u32,
     /// The run of the attempt (broker delivery); above 1 when an earlier run's worker died.
@@ -458,7 +480,7 @@ impl<'de> Deserialize<'de> for LogCursor {
 // Workers
 
 /// A worker as the API shows it (`GET /api/workers`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WorkerView {
     pub name: WorkerName,
     pub pool: PoolName,
@@ -490,7 +512,7 @@ fn yes() -> bool {
 }
 
 /// Whether a worker takes work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerStatus {
     Online,
@@ -503,7 +525,7 @@ pub enum WorkerStatus {
 }
 
 /// How a worker says it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerHealth {
     Healthy,
@@ -515,7 +537,7 @@ pub enum WorkerHealth {
 }
 
 /// The answer to `POST /api/workers/{name}/drain|resume`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DrainView {
     pub name: WorkerName,
     pub drain_requested: bool,
@@ -526,7 +548,7 @@ pub struct DrainView {
 
 /// One record of the log as the API shows it (`GET /api/events`): the event's fields are
 /// under `data`, as JSON, since every event type has its own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EventView {
     pub seq: u64,
     pub event_id: EventId,
@@ -643,10 +665,57 @@ impl EventView {
 }
 
 // ---------------------------------------------------------------------------------------
+// Integrations
+
+/// A webhook as listed (`GET /api/webhooks`, and the answer to a resume).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookView {
+    pub name: TokenName,
+    pub url: String,
+    /// Event types it wants; empty: every type.
+    pub types: Vec<String>,
+    /// Projects whose deployments' records it wants; empty: every project.
+    pub projects: Vec<String>,
+    /// Environments whose deployments' records it wants; empty: every environment.
+    pub environments: Vec<String>,
+    /// Every record up to this sequence is delivered or not wanted.
+    pub delivered_through: u64,
+    /// Why deliveries stopped, until resumed; none while it delivers.
+    pub paused: Option<String>,
+    /// Failed attempts in a row (of the record being delivered).
+    pub failing: u32,
+    pub created_at: Timestamp,
+}
+
+/// The answer to `POST /api/webhooks`: the webhook and the secret its deliveries are signed
+/// with, shown this once (the planner keeps it sealed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedWebhook {
+    #[serde(flatten)]
+    pub webhook: WebhookView,
+    pub secret: String,
+}
+
+/// The answer to `PUT /api/feed/consumers/{name}`: the integrator's durable consumer of the
+/// event feed and where it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FeedConsumerView {
+    pub integrator: String,
+    /// The feed's JetStream stream.
+    pub stream: String,
+    /// The consumer's durable name, `feed-<integrator>`.
+    pub consumer: String,
+    /// It delivers the records after this sequence.
+    pub after: u64,
+    /// The subject of the feed it delivers; none: all of it.
+    pub filter: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
 // Tokens
 
 /// `POST /api/tokens`: a new API token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     pub name: TokenName,
@@ -655,7 +724,7 @@ pub struct NewToken {
 
 /// The answer to `POST /api/tokens`: the token itself, shown this once (the planner keeps
 /// only its hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CreatedToken {
     pub name: TokenName,
     pub role: Role,
@@ -663,7 +732,7 @@ pub struct CreatedToken {
 }
 
 /// `GET /api/tokens`: a token as listed (never its value nor its hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenView {
     pub name: TokenName,
     pub role: Role,
@@ -675,9 +744,10 @@ pub struct TokenView {
 // Packages
 
 /// `GET /api/packages/{id}/{version}`, and each version in `GET /api/packages[/{id}]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PackageView {
     pub id: PackageId,
+    #[schema(schema_with = schema::version)]
     pub version: semver::Version,
     /// Bytes of the whole file.
     pub size: u64,
@@ -694,7 +764,7 @@ pub struct PackageView {
 
 /// The answer to `PUT /api/packages/{id}/{version}` (201 when the version is new, 200 when
 /// the same bytes were in the feed already): the version, and what the push stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PushedPackage {
     pub package: PackageView,
     /// Chunks the feed did not hold before this push.
@@ -704,7 +774,7 @@ pub struct PushedPackage {
 }
 
 /// `GET /api/status`: what the planner holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StatusView {
     /// The last durable record's sequence.
     pub log_seq: u64,
@@ -713,5 +783,6 @@ pub struct StatusView {
     pub tasks_in_memory: usize,
 }
 
+pub mod schema;
 #[cfg(test)]
 mod tests;

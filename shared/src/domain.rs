@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The kind of a deployment target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", try_from = "String")]
 pub enum TargetKind {
     AzureWebApp,
@@ -74,7 +74,7 @@ pub struct Pool {
 }
 
 /// A deployment target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Target {
     pub name: TargetName,
     pub kind: TargetKind,
@@ -88,6 +88,7 @@ pub struct Target {
     pub health_check: Option<HealthCheck>,
     /// Seconds between scheduled checks (the planner's default when unset).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub health_interval_secs: Option<u64>,
 }
 
@@ -132,7 +133,7 @@ pub enum Action {
 /// The package a step deploys: an id and a version, exact (`1.2.3`) or a range (`^1.2`,
 /// `>=1.0, <2`: the newest version in the feed that matches, chosen when the deployment is
 /// accepted).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PackageRef {
     pub id: crate::names::PackageId,
     pub version: String,
@@ -222,7 +223,7 @@ pub struct DeploymentSpec {
 }
 
 /// State of a deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentState {
     Queued,
@@ -242,7 +243,7 @@ impl DeploymentState {
 }
 
 /// State of a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepState {
     Pending,
@@ -255,7 +256,7 @@ pub enum StepState {
 }
 
 /// State of a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Its step has not started yet.
@@ -311,7 +312,7 @@ impl Outcome {
 }
 
 /// Which output stream a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputStream {
     Stdout,

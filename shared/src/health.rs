@@ -4,27 +4,34 @@
 use serde::{Deserialize, Serialize};
 
 /// A probe of a target, run by a worker of the target's pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HealthCheck {
     /// Healthy when a TCP connection to `address` (`host:port`) opens in time.
     Tcp {
+        #[schema(pattern = "^.+:[1-9][0-9]{0,4}$")]
         address: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 1, maximum = 3600)]
         timeout_secs: Option<u64>,
     },
     /// Healthy when a GET of `url` answers `expect_status` (200 when unset) in time.
     Http {
+        #[schema(pattern = "^https?://")]
         url: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 100, maximum = 599)]
         expect_status: Option<u16>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 1, maximum = 3600)]
         timeout_secs: Option<u64>,
     },
     /// A script: exit 0 healthy, exit 2 healthy with warnings, anything else unhealthy.
     Script {
+        #[schema(pattern = "\\S")]
         script: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 1, maximum = 3600)]
         timeout_secs: Option<u64>,
     },
     /// No checks at all, even of an endpoint (which is otherwise probed by TCP): for a
@@ -128,7 +135,9 @@ fn split_host_port(s: &str) -> Option<(&str, u16)> {
 }
 
 /// The health of a target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthState {
     /// Never checked.
@@ -144,7 +153,9 @@ pub enum HealthState {
 
 /// What a deployment does with targets that are unhealthy when a step is about to run on
 /// them (or that a `health_check` step finds unhealthy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum UnhealthyTargets {
     /// The deployment stops before the step, naming the unhealthy targets.

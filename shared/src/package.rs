@@ -143,7 +143,7 @@ pub struct Acquisition {
 }
 
 /// Acquisitions of a package version by one pool's workers, added up.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Acquisitions {
     pub count: u64,
     pub chunks_fetched: u64,

@@ -4,7 +4,7 @@ use crate::names::PoolName;
 use serde::{Deserialize, Serialize};
 
 /// The rule that chose a task's pool; recorded in the log with every routing decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PoolRule {
     /// The step named its pool explicitly.

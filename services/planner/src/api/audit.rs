@@ -13,15 +13,37 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use shoal_shared::DeploymentId;
+use shoal_shared::api::ErrorBody;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
+    /// Only this deployment: its records in scope, from its first to its last.
     deployment: Option<DeploymentId>,
+    /// The first sequence (default 1).
     from: Option<u64>,
+    /// The last sequence (default: the log's last durable one).
     to: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/audit/export",
+    tag = "events",
+    operation_id = "export_audit",
+    params(ExportQuery),
+    responses(
+        (status = 200, description = "JSON lines: the records as stored, then the planner's \
+            signature of the last one's hash (docs/WIRE.md, \"Audit exports\").",
+         body = String, content_type = "application/x-ndjson"),
+        (status = 400, description = "An unknown or invalid parameter, or an empty range.",
+         body = ErrorBody),
+        (status = 404, description = "No such deployment in the log.", body = ErrorBody),
+        (status = 409, description = "This planner signs nothing (--insecure-no-signing).",
+         body = ErrorBody),
+    ),
+)]
 pub(super) async fn export_log(
     State(app): State<AppState>,
     query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,

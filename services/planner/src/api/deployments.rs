@@ -14,8 +14,8 @@ use serde::Deserialize;
 use shoal_runtime::secrets::{self, MasterKey};
 use shoal_shared::api::{
     ActionRequest, AttemptView, CancelRequest, CreateDeployment, Created, DeploymentDetail,
-    DeploymentSummary, LOG_PAGE_DEFAULT, LOG_PAGE_MAX, LogCursor, LogLine, StepDetail, StepSummary,
-    TaskLog, TaskView,
+    DeploymentSummary, ErrorBody, LOG_PAGE_DEFAULT, LOG_PAGE_MAX, LogCursor, LogLine, StepDetail,
+    StepSummary, TaskLog, TaskRef, TaskView,
 };
 use shoal_shared::{Action, DeploymentId, DeploymentSpec, PoolName, StepSpec, TaskId, TaskState};
 use std::collections::{BTreeMap, HashMap};
@@ -75,6 +75,24 @@ fn spec_of(
 /// `POST /api/deployments`. With an `Idempotency-Key` header, the same request sent again
 /// with the same key gets the first answer (and `Idempotent-Replayed: true`) instead of a
 /// second deployment; another request with that key is refused (409).
+#[utoipa::path(
+    post,
+    path = "/api/deployments",
+    tag = "deployments",
+    operation_id = "create_deployment",
+    request_body = CreateDeployment,
+    params(super::openapi::IdempotencyKey),
+    responses(
+        (status = 201, description = "Accepted: its id (the same key again: the first answer).",
+         body = Created, headers(("Idempotent-Replayed" = String,
+            description = "`true` when this is the key's first answer again"))),
+        (status = 400, description = "An invalid deployment (the message names the field and \
+            the known values).", body = ErrorBody),
+        (status = 409, description = "The idempotency key was used for another request.",
+         body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn create(
     State(app): State<AppState>,
     caller: Caller,
@@ -97,12 +115,27 @@ pub(super) async fn create(
     Ok(super::idempotency::created(true, Created { id: first }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// How many, newest first (default 50, at most 10,000).
     limit: Option<usize>,
 }
 
+/// `GET /api/deployments?limit=`: the newest deployments first.
+#[utoipa::path(
+    get,
+    path = "/api/deployments",
+    tag = "deployments",
+    operation_id = "list_deployments",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The newest deployments first.",
+         body = Vec<DeploymentSummary>),
+        (status = 400, description = "An unknown or invalid parameter.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn list(
     State(app): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -141,18 +174,35 @@ fn summary(d: DeploymentDoc) -> DeploymentSummary {
 /// `POST /api/deployments/{id}/cancel` (body optional: `{"reason": "..."}`). Answers 202
 /// once the request is in the log; the deployment ends `cancelled` when its workers have
 /// stopped what they run.
+#[utoipa::path(
+    post,
+    path = "/api/deployments/{id}/cancel",
+    tag = "deployments",
+    operation_id = "cancel_deployment",
+    params(("id" = DeploymentId, Path, description = "The deployment.")),
+    request_body = Option<CancelRequest>,
+    responses(
+        (status = 202, description = "Cancelling: the deployment.", body = DeploymentSummary),
+        (status = 400, description = "An id that is not one, or an invalid body.",
+         body = ErrorBody),
+        (status = 404, description = "No such deployment.", body = ErrorBody),
+        (status = 409, description = "The deployment has ended.", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn cancel(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    super::RawBody(body): super::RawBody,
 ) -> Result<(StatusCode, Json<DeploymentSummary>), ApiError> {
     let id = parse_id(&id)?;
     let d = load(&app, id).await?;
+    // No body, or `null`, is no reason.
     let reason = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        super::parse_body::<CancelRequest>(&body)?.reason
+        super::parse_body::<Option<CancelRequest>>(&body)?.and_then(|r| r.reason)
     };
     app.writer
         .execute_as(
@@ -164,6 +214,19 @@ pub(super) async fn cancel(
     Ok((StatusCode::ACCEPTED, Json(summary(d))))
 }
 
+/// `GET /api/deployments/{id}`: the deployment with every task.
+#[utoipa::path(
+    get,
+    path = "/api/deployments/{id}",
+    tag = "deployments",
+    operation_id = "show_deployment",
+    params(("id" = DeploymentId, Path, description = "The deployment.")),
+    responses(
+        (status = 200, description = "The deployment.", body = DeploymentDetail),
+        (status = 400, description = "An id that is not one.", body = ErrorBody),
+        (status = 404, description = "No such deployment.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn show(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -273,10 +336,15 @@ fn attempt_view(a: AttemptDoc) -> AttemptView {
 }
 
 /// `?after=&limit=` of a task log.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
+    /// Where the page starts: the `next` of the page before (none or empty: the first line).
+    #[param(value_type = Option<LogCursor>)]
     after: Option<String>,
+    /// Most lines (default 1,000, at most 10,000).
+    #[param(minimum = 1, maximum = 10_000)]
     limit: Option<usize>,
 }
 
@@ -314,6 +382,24 @@ fn log_page(
 
 /// `GET /api/deployments/{id}/tasks/{task}/log?after=&limit=`: a page of the task's output,
 /// oldest first; `next` is the `after` of the page that follows.
+#[utoipa::path(
+    get,
+    path = "/api/deployments/{id}/tasks/{task}/log",
+    tag = "deployments",
+    operation_id = "task_log",
+    params(
+        ("id" = DeploymentId, Path, description = "The deployment."),
+        ("task" = TaskId, Path, description = "One of its tasks."),
+        LogQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of the task's output.", body = TaskLog),
+        (status = 400, description = "An id that is not one, or an invalid parameter.",
+         body = ErrorBody),
+        (status = 404, description = "No such deployment, or no such task of it.",
+         body = ErrorBody),
+    ),
+)]
 pub(super) async fn task_log(
     State(app): State<AppState>,
     Path((id, task)): Path<(String, String)>,
@@ -358,10 +444,23 @@ pub(super) async fn task_log(
 
 /// `GET /api/tasks/{id}`: which deployment a task belongs to (what `shoal audit explain`
 /// starts from).
+#[utoipa::path(
+    get,
+    path = "/api/tasks/{id}",
+    tag = "deployments",
+    operation_id = "task_ref",
+    params(("id" = TaskId, Path, description = "The task.")),
+    responses(
+        (status = 200, description = "The task's deployment, step, target and pool.",
+         body = TaskRef),
+        (status = 400, description = "An id that is not one.", body = ErrorBody),
+        (status = 404, description = "No such task.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn task_ref(
     State(app): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TaskRef>, ApiError> {
     let task = uuid::Uuid::parse_str(&id)
         .map(TaskId)
         .map_err(|_| ApiError::bad_request(format!("id: \"{id}\" is not a task id (a UUID)")))?;
@@ -369,10 +468,14 @@ pub(super) async fn task_ref(
         .read(move |log| Ok(log.doc::<TaskDoc>(Proj::Tasks, task.as_bytes())?))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown task {task}")))?;
-    Ok(Json(serde_json::json!({
-        "id": doc.id, "deployment": doc.deployment, "step": doc.step_name,
-        "target": doc.target, "pool": doc.pool, "state": doc.state,
-    })))
+    Ok(Json(TaskRef {
+        id: doc.id,
+        deployment: doc.deployment,
+        step: doc.step_name,
+        target: doc.target,
+        pool: doc.pool,
+        state: doc.state,
+    }))
 }
 
 fn parse_id(id: &str) -> Result<DeploymentId, ApiError> {

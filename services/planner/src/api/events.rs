@@ -19,7 +19,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde::Deserialize;
-use shoal_shared::api::EventView;
+use shoal_shared::api::{ErrorBody, EventView};
 use shoal_shared::events::{Envelope, check_types};
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -33,15 +33,29 @@ const READ: usize = 1024;
 /// The header saying where the next page starts.
 pub const NEXT_AFTER: &str = "Shoal-Next-After";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventQuery {
+    /// Only the records of this stream (e.g. `deployment/<id>`).
     stream: Option<String>,
+    /// Only records of these event types, comma-separated (e.g. `TaskFinished,DeploymentFinished`).
     #[serde(rename = "type")]
     types: Option<String>,
+    /// The records after this sequence (default: from the first).
     after: Option<u64>,
+    /// Most records (default 100, at most 10,000); pages only.
+    #[param(minimum = 1, maximum = 10_000)]
     limit: Option<usize>,
 }
+
+/// `Last-Event-ID`: where a reconnecting client of the event stream resumes.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("Last-Event-ID"), parameter_in = Header)]
+pub struct LastEventId(
+    /// The sequence of the last record received: the stream resumes after it.
+    pub Option<u64>,
+);
 
 /// Which records a reader wants.
 #[derive(Debug, Clone, Default)]
@@ -137,6 +151,21 @@ fn query_error(e: &axum::extract::rejection::QueryRejection) -> ApiError {
     ))
 }
 
+/// `GET /api/events`: a page of records, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    tag = "events",
+    operation_id = "list_events",
+    params(EventQuery),
+    responses(
+        (status = 200, description = "A page of records, oldest first.", body = Vec<EventView>,
+         headers(("Shoal-Next-After" = u64, description = "Where the next page starts: the last \
+            sequence the page looked at (a filtered page looks at no more than 100,000)."))),
+        (status = 400, description = "An unknown or invalid parameter, or an unknown event \
+            type (the message names the known ones).", body = ErrorBody),
+    ),
+)]
 pub(super) async fn list(
     State(app): State<AppState>,
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
@@ -165,6 +194,22 @@ pub(super) async fn list(
     Ok(response)
 }
 
+/// `GET /api/events/stream`: the records as Server-Sent Events, then every new one once
+/// durable, until the client or the planner goes.
+#[utoipa::path(
+    get,
+    path = "/api/events/stream",
+    tag = "events",
+    operation_id = "follow_events",
+    params(EventQuery, LastEventId),
+    responses(
+        (status = 200, description = "An endless stream: per record `id:` its sequence, \
+            `event:` its type, `data:` the record as `GET /api/events` shows it.",
+         body = String, content_type = "text/event-stream"),
+        (status = 400, description = "An unknown or invalid parameter (`limit` included: a \
+            stream has none), or an invalid Last-Event-ID.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn follow(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -195,12 +240,7 @@ pub(super) async fn follow(
         None => *app.durable.borrow(),
     };
     // The stream ends once its token is revoked (checked at every page it reads).
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .map(|(_, t)| super::auth::hash_token(t.trim()))
-        .unwrap_or_default();
+    let token = super::auth::token_hash(&app, &headers).unwrap_or_default();
     let follower = Follower {
         app,
         filter,

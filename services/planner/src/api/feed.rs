@@ -13,25 +13,43 @@ use async_nats::jetstream::stream::ConsumerErrorKind;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use shoal_shared::api::{ErrorBody, FeedConsumerView};
 
-#[derive(Deserialize)]
+/// `PUT /api/feed/consumers/{name}`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerSpec {
+    /// Deliver the records after this sequence (default 0: from the first).
     #[serde(default)]
     after: u64,
+    /// A subject of the feed (e.g. `shoal.events.deployment.>`); none: all of it.
     filter: Option<String>,
 }
 
 /// How long a delivered record may go unacked before it is delivered again.
 const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+#[utoipa::path(
+    put,
+    path = "/api/feed/consumers/{name}",
+    tag = "events",
+    operation_id = "set_feed_consumer",
+    params(("name" = String, Path, description = "The integrator (a name: a-z, 0-9, '-', '_').")),
+    request_body = ConsumerSpec,
+    responses(
+        (status = 200, description = "The consumer, made or moved.", body = FeedConsumerView),
+        (status = 400, description = "An invalid name, body, filter or sequence (the message \
+            names the field).", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+        (status = 503, description = "The broker did not make the consumer.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn set_consumer(
     State(app): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     JsonBody(spec): JsonBody<ConsumerSpec>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FeedConsumerView>, ApiError> {
     shoal_shared::names::check_name("integrator", &name)
         .map_err(|e| ApiError::bad_request(format!("name: {e}")))?;
     let all = app.subjects.events_all();
@@ -89,8 +107,11 @@ pub(super) async fn set_consumer(
         filter: spec.filter.clone(),
     };
     app.writer.execute_as(caller.actor(), cmd).await?;
-    Ok(Json(json!({
-        "integrator": name, "stream": app.subjects.events_stream(), "consumer": consumer,
-        "after": spec.after, "filter": spec.filter,
-    })))
+    Ok(Json(FeedConsumerView {
+        integrator: name,
+        stream: app.subjects.events_stream(),
+        consumer,
+        after: spec.after,
+        filter: spec.filter,
+    }))
 }

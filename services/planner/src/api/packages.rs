@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use futures::StreamExt as _;
 use shoal_shared::PackageId;
-use shoal_shared::api::{PackageView, PushedPackage};
+use shoal_shared::api::{ErrorBody, PackageView, PushedPackage};
 use shoal_shared::auth::Actor;
 
 /// The id and version of a path, or a 400 naming what is wrong.
@@ -45,6 +45,26 @@ fn view(doc: &PackageDoc) -> PackageView {
 
 /// 201 with what was stored once the version is durable in the log; 200 when the same bytes
 /// were there already; 409 when the version exists with other bytes.
+#[utoipa::path(
+    put,
+    path = "/api/packages/{id}/{version}",
+    tag = "packages",
+    operation_id = "push_package",
+    params(super::openapi::PackageVersionPath),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The file (.tar.gz, .tar or .zip), streamed."),
+    responses(
+        (status = 200, description = "The same bytes were in the feed already.",
+         body = PushedPackage),
+        (status = 201, description = "Stored and recorded.", body = PushedPackage),
+        (status = 400, description = "An invalid id or version, or an upload that broke off, \
+            stalled or is too large.", body = ErrorBody),
+        (status = 409, description = "The version is in the feed with other bytes.",
+         body = ErrorBody),
+        (status = 503, description = "As many uploads as may run at once are running, or the \
+            broker did not store the chunks.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn push(
     State(app): State<AppState>,
     caller: Caller,
@@ -163,11 +183,30 @@ fn key(id: &PackageId, version: &semver::Version) -> Vec<u8> {
 }
 
 /// Every version in the feed, by id and then version.
+#[utoipa::path(
+    get,
+    path = "/api/packages",
+    tag = "packages",
+    operation_id = "list_packages",
+    responses((status = 200, description = "Every version in the feed.", body = Vec<PackageView>)),
+)]
 pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<PackageView>>, ApiError> {
     Ok(Json(versions(&app, None).await?))
 }
 
 /// The versions of one package, oldest first; 404 if it has none.
+#[utoipa::path(
+    get,
+    path = "/api/packages/{id}",
+    tag = "packages",
+    operation_id = "show_package",
+    params(("id" = PackageId, Path, description = "The package.")),
+    responses(
+        (status = 200, description = "Its versions, oldest first.", body = Vec<PackageView>),
+        (status = 400, description = "An id that is not one.", body = ErrorBody),
+        (status = 404, description = "The package has no version in the feed.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn show(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -194,6 +233,18 @@ async fn versions(app: &AppState, id: Option<&PackageId>) -> Result<Vec<PackageV
 }
 
 /// One version.
+#[utoipa::path(
+    get,
+    path = "/api/packages/{id}/{version}",
+    tag = "packages",
+    operation_id = "show_package_version",
+    params(super::openapi::PackageVersionPath),
+    responses(
+        (status = 200, description = "The version.", body = PackageView),
+        (status = 400, description = "An invalid id or version.", body = ErrorBody),
+        (status = 404, description = "No such version in the feed.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn version(
     State(app): State<AppState>,
     Path((id, version)): Path<(String, String)>,
@@ -211,6 +262,20 @@ pub(super) async fn version(
 }
 
 /// 204 once the removal is durable.
+#[utoipa::path(
+    delete,
+    path = "/api/packages/{id}/{version}",
+    tag = "packages",
+    operation_id = "remove_package",
+    params(super::openapi::PackageVersionPath),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 400, description = "An invalid id or version.", body = ErrorBody),
+        (status = 404, description = "No such version (the message names the ones there are).",
+         body = ErrorBody),
+        (status = 409, description = "An unfinished deployment uses it.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn remove(
     State(app): State<AppState>,
     caller: Caller,

@@ -8,9 +8,29 @@ use crate::log::Proj;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use shoal_shared::api::{CreatePool, PoolView, SetPoolKey};
+use shoal_shared::api::{CreatePool, ErrorBody, PoolView, SetPoolKey};
 use shoal_shared::{Pool, PoolName, Timestamp, WorkerName};
 
+/// `POST /api/pools`: registers a pool (with its sealing key, if given); its queue consumer
+/// is created by the effect of the registration, once it is durable.
+#[utoipa::path(
+    post,
+    path = "/api/pools",
+    tag = "pools",
+    operation_id = "create_pool",
+    request_body = CreatePool,
+    params(super::openapi::IdempotencyKey),
+    responses(
+        (status = 201, description = "The pool (the same key again: the pool as it is now).",
+         body = PoolView, headers(("Idempotent-Replayed" = String,
+            description = "`true` when this is the key's first answer again"))),
+        (status = 400, description = "An invalid body, or a name already taken.", body = ErrorBody),
+        (status = 404, description = "The pool went before its key was set.", body = ErrorBody),
+        (status = 409, description = "The idempotency key was used for another request.",
+         body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn create(
     State(app): State<AppState>,
     caller: Caller,
@@ -45,6 +65,14 @@ pub(super) async fn create(
     Ok(super::idempotency::created(replayed, view(&app, doc)))
 }
 
+/// `GET /api/pools`: every pool with its workers online.
+#[utoipa::path(
+    get,
+    path = "/api/pools",
+    tag = "pools",
+    operation_id = "list_pools",
+    responses((status = 200, description = "Every pool.", body = Vec<PoolView>)),
+)]
 pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<PoolView>>, ApiError> {
     let docs: Vec<PoolDoc> = app.read(|log| Ok(log.docs(Proj::Pools)?)).await?;
     Ok(Json(docs.into_iter().map(|d| view(&app, d)).collect()))
@@ -52,6 +80,19 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<PoolVie
 
 /// `DELETE /api/pools/{name}`: 204 once the removal is durable (its queue consumer is
 /// deleted by the effect of it); 409 naming what still uses the pool.
+#[utoipa::path(
+    delete,
+    path = "/api/pools/{name}",
+    tag = "pools",
+    operation_id = "remove_pool",
+    params(("name" = PoolName, Path, description = "The pool.")),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 404, description = "No such pool.", body = ErrorBody),
+        (status = 409, description = "The pool is in use (the message says by what).",
+         body = ErrorBody),
+    ),
+)]
 pub(super) async fn remove(
     State(app): State<AppState>,
     caller: Caller,
@@ -99,6 +140,20 @@ fn view(app: &AppState, d: PoolDoc) -> PoolView {
 
 /// `PUT /api/pools/{name}/key`: sets or rotates the public key the pool's sensitive
 /// variables are sealed to; answers the pool.
+#[utoipa::path(
+    put,
+    path = "/api/pools/{name}/key",
+    tag = "pools",
+    operation_id = "set_pool_key",
+    params(("name" = PoolName, Path, description = "The pool.")),
+    request_body = SetPoolKey,
+    responses(
+        (status = 200, description = "The pool with its new key.", body = PoolView),
+        (status = 400, description = "An invalid body.", body = ErrorBody),
+        (status = 404, description = "No such pool.", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn set_key(
     State(app): State<AppState>,
     Path(name): Path<String>,

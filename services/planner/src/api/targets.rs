@@ -11,7 +11,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use shoal_shared::api::{
-    CheckingView, CreateTarget, HealthHistory, HealthRecordView, HealthView, TargetView,
+    CheckingView, CreateTarget, ErrorBody, HealthHistory, HealthRecordView, HealthView, TargetView,
     UpdateTarget,
 };
 use shoal_shared::events::CheckTrigger;
@@ -43,6 +43,25 @@ fn view(doc: TargetDoc) -> TargetView {
     }
 }
 
+/// `POST /api/targets`: registers a target.
+#[utoipa::path(
+    post,
+    path = "/api/targets",
+    tag = "targets",
+    operation_id = "create_target",
+    request_body = CreateTarget,
+    params(super::openapi::IdempotencyKey),
+    responses(
+        (status = 201, description = "The target (the same key again: the target as it is now).",
+         body = TargetView, headers(("Idempotent-Replayed" = String,
+            description = "`true` when this is the key's first answer again"))),
+        (status = 400, description = "An invalid body, a name already taken, an unknown pool \
+            or an invalid health check (the message names the field).", body = ErrorBody),
+        (status = 409, description = "The idempotency key was used for another request.",
+         body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn create(
     State(app): State<AppState>,
     caller: Caller,
@@ -69,6 +88,23 @@ pub(super) async fn create(
     Ok(super::idempotency::created(replayed.is_some(), target))
 }
 
+/// `PUT /api/targets/{name}`: changes the fields the body has (`null` clears an optional
+/// one).
+#[utoipa::path(
+    put,
+    path = "/api/targets/{name}",
+    tag = "targets",
+    operation_id = "update_target",
+    params(("name" = TargetName, Path, description = "The target.")),
+    request_body = UpdateTarget,
+    responses(
+        (status = 200, description = "The target as it is now.", body = TargetView),
+        (status = 400, description = "An invalid body, an unknown pool or an invalid health \
+            check (the message names the field).", body = ErrorBody),
+        (status = 404, description = "No such target.", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn update(
     State(app): State<AppState>,
     caller: Caller,
@@ -99,6 +135,19 @@ pub(super) async fn update(
 
 /// `DELETE /api/targets/{name}`: 204 once the removal is durable (its scheduled checks end
 /// with it); 409 naming the unfinished deployments that use it.
+#[utoipa::path(
+    delete,
+    path = "/api/targets/{name}",
+    tag = "targets",
+    operation_id = "remove_target",
+    params(("name" = TargetName, Path, description = "The target.")),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 404, description = "No such target.", body = ErrorBody),
+        (status = 409, description = "Unfinished deployments use it (the message names them).",
+         body = ErrorBody),
+    ),
+)]
 pub(super) async fn remove(
     State(app): State<AppState>,
     caller: Caller,
@@ -111,11 +160,32 @@ pub(super) async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /api/targets`: every target with its probe and health.
+#[utoipa::path(
+    get,
+    path = "/api/targets",
+    tag = "targets",
+    operation_id = "list_targets",
+    responses((status = 200, description = "Every target.", body = Vec<TargetView>)),
+)]
 pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<TargetView>>, ApiError> {
     let docs: Vec<TargetDoc> = app.read(|log| Ok(log.docs(Proj::Targets)?)).await?;
     Ok(Json(docs.into_iter().map(view).collect()))
 }
 
+/// `GET /api/targets/{name}`.
+#[utoipa::path(
+    get,
+    path = "/api/targets/{name}",
+    tag = "targets",
+    operation_id = "show_target",
+    params(("name" = TargetName, Path, description = "The target.")),
+    responses(
+        (status = 200, description = "The target.", body = TargetView),
+        (status = 404, description = "No such target (the message names the known ones).",
+         body = ErrorBody),
+    ),
+)]
 pub(super) async fn show(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -124,6 +194,18 @@ pub(super) async fn show(
     Ok(Json(view(load(&app, name).await?)))
 }
 
+/// `GET /api/targets/{name}/health`: the last results of its checks, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/targets/{name}/health",
+    tag = "targets",
+    operation_id = "target_health",
+    params(("name" = TargetName, Path, description = "The target.")),
+    responses(
+        (status = 200, description = "Its health and history.", body = HealthHistory),
+        (status = 404, description = "No such target.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn health(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -142,6 +224,19 @@ pub(super) async fn health(
 
 /// `POST /api/targets/{name}/health-check`: 202 with the check on its way (a new one, or
 /// the one already on its way to the target's pool).
+#[utoipa::path(
+    post,
+    path = "/api/targets/{name}/health-check",
+    tag = "targets",
+    operation_id = "check_target",
+    params(("name" = TargetName, Path, description = "The target.")),
+    responses(
+        (status = 202, description = "The check on its way.", body = CheckingView),
+        (status = 404, description = "No such target.", body = ErrorBody),
+        (status = 409, description = "The target has no probe (checks are off, or it has no \
+            endpoint).", body = ErrorBody),
+    ),
+)]
 pub(super) async fn check(
     State(app): State<AppState>,
     caller: Caller,

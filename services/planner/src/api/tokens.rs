@@ -11,9 +11,24 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use shoal_shared::TokenName;
-use shoal_shared::api::{CreatedToken, NewToken, TokenView};
+use shoal_shared::api::{CreatedToken, ErrorBody, NewToken, TokenView};
 use shoal_shared::auth::Actor;
 
+/// `POST /api/tokens`: a new token, in the answer this once.
+#[utoipa::path(
+    post,
+    path = "/api/tokens",
+    tag = "tokens",
+    operation_id = "create_token",
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "The token, shown this once.", body = CreatedToken),
+        (status = 400, description = "An invalid body (the message names the field).",
+         body = ErrorBody),
+        (status = 409, description = "The name is taken.", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn create(
     State(app): State<AppState>,
     caller: Caller,
@@ -44,6 +59,14 @@ pub(super) async fn create(
     ))
 }
 
+/// `GET /api/tokens`: every token's name, role and maker (never the token nor its hash).
+#[utoipa::path(
+    get,
+    path = "/api/tokens",
+    tag = "tokens",
+    operation_id = "list_tokens",
+    responses((status = 200, description = "Every token, by name.", body = Vec<TokenView>)),
+)]
 pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<TokenView>>, ApiError> {
     let docs: Vec<TokenDoc> = app.read(|log| Ok(log.docs(Proj::Tokens)?)).await?;
     let mut views: Vec<TokenView> = docs
@@ -60,6 +83,19 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<TokenVi
 }
 
 /// 204 once the revocation is durable: from then on the token gets 401.
+#[utoipa::path(
+    delete,
+    path = "/api/tokens/{name}",
+    tag = "tokens",
+    operation_id = "revoke_token",
+    params(("name" = TokenName, Path, description = "The token.")),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 404, description = "No such token (the message names the known ones).",
+         body = ErrorBody),
+        (status = 409, description = "It is the last admin token.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn revoke(
     State(app): State<AppState>,
     caller: Caller,

@@ -13,38 +13,66 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use shoal_shared::TokenName;
+use shoal_shared::api::{CreatedWebhook, ErrorBody, WebhookView};
 use shoal_shared::secret::SecretString;
 
-#[derive(Deserialize)]
+/// `POST /api/webhooks`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhookBody {
     name: TokenName,
+    /// Where deliveries are POSTed: an http:// or https:// URL.
     url: String,
+    /// Event types it wants; empty: every type.
     #[serde(default)]
     types: Vec<String>,
+    /// Projects whose deployments' records it wants; empty: every project.
     #[serde(default)]
     projects: Vec<String>,
+    /// Environments whose deployments' records it wants; empty: every environment.
     #[serde(default)]
     environments: Vec<String>,
     /// Deliver the records after this sequence (default: from now on).
     after: Option<u64>,
 }
 
-fn view(w: &WebhookDoc) -> Value {
-    json!({
-        "name": w.name, "url": w.url, "types": w.types, "projects": w.projects,
-        "environments": w.environments, "delivered_through": w.delivered_through,
-        "paused": w.paused, "failing": w.failing, "created_at": w.created_at,
-    })
+fn view(w: &WebhookDoc) -> WebhookView {
+    WebhookView {
+        name: w.name.clone(),
+        url: w.url.clone(),
+        types: w.types.clone(),
+        projects: w.projects.clone(),
+        environments: w.environments.clone(),
+        delivered_through: w.delivered_through,
+        paused: w.paused.clone(),
+        failing: w.failing,
+        created_at: w.created_at,
+    }
 }
 
+/// `POST /api/webhooks`: a new webhook, with the secret its deliveries are signed with.
+#[utoipa::path(
+    post,
+    path = "/api/webhooks",
+    tag = "webhooks",
+    operation_id = "create_webhook",
+    request_body = NewWebhookBody,
+    responses(
+        (status = 201, description = "The webhook and its signing secret, shown this once.",
+         body = CreatedWebhook),
+        (status = 400, description = "An invalid body, URL or event type (the message names \
+            the field).", body = ErrorBody),
+        (status = 409, description = "The name is taken, or there are as many webhooks as \
+            there may be.", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn create(
     State(app): State<AppState>,
     caller: Caller,
     JsonBody(b): JsonBody<NewWebhookBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
     let (secret, _) = super::auth::new_token();
     let secret = format!(
         "whsec_{}",
@@ -72,21 +100,45 @@ pub(super) async fn create(
         .execute_as(caller.actor(), Command::CreateWebhook(w))
         .await?;
     let doc = find(&app, b.name).await?;
-    let mut v = view(&doc);
-    v["secret"] = json!(secret);
-    Ok((StatusCode::CREATED, Json(v)))
+    let webhook = view(&doc);
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedWebhook { webhook, secret }),
+    ))
 }
 
-pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
+/// `GET /api/webhooks`: every webhook, how far its deliveries got and whether it is paused.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks",
+    tag = "webhooks",
+    operation_id = "list_webhooks",
+    responses((status = 200, description = "Every webhook.", body = Vec<WebhookView>)),
+)]
+pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<WebhookView>>, ApiError> {
     let docs: Vec<WebhookDoc> = app.read(|log| Ok(log.docs(Proj::Webhooks)?)).await?;
     Ok(Json(docs.iter().map(view).collect()))
 }
 
+/// `POST /api/webhooks/{name}/resume`: a paused webhook goes on from the record it gave up
+/// on.
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/{name}/resume",
+    tag = "webhooks",
+    operation_id = "resume_webhook",
+    params(("name" = TokenName, Path, description = "The webhook.")),
+    responses(
+        (status = 200, description = "The webhook.", body = WebhookView),
+        (status = 400, description = "A name that is not one.", body = ErrorBody),
+        (status = 404, description = "No such webhook.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn resume(
     State(app): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookView>, ApiError> {
     let name = parse(&name)?;
     app.writer
         .execute_as(caller.actor(), Command::ResumeWebhook(name.clone()))
@@ -94,6 +146,19 @@ pub(super) async fn resume(
     Ok(Json(view(&find(&app, name).await?)))
 }
 
+/// `DELETE /api/webhooks/{name}`.
+#[utoipa::path(
+    delete,
+    path = "/api/webhooks/{name}",
+    tag = "webhooks",
+    operation_id = "remove_webhook",
+    params(("name" = TokenName, Path, description = "The webhook.")),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 400, description = "A name that is not one.", body = ErrorBody),
+        (status = 404, description = "No such webhook.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn remove(
     State(app): State<AppState>,
     caller: Caller,

@@ -10,9 +10,17 @@ use crate::log::Proj;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use shoal_shared::api::{DrainView, WorkerHealth, WorkerStatus, WorkerView};
+use shoal_shared::api::{DrainView, ErrorBody, WorkerHealth, WorkerStatus, WorkerView};
 use shoal_shared::{Timestamp, WorkerName};
 
+/// `GET /api/workers`: every worker that joined, with its liveness.
+#[utoipa::path(
+    get,
+    path = "/api/workers",
+    tag = "workers",
+    operation_id = "list_workers",
+    responses((status = 200, description = "Every worker that joined.", body = Vec<WorkerView>)),
+)]
 pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<WorkerView>>, ApiError> {
     let docs: Vec<WorkerDoc> = app.read(|log| Ok(log.docs(Proj::Workers)?)).await?;
     let live = app.liveness.snapshot();
@@ -69,6 +77,20 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<WorkerV
     Ok(Json(views))
 }
 
+/// `POST /api/workers/{name}/drain`: maintenance mode on.
+#[utoipa::path(
+    post,
+    path = "/api/workers/{name}/drain",
+    tag = "workers",
+    operation_id = "drain_worker",
+    params(("name" = WorkerName, Path, description = "The worker.")),
+    responses(
+        (status = 202, description = "Recorded; the worker follows within a heartbeat.",
+         body = DrainView),
+        (status = 400, description = "A name that is not one.", body = ErrorBody),
+        (status = 404, description = "No such worker.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn drain(
     State(app): State<AppState>,
     caller: Caller,
@@ -77,6 +99,20 @@ pub(super) async fn drain(
     set_draining(app, &caller, &name, true).await
 }
 
+/// `POST /api/workers/{name}/resume`: maintenance mode off.
+#[utoipa::path(
+    post,
+    path = "/api/workers/{name}/resume",
+    tag = "workers",
+    operation_id = "resume_worker",
+    params(("name" = WorkerName, Path, description = "The worker.")),
+    responses(
+        (status = 202, description = "Recorded; the worker follows within a heartbeat.",
+         body = DrainView),
+        (status = 400, description = "A name that is not one.", body = ErrorBody),
+        (status = 404, description = "No such worker.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn resume(
     State(app): State<AppState>,
     caller: Caller,
