@@ -103,6 +103,7 @@ pub async fn run(events: u64) -> anyhow::Result<Outcome> {
             while let Some(task) = dispatch_rx.recv(&handle).await {
                 let report = |body| {
                     Command::WorkerReport(WorkerMessage {
+                        trace_parent: None,
                         schema_version: WIRE_SCHEMA_VERSION,
                         event_id: EventId::new(),
                         worker: worker.clone(),

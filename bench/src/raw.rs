@@ -244,6 +244,7 @@ pub async fn run(
 /// A task message as the planner would publish it: message `i` of the run, a no-op step.
 fn task_message(i: usize, pool: &PoolName, now_us: i64) -> TaskMessage {
     TaskMessage {
+        trace_parent: None,
         schema_version: WIRE_SCHEMA_VERSION,
         deployment: DeploymentId(uuid::Uuid::from_u128(u128::MAX)),
         task: TaskId(uuid::Uuid::from_u128(i as u128)),
@@ -300,6 +301,7 @@ async fn consume_tasks(
                 let _ = slot.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
             }
             let report = WorkerMessage {
+                trace_parent: None,
                 schema_version: WIRE_SCHEMA_VERSION,
                 event_id: EventId::new(),
                 worker,

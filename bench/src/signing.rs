@@ -246,6 +246,7 @@ fn micro() -> anyhow::Result<Micro> {
     let trusted = TrustedKeys::of([key.public()]);
     let pool = PoolName::parse("bench-0")?;
     let task = TaskMessage {
+        trace_parent: None,
         schema_version: WIRE_SCHEMA_VERSION,
         deployment: DeploymentId::new(),
         task: TaskId::new(),

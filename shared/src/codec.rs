@@ -423,6 +423,7 @@ mod tests {
         fn task_messages_round_trip(d in uuid(), t in uuid(), attempt in any::<u32>(), p in pool(),
                                     a in action(), s in step(), at in ts()) {
             let m = TaskMessage {
+                trace_parent: None,
                 schema_version: WIRE_SCHEMA_VERSION, deployment: DeploymentId(d), task: TaskId(t),
                 attempt, step_index: 3, step_name: s.name, target: None, endpoint: Some("x".into()),
                 pool: p, action: a, variables: s.variables, timeout_secs: s.timeout_secs,
@@ -451,7 +452,7 @@ mod tests {
                 WorkerBody::TaskOutput { deployment: DeploymentId(t), task: TaskId(t), attempt: 2, delivery: 3, first_line: 7, lines: l.clone() },
                 WorkerBody::TaskFinished { deployment: DeploymentId(t), task: TaskId(t), attempt: 2, delivery: 1, outcome: o, exit_code: code, reason: None },
             ] {
-                let m = WorkerMessage { schema_version: 1, event_id: EventId(id), worker: w.clone(), pool: p.clone(), sent_at: Timestamp(5), body };
+                let m = WorkerMessage { schema_version: 1, event_id: EventId(id), worker: w.clone(), pool: p.clone(), sent_at: Timestamp(5), body, trace_parent: None };
                 let back: WorkerMessage = decode("worker message", &encode(&m).expect("encodes")).expect("decodes");
                 prop_assert_eq!(back, m);
             }
@@ -461,6 +462,7 @@ mod tests {
         fn worker_batches_round_trip(ids in proptest::collection::vec(uuid(), 0..8), w in worker(), p in pool(),
                                      t in uuid(), l in lines()) {
             let reports: Vec<WorkerMessage> = ids.iter().enumerate().map(|(i, id)| WorkerMessage {
+                trace_parent: None,
                 schema_version: WIRE_SCHEMA_VERSION, event_id: EventId(*id), worker: w.clone(), pool: p.clone(),
                 sent_at: Timestamp(5),
                 body: if i % 2 == 0 {
@@ -496,6 +498,7 @@ mod tests {
         #[test]
         fn truncated_messages_are_rejected(e in event(), w in worker(), p in pool(), t in uuid(), cut in any::<proptest::sample::Index>()) {
             let report = WorkerMessage {
+                trace_parent: None,
                 schema_version: WIRE_SCHEMA_VERSION, event_id: EventId(t), worker: w, pool: p,
                 sent_at: Timestamp(1),
                 body: WorkerBody::TaskStarted { deployment: DeploymentId(t), task: TaskId(t), attempt: 1, delivery: 1 },
@@ -568,6 +571,7 @@ mod tests {
     #[test]
     fn results_are_read_by_their_kind() {
         let report = WorkerMessage {
+            trace_parent: None,
             schema_version: WIRE_SCHEMA_VERSION,
             event_id: EventId::new(),
             worker: WorkerName::parse("w1").expect("valid"),

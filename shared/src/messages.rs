@@ -49,6 +49,10 @@ pub struct TaskMessage {
     /// the manifest's digest, the manifest binds every chunk's and the whole file's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<PackageSpec>,
+    /// The W3C trace context of the deployment that planned it, inside the planner only: on
+    /// the wire it travels in the message's `traceparent` header, outside what is signed.
+    #[serde(skip)]
+    pub trace_parent: Option<String>,
 }
 
 /// The package version a task deploys: what the worker fetches from the feed and checks.
@@ -109,6 +113,10 @@ pub struct WorkerMessage {
     pub pool: PoolName,
     pub sent_at: Timestamp,
     pub body: WorkerBody,
+    /// The W3C trace context of the worker's run of the task, when the worker exports
+    /// traces: the planner's ingest of the report joins that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// [`KIND_HEADER`] value of a [`WorkerBatch`] on `shoal.results.<pool>.<worker>`; absent: a

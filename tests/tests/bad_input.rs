@@ -248,6 +248,7 @@ async fn bad_messages_on_the_wire_are_rejected_recorded_and_never_redelivered() 
     let js = async_nats::jetstream::new(client.clone());
     let pool = |p: &str| PoolName::parse(p).expect("valid");
     let task = |schema_version: u16, pool: PoolName| TaskMessage {
+        trace_parent: None,
         schema_version,
         deployment: DeploymentId::new(),
         task: TaskId::new(),
@@ -296,6 +297,7 @@ async fn bad_messages_on_the_wire_are_rejected_recorded_and_never_redelivered() 
             .await?;
     }
     let report = |schema_version: u16| WorkerMessage {
+        trace_parent: None,
         schema_version,
         event_id: EventId::new(),
         worker: WorkerName::parse("w1").expect("valid"),

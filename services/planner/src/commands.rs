@@ -24,7 +24,7 @@
 //! command, is recorded like any bad message.
 
 use crate::api::auth::Caller;
-use crate::rejections::{Recorder, Refused};
+use crate::rejections::{Recorder, Refused, Why};
 use axum::body::Body;
 use axum::http::{Method, Request};
 use futures::StreamExt as _;
@@ -95,11 +95,12 @@ async fn answer(
     recorder: &Recorder,
     msg: async_nats::Message,
 ) {
-    let refuse = |reason: String| Refused {
+    let refuse = |reason: String, why: Why| Refused {
         id: EventId::new(),
         subject: msg.subject.to_string(),
         claimed: None,
         reason,
+        why,
         bytes: msg.payload.to_vec(),
     };
     // Answers go to the inbox of the integrator the subject names, and nowhere else.
@@ -113,14 +114,14 @@ async fn answer(
                     .unwrap_or("_INBOX_<prefix>_integrator.<name>"),
                 reply.map_or("missing", |r| r.as_str())
             );
-            recorder.refuse(refuse(why)).await;
+            recorder.refuse(refuse(why, Why::Reply)).await;
             return;
         }
     };
     let (status, body, replayed) = match parse(subjects, &msg) {
         Ok(parsed) => run(router, parsed).await,
         Err(why) => {
-            recorder.refuse(refuse(why.clone())).await;
+            recorder.refuse(refuse(why.clone(), Why::Undecodable)).await;
             (400, json!({ "error": why }), false)
         }
     };

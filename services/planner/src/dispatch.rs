@@ -17,6 +17,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use shoal_runtime::telemetry::{TRACEPARENT, child_span, traceparent};
 use shoal_shared::codec;
 use shoal_shared::messages::TaskMessage;
 use shoal_shared::subjects::Subjects;
@@ -203,10 +204,16 @@ fn encode_and_sign(
         .into_iter()
         .zip(encoded)
         .map(|(task, bytes)| {
+            let mut header = headers.next().unwrap_or_default();
+            // The worker's pull and run join the deployment's trace through this span.
+            let span = child_span("publish", task.trace_parent.as_deref());
+            if let Some(tp) = traceparent(&span) {
+                header.insert(TRACEPARENT, tp.as_str());
+            }
             let msg = bytes.map(|bytes| {
                 PublishMessage::build()
                     .payload(bytes.into())
-                    .headers(headers.next().unwrap_or_default())
+                    .headers(header)
                     .message_id(task.message_id())
             });
             (task, msg)

@@ -53,7 +53,7 @@ pub struct Runner {
 }
 
 enum Due {
-    Submit(Command),
+    Submit(Box<Command>),
     Resend(Vec<Stop>),
 }
 
@@ -76,7 +76,7 @@ pub async fn run(
                 }
             },
             Some(expired) = due.next(), if !due.is_empty() => match expired.into_inner() {
-                Due::Submit(cmd) => cmd,
+                Due::Submit(cmd) => *cmd,
                 Due::Resend(stops) => {
                     let (client, subjects) = (runner.client.clone(), runner.subjects.clone());
                     let signer = runner.signer.clone();
@@ -139,7 +139,7 @@ impl Runner {
             }
             Effect::Schedule { at, cmd } => {
                 let wait = at.millis_since(Timestamp::now());
-                due.insert(Due::Submit(cmd), Duration::from_millis(wait));
+                due.insert(Due::Submit(Box::new(cmd)), Duration::from_millis(wait));
             }
             Effect::PublishCheck(check) => {
                 let (js, subjects) = (self.js.clone(), self.subjects.clone());
@@ -351,6 +351,7 @@ pub async fn answer_drain_state(
                     subject: msg.subject.to_string(),
                     claimed: None,
                     reason,
+                    why: crate::rejections::Why::Subject,
                     bytes: Vec::new(),
                 };
                 drop(recorder.refuse(refused).await);

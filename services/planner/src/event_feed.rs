@@ -20,12 +20,13 @@
 
 use crate::broker::{self, EventsRetention};
 use crate::log::{EventLog, LogError};
-use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::{HeaderMap, header};
 use futures::StreamExt as _;
 use futures::stream::FuturesOrdered;
+use shoal_shared::Timestamp;
 use shoal_shared::api::EventView;
 use shoal_shared::events::Envelope;
 use shoal_shared::subjects::Subjects;
@@ -77,14 +78,17 @@ pub struct Publisher {
     pub retention: EventsRetention,
     /// The log's last durable sequence.
     pub durable: watch::Receiver<u64>,
+    /// The feed's published sequence and lag go there.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Records published and not yet confirmed by the stream, at most: the publisher reads and
 /// sends the next records while the broker stores the last ones.
-const WINDOW: usize = 4096;
+const WINDOW: u64 = 4096;
 
-/// A publish on its way: its record's sequence and the broker's answer.
-type Pending = futures::future::BoxFuture<'static, (u64, Result<PublishAck, String>)>;
+/// A round's confirmation on its way: its last record's sequence and time, and the broker's
+/// answer.
+type Pending = futures::future::BoxFuture<'static, (u64, Timestamp, Result<PublishAck, String>)>;
 
 /// Publishes the log to the feed until `stop`.
 pub async fn run(mut p: Publisher, stop: CancellationToken) {
@@ -116,23 +120,32 @@ pub async fn run(mut p: Publisher, stop: CancellationToken) {
 
 /// Publishes every durable record after `at`, keeping up to [`WINDOW`] unconfirmed, until a
 /// failure (returned) or `stop` (`None`).
+///
+/// Only the last record of each round asks the broker for an answer; the others are sent
+/// without one. That is as exact as answering each: every record expects the stream's last
+/// sequence to be the one before it, so the broker stores nothing after a record it did not
+/// store, and the answer to a round's last record confirms the whole round (the broker takes
+/// one connection's messages in order). A round whose last record is not stored (its answer
+/// is an error, or none comes) sends the publisher back to where the stream stands. Half the
+/// messages the broker would send, and the planner read, for the feed are gone.
 async fn publish_from(p: &mut Publisher, at: u64, stop: &CancellationToken) -> Option<FeedError> {
-    let mut sent = at;
+    let (mut sent, mut confirmed) = (at, at);
+    p.metrics.feed_at(at);
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     loop {
         let durable = *p.durable.borrow_and_update();
-        if sent < durable && pending.len() < WINDOW / 2 {
-            let room = WINDOW - pending.len();
-            let batch = tokio::select! {
+        if sent < durable && sent - confirmed < WINDOW / 2 {
+            let room = WINDOW - (sent - confirmed);
+            let round = tokio::select! {
                 () = stop.cancelled() => return None,
-                b = p.send(sent, durable, room) => b,
+                r = p.send(sent, durable, room, sent == at) => r,
             };
-            match batch {
-                Ok(acks) => {
-                    for (seq, ack) in acks {
+            match round {
+                Ok(asked) => {
+                    for (seq, time, ack) in asked {
                         sent = seq;
                         pending.push_back(Box::pin(async move {
-                            (seq, ack.await.map_err(|e| e.to_string()))
+                            (seq, time, ack.await.map_err(|e| e.to_string()))
                         }));
                     }
                 }
@@ -142,8 +155,11 @@ async fn publish_from(p: &mut Publisher, at: u64, stop: &CancellationToken) -> O
         }
         tokio::select! {
             () = stop.cancelled() => return None,
-            Some((seq, ack)) = pending.next(), if !pending.is_empty() => match ack {
-                Ok(a) if a.sequence == seq => {}
+            Some((seq, time, ack)) = pending.next(), if !pending.is_empty() => match ack {
+                Ok(a) if a.sequence == seq => {
+                    confirmed = seq;
+                    p.metrics.feed_confirmed(seq, time);
+                }
                 Ok(a) => return Some(FeedError::Publish(format!("record {seq} was stored as {}", a.sequence))),
                 Err(e) => return Some(FeedError::Publish(e)),
             },
@@ -210,49 +226,73 @@ impl Publisher {
     }
 
     /// Reads the durable records after `from` (up to `durable`, at most `room` and
-    /// [`BATCH`]) and sends them: each record's sequence and the broker's answer to come.
+    /// [`BATCH`]) and sends them. The last asks for the broker's answer, and so does the
+    /// first when `probe` (the first round after a start or a failure: a record the broker
+    /// refuses for a cause of its own, such as its limits, is refused first and says why,
+    /// where every later one would only say that the sequence does not follow). Each record
+    /// that asked: its sequence, time and the answer to come.
     async fn send(
         &self,
         from: u64,
         durable: u64,
-        room: usize,
-    ) -> Result<Vec<(u64, PublishAckFuture)>, FeedError> {
+        room: u64,
+        probe: bool,
+    ) -> Result<Vec<(u64, Timestamp, PublishAckFuture)>, FeedError> {
         let log = self.log.clone();
-        let limit = room.min(BATCH);
-        let records = tokio::task::spawn_blocking(move || log.read(from, limit))
+        let limit = usize::try_from(room).unwrap_or(BATCH).min(BATCH);
+        let mut records = tokio::task::spawn_blocking(move || log.read(from, limit))
             .await
             .map_err(|e| FeedError::Stream(format!("reading the log failed: {e}")))??;
+        records.retain(|r| r.seq <= durable);
         let max = self
             .client
             .server_info()
             .max_payload
             .saturating_sub(HEADROOM);
-        let mut acks = Vec::with_capacity(records.len());
-        for env in records.into_iter().take_while(|r| r.seq <= durable) {
-            let (subject, seq, msg) = message(&self.subjects, env, max)?;
-            let ack = self
-                .js
-                .send_publish(subject, msg)
-                .await
-                .map_err(|e| FeedError::Publish(e.to_string()))?;
-            acks.push((seq, ack));
+        let last = records.len().saturating_sub(1);
+        let mut asked = Vec::new();
+        for (i, env) in records.into_iter().enumerate() {
+            let time = env.time;
+            let (subject, seq, headers, body) = message(&self.subjects, env, max)?;
+            if i == last || (probe && i == 0) {
+                let msg = PublishMessage::build()
+                    .payload(body.into())
+                    .headers(headers);
+                let ack = self
+                    .js
+                    .send_publish(subject, msg)
+                    .await
+                    .map_err(|e| FeedError::Publish(e.to_string()))?;
+                asked.push((seq, time, ack));
+            } else {
+                self.client
+                    .publish_with_headers(subject, headers, body.into())
+                    .await
+                    .map_err(|e| FeedError::Publish(e.to_string()))?;
+            }
         }
-        Ok(acks)
+        Ok(asked)
     }
 }
 
-/// The feed message of a record: its subject, its sequence and the message.
+/// The feed message of a record: its subject, its sequence, its headers (with the message
+/// id and the stream's expected last sequence) and its body.
 fn message(
     subjects: &Subjects,
     env: Envelope,
     max: usize,
-) -> Result<(String, u64, PublishMessage), FeedError> {
+) -> Result<(String, u64, HeaderMap, Vec<u8>), FeedError> {
     let (seq, subject) = (env.seq, subjects.event(&env.stream, &env.event_type));
     let mut headers = HeaderMap::new();
     headers.insert(SEQ_HEADER, seq.to_string().as_str());
     headers.insert(TYPE_HEADER, env.event_type.as_str());
     headers.insert(STREAM_HEADER, env.stream.as_str());
     headers.insert("Content-Type", "application/json");
+    headers.insert(header::NATS_MESSAGE_ID, seq.to_string().as_str());
+    headers.insert(
+        header::NATS_EXPECTED_LAST_SEQUENCE,
+        seq.saturating_sub(1).to_string().as_str(),
+    );
     let mut body = EventView::json_of(&env).map_err(|cause| FeedError::Encode { seq, cause })?;
     if body.len() > max {
         headers.insert(TRUNCATED_HEADER, body.len().to_string().as_str());
@@ -260,10 +300,5 @@ fn message(
         view.data = serde_json::json!({ "truncated": body.len() });
         body = serde_json::to_vec(&view).map_err(|cause| FeedError::Encode { seq, cause })?;
     }
-    let msg = PublishMessage::build()
-        .payload(body.into())
-        .headers(headers)
-        .message_id(seq.to_string())
-        .expected_last_sequence(seq.saturating_sub(1));
-    Ok((subject, seq, msg))
+    Ok((subject, seq, headers, body))
 }

@@ -19,10 +19,11 @@ use crate::domain::{Command, Rejection};
 use crate::liveness::Liveness;
 use crate::log::writer::{Appended, WriterHandle};
 use crate::rejections::budget::Verdict;
-use crate::rejections::{Answer, Recorder, Refused};
+use crate::rejections::{Answer, Recorder, Refused, Why};
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
+use shoal_runtime::telemetry::child_span;
 use shoal_shared::EventId;
 use shoal_shared::codec;
 use shoal_shared::messages::{Heartbeat, KIND_HEADER, WorkerBody, WorkerMessage, decode_results};
@@ -30,6 +31,7 @@ use shoal_shared::subjects::{Subjects, WorkerSubject};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// Messages being appended at once (each a report or a batch of them).
 const MAX_IN_FLIGHT: usize = 4096;
@@ -105,7 +107,10 @@ async fn submit(
             Ok((report, _))
                 if is_rejected(&report) && recorder.note(&msg.subject) == Verdict::Count => {}
             Ok((report, context)) => {
-                let reply = writer.submit(Command::WorkerReport(report)).await.ok()?;
+                // The run's trace, when the worker exports one: the decide span joins it.
+                let span = child_span("ingest", report.trace_parent.as_deref());
+                let cmd = Command::WorkerReport(report);
+                let reply = writer.submit(cmd).instrument(span).await.ok()?;
                 outcomes.push(Outcome::Report(reply, context));
             }
         }
@@ -190,16 +195,18 @@ fn read(
     subjects: &Subjects,
 ) -> Vec<Result<(WorkerMessage, Refused), Refused>> {
     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-    let refused = |reason: String, claimed: Option<String>, id: EventId| Refused {
+    let refused = |reason: String, why: Why, claimed: Option<String>, id: EventId| Refused {
         id,
         subject: msg.subject.to_string(),
         claimed,
         reason,
+        why,
         bytes: msg.payload[..msg.payload.len().min(HEAD_BYTES)].to_vec(),
     };
-    let whole = |reason: String| {
+    let whole = |reason: String, why: Why| {
         vec![Err(refused(
             reason,
+            why,
             None,
             stable_id(&subjects.results_stream(), seq),
         ))]
@@ -207,12 +214,20 @@ fn read(
     let from = match subjects.parse_worker_subject(&msg.subject) {
         Ok(WorkerSubject::Results(owner)) => owner,
         Ok(_) => {
-            return whole(format!(
-                "\"{}\" is not a results subject; only reports belong in the results stream",
-                msg.subject
-            ));
+            return whole(
+                format!(
+                    "\"{}\" is not a results subject; only reports belong in the results stream",
+                    msg.subject
+                ),
+                Why::Subject,
+            );
         }
-        Err(e) => return whole(format!("{e}; only reports belong in the results stream")),
+        Err(e) => {
+            return whole(
+                format!("{e}; only reports belong in the results stream"),
+                Why::Subject,
+            );
+        }
     };
     let kind = msg
         .headers
@@ -225,15 +240,15 @@ fn read(
             .map(|r| {
                 let claimed = Some(claim(&r.pool, &r.worker));
                 match impersonation(&from, &r.pool, &r.worker) {
-                    Some(why) => Err(refused(why, claimed, r.event_id)),
+                    Some(why) => Err(refused(why, Why::Impersonation, claimed, r.event_id)),
                     None => {
-                        let context = refused(String::new(), claimed, r.event_id);
+                        let context = refused(String::new(), Why::Rejected, claimed, r.event_id);
                         Ok((r, context))
                     }
                 }
             })
             .collect(),
-        Err(e) => whole(e.to_string()),
+        Err(e) => whole(e.to_string(), Why::Undecodable),
     }
 }
 
@@ -286,11 +301,12 @@ pub async fn heartbeats(
 /// The heartbeat a message carries, when it arrived on the heartbeat subject of the worker it
 /// names; else its refusal.
 fn heartbeat_of(msg: &async_nats::Message, subjects: &Subjects) -> Result<Heartbeat, Refused> {
-    let refused = |reason: String, claimed: Option<String>| Refused {
+    let refused = |reason: String, why: Why, claimed: Option<String>| Refused {
         id: EventId::new(),
         subject: msg.subject.to_string(),
         claimed,
         reason,
+        why,
         bytes: msg.payload[..msg.payload.len().min(HEAD_BYTES)].to_vec(),
     };
     let from = match subjects.parse_worker_subject(&msg.subject) {
@@ -298,15 +314,20 @@ fn heartbeat_of(msg: &async_nats::Message, subjects: &Subjects) -> Result<Heartb
         Ok(_) => {
             return Err(refused(
                 format!("\"{}\" is not a heartbeat subject", msg.subject),
+                Why::Subject,
                 None,
             ));
         }
-        Err(e) => return Err(refused(e.to_string(), None)),
+        Err(e) => return Err(refused(e.to_string(), Why::Subject, None)),
     };
     let beat = codec::decode::<Heartbeat>("heartbeat", &msg.payload)
-        .map_err(|e| refused(e.to_string(), None))?;
+        .map_err(|e| refused(e.to_string(), Why::Undecodable, None))?;
     match heartbeat_refusal(&from, &beat.pool, &beat.worker) {
-        Some(why) => Err(refused(why, Some(claim(&beat.pool, &beat.worker)))),
+        Some(why) => Err(refused(
+            why,
+            Why::Impersonation,
+            Some(claim(&beat.pool, &beat.worker)),
+        )),
         None => Ok(beat),
     }
 }

@@ -13,6 +13,7 @@ pub mod api;
 pub mod audit;
 pub mod broker;
 pub mod commands;
+pub mod dashboard;
 pub mod dispatch;
 pub mod domain;
 pub mod effects;
@@ -21,6 +22,7 @@ pub mod health;
 pub mod ingest;
 pub mod liveness;
 pub mod log;
+pub mod metrics;
 pub mod packages;
 pub mod presence;
 pub mod rejections;
@@ -143,6 +145,7 @@ struct Parts {
     liveness: Liveness,
     /// The log's last durable sequence.
     durable: watch::Receiver<u64>,
+    metrics: metrics::Metrics,
     stop: CancellationToken,
     services: CancellationToken,
     /// Every task the planner starts, so that shutdown can wait for them.
@@ -228,6 +231,8 @@ impl Planner {
             dispatch_tx,
             effects_tx.clone(),
         )?;
+        let metrics = metrics::Metrics::new();
+        writer.set_metrics(metrics.clone());
         let backlog = writer.republish_outbox();
         let durable = writer.watch_durable();
         // The channel is empty, so the first batch fits: pools' consumers, the health
@@ -259,6 +264,7 @@ impl Planner {
             handle,
             liveness,
             durable,
+            metrics,
             stop,
             services,
             tasks,
@@ -285,7 +291,7 @@ impl Planner {
         } = self;
         let intake = p.stop.child_token();
         // One budget of recorded refusals for every subject the planner reads.
-        let recorder = rejections::Recorder::new(p.handle.clone());
+        let recorder = rejections::Recorder::new(p.handle.clone(), p.metrics.clone());
         p.spawn_services(queues, recorder.clone());
         let builtin = start_builtin_worker(
             &p.config,
@@ -406,6 +412,7 @@ impl Parts {
             log: self.log.clone(),
             retention: self.config.events,
             durable: self.durable.clone(),
+            metrics: self.metrics.clone(),
         };
         if self.config.event_feed {
             tasks.spawn(event_feed::run(publisher, stop_services.clone()));
@@ -480,6 +487,7 @@ impl Parts {
             signer: self.config.signer.clone(),
             js: self.js.clone(),
             subjects: self.config.subjects.clone(),
+            metrics: self.metrics.clone(),
             closing,
         }
     }

@@ -87,6 +87,12 @@ struct Serve {
     /// with no integrator): GET /api/events, its stream and webhooks still serve the log.
     #[arg(long, env = "SHOAL_NO_EVENT_FEED")]
     no_event_feed: bool,
+    /// Export traces to this OTLP/HTTP endpoint (e.g. `http://127.0.0.1:4318`): a
+    /// deployment's API request, decide, commit, publish and the ingest of its reports, linked
+    /// across the broker to the workers' pull and run. `OTEL_EXPORTER_OTLP_PROTOCOL=http/json`
+    /// for JSON. Off by default.
+    #[arg(long, env = "SHOAL_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// How often the planner signs its log's head with its signing key (a LogHeadSigned
     /// record, when the log moved since the last), e.g. `15m`: what an audit export
     /// checks besides the signature at its end.
@@ -172,8 +178,18 @@ enum Cmd {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    shoal_runtime::telemetry::init();
+    // mimalloc asks for transparent huge pages and gives memory back when it is idle for a
+    // moment; under load every page it takes back is a fresh 2 MiB page the kernel zeroes
+    // (a quarter of a busy planner's CPU in a profile). Small pages: see docs/BENCHMARKS.md.
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("warning: cannot turn transparent huge pages off for the planner: {e}");
+    }
     let args = Args::parse();
+    let otlp = args
+        .command
+        .is_none()
+        .then_some(args.serve.otlp_endpoint.as_deref());
+    let _telemetry = shoal_runtime::telemetry::init("shoal-planner", otlp.flatten());
     let result = match args.command {
         Some(Cmd::Replay { data_dir, rebuild }) => replay(&data_dir, rebuild),
         Some(Cmd::AdminToken { data_dir, name }) => admin_token(&data_dir, name),

@@ -162,6 +162,7 @@ impl Harness {
 
     async fn report(&mut self, t: &TaskMessage, body: WorkerBody, dup: bool) {
         let msg = WorkerMessage {
+            trace_parent: None,
             schema_version: 1,
             event_id: EventId::new(),
             worker: WorkerName::parse("w1").expect("valid"),
@@ -306,6 +307,7 @@ impl Harness {
             Op::Checked(name, s) => {
                 let check = self.pending_check(name).unwrap_or_default();
                 let msg = WorkerMessage {
+                    trace_parent: None,
                     schema_version: 1,
                     event_id: EventId::new(),
                     worker: WorkerName::parse("w1").expect("valid"),

@@ -88,6 +88,7 @@ async fn deploy(h: &WriterHandle) -> DeploymentId {
 
 fn report(task: &TaskMessage, body: WorkerBody) -> Command {
     Command::WorkerReport(WorkerMessage {
+        trace_parent: None,
         schema_version: WIRE_SCHEMA_VERSION,
         event_id: EventId::new(),
         worker: WorkerName::parse("w1").expect("valid"),

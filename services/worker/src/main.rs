@@ -19,6 +19,10 @@ struct Args {
     /// The pool this worker serves.
     #[arg(long, env = "SHOAL_POOL", default_value = "default")]
     pool: PoolName,
+    /// Export traces of its pulls and runs to this OTLP/HTTP endpoint (e.g.
+    /// `http://127.0.0.1:4318`), each linked to the planner's trace of its deployment.
+    #[arg(long, env = "SHOAL_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// The region the worker is in (informational).
     #[arg(long, env = "SHOAL_REGION")]
     region: Option<RegionName>,
@@ -76,8 +80,8 @@ struct Args {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    shoal_runtime::telemetry::init();
     let args = Args::parse();
+    let _telemetry = shoal_runtime::telemetry::init("shoal-worker", args.otlp_endpoint.as_deref());
     let runtime = tokio::runtime::Runtime::new();
     let result = runtime
         .map_err(anyhow::Error::from)

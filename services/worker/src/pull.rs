@@ -7,6 +7,7 @@ use crate::execute;
 use crate::report::Reporter;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
+use shoal_runtime::telemetry::{TRACEPARENT, child_span, traceparent};
 use shoal_shared::codec;
 use shoal_shared::messages::{
     CheckMessage, KIND_HEADER, KIND_HEALTH_CHECK, TaskMessage, WIRE_SCHEMA_VERSION, WorkerBody,
@@ -396,6 +397,14 @@ async fn handle(
     };
     let delivery = delivery_of(&msg);
     let span = tracing::info_span!("task", task.id = %task.task, attempt = task.attempt, delivery, step = %task.step_name);
+    // The deployment's trace, from the planner's publish: pull covers the checks, run the run.
+    let traced = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(TRACEPARENT))
+        .map(|v| v.as_str().to_owned());
+    let pull = child_span("pull", traced.as_deref());
+    let run = child_span("run", traceparent(&pull).as_deref());
     async {
         if task.max_deliveries > 0 && delivery > task.max_deliveries {
             let reason = format!(
@@ -414,17 +423,22 @@ async fn handle(
             );
             return reject(&msg, &reporter, reason).await;
         }
-        let run = (task.task, task.attempt, delivery);
-        let Some(cancel) = runtime.start(run) else {
+        let run_id = (task.task, task.attempt, delivery);
+        let Some(cancel) = runtime.start(run_id) else {
             tracing::info!("not starting a task the planner cancelled");
             let reason = "cancelled before it started".to_owned();
             end_unrun(&msg, &task, delivery, &reporter, Outcome::Cancelled, reason).await;
             return;
         };
         let stops = execute::Stops { kill, cancel };
-        run_task(msg, task, delivery, config, reporter, &runtime, stops).await;
-        runtime.finish(run);
+        run_task(msg, task, delivery, config, reporter, &runtime, stops)
+            .instrument(run)
+            .await;
+        runtime.finish(run_id);
     }
+    // Inside `pull`, so that a report sent before the run (not run: cancelled, replayed, too
+    // many deliveries) joins the trace too.
+    .instrument(pull)
     .instrument(span)
     .await;
 }

@@ -112,6 +112,8 @@ impl Reporter {
         final_message: bool,
     ) -> Option<oneshot::Receiver<bool>> {
         let msg = WorkerMessage {
+            // The run's span when it reports about a task: the planner's ingest joins it.
+            trace_parent: shoal_runtime::telemetry::traceparent(&tracing::Span::current()),
             schema_version: WIRE_SCHEMA_VERSION,
             event_id: EventId::new(),
             worker: self.inner.worker.clone(),

@@ -89,6 +89,7 @@ fn forged_success(
     claimed_worker: &str,
 ) -> anyhow::Result<Vec<u8>> {
     let msg = WorkerMessage {
+        trace_parent: None,
         schema_version: WIRE_SCHEMA_VERSION,
         event_id: EventId::new(),
         worker: worker(claimed_worker),

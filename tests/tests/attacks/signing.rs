@@ -81,6 +81,7 @@ fn pool(s: &str) -> PoolName {
 /// A task of `pool` whose script creates `marker`.
 fn forged_task(pool_name: &str, marker: &Path) -> TaskMessage {
     TaskMessage {
+        trace_parent: None,
         schema_version: 1,
         deployment: DeploymentId::new(),
         task: TaskId::new(),

@@ -1,8 +1,14 @@
-//! Who may call which endpoint. Every request but `GET /healthz` needs
-//! `Authorization: Bearer <token>`; the token is hashed (SHA-256) and looked up by its hash
-//! in the token projection, so no token is ever compared byte by byte, stored or logged.
+//! Who may call which endpoint. Every request but `GET /healthz` (and the dashboard's login
+//! and static files) needs `Authorization: Bearer <token>`; the token is hashed (SHA-256)
+//! and looked up by its hash in the token projection, so no token is ever compared byte by
+//! byte, stored or logged.
 //! [`ENDPOINTS`] is the one table of what each endpoint needs: [`guard`] reads it for every
 //! request, and a route missing from it needs `admin` (closed by default).
+//!
+//! The dashboard's pages authenticate with the `shoal_session` cookie a login with a token
+//! sets instead ([`super::session`]): the same token, looked up the same way; a request that
+//! changes something with the cookie also needs its CSRF token (403 without). A request with
+//! an `Authorization` header is checked by it alone, cookie or not.
 //!
 //! Order of the checks: authentication (401), then the role (403), then the body's media
 //! type (415). An anonymous caller learns nothing about an endpoint but that it wants a
@@ -21,8 +27,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
-use shoal_shared::TokenName;
 use shoal_shared::auth::{ADMIN_TOKEN_FILE, Actor, Role, TOKEN_PREFIX};
+use shoal_shared::{Timestamp, TokenName};
 use std::path::{Path, PathBuf};
 
 /// What an endpoint needs.
@@ -49,6 +55,9 @@ pub const JSON: &str = "application/json";
 /// The media type of an upload (a package file): like JSON, not one a web page may send
 /// across origins without a preflight.
 pub const OCTETS: &str = "application/octet-stream";
+/// The media type of the dashboard's login and logout forms (public endpoints, which check
+/// what they are sent themselves).
+pub const FORM: &str = "application/x-www-form-urlencoded";
 
 const fn ep(method: Method, path: &'static str, role: Role) -> Endpoint {
     Endpoint {
@@ -65,6 +74,21 @@ const fn upload(method: Method, path: &'static str, role: Role) -> Endpoint {
         path,
         access: Access::Role(role),
         body: OCTETS,
+    }
+}
+
+/// A page of the dashboard: read with a session (or a token) of at least `viewer`.
+const fn page(path: &'static str) -> Endpoint {
+    ep(Method::GET, path, Viewer)
+}
+
+/// What needs no token: the dashboard's login, logout and static files.
+const fn public(method: Method, path: &'static str, body: &'static str) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        access: Access::Public,
+        body,
     }
 }
 
@@ -102,12 +126,14 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep(Method::GET, "/api/events/stream", Viewer),
     ep(Method::GET, "/api/audit/export", Admin),
     ep(Method::PUT, "/api/feed/consumers/{name}", Admin),
+    ep(Method::PUT, "/api/pools/{name}/key", Admin),
     ep(Method::GET, "/api/webhooks", Admin),
     ep(Method::POST, "/api/webhooks", Admin),
     ep(Method::DELETE, "/api/webhooks/{name}", Admin),
     ep(Method::POST, "/api/webhooks/{name}/resume", Admin),
     ep(Method::GET, "/api/tasks/{id}", Viewer),
     ep(Method::GET, "/api/status", Viewer),
+    ep(Method::GET, "/metrics", Viewer),
     ep(Method::GET, "/api/packages", Viewer),
     ep(Method::GET, "/api/packages/{id}", Viewer),
     ep(Method::GET, "/api/packages/{id}/{version}", Viewer),
@@ -122,6 +148,24 @@ pub const ENDPOINTS: &[Endpoint] = &[
         access: Access::Public,
         body: JSON,
     },
+    // The OpenAPI document (`super::openapi`): what the API is, to anyone who can reach it.
+    public(Method::GET, "/api/openapi.json", JSON),
+];
+
+/// The dashboard's endpoints (`crate::dashboard`), which the guard reads after
+/// [`ENDPOINTS`]: its pages read what the API's GETs read; its login, logout and static
+/// files need no token (the forms check what they are sent themselves).
+pub const DASHBOARD: &[Endpoint] = &[
+    page("/"),
+    page("/deployments/{id}"),
+    page("/deployments/{id}/audit"),
+    page("/workers"),
+    page("/targets"),
+    page("/targets/{name}"),
+    public(Method::GET, "/login", JSON),
+    public(Method::POST, "/login", FORM),
+    public(Method::POST, "/logout", FORM),
+    public(Method::GET, "/assets/{file}", JSON),
 ];
 
 /// What a request to `path` (a route pattern, `None`: no route) with `method` needs. A
@@ -144,6 +188,7 @@ fn endpoint(method: &Method, path: &str) -> Option<&'static Endpoint> {
     };
     ENDPOINTS
         .iter()
+        .chain(DASHBOARD)
         .find(|e| e.method == *method && e.path == path)
 }
 
@@ -176,8 +221,9 @@ impl Caller {
     }
 }
 
-/// Marks a request the planner made itself from a command over NATS (`commands`), whose
-/// [`Caller`] it set from the command's subject. No HTTP request can carry it: extensions
+/// Marks a request the planner made itself, whose [`Caller`] it set: from a command over
+/// NATS (`commands`, the caller from the command's subject), or a dashboard page's read
+/// (`dashboard`, the caller the page was asked by). No HTTP request can carry it: extensions
 /// are never read from the wire.
 #[derive(Debug, Clone, Copy)]
 pub struct FromNats;
@@ -213,9 +259,12 @@ pub(super) async fn guard(State(app): State<AppState>, mut req: Request, next: N
         .and_then(|_| req.extensions().get::<Caller>().cloned());
     let caller = match from_nats {
         Some(c) => c,
-        None => match authenticate(&app, req.headers()).await {
+        None => match authenticate(&app, req.method(), req.headers()).await {
             Ok(c) => c,
-            Err(e) => return e.into_response(),
+            Err(e) => {
+                return super::session::to_login(req.method(), req.uri(), req.headers())
+                    .unwrap_or_else(|| e.into_response());
+            }
         },
     };
     if !caller.role.allows(needed) {
@@ -241,8 +290,21 @@ pub(super) async fn guard(State(app): State<AppState>, mut req: Request, next: N
     next.run(req).await
 }
 
-/// The caller of a request, from its bearer token.
-async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+/// The caller of a request, from its bearer token, else from its session cookie (which
+/// must carry its CSRF token to change anything).
+async fn authenticate(
+    app: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
+    if !headers.contains_key(header::AUTHORIZATION)
+        && let Some(cookie) = super::session::cookie(headers)
+    {
+        let session = super::session::open(&app.master_key, cookie, Timestamp::now())?;
+        let caller = caller_of(app, session.token_hash.clone()).await?;
+        super::session::check_intent(&app.master_key, &session, method, headers)?;
+        return Ok(caller);
+    }
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
             "this endpoint needs a token: send \"Authorization: Bearer <token>\" (the CLI reads SHOAL_TOKEN or --token; the planner wrote its first admin token to admin.token in its data dir)",
@@ -259,7 +321,14 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller, Api
         .ok_or_else(|| {
             ApiError::unauthorized("the Authorization header must be \"Bearer <token>\"")
         })?;
-    let hash = hash_token(token);
+    caller_of(app, hash_token(token)).await
+}
+
+/// The caller whose token has the SHA-256 `hash` (hex).
+///
+/// # Errors
+/// 401: no such token (never made, or revoked).
+pub async fn caller_of(app: &AppState, hash: String) -> Result<Caller, ApiError> {
     let doc: Option<TokenDoc> = app
         .read(move |log| Ok(log.doc(Proj::Tokens, hash.as_bytes())?))
         .await?;
@@ -304,6 +373,19 @@ fn body_of_type(method: &Method, headers: &HeaderMap, wanted: &str) -> Result<()
         ))),
         None => Ok(()),
     }
+}
+
+/// The SHA-256 (hex) of the token a request was made with: its bearer token's, else the
+/// one its session cookie was opened with (an event stream checks it is still valid).
+pub fn token_hash(app: &AppState, headers: &HeaderMap) -> Option<String> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let (_, token) = value.to_str().ok()?.split_once(' ')?;
+        return Some(hash_token(token.trim()));
+    }
+    let cookie = super::session::cookie(headers)?;
+    super::session::open(&app.master_key, cookie, Timestamp::now())
+        .ok()
+        .map(|s| s.token_hash)
 }
 
 /// SHA-256 of a token, lowercase hex: how a token is stored and looked up. A token has 256

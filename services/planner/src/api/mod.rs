@@ -14,22 +14,26 @@ mod deployments;
 pub mod events;
 mod feed;
 pub mod idempotency;
+pub mod openapi;
 mod packages;
 pub use packages::MAX_UPLOADS;
 mod pools;
+pub mod session;
 mod targets;
 mod tokens;
 mod webhooks;
 mod workers;
+mod trace;
 
 use crate::domain::Rejection;
 use crate::liveness::Liveness;
 use crate::log::writer::{WriteError, WriterHandle};
 use crate::log::{EventLog, LogError};
 use axum::Router;
-use axum::http::StatusCode;
+use axum::handler::Handler;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::MethodFilter;
 use serde::de::DeserializeOwned;
 use shoal_shared::PoolName;
 use shoal_shared::api::{ErrorBody, StatusView};
@@ -58,6 +62,8 @@ pub struct AppState {
     pub subjects: shoal_shared::subjects::Subjects,
     /// Signs audit exports' heads.
     pub signer: crate::signing::Signer,
+    /// The Prometheus figures (`/metrics`).
+    pub metrics: crate::metrics::Metrics,
     /// Cancelled when the planner stops: endless answers (event streams) end then.
     pub closing: tokio_util::sync::CancellationToken,
 }
@@ -83,73 +89,9 @@ impl AppState {
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/pools", get(pools::list).post(pools::create))
-        .route("/api/pools/{name}", axum::routing::delete(pools::remove))
-        .route("/api/pools/{name}/key", axum::routing::put(pools::set_key))
-        .route("/api/targets", get(targets::list).post(targets::create))
-        .route(
-            "/api/targets/{name}",
-            get(targets::show)
-                .put(targets::update)
-                .delete(targets::remove),
-        )
-        .route("/api/targets/{name}/health", get(targets::health))
-        .route(
-            "/api/targets/{name}/health-check",
-            axum::routing::post(targets::check),
-        )
-        .route(
-            "/api/deployments",
-            get(deployments::list).post(deployments::create),
-        )
-        .route("/api/deployments/{id}", get(deployments::show))
-        .route(
-            "/api/deployments/{id}/cancel",
-            axum::routing::post(deployments::cancel),
-        )
-        .route(
-            "/api/deployments/{id}/tasks/{task}/log",
-            get(deployments::task_log),
-        )
-        .route("/api/tasks/{id}", get(deployments::task_ref))
-        .route("/api/workers", get(workers::list))
-        .route(
-            "/api/workers/{name}/drain",
-            axum::routing::post(workers::drain),
-        )
-        .route(
-            "/api/workers/{name}/resume",
-            axum::routing::post(workers::resume),
-        )
-        .route("/api/events", get(events::list))
-        .route("/api/events/stream", get(events::follow))
-        .route("/api/audit/export", get(audit::export_log))
-        .route(
-            "/api/feed/consumers/{name}",
-            axum::routing::put(feed::set_consumer),
-        )
-        .route("/api/status", get(status))
-        .route("/api/packages", get(packages::list))
-        .route("/api/packages/{id}", get(packages::show))
-        .route(
-            "/api/packages/{id}/{version}",
-            get(packages::version)
-                .put(packages::push)
-                .delete(packages::remove),
-        )
-        .route("/api/webhooks", get(webhooks::list).post(webhooks::create))
-        .route(
-            "/api/webhooks/{name}",
-            axum::routing::delete(webhooks::remove),
-        )
-        .route(
-            "/api/webhooks/{name}/resume",
-            axum::routing::post(webhooks::resume),
-        )
-        .route("/api/tokens", get(tokens::list).post(tokens::create))
-        .route("/api/tokens/{name}", axum::routing::delete(tokens::revoke))
-        .route("/healthz", get(|| async { "ok" }))
+    routes()
+        .router
+        .merge(crate::dashboard::routes())
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API reference in README.md")
         })
@@ -160,7 +102,132 @@ pub fn router(state: AppState) -> Router {
             auth::guard,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(trace::request))
         .with_state(state)
+}
+
+/// Every route: one method of one pattern each. Each needs its handler in the OpenAPI
+/// document ([`openapi::ApiDoc`]) and its entry in the guard's table ([`auth::ENDPOINTS`]);
+/// the document's tests hold all three together.
+fn routes() -> Routes {
+    Routes::default()
+        .get("/api/pools", pools::list)
+        .post("/api/pools", pools::create)
+        .delete("/api/pools/{name}", pools::remove)
+        .put("/api/pools/{name}/key", pools::set_key)
+        .get("/api/targets", targets::list)
+        .post("/api/targets", targets::create)
+        .get("/api/targets/{name}", targets::show)
+        .put("/api/targets/{name}", targets::update)
+        .delete("/api/targets/{name}", targets::remove)
+        .get("/api/targets/{name}/health", targets::health)
+        .post("/api/targets/{name}/health-check", targets::check)
+        .get("/api/deployments", deployments::list)
+        .post("/api/deployments", deployments::create)
+        .get("/api/deployments/{id}", deployments::show)
+        .post("/api/deployments/{id}/cancel", deployments::cancel)
+        .get(
+            "/api/deployments/{id}/tasks/{task}/log",
+            deployments::task_log,
+        )
+        .get("/api/tasks/{id}", deployments::task_ref)
+        .get("/api/workers", workers::list)
+        .post("/api/workers/{name}/drain", workers::drain)
+        .post("/api/workers/{name}/resume", workers::resume)
+        .get("/api/events", events::list)
+        .get("/api/events/stream", events::follow)
+        .get("/api/audit/export", audit::export_log)
+        .put("/api/feed/consumers/{name}", feed::set_consumer)
+        .get("/api/status", status)
+        .get("/api/packages", packages::list)
+        .get("/api/packages/{id}", packages::show)
+        .get("/api/packages/{id}/{version}", packages::version)
+        .put("/api/packages/{id}/{version}", packages::push)
+        .delete("/api/packages/{id}/{version}", packages::remove)
+        .get("/api/webhooks", webhooks::list)
+        .post("/api/webhooks", webhooks::create)
+        .delete("/api/webhooks/{name}", webhooks::remove)
+        .post("/api/webhooks/{name}/resume", webhooks::resume)
+        .get("/api/tokens", tokens::list)
+        .post("/api/tokens", tokens::create)
+        .delete("/api/tokens/{name}", tokens::revoke)
+        .get("/api/openapi.json", openapi::document)
+        .get("/healthz", healthz)
+        .get("/metrics", metrics)
+}
+
+/// The router being built, and the method and pattern of each route in it: axum's router
+/// cannot list its own routes, and the OpenAPI document's tests need them.
+#[derive(Default)]
+struct Routes {
+    router: Router<AppState>,
+    listed: Vec<(Method, &'static str)>,
+}
+
+impl Routes {
+    fn get<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Routes {
+        self.add((Method::GET, MethodFilter::GET), path, h)
+    }
+
+    fn post<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Routes {
+        self.add((Method::POST, MethodFilter::POST), path, h)
+    }
+
+    fn put<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Routes {
+        self.add((Method::PUT, MethodFilter::PUT), path, h)
+    }
+
+    fn delete<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Routes {
+        self.add((Method::DELETE, MethodFilter::DELETE), path, h)
+    }
+
+    /// Routes `method` requests to `path` to `handler` (a GET route answers HEAD too).
+    fn add<H: Handler<T, AppState>, T: 'static>(
+        mut self,
+        (method, filter): (Method, MethodFilter),
+        path: &'static str,
+        handler: H,
+    ) -> Routes {
+        self.listed.push((method, path));
+        // Routes of one pattern merge into one method router.
+        self.router = self.router.route(path, axum::routing::on(filter, handler));
+        self
+    }
+}
+
+/// `GET /healthz`: `ok` while the planner serves its API (the container health check).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "planner",
+    operation_id = "healthz",
+    security(()),
+    responses((status = 200, description = "`ok`.", body = String, content_type = "text/plain")),
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /metrics`: the Prometheus figures (OpenMetrics text).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "planner",
+    operation_id = "metrics",
+    responses((status = 200, description = "The planner's figures: tasks, workers, queues, \
+        the log, the feed.", body = String, content_type = "application/openmetrics-text")),
+)]
+async fn metrics(
+    axum::extract::State(app): axum::extract::State<AppState>,
+) -> Result<Response, ApiError> {
+    let pools: Vec<crate::domain::state::PoolDoc> =
+        app.read(|log| Ok(log.docs(crate::log::Proj::Pools)?)).await?;
+    let pools = pools.into_iter().map(|p| p.name).collect();
+    let queues = crate::metrics::queues(&app.js, &app.subjects, pools).await;
+    let now = shoal_shared::Timestamp::now();
+    let text = app.metrics.render(&app.liveness.snapshot(), &queues, now);
+    let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, kind)], text).into_response())
 }
 
 /// An error answer.
@@ -352,6 +419,13 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 /// What the planner holds: the log's last sequence, and the unfinished deployments and their
 /// tasks the writer keeps in memory (finished ones stay on disk).
+#[utoipa::path(
+    get,
+    path = "/api/status",
+    tag = "planner",
+    operation_id = "status",
+    responses((status = 200, description = "What the planner holds.", body = StatusView)),
+)]
 async fn status(
     axum::extract::State(app): axum::extract::State<AppState>,
 ) -> axum::Json<StatusView> {

@@ -166,6 +166,7 @@ pub fn task_message(
     let (action, step) = state.task_action(t)?;
     let planned_at = t.planned_at.unwrap_or_default();
     Some(TaskMessage {
+        trace_parent: None,
         schema_version: WIRE_SCHEMA_VERSION,
         deployment: t.deployment,
         task: t.id,

@@ -138,6 +138,7 @@ fn deployed(w: &mut World, retries: u32) -> (DeploymentId, [TaskId; 2]) {
 
 fn report(w: &mut World, worker: &str, body: WorkerBody) -> Vec<Effect> {
     let msg = WorkerMessage {
+        trace_parent: None,
         schema_version: 1,
         event_id: EventId::new(),
         worker: WorkerName::parse(worker).expect("valid"),

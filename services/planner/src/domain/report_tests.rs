@@ -31,6 +31,7 @@ fn finished_by(
 ) -> WorkerMessage {
     let t = &m.state.tasks[&task];
     WorkerMessage {
+        trace_parent: None,
         schema_version: 1,
         event_id: EventId::new(),
         worker: WorkerName::parse(worker).expect("valid"),

@@ -146,6 +146,7 @@ fn finish(m: &mut Memory, task: TaskId, outcome: Outcome, code: i32) -> Vec<Even
         .any(|r| r.attempt == t.attempt && r.worker.as_ref() == Some(&w1));
     if !started {
         let start = WorkerMessage {
+            trace_parent: None,
             schema_version: 1,
             event_id: EventId::new(),
             worker: w1.clone(),
@@ -161,6 +162,7 @@ fn finish(m: &mut Memory, task: TaskId, outcome: Outcome, code: i32) -> Vec<Even
         let _ = when(m, Command::WorkerReport(start));
     }
     let report = WorkerMessage {
+        trace_parent: None,
         schema_version: 1,
         event_id: EventId::new(),
         worker: WorkerName::parse("w1").expect("valid"),
@@ -330,6 +332,7 @@ fn a_result_of_a_superseded_attempt_or_a_repeated_outcome_changes_nothing() {
 fn a_report_about_an_unknown_task_is_refused() {
     let mut m = given(&[]);
     let report = WorkerMessage {
+        trace_parent: None,
         schema_version: 1,
         event_id: EventId::new(),
         worker: WorkerName::parse("w1").expect("valid"),
@@ -352,6 +355,7 @@ fn a_report_about_an_unknown_task_is_refused() {
 fn a_report_with_a_newer_schema_is_refused() {
     let mut m = given(&[]);
     let report = WorkerMessage {
+        trace_parent: None,
         schema_version: 99,
         event_id: EventId::new(),
         worker: WorkerName::parse("w1").expect("valid"),
@@ -501,6 +505,7 @@ fn report(
 ) -> Vec<Event> {
     let t = m.state.tasks[&task].clone();
     let msg = WorkerMessage {
+        trace_parent: None,
         schema_version: 1,
         event_id: EventId::new(),
         worker: WorkerName::parse(worker).expect("valid"),
@@ -843,6 +848,7 @@ fn an_attempt_given_up_after_lost_runs_fails_and_closes_the_open_run() {
 /// Worker `name` of pool eu-west says it joined.
 fn joined(name: &str) -> WorkerMessage {
     WorkerMessage {
+        trace_parent: None,
         schema_version: 1,
         event_id: EventId::new(),
         worker: WorkerName::parse(name).expect("valid"),
@@ -871,6 +877,7 @@ fn draining_a_worker_is_recorded_once_and_survives_its_rejoining() {
     when(
         &mut m,
         Command::WorkerReport(WorkerMessage {
+            trace_parent: None,
             event_id: EventId::new(),
             ..join
         }),
@@ -923,6 +930,7 @@ fn a_worker_going_offline_and_back_is_recorded_once_each_and_never_for_one_that_
         [Event::WorkerCameOnline { .. }]
     ));
     let left = WorkerMessage {
+        trace_parent: None,
         event_id: EventId::new(),
         body: WorkerBody::Left {
             reason: "stopped".into(),
@@ -1042,6 +1050,7 @@ fn checked(m: &mut Memory, name: &str, health: HealthState, reason: &str) -> Vec
             (p.check, p.pool.clone())
         });
     let msg = WorkerMessage {
+        trace_parent: None,
         schema_version: 1,
         event_id: EventId::new(),
         worker: WorkerName::parse("w-eu").expect("valid"),
@@ -1149,6 +1158,7 @@ fn results_become_the_targets_health_with_a_bounded_history() {
     assert_eq!(doc.health_state(), HealthState::Unavailable);
     // A report about a target nobody registered is refused.
     let msg = WorkerMessage {
+        trace_parent: None,
         schema_version: 1,
         event_id: EventId::new(),
         worker: WorkerName::parse("w-eu").expect("valid"),
@@ -1366,6 +1376,7 @@ fn a_repeat_of_an_attempt_given_up_for_a_retry_is_recorded_as_its_own_run() {
     when(&mut m, Command::RetryDue { task, attempt: 1 }).expect("ok");
     // Attempt 2 is planned; a broker that lost its ack hands attempt 1 to w2.
     let msg = WorkerMessage {
+        trace_parent: None,
         schema_version: 1,
         event_id: EventId::new(),
         worker: WorkerName::parse("w2").expect("valid"),
@@ -1396,6 +1407,7 @@ fn a_repeat_of_an_attempt_given_up_for_a_retry_is_recorded_as_its_own_run() {
     );
     // Its end closes that run and nothing else.
     let end = WorkerMessage {
+        trace_parent: None,
         event_id: EventId::new(),
         body: WorkerBody::TaskFinished {
             deployment: t.deployment,
@@ -1667,6 +1679,7 @@ fn checked_report(m: &Memory, name: &str) -> WorkerMessage {
         .clone()
         .expect("a check is pending");
     WorkerMessage {
+        trace_parent: None,
         schema_version: 1,
         event_id: EventId::new(),
         worker: worker("w-eu"),

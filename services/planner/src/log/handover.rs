@@ -350,6 +350,7 @@ mod tests {
 
     fn message() -> TaskMessage {
         TaskMessage {
+            trace_parent: None,
             schema_version: 1,
             deployment: DeploymentId::new(),
             task: TaskId::new(),

@@ -15,12 +15,13 @@ use super::handover::{EffectSender, OutboxPage, TaskSender};
 use super::{BatchWrite, EventLog, Head, LogError, Record, doc_write, record_hash, row_write};
 use crate::domain::effects::{self, Effect};
 use crate::domain::{self, Changes, Command, EventSink, NewEvent, Rejection, State};
+use shoal_runtime::telemetry::{child_span, traceparent};
 use shoal_shared::auth::Actor;
 use shoal_shared::codec;
 use shoal_shared::events::{Envelope, Event};
 use shoal_shared::messages::TaskMessage;
 use shoal_shared::{DeploymentId, EventId, PoolName, TaskId, TaskState, Timestamp};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -71,6 +72,8 @@ enum Request {
         /// Who asked (an API token); `None`: the reporting worker, else the planner.
         actor: Option<Actor>,
         reply: Option<oneshot::Sender<Result<Appended, Rejection>>>,
+        /// The trace context of the caller's span, when traces are exported.
+        trace: Option<String>,
     },
     /// The dispatcher asks for owed task messages (see [`super::handover`]).
     OutboxPage {
@@ -171,6 +174,7 @@ impl WriterHandle {
                 cmd,
                 actor,
                 reply: Some(tx),
+                trace: traceparent(&tracing::Span::current()),
             })
             .await
             .map_err(|_| WriteError::Unavailable("writer stopped".into()))?;
@@ -235,6 +239,10 @@ pub struct Writer {
     /// Keep finished deployments in memory (only for tests that compare both ways).
     keep_finished: bool,
     memory: Arc<InMemory>,
+    metrics: crate::metrics::Metrics,
+    /// The trace context of each deployment created by a traced request while this process
+    /// runs: its task messages carry it to the workers (not kept across restarts).
+    traces: HashMap<DeploymentId, String>,
 }
 
 /// A flush on its way to disk and the batches it makes durable.
@@ -296,6 +304,10 @@ struct Pending {
     finished: BTreeSet<DeploymentId>,
     /// Attempts planned in this batch, with when (µs since the epoch) for the task message.
     planned: Vec<(TaskId, u32, i64)>,
+    /// The trace context of the command being handled (its `decide` span), if traced.
+    trace: Option<String>,
+    /// The trace the batch's `commit` span joins: the first traced command's.
+    commit_parent: Option<String>,
     effects: Vec<Effect>,
 }
 
@@ -332,7 +344,15 @@ impl Writer {
             effects: EffectSender::new(effects),
             keep_finished: false,
             memory: Arc::default(),
+            metrics: crate::metrics::Metrics::default(),
+            traces: HashMap::new(),
         })
+    }
+
+    /// Reports to `metrics` (the planner's `/metrics`) instead of figures of its own.
+    pub fn set_metrics(&mut self, metrics: crate::metrics::Metrics) {
+        metrics.count_all(&self.state);
+        self.metrics = metrics;
     }
 
     /// Keeps finished deployments in memory instead of reading them back when needed: the
@@ -385,12 +405,11 @@ impl Writer {
                 continue;
             };
             if t.attempt == attempt && t.state == TaskState::Planned {
-                out.extend(effects::task_message(
-                    &self.state,
-                    &task,
-                    attempt,
-                    planned_at_us,
-                ));
+                let msg = effects::task_message(&self.state, &task, attempt, planned_at_us);
+                out.extend(msg.map(|mut m| {
+                    m.trace_parent = self.traces.get(&m.deployment).cloned();
+                    m
+                }));
             } else {
                 let confirm = Command::MarkDispatched {
                     deployment: t.deployment,
@@ -633,8 +652,13 @@ impl Writer {
     }
 
     fn start_flush(&self) -> Flush {
-        let log = self.log.clone();
-        Box::pin(async move { log.flush().await })
+        let (log, metrics) = (self.log.clone(), self.metrics.clone());
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let flushed = log.flush().await;
+            metrics.log_flushed(started.elapsed());
+            flushed
+        })
     }
 
     /// Decides a batch of commands and writes its events (not yet durable).
@@ -643,8 +667,17 @@ impl Writer {
         let mut replies = Vec::with_capacity(batch.len());
         for req in batch.drain(..) {
             replies.push(match req {
-                Request::Command { cmd, actor, reply } => {
+                Request::Command {
+                    cmd,
+                    actor,
+                    reply,
+                    trace,
+                } => {
                     pending.actor = Some(actor.unwrap_or_else(|| actor_of(&cmd)));
+                    let span = child_span("decide", trace.as_deref());
+                    let _decide = span.enter();
+                    pending.trace = traceparent(&span).or(trace);
+                    pending.commit_parent = pending.commit_parent.take().or(pending.trace.clone());
                     Reply::Command(reply, self.handle(&cmd, &mut pending)?)
                 }
                 Request::OutboxPage { limit, reply } => {
@@ -655,12 +688,16 @@ impl Writer {
         }
         let wrote = !pending.write.records.is_empty();
         if wrote {
+            let span = child_span("commit", pending.commit_parent.as_deref());
+            let _commit = span.enter();
             self.write(&mut pending)?;
         }
         // Handed over now, published once this batch is durable: the dispatcher seals,
         // encodes and signs them while the flush is on its way.
         for (task, attempt, at_us) in &pending.planned {
-            if let Some(msg) = effects::task_message(&self.state, task, *attempt, Some(*at_us)) {
+            if let Some(mut msg) = effects::task_message(&self.state, task, *attempt, Some(*at_us))
+            {
+                msg.trace_parent = self.traces.get(&msg.deployment).cloned();
                 self.tasks.hand_over(self.head.seq, msg);
             }
         }
@@ -680,6 +717,7 @@ impl Writer {
         // caller that has its answer sees the memory counted without them).
         for id in &done.evict {
             self.evict_if_finished(id);
+            self.traces.remove(id);
         }
         // Task messages (handed over when written) and effects before the answers: a caller
         // that has its answer finds what its command led to already handed on.
@@ -715,6 +753,7 @@ impl Writer {
         m.tasks.store(self.state.tasks.len(), Ordering::Relaxed);
         m.log_seq.store(durable_seq, Ordering::Relaxed);
         self.tasks.durable(durable_seq);
+        self.metrics.log_durable(durable_seq);
     }
 
     fn handle(
@@ -779,6 +818,9 @@ impl Writer {
         if let Event::DeploymentFinished { deployment, .. } = &e.event {
             p.finished.insert(*deployment);
         }
+        if let (Event::DeploymentCreated { deployment, .. }, Some(trace)) = (&e.event, &p.trace) {
+            self.traces.insert(*deployment, trace.clone());
+        }
         let fact = (p.fact == Some(e.id)).then_some(e.id);
         if let Some(id) = fact {
             p.ids.insert(id);
@@ -795,6 +837,7 @@ impl Writer {
     fn write(&mut self, p: &mut Pending) -> Result<(), LogError> {
         let changes = std::mem::take(&mut p.changes);
         for key in &changes.docs {
+            self.metrics.changed(key, &self.state);
             p.write.proj.push(doc_write(&self.state, key)?);
         }
         for row in &changes.rows {
@@ -802,7 +845,9 @@ impl Writer {
             p.write.proj.push((proj, k, Some(v)));
         }
         p.write.head = self.head;
+        let started = std::time::Instant::now();
         self.log.write(&p.write)?;
+        self.metrics.log_written(started.elapsed());
         Ok(())
     }
 }

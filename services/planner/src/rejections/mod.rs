@@ -39,7 +39,38 @@ pub struct Refused {
     /// Who the message said it was from, when that is part of why it was refused.
     pub claimed: Option<String>,
     pub reason: String,
+    /// The kind of reason, for the refused-messages figure.
+    pub why: Why,
     pub bytes: Vec<u8>,
+}
+
+/// Why a message was refused, in a word: the label of `shoal_refused_messages_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// It came on a subject that is not the one such messages belong on.
+    Subject,
+    /// It could not be read.
+    Undecodable,
+    /// It claims a worker or pool that its subject (its sender's identity) is not.
+    Impersonation,
+    /// The core refused what it reports (another attempt, a task of another pool, ...).
+    Rejected,
+    /// A command whose answer would go somewhere other than its sender's inbox.
+    Reply,
+}
+
+impl Why {
+    /// Its label value.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::Subject => "subject",
+            Why::Undecodable => "undecodable",
+            Why::Impersonation => "impersonation",
+            Why::Rejected => "rejected",
+            Why::Reply => "reply",
+        }
+    }
 }
 
 /// The writer's answer to a recorded refusal.
@@ -50,14 +81,16 @@ pub type Answer = oneshot::Receiver<Result<Appended, Rejection>>;
 pub struct Recorder {
     budget: Arc<Mutex<RejectionBudget>>,
     writer: WriterHandle,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Recorder {
     /// A recorder writing through `writer`.
-    pub fn new(writer: WriterHandle) -> Recorder {
+    pub fn new(writer: WriterHandle, metrics: crate::metrics::Metrics) -> Recorder {
         Recorder {
             budget: Arc::default(),
             writer,
+            metrics,
         }
     }
 
@@ -73,6 +106,7 @@ impl Recorder {
     /// Records a refusal in full, or only counts it. The writer's answer when recorded
     /// (`None`: counted, or the writer is gone).
     pub async fn refuse(&self, refused: Refused) -> Option<Answer> {
+        self.metrics.refused(refused.why.as_str());
         if self.note(&refused.subject) == Verdict::Count {
             return None;
         }
@@ -89,6 +123,7 @@ impl Recorder {
             claimed,
             reason,
             bytes,
+            ..
         } = refused;
         let cmd = Command::RejectMessage {
             id,
