@@ -230,6 +230,8 @@ async fn push_model(url: &str, file: &[u8], dir: &Path) -> anyhow::Result<Moved>
     for w in 0..WORKERS {
         let host = shoal_cli::local::trust::admin_client(url).await?;
         let mut sub = host.subscribe(format!("bench.push.w{w}.*")).await?;
+        // The server knows the subscription before the first request: else "no responders".
+        host.flush().await?;
         let dir = dir.to_owned();
         let received = received.clone();
         receivers.push(tokio::spawn(async move {

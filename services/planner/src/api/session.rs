@@ -30,8 +30,12 @@ pub const CSRF_FIELD: &str = "csrf";
 /// How long a session lasts after the last page its browser loaded.
 pub const LIFETIME: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
-const VERSION: &str = "v1";
-const MAC_PURPOSE: &str = "dashboard session v1";
+/// How long a session lasts at most after its login, however often it is renewed (an open
+/// wall screen, or a copied cookie, logs in again at least this often).
+pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+const VERSION: &str = "v2";
+const MAC_PURPOSE: &str = "dashboard session v2";
 const CSRF_PURPOSE: &str = "dashboard csrf v1";
 
 /// A checked session.
@@ -43,6 +47,8 @@ pub struct Session {
     pub token_hash: String,
     /// When it ends, in seconds since the epoch.
     pub expires: u64,
+    /// When its login was, in seconds since the epoch: it ends [`MAX_AGE`] after.
+    pub born: u64,
 }
 
 impl Session {
@@ -65,14 +71,18 @@ pub fn issue(key: &MasterKey, token_hash: &str, now: Timestamp) -> String {
         id: shoal_shared::hex::encode(&id),
         token_hash: token_hash.to_owned(),
         expires: 0,
+        born: secs(now),
     };
     renew(key, &session, now)
 }
 
 /// The cookie value of `session` lasting [`LIFETIME`] from `now`.
 pub fn renew(key: &MasterKey, session: &Session, now: Timestamp) -> String {
-    let expires = secs(now) + LIFETIME.as_secs();
-    let signed = format!("{}.{expires}.{}", session.id, session.token_hash);
+    let expires = (secs(now) + LIFETIME.as_secs()).min(session.born + MAX_AGE.as_secs());
+    let signed = format!(
+        "{}.{}.{expires}.{}",
+        session.id, session.born, session.token_hash
+    );
     let mac = key.fingerprint(MAC_PURPOSE, signed.as_bytes());
     format!("{VERSION}.{signed}.{mac}")
 }
@@ -88,7 +98,8 @@ pub fn open(key: &MasterKey, value: &str, now: Timestamp) -> Result<Session, Api
         ))
     };
     let mut parts = value.split('.');
-    let (Some(VERSION), Some(id), Some(expires), Some(hash), Some(mac), None) = (
+    let (Some(VERSION), Some(id), Some(born), Some(expires), Some(hash), Some(mac), None) = (
+        parts.next(),
         parts.next(),
         parts.next(),
         parts.next(),
@@ -98,20 +109,22 @@ pub fn open(key: &MasterKey, value: &str, now: Timestamp) -> Result<Session, Api
     ) else {
         return Err(again("cookie is not one this planner makes"));
     };
-    let wanted = key.fingerprint(MAC_PURPOSE, format!("{id}.{expires}.{hash}").as_bytes());
+    let signed = format!("{id}.{born}.{expires}.{hash}");
+    let wanted = key.fingerprint(MAC_PURPOSE, signed.as_bytes());
     if !same(mac, &wanted) {
         return Err(again("cookie is not one this planner makes"));
     }
-    let expires: u64 = expires
-        .parse()
-        .map_err(|_| again("cookie is not one this planner makes"))?;
-    if expires <= secs(now) {
+    let (Ok(expires), Ok(born)) = (expires.parse::<u64>(), born.parse::<u64>()) else {
+        return Err(again("cookie is not one this planner makes"));
+    };
+    if expires <= secs(now) || born + MAX_AGE.as_secs() <= secs(now) {
         return Err(again("has ended"));
     }
     Ok(Session {
         id: id.to_owned(),
         token_hash: hash.to_owned(),
         expires,
+        born,
     })
 }
 
@@ -128,15 +141,21 @@ pub fn csrf_matches(key: &MasterKey, session: &Session, given: &str) -> bool {
 
 /// The session cookie's value in a request, if it sent one.
 pub fn cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
+    let mut ours = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.trim())
-        .filter(|v| !v.is_empty())
+        .filter(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.trim());
+    let first = ours.next().filter(|v| !v.is_empty());
+    // Two of them: another page of this host (cookies are not kept apart by port) set one
+    // with a longer path to be sent first. Neither is taken.
+    if ours.next().is_some() {
+        return None;
+    }
+    first
 }
 
 /// The `Set-Cookie` value of a session. No `Secure` attribute: the planner serves plain
@@ -287,22 +306,40 @@ mod tests {
     }
 
     #[test]
+    fn renewing_a_session_never_takes_it_past_a_day_from_its_login() {
+        let k = key();
+        let login = Timestamp(1_800_000_000_000);
+        let mut value = issue(&k, HASH, login);
+        for hours in [7, 14, 21] {
+            let at = login.plus_millis(hours * 3600 * 1000);
+            let s = open(&k, &value, at).unwrap_or_else(|e| panic!("{e:?}"));
+            value = renew(&k, &s, at);
+        }
+        let last = open(&k, &value, login.plus_millis(23 * 3600 * 1000));
+        assert!(last.is_ok_and(|s| s.expires == s.born + MAX_AGE.as_secs()));
+        assert!(open(&k, &value, login.plus_millis(24 * 3600 * 1000)).is_err());
+    }
+
+    #[test]
     fn a_changed_cookie_does_not_open() {
         let k = key();
         let now = Timestamp(1_800_000_000_000);
         let value = issue(&k, HASH, now);
         let parts: Vec<&str> = value.split('.').collect();
-        let (id, expires, mac) = (parts[1], parts[2], parts[4]);
-        let longer = format!("v1.{id}.{}.{HASH}.{mac}", u64::MAX);
-        let other_token = format!("v1.{id}.{expires}.cd34.{mac}");
-        let other_id = format!("v1.00.{expires}.{HASH}.{mac}");
+        let (id, born, expires, mac) = (parts[1], parts[2], parts[3], parts[5]);
+        assert!(open(&k, &format!("v2.{id}.{born}.{expires}.{HASH}.{mac}"), now).is_ok());
+        let longer = format!("v2.{id}.{born}.{}.{HASH}.{mac}", u64::MAX);
+        let younger = format!("v2.{id}.{}.{expires}.{HASH}.{mac}", u64::MAX / 2);
+        let other_token = format!("v2.{id}.{born}.{expires}.cd34.{mac}");
+        let other_id = format!("v2.00.{born}.{expires}.{HASH}.{mac}");
         for forged in [
             longer.as_str(),
+            younger.as_str(),
             other_token.as_str(),
             other_id.as_str(),
             "",
-            "v1",
-            "v1.1.2.3.4.5",
+            "v2",
+            "v2.1.2.3.4.5.6",
             HASH,
         ] {
             assert!(open(&k, forged, now).is_err(), "{forged:?} opened");
@@ -351,6 +388,9 @@ mod tests {
         assert_eq!(cookie(&h), Some("v"));
         assert_eq!(cookie(&headers(&[("cookie", "shoal_session=")])), None);
         assert_eq!(cookie(&headers(&[])), None);
+        // One set by another page of the host, sent first: neither is taken.
+        let tossed = headers(&[("cookie", "shoal_session=theirs; shoal_session=ours")]);
+        assert_eq!(cookie(&tossed), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::html::{Markup, html, markup};
 use super::{Ctx, Nav, Page, PageError, segment};
 use crate::audit::Range;
 use axum::extract::Path;
+use axum::http::StatusCode;
 use axum::response::Response;
 use shoal_shared::DeploymentId;
 use shoal_shared::api::{DeploymentDetail, EventView};
@@ -120,10 +121,23 @@ async fn page(ctx: &Ctx, id: &str) -> Result<Response, PageError> {
     }))
 }
 
+/// Audit trails checked at once.
+const CHECKS: usize = 2;
+static CHECKING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CHECKS);
+
 /// Exports the deployment's range of the log and verifies the export as it is written (two
 /// blocking threads and a bounded channel: the range can be long and is never held whole);
 /// the verdict, the deployment's records (the first [`SHOWN`]) and how many it has.
 async fn check(ctx: &Ctx, id: DeploymentId) -> Result<(Verdict, Vec<Shown>, usize), PageError> {
+    // A check reads the log from the deployment's first record to its last and goes on when
+    // its reader leaves: at most [`CHECKS`] at once, so that viewers cannot take every
+    // blocking thread the API's reads need.
+    let Ok(_turn) = CHECKING.try_acquire() else {
+        return Err(PageError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{CHECKS} audit trails are being checked; try again in a moment"),
+        ));
+    };
     let app = &ctx.app;
     let Some(public) = app.signer.key().map(|k| k.public()) else {
         return Ok((Verdict::Unsigned, Vec::new(), 0));

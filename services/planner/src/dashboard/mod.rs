@@ -107,7 +107,7 @@ pub struct PageError {
 }
 
 impl PageError {
-    fn new(status: StatusCode, message: impl Into<String>) -> PageError {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> PageError {
         PageError {
             status,
             message: message.into(),
