@@ -34,7 +34,8 @@ use std::path::{Path, PathBuf};
 /// What an endpoint needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Nothing: only `GET /healthz`, which answers `ok` and tells nothing else.
+    /// Nothing: `GET /healthz` (answers `ok`), the OpenAPI document, and the dashboard's
+    /// login, logout and static files; none tells anything of the installation.
     Public,
     /// A token of at least this role.
     Role(Role),
