@@ -420,6 +420,56 @@ impl Nats {
     }
 }
 
+/// A hub made of a JetStream cluster of nats-servers on loopback (`hub-1`…, from one trust
+/// bundle, routes over TLS), whose nodes a test or benchmark can kill and restart one by one.
+#[derive(Debug)]
+pub struct NatsCluster {
+    pub nodes: Vec<Nats>,
+}
+
+impl NatsCluster {
+    /// Starts `nodes` servers from a cluster bundle made in `<dir>/nats-trust` and waits until
+    /// each accepts connections (JetStream elects its leaders a moment later; the planner
+    /// waits for that).
+    ///
+    /// # Errors
+    /// nats-server is missing or a node does not come up.
+    pub async fn start(dir: &Path, nodes: usize) -> anyhow::Result<NatsCluster> {
+        let servers = trust::start_cluster_bundle(dir, nodes)?;
+        let mut started = Vec::new();
+        for (name, port, config) in servers {
+            started.push(Nats::launch(dir, &name, port, vec!["-c".into(), config]).await?);
+        }
+        Ok(NatsCluster { nodes: started })
+    }
+
+    /// Every node's URL, comma-separated (what the planner is given).
+    pub fn url(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(Nats::url).collect();
+        urls.join(",")
+    }
+
+    /// A client with the planner's (admin) identity, on any node.
+    ///
+    /// # Errors
+    /// It cannot connect.
+    pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        let urls: Vec<String> = self.nodes.iter().map(Nats::url).collect();
+        Ok(trust::admin_options(&self.url())?.connect(urls).await?)
+    }
+
+    /// Stops every node.
+    ///
+    /// # Errors
+    /// One did not stop.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        for n in &mut self.nodes {
+            n.stop().await?;
+        }
+        Ok(())
+    }
+}
+
 /// Arguments of a planner process.
 pub fn planner_args(
     nats_url: &str,

@@ -1,10 +1,11 @@
 //! `shoal-planner nats-config`: writes (or completes) a trust bundle for the broker — the
-//! hub's and each region's nats-server config, certificates, an nkey and env file per
-//! identity — from a topology file, from flags, or from the bundle's own `topology.toml`.
-//! Running it again keeps every key; `--worker` adds workers to an existing bundle.
+//! hub's (or each hub node's, for a JetStream cluster) and each region's nats-server config,
+//! certificates, an nkey and env file per identity — from a topology file, from flags, or
+//! from the bundle's own `topology.toml`. Running it again keeps every key; `--worker` adds
+//! workers to an existing bundle.
 
 use anyhow::Context as _;
-use shoal_trust::{Hub, Region, Topology, Worker};
+use shoal_trust::{Hub, HubCluster, HubNode, Region, Topology, Worker};
 use std::path::PathBuf;
 
 /// Write the NATS trust bundle (configs, certificates, identities) of a hub and its regions.
@@ -33,6 +34,16 @@ pub struct NatsConfig {
     /// A region: `NAME:PORT:POOL[,POOL…][@HOST]` (its leaf node's client port and pools).
     #[arg(long = "region", value_name = "SPEC")]
     regions: Vec<String>,
+    /// A node of the hub as a JetStream cluster (give three, for streams replicated R3):
+    /// `NAME@HOST`, or `NAME@HOST:PORT:LEAF_PORT:ROUTE_PORT` for nodes sharing a host.
+    /// Each gets its own config (`<NAME>.conf`) and certificate; routes between them are
+    /// TLS with the bundle's CA and the cluster's password. Other ports default to
+    /// `--hub-port`, `--leaf-port` and `--route-port`.
+    #[arg(long = "hub-node", value_name = "SPEC")]
+    hub_nodes: Vec<String>,
+    /// Route port of the hub's nodes (with `--hub-node`).
+    #[arg(long, default_value_t = 6222)]
+    route_port: u16,
     /// A worker identity: `POOL/NAME` on the hub, or `POOL/NAME@REGION` via a leaf node.
     #[arg(long = "worker", value_name = "SPEC")]
     workers: Vec<String>,
@@ -97,6 +108,18 @@ fn from_flags(args: &NatsConfig) -> anyhow::Result<Topology> {
     hub.host.clone_from(&args.hub_host);
     hub.listen.clone_from(&args.listen);
     hub.store_dir.clone_from(&args.store_dir);
+    if !args.hub_nodes.is_empty() {
+        let nodes = args
+            .hub_nodes
+            .iter()
+            .map(|spec| parse_hub_node(spec))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        hub.cluster = Some(HubCluster {
+            name: "shoal-hub".to_owned(),
+            port: args.route_port,
+            nodes,
+        });
+    }
     let mut t = Topology::hub_only(hub);
     t.hosts.clone_from(&args.hosts);
     if !t.hosts.contains(&args.hub_host) {
@@ -141,6 +164,41 @@ fn parse_region(spec: &str) -> anyhow::Result<Region> {
     Ok(region)
 }
 
+/// `NAME@HOST` or `NAME@HOST:PORT:LEAF_PORT:ROUTE_PORT`.
+fn parse_hub_node(spec: &str) -> anyhow::Result<HubNode> {
+    let bad = |why: &str| {
+        anyhow::anyhow!(
+            "--hub-node {spec:?}: {why} (expected NAME@HOST or NAME@HOST:PORT:LEAF_PORT:ROUTE_PORT, e.g. hub-1@nats-hub-1)"
+        )
+    };
+    let (name, rest) = spec.split_once('@').ok_or_else(|| bad("no @HOST"))?;
+    let mut parts = rest.split(':');
+    let host = parts.next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let ports: Vec<u16> = parts
+        .map(|p| {
+            p.parse()
+                .map_err(|_| bad(&format!("port {p:?} is not a number")))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let (port, leaf_port, route_port) = match ports[..] {
+        [] => (None, None, None),
+        [a, b, c] => (Some(a), Some(b), Some(c)),
+        _ => return Err(bad("give all three ports or none")),
+    };
+    Ok(HubNode {
+        name: name.to_owned(),
+        host: host.to_owned(),
+        port,
+        leaf_port,
+        route_port,
+        monitor_port: None,
+        store_dir: None,
+    })
+}
+
 /// `POOL/NAME[@REGION]`.
 fn parse_worker(spec: &str) -> anyhow::Result<Worker> {
     let (main, region) = spec
@@ -159,7 +217,17 @@ fn parse_worker(spec: &str) -> anyhow::Result<Worker> {
 }
 
 fn summary(out: &std::path::Path, t: &Topology) -> String {
-    let mut s = format!("trust bundle written to {}:\n  hub.conf", out.display());
+    let servers: Vec<String> = t
+        .hub
+        .servers()
+        .iter()
+        .map(|s| format!("{}.conf", s.name))
+        .collect();
+    let mut s = format!(
+        "trust bundle written to {}:\n  {}",
+        out.display(),
+        servers.join(", ")
+    );
     for r in &t.regions {
         s.push_str(&format!(", leaf-{}.conf", r.name));
     }
@@ -173,9 +241,21 @@ fn summary(out: &std::path::Path, t: &Topology) -> String {
     for i in &t.integrators {
         s.push_str(&format!(", identities/integrator.{}.env", i.name));
     }
+    if t.hub.cluster.is_some() {
+        s.push_str(&format!(
+            "\nthe hub is a JetStream cluster of {} nodes: start each with `nats-server -c <node>.conf`\n\
+             (and each leaf-<region>.conf); the identities' env files name every node\n\
+             (SHOAL_NATS_URL={}), and the planner keeps its streams on 3 of them;",
+            servers.len(),
+            t.hub.client_urls()
+        ));
+    } else {
+        s.push_str(
+            "\nstart the servers with `nats-server -c hub.conf` (and each leaf-<region>.conf);",
+        );
+    }
     s.push_str(
-        "\nstart the servers with `nats-server -c hub.conf` (and each leaf-<region>.conf);\n\
-         after adding a worker, reload them: `nats-server --signal reload=<pid>` (or SIGHUP).\n\
+        "\nafter adding a worker, reload them: `nats-server --signal reload=<pid>` (or SIGHUP).\n\
          Keep ca-key.pem, *.nk, *-key.pem, *.password and the .conf files secret.",
     );
     s
@@ -194,5 +274,17 @@ mod tests {
         let r = parse_region("eu:4223:eu-west,eu-central@leaf-eu").expect("valid");
         assert_eq!(r.pools, ["eu-west", "eu-central"]);
         assert_eq!(r.host, "leaf-eu");
+        let n = parse_hub_node("hub-1@nats-hub-1").expect("valid");
+        assert_eq!(
+            (n.name.as_str(), n.host.as_str(), n.port),
+            ("hub-1", "nats-hub-1", None)
+        );
+        let n = parse_hub_node("hub-2@127.0.0.1:4223:7423:6223").expect("valid");
+        assert_eq!(
+            (n.port, n.leaf_port, n.route_port),
+            (Some(4223), Some(7423), Some(6223))
+        );
+        let e = parse_hub_node("hub-3@h:1").expect_err("one port");
+        assert!(e.to_string().contains("all three ports"), "{e}");
     }
 }

@@ -2,9 +2,11 @@
 //! leaf nodes and their pools, the planner, the built-in worker and named workers) it
 //! writes into one directory:
 //!
-//! - `hub.conf`, `leaf-<region>.conf`: nats-server configs with nkey users, permissions per
-//!   identity, accounts (`SHOAL`, and `LEAFJAIL` for leaf nodes without credentials), limits
-//!   and TLS with client certificates (`verify: true`) on client and leaf connections;
+//! - `hub.conf` (or, for a clustered hub, `<node>.conf` per node), `leaf-<region>.conf`:
+//!   nats-server configs with nkey users, permissions per identity, accounts (`SHOAL`, and
+//!   `LEAFJAIL` for leaf nodes without credentials), limits and TLS with client certificates
+//!   (`verify: true`) on client, leaf and route connections; a cluster's routes also need
+//!   its password (`cluster.password`);
 //! - `ca.pem` (+ `ca-key.pem`), a certificate per server and per identity;
 //! - `identities/<id>.nk` (an nkey seed) and `identities/<id>.env` (the `SHOAL_NATS_*`
 //!   variables of that identity);
@@ -21,7 +23,7 @@ pub mod pki;
 pub mod render;
 pub mod topology;
 
-pub use topology::{Hub, Integrator, Region, Topology, Worker};
+pub use topology::{Hub, HubCluster, HubNode, HubServer, Integrator, Region, Topology, Worker};
 
 use files::{read_or, write_public, write_secret};
 use render::User;
@@ -182,7 +184,17 @@ pub fn generate(dir: &Path, t: &Topology) -> Result<(), TrustError> {
             permissions: permissions::region(&subjects, &t.hub.domain, &r.pools, r.any_pool),
         });
     }
-    write_secret(&dir.join("hub.conf"), &render::hub(t, &m, &users))?;
+    let route_password = match &t.hub.cluster {
+        Some(_) => {
+            let path = dir.join("cluster.password");
+            Some(read_or(&path, || Ok(password()), true)?.trim().to_owned())
+        }
+        None => None,
+    };
+    for server in t.hub.servers() {
+        let text = render::hub(t, &server, &m, &users, route_password.as_deref());
+        write_secret(&dir.join(format!("{}.conf", server.name)), &text)?;
+    }
     let api = Subjects::js_api_prefix(Some(&t.hub.domain));
     for (r, pw) in t.regions.iter().zip(&passwords) {
         let users: Vec<User<'_>> = on(Server::Leaf(r.name.clone()))
@@ -235,7 +247,13 @@ fn servers(dir: &Path, t: &Topology, ca: &pki::Ca) -> Result<Vec<String>, TrustE
         let pw = read_or(&path, || Ok(password()), true)?;
         passwords.push(pw.trim().to_owned());
     }
-    ca.issue(dir, "hub", Some(&t.hosts))?;
+    for server in t.hub.servers() {
+        let mut hosts = t.hosts.clone();
+        if !hosts.contains(&server.host) {
+            hosts.push(server.host.clone());
+        }
+        ca.issue(dir, &server.name, Some(&hosts))?;
+    }
     Ok(passwords)
 }
 
@@ -333,7 +351,7 @@ fn password() -> String {
 fn env(t: &Topology, m: &Path, identity: &Identity) -> String {
     let files = IdentityFiles::of(m, identity);
     let url = match server_of(identity) {
-        Server::Hub => format!("nats://{}:{}", t.hub.host, t.hub.port),
+        Server::Hub => t.hub.client_urls(),
         Server::Leaf(r) => {
             let region = t.region(&r);
             let (host, port) = region.map_or(("127.0.0.1", 0), |x| (x.host.as_str(), x.port));

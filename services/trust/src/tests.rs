@@ -114,3 +114,110 @@ fn the_hub_holds_a_regions_password_only_as_a_bcrypt_hash_and_the_leaf_the_passw
     assert!(bcrypt::verify(password, hash).expect("a bcrypt hash"));
     assert!(read(dir.path(), "leaf-eu.conf").contains(password));
 }
+
+fn clustered() -> Topology {
+    let mut t = topology();
+    let node = |name: &str, host: &str| HubNode {
+        name: name.into(),
+        host: host.into(),
+        port: None,
+        leaf_port: None,
+        route_port: None,
+        monitor_port: None,
+        store_dir: None,
+    };
+    t.hub.cluster = Some(HubCluster {
+        name: "shoal-hub".into(),
+        port: 6222,
+        nodes: vec![
+            node("hub-1", "nats-hub-1"),
+            node("hub-2", "nats-hub-2"),
+            node("hub-3", "nats-hub-3"),
+        ],
+    });
+    t.pid_dir = Some("/tmp".into());
+    t
+}
+
+#[test]
+fn a_clustered_hub_gets_a_config_per_node_with_tls_routes_to_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    generate(dir.path(), &clustered()).expect("generated");
+    let password = read(dir.path(), "cluster.password");
+    let password = password.trim();
+    assert_eq!(password.len(), 32);
+    for (n, others) in [
+        ("hub-1", ["nats-hub-2", "nats-hub-3"]),
+        ("hub-2", ["nats-hub-1", "nats-hub-3"]),
+        ("hub-3", ["nats-hub-1", "nats-hub-2"]),
+    ] {
+        let conf = read(dir.path(), &format!("{n}.conf"));
+        assert!(conf.contains(&format!("server_name: \"{n}\"")), "{conf}");
+        assert!(conf.contains("pid_file: \"/tmp/"), "{conf}");
+        let cluster = conf
+            .split("\ncluster {")
+            .nth(1)
+            .and_then(|c| c.split("\nleafnodes {").next())
+            .unwrap_or_else(|| panic!("no cluster block in {n}.conf:\n{conf}"));
+        assert!(cluster.contains("name: \"shoal-hub\""), "{cluster}");
+        assert!(cluster.contains("verify: true"), "{cluster}");
+        assert!(cluster.contains(&format!("{n}-cert.pem")), "{cluster}");
+        assert!(
+            cluster.contains(&format!("password: \"{password}\"")),
+            "{cluster}"
+        );
+        for other in others {
+            let route = format!("nats-route://route:{password}@{other}:6222");
+            assert!(
+                cluster.contains(&route),
+                "{n} has no route to {other}: {cluster}"
+            );
+        }
+        assert!(
+            !cluster.contains(&format!("@nats-hub-{}:", &n[4..])),
+            "{cluster}"
+        );
+        assert!(dir.path().join(format!("{n}-cert.pem")).is_file());
+    }
+    assert!(!dir.path().join("hub.conf").exists());
+    let leaf = read(dir.path(), "leaf-eu.conf");
+    for host in ["nats-hub-1", "nats-hub-2", "nats-hub-3"] {
+        assert!(leaf.contains(&format!("@{host}:7422\"")), "{leaf}");
+    }
+    let planner = read(dir.path(), "identities/planner.env");
+    assert!(
+        planner.contains(
+            "SHOAL_NATS_URL=nats://nats-hub-1:4222,nats://nats-hub-2:4222,nats://nats-hub-3:4222"
+        ),
+        "{planner}"
+    );
+    // A second run keeps the cluster's password.
+    generate(dir.path(), &clustered()).expect("again");
+    assert_eq!(read(dir.path(), "cluster.password").trim(), password);
+}
+
+#[test]
+fn a_cluster_with_one_node_or_a_node_twice_is_refused_naming_it() {
+    let mut t = clustered();
+    if let Some(c) = t.hub.cluster.as_mut() {
+        c.nodes[2].name = "hub-1".into();
+    }
+    let e = t.check().expect_err("refused");
+    assert!(e.contains("\"hub-1\" is listed twice"), "{e}");
+    if let Some(c) = t.hub.cluster.as_mut() {
+        c.nodes.truncate(1);
+    }
+    let e = t.check().expect_err("refused");
+    assert!(e.contains("at least two"), "{e}");
+    let mut t = clustered();
+    if let Some(c) = t.hub.cluster.as_mut() {
+        for n in &mut c.nodes {
+            n.host = "127.0.0.1".into();
+        }
+    }
+    let e = t.check().expect_err("same ports on one host");
+    assert!(
+        e.contains("hub node \"hub-2\"") && e.contains("127.0.0.1"),
+        "{e}"
+    );
+}

@@ -1,6 +1,7 @@
-//! The topology a trust bundle is made for: the hub, its regions (leaf nodes) with the pools
-//! they serve, and the named workers. Read from and written to `topology.toml` in the bundle
-//! directory, so that a later run (adding a worker) starts from what was generated.
+//! The topology a trust bundle is made for: the hub (one server, or a JetStream cluster of
+//! hub nodes), its regions (leaf nodes) with the pools they serve, and the named workers.
+//! Read from and written to `topology.toml` in the bundle directory, so that a later run
+//! (adding a worker) starts from what was generated.
 
 use crate::TrustError;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,10 @@ pub struct Topology {
     /// is written. Every path in the configs and env files starts with it.
     #[serde(default)]
     pub mount_dir: Option<PathBuf>,
+    /// Where the servers write their pid files; default: the bundle directory (seen at
+    /// `mount_dir`). A bundle mounted read-only needs another place (e.g. `/tmp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_dir: Option<PathBuf>,
     /// The pool of the planner's built-in worker.
     #[serde(default = "default_pool")]
     pub default_pool: String,
@@ -63,6 +68,65 @@ pub struct Hub {
     /// Monitoring port (`/healthz`), on 127.0.0.1 only; none by default.
     #[serde(default)]
     pub monitor_port: Option<u16>,
+    /// A JetStream cluster of hub nodes in place of one server: each node gets its own
+    /// config (`<node>.conf`) and certificate, clients and leaf nodes are given every node,
+    /// and the planner replicates its streams over them. `host`, `port`, `leaf_port`,
+    /// `store_dir` and `monitor_port` above are then the nodes' defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<HubCluster>,
+}
+
+/// The hub as a JetStream cluster (nats-server `cluster {}` with routes between the nodes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubCluster {
+    /// The cluster's name (every node's `cluster.name`).
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    /// Port of the routes between the nodes (each node's default).
+    #[serde(default = "default_route_port")]
+    pub port: u16,
+    /// The nodes; three for streams replicated R3 (a majority survives one lost node).
+    pub nodes: Vec<HubNode>,
+}
+
+/// One server of a clustered hub. Unset ports and dirs are the hub's (or the cluster's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubNode {
+    /// Its `server_name` (unique in the cluster, which JetStream requires), and the name of
+    /// its config (`<name>.conf`), certificate and pid file.
+    pub name: String,
+    /// Host name clients, leaf nodes and the other nodes use to reach it (also in its
+    /// certificate).
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_port: Option<u16>,
+    /// Its JetStream store; default: the hub's `store_dir`, else `<bundle>/<name>-store`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_dir: Option<PathBuf>,
+}
+
+/// One server of the hub as it is run: the hub itself, or a node of its cluster with every
+/// default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubServer {
+    /// `hub`, or the node's name.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub leaf_port: u16,
+    /// The routes' port (a clustered node only).
+    pub route_port: Option<u16>,
+    pub monitor_port: Option<u16>,
+    /// None: `<bundle>/hub-store` (one server) or `<bundle>/<name>-store` (a node).
+    pub store_dir: Option<PathBuf>,
 }
 
 /// A region: one leaf node, connecting outbound to the hub, that its workers connect to.
@@ -157,6 +221,12 @@ fn default_leaf_port() -> u16 {
 fn default_domain() -> String {
     "hub".to_owned()
 }
+fn default_cluster_name() -> String {
+    "shoal-hub".to_owned()
+}
+fn default_route_port() -> u16 {
+    6222
+}
 
 impl Hub {
     /// A hub on loopback with the given ports.
@@ -169,7 +239,47 @@ impl Hub {
             domain: default_domain(),
             store_dir: None,
             monitor_port: None,
+            cluster: None,
         }
+    }
+
+    /// The servers of the hub: itself alone, or each node of its cluster with the hub's
+    /// (and the cluster's) defaults filled in.
+    pub fn servers(&self) -> Vec<HubServer> {
+        let Some(c) = &self.cluster else {
+            return vec![HubServer {
+                name: "hub".to_owned(),
+                host: self.host.clone(),
+                port: self.port,
+                leaf_port: self.leaf_port,
+                route_port: None,
+                monitor_port: self.monitor_port,
+                store_dir: self.store_dir.clone(),
+            }];
+        };
+        c.nodes
+            .iter()
+            .map(|n| HubServer {
+                name: n.name.clone(),
+                host: n.host.clone(),
+                port: n.port.unwrap_or(self.port),
+                leaf_port: n.leaf_port.unwrap_or(self.leaf_port),
+                route_port: Some(n.route_port.unwrap_or(c.port)),
+                monitor_port: n.monitor_port.or(self.monitor_port),
+                store_dir: n.store_dir.clone().or_else(|| self.store_dir.clone()),
+            })
+            .collect()
+    }
+
+    /// The client URLs of the hub, comma-separated (every node of a cluster): what the
+    /// planner and the hub's other clients are given.
+    pub fn client_urls(&self) -> String {
+        let urls: Vec<String> = self
+            .servers()
+            .iter()
+            .map(|s| format!("nats://{}:{}", s.host, s.port))
+            .collect();
+        urls.join(",")
     }
 }
 
@@ -195,6 +305,7 @@ impl Topology {
             prefix: default_prefix(),
             hosts: Vec::new(),
             mount_dir: None,
+            pid_dir: None,
             default_pool: default_pool(),
             builtin_worker: true,
             hub,
@@ -278,14 +389,24 @@ impl Topology {
         check_token("hub.domain", &self.hub.domain)?;
         // Servers on one host (the same `host`) cannot share a port; in containers each
         // server has a host of its own.
-        let mut ports = BTreeSet::new();
-        let hub_host = self.hub.host.as_str();
-        for (what, port) in [
-            ("hub.port", self.hub.port),
-            ("hub.leaf_port", self.hub.leaf_port),
-        ] {
-            if !ports.insert((hub_host, port)) {
-                return Err(format!("{what} {port} is used twice"));
+        let mut ports: BTreeSet<(String, u16)> = BTreeSet::new();
+        self.check_cluster()?;
+        for s in self.hub.servers() {
+            let mut own = vec![("port", s.port), ("leaf_port", s.leaf_port)];
+            own.extend(s.route_port.map(|p| ("route_port", p)));
+            own.extend(s.monitor_port.map(|p| ("monitor_port", p)));
+            for (what, port) in own {
+                if !ports.insert((s.host.clone(), port)) {
+                    let server = if self.hub.cluster.is_some() {
+                        format!("hub node \"{}\"", s.name)
+                    } else {
+                        "hub".to_owned()
+                    };
+                    return Err(format!(
+                        "{what} {port} of {server} is used twice on host {}",
+                        s.host
+                    ));
+                }
             }
         }
         let mut regions = BTreeSet::new();
@@ -294,7 +415,7 @@ impl Topology {
             if !regions.insert(r.name.as_str()) {
                 return Err(format!("region \"{}\" is listed twice", r.name));
             }
-            if !ports.insert((r.host.as_str(), r.port)) {
+            if !ports.insert((r.host.clone(), r.port)) {
                 return Err(format!(
                     "port {} of region \"{}\" is used twice",
                     r.port, r.name
@@ -319,6 +440,41 @@ impl Topology {
                 return Err(format!(
                     "integrator \"{}\": role \"{role}\" is none of viewer, deployer, admin",
                     i.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A cluster's name and nodes: names valid and unique (JetStream requires a unique
+    /// `server_name`), at least two nodes.
+    fn check_cluster(&self) -> Result<(), String> {
+        let Some(c) = &self.hub.cluster else {
+            return Ok(());
+        };
+        shoal_shared::names::check_name("cluster", &c.name)
+            .map_err(|e| format!("hub.cluster.name: {e}"))?;
+        if c.nodes.len() < 2 {
+            return Err(format!(
+                "hub.cluster has {} node(s): a cluster needs at least two (three for streams \
+                 replicated R3); remove [hub.cluster] for a single server",
+                c.nodes.len()
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for n in &c.nodes {
+            shoal_shared::names::check_name("hub node", &n.name)
+                .map_err(|e| format!("hub.cluster.nodes: {e}"))?;
+            if !names.insert(n.name.as_str()) {
+                return Err(format!(
+                    "hub node \"{}\" is listed twice (each node needs its own server name)",
+                    n.name
+                ));
+            }
+            if n.name.starts_with("leaf-") {
+                return Err(format!(
+                    "hub node \"{}\": names starting with leaf- are the regions' leaf nodes'",
+                    n.name
                 ));
             }
         }

@@ -55,6 +55,11 @@ fn register(dir: &Path, name: &str, port: u16, bundle: PathBuf, server: Server) 
         Server::Hub => "hub".to_owned(),
         Server::Leaf(r) => format!("leaf-{r}"),
     };
+    register_as(dir, name, &pid_name, port, bundle, server);
+}
+
+/// [`register`] with the name of its pid file (`<pid_name>.pid` in the bundle).
+fn register_as(dir: &Path, name: &str, pid_name: &str, port: u16, bundle: PathBuf, server: Server) {
     let entry = Registered {
         port,
         pid_file: bundle.join(format!("{pid_name}.pid")),
@@ -68,7 +73,8 @@ fn register(dir: &Path, name: &str, port: u16, bundle: PathBuf, server: Server) 
     }
 }
 
-/// The bundle and server of a URL of a server started here.
+/// The bundle and server of a URL of a server started here (of a list of a cluster's
+/// nodes, the last one).
 pub fn server_of(url: &str) -> Option<(PathBuf, Server)> {
     let port: u16 = url.rsplit(':').next()?.trim_end_matches('/').parse().ok()?;
     let all = SERVERS.lock().ok()?;
@@ -100,6 +106,55 @@ pub fn start_hub_bundle(dir: &Path, leafs: bool) -> anyhow::Result<(u16, u16)> {
     shoal_trust::generate(&bundle, &topology)?;
     register(dir, name, port, bundle, Server::Hub);
     Ok((port, leaf_port))
+}
+
+/// Writes the bundle of a hub made of a JetStream cluster of `nodes` servers on loopback
+/// (`hub-1`…, each on free ports, its store in `<dir>/hub-<n>`), and registers every node:
+/// each node's name, client port and config path.
+///
+/// # Errors
+/// No free port, or the bundle cannot be written.
+pub fn start_cluster_bundle(
+    dir: &Path,
+    nodes: usize,
+) -> anyhow::Result<Vec<(String, u16, String)>> {
+    let _changing = CHANGING.lock();
+    let bundle = bundle_dir(dir);
+    let mut hub = Hub::local(0, 0);
+    let mut all = Vec::new();
+    for i in 1..=nodes {
+        let [port, leaf_port, route_port] = super::free_ports()?;
+        let name = format!("hub-{i}");
+        all.push(shoal_trust::HubNode {
+            store_dir: Some(dir.join(&name)),
+            name,
+            host: "127.0.0.1".to_owned(),
+            port: Some(port),
+            leaf_port: Some(leaf_port),
+            route_port: Some(route_port),
+            monitor_port: None,
+        });
+    }
+    hub.cluster = Some(shoal_trust::HubCluster {
+        name: "shoal-hub".to_owned(),
+        port: 0,
+        nodes: all,
+    });
+    let topology = match shoal_trust::load_topology(&bundle) {
+        Ok(mut t) => {
+            t.hub = hub;
+            t
+        }
+        Err(_) => Topology::hub_only(hub),
+    };
+    shoal_trust::generate(&bundle, &topology)?;
+    let mut out = Vec::new();
+    for s in topology.hub.servers() {
+        register_as(dir, &s.name, &s.name, s.port, bundle.clone(), Server::Hub);
+        let config = bundle.join(format!("{}.conf", s.name));
+        out.push((s.name, s.port, config.display().to_string()));
+    }
+    Ok(out)
 }
 
 /// The name, client port and config path of a server of the bundle in `dir`, registered.
