@@ -73,7 +73,8 @@ pub async fn connect(
     .await
 }
 
-/// Connects to `url` as `name` with `auth`, retrying until connected or `shutdown`. With
+/// Connects to `url` (one server, or every server of a cluster comma-separated) as `name`
+/// with `auth`, retrying until connected or `shutdown`. With
 /// `inbox_prefix`, replies come on that prefix only, so per-worker permissions can allow a
 /// worker exactly its own inboxes. `on_problem` hears each failed attempt's cause, as
 /// logged (`cannot reach NATS at <url>: <cause>`), so a process can show it elsewhere too.
@@ -103,7 +104,14 @@ pub async fn connect_as(
     loop {
         let (options, identity) =
             options(url, name, auth, inbox_prefix.clone()).map_err(ConnectError::Credentials)?;
-        let attempt = options.connect(url);
+        // A comma-separated list names every server of a cluster: the client connects to
+        // one and moves to another when it is lost.
+        let servers: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let attempt = options.connect(servers);
         let stopped = |said: &Option<(String, Instant)>| ConnectError::Stopped {
             url: url.to_owned(),
             last: said.as_ref().map(|(s, _)| s.clone()),
