@@ -1,6 +1,8 @@
 //! JetStream set-up: the task work queue with one durable pull consumer per pool, filtered on
 //! exactly that pool's subject (nats-server 2.9 ignores `filter_subjects`), and the results
-//! stream the planner consumes, and the event feed's stream it publishes its log to.
+//! stream the planner consumes, and the event feed's stream it publishes its log to. Every
+//! stream is kept on as many servers as [`StreamReplicas`] resolves to for the broker found:
+//! one on a single server, three on a cluster.
 
 use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind, GetStreamError};
 use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
@@ -34,6 +36,8 @@ pub enum BrokerError {
         pool: PoolName,
         cause: ConsumerError,
     },
+    #[error("cannot read the task stream's replica count: {0}")]
+    Replicas(String),
 }
 
 // The messages include the broker's error, so it is not also a `source` (an error chain
@@ -73,6 +77,7 @@ impl BrokerError {
                 cause.kind(),
                 jetstream::context::GetStreamErrorKind::Request
             ),
+            BrokerError::Replicas(_) => false,
         };
         if answered {
             BrokerFailure::Refused
@@ -80,6 +85,133 @@ impl BrokerError {
             BrokerFailure::Unavailable
         }
     }
+}
+
+/// How many servers keep a copy of each of the planner's streams (`--stream-replicas`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamReplicas {
+    /// One on a single server, [`CLUSTER_REPLICAS`] on a cluster (the server's INFO names
+    /// its cluster).
+    #[default]
+    Auto,
+    /// This many (1 to [`MAX_REPLICAS`]).
+    Fixed(usize),
+}
+
+/// Replicas of each stream on a JetStream cluster: a majority (two of three) keeps a stream
+/// writable and its acknowledged messages through the loss of any one server.
+pub const CLUSTER_REPLICAS: usize = 3;
+/// The most replicas JetStream keeps of a stream.
+pub const MAX_REPLICAS: usize = 5;
+
+impl std::str::FromStr for StreamReplicas {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "auto" {
+            return Ok(StreamReplicas::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_REPLICAS).contains(&n) => Ok(StreamReplicas::Fixed(n)),
+            _ => Err(format!(
+                "{s:?} is neither `auto` nor a replica count from 1 to {MAX_REPLICAS}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for StreamReplicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamReplicas::Auto => f.write_str("auto"),
+            StreamReplicas::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl StreamReplicas {
+    /// The replica count for the server `info` describes, and why, in words for the log.
+    pub fn resolve(self, info: &async_nats::ServerInfo) -> (usize, String) {
+        match (self, &info.cluster) {
+            (StreamReplicas::Fixed(n), _) => (n, format!("R{n}, as --stream-replicas says")),
+            (StreamReplicas::Auto, Some(cluster)) if !cluster.is_empty() => (
+                CLUSTER_REPLICAS,
+                format!(
+                    "R{CLUSTER_REPLICAS}: server \"{}\" is a node of the JetStream cluster \
+                     \"{cluster}\", so each stream is kept on {CLUSTER_REPLICAS} servers and \
+                     survives the loss of one (--stream-replicas sets another count)",
+                    info.server_name
+                ),
+            ),
+            (StreamReplicas::Auto, _) => (
+                1,
+                format!(
+                    "R1: server \"{}\" is a single server, so each stream is kept once; \
+                     nats-server 2.9 syncs its file store to disk every 60 s, so a crash of \
+                     its host can lose the last minute of acknowledged tasks and reports. Run \
+                     a 3-node cluster (README, \"Containers\") to keep every stream on 3 servers",
+                    info.server_name
+                ),
+            ),
+        }
+    }
+}
+
+/// Where one stream is kept: its replica count, and on a cluster its leader and the other
+/// servers (as the broker reported them just after the set-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub stream: String,
+    pub replicas: usize,
+    pub leader: Option<String>,
+    pub others: Vec<String>,
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} R{}", self.stream, self.replicas)?;
+        if let Some(leader) = &self.leader {
+            write!(f, " (leader {leader}")?;
+            if !self.others.is_empty() {
+                write!(f, ", replicas {}", self.others.join(", "))?;
+            }
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+fn placement(info: &stream::Info) -> Placement {
+    let cluster = info.cluster.as_ref();
+    Placement {
+        stream: info.config.name.clone(),
+        replicas: info.config.num_replicas.max(1),
+        leader: cluster.and_then(|c| c.leader.clone()),
+        others: cluster
+            .map(|c| c.replicas.iter().map(|p| p.name.clone()).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// The replica count of the task stream, which the planner sets up first: the event feed's
+/// stream and the package feed's bucket are kept as safely as the tasks.
+///
+/// # Errors
+/// The stream cannot be read (e.g. while a cluster elects its leader): never guessed, since
+/// a guess of 1 would have the caller scale a replicated stream down.
+pub async fn task_stream_replicas(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<usize, BrokerError> {
+    let mut stream = js
+        .get_stream(subjects.tasks_stream())
+        .await
+        .map_err(BrokerError::TaskStream)?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| BrokerError::Replicas(e.to_string()))?;
+    Ok(info.config.num_replicas.max(1))
 }
 
 /// The event feed's de-duplication window (see [`ensure_events_stream`]).
@@ -139,6 +271,7 @@ pub async fn ensure_events_stream(
             .unwrap_or(-1),
         duplicate_window: window,
         allow_direct: true,
+        num_replicas: task_stream_replicas(js, subjects).await?,
         ..Default::default()
     };
     let refused = |cause| BrokerError::CreateStream {
@@ -151,13 +284,19 @@ pub async fn ensure_events_stream(
         .map_err(refused)?;
     let now = stream.info().await.map(|i| i.config.clone()).ok();
     let same = now.is_some_and(|c| {
-        (c.max_age, c.max_bytes, c.duplicate_window, c.allow_direct)
-            == (
-                config.max_age,
-                config.max_bytes,
-                config.duplicate_window,
-                config.allow_direct,
-            )
+        (
+            c.max_age,
+            c.max_bytes,
+            c.duplicate_window,
+            c.allow_direct,
+            c.num_replicas.max(1),
+        ) == (
+            config.max_age,
+            config.max_bytes,
+            config.duplicate_window,
+            config.allow_direct,
+            config.num_replicas,
+        )
     });
     if !same {
         js.update_stream(config).await.map_err(refused)?;
@@ -165,8 +304,8 @@ pub async fn ensure_events_stream(
     Ok(())
 }
 
-/// Creates the task and result streams if they do not exist. The task stream remembers message ids for `task_window` (see
-/// [`crate::signing::Signer::replay_window`]); an existing stream is updated to it.
+/// Creates the task and result streams on a single server (one replica) if they do not
+/// exist; see [`ensure_streams_replicated`].
 ///
 /// # Errors
 /// The broker refused or did not answer.
@@ -175,6 +314,27 @@ pub async fn ensure_streams(
     subjects: &Subjects,
     task_window: Duration,
 ) -> Result<(), BrokerError> {
+    ensure_streams_replicated(js, subjects, task_window, 1)
+        .await
+        .map(|_| ())
+}
+
+/// Creates the task and result streams, each kept on `replicas` servers, if they do not
+/// exist, and the planner's results consumer (which follows its stream's replicas). The
+/// task stream remembers message ids for `task_window` (see
+/// [`crate::signing::Signer::replay_window`]); an existing stream is updated to that window
+/// and replica count (a cluster moves the copies). Where each stream is kept, as the broker
+/// reports it.
+///
+/// # Errors
+/// The broker refused (a replica count the broker cannot keep: more than its servers, or
+/// more than one on a single server) or did not answer.
+pub async fn ensure_streams_replicated(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    task_window: Duration,
+    replicas: usize,
+) -> Result<Vec<Placement>, BrokerError> {
     let tasks = stream::Config {
         name: subjects.tasks_stream(),
         description: Some("shoal task queue: one subject and one consumer per pool".into()),
@@ -182,35 +342,47 @@ pub async fn ensure_streams(
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         duplicate_window: task_window,
+        num_replicas: replicas,
         ..Default::default()
     };
-    let refused = |cause| BrokerError::CreateStream {
-        stream: subjects.tasks_stream(),
-        cause,
+    let results = stream::Config {
+        name: subjects.results_stream(),
+        description: Some("shoal worker reports to the planner".into()),
+        subjects: vec![subjects.results_all()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: replicas,
+        ..Default::default()
     };
-    let mut stream = js
-        .get_or_create_stream(tasks.clone())
-        .await
-        .map_err(refused)?;
-    let window = stream.info().await.map(|i| i.config.duplicate_window).ok();
-    if window != Some(task_window) {
-        js.update_stream(tasks).await.map_err(refused)?;
-    }
-    let results = js
-        .get_or_create_stream(stream::Config {
-            name: subjects.results_stream(),
-            description: Some("shoal worker reports to the planner".into()),
-            subjects: vec![subjects.results_all()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        })
-        .await
-        .map_err(|cause| BrokerError::CreateStream {
-            stream: subjects.results_stream(),
+    let mut placements = Vec::new();
+    let mut results_stream = None;
+    for config in [tasks, results] {
+        let name = config.name.clone();
+        let refused = |cause| BrokerError::CreateStream {
+            stream: name.clone(),
             cause,
-        })?;
+        };
+        let mut stream = js
+            .get_or_create_stream(config.clone())
+            .await
+            .map_err(refused)?;
+        let now = stream
+            .info()
+            .await
+            .map(|i| (i.config.duplicate_window, i.config.num_replicas.max(1)))
+            .ok();
+        if now != Some((config.duplicate_window, replicas)) {
+            js.update_stream(config).await.map_err(refused)?;
+        }
+        if let Ok(info) = stream.info().await {
+            placements.push(placement(info));
+        }
+        results_stream = Some(stream);
+    }
+    let Some(results) = results_stream else {
+        return Ok(placements);
+    };
     results
         .get_or_create_consumer(
             &subjects.results_consumer(),
@@ -224,7 +396,7 @@ pub async fn ensure_streams(
         )
         .await
         .map_err(BrokerError::ResultsConsumer)?;
-    Ok(())
+    Ok(placements)
 }
 
 /// Creates the durable consumer of a pool's queue, or brings an existing one to this

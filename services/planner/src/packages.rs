@@ -95,7 +95,8 @@ impl std::fmt::Debug for Feed {
 }
 
 impl Feed {
-    /// Opens the bucket, creating it if missing.
+    /// Opens the bucket, creating it if missing, kept on as many servers as the task stream
+    /// ([`crate::broker::task_stream_replicas`]).
     ///
     /// # Errors
     /// The broker refused or did not answer.
@@ -103,18 +104,26 @@ impl Feed {
         let bucket = subjects.packages_bucket();
         let store = match js.get_object_store(&bucket).await {
             Ok(store) => store,
-            Err(_) => js
-                .create_object_store(object_store::Config {
+            Err(_) => {
+                let replicas = crate::broker::task_stream_replicas(js, subjects)
+                    .await
+                    .map_err(|e| FeedError::Open {
+                        bucket: bucket.clone(),
+                        cause: e.to_string(),
+                    })?;
+                js.create_object_store(object_store::Config {
                     bucket: bucket.clone(),
                     description: Some("shoal package feed: chunks by SHA-256".into()),
                     storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await
                 .map_err(|e| FeedError::Open {
                     bucket: bucket.clone(),
                     cause: e.to_string(),
-                })?,
+                })?
+            }
         };
         Ok(Feed {
             store,
