@@ -20,10 +20,11 @@ pub const MAX_CONNECTIONS: u32 = 1024;
 /// workers' subscriptions, so the limit leaves room for hundreds of workers per region.
 pub const MAX_SUBSCRIPTIONS: u32 = 10_000;
 /// How often a server pings a quiet connection, and how many unanswered pings end it. A
-/// link cut without a word (a region's network cut off, a node's host gone) holds on for
-/// `PING_INTERVAL × (PING_MAX + 1)` at most: 20 s here, nats-server's default is 6 min. It
-/// matters most for leaf connections: until the hub has dropped a dead one, a leaf node
-/// coming back on a new connection is refused as a loop (and waits 30 s to try again).
+/// link cut without a word (a region's network cut off, a node's host gone) is held for
+/// about `PING_INTERVAL × (PING_MAX + 1)`: 20 s here, against minutes with nats-server's
+/// defaults (2 min, 2), during which the other side still counts the dead link's
+/// subscriptions and a leaf node does not look for another hub node. A cut shorter than
+/// that costs nothing: TCP resends what was lost once the network is back.
 pub const PING_INTERVAL: &str = "5s";
 /// See [`PING_INTERVAL`].
 pub const PING_MAX: u32 = 3;
@@ -121,7 +122,7 @@ fn header(out: &mut String, t: &Topology, name: &str, listen: &str, port: u16, m
          max_connections: {MAX_CONNECTIONS}\n\
          max_subscriptions: {MAX_SUBSCRIPTIONS}\n\n\
          # A silent dead link is dropped after {PING_MAX} unanswered pings, {PING_INTERVAL} apart (the\n\
-         # default is minutes): a region's leaf node cut off and back is let in again soon.\n\
+         # defaults take minutes): a leaf node cut off its hub node soon looks for another.\n\
          ping_interval: \"{PING_INTERVAL}\"\n\
          ping_max: {PING_MAX}\n\n",
         pid = path(&pid_dir.join(format!("{name}.pid")))
