@@ -152,6 +152,11 @@ pub async fn run(keep: bool) -> anyhow::Result<i32> {
         println!(
             "  shoal workers; shoal deployment show {id}; shoal logs {id}; shoal events --deployment {id}"
         );
+        println!(
+            "Dashboard: {}/ (log in with the token above); Prometheus figures: {}/metrics",
+            api.base(),
+            api.base()
+        );
         println!("Press Ctrl-C to stop everything.");
         let _ = tokio::signal::ctrl_c().await;
     }
