@@ -42,5 +42,5 @@ for env in "${envs[@]}"; do
 done
 echo "shoal-worker-slot: all ${#envs[@]} identities of pool $pool are taken by running" \
   "workers; add workers of the pool to the topology (deploy/nats/topology.toml), run" \
-  "nats-config again and restart the region's leaf node (README, \"Containers\")" >&2
+  "nats-config again and reload the region's leaf node (README, \"Containers\")" >&2
 exit 1
