@@ -11,6 +11,9 @@ use shoal_cli::local::{self, Proc};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod checks;
+pub mod compose;
+
 pub use serde_json;
 pub use shoal_cli::local::{Nats, free_port, free_ports};
 
@@ -395,21 +398,7 @@ impl Cluster {
     /// # Errors
     /// The API refused.
     pub async fn events(&self, stream: Option<&str>) -> anyhow::Result<Vec<Value>> {
-        let mut out: Vec<Value> = Vec::new();
-        let mut after = 0;
-        loop {
-            let mut path = format!("/api/events?after={after}&limit=10000");
-            if let Some(s) = stream {
-                path.push_str(&format!("&stream={s}"));
-            }
-            let page = self.api.get(&path).await?;
-            let page = page.as_array().context("events are a list")?;
-            let Some(last) = page.last() else {
-                return Ok(out);
-            };
-            after = last["seq"].as_u64().context("event without seq")?;
-            out.extend(page.iter().cloned());
-        }
+        checks::events(&self.api, stream).await
     }
 
     /// A worker's process: the one of that name started last.
@@ -512,7 +501,7 @@ impl Drop for Cluster {
 
 /// One line per task of a deployment document: step, target, state, attempt, delivery,
 /// worker and reason.
-fn task_lines(d: &Value) -> String {
+pub(crate) fn task_lines(d: &Value) -> String {
     tasks(d)
         .iter()
         .map(|(step, t)| {
@@ -555,7 +544,7 @@ pub fn tempdir() -> anyhow::Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix("shoal-e2e-").tempdir()?)
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -11,7 +11,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use shoal_e2e::{Cluster, tasks};
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 const POOLS: [(&str, &str, &str); 2] = [("eu-west", "eu", "e"), ("us-east", "us", "u")];
@@ -141,7 +140,7 @@ async fn nothing_is_lost_while_workers_the_planner_and_the_broker_are_killed() -
             Some(d) => d,
             None => c.finished(&id, Duration::from_secs(240)).await?,
         };
-        check_round(&c, &id, &d).await?;
+        check_round(&c, &d).await?;
         if !cancelled {
             c.wait_for(
                 "the cancellation accepted",
@@ -163,18 +162,12 @@ async fn nothing_is_lost_while_workers_the_planner_and_the_broker_are_killed() -
     }
 
     // The whole log: no event twice, the chain verifies, replay equals the live state.
-    let events = c.events(None).await?;
-    let mut ids = BTreeSet::new();
-    for e in &events {
-        let id = e["event_id"].as_str().unwrap_or_default().to_owned();
-        assert!(ids.insert(id.clone()), "event {id} appears twice");
-    }
+    let events = shoal_e2e::checks::no_event_twice(&c.api).await?;
     c.stop_planner().await?;
     let (ok, out) = c.replay()?;
     assert!(ok, "replay failed:\n{out}");
     eprintln!(
-        "{rounds} round(s), {} events, replay: {}",
-        events.len(),
+        "{rounds} round(s), {events} events, replay: {}",
         out.lines().next().unwrap_or("")
     );
     Ok(())
@@ -217,78 +210,13 @@ async fn done(c: &Cluster, id: &str) -> Option<Value> {
 }
 
 /// Every task of the round ended once, in its own pool, and the deployment succeeded.
-async fn check_round(c: &Cluster, id: &str, d: &Value) -> anyhow::Result<()> {
-    assert_eq!(d["state"], "succeeded", "{d:#}");
-    let all = tasks(d);
-    assert_eq!(all.len(), 2 * POOLS.len() * TARGETS_PER_POOL);
-    let pool_of: BTreeMap<String, String> = all
-        .iter()
-        .map(|(_, t)| {
-            (
-                t["id"].as_str().unwrap_or_default().to_owned(),
-                t["pool"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    for (_, t) in &all {
-        assert_eq!(t["state"], "succeeded", "{t:#}");
-    }
-    let events = c.events(Some(&format!("deployment/{id}"))).await?;
-    let mut planned: BTreeMap<String, usize> = BTreeMap::new();
-    let mut dispatched: BTreeMap<String, usize> = BTreeMap::new();
-    let mut finishes: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
-    let mut runs = BTreeSet::new();
-    let mut repeats = 0;
-    for e in &events {
-        let data = &e["data"];
-        let task = data["task"].as_str().unwrap_or_default().to_owned();
-        match e["type"].as_str() {
-            Some("TaskPlanned") => *planned.entry(task).or_default() += 1,
-            Some("TaskDispatched") => *dispatched.entry(task).or_default() += 1,
-            Some("TaskStarted") => {
-                // Only workers of the task's pool ran it.
-                let prefix = POOLS
-                    .iter()
-                    .find(|(p, _, _)| pool_of.get(&task).is_some_and(|tp| tp == p))
-                    .map(|(_, _, prefix)| *prefix)
-                    .expect("a pool of the test");
-                let worker = data["worker"].as_str().unwrap_or_default();
-                assert!(
-                    worker.starts_with(prefix),
-                    "{worker} ran {task} of another pool"
-                );
-            }
-            Some("TaskFinished") => {
-                let run = (
-                    task.clone(),
-                    data["attempt"].as_u64(),
-                    data["delivery"].as_u64(),
-                );
-                if !runs.insert(run) {
-                    // A broker killed before it stored an ack delivers the message again, with
-                    // the delivery count it had: an at-least-once repeat (see README).
-                    repeats += 1;
-                }
-                finishes.entry(task).or_default().push(data);
-            }
-            _ => {}
-        }
-    }
+async fn check_round(c: &Cluster, d: &Value) -> anyhow::Result<()> {
+    let pools: Vec<(&str, &str)> = POOLS.iter().map(|(p, _, prefix)| (*p, *prefix)).collect();
+    let ran = shoal_e2e::checks::deployment_ran_once(&c.api, d, &pools).await?;
+    assert_eq!(ran.tasks, 2 * POOLS.len() * TARGETS_PER_POOL);
     eprintln!(
-        "{} tasks ended once; {repeats} repeated run(s) recorded",
-        pool_of.len()
+        "{} tasks ended once; {} repeated run(s) recorded",
+        ran.tasks, ran.repeated_runs
     );
-    for task in pool_of.keys() {
-        assert_eq!(planned.get(task), Some(&1), "task {task} planned once");
-        assert_eq!(
-            dispatched.get(task),
-            Some(&1),
-            "task {task} dispatched once"
-        );
-        // The accepted outcome is the first end of its attempt; it is the task's state.
-        let ends = finishes.get(task).map(Vec::as_slice).unwrap_or_default();
-        assert!(!ends.is_empty(), "task {task} never ended in the log");
-        assert_eq!(ends[0]["outcome"], "succeeded", "task {task}: {ends:?}");
-    }
     Ok(())
 }
