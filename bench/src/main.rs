@@ -1,9 +1,11 @@
 //! `shoal-bench`: measures shoal against a raw JetStream loop on the same broker, and its
 //! event log and memory. Every scenario starts its own nats-server on a free port with a
-//! temp store dir and real `shoal-planner` / `shoal-worker` processes; results are printed as
-//! a table and written as JSON. See `docs/BENCHMARKS.md`.
+//! temp store dir (scenario 10 also a 3-node cluster of them) and real `shoal-planner` /
+//! `shoal-worker` processes; results are printed as a table and written as JSON. See
+//! `docs/BENCHMARKS.md`.
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod eventlog;
 mod feed;
 mod machine;
@@ -62,6 +64,9 @@ enum Scenario {
     /// 9. What the event feed costs (no-op throughput, feed on and off) and its lag under
     ///    the offered load.
     Feed(Opts),
+    /// 10. What a 3-node JetStream cluster (every stream R3) costs next to a single server:
+    ///     no-op throughput and schedule-to-start under the offered load, on both.
+    Cluster(Opts),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -114,6 +119,8 @@ struct Sizes {
     events: u64,
     scale_tasks: usize,
     scale: Vec<(usize, usize)>,
+    /// No-op tasks of each side of scenario 10.
+    cluster_tasks: usize,
 }
 
 impl Sizes {
@@ -149,6 +156,7 @@ impl Sizes {
                 events: o.events.unwrap_or(8_000),
                 scale_tasks: 100,
                 scale: vec![(1, 1), (2, 2)],
+                cluster_tasks: o.tasks.unwrap_or(400),
             }
         } else {
             Sizes {
@@ -168,6 +176,7 @@ impl Sizes {
                 events: o.events.unwrap_or(1_000_000),
                 scale_tasks: 20_000,
                 scale: vec![(1, 1), (1, 4), (1, 16), (10, 16), (100, 100)],
+                cluster_tasks: o.tasks.unwrap_or(20_000),
             }
         }
     }
@@ -215,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Signing(o) => ("signing", o),
         Scenario::Packages(o) => ("packages", o),
         Scenario::Feed(o) => ("feed", o),
+        Scenario::Cluster(o) => ("cluster", o),
     };
     let sizes = Sizes::of(opts);
     let machine = machine::Machine::detect();
@@ -561,6 +571,69 @@ one signature {:.1} µs, one verification of a root not seen before {:.1} µs ({
         r.set("feed_lag_p50_ms", o.lag_p50_ms_median);
         r.set("feed_lag_p99_ms", o.lag_p99_ms_median);
         r.set("feed", &o);
+    }
+    if run_all || which == "cluster" {
+        let params = cluster::Params {
+            rounds: opts.rounds.unwrap_or(if opts.quick { 1 } else { 2 }),
+            nodes: cluster::NODES,
+            noop_tasks: sizes.cluster_tasks,
+            offered_rate_per_s: sizes.rate,
+            offered_seconds: sizes.offered_seconds,
+            offered_warmup_seconds: sizes.warmup_seconds,
+        };
+        let o = cluster::run(sizes.layout, sizes.offered_layout, params)
+            .await
+            .context("cluster scenario")?;
+        let per_round = |xs: &[f64]| {
+            xs.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        r.row(
+            "10 R3 cluster / single server",
+            format!(
+                "{} rounds, each on both: {} no-op tasks ({} pools, {} workers × {} slots), then {}/s one-task deployments for {} s; a cluster of {} nodes on this machine",
+                o.params.rounds,
+                o.params.noop_tasks,
+                sizes.layout.pools,
+                sizes.layout.workers,
+                sizes.layout.slots,
+                o.params.offered_rate_per_s,
+                o.params.offered_seconds,
+                o.params.nodes
+            ),
+            format!(
+                "no-op: {} tasks/s R3, {} single by round ({:.1}% cost)
+CPU per no-op task: {} µs R3, {} single (broker {} / {})
+schedule-to-start p50 {:.3} vs {:.3} ms, p99 {:.3} vs {:.3} ms
+  planned → on the broker p50 {:.3} vs {:.3} ms",
+                per_round(&o.cluster.noop_tasks_per_s),
+                per_round(&o.single.noop_tasks_per_s),
+                (1.0 - o.throughput_ratio) * 100.0,
+                per_round(&o.cluster.noop_cpu_us_per_task),
+                per_round(&o.single.noop_cpu_us_per_task),
+                per_round(&o.cluster.noop_broker_cpu_us_per_task),
+                per_round(&o.single.noop_broker_cpu_us_per_task),
+                o.schedule_to_start_p50_ms[1],
+                o.schedule_to_start_p50_ms[0],
+                o.schedule_to_start_p99_ms[1],
+                o.schedule_to_start_p99_ms[0],
+                o.planned_to_queued_p50_ms[1],
+                o.planned_to_queued_p50_ms[0],
+            ),
+        );
+        r.set("cluster_throughput_ratio", o.throughput_ratio);
+        r.set("cluster_cpu_per_task_ratio", o.cpu_per_task_ratio);
+        r.set(
+            "cluster_schedule_to_start_p50_ms",
+            o.schedule_to_start_p50_ms,
+        );
+        r.set(
+            "cluster_schedule_to_start_p99_ms",
+            o.schedule_to_start_p99_ms,
+        );
+        r.set("cluster", &o);
     }
     r.set("tasks_expected", expected);
     r.set("tasks_finished", succeeded);

@@ -3,7 +3,7 @@
 //! after a warm-up at the same rate that is not counted.
 
 use crate::stats::{Latency, per_second, round};
-use crate::system::{Layout, Observer, Shoal, pool};
+use crate::system::{Broker, Layout, Observer, Shoal, pool};
 use anyhow::Context as _;
 use serde::Serialize;
 use serde_json::json;
@@ -61,7 +61,42 @@ pub async fn run(
     per_deployment: u32,
     trace: Option<&std::path::Path>,
 ) -> anyhow::Result<Outcome> {
-    let shoal = Shoal::start(layout).await?;
+    let load = Load {
+        rate,
+        seconds,
+        warmup,
+        per_deployment,
+    };
+    run_on(Broker::Single, layout, load, trace).await
+}
+
+/// An offered load: `rate` tasks a second for `seconds` after `warmup` seconds, in
+/// deployments of `per_deployment` tasks.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub rate: u32,
+    pub seconds: f64,
+    pub warmup: f64,
+    pub per_deployment: u32,
+}
+
+/// [`run`] on the given broker.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_on(
+    broker: Broker,
+    layout: Layout,
+    load: Load,
+    trace: Option<&std::path::Path>,
+) -> anyhow::Result<Outcome> {
+    let Load {
+        rate,
+        seconds,
+        warmup,
+        per_deployment,
+    } = load;
+    let shoal = Shoal::start_on(broker, layout).await?;
     let observer = Observer::start(&shoal.nats_url()).await?;
     let lag = if layout.feed {
         Some(crate::feed::Lag::start(&shoal.nats_url()).await?)

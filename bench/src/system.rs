@@ -1,5 +1,6 @@
 //! A shoal installation made of real processes for one scenario: nats-server on a free port
-//! with a temp store dir, the `shoal-planner` binary (no built-in worker), and `shoal-worker`
+//! with a temp store dir (or a 3-node JetStream cluster of them, every stream R3), the
+//! `shoal-planner` binary (no built-in worker), and `shoal-worker`
 //! processes spread over the pools; plus an observer that timestamps, on the benchmark's own
 //! clock, every task message and every worker report the broker carries, and the reading of
 //! the planner's event log after it stopped.
@@ -10,7 +11,7 @@ use futures::StreamExt as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 use shoal_cli::client::ApiClient;
-use shoal_cli::local::{self, Nats, Proc};
+use shoal_cli::local::{self, Nats, NatsCluster, Proc};
 use shoal_planner::log::{EventLog, decode_event};
 use shoal_shared::events::Event;
 use shoal_shared::messages::{KIND_HEADER, TaskMessage, WorkerBody, decode_results};
@@ -34,10 +35,60 @@ pub struct Layout {
     pub feed: bool,
 }
 
+/// The broker of an installation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Broker {
+    /// One nats-server: the planner keeps each stream once (R1).
+    Single,
+    /// A JetStream cluster of this many nodes on this machine: the planner keeps each
+    /// stream on three (R3); workers are spread over the nodes.
+    Cluster(usize),
+}
+
+/// The broker's processes: one server, or a cluster's nodes.
+struct Servers {
+    nodes: Vec<Nats>,
+}
+
+impl Servers {
+    async fn start(dir: &Path, broker: Broker) -> anyhow::Result<Servers> {
+        let nodes = match broker {
+            Broker::Single => vec![Nats::start(dir).await?],
+            Broker::Cluster(n) => NatsCluster::start(dir, n).await?.nodes,
+        };
+        Ok(Servers { nodes })
+    }
+
+    /// What the planner is given: every node of a cluster.
+    fn planner_url(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(Nats::url).collect();
+        urls.join(",")
+    }
+
+    /// The server the `i`th client connects to (a cluster's nodes in turn).
+    fn url(&self, i: usize) -> String {
+        self.nodes
+            .get(i % self.nodes.len().max(1))
+            .map(Nats::url)
+            .unwrap_or_default()
+    }
+
+    fn pids(&self) -> Vec<Option<i32>> {
+        self.nodes.iter().map(Nats::pid).collect()
+    }
+
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        for n in &mut self.nodes {
+            n.stop().await?;
+        }
+        Ok(())
+    }
+}
+
 /// The running installation.
 pub struct Shoal {
     dir: tempfile::TempDir,
-    nats: Nats,
+    nats: Servers,
     planner: Option<Proc>,
     workers: Vec<Proc>,
     pub api: ApiClient,
@@ -51,8 +102,16 @@ impl Shoal {
     /// # Errors
     /// A part did not come up.
     pub async fn start(layout: Layout) -> anyhow::Result<Shoal> {
+        Shoal::start_on(Broker::Single, layout).await
+    }
+
+    /// Like [`Shoal::start`] on the given broker.
+    ///
+    /// # Errors
+    /// A part did not come up.
+    pub async fn start_on(broker: Broker, layout: Layout) -> anyhow::Result<Shoal> {
         let dir = tempfile::Builder::new().prefix("shoal-bench-").tempdir()?;
-        Shoal::start_in(dir, layout).await
+        Shoal::start_in_on(dir, broker, layout).await
     }
 
     /// Like [`Shoal::start`] in a given directory (whose `planner-data` may hold a log).
@@ -60,7 +119,15 @@ impl Shoal {
     /// # Errors
     /// A part did not come up.
     pub async fn start_in(dir: tempfile::TempDir, layout: Layout) -> anyhow::Result<Shoal> {
-        let nats = Nats::start(dir.path()).await?;
+        Shoal::start_in_on(dir, Broker::Single, layout).await
+    }
+
+    async fn start_in_on(
+        dir: tempfile::TempDir,
+        broker: Broker,
+        layout: Layout,
+    ) -> anyhow::Result<Shoal> {
+        let nats = Servers::start(dir.path(), broker).await?;
         let http_port = local::free_port()?;
         let mut planner_args = vec!["--no-builtin-worker"];
         if !layout.signing {
@@ -71,7 +138,7 @@ impl Shoal {
         }
         let planner = local::start_planner(
             &dir.path().join("logs"),
-            &nats.url(),
+            &nats.planner_url(),
             &dir.path().join("planner-data"),
             http_port,
             &planner_args,
@@ -102,7 +169,7 @@ impl Shoal {
             let work = shoal.dir.path().join("work").join(&name);
             shoal.workers.push(local::start_worker(
                 &shoal.dir.path().join("logs"),
-                &shoal.nats.url(),
+                &shoal.nats.url(w),
                 &name,
                 &pool(w % layout.pools.max(1)),
                 Some("bench"),
@@ -111,12 +178,52 @@ impl Shoal {
             )?);
         }
         shoal.wait_online().await?;
+        if matches!(broker, Broker::Cluster(_)) {
+            shoal.wait_pulling().await?;
+        }
         Ok(shoal)
     }
 
-    /// The broker's URL.
+    /// Waits until every worker's pull request is waiting at its pool's consumer. On a
+    /// cluster a worker's first pull can reach the consumer before it has a leader; it is
+    /// then never answered and the client gives it up after about 5 s: measured from then,
+    /// the first tasks would wait that long (checked: the first deployment after a pool is
+    /// made takes 6 s, the next 0.2 s).
+    async fn wait_pulling(&self) -> anyhow::Result<()> {
+        let client = shoal_cli::local::trust::admin_client(&self.nats_url()).await?;
+        let js = async_nats::jetstream::new(client);
+        let stream = js
+            .get_stream("SHOAL_TASKS")
+            .await
+            .map_err(|e| anyhow::anyhow!("no task stream: {e}"))?;
+        let pools = self.layout.pools.max(1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        for p in 0..pools {
+            let workers = (0..self.layout.workers).filter(|w| w % pools == p).count();
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+                .get_consumer(&pool(p))
+                .await
+                .map_err(|e| anyhow::anyhow!("no consumer of pool {}: {e}", pool(p)))?;
+            loop {
+                let waiting = consumer.info().await.map_or(0, |i| i.num_waiting);
+                if waiting >= workers {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!(
+                        "pool {}: {waiting} pull requests wait at its consumer, not {workers}",
+                        pool(p)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A URL of the broker (of a cluster, its first node, which carries every subject).
     pub fn nats_url(&self) -> String {
-        self.nats.url()
+        self.nats.url(0)
     }
 
     /// Where the planner keeps its log.
@@ -136,7 +243,7 @@ impl Shoal {
     pub fn cpu_seconds(&self) -> CpuByPart {
         let of = |pid: Option<i32>| pid.and_then(crate::machine::cpu_seconds).unwrap_or(0.0);
         CpuByPart {
-            broker: of(self.nats.pid()),
+            broker: self.nats.pids().into_iter().map(of).sum(),
             planner: of(self.planner.as_ref().and_then(Proc::pid)),
             workers: self.workers.iter().map(|w| of(w.pid())).sum(),
         }

@@ -3,7 +3,7 @@
 //! until the last `TaskFinished` is in the planner's log.
 
 use crate::stats::{Latency, per_second, round, us_to_ms};
-use crate::system::{CpuByPart, Layout, Observer, Shoal, over_targets};
+use crate::system::{Broker, CpuByPart, Layout, Observer, Shoal, over_targets};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use serde::Serialize;
@@ -54,7 +54,20 @@ const MAX_TARGETS: usize = 1000;
 /// # Errors
 /// A part did not come up, or not every task succeeded in time.
 pub async fn run(layout: Layout, tasks: usize, action: Value) -> anyhow::Result<Outcome> {
-    let shoal = Shoal::start(layout).await?;
+    run_on(Broker::Single, layout, tasks, action).await
+}
+
+/// [`run`] on the given broker.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_on(
+    broker: Broker,
+    layout: Layout,
+    tasks: usize,
+    action: Value,
+) -> anyhow::Result<Outcome> {
+    let shoal = Shoal::start_on(broker, layout).await?;
     let observer = Observer::start(&shoal.nats_url()).await?;
     let targets = tasks.clamp(layout.pools.max(1), MAX_TARGETS);
     shoal.targets(targets).await?;
@@ -123,7 +136,15 @@ pub fn sides(r: usize) -> [bool; 2] {
 /// # Errors
 /// As [`run`], or a task did not succeed.
 pub async fn noop(layout: Layout, tasks: usize) -> anyhow::Result<Outcome> {
-    let o = run(layout, tasks, serde_json::json!({"type": "noop"})).await?;
+    noop_on(Broker::Single, layout, tasks).await
+}
+
+/// [`noop`] on the given broker.
+///
+/// # Errors
+/// As [`run`], or a task did not succeed.
+pub async fn noop_on(broker: Broker, layout: Layout, tasks: usize) -> anyhow::Result<Outcome> {
+    let o = run_on(broker, layout, tasks, serde_json::json!({"type": "noop"})).await?;
     anyhow::ensure!(
         o.tasks_succeeded == o.params.tasks,
         "only {} of {} no-op tasks succeeded",
