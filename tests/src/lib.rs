@@ -28,6 +28,10 @@ pub struct Cluster {
     pub api: ApiClient,
     pub http_port: u16,
     pub workers: Vec<Proc>,
+    /// The other nodes of a clustered hub (the first is `nats`).
+    pub hub_nodes: Vec<Nats>,
+    /// What the planner is given when it is not `nats`' URL (every node of a cluster).
+    planner_url: Option<String>,
     planner_args: Vec<String>,
 }
 
@@ -67,7 +71,45 @@ impl Cluster {
             planner: None,
             http_port,
             workers: Vec::new(),
+            hub_nodes: Vec::new(),
+            planner_url: None,
             planner_args: planner_args.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        c.start_planner().await?;
+        Ok(c)
+    }
+
+    /// A planner given every node of a clustered hub the test made in `dir`
+    /// ([`local::NatsCluster`]): its first node is [`Cluster::nats`], the others
+    /// [`Cluster::hub_nodes`].
+    ///
+    /// # Errors
+    /// The planner did not come up.
+    pub async fn start_on_cluster(
+        dir: tempfile::TempDir,
+        hub: local::NatsCluster,
+        planner_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let url = hub.url();
+        let mut nodes = hub.nodes.into_iter();
+        let first = nodes.next().context("a cluster without nodes")?;
+        let args: Vec<&str> = planner_args
+            .iter()
+            .copied()
+            .chain(["--health-interval-secs", "0"])
+            .collect();
+        let http_port = local::free_port()?;
+        let data_dir = dir.path().join("planner-data");
+        let mut c = Cluster {
+            api: local::admin_client(http_port, &data_dir),
+            dir,
+            nats: first,
+            planner: None,
+            http_port,
+            workers: Vec::new(),
+            hub_nodes: nodes.collect(),
+            planner_url: Some(url),
+            planner_args: args.iter().map(|s| (*s).to_owned()).collect(),
         };
         c.start_planner().await?;
         Ok(c)
@@ -88,14 +130,9 @@ impl Cluster {
     /// It did not come up.
     pub async fn start_planner(&mut self) -> anyhow::Result<()> {
         let args: Vec<&str> = self.planner_args.iter().map(String::as_str).collect();
-        let p = local::start_planner(
-            &self.logs(),
-            &self.nats.url(),
-            &self.data_dir(),
-            self.http_port,
-            &args,
-        )
-        .await?;
+        let url = self.planner_url.clone().unwrap_or_else(|| self.nats.url());
+        let p = local::start_planner(&self.logs(), &url, &self.data_dir(), self.http_port, &args)
+            .await?;
         self.planner = Some(p);
         Ok(())
     }

@@ -440,7 +440,41 @@ impl NatsCluster {
         for (name, port, config) in servers {
             started.push(Nats::launch(dir, &name, port, vec!["-c".into(), config]).await?);
         }
-        Ok(NatsCluster { nodes: started })
+        let cluster = NatsCluster { nodes: started };
+        cluster.wait_for_jetstream(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until JetStream answers (the nodes have routed and elected their meta leader):
+    /// a stream asked for before then is a request that times out (10 s for the planner).
+    ///
+    /// # Errors
+    /// It did not answer within `timeout`.
+    pub async fn wait_for_jetstream(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let client = self.connect().await?;
+        let js = async_nats::jetstream::new(client);
+        loop {
+            // Any answer of JetStream's API will do: "no such stream" is one.
+            let asked =
+                tokio::time::timeout(Duration::from_millis(500), js.get_stream("SHOAL_PROBE"))
+                    .await;
+            let answered = match &asked {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => matches!(
+                    e.kind(),
+                    async_nats::jetstream::context::GetStreamErrorKind::JetStream(_)
+                ),
+                Err(_) => false,
+            };
+            if answered {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("JetStream of the cluster does not answer after {timeout:?} ({asked:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Every node's URL, comma-separated (what the planner is given).

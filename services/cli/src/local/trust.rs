@@ -373,7 +373,7 @@ pub async fn worker_client(
     );
     Ok(client_options(&files)?
         .custom_inbox_prefix(inbox)
-        .connect(url)
+        .connect(servers(url))
         .await?)
 }
 
@@ -429,7 +429,7 @@ pub async fn integrator_client_as(
     let inbox = shoal_trust::permissions::integrator_inbox_prefix(&subjects, name);
     let client = client_options(&files)?
         .custom_inbox_prefix(inbox)
-        .connect(url)
+        .connect(servers(url))
         .await?;
     Ok((client, files))
 }
@@ -448,6 +448,15 @@ fn bind_worker(bundle: &Path, worker: Worker) -> anyhow::Result<bool> {
     shoal_trust::generate(bundle, &t)?;
     reload(bundle)?;
     Ok(true)
+}
+
+/// The servers of a URL that may list a cluster's nodes, comma-separated.
+fn servers(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The options of a client with `files`' identity.
@@ -482,7 +491,7 @@ pub fn admin_options(url: &str) -> anyhow::Result<async_nats::ConnectOptions> {
 /// # Errors
 /// It cannot connect.
 pub async fn admin_client(url: &str) -> anyhow::Result<async_nats::Client> {
-    Ok(admin_options(url)?.connect(url).await?)
+    Ok(admin_options(url)?.connect(servers(url)).await?)
 }
 
 /// Polls until a client with `files`' identity is let into `url` (the server has reloaded),
@@ -496,7 +505,7 @@ fn wait_until_accepted(url: &str, files: &IdentityFiles) -> anyhow::Result<()> {
         rt.block_on(async {
             let deadline = tokio::time::Instant::now() + ACCEPTED_WITHIN;
             loop {
-                let connecting = client_options(&files)?.connect(&url);
+                let connecting = client_options(&files)?.connect(servers(&url));
                 let last = match tokio::time::timeout(Duration::from_secs(2), connecting).await {
                     Ok(Ok(client)) => {
                         drop(client);
