@@ -101,6 +101,8 @@ pub struct PlannerConfig {
     pub event_feed: bool,
     /// How webhook deliveries are retried before a webhook is paused.
     pub webhook_retry: webhooks::RetryPolicy,
+    /// How many servers keep each stream (`auto`: 1 on a single server, 3 on a cluster).
+    pub stream_replicas: broker::StreamReplicas,
 }
 
 /// A planner that is set up but not yet serving: its log is open and the writer runs on it,
@@ -707,19 +709,38 @@ async fn ensure_broker(
 ) -> anyhow::Result<()> {
     let mut said = String::new();
     loop {
+        let (replicas, why) = config.stream_replicas.resolve(&client.server_info());
         // A request to a gone broker waits out its timeout: stop rather than wait.
         let Some(result) = shutdown
-            .run_until_cancelled(broker::ensure_streams(
+            .run_until_cancelled(broker::ensure_streams_replicated(
                 js,
                 &config.subjects,
                 config.signer.replay_window(),
+                replicas,
             ))
             .await
         else {
             anyhow::bail!("stopped before JetStream was ready ({said})");
         };
-        let Err(e) = result else { return Ok(()) };
-        let problem = broker_problem(client, &config.nats_url, &e);
+        let e = match result {
+            Ok(placements) => {
+                let kept: Vec<String> = placements.iter().map(ToString::to_string).collect();
+                tracing::info!(
+                    stream.replicas = replicas,
+                    "JetStream streams {why}: {}",
+                    kept.join("; ")
+                );
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let mut problem = broker_problem(client, &config.nats_url, &e);
+        if replicas > 1 && e.kind() == broker::BrokerFailure::Refused {
+            problem.push_str(&format!(
+                " (the streams were asked for {replicas} replicas: {why}; a broker with fewer \
+                 JetStream servers needs --stream-replicas with at most their number)"
+            ));
+        }
         if problem != said {
             tracing::warn!(error = %e, "{problem}; retrying");
             status.send_replace(problem.clone());

@@ -87,6 +87,11 @@ struct Serve {
     /// with no integrator): GET /api/events, its stream and webhooks still serve the log.
     #[arg(long, env = "SHOAL_NO_EVENT_FEED")]
     no_event_feed: bool,
+    /// How many JetStream servers keep each stream (tasks, reports, event feed, packages):
+    /// `auto` is 1 on a single server and 3 on a cluster (the server names its cluster); a
+    /// number from 1 to 5 sets it. The planner logs which at start.
+    #[arg(long, env = "SHOAL_STREAM_REPLICAS", default_value = "auto")]
+    stream_replicas: shoal_planner::broker::StreamReplicas,
     /// Export traces to this OTLP/HTTP endpoint (e.g. `http://127.0.0.1:4318`): a
     /// deployment's API request, decide, commit, publish and the ingest of its reports, linked
     /// across the broker to the workers' pull and run. `OTEL_EXPORTER_OTLP_PROTOCOL=http/json`
@@ -333,6 +338,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
             base: s.webhook_retry_base,
             ..Default::default()
         },
+        stream_replicas: s.stream_replicas,
     };
     let data_dir = config.data_dir.clone();
     let planner = match Planner::build(config, listener, &shutdown).await {
