@@ -21,9 +21,9 @@ mod pools;
 pub mod session;
 mod targets;
 mod tokens;
+mod trace;
 mod webhooks;
 mod workers;
-mod trace;
 
 use crate::domain::Rejection;
 use crate::liveness::Liveness;
@@ -220,8 +220,9 @@ async fn healthz() -> &'static str {
 async fn metrics(
     axum::extract::State(app): axum::extract::State<AppState>,
 ) -> Result<Response, ApiError> {
-    let pools: Vec<crate::domain::state::PoolDoc> =
-        app.read(|log| Ok(log.docs(crate::log::Proj::Pools)?)).await?;
+    let pools: Vec<crate::domain::state::PoolDoc> = app
+        .read(|log| Ok(log.docs(crate::log::Proj::Pools)?))
+        .await?;
     let pools = pools.into_iter().map(|p| p.name).collect();
     let queues = crate::metrics::queues(&app.js, &app.subjects, pools).await;
     let now = shoal_shared::Timestamp::now();
