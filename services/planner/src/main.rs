@@ -168,7 +168,7 @@ enum Cmd {
     /// Write the NATS trust bundle of a hub and its regions: nats-server configs with an
     /// nkey identity per planner, built-in worker and worker, permissions, limits, TLS
     /// certificates, and an env file per identity. Running it again keeps every key.
-    NatsConfig(nats_config::NatsConfig),
+    NatsConfig(Box<nats_config::NatsConfig>),
     /// Make a new signing key at FILE (mode 0600) and its public key at FILE.pub, the line
     /// workers trust (`--trusted-keys`). Never overwrites a key.
     Keygen {
@@ -199,7 +199,7 @@ fn main() {
         Some(Cmd::Replay { data_dir, rebuild }) => replay(&data_dir, rebuild),
         Some(Cmd::AdminToken { data_dir, name }) => admin_token(&data_dir, name),
         Some(Cmd::PoolKeygen { pool, out }) => pool_keygen(&pool, &out),
-        Some(Cmd::NatsConfig(args)) => nats_config::run(args).map(|summary| println!("{summary}")),
+        Some(Cmd::NatsConfig(args)) => nats_config::run(*args).map(|summary| println!("{summary}")),
         Some(Cmd::Keygen { out }) => keygen(&out),
         None => serve(args.serve),
     };
