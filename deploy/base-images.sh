@@ -4,9 +4,14 @@
 #   shoal-base/debian:bookworm  Debian bookworm (minbase) made with debootstrap and
 #                               `docker import`: the runtime's base (DEBIAN_IMAGE)
 #   shoal-base/rust:bookworm    (with --rust) that image plus this machine's Rust toolchain
-#                               (rustup's default, or $RUST_TOOLCHAIN_DIR): the builder's
+#                               (rustup's default, or $RUST_TOOLCHAIN_DIR) and its crate
+#                               cache ($CARGO_HOME/registry), building offline: the builder's
 #                               base (RUST_IMAGE). Debian's own rustc is older than the
-#                               workspace's rust-version, so the toolchain is copied in.
+#                               workspace's rust-version, so the toolchain is copied in; and
+#                               a machine without a registry may not reach crates.io from a
+#                               container either (here its TLS is intercepted by a CA only
+#                               the host trusts), so the crates come from the host's cache
+#                               (any cargo build of the workspace here filled it).
 #
 # It is needed only where `docker pull debian:bookworm-slim` cannot work (no registry
 # reachable); with a registry, the Dockerfile's defaults are pulled and this script is not
@@ -112,12 +117,20 @@ if $want_rust; then
     ctx=$(mktemp -d /var/tmp/shoal-rust.XXXXXX)
     trap 'rm -rf "$ctx"' EXIT
     cp -a "$toolchain" "$ctx/toolchain"
+    # The toolchain's HTML docs are most of its size and no build reads them.
+    rm -rf "$ctx/toolchain/share/doc"
+    registry=${CARGO_HOME:-$HOME/.cargo}/registry
+    mkdir -p "$ctx/registry"
+    for d in cache index; do
+      [ -d "$registry/$d" ] && cp -a "$registry/$d" "$ctx/registry/"
+    done
     cat >"$ctx/Dockerfile" <<EOF
 FROM $DEBIAN_IMAGE
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates gcc libc6-dev \\
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY toolchain /usr/local/rust
-ENV PATH=/usr/local/rust/bin:\$PATH CARGO_HOME=/usr/local/cargo
+COPY registry /usr/local/cargo/registry
+ENV PATH=/usr/local/rust/bin:\$PATH CARGO_HOME=/usr/local/cargo CARGO_NET_OFFLINE=true
 EOF
     docker build -q -t "$RUST_IMAGE" "$ctx" >/dev/null
     echo "base-images: made $RUST_IMAGE ($("$toolchain/bin/rustc" --version))"
