@@ -145,6 +145,7 @@ impl Compose {
             env,
             _dir: dir,
         };
+        c.remove_stale_projects().await;
         c.compose(&["down", "-v", "--remove-orphans", "-t", "1"])
             .await?;
         c.compose(&["up", "-d"]).await?;
@@ -154,6 +155,42 @@ impl Compose {
             .await?;
         std::fs::write(&token, text.trim())?;
         Ok(c)
+    }
+
+    /// Takes down what test runs that are gone (killed before their `Drop`) left running:
+    /// projects `shoalct<pid>` whose process no longer runs.
+    async fn remove_stale_projects(&self) {
+        let Ok(text) = self
+            .docker(&[
+                "ps",
+                "-a",
+                "--format",
+                "{{.Label \"com.docker.compose.project\"}}",
+            ])
+            .await
+        else {
+            return;
+        };
+        let mut stale: Vec<&str> = text
+            .lines()
+            .filter(|p| {
+                p.strip_prefix("shoalct")
+                    .and_then(|pid| pid.parse::<i32>().ok())
+                    .is_some_and(|pid| !crate::alive(pid))
+            })
+            .collect();
+        stale.sort_unstable();
+        stale.dedup();
+        for project in stale {
+            eprintln!("removing the containers a gone test run left: project {project}");
+            let mut cmd = Command::new(&self.engine.compose[0]);
+            cmd.args(&self.engine.compose[1..])
+                .args(["-p", project, "-f", "docker-compose.yml"])
+                .args(["down", "-v", "--remove-orphans", "-t", "1"])
+                .current_dir(repo())
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            let _ = output(cmd, "compose down").await;
+        }
     }
 
     /// Runs compose with `args` for this project; its standard output.
