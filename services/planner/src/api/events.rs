@@ -179,10 +179,13 @@ pub(super) async fn list(
     }
     let filter = Filter::of(&q)?;
     let after = q.after.unwrap_or(0);
+    // Only durable records: one written and not yet flushed could be taken back by a crash,
+    // and the feed, the event stream and audit exports never show it either.
+    let durable = *app.durable.borrow();
     // Decoding up to MAX_LIMIT events is work too: it stays on the blocking thread.
     let (views, next) = app
         .read(move |log| {
-            let page = filter.page(log, after, u64::MAX, limit)?;
+            let page = filter.page(log, after, durable, limit)?;
             let views: Vec<EventView> = page.records.into_iter().map(EventView::of).collect();
             Ok((views, page.next_after))
         })
