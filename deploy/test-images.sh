@@ -20,6 +20,12 @@ for b in shoal shoal-planner shoal-worker; do
   }
 done
 have() { docker image inspect "$1" >/dev/null 2>&1; }
+# The image a rebuild replaced, unless it is the new one or a container still uses it: each
+# build of new binaries would otherwise leave 150 MB behind.
+forget() {
+  [ -n "$1" ] && [ "$1" != "$(docker image inspect -f '{{.Id}}' "$2" 2>/dev/null)" ] &&
+    docker rmi "$1" >/dev/null 2>&1 || true
+}
 started=$(date +%s)
 
 if have debian:bookworm-slim; then
@@ -37,8 +43,10 @@ if [ "$(docker image inspect -f '{{index .Config.Labels "shoal.runtime"}}' shoal
   echo "test-images: shoal-runtime-base:local is up to date"
 else
   echo "test-images: building shoal-runtime-base:local (Dockerfile --target runtime-base on $debian) …"
+  old=$(docker image inspect -f '{{.Id}}' shoal-runtime-base:local 2>/dev/null || true)
   docker build -q --target runtime-base --build-arg "DEBIAN_IMAGE=$debian" \
     --label "shoal.runtime=$runtime_digest" -t shoal-runtime-base:local . >/dev/null
+  forget "$old" shoal-runtime-base:local
 fi
 
 bin_digest=$(cat "$bins/shoal" "$bins/shoal-planner" "$bins/shoal-worker" | sha256sum | cut -c1-16)
@@ -53,7 +61,9 @@ else
   for b in shoal shoal-planner shoal-worker; do
     ln "$bins/$b" "$ctx/$b" 2>/dev/null || cp "$bins/$b" "$ctx/$b"
   done
+  old=$(docker image inspect -f '{{.Id}}' shoal:local 2>/dev/null || true)
   docker build -q -f deploy/prebuilt.Dockerfile --label "shoal.binaries=$key" \
     -t shoal:local "$ctx" >/dev/null
+  forget "$old" shoal:local
 fi
 echo "test-images: ready in $(($(date +%s) - started)) s"
