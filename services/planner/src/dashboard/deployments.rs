@@ -32,22 +32,7 @@ const LIST_TYPES: &[&str] = &[
     "StepFinished",
 ];
 
-/// What changes a deployment's page (but its output).
-const DEPLOYMENT_TYPES: &[&str] = &[
-    "DeploymentStarted",
-    "DeploymentCancelRequested",
-    "DeploymentFinished",
-    "StepStarted",
-    "StepFinished",
-    "TaskPlanned",
-    "TaskDispatched",
-    "TaskStarted",
-    "TaskFinished",
-    "TaskCancelled",
-    "TargetSkipped",
-];
-
-/// The same and a task's output.
+/// What changes a deployment's page, and last a task's output (for a page that follows one).
 const FOLLOWING_TYPES: &[&str] = &[
     "DeploymentStarted",
     "DeploymentCancelRequested",
@@ -62,6 +47,12 @@ const FOLLOWING_TYPES: &[&str] = &[
     "TargetSkipped",
     "TaskOutput",
 ];
+
+/// The same but a task's output.
+const DEPLOYMENT_TYPES: &[&str] = match FOLLOWING_TYPES.split_last() {
+    Some((_, rest)) => rest,
+    None => &[],
+};
 
 #[derive(Debug, Deserialize, Default)]
 pub(super) struct ListQuery {
