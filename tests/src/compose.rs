@@ -481,24 +481,12 @@ async fn output(mut cmd: Command, shown: &str) -> anyhow::Result<String> {
 ///
 /// # Errors
 /// The deadline passed (the last error, if any, is in the message).
-pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last_err = None;
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_err:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::poll_every(what, timeout, Duration::from_millis(200), check).await
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -347,25 +347,13 @@ impl Cluster {
         &self,
         what: &str,
         timeout: Duration,
-        mut check: F,
+        check: F,
     ) -> anyhow::Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
     {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut last_err = None;
-        loop {
-            match check().await {
-                Ok(Some(v)) => return Ok(v),
-                Ok(None) => {}
-                Err(e) => last_err = Some(e),
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("timed out after {timeout:?} waiting for {what} (last error: {last_err:?})");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll_every(what, timeout, Duration::from_millis(100), check).await
     }
 
     /// Runs `shoal-planner replay` on the data dir: (exit success, stdout + stderr).
@@ -400,18 +388,27 @@ impl Cluster {
     /// # Errors
     /// The binary cannot be run.
     pub fn shoal(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-        let out = std::process::Command::new(local::find_binary("shoal")?)
-            .arg("--api")
-            .arg(self.api.base())
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env("SHOAL_TOKEN_FILE", self.admin_token_file())
-            .output()?;
+        let out = self.shoal_command(args)?.output()?;
         Ok((
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ))
+    }
+
+    /// The CLI `shoal` with `args`, pointed at the planner with the admin token, without
+    /// colour: to run, or to start and read while it runs.
+    ///
+    /// # Errors
+    /// The binary is not built.
+    pub fn shoal_command(&self, args: &[&str]) -> anyhow::Result<std::process::Command> {
+        let mut cmd = std::process::Command::new(local::find_binary("shoal")?);
+        cmd.arg("--api")
+            .arg(self.api.base())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("SHOAL_TOKEN_FILE", self.admin_token_file());
+        Ok(cmd)
     }
 
     /// The file holding the planner's admin token (what [`Cluster::api`] sends).
@@ -549,6 +546,36 @@ pub(crate) fn task_lines(d: &Value) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Runs `check` every `every` until it yields a value or `timeout` passes: every wait of the
+/// tests (a deadline, never a fixed sleep).
+///
+/// # Errors
+/// The deadline passed (the last error, if any, is in the message).
+pub async fn poll_every<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// A hub with JetStream (domain `hub`) that takes leaf nodes on a port of its own: the hub,

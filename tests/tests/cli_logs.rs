@@ -4,11 +4,11 @@
 //! order, stderr marked; the exit code says how the task or deployment ended.
 
 use serde_json::{Value, json};
-use shoal_cli::{exit, local};
+use shoal_cli::exit;
 use shoal_e2e::{Cluster, WAIT};
 use shoal_shared::api::DeploymentDetail;
 use std::io::{BufRead as _, BufReader, Read as _};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -46,12 +46,8 @@ struct Running {
 
 impl Running {
     fn start(c: &Cluster, args: &[&str]) -> anyhow::Result<Running> {
-        let mut child = Command::new(local::find_binary("shoal")?)
-            .arg("--api")
-            .arg(c.api.base())
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env("SHOAL_TOKEN_FILE", c.admin_token_file())
+        let mut child = c
+            .shoal_command(args)?
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;

@@ -3,7 +3,7 @@
 
 use shoal_e2e::Cluster;
 use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -104,12 +104,8 @@ struct Running {
 
 impl Running {
     fn start(c: &Cluster, args: &[&str]) -> anyhow::Result<Running> {
-        let mut child = Command::new(shoal_cli::local::find_binary("shoal")?)
-            .arg("--api")
-            .arg(c.api.base())
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env("SHOAL_TOKEN_FILE", c.admin_token_file())
+        let mut child = c
+            .shoal_command(args)?
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;

@@ -15,7 +15,7 @@
 #[path = "dashboard/webdriver.rs"]
 mod webdriver;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use reqwest::StatusCode;
 use shoal_e2e::serde_json::{Value, json};
 use shoal_e2e::{Cluster, WAIT};
@@ -45,24 +45,12 @@ async fn token(c: &Cluster, name: &str, role: &str) -> anyhow::Result<String> {
 }
 
 /// Polls `check` every 100 ms until it answers, failing after `within` with `what`.
-async fn until<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
+async fn until<T, F, Fut>(what: &str, within: Duration, check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut last = None;
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = Some(e),
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {within:?} waiting for {what} (last error: {last:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    shoal_e2e::poll_every(what, within, Duration::from_millis(100), check).await
 }
 
 /// Logs in at the login page with `token`, typing it and pressing Enter (the field has the
