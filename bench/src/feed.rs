@@ -38,10 +38,14 @@ impl Lag {
             while let Some(msg) = sub.next().await {
                 #[expect(clippy::cast_precision_loss, reason = "a measurement")]
                 let now_ms = shoal_shared::Timestamp::now_micros() as f64 / 1000.0;
-                if let Ok(v) = serde_json::from_slice::<EventView>(&msg.payload)
-                    && let Ok(mut seen) = s.lock()
-                {
-                    seen.push((v.time.millis(), now_ms));
+                // A frame: its records as JSON lines.
+                let times = msg
+                    .payload
+                    .split(|b| *b == b'\n')
+                    .filter_map(|line| serde_json::from_slice::<EventView>(line).ok())
+                    .map(|v| (v.time.millis(), now_ms));
+                if let Ok(mut seen) = s.lock() {
+                    seen.extend(times);
                 }
             }
         });

@@ -30,6 +30,10 @@ import nacl.signing
 import nats
 
 
+# Whether a frame of more than one record was read.
+MULTI = [False]
+
+
 def fail(why):
     print(f"CONFORMANCE FAILED: {why}", flush=True)
     sys.exit(1)
@@ -67,13 +71,16 @@ class Schemas:
 
 async def read_feed(cfg, schemas, upto, stop_after=None, expect_first=1):
     """Reads the feed through the integrator's consumer from where it stands: the records'
-    sequences, each checked; stops at `upto` or after `stop_after` records."""
+    sequences, each checked; stops at `upto` or once `stop_after` records came. A message
+    is a frame: consecutive records of one subject as JSON lines, Shoal-Seq and
+    Shoal-Seq-Last naming the first and the last."""
     ident = cfg["integrator"]
     nc = await connect(cfg["nats_url"], ident)
     js = nc.jetstream()
     inbox = (ident["inbox_prefix"] + ".").encode()
     sub = await js.pull_subscribe_bind(durable=ident["consumer"], stream="SHOAL_EVENTS", inbox_prefix=inbox)
     seen = []
+    last_frame = 0
     deadline = time.monotonic() + 60
     while (not seen or seen[-1] < upto) and (stop_after is None or len(seen) < stop_after):
         if time.monotonic() > deadline:
@@ -84,22 +91,31 @@ async def read_feed(cfg, schemas, upto, stop_after=None, expect_first=1):
         except nats.errors.TimeoutError:
             continue
         for m in msgs:
-            seq = int(m.headers["Shoal-Seq"])
-            if m.metadata.sequence.stream != seq:
-                fail(f"record {seq} is stream message {m.metadata.sequence.stream}: the stream sequence must be the log sequence")
-            record = json.loads(m.data)
-            if record["seq"] != seq or m.headers.get("Shoal-Event-Type") != record["type"]:
-                fail(f"record {seq}: its headers and body disagree")
-            stream = record["stream"]
-            kind, _, ident_ = stream.partition("/")
-            subject = f"shoal.events.{kind}.{ident_ or '_'}.{record['type']}"
-            if m.subject != subject:
-                fail(f"record {seq} came on {m.subject}, want {subject}")
-            try:
-                schemas.check(record)
-            except jsonschema.ValidationError as e:
-                fail(f"record {seq} ({record['type']}) does not match its schema: {e.message}")
-            seen.append(seq)
+            stream_seq = m.metadata.sequence.stream
+            if stream_seq <= last_frame:
+                fail(f"frame {stream_seq} came after frame {last_frame}")
+            last_frame = stream_seq
+            first = int(m.headers["Shoal-Seq"])
+            last = int(m.headers.get("Shoal-Seq-Last", first))
+            records = [json.loads(line) for line in m.data.split(b"\n")]
+            if [r["seq"] for r in records] != list(range(first, last + 1)):
+                fail(f"frame {stream_seq} says records {first}..{last}, holds {[r['seq'] for r in records]}")
+            if len(records) > 1:
+                MULTI[0] = True
+            for record in records:
+                seq = record["seq"]
+                if m.headers.get("Shoal-Event-Type") != record["type"]:
+                    fail(f"record {seq}: its frame's headers and its body disagree")
+                stream = record["stream"]
+                kind, _, ident_ = stream.partition("/")
+                subject = f"shoal.events.{kind}.{ident_ or '_'}.{record['type']}"
+                if m.subject != subject:
+                    fail(f"record {seq} came on {m.subject}, want {subject}")
+                try:
+                    schemas.check(record)
+                except jsonschema.ValidationError as e:
+                    fail(f"record {seq} ({record['type']}) does not match its schema: {e.message}")
+                seen.append(seq)
             await m.ack_sync()
     await nc.close()
     if not seen:
@@ -218,6 +234,7 @@ async def main():
     print(f"feed: records {first[0]}..{first[-1]}, then a disconnect", flush=True)
     rest = await read_feed(cfg, schemas, head, expect_first=first[-1] + 1)
     print(f"feed: resumed at {rest[0]}, records up to {rest[-1]}: no gap, no repeat", flush=True)
+    print(f"feed: frames of more than one record: {'yes' if MULTI[0] else 'no'}", flush=True)
     task = await run_one_task(cfg)
     print(f"worker: ran task {task}, signature verified, reported started and finished", flush=True)
     print("CONFORMANCE OK", flush=True)

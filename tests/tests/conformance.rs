@@ -19,7 +19,11 @@ async fn a_python_client_written_from_the_wire_reference_follows_the_feed_and_ru
 -> anyhow::Result<()> {
     let c = Cluster::start(&[]).await?;
     c.pool("foreign", "py").await?;
-    c.target("t-1", "prod", &["web"], None).await?;
+    // Three targets: each deployment's tasks are planned together, so the feed has frames
+    // of more than one record for the client to read.
+    for t in ["t-1", "t-2", "t-3"] {
+        c.target(t, "prod", &["web"], None).await?;
+    }
     for _ in 0..3 {
         let id = c
             .deploy(&json!({"project": "p", "environment": "prod", "steps": [
@@ -88,6 +92,10 @@ async fn a_python_client_written_from_the_wire_reference_follows_the_feed_and_ru
         "the conformance client failed:\n{text}"
     );
     assert!(text.contains("CONFORMANCE OK"), "{text}");
+    assert!(
+        text.contains("frames of more than one record: yes"),
+        "the client read no frame of several records:\n{text}"
+    );
     eprintln!("{text}");
     // The foreign worker's reports were taken as any worker's.
     let d = c.finished(&id, WAIT).await?;

@@ -10,14 +10,43 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// One message as the integrator received it: its stream sequence, its `Shoal-Seq` header
-/// and its body.
+/// One record as the integrator received it: the stream sequence of its frame, the frame's
+/// `Shoal-Seq` and `Shoal-Seq-Last` headers, the frame's subject and the record.
 #[derive(Debug, Clone)]
 struct Received {
     stream_seq: u64,
-    shoal_seq: u64,
+    frame: (u64, u64),
     subject: String,
     body: Value,
+}
+
+impl Received {
+    fn seq(&self) -> u64 {
+        self.body["seq"].as_u64().unwrap_or(0)
+    }
+}
+
+/// The records of a frame (JSON lines) as received on stream message `stream_seq`.
+fn records_of(m: &async_nats::Message, stream_seq: u64) -> anyhow::Result<Vec<Received>> {
+    let header = |name| {
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or(0)
+    };
+    let frame = (header("Shoal-Seq"), header("Shoal-Seq-Last"));
+    m.payload
+        .split(|b| *b == b'\n')
+        .map(|line| {
+            Ok(Received {
+                stream_seq,
+                frame,
+                subject: m.subject.to_string(),
+                body: shoal_e2e::serde_json::from_slice(line)?,
+            })
+        })
+        .collect()
 }
 
 /// Follows the feed through the integrator's consumer `feed-<name>` (made by the planner),
@@ -46,20 +75,8 @@ async fn follow(
                 while let Some(m) = batch.next().await {
                     let m = m.map_err(|e| anyhow::anyhow!(e))?;
                     let info = m.info().map_err(|e| anyhow::anyhow!(e))?;
-                    let stream_seq = info.stream_sequence;
-                    let shoal_seq = m
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("Shoal-Seq"))
-                        .and_then(|v| v.as_str().parse().ok())
-                        .unwrap_or(0);
-                    let body = shoal_e2e::serde_json::from_slice(&m.payload)?;
-                    seen.lock().expect("not poisoned").push(Received {
-                        stream_seq,
-                        shoal_seq,
-                        subject: m.subject.to_string(),
-                        body,
-                    });
+                    let records = records_of(&m, info.stream_sequence)?;
+                    seen.lock().expect("not poisoned").extend(records);
                     m.ack().await.map_err(|e| anyhow::anyhow!(e))?;
                 }
                 if stop.is_cancelled() {
@@ -75,16 +92,19 @@ async fn follow(
     }
 }
 
-/// Each stream sequence once (a redelivery to the consumer after a lost ack is the same
-/// message), in the order received.
+/// Each record once (a redelivery to the consumer after a lost ack is the same frame), in
+/// log order.
 fn distinct(seen: &Mutex<Vec<Received>>) -> Vec<Received> {
     let mut out: Vec<Received> = Vec::new();
     for r in seen.lock().expect("not poisoned").iter() {
-        if !out.iter().any(|o| o.stream_seq == r.stream_seq) {
+        if !out
+            .iter()
+            .any(|o| o.seq() == r.seq() && o.stream_seq == r.stream_seq)
+        {
             out.push(r.clone());
         }
     }
-    out.sort_by_key(|r| r.stream_seq);
+    out.sort_by_key(Received::seq);
     out
 }
 
@@ -163,7 +183,7 @@ async fn an_integrator_follows_every_event_once_in_log_order_across_a_planner_ki
     // wait (30 s): the integrator orders what it holds by sequence.
     c.wait_for("the integrator holds the whole log", WAIT, || async {
         let got = distinct(&seen);
-        let held = got.iter().take_while(|r| r.stream_seq <= head).count();
+        let held = got.iter().take_while(|r| r.seq() <= head).count();
         Ok((held as u64 >= head).then_some(()))
     })
     .await?;
@@ -171,19 +191,37 @@ async fn an_integrator_follows_every_event_once_in_log_order_across_a_planner_ki
     let _ = following.await;
     let got: Vec<Received> = distinct(&seen)
         .into_iter()
-        .take_while(|r| r.stream_seq <= head)
+        .take_while(|r| r.seq() <= head)
         .collect();
-    // Every record once, in log order: stream sequence = log sequence = Shoal-Seq, 1..=head.
-    let seqs: Vec<u64> = got.iter().map(|r| r.shoal_seq).collect();
+    // Every record once (in one frame only), in log order: frames follow each other in the
+    // stream as their records do in the log, each names its first and last record.
+    let seqs: Vec<u64> = got.iter().map(Received::seq).collect();
     assert_eq!(seqs, (1..=head).collect::<Vec<_>>(), "gap or repeat");
-    assert!(got.iter().all(|r| r.stream_seq == r.shoal_seq));
+    assert!(
+        got.windows(2).all(|w| w[0].stream_seq <= w[1].stream_seq),
+        "frames out of log order"
+    );
+    assert!(
+        got.iter()
+            .all(|r| r.frame.0 <= r.seq() && r.seq() <= r.frame.1)
+    );
+    assert!(
+        got.windows(2)
+            .all(|w| w[0].stream_seq != w[1].stream_seq || w[0].frame == w[1].frame),
+        "one frame, two headers"
+    );
+    let frames = got.last().map_or(0, |r| r.stream_seq);
+    assert!(
+        frames < head,
+        "{frames} frames for {head} records: none held more than one"
+    );
     // The same records as the log's, by id and type; each on its kind/id/type subject.
     let log = log_records(&c, head).await?;
     assert_eq!(log.len(), got.len());
     for (r, e) in got.iter().zip(&log) {
-        assert_eq!(r.body["event_id"], e["event_id"], "record {}", r.shoal_seq);
+        assert_eq!(r.body["event_id"], e["event_id"], "record {}", r.seq());
         assert_eq!(r.body["type"], e["type"]);
-        assert_eq!(r.body["data"], e["data"], "record {}", r.shoal_seq);
+        assert_eq!(r.body["data"], e["data"], "record {}", r.seq());
         let stream = e["stream"].as_str().unwrap_or_default();
         let (kind, id) = stream.split_once('/').unwrap_or((stream, "_"));
         let want = format!(
@@ -253,15 +291,29 @@ async fn an_integrator_resumes_from_any_sequence_filtered_and_can_read_nothing_e
         })
         .filter_map(|e| e["seq"].as_u64())
         .collect();
+    // The consumer starts at the frame holding `from`: the integrator skips what is before.
     c.wait_for("the filtered feed from the sequence", WAIT, || async {
-        let got: Vec<u64> = distinct(&seen).iter().map(|r| r.shoal_seq).collect();
+        let got: Vec<u64> = distinct(&seen)
+            .iter()
+            .map(Received::seq)
+            .filter(|s| *s >= from)
+            .collect();
         Ok((got == want).then_some(()))
     })
     .await?;
     stop.cancel();
     let _ = following.await;
     assert!(want.contains(&from) && want.len() > 5, "{want:?}");
-    let first = distinct(&seen)[0].body.clone();
+    let delivered = distinct(&seen);
+    assert!(
+        delivered.iter().all(|r| r.frame.1 >= from),
+        "a frame before the one holding {from} was delivered"
+    );
+    let first = delivered
+        .iter()
+        .find(|r| r.seq() >= from)
+        .map(|r| r.body.clone())
+        .unwrap_or_default();
     assert_eq!(first["correlation_id"], ids[1].as_str());
 
     // Read-only: no publish into the feed or onto any shoal subject is stored, no other
@@ -321,13 +373,15 @@ async fn an_integrator_resumes_from_any_sequence_filtered_and_can_read_nothing_e
         .await;
     assert!(still.is_ok(), "the other integrator's consumer is gone");
     let head_after = log_seq(&c).await?;
-    let feed = jetstream::new(admin)
-        .get_stream("SHOAL_EVENTS")
+    let mut events = jetstream::new(admin).get_stream("SHOAL_EVENTS").await?;
+    let last_frame = events.info().await?.state.last_sequence;
+    let feed = events
+        .get_raw_message(last_frame)
         .await?
-        .info()
-        .await?
-        .state
-        .last_sequence;
+        .headers
+        .get("Shoal-Seq-Last")
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+        .unwrap_or(0);
     assert!(
         feed > from && feed <= head_after,
         "the feed's last record {feed}, the log's {head_after}"
@@ -337,6 +391,79 @@ async fn an_integrator_resumes_from_any_sequence_filtered_and_can_read_nothing_e
     assert!(
         env.contains("SHOAL_NATS_INBOX_PREFIX=_INBOX_shoal_integrator.billing"),
         "{env}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_retention_dropped_every_frame_a_restarted_planner_goes_on_where_it_stood()
+-> anyhow::Result<()> {
+    let mut c = Cluster::start(&["--events-max-age", "2s"]).await?;
+    let (client, _) = integrator_client(&c.nats.url(), "archive").await?;
+    for t in ["t-1", "t-2", "t-3", "t-4"] {
+        c.target(t, "prod", &["web"], None).await?;
+    }
+    let body = json!({"project": "p", "environment": "prod", "steps": [
+        {"name": "run", "roles": ["web"], "action": {"type": "noop"}}]});
+    let first = c.deploy(&body).await?;
+    c.finished(&first, WAIT).await?;
+    let head = log_seq(&c).await?;
+    // The stream keeps its last sequence when its age limit drops every frame: nothing in
+    // it says which record the last one held.
+    let admin = shoal_cli::local::trust::admin_client(&c.nats.url()).await?;
+    let js = jetstream::new(admin);
+    let frames = c
+        .wait_for("every frame dropped by age", WAIT, || async {
+            let mut s = js.get_stream("SHOAL_EVENTS").await?;
+            let state = s.info().await?.state.clone();
+            Ok((state.messages == 0 && state.last_sequence > 0).then_some(state.last_sequence))
+        })
+        .await?;
+    // A deployment's four tasks planned together made frames of more than one record.
+    assert!(frames < head, "{frames} frames for {head} records");
+    let head = log_seq(&c).await?;
+    c.kill_planner().await?;
+    c.start_planner().await?;
+    // Followed from the restart on (frames live two seconds here).
+    c.api
+        .put("/api/feed/consumers/archive", &json!({"after": head}))
+        .await?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let stop = CancellationToken::new();
+    let following = tokio::spawn(follow(client, "archive", seen.clone(), stop.clone()));
+    let second = c.deploy(&body).await?;
+    c.finished(&second, WAIT).await?;
+    let head2 = log_seq(&c).await?;
+    // Exactly the records after the restart's position: none again, none left out.
+    let want: Vec<u64> = (head + 1..=head2).collect();
+    c.wait_for("the records after the dropped frames", WAIT, || async {
+        let got: Vec<u64> = distinct(&seen).iter().map(Received::seq).collect();
+        Ok((got == want).then_some(()))
+    })
+    .await?;
+    stop.cancel();
+    let _ = following.await;
+    let got = distinct(&seen);
+    assert!(
+        got.iter().all(|r| r.stream_seq > frames),
+        "an old frame came again"
+    );
+    // The first frame after the restart holds the first record after the dropped ones.
+    let next = js
+        .get_stream("SHOAL_EVENTS")
+        .await?
+        .get_raw_message(frames + 1)
+        .await?;
+    let first_after = next.headers.get("Shoal-Seq").map(|v| v.as_str().to_owned());
+    assert_eq!(
+        first_after,
+        Some((head + 1).to_string()),
+        "published again from elsewhere"
+    );
+    assert!(
+        got.iter()
+            .any(|r| r.body["correlation_id"] == second.as_str()),
+        "the second deployment's records"
     );
     Ok(())
 }

@@ -192,7 +192,8 @@ enum FeedCmd {
     Consumer {
         /// The integrator.
         name: String,
-        /// Deliver the records after this log sequence (0: from the first).
+        /// Deliver the records after this log sequence (0: from the first), from the frame
+        /// that holds the next one: skip its records up to this one.
         #[arg(long, default_value_t = 0)]
         after: u64,
         /// Only records on this subject of the feed, e.g. `shoal.events.deployment.>` or

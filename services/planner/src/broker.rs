@@ -237,11 +237,12 @@ impl Default for EventsRetention {
 
 /// Creates the event feed's stream, or brings an existing one to `retention`: limits
 /// retention (every integrator reads every event; none is removed by being read), subjects
-/// `shoal.events.>`, direct gets allowed (an integrator reads one record by its stream
-/// sequence), and a short de-duplication window ([`EVENTS_DUPLICATE_WINDOW`]): exactness
-/// comes from each publish expecting the stream's last sequence, and the publisher resumes
-/// after the stream's last record, so the window only answers a publish retried at once as
-/// a duplicate; a long one would make the broker remember every id of minutes of records.
+/// `shoal.events.>`, direct gets allowed (an integrator reads one frame of records by its
+/// stream sequence), and a short de-duplication window ([`EVENTS_DUPLICATE_WINDOW`]):
+/// exactness comes from each publish expecting the stream's last sequence, and the publisher
+/// resumes after the stream's last frame, so the window only answers a publish retried at
+/// once as a duplicate; a long one would make the broker remember every id of minutes of
+/// frames.
 ///
 /// # Errors
 /// The broker refused or did not answer.

@@ -1,7 +1,8 @@
 //! `PUT /api/feed/consumers/{name}`: makes (or moves) integrator `name`'s durable pull
 //! consumer of the event feed, `feed-<name>`, so that it delivers the records after `after`
-//! (a log sequence, which is the feed's stream sequence), on `filter` if given (a subject of
-//! the feed, e.g. `shoal.events.deployment.>`). Integrators' NATS identities may read
+//! (a log sequence) from the frame that holds the next one (the integrator skips those of
+//! its records up to `after`), on `filter` if given (a subject of the feed, e.g.
+//! `shoal.events.deployment.>`). Integrators' NATS identities may read
 //! through their own consumer but not make one: a consumer they made could deliver the feed
 //! onto any subject. Admin only; recorded as `FeedConsumerSet`.
 
@@ -71,9 +72,12 @@ pub(super) async fn set_consumer(
     let unavailable = |e: &dyn std::fmt::Display| {
         ApiError::unavailable(format!("the broker did not make the consumer: {e}"))
     };
-    let stream = app
+    let mut stream = app
         .js
         .get_stream(app.subjects.events_stream())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let start_sequence = crate::event_feed::start_after(&mut stream, spec.after)
         .await
         .map_err(|e| unavailable(&e))?;
     // Moving a consumer's start means making it again.
@@ -87,9 +91,7 @@ pub(super) async fn set_consumer(
     let config = consumer::pull::Config {
         durable_name: Some(consumer.clone()),
         description: Some(format!("event feed of integrator {name}")),
-        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-            start_sequence: spec.after + 1,
-        },
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence },
         filter_subject: spec.filter.clone().unwrap_or_default(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: ACK_WAIT,

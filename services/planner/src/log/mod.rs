@@ -136,6 +136,8 @@ const PROJ: u8 = b'p';
 // The `m` space.
 const HEAD_KEY: &[u8] = b"mhead";
 const CHECKPOINT_KEY: &[u8] = b"mcheckpoint";
+/// Where the event feed stands: its stream's sequence and the log's (`event_feed`).
+const FEED_KEY: &[u8] = b"mfeed";
 
 /// The projections, each a key space of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -578,6 +580,34 @@ impl EventLog {
             self.tree.insert(CHECKPOINT_KEY, &seq.to_be_bytes())?;
         }
         self.db.flush()?;
+        Ok(())
+    }
+
+    /// The event feed's last confirmed frame, as [`EventLog::set_feed_position`] left it:
+    /// its stream sequence and the log sequence of its last record.
+    ///
+    /// # Errors
+    /// Storage failure, or a value that is not two sequences.
+    pub fn feed_position(&self) -> Result<Option<(u64, u64)>, LogError> {
+        let Some(v) = self.tree.get(FEED_KEY)? else {
+            return Ok(None);
+        };
+        let (stream, log) = v.split_at(v.len().min(8));
+        Ok(Some((
+            be_u64(stream, "feed position")?,
+            be_u64(log, "feed position")?,
+        )))
+    }
+
+    /// Notes where the event feed stands. Not flushed: it goes to disk with the next batch
+    /// (a position lost to a crash is one the stream itself still tells).
+    ///
+    /// # Errors
+    /// Storage failure.
+    pub fn set_feed_position(&self, stream: u64, log: u64) -> Result<(), LogError> {
+        let mut v = stream.to_be_bytes().to_vec();
+        v.extend_from_slice(&log.to_be_bytes());
+        self.tree.insert(FEED_KEY, v)?;
         Ok(())
     }
 
