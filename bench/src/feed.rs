@@ -86,11 +86,23 @@ pub struct Outcome {
     pub params: Params,
     pub on_tasks_per_s: Vec<f64>,
     pub off_tasks_per_s: Vec<f64>,
+    /// Feed on, counting until the feed held the whole log (not only until the last task
+    /// finished): the throughput the feed really costs.
+    pub on_with_feed_done_tasks_per_s: Vec<f64>,
     pub on_cpu_us_per_task: Vec<f64>,
     pub off_cpu_us_per_task: Vec<f64>,
+    pub on_cpu_us_per_task_by_part: Vec<crate::system::CpuByPart>,
+    pub off_cpu_us_per_task_by_part: Vec<crate::system::CpuByPart>,
+    /// Records per feed message (frame) at the end of each on run.
+    pub records_per_frame: Vec<f64>,
+    /// How long after the last task finished the feed held the whole log, each on run (ms).
+    pub feed_behind_ms: Vec<f64>,
     /// Feed on as a fraction of feed off, per round, and the median of those.
     pub throughput_ratio_by_round: Vec<f64>,
     pub throughput_ratio: f64,
+    /// On (until the feed was done) as a fraction of off, per round, and their median.
+    pub with_feed_done_ratio_by_round: Vec<f64>,
+    pub with_feed_done_ratio: f64,
     pub cpu_ratio_by_round: Vec<f64>,
     pub cpu_ratio: f64,
     /// The feed's lag under the offered load, each round.
@@ -113,10 +125,17 @@ pub async fn run(
         params,
         on_tasks_per_s: vec![],
         off_tasks_per_s: vec![],
+        on_with_feed_done_tasks_per_s: vec![],
         on_cpu_us_per_task: vec![],
         off_cpu_us_per_task: vec![],
+        on_cpu_us_per_task_by_part: vec![],
+        off_cpu_us_per_task_by_part: vec![],
+        records_per_frame: vec![],
+        feed_behind_ms: vec![],
         throughput_ratio_by_round: vec![],
         throughput_ratio: 0.0,
+        with_feed_done_ratio_by_round: vec![],
+        with_feed_done_ratio: 0.0,
         cpu_ratio_by_round: vec![],
         cpu_ratio: 0.0,
         lag: vec![],
@@ -133,13 +152,29 @@ pub async fn run(
                 params.rounds
             );
             let t = throughput::noop(Layout { feed, ..layout }, params.noop_tasks).await?;
-            let (rate, cpu) = if feed {
-                (&mut o.on_tasks_per_s, &mut o.on_cpu_us_per_task)
+            let (rate, cpu, part) = if feed {
+                let behind = t.feed_behind_ms.unwrap_or(0.0);
+                #[expect(clippy::cast_precision_loss, reason = "a rate")]
+                let done = t.params.tasks as f64 / (t.seconds + behind / 1000.0).max(1e-6);
+                o.on_with_feed_done_tasks_per_s.push(round(done));
+                o.records_per_frame
+                    .push(t.feed_records_per_frame.unwrap_or(0.0));
+                o.feed_behind_ms.push(round(behind));
+                (
+                    &mut o.on_tasks_per_s,
+                    &mut o.on_cpu_us_per_task,
+                    &mut o.on_cpu_us_per_task_by_part,
+                )
             } else {
-                (&mut o.off_tasks_per_s, &mut o.off_cpu_us_per_task)
+                (
+                    &mut o.off_tasks_per_s,
+                    &mut o.off_cpu_us_per_task,
+                    &mut o.off_cpu_us_per_task_by_part,
+                )
             };
             rate.push(round(t.tasks_per_s));
             cpu.push(t.cpu_us_per_task);
+            part.push(t.cpu_us_per_task_by_part);
         }
         let l = offered::run(
             Layout {
@@ -165,6 +200,8 @@ pub async fn run(
     };
     o.throughput_ratio_by_round = ratios(&o.on_tasks_per_s, &o.off_tasks_per_s);
     o.throughput_ratio = median(&o.throughput_ratio_by_round);
+    o.with_feed_done_ratio_by_round = ratios(&o.on_with_feed_done_tasks_per_s, &o.off_tasks_per_s);
+    o.with_feed_done_ratio = median(&o.with_feed_done_ratio_by_round);
     o.cpu_ratio_by_round = ratios(&o.on_cpu_us_per_task, &o.off_cpu_us_per_task);
     o.cpu_ratio = median(&o.cpu_ratio_by_round);
     o.lag_p50_ms_median = round(median(&o.lag.iter().map(|l| l.p50_ms).collect::<Vec<_>>()));

@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL};
 use serde_json::{Value, json};
 use shoal_cli::local::Nats;
-use stats::{Latency, round};
+use stats::{Latency, median, round};
 use std::path::PathBuf;
 use system::Layout;
 
@@ -557,17 +557,25 @@ one signature {:.1} µs, one verification of a root not seen before {:.1} µs ({
                 o.params.offered_seconds
             ),
             format!(
-                "no-op throughput, feed on / off by round: {:?} (median {:.3}, cost {:.1}%)\nCPU per no-op task, on / off by round: {:?} (median {:.3})\nlag (record's time → integrator holds it) p50 {:.1} ms, p99 {:.1} ms (medians over rounds)",
+                "no-op throughput, feed on / off by round: {:?} (median {:.3}, cost {:.1}%)\n  counting until the feed held the whole log: {:?} (median {:.3}, cost {:.1}%; the feed was done {:?} ms after the last task)\nCPU per no-op task, on / off by round: {:?} (median {:.3})\n  by part, broker / planner / workers (medians): {} µs on, {} µs off\nrecords per feed message (frame), by round: {:?}\nlag (record's time → integrator holds it) p50 {:.1} ms, p99 {:.1} ms (medians over rounds)",
                 o.throughput_ratio_by_round,
                 o.throughput_ratio,
                 (1.0 - o.throughput_ratio) * 100.0,
+                o.with_feed_done_ratio_by_round,
+                o.with_feed_done_ratio,
+                (1.0 - o.with_feed_done_ratio) * 100.0,
+                o.feed_behind_ms,
                 o.cpu_ratio_by_round,
                 o.cpu_ratio,
+                parts_median(&o.on_cpu_us_per_task_by_part),
+                parts_median(&o.off_cpu_us_per_task_by_part),
+                o.records_per_frame,
                 o.lag_p50_ms_median,
                 o.lag_p99_ms_median
             ),
         );
         r.set("feed_throughput_ratio", o.throughput_ratio);
+        r.set("feed_with_feed_done_ratio", o.with_feed_done_ratio);
         r.set("feed_lag_p50_ms", o.lag_p50_ms_median);
         r.set("feed_lag_p99_ms", o.lag_p99_ms_median);
         r.set("feed", &o);
@@ -732,4 +740,15 @@ fn packages_row(r: &mut Results, o: &packages::Outcome) {
             each(&o.whole_download)
         ),
     );
+}
+
+/// The median of each part of CPU per task, as `broker / planner / workers`.
+fn parts_median(parts: &[system::CpuByPart]) -> String {
+    let of = |f: fn(&system::CpuByPart) -> f64| median(&parts.iter().map(f).collect::<Vec<_>>());
+    format!(
+        "{:.0} / {:.0} / {:.0}",
+        of(|p| p.broker),
+        of(|p| p.planner),
+        of(|p| p.workers)
+    )
 }

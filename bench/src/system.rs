@@ -357,6 +357,48 @@ impl Shoal {
         }
     }
 
+    /// Waits until the event feed holds the log's last record: the feed's frames and the
+    /// log's records then. A feed that falls behind under load catches up after the tasks
+    /// finished; its cost is only counted whole once it has.
+    ///
+    /// # Errors
+    /// The planner or the broker did not answer, or the feed did not catch up in `timeout`.
+    pub async fn wait_feed(&self, timeout: Duration) -> anyhow::Result<(u64, u64)> {
+        let client = shoal_cli::local::trust::admin_client(&self.nats_url()).await?;
+        let js = async_nats::jetstream::new(client);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let head = self.api.get("/api/status").await?["log_seq"]
+            .as_u64()
+            .unwrap_or(0);
+        loop {
+            let held = match js.get_stream("SHOAL_EVENTS").await {
+                Ok(mut stream) => {
+                    let frames = stream.info().await?.state.last_sequence;
+                    let last = match stream.get_raw_message(frames).await {
+                        Ok(m) => m
+                            .headers
+                            .get("Shoal-Seq-Last")
+                            .and_then(|v| v.as_str().parse().ok())
+                            .unwrap_or(0),
+                        Err(_) => 0,
+                    };
+                    (frames, last)
+                }
+                Err(_) => (0, 0),
+            };
+            if held.1 >= head {
+                return Ok((held.0, held.1));
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the event feed holds records up to {} of {head} after {timeout:?}",
+                    held.1
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Stops the workers and the planner (SIGTERM, each must exit cleanly), reads the
     /// planner's log, and stops the broker.
     ///

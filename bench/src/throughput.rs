@@ -44,6 +44,11 @@ pub struct Outcome {
     /// Ed25519 verifications the workers made per task (0 unsigned; 1/`SIGN_GROUP` when
     /// every worker gets whole signing groups; none when a worker's log did not say).
     pub signatures_per_task: Option<f64>,
+    /// With the event feed on: its records per message (frame) at the end of the run.
+    pub feed_records_per_frame: Option<f64>,
+    /// With the event feed on: how long after the last task finished the feed held the whole
+    /// log (an upper bound: it is polled), in ms. CPU is read after it.
+    pub feed_behind_ms: Option<f64>,
 }
 
 /// Most targets (so tasks) per deployment.
@@ -84,6 +89,16 @@ pub async fn run_on(
     let timeout = Duration::from_secs(120) + Duration::from_millis(5 * n as u64);
     observer.wait_finished(n, timeout).await?;
     shoal.wait_ingested(Duration::from_secs(120)).await?;
+    let feed = if layout.feed {
+        let (frames, records) = shoal.wait_feed(Duration::from_secs(120)).await?;
+        Some(FeedFigures {
+            frames,
+            records,
+            done_us: Timestamp::now_micros(),
+        })
+    } else {
+        None
+    };
     let rss = shoal.planner_rss_mib();
     #[expect(clippy::cast_precision_loss, reason = "a measurement")]
     let per_task = |seconds: f64| round(seconds * 1e6 / n as f64);
@@ -118,7 +133,22 @@ pub async fn run_on(
         cpu_us_per_task,
         cpu_us_per_task_by_part,
         signatures_per_task: facts.signatures_per_task(n),
+        feed_records_per_frame: feed.map(|f| {
+            #[expect(clippy::cast_precision_loss, reason = "a ratio")]
+            let ratio = f.records as f64 / f.frames.max(1) as f64;
+            round(ratio)
+        }),
+        feed_behind_ms: feed.map(|f| us_to_ms(f.done_us.saturating_sub(end).max(0))),
     })
+}
+
+/// The event feed at the end of a run: its frames, the records they hold, and when it was
+/// seen to hold the whole log.
+#[derive(Debug, Clone, Copy)]
+struct FeedFigures {
+    frames: u64,
+    records: u64,
+    done_us: i64,
 }
 
 /// Which side of an on/off comparison goes first in round `r`: off first in even rounds, on
