@@ -85,7 +85,8 @@ async def read_feed(cfg, schemas, upto, stop_after=None, expect_first=1):
     while (not seen or seen[-1] < upto) and (stop_after is None or len(seen) < stop_after):
         if time.monotonic() > deadline:
             fail(f"the feed stopped at {seen[-1] if seen else 'nothing'}, want {upto}")
-        want = 100 if stop_after is None else min(100, stop_after - len(seen))
+        # Frames hold one record or more: to stop midway, take one at a time.
+        want = 100 if stop_after is None else 1
         try:
             msgs = await sub.fetch(want, timeout=2)
         except nats.errors.TimeoutError:

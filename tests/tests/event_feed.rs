@@ -407,21 +407,25 @@ async fn after_retention_dropped_every_frame_a_restarted_planner_goes_on_where_i
         {"name": "run", "roles": ["web"], "action": {"type": "noop"}}]});
     let first = c.deploy(&body).await?;
     c.finished(&first, WAIT).await?;
-    let head = log_seq(&c).await?;
     // The stream keeps its last sequence when its age limit drops every frame: nothing in
     // it says which record the last one held.
     let admin = shoal_cli::local::trust::admin_client(&c.nats.url()).await?;
     let js = jetstream::new(admin);
-    let frames = c
+    // Read between two reads of the log's head that agree: nothing was logged meanwhile.
+    let (frames, head) = c
         .wait_for("every frame dropped by age", WAIT, || async {
+            let before = log_seq(&c).await?;
             let mut s = js.get_stream("SHOAL_EVENTS").await?;
             let state = s.info().await?.state.clone();
-            Ok((state.messages == 0 && state.last_sequence > 0).then_some(state.last_sequence))
+            let after = log_seq(&c).await?;
+            Ok(
+                (state.messages == 0 && state.last_sequence > 0 && before == after)
+                    .then_some((state.last_sequence, after)),
+            )
         })
         .await?;
     // A deployment's four tasks planned together made frames of more than one record.
     assert!(frames < head, "{frames} frames for {head} records");
-    let head = log_seq(&c).await?;
     c.kill_planner().await?;
     c.start_planner().await?;
     // Followed from the restart on (frames live two seconds here).

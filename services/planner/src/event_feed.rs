@@ -17,7 +17,9 @@
 //! stream's last frame and goes on after its last record, so a planner killed between a
 //! publish and its confirmation, or a broker restarted under it, leaves nothing out and sends
 //! nothing twice. Where the stream's retention has dropped every frame, the position the
-//! publisher noted in the log (`EventLog::feed_position`) says where it stood; a stream that
+//! publisher noted in the log at each confirmation and at a stop (`EventLog::feed_position`)
+//! says where it stood (only frames stored after the last note, which a killed planner did
+//! not make, are published again then: integrators skip records by sequence); a stream that
 //! never held one (new, or made again) gets the whole log.
 //!
 //! A record larger than the broker's largest message (a package of hundreds of thousands of
@@ -29,6 +31,7 @@ use crate::broker::{self, EventsRetention};
 use crate::log::{EventLog, LogError};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::{HeaderMap, header};
 use futures::StreamExt as _;
@@ -157,7 +160,7 @@ async fn publish_from(p: &mut Publisher, at: At, stop: &CancellationToken) -> Op
         if sent.log < durable && sent.log - confirmed.log < WINDOW / 2 {
             let room = WINDOW - (sent.log - confirmed.log);
             let round = tokio::select! {
-                () = stop.cancelled() => return None,
+                () = stop.cancelled() => return p.note_answers(pending).await,
                 r = p.send(sent, durable, room, sent == at) => r,
             };
             match round {
@@ -174,8 +177,15 @@ async fn publish_from(p: &mut Publisher, at: At, stop: &CancellationToken) -> Op
             continue;
         }
         tokio::select! {
-            () = stop.cancelled() => return None,
+            () = stop.cancelled() => return p.note_answers(pending).await,
             Some((at, time, ack)) = pending.next(), if !pending.is_empty() => match ack {
+                // A duplicate answer names a frame stored before, which need not be this
+                // one (frames of one first record differ in length): start again from the
+                // stream.
+                Ok(a) if a.duplicate => return Some(FeedError::Publish(format!(
+                    "the frame ending with record {} was answered as a duplicate of stream message {}",
+                    at.log, a.sequence
+                ))),
                 Ok(a) if a.sequence == at.stream => {
                     confirmed = at;
                     p.metrics.feed_confirmed(at.log, time);
@@ -194,7 +204,36 @@ async fn publish_from(p: &mut Publisher, at: At, stop: &CancellationToken) -> Op
     }
 }
 
+/// How long a stopping publisher waits for the answers on their way.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 impl Publisher {
+    /// At a stop: notes where the feed stands after the frames the broker confirms within
+    /// [`STOP_GRACE`], so that a stream whose retention later drops every frame is resumed
+    /// from its end.
+    async fn note_answers(&self, mut pending: FuturesOrdered<Pending>) -> Option<FeedError> {
+        let confirmed = async {
+            let mut last = None;
+            while let Some((at, _, Ok(a))) = pending.next().await {
+                if a.duplicate || a.sequence != at.stream {
+                    break;
+                }
+                last = Some(at);
+            }
+            last
+        };
+        let last = tokio::time::timeout(STOP_GRACE, confirmed)
+            .await
+            .ok()
+            .flatten();
+        if let Some(at) = last
+            && let Err(e) = self.log.set_feed_position(at.stream, at.log)
+        {
+            tracing::warn!(error = %e, "event feed: cannot note where the feed stands");
+        }
+        None
+    }
+
     /// Where the stream stands: its last frame, and the log sequence of that frame's last
     /// record, checked to be this log's.
     async fn resume_point(&self) -> Result<At, FeedError> {
@@ -232,8 +271,9 @@ impl Publisher {
     /// Where the feed stands when retention has dropped every frame, the last being `last`:
     /// the position noted at the last confirmation. Frames stored after it (a crash came
     /// between their confirmation and the note) are gone with the others; their records are
-    /// published again, and integrators that read them skip them by sequence. A stream of
-    /// records from before frames, with no position noted, held record N as message N.
+    /// published again, and integrators that read them skip them by sequence. With no
+    /// position noted, nothing of this log was ever confirmed to it by a planner that keeps
+    /// notes: a stream of records from before frames, which held record N as message N.
     fn noted_position(&self, last: u64) -> Result<At, FeedError> {
         match self.log.feed_position()? {
             Some((stream, log)) if stream <= last => {
@@ -374,12 +414,13 @@ pub async fn start_after(
     }
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let msg = stream
-            .get_raw_message(mid)
-            .await
-            .map_err(|e| format!("cannot read the feed's message {mid}: {e}"))?;
-        let last = frame_last_seq(&msg.headers)
-            .ok_or_else(|| format!("the feed's message {mid} has no {SEQ_HEADER} header"))?;
+        let last = match stream.get_raw_message(mid).await {
+            Ok(msg) => frame_last_seq(&msg.headers)
+                .ok_or_else(|| format!("the feed's message {mid} has no {SEQ_HEADER} header"))?,
+            // Dropped by retention since the stream's state was read: an old frame.
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => 0,
+            Err(e) => return Err(format!("cannot read the feed's message {mid}: {e}")),
+        };
         if last > after {
             hi = mid;
         } else {
@@ -424,6 +465,16 @@ impl Frame {
             && self.event_type == env.event_type
     }
 
+    /// Its message id: the log sequence of its record, or `<first>-<last>` (the same first
+    /// record may start a longer frame after a resume: a different message).
+    fn message_id(&self) -> String {
+        if self.first == self.last {
+            self.first.to_string()
+        } else {
+            format!("{}-{}", self.first, self.last)
+        }
+    }
+
     /// Its headers, published after stream message `prev`.
     fn headers(&self, prev: u64) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -432,7 +483,7 @@ impl Frame {
         headers.insert(TYPE_HEADER, self.event_type.as_str());
         headers.insert(STREAM_HEADER, self.stream.as_str());
         headers.insert("Content-Type", CONTENT_TYPE);
-        headers.insert(header::NATS_MESSAGE_ID, self.first.to_string().as_str());
+        headers.insert(header::NATS_MESSAGE_ID, self.message_id().as_str());
         headers.insert(
             header::NATS_EXPECTED_LAST_SEQUENCE,
             prev.to_string().as_str(),
@@ -541,6 +592,17 @@ mod tests {
         let h = frames[0].headers(7);
         assert_eq!(h.get(SEQ_HEADER).map(|v| v.as_str()), Some("1"));
         assert_eq!(frame_last_seq(&h), Some(2));
+        // The message id names the range: a longer frame from the same first record (after
+        // a resume) is another message, not a duplicate.
+        assert_eq!(
+            h.get(header::NATS_MESSAGE_ID).map(|v| v.as_str()),
+            Some("1-2")
+        );
+        let single = frames[1].headers(8);
+        assert_eq!(
+            single.get(header::NATS_MESSAGE_ID).map(|v| v.as_str()),
+            Some("3")
+        );
         assert_eq!(
             h.get(header::NATS_EXPECTED_LAST_SEQUENCE)
                 .map(|v| v.as_str()),

@@ -599,8 +599,9 @@ impl EventLog {
         )))
     }
 
-    /// Notes where the event feed stands. Not flushed: it goes to disk with the next batch
-    /// (a position lost to a crash is one the stream itself still tells).
+    /// Notes where the event feed stands. Not flushed here: sled writes it within half a
+    /// second (a position lost to a crash is one the stream itself still tells, unless its
+    /// retention drops every frame before the planner is back).
     ///
     /// # Errors
     /// Storage failure.
