@@ -295,7 +295,7 @@ impl Compose {
                         s.service,
                         s.status,
                         s.health,
-                        tail(&self.logs(&s.service).await, 40)
+                        crate::tail(&self.logs(&s.service).await, 40)
                     ));
                 }
                 bail!("not every service is healthy after {timeout:?}:\n{text}");
@@ -390,7 +390,7 @@ impl Compose {
         for s in services {
             out.push_str(&format!(
                 "----- {s} -----\n{}\n",
-                tail(&self.logs(&s).await, lines)
+                crate::tail(&self.logs(&s).await, lines)
             ));
         }
         out
@@ -402,31 +402,8 @@ impl Compose {
     /// It did not end within `timeout`: the error says where each task stood, with the
     /// services' last log lines.
     pub async fn finished(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
-        let last = std::sync::Mutex::new(Value::Null);
-        let done = poll("the deployment's end", timeout, || async {
-            let d = self.api.get(&format!("/api/deployments/{id}")).await?;
-            let ended = matches!(
-                d["state"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            );
-            if let Ok(mut l) = last.lock() {
-                *l = d.clone();
-            }
-            Ok(ended.then_some(d))
-        })
-        .await;
-        match done {
-            Ok(d) => Ok(d),
-            Err(e) => {
-                let last = last.lock().map(|l| l.clone()).unwrap_or_default();
-                Err(e.context(format!(
-                    "deployment {id} was last {}; its tasks:\n{}\n{}",
-                    last["state"],
-                    crate::task_lines(&last),
-                    self.log_tails(40).await
-                )))
-            }
-        }
+        let every = Duration::from_millis(200);
+        crate::deployment_end(&self.api, id, timeout, every, self.log_tails(40)).await
     }
 }
 
@@ -487,8 +464,4 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
     crate::poll_every(what, timeout, Duration::from_millis(200), check).await
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    crate::tail(text, lines)
 }

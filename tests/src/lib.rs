@@ -305,29 +305,8 @@ impl Cluster {
     /// It did not end within `timeout`: the error holds where each task stood and the
     /// processes' last log lines, so a failure in CI says why without a rerun.
     pub async fn finished(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
-        let last = std::sync::Mutex::new(Value::Null);
-        let done = self
-            .wait_for("deployment finished", timeout, || async {
-                let d = self.api.get(&format!("/api/deployments/{id}")).await?;
-                let ended = matches!(
-                    d["state"].as_str(),
-                    Some("succeeded" | "failed" | "cancelled")
-                );
-                if let Ok(mut l) = last.lock() {
-                    *l = d.clone();
-                }
-                Ok(ended.then_some(d))
-            })
-            .await;
-        done.map_err(|e| {
-            let d = last.lock().map(|l| l.clone()).unwrap_or_default();
-            e.context(format!(
-                "deployment {id} was last {}; its tasks:\n{}\n{}",
-                d["state"],
-                task_lines(&d),
-                self.log_tails()
-            ))
-        })
+        let every = Duration::from_millis(100);
+        deployment_end(&self.api, id, timeout, every, async { self.log_tails() }).await
     }
 
     /// The last lines of the planner's and each worker's log.
@@ -535,6 +514,46 @@ impl Drop for Cluster {
 
 /// One line per task of a deployment document: step, target, state, attempt, delivery,
 /// worker and reason.
+/// Polls deployment `id` every `every` until it has ended (succeeded, failed or cancelled)
+/// and returns it. When it did not end within `timeout`, the error says how it was last seen,
+/// where each of its tasks stood, and then `logs` (the processes' last log lines).
+///
+/// # Errors
+/// It did not end within `timeout`.
+pub async fn deployment_end(
+    api: &ApiClient,
+    id: &str,
+    timeout: Duration,
+    every: Duration,
+    logs: impl std::future::Future<Output = String>,
+) -> anyhow::Result<Value> {
+    let last = std::sync::Mutex::new(Value::Null);
+    let done = poll_every("the deployment's end", timeout, every, || async {
+        let d = api.get(&format!("/api/deployments/{id}")).await?;
+        let ended = matches!(
+            d["state"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        );
+        if let Ok(mut l) = last.lock() {
+            *l = d.clone();
+        }
+        Ok(ended.then_some(d))
+    })
+    .await;
+    match done {
+        Ok(d) => Ok(d),
+        Err(e) => {
+            let d = last.lock().map(|l| l.clone()).unwrap_or_default();
+            Err(e.context(format!(
+                "deployment {id} was last {}; its tasks:\n{}\n{}",
+                d["state"],
+                task_lines(&d),
+                logs.await
+            )))
+        }
+    }
+}
+
 pub(crate) fn task_lines(d: &Value) -> String {
     tasks(d)
         .iter()
