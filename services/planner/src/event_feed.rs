@@ -178,29 +178,37 @@ async fn publish_from(p: &mut Publisher, at: At, stop: &CancellationToken) -> Op
         }
         tokio::select! {
             () = stop.cancelled() => return p.note_answers(pending).await,
-            Some((at, time, ack)) = pending.next(), if !pending.is_empty() => match ack {
-                // A duplicate answer names a frame stored before, which need not be this
-                // one (frames of one first record differ in length): start again from the
-                // stream.
-                Ok(a) if a.duplicate => return Some(FeedError::Publish(format!(
-                    "the frame ending with record {} was answered as a duplicate of stream message {}",
-                    at.log, a.sequence
-                ))),
-                Ok(a) if a.sequence == at.stream => {
-                    confirmed = at;
-                    p.metrics.feed_confirmed(at.log, time);
-                    if let Err(e) = p.log.set_feed_position(at.stream, at.log) {
-                        return Some(e.into());
-                    }
+            Some((at, time, ack)) = pending.next(), if !pending.is_empty() => {
+                if let Err(e) = stored(at, ack) {
+                    return Some(e);
                 }
-                Ok(a) => return Some(FeedError::Publish(format!(
-                    "the frame ending with record {} was stored as stream message {}, not {}",
-                    at.log, a.sequence, at.stream
-                ))),
-                Err(e) => return Some(FeedError::Publish(e)),
-            },
+                confirmed = at;
+                p.metrics.feed_confirmed(at.log, time);
+                if let Err(e) = p.log.set_feed_position(at.stream, at.log) {
+                    return Some(e.into());
+                }
+            }
             changed = p.durable.changed(), if sent.log >= durable => if changed.is_err() { return None },
         }
+    }
+}
+
+/// Whether the broker's answer to a frame says it stored it where the feed then stands
+/// (`at`); if not, why.
+fn stored(at: At, ack: Result<PublishAck, String>) -> Result<(), FeedError> {
+    match ack {
+        Ok(a) if a.sequence == at.stream && !a.duplicate => Ok(()),
+        // A duplicate answer names a frame stored before, which need not be this one (frames
+        // of one first record differ in length): start again from the stream.
+        Ok(a) if a.duplicate => Err(FeedError::Publish(format!(
+            "the frame ending with record {} was answered as a duplicate of stream message {}",
+            at.log, a.sequence
+        ))),
+        Ok(a) => Err(FeedError::Publish(format!(
+            "the frame ending with record {} was stored as stream message {}, not {}",
+            at.log, a.sequence, at.stream
+        ))),
+        Err(e) => Err(FeedError::Publish(e)),
     }
 }
 
@@ -212,20 +220,17 @@ impl Publisher {
     /// [`STOP_GRACE`], so that a stream whose retention later drops every frame is resumed
     /// from its end.
     async fn note_answers(&self, mut pending: FuturesOrdered<Pending>) -> Option<FeedError> {
-        let confirmed = async {
-            let mut last = None;
-            while let Some((at, _, Ok(a))) = pending.next().await {
-                if a.duplicate || a.sequence != at.stream {
+        let mut last = None;
+        let answers = async {
+            while let Some((at, _, ack)) = pending.next().await {
+                if stored(at, ack).is_err() {
                     break;
                 }
                 last = Some(at);
             }
-            last
         };
-        let last = tokio::time::timeout(STOP_GRACE, confirmed)
-            .await
-            .ok()
-            .flatten();
+        // Those confirmed before the grace ran out count.
+        let _ = tokio::time::timeout(STOP_GRACE, answers).await;
         if let Some(at) = last
             && let Err(e) = self.log.set_feed_position(at.stream, at.log)
         {
