@@ -375,11 +375,7 @@ impl Shoal {
                 Ok(mut stream) => {
                     let frames = stream.info().await?.state.last_sequence;
                     let last = match stream.get_raw_message(frames).await {
-                        Ok(m) => m
-                            .headers
-                            .get("Shoal-Seq-Last")
-                            .and_then(|v| v.as_str().parse().ok())
-                            .unwrap_or(0),
+                        Ok(m) => shoal_planner::event_feed::frame_last_seq(&m.headers).unwrap_or(0),
                         Err(_) => 0,
                     };
                     (frames, last)
