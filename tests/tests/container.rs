@@ -655,7 +655,9 @@ async fn worker_name(c: &Compose, container: &str) -> anyhow::Result<String> {
             &[
                 "bash",
                 "-c",
-                "for d in /proc/[0-9]*; do [ \"$(cat $d/comm)\" = shoal-worker ] && tr '\\0' '\\n' < $d/environ; done",
+                // `if`, not `[ ] &&`: a loop's status is its last command's, and the last
+                // of /proc's entries (the glob sorts them as text) need not be the worker.
+                "for d in /proc/[0-9]*; do if [ \"$(cat $d/comm 2>/dev/null)\" = shoal-worker ]; then tr '\\0' '\\n' < $d/environ; fi; done",
             ],
         )
         .await?;
