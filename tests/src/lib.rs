@@ -687,7 +687,11 @@ pub fn assert_api_error(result: Result<Value, ClientError>, status: u16, parts: 
     }
 }
 
-/// Whether a process id is alive.
+/// Whether a process id is alive (also when it is another user's, which the signal check
+/// answers with EPERM).
 pub fn alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Ok(()) | Err(nix::errno::Errno::EPERM)
+    )
 }

@@ -655,9 +655,10 @@ async fn worker_name(c: &Compose, container: &str) -> anyhow::Result<String> {
             &[
                 "bash",
                 "-c",
-                // `if`, not `[ ] &&`: a loop's status is its last command's, and the last
-                // of /proc's entries (the glob sorts them as text) need not be the worker.
-                "for d in /proc/[0-9]*; do if [ \"$(cat $d/comm 2>/dev/null)\" = shoal-worker ]; then tr '\\0' '\\n' < $d/environ; fi; done",
+                // The loop's status is its last command's, and the last of /proc's entries
+                // (the glob sorts them as text) need not be the worker, or may have exited
+                // (a task's child) between its two reads: the status is not the answer.
+                "for d in /proc/[0-9]*; do if [ \"$(cat $d/comm 2>/dev/null)\" = shoal-worker ]; then tr '\\0' '\\n' < $d/environ; fi; done; true",
             ],
         )
         .await?;
@@ -670,21 +671,24 @@ async fn worker_name(c: &Compose, container: &str) -> anyhow::Result<String> {
 /// A worker container of eu is killed while it runs tasks: they go to the other worker of
 /// its pool (once their ack wait, 3 s here, has passed). The container is started again.
 async fn a_killed_workers_task_goes_to_the_other_worker(c: &Compose) -> anyhow::Result<Value> {
+    // Who runs where is read before the deployment, so that little passes between seeing
+    // the victim's tasks run and the kill; the tasks last long enough that none ends in it.
+    let mut names = Vec::new();
+    for cid in c.containers("worker-eu").await? {
+        names.push((worker_name(c, &cid).await?, cid));
+    }
     let id = deploy(
         c,
         "worker-killed",
         json!([{"name": "slow", "roles": ["web"], "max_attempts": 5,
-                "action": {"type": "script", "script": "sleep 2"}}]),
+                "action": {"type": "script", "script": "sleep 5"}}]),
     )
     .await?;
     let victim = one_running(c, &id, "eu-west").await?;
-    let mut container = None;
-    for cid in c.containers("worker-eu").await? {
-        if worker_name(c, &cid).await? == victim {
-            container = Some(cid);
-        }
-    }
-    let container = container.ok_or_else(|| anyhow::anyhow!("no container runs {victim}"))?;
+    let container = names
+        .into_iter()
+        .find_map(|(name, cid)| (name == victim).then_some(cid))
+        .ok_or_else(|| anyhow::anyhow!("no container runs {victim}"))?;
     let running: Vec<String> = shoal_e2e::tasks(&deployment(c, &id).await?)
         .into_iter()
         .filter(|(_, t)| t["worker"] == victim.as_str() && t["state"] == "running")
@@ -718,16 +722,18 @@ async fn a_killed_workers_task_goes_to_the_other_worker(c: &Compose) -> anyhow::
 /// deployment over both regions runs: us finishes, eu's tasks wait and say why, its workers
 /// show offline; reconnected, everything ends.
 async fn a_cut_region_waits_and_the_other_finishes(c: &Compose) -> anyhow::Result<Value> {
+    // The cut must land while eu still has tasks not started (only those say they wait):
+    // the leaf is found before the deployment, and the tasks take a while.
+    let leaf = c.container("nats-eu").await?;
+    let uplink = c.network("uplink-eu");
     let id = deploy(
         c,
         "partition",
         json!([{"name": "both", "roles": ["web"], "max_attempts": 5,
-                "action": {"type": "script", "script": "sleep 2"}}]),
+                "action": {"type": "script", "script": "sleep 5"}}]),
     )
     .await?;
     one_running(c, &id, "eu-west").await?;
-    let leaf = c.container("nats-eu").await?;
-    let uplink = c.network("uplink-eu");
     c.docker(&["network", "disconnect", &uplink, &leaf]).await?;
     let cut = Instant::now();
     let in_pool = |d: &Value, pool: &str| -> Vec<Value> {
