@@ -276,6 +276,36 @@ async fn deploy_wait_logs_shows_the_output_as_it_arrives() -> anyhow::Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_wait_logs_of_a_failure_prints_its_output_once() -> anyhow::Result<()> {
+    let c = cluster(&[]).await?;
+    let file = c.write_file(
+        "fail.toml",
+        "project = \"shop\"\nenvironment = \"prod\"\n\n[[steps]]\nname = \"fail\"\naction = { type = \"script\", script = \"echo copying; echo disk-full >&2; exit 3\" }\n",
+    )?;
+    let path = file.display().to_string();
+    let (code, out, err) = c.shoal(&["deploy", &path, "--wait", "--logs"])?;
+    assert_eq!(code, exit::FAILED, "{out}\n{err}");
+    // Streamed as it came; the failure's summary points at it rather than repeating it.
+    for (wanted, text) in [
+        ("fail | copying", "copying"),
+        ("fail ! disk-full", "disk-full"),
+    ] {
+        assert!(
+            out.lines().any(|l| l == wanted),
+            "{wanted:?} missing:\n{out}"
+        );
+        let times = out.lines().filter(|l| l.contains(text)).count();
+        assert_eq!(times, 1, "{text:?} printed {times} times:\n{out}");
+    }
+    assert!(
+        out.lines()
+            .any(|l| l == "  its output is above (attempt 1)"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_follow_resumes_after_a_planner_restart_without_losing_or_repeating_a_line()
 -> anyhow::Result<()> {
     // A worker of its own: it runs on while the planner is away, its output waiting in the

@@ -236,12 +236,13 @@ async fn output_tail(
 }
 
 /// What is printed when a task has failed or timed out: how it ended, each attempt, and the
-/// tail of the last attempt's output (stderr lines marked `!`).
+/// tail of the last attempt's output (stderr lines marked `!`); `None` when the output was
+/// printed as it came (`--logs`), so that it is not repeated.
 pub(crate) fn failure(
     deployment: &str,
     step: &StepDetail,
     t: &TaskView,
-    tail: &VecDeque<LogLine>,
+    tail: Option<&VecDeque<LogLine>>,
 ) -> Vec<String> {
     let mut out = vec![format!(
         "{} {} in pool {}: {}",
@@ -275,6 +276,11 @@ pub(crate) fn failure(
         step.retries,
         runs.join("; ")
     ));
+    let Some(tail) = tail else {
+        out.push(format!("  its output is above (attempt {})", t.attempt));
+        out.push(format!("  all of it: shoal logs {deployment} {}", t.id));
+        return out;
+    };
     if tail.is_empty() {
         out.push(format!("  attempt {} wrote no output", t.attempt));
     } else {
@@ -317,6 +323,8 @@ pub(crate) struct Watch<'a> {
     failed: HashSet<TaskId>,
     /// The tasks' output lines as they arrive (`--logs`), until they end.
     output: Option<mpsc::Receiver<Vec<String>>>,
+    /// The tasks' output is printed as it arrives: a failure does not repeat its tail.
+    logs: bool,
 }
 
 impl<'a> Watch<'a> {
@@ -332,6 +340,7 @@ impl<'a> Watch<'a> {
             told: HashSet::new(),
             failed: HashSet::new(),
             output: None,
+            logs: false,
         }
     }
 
@@ -339,6 +348,7 @@ impl<'a> Watch<'a> {
     /// on a terminal).
     pub(crate) fn with_output(mut self, lines: mpsc::Receiver<Vec<String>>) -> Watch<'a> {
         self.output = Some(lines);
+        self.logs = true;
         self
     }
 
@@ -430,18 +440,27 @@ impl<'a> Watch<'a> {
                 if matches!(t.state, TaskState::Failed | TaskState::TimedOut)
                     && self.failed.insert(t.id)
                 {
-                    // Output is helpful, not essential: a failure to read it is said, not fatal.
-                    let tail = output_tail(self.api, &self.id, &t.id, t.attempt, TAIL_LINES)
-                        .await
-                        .unwrap_or_else(|e| {
-                            out.push(format!("(cannot read the output of task {}: {e})", t.id));
-                            VecDeque::new()
-                        });
-                    out.extend(failure(&self.id, step, t, &tail));
+                    let tail = self.failure_tail(t, &mut out).await;
+                    out.extend(failure(&self.id, step, t, tail.as_ref()));
                 }
             }
         }
         out
+    }
+
+    /// The tail of a failed task's output to show; `None` when it was printed as it came.
+    async fn failure_tail(&self, t: &TaskView, out: &mut Vec<String>) -> Option<VecDeque<LogLine>> {
+        if self.logs {
+            return None;
+        }
+        // Output is helpful, not essential: a failure to read it is said, not fatal.
+        let tail = output_tail(self.api, &self.id, &t.id, t.attempt, TAIL_LINES)
+            .await
+            .unwrap_or_else(|e| {
+                out.push(format!("(cannot read the output of task {}: {e})", t.id));
+                VecDeque::new()
+            });
+        Some(tail)
     }
 
     /// Terminal: clears the block, prints the lasting lines, draws the block again.

@@ -122,7 +122,7 @@ fn a_failure_shows_exit_code_attempts_and_the_output_tail_with_stderr_marked() {
         line(OutputStream::Stdout, "copying files"),
         line(OutputStream::Stderr, "disk full"),
     ]);
-    let out = failure("d-1", &s, &t, &tail);
+    let out = failure("d-1", &s, &t, Some(&tail));
     assert_eq!(
         out[0],
         "deploy · web-ap failed in pool ap-south: exit code 3"
@@ -133,6 +133,22 @@ fn a_failure_shows_exit_code_attempts_and_the_output_tail_with_stderr_marked() {
     );
     assert_eq!(&out[3..5], ["  | copying files", "  ! disk full"]);
     assert_eq!(out[5], format!("  all of it: shoal logs d-1 {}", t.id));
+}
+
+#[test]
+fn a_failure_followed_with_its_output_does_not_repeat_the_tail() {
+    let mut t = task(TaskState::Failed);
+    t.exit_code = Some(3);
+    t.attempts = vec![attempt(1, TaskState::Failed, Some(3))];
+    let s = step(0, vec![t.clone()]);
+    let out = failure("d-1", &s, &t, None);
+    assert_eq!(
+        &out[2..],
+        [
+            "  its output is above (attempt 1)".to_owned(),
+            format!("  all of it: shoal logs d-1 {}", t.id)
+        ]
+    );
 }
 
 #[test]
