@@ -14,7 +14,7 @@ async fn bad_requests_are_refused_with_a_reason() -> anyhow::Result<()> {
     // Pools.
     assert_api_error(
         api.post("/api/pools", &json!({"name": "eu-west"})).await,
-        400,
+        409,
         &["already exists"],
     );
     assert_api_error(
@@ -43,7 +43,7 @@ async fn bad_requests_are_refused_with_a_reason() -> anyhow::Result<()> {
     assert_api_error(
         api.post("/api/targets", &target("web-1", "ssh", None))
             .await,
-        400,
+        409,
         &["target \"web-1\" already exists"],
     );
     assert_api_error(

@@ -148,7 +148,7 @@ async fn an_integrator_deploys_over_nats_with_the_same_errors_as_http_and_one_de
     assert_eq!((s1, r1, s2, r2), (201, false, 201, true), "{again_target}");
     assert_eq!(first_target["name"], again_target["name"]);
     let (s3, _, _) = post(&c, "/api/targets", &t2, None).await?;
-    assert_eq!(s3, 400, "without a key, a second registration is refused");
+    assert_eq!(s3, 409, "without a key, a second registration is refused");
     let registered = c
         .api
         .get("/api/events?stream=target/web-2&type=TargetRegistered")

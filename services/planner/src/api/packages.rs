@@ -57,10 +57,11 @@ fn view(doc: &PackageDoc) -> PackageView {
         (status = 200, description = "The same bytes were in the feed already.",
          body = PushedPackage),
         (status = 201, description = "Stored and recorded.", body = PushedPackage),
-        (status = 400, description = "An invalid id or version, or an upload that broke off, \
-            stalled or is too large.", body = ErrorBody),
+        (status = 400, description = "An invalid id or version, or an upload that broke off \
+            or stalled.", body = ErrorBody),
         (status = 409, description = "The version is in the feed with other bytes.",
          body = ErrorBody),
+        (status = 413, description = "The package is over 4 GiB.", body = ErrorBody),
         (status = 503, description = "As many uploads as may run at once are running, or the \
             broker did not store the chunks.", body = ErrorBody),
     ),
@@ -131,12 +132,7 @@ async fn push_and_record(
     let recorded = async {
         let (manifest, manifest_sha256, stats) = (app.feed.push(id, version, upload, store))
             .await
-            .map_err(|e| match e {
-                FeedError::Upload { .. } | FeedError::TooLarge => {
-                    ApiError::bad_request(e.to_string())
-                }
-                _ => ApiError::unavailable(e.to_string()),
-            })?;
+            .map_err(push_error)?;
         let command = Command::RecordPackage {
             manifest,
             manifest_sha256,
@@ -149,6 +145,19 @@ async fn push_and_record(
         app.feed.sweep_soon();
     }
     recorded
+}
+
+/// The answer to a push the feed refused: the client's fault (400, 413) or the broker's (503).
+fn push_error(e: FeedError) -> ApiError {
+    let status = match e {
+        FeedError::Upload { .. } => StatusCode::BAD_REQUEST,
+        FeedError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError {
+        status,
+        message: e.to_string(),
+    }
 }
 
 /// Uploads at once: each holds a blocking thread (the chunker) while it lasts.
@@ -286,4 +295,30 @@ pub(super) async fn remove(
         .execute_as(caller.actor(), Command::RemovePackage { id, version })
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_package_over_the_limit_is_413_a_broken_upload_400_and_the_broker_503() {
+        let status = |e: FeedError| push_error(e).status;
+        assert_eq!(status(FeedError::TooLarge), StatusCode::PAYLOAD_TOO_LARGE);
+        let upload = FeedError::Upload {
+            read: 10,
+            cause: "reset".into(),
+        };
+        assert_eq!(status(upload), StatusCode::BAD_REQUEST);
+        let store = FeedError::Store {
+            chunk: shoal_shared::package::Sha256::of(b"chunk"),
+            cause: "timed out".into(),
+        };
+        assert_eq!(status(store), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            push_error(FeedError::TooLarge)
+                .message
+                .contains("larger than")
+        );
+    }
 }

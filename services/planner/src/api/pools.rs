@@ -24,10 +24,10 @@ use shoal_shared::{Pool, PoolName, Timestamp, WorkerName};
         (status = 201, description = "The pool (the same key again: the pool as it is now).",
          body = PoolView, headers(("Idempotent-Replayed" = String,
             description = "`true` when this is the key's first answer again"))),
-        (status = 400, description = "An invalid body, or a name already taken.", body = ErrorBody),
+        (status = 400, description = "An invalid body.", body = ErrorBody),
         (status = 404, description = "The pool went before its key was set.", body = ErrorBody),
-        (status = 409, description = "The idempotency key was used for another request.",
-         body = ErrorBody),
+        (status = 409, description = "The name is taken, or the idempotency key was used for \
+            another request.", body = ErrorBody),
         (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
     ),
 )]

@@ -55,10 +55,10 @@ fn view(doc: TargetDoc) -> TargetView {
         (status = 201, description = "The target (the same key again: the target as it is now).",
          body = TargetView, headers(("Idempotent-Replayed" = String,
             description = "`true` when this is the key's first answer again"))),
-        (status = 400, description = "An invalid body, a name already taken, an unknown pool \
-            or an invalid health check (the message names the field).", body = ErrorBody),
-        (status = 409, description = "The idempotency key was used for another request.",
-         body = ErrorBody),
+        (status = 400, description = "An invalid body, an unknown pool or an invalid health \
+            check (the message names the field).", body = ErrorBody),
+        (status = 409, description = "The name is taken, or the idempotency key was used for \
+            another request.", body = ErrorBody),
         (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
     ),
 )]

@@ -99,7 +99,7 @@ pub(super) fn set_key(
 /// `RegisterPool`: a new pool; a name already taken is refused.
 pub(super) fn register(state: &State, pool: &Pool) -> Result<Vec<NewEvent>, Rejection> {
     if state.pools.contains_key(&pool.name) {
-        return Err(Rejection::Invalid(format!(
+        return Err(Rejection::Conflict(format!(
             "name: pool \"{}\" already exists (known: {})",
             pool.name,
             state.known_pools()

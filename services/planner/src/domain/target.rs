@@ -274,7 +274,7 @@ pub(super) fn health_changed(state: &State, before: HealthBefore) -> Option<Even
 /// `RegisterTarget`: a new target; a name already taken is refused.
 pub(super) fn register(state: &State, target: &Target) -> Result<Vec<NewEvent>, Rejection> {
     if state.targets.contains_key(&target.name) {
-        return Err(Rejection::Invalid(format!(
+        return Err(Rejection::Conflict(format!(
             "name: target \"{0}\" already exists; change it with `shoal target set-pool {0}` or `shoal target set-check {0}` (PUT /api/targets/{0}), or remove it with `shoal target rm {0}`",
             target.name
         )));
