@@ -695,3 +695,24 @@ pub fn alive(pid: i32) -> bool {
         Ok(()) | Err(nix::errno::Errno::EPERM)
     )
 }
+
+/// A `.tar` of `files` (path, bytes), uncompressed: a change to one file changes only its
+/// part of the archive, so a new version shares every other chunk with the old one.
+///
+/// # Errors
+/// Writing the archive failed.
+pub fn tar_of(files: &[(&str, &[u8])]) -> anyhow::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, bytes) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        // Written into the header as is: `set_path` refuses `..`.
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        tar.append(&h, *bytes)?;
+    }
+    Ok(tar.into_inner()?)
+}

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use rand::RngCore as _;
 use shoal_cli::{exit, local};
-use shoal_e2e::Cluster;
+use shoal_e2e::{Cluster, tar_of};
 use shoal_shared::api::{PackageView, PushedPackage};
 use shoal_shared::package::Sha256;
 use std::collections::BTreeSet;
@@ -230,24 +230,6 @@ fn tar_gz(files: &[(&str, &[u8])]) -> anyhow::Result<Vec<u8>> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &tar_of(files)?)?;
     Ok(gz.finish()?)
-}
-
-/// A `.tar` of `files` (path, bytes), uncompressed: a change to one file changes only its
-/// part of the archive, so a new version shares every other chunk with the old one.
-fn tar_of(files: &[(&str, &[u8])]) -> anyhow::Result<Vec<u8>> {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (path, bytes) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(bytes.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        // Written into the header as is: `set_path` refuses `..`.
-        let name = &mut h.as_old_mut().name;
-        name[..path.len()].copy_from_slice(path.as_bytes());
-        h.set_cksum();
-        tar.append(&h, *bytes)?;
-    }
-    Ok(tar.into_inner()?)
 }
 
 /// A deployment of one `deploy_package` step to the `web` targets.

@@ -25,6 +25,31 @@ async fn replay_after_a_clean_stop_equals_the_live_state() -> anyhow::Result<()>
     c.api
         .put("/api/targets/b", &json!({"default_pool": "eu-west"}))
         .await?;
+    // Every other projection holds something too: package versions whose keys sort
+    // otherwise than their ids and versions (`site-b/` before `site/`, `1.10.0` before
+    // `1.9.0`), a webhook, an idempotency key.
+    let archive = c.write_file("site.tar", "")?;
+    for (id, version) in [("site", "1.9.0"), ("site", "1.10.0"), ("site-b", "1.0.0")] {
+        std::fs::write(&archive, shoal_e2e::tar_of(&[("v", version.as_bytes())])?)?;
+        let path = archive.display().to_string();
+        let (code, _, err) =
+            c.shoal(&["package", "push", &path, "--id", id, "--version", version])?;
+        anyhow::ensure!(code == 0, "push {id} {version}: {err}");
+    }
+    c.api
+        .post(
+            "/api/webhooks",
+            &json!({"name": "ci", "url": "http://127.0.0.1:9/hook", "types": ["PoolRegistered"]}),
+        )
+        .await?;
+    let keyed = reqwest::Client::new()
+        .post(format!("{}/api/pools", c.api.base()))
+        .bearer_auth(c.admin_token()?)
+        .header("Idempotency-Key", "pool-us")
+        .json(&json!({"name": "us-east", "region": "us"}))
+        .send()
+        .await?;
+    anyhow::ensure!(keyed.status() == 201, "{}", keyed.text().await?);
 
     let snapshot = |c: &Cluster| {
         let api = c.api.clone();

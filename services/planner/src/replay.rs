@@ -237,12 +237,33 @@ fn expected(r: &Rebuilt) -> impl Iterator<Item = Kv> + '_ {
         Ok((Proj::Outbox.key(&k), Vec::new()))
     }));
     let output_end = split + r.rows[split..].partition_point(|(k, _)| k.starts_with(&output));
-    // Projection tags in byte order: D, K, L, O, P, T, W, X; then the stream index (`s`).
+    // Package versions are ordered by id, then semantic version, but keyed `<id>/<version>`
+    // (`a-b/` sorts before `a/`, `1.10.0` before `1.9.0`): sorted by key here.
+    let mut packages: Vec<_> = s
+        .packages
+        .iter()
+        .map(|((id, version), doc)| {
+            (
+                Proj::Packages.key(format!("{id}/{version}").as_bytes()),
+                doc,
+            )
+        })
+        .collect();
+    packages.sort_by(|a, b| a.0.cmp(&b.0));
+    let packages = Box::new(
+        packages
+            .into_iter()
+            .map(|(k, doc)| Ok((k, codec::encode(doc)?))),
+    );
+    // Projection tags in byte order: D, G, H, K, L, O, P, T, W, X, Y; then the stream
+    // index (`s`).
     let parts: Vec<Box<dyn Iterator<Item = Kv> + '_>> = vec![
         rows(0..split),
         docs(Proj::Deployments, s.deployments.iter(), |id| {
             id.as_bytes().to_vec()
         }),
+        packages,
+        docs(Proj::Webhooks, s.webhooks.iter(), |n| n.as_str().into()),
         docs(Proj::Tasks, s.tasks.iter(), |id| id.as_bytes().to_vec()),
         rows(split..output_end),
         outbox,
@@ -250,6 +271,9 @@ fn expected(r: &Rebuilt) -> impl Iterator<Item = Kv> + '_ {
         docs(Proj::Targets, s.targets.iter(), |n| n.as_str().into()),
         docs(Proj::Workers, s.workers.iter(), |n| n.as_str().into()),
         docs(Proj::Tokens, s.tokens.iter(), |h| h.as_bytes().into()),
+        docs(Proj::Idempotency, s.idempotency.iter(), |k| {
+            k.as_bytes().into()
+        }),
         rows(output_end..r.rows.len()),
     ];
     parts.into_iter().flatten()
