@@ -52,7 +52,7 @@ pub struct IdempotencyKey {
 }
 
 /// The name of every event type, as [`Event::event_type`] gives it.
-pub const EVENT_TYPES: [&str; 45] = [
+pub const EVENT_TYPES: [&str; 47] = [
     "PoolRegistered",
     "TargetRegistered",
     "TargetUpdated",
@@ -93,6 +93,8 @@ pub const EVENT_TYPES: [&str; 45] = [
     "WorkerResumed",
     "TokenCreated",
     "TokenRevoked",
+    "SessionStarted",
+    "SessionEnded",
     "PackagePushed",
     "PackageRemoved",
     "PackageAcquired",
@@ -395,6 +397,20 @@ pub enum Event {
         name: TokenName,
         hash: String,
     },
+    /// A dashboard login with token `token` opened session `session` (128 random bits in
+    /// hex: not a credential, the cookie also carries a MAC only the planner can make). It
+    /// lasts until a logout, or at most until `ends_by`.
+    SessionStarted {
+        token: TokenName,
+        session: String,
+        ends_by: Timestamp,
+    },
+    /// A dashboard session ended by a logout: its cookie, wherever a copy of it is, no longer
+    /// opens anything.
+    SessionEnded {
+        token: TokenName,
+        session: String,
+    },
     /// A version of a package is in the feed: every chunk it names was stored first.
     PackagePushed {
         manifest: Manifest,
@@ -485,6 +501,8 @@ impl Event {
             Event::WorkerResumed { .. } => "WorkerResumed",
             Event::TokenCreated { .. } => "TokenCreated",
             Event::TokenRevoked { .. } => "TokenRevoked",
+            Event::SessionStarted { .. } => "SessionStarted",
+            Event::SessionEnded { .. } => "SessionEnded",
             Event::PackagePushed { .. } => "PackagePushed",
             Event::PackageRemoved { .. } => "PackageRemoved",
             Event::PackageAcquired { .. } => "PackageAcquired",
@@ -543,6 +561,8 @@ impl Event {
             | Event::HealthCheckUnavailable { .. }
             | Event::TokenCreated { .. }
             | Event::TokenRevoked { .. }
+            | Event::SessionStarted { .. }
+            | Event::SessionEnded { .. }
             | Event::PackagePushed { .. }
             | Event::PackageRemoved { .. }
             | Event::MessageRejected { .. }
@@ -579,6 +599,9 @@ impl Event {
             }
             Event::TokenCreated { name, .. } | Event::TokenRevoked { name, .. } => {
                 format!("token/{name}")
+            }
+            Event::SessionStarted { token, .. } | Event::SessionEnded { token, .. } => {
+                format!("token/{token}")
             }
             Event::PackagePushed { manifest, .. } => format!("package/{}", manifest.id),
             Event::PackageRemoved { id, .. } => format!("package/{id}"),

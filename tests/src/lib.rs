@@ -498,6 +498,73 @@ impl Cluster {
         std::fs::write(&path, text)?;
         Ok(path)
     }
+
+    /// Logs in to the dashboard with `token` as its login form does: the value of the
+    /// session cookie it gets.
+    ///
+    /// # Errors
+    /// The login was refused or set no cookie.
+    pub async fn dashboard_login(&self, token: &str) -> anyhow::Result<String> {
+        let resp = browser()?
+            .post(format!("{}/login", self.api.base()))
+            .form(&[("token", token), ("next", "/")])
+            .send()
+            .await?;
+        anyhow::ensure!(resp.status() == 303, "the login answered {}", resp.status());
+        let set = resp
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        set.strip_prefix("shoal_session=")
+            .and_then(|v| v.split(';').next())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .with_context(|| format!("no session cookie in {set:?}"))
+    }
+
+    /// Logs out of the dashboard session whose cookie is `cookie`, as its pages' button
+    /// does (with the CSRF token a page of the session carries).
+    ///
+    /// # Errors
+    /// No page, or the logout was refused.
+    pub async fn dashboard_logout(&self, cookie: &str) -> anyhow::Result<()> {
+        let (client, base) = (browser()?, self.api.base());
+        let cookie = format!("shoal_session={cookie}");
+        let page = client
+            .get(format!("{base}/"))
+            .header("cookie", &cookie)
+            .header("accept", "text/html")
+            .send()
+            .await?
+            .text()
+            .await?;
+        let csrf = page
+            .split("<meta name=\"csrf-token\" content=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .with_context(|| format!("no CSRF token in the page: {page}"))?;
+        let resp = client
+            .post(format!("{base}/logout"))
+            .header("cookie", &cookie)
+            .form(&[("csrf", csrf)])
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status() == 303,
+            "the logout answered {}",
+            resp.status()
+        );
+        Ok(())
+    }
+}
+
+/// An HTTP client that follows no redirect (a login's or logout's 303 is the answer).
+fn browser() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?)
 }
 
 impl Drop for Cluster {

@@ -512,8 +512,32 @@ async fn the_dashboard_follows_a_deployment_live_and_refuses_what_a_role_may_not
         .count();
     assert_eq!(requested, 0, "no cancellation in the log");
 
-    // A deployer cancels from the page: the page shows it live.
+    // The logout ended the session in the log: a copy of its cookie opens nothing, and the
+    // token's stream says who logged in and out.
     log_out(&b).await?;
+    let copied = raw
+        .get(format!("{base}/api/deployments"))
+        .header("cookie", format!("shoal_session={viewer_cookie}"))
+        .send()
+        .await?;
+    assert_eq!(copied.status(), StatusCode::UNAUTHORIZED);
+    assert!(copied.text().await?.contains("logged out"));
+    let sessions: Vec<(Value, Value)> = c
+        .events(Some("token/wall-screen"))
+        .await?
+        .into_iter()
+        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("Session")))
+        .map(|e| (e["type"].clone(), e["actor"].clone()))
+        .collect();
+    assert_eq!(
+        sessions,
+        [
+            (json!("SessionStarted"), json!("token:wall-screen")),
+            (json!("SessionEnded"), json!("token:wall-screen"))
+        ]
+    );
+
+    // A deployer cancels from the page: the page shows it live.
     log_in(&b, &base, &deployer, &format!("/deployments/{long}")).await?;
     b.eval("window.shoalNotReloaded = 'cancel';", vec![])
         .await?;
@@ -580,11 +604,18 @@ async fn the_dashboard_follows_a_deployment_live_and_refuses_what_a_role_may_not
     assert_eq!(page.status(), StatusCode::OK);
     assert!(page.text().await?.contains("w-eu-1"));
 
-    // Revoking a token ends its sessions at once.
-    c.api.delete("/api/tokens/wall-screen").await?;
+    // Revoking a token ends its open sessions at once.
+    let deployer_cookie = b.cookie("shoal_session").await?;
+    let open = raw
+        .get(format!("{base}/api/deployments"))
+        .header("cookie", format!("shoal_session={deployer_cookie}"))
+        .send()
+        .await?;
+    assert_eq!(open.status(), StatusCode::OK);
+    c.api.delete("/api/tokens/release").await?;
     let after = raw
         .get(format!("{base}/api/deployments"))
-        .header("cookie", format!("shoal_session={viewer_cookie}"))
+        .header("cookie", format!("shoal_session={deployer_cookie}"))
         .send()
         .await?;
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);

@@ -27,7 +27,7 @@ async fn replay_after_a_clean_stop_equals_the_live_state() -> anyhow::Result<()>
         .await?;
     // Every other projection holds something too: package versions whose keys sort
     // otherwise than their ids and versions (`site-b/` before `site/`, `1.10.0` before
-    // `1.9.0`), a webhook, an idempotency key.
+    // `1.9.0`), a webhook, an idempotency key, dashboard sessions open and ended.
     let archive = c.write_file("site.tar", "")?;
     for (id, version) in [("site", "1.9.0"), ("site", "1.10.0"), ("site-b", "1.0.0")] {
         std::fs::write(&archive, shoal_e2e::tar_of(&[("v", version.as_bytes())])?)?;
@@ -50,6 +50,22 @@ async fn replay_after_a_clean_stop_equals_the_live_state() -> anyhow::Result<()>
         .send()
         .await?;
     anyhow::ensure!(keyed.status() == 201, "{}", keyed.text().await?);
+    let admin = c.admin_token()?;
+    let kept = c.dashboard_login(&admin).await?;
+    let ended = c.dashboard_login(&admin).await?;
+    c.dashboard_logout(&ended).await?;
+    let sessions = c.events(Some("token/admin")).await?;
+    let types: Vec<_> = sessions.iter().map(|e| e["type"].clone()).collect();
+    assert_eq!(
+        types[types.len() - 3..],
+        [
+            json!("SessionStarted"),
+            json!("SessionStarted"),
+            json!("SessionEnded")
+        ],
+        "{sessions:?}"
+    );
+    assert!(!kept.is_empty());
 
     let snapshot = |c: &Cluster| {
         let api = c.api.clone();

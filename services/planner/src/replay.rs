@@ -255,7 +255,7 @@ fn expected(r: &Rebuilt) -> impl Iterator<Item = Kv> + '_ {
             .into_iter()
             .map(|(k, doc)| Ok((k, codec::encode(doc)?))),
     );
-    // Projection tags in byte order: D, G, H, K, L, O, P, T, W, X, Y; then the stream
+    // Projection tags in byte order: D, G, H, K, L, O, P, S, T, W, X, Y; then the stream
     // index (`s`).
     let parts: Vec<Box<dyn Iterator<Item = Kv> + '_>> = vec![
         rows(0..split),
@@ -268,6 +268,7 @@ fn expected(r: &Rebuilt) -> impl Iterator<Item = Kv> + '_ {
         rows(split..output_end),
         outbox,
         docs(Proj::Pools, s.pools.iter(), |n| n.as_str().into()),
+        docs(Proj::Sessions, s.sessions.iter(), |id| id.as_bytes().into()),
         docs(Proj::Targets, s.targets.iter(), |n| n.as_str().into()),
         docs(Proj::Workers, s.workers.iter(), |n| n.as_str().into()),
         docs(Proj::Tokens, s.tokens.iter(), |h| h.as_bytes().into()),

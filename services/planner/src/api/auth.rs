@@ -16,8 +16,10 @@
 //! which gets a 401 and no `Access-Control-Allow-*` header (no CORS at all), so the 415 on a
 //! `text/plain` body is a second wall behind the token.
 
+use super::session::Session;
 use super::{ApiError, AppState};
 use crate::domain::Command;
+use crate::domain::session::SessionDoc;
 use crate::domain::token::TokenDoc;
 use crate::log::writer::WriterHandle;
 use crate::log::{EventLog, Proj};
@@ -301,7 +303,7 @@ async fn authenticate(
     if !headers.contains_key(header::AUTHORIZATION)
         && let Some(cookie) = super::session::cookie(headers)
     {
-        let session = super::session::open(&app.master_key, cookie, Timestamp::now())?;
+        let session = open_session(app, cookie).await?;
         let caller = caller_of(app, session.token_hash.clone()).await?;
         super::session::check_intent(&app.master_key, &session, method, headers)?;
         return Ok(caller);
@@ -323,6 +325,25 @@ async fn authenticate(
             ApiError::unauthorized("the Authorization header must be \"Bearer <token>\"")
         })?;
     caller_of(app, hash_token(token)).await
+}
+
+/// A request's dashboard session: a cookie this planner made, not expired, of a session
+/// still open in the log (not ended by a logout).
+///
+/// # Errors
+/// 401 saying to log in again.
+pub async fn open_session(app: &AppState, cookie: &str) -> Result<Session, ApiError> {
+    let session = super::session::open(&app.master_key, cookie, Timestamp::now())?;
+    let id = session.id.clone();
+    let open: Option<SessionDoc> = app
+        .read(move |log| Ok(log.doc(Proj::Sessions, id.as_bytes())?))
+        .await?;
+    if open.is_none() {
+        return Err(ApiError::unauthorized(
+            "the dashboard session has ended (logged out): log in again at /login",
+        ));
+    }
+    Ok(session)
 }
 
 /// The caller whose token has the SHA-256 `hash` (hex).
@@ -376,17 +397,18 @@ fn body_of_type(method: &Method, headers: &HeaderMap, wanted: &str) -> Result<()
     }
 }
 
-/// The SHA-256 (hex) of the token a request was made with: its bearer token's, else the
-/// one its session cookie was opened with (an event stream checks it is still valid).
-pub fn token_hash(app: &AppState, headers: &HeaderMap) -> Option<String> {
+/// What a request was made with, for an event stream to check at every page that it
+/// still opens the API: the SHA-256 (hex) of its bearer token, else of the token its
+/// session cookie was opened with, and then the session's id.
+pub fn credential(app: &AppState, headers: &HeaderMap) -> Option<(String, Option<String>)> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let (_, token) = value.to_str().ok()?.split_once(' ')?;
-        return Some(hash_token(token.trim()));
+        return Some((hash_token(token.trim()), None));
     }
     let cookie = super::session::cookie(headers)?;
     super::session::open(&app.master_key, cookie, Timestamp::now())
         .ok()
-        .map(|s| s.token_hash)
+        .map(|s| (s.token_hash, Some(s.id)))
 }
 
 /// SHA-256 of a token, lowercase hex: how a token is stored and looked up. A token has 256

@@ -11,6 +11,7 @@
 //!   log's end.
 
 use super::{ApiError, AppState};
+use crate::domain::state::{SessionDoc, TokenDoc};
 use crate::log::{EventLog, LogError, Proj};
 use axum::Json;
 use axum::extract::{Query, State};
@@ -19,6 +20,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde::Deserialize;
+use shoal_shared::Timestamp;
 use shoal_shared::api::{ErrorBody, EventView};
 use shoal_shared::events::{Envelope, check_types};
 use std::collections::VecDeque;
@@ -242,14 +244,16 @@ pub(super) async fn follow(
         Some(after) => after,
         None => *app.durable.borrow(),
     };
-    // The stream ends once its token is revoked (checked at every page it reads).
-    let token = super::auth::token_hash(&app, &headers).unwrap_or_default();
+    // The stream ends once its token is revoked or its session ended (checked at every
+    // page it reads).
+    let (token, session) = super::auth::credential(&app, &headers).unwrap_or_default();
     let follower = Follower {
         app,
         filter,
         at: after,
         pending: VecDeque::new(),
         token,
+        session,
     };
     let stream = futures::stream::unfold(follower, |mut f| async move {
         let next = f.next().await?;
@@ -267,6 +271,8 @@ struct Follower {
     pending: VecDeque<Envelope>,
     /// The SHA-256 of the client's token (hex).
     token: String,
+    /// The id of the dashboard session it was opened with, if it was.
+    session: Option<String>,
 }
 
 impl Follower {
@@ -289,15 +295,15 @@ impl Follower {
                 }
                 continue;
             }
-            let (filter, at, token) = (self.filter.clone(), self.at, self.token.clone());
+            let (filter, at) = (self.filter.clone(), self.at);
+            let (token, session) = (self.token.clone(), self.session.clone());
             let page = self
                 .app
                 .read(move |log| {
-                    let valid = log
-                        .doc::<crate::domain::state::TokenDoc>(Proj::Tokens, token.as_bytes())?
-                        .is_some();
-                    if !valid {
-                        return Err(ApiError::unauthorized("the token was revoked"));
+                    if !still_valid(log, &token, session.as_deref())? {
+                        return Err(ApiError::unauthorized(
+                            "the token was revoked or the session ended",
+                        ));
                     }
                     Ok(filter.page(log, at, durable, READ)?)
                 })
@@ -312,6 +318,22 @@ impl Follower {
             }
         }
     }
+}
+
+/// Whether a stream's credential still opens the API: its token not revoked and its
+/// dashboard session, if it has one, neither ended by a logout nor past its longest life.
+fn still_valid(log: &EventLog, token: &str, session: Option<&str>) -> Result<bool, LogError> {
+    if log
+        .doc::<TokenDoc>(Proj::Tokens, token.as_bytes())?
+        .is_none()
+    {
+        return Ok(false);
+    }
+    let Some(id) = session else {
+        return Ok(true);
+    };
+    let doc: Option<SessionDoc> = log.doc(Proj::Sessions, id.as_bytes())?;
+    Ok(doc.is_some_and(|s| s.ends_by > Timestamp::now()))
 }
 
 /// A record as an event of the stream: the same JSON as the feed's and the pages'.

@@ -52,6 +52,12 @@ pub struct Session {
 }
 
 impl Session {
+    /// When it ends at the latest: [`MAX_AGE`] after its login.
+    pub fn ends_by(&self) -> Timestamp {
+        let secs = self.born.saturating_add(MAX_AGE.as_secs());
+        Timestamp(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX))
+    }
+
     /// Whether half of its lifetime has passed at `now` (pages then give a new cookie).
     pub fn due_for_renewal(&self, now: Timestamp) -> bool {
         self.expires.saturating_sub(secs(now)) < LIFETIME.as_secs() / 2
@@ -62,18 +68,23 @@ fn secs(t: Timestamp) -> u64 {
     u64::try_from(t.millis() / 1000).unwrap_or(0)
 }
 
-/// A new session's cookie value for the token whose hash is `token_hash`, from `now`.
-pub fn issue(key: &MasterKey, token_hash: &str, now: Timestamp) -> String {
+/// A new session for the token whose hash is `token_hash`, logged in at `now` (its cookie:
+/// [`renew`]).
+pub fn new_session(token_hash: &str, now: Timestamp) -> Session {
     use rand::RngCore as _;
     let mut id = [0u8; 16];
     rand::rng().fill_bytes(&mut id);
-    let session = Session {
+    Session {
         id: shoal_shared::hex::encode(&id),
         token_hash: token_hash.to_owned(),
         expires: 0,
         born: secs(now),
-    };
-    renew(key, &session, now)
+    }
+}
+
+/// A new session's cookie value for the token whose hash is `token_hash`, from `now`.
+pub fn issue(key: &MasterKey, token_hash: &str, now: Timestamp) -> String {
+    renew(key, &new_session(token_hash, now), now)
 }
 
 /// The cookie value of `session` lasting [`LIFETIME`] from `now`.

@@ -7,6 +7,7 @@ use super::{head, respond};
 use crate::api::AppState;
 use crate::api::auth::{caller_of, hash_token};
 use crate::api::session;
+use crate::domain::Command;
 use axum::Form;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -66,8 +67,23 @@ pub(super) async fn submit(
     let hash = hash_token(token);
     match caller_of(&app, hash.clone()).await {
         Ok(caller) => {
+            let now = Timestamp::now();
+            let s = session::new_session(&hash, now);
+            let start = Command::StartSession {
+                id: s.id.clone(),
+                token_hash: hash,
+                ends_by: s.ends_by(),
+            };
+            if let Err(e) = app.writer.execute_as(caller.actor(), start).await {
+                tracing::error!(error = %e, "a dashboard login could not be recorded");
+                return login_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    next,
+                    Some("the planner could not record the login; try again"),
+                );
+            }
             tracing::info!(token.name = %caller.name, role = %caller.role, "dashboard login");
-            let value = session::issue(&app.master_key, &hash, Timestamp::now());
+            let value = session::renew(&app.master_key, &s, now);
             let mut response = Redirect::to(next).into_response();
             response
                 .headers_mut()
@@ -84,8 +100,9 @@ pub(super) async fn submit(
     }
 }
 
-/// `POST /logout`: ends the session in the browser (with the session's CSRF token, so that
-/// no other page can log its viewer out); 303 to the login page.
+/// `POST /logout`: ends the session in the log, so that no copy of its cookie opens
+/// anything any more, and in the browser (with the session's CSRF token, so that no other
+/// page can log its viewer out); 303 to the login page.
 pub(super) async fn logout(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -94,14 +111,32 @@ pub(super) async fn logout(
     let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
     let current = session::cookie(&headers)
         .and_then(|v| session::open(&app.master_key, v, Timestamp::now()).ok());
-    if let Some(s) = current
-        && (!session::same_origin(&headers) || !session::csrf_matches(&app.master_key, &s, &csrf))
+    if let Some(s) = &current
+        && (!session::same_origin(&headers) || !session::csrf_matches(&app.master_key, s, &csrf))
     {
         return respond(
             StatusCode::FORBIDDEN,
             markup!("<p>This logout did not come from the dashboard's own page.</p>"),
             None,
         );
+    }
+    if let Some(s) = current {
+        let actor = caller_of(&app, s.token_hash)
+            .await
+            .ok()
+            .and_then(|c| c.actor());
+        if let Err(e) = app
+            .writer
+            .execute_as(actor, Command::EndSession(s.id))
+            .await
+        {
+            tracing::error!(error = %e, "a dashboard logout could not be recorded");
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                markup!("<p>The planner could not record the logout; go back and try again.</p>"),
+                None,
+            );
+        }
     }
     let mut response = Redirect::to("/login").into_response();
     response

@@ -1,10 +1,11 @@
 //! Commands and the events they produce, or why they are refused. [`decide`] only
 //! dispatches: each command is decided by its aggregate's module (`pool`, `target`,
-//! `deployment`, `task`, `worker`, `token`, `package`, `report`).
+//! `deployment`, `task`, `worker`, `token`, `session`, `package`, `report`).
 
 use super::state::State;
 use super::{
-    audit, deployment, idempotency, package, pool, report, target, task, token, webhook, worker,
+    audit, deployment, idempotency, package, pool, report, session, target, task, token, webhook,
+    worker,
 };
 use shoal_shared::auth::{Actor, Role};
 use shoal_shared::events::{CheckTrigger, Event};
@@ -116,6 +117,14 @@ pub enum Command {
     },
     /// An API token stops working.
     RevokeToken(TokenName),
+    /// A dashboard login: session `id` for the token whose SHA-256 (hex) is `token_hash`.
+    StartSession {
+        id: String,
+        token_hash: String,
+        ends_by: Timestamp,
+    },
+    /// A dashboard logout.
+    EndSession(String),
     /// A package version whose chunks and manifest are stored in the feed.
     RecordPackage {
         manifest: shoal_shared::package::Manifest,
@@ -307,6 +316,12 @@ pub fn decide(
         } => token::create(state, name, *role, hash, created_by),
         Command::BootstrapAdmin { hash } => token::bootstrap(state, hash),
         Command::RevokeToken(name) => token::revoke(state, name),
+        Command::StartSession {
+            id,
+            token_hash,
+            ends_by,
+        } => session::start(state, id, token_hash, *ends_by),
+        Command::EndSession(id) => Ok(session::end(state, id)),
         Command::RecordPackage {
             manifest,
             manifest_sha256,

@@ -17,6 +17,7 @@ pub mod package;
 pub mod pool;
 pub mod react;
 pub mod report;
+pub mod session;
 pub mod state;
 pub mod target;
 pub mod task;

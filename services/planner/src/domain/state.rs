@@ -18,6 +18,7 @@ pub use super::deployment::{DeploymentDoc, StepDoc};
 pub use super::idempotency::IdempotencyDoc;
 pub use super::package::{PackageDoc, PackageKey};
 pub use super::pool::PoolDoc;
+pub use super::session::SessionDoc;
 pub use super::target::{HealthRecord, PendingCheck, TargetDoc};
 pub use super::task::{AttemptDoc, TaskDoc};
 pub use super::token::TokenDoc;
@@ -40,6 +41,8 @@ pub enum DocKey {
     Package(shoal_shared::PackageId, semver::Version),
     /// An idempotency key (`<who>/<key>`).
     Idempotency(String),
+    /// A dashboard session, by its id.
+    Session(String),
     Webhook(TokenName),
 }
 
@@ -74,6 +77,8 @@ pub struct State {
     pub workers: BTreeMap<WorkerName, WorkerDoc>,
     /// API tokens by the SHA-256 of their value (hex).
     pub tokens: BTreeMap<String, TokenDoc>,
+    /// Open dashboard sessions by id.
+    pub sessions: BTreeMap<String, SessionDoc>,
     /// The versions in the package feed.
     pub packages: BTreeMap<PackageKey, PackageDoc>,
     /// Idempotency keys of deployment requests, by `<who>/<key>`.
@@ -257,6 +262,9 @@ impl State {
             | Event::WorkerCameOnline { .. } => self.apply_worker(event, changes),
             Event::TokenCreated { .. } | Event::TokenRevoked { .. } => {
                 self.apply_token(at, event, changes)
+            }
+            Event::SessionStarted { .. } | Event::SessionEnded { .. } => {
+                self.apply_session(at, event, changes)
             }
             Event::PackagePushed { .. }
             | Event::PackageRemoved { .. }

@@ -23,8 +23,8 @@ pub mod handover;
 pub mod writer;
 
 use crate::domain::state::{
-    DeploymentDoc, IdempotencyDoc, PackageDoc, PoolDoc, Row, TargetDoc, TaskDoc, TokenDoc,
-    WebhookDoc, WorkerDoc,
+    DeploymentDoc, IdempotencyDoc, PackageDoc, PoolDoc, Row, SessionDoc, TargetDoc, TaskDoc,
+    TokenDoc, WebhookDoc, WorkerDoc,
 };
 use crate::domain::{DocKey, State};
 use serde::de::DeserializeOwned;
@@ -155,11 +155,13 @@ pub enum Proj {
     /// Idempotency keys of deployment requests.
     Idempotency,
     Webhooks,
+    /// Open dashboard sessions by id.
+    Sessions,
 }
 
 impl Proj {
     /// Every projection.
-    pub const ALL: [Proj; 11] = [
+    pub const ALL: [Proj; 12] = [
         Proj::Pools,
         Proj::Targets,
         Proj::Deployments,
@@ -171,6 +173,7 @@ impl Proj {
         Proj::Packages,
         Proj::Idempotency,
         Proj::Webhooks,
+        Proj::Sessions,
     ];
 
     /// The projection's name.
@@ -187,6 +190,7 @@ impl Proj {
             Proj::Packages => "packages",
             Proj::Idempotency => "idempotency",
             Proj::Webhooks => "webhooks",
+            Proj::Sessions => "sessions",
         }
     }
 
@@ -203,6 +207,7 @@ impl Proj {
             Proj::Packages => b'G',
             Proj::Idempotency => b'Y',
             Proj::Webhooks => b'H',
+            Proj::Sessions => b'S',
         }
     }
 
@@ -266,6 +271,11 @@ pub fn doc_write(state: &State, key: &DocKey) -> Result<ProjWrite, LogError> {
             Proj::Webhooks,
             name.as_str().into(),
             enc(state.webhooks.get(name))?,
+        ),
+        DocKey::Session(id) => (
+            Proj::Sessions,
+            id.as_bytes().into(),
+            enc(state.sessions.get(id))?,
         ),
         DocKey::Idempotency(key) => (
             Proj::Idempotency,
@@ -670,6 +680,9 @@ impl EventLog {
         }
         for t in self.docs::<TokenDoc>(Proj::Tokens)? {
             state.tokens.insert(t.hash.clone(), t);
+        }
+        for s in self.docs::<SessionDoc>(Proj::Sessions)? {
+            state.sessions.insert(s.id.clone(), s);
         }
         for p in self.docs::<PackageDoc>(Proj::Packages)? {
             let key = (p.manifest.id.clone(), p.manifest.version.clone());
