@@ -557,3 +557,31 @@ async fn a_lost_admin_token_is_replaced_offline_only_while_the_planner_is_stoppe
     assert_eq!(alice[0]["actor"], "token:rescue");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_cannot_flood_the_log_with_dashboard_logins() -> anyhow::Result<()> {
+    use shoal_planner::domain::session::LOGINS_PER_DAY;
+    let c = Cluster::start(&["--no-builtin-worker"]).await?;
+    let viewer = token(&c, "wall", "viewer").await?;
+    // Logouts do not make room: the day's sessions count, ended or not.
+    for i in 0..LOGINS_PER_DAY {
+        let cookie = c.dashboard_login(&viewer).await?;
+        if i % 10 == 0 {
+            c.dashboard_logout(&cookie).await?;
+        }
+    }
+    let refused = c.dashboard_login(&viewer).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("429")),
+        "{refused:?}"
+    );
+    let count = |events: &[Value], kind: &str| events.iter().filter(|e| e["type"] == kind).count();
+    let events = c.events(Some("token/wall")).await?;
+    assert_eq!(count(&events, "SessionStarted"), LOGINS_PER_DAY);
+    assert_eq!(count(&events, "SessionEnded"), LOGINS_PER_DAY / 10);
+    // Another token is not held back by this one's logins.
+    c.dashboard_login(&c.admin_token()?).await?;
+    Ok(())
+}

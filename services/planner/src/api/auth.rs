@@ -333,12 +333,13 @@ async fn authenticate(
 /// # Errors
 /// 401 saying to log in again.
 pub async fn open_session(app: &AppState, cookie: &str) -> Result<Session, ApiError> {
-    let session = super::session::open(&app.master_key, cookie, Timestamp::now())?;
+    let now = Timestamp::now();
+    let session = super::session::open(&app.master_key, cookie, now)?;
     let id = session.id.clone();
-    let open: Option<SessionDoc> = app
+    let doc: Option<SessionDoc> = app
         .read(move |log| Ok(log.doc(Proj::Sessions, id.as_bytes())?))
         .await?;
-    if open.is_none() {
+    if !doc.is_some_and(|d| d.open_at(now)) {
         return Err(ApiError::unauthorized(
             "the dashboard session has ended (logged out): log in again at /login",
         ));

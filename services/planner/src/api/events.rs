@@ -333,7 +333,7 @@ fn still_valid(log: &EventLog, token: &str, session: Option<&str>) -> Result<boo
         return Ok(true);
     };
     let doc: Option<SessionDoc> = log.doc(Proj::Sessions, id.as_bytes())?;
-    Ok(doc.is_some_and(|s| s.ends_by > Timestamp::now()))
+    Ok(doc.is_some_and(|s| s.open_at(Timestamp::now())))
 }
 
 /// A record as an event of the stream: the same JSON as the feed's and the pages'.

@@ -1,19 +1,24 @@
 //! `GET|POST /login` and `POST /logout`: a browser logs in with an API token (checked as a
-//! bearer token is) and gets the session cookie of `api::session`; logging out ends it in
-//! the browser. Both forms are refused when the browser says they come from another site.
+//! bearer token is) and gets the session cookie of `api::session`, its session recorded in
+//! the log; logging out ends the session in the log (every copy of the cookie) and in the
+//! browser. Both forms are refused when the browser says they come from another site.
 
 use super::html::{Markup, html, markup};
 use super::{head, respond};
 use crate::api::AppState;
 use crate::api::auth::{caller_of, hash_token};
 use crate::api::session;
-use crate::domain::Command;
+use crate::domain::session::SessionDoc;
+use crate::domain::{Command, Rejection};
+use crate::log::Proj;
+use crate::log::writer::WriteError;
 use axum::Form;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use shoal_shared::Timestamp;
+use shoal_shared::auth::Actor;
 
 #[derive(Debug, Deserialize, Default)]
 pub(super) struct NextQuery {
@@ -72,15 +77,11 @@ pub(super) async fn submit(
             let start = Command::StartSession {
                 id: s.id.clone(),
                 token_hash: hash,
+                now,
                 ends_by: s.ends_by(),
             };
             if let Err(e) = app.writer.execute_as(caller.actor(), start).await {
-                tracing::error!(error = %e, "a dashboard login could not be recorded");
-                return login_page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    next,
-                    Some("the planner could not record the login; try again"),
-                );
+                return login_refused(next, &e);
             }
             tracing::info!(token.name = %caller.name, role = %caller.role, "dashboard login");
             let value = session::renew(&app.master_key, &s, now);
@@ -121,10 +122,13 @@ pub(super) async fn logout(
         );
     }
     if let Some(s) = current {
-        let actor = caller_of(&app, s.token_hash)
+        // The session's token, also when it was revoked since.
+        let id = s.id.clone();
+        let doc: Option<SessionDoc> = app
+            .read(move |log| Ok(log.doc(Proj::Sessions, id.as_bytes())?))
             .await
-            .ok()
-            .and_then(|c| c.actor());
+            .unwrap_or_default();
+        let actor = doc.map(|d| Actor::Token(d.token));
         if let Err(e) = app
             .writer
             .execute_as(actor, Command::EndSession(s.id))
@@ -143,6 +147,24 @@ pub(super) async fn logout(
         .headers_mut()
         .insert(header::SET_COOKIE, session::clear_cookie());
     response
+}
+
+/// The login page for a login the log did not take: refused (the token revoked meanwhile:
+/// 401; too many logins: 429), or the planner could not write (503).
+fn login_refused(next: &str, e: &WriteError) -> Response {
+    let status = match e {
+        WriteError::Rejected(Rejection::NotFound(_)) => StatusCode::UNAUTHORIZED,
+        WriteError::Rejected(_) => StatusCode::TOO_MANY_REQUESTS,
+        WriteError::Unavailable(_) => {
+            tracing::error!(error = %e, "a dashboard login could not be recorded");
+            return login_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                next,
+                Some("the planner could not record the login; try again"),
+            );
+        }
+    };
+    login_page(status, next, Some(&e.to_string()))
 }
 
 /// Where to go after the login: a path of this planner only (`/…`, never `//host` nor

@@ -117,10 +117,12 @@ pub enum Command {
     },
     /// An API token stops working.
     RevokeToken(TokenName),
-    /// A dashboard login: session `id` for the token whose SHA-256 (hex) is `token_hash`.
+    /// A dashboard login at `now`: session `id` for the token whose SHA-256 (hex) is
+    /// `token_hash`, lasting at most until `ends_by`.
     StartSession {
         id: String,
         token_hash: String,
+        now: Timestamp,
         ends_by: Timestamp,
     },
     /// A dashboard logout.
@@ -319,8 +321,9 @@ pub fn decide(
         Command::StartSession {
             id,
             token_hash,
+            now,
             ends_by,
-        } => session::start(state, id, token_hash, *ends_by),
+        } => session::start(state, id, token_hash, (*now, *ends_by)),
         Command::EndSession(id) => Ok(session::end(state, id)),
         Command::RecordPackage {
             manifest,
