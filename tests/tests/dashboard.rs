@@ -69,6 +69,19 @@ async fn log_in(b: &Browser, base: &str, token: &str, then: &str) -> anyhow::Res
     .await
 }
 
+/// `GET /api/deployments` with nothing but the session cookie `cookie`.
+async fn deployments_with(
+    raw: &reqwest::Client,
+    base: &str,
+    cookie: &str,
+) -> anyhow::Result<reqwest::Response> {
+    Ok(raw
+        .get(format!("{base}/api/deployments"))
+        .header("cookie", format!("shoal_session={cookie}"))
+        .send()
+        .await?)
+}
+
 /// Logs out with the header's button.
 async fn log_out(b: &Browser) -> anyhow::Result<()> {
     b.find("form.logout button").await?.click().await?;
@@ -515,11 +528,7 @@ async fn the_dashboard_follows_a_deployment_live_and_refuses_what_a_role_may_not
     // The logout ended the session in the log: a copy of its cookie opens nothing, and the
     // token's stream says who logged in and out.
     log_out(&b).await?;
-    let copied = raw
-        .get(format!("{base}/api/deployments"))
-        .header("cookie", format!("shoal_session={viewer_cookie}"))
-        .send()
-        .await?;
+    let copied = deployments_with(&raw, &base, &viewer_cookie).await?;
     assert_eq!(copied.status(), StatusCode::UNAUTHORIZED);
     assert!(copied.text().await?.contains("logged out"));
     let sessions: Vec<(Value, Value)> = c
@@ -606,18 +615,10 @@ async fn the_dashboard_follows_a_deployment_live_and_refuses_what_a_role_may_not
 
     // Revoking a token ends its open sessions at once.
     let deployer_cookie = b.cookie("shoal_session").await?;
-    let open = raw
-        .get(format!("{base}/api/deployments"))
-        .header("cookie", format!("shoal_session={deployer_cookie}"))
-        .send()
-        .await?;
+    let open = deployments_with(&raw, &base, &deployer_cookie).await?;
     assert_eq!(open.status(), StatusCode::OK);
     c.api.delete("/api/tokens/release").await?;
-    let after = raw
-        .get(format!("{base}/api/deployments"))
-        .header("cookie", format!("shoal_session={deployer_cookie}"))
-        .send()
-        .await?;
+    let after = deployments_with(&raw, &base, &deployer_cookie).await?;
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
 
     b.quit().await;
