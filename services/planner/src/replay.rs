@@ -5,7 +5,7 @@
 use crate::domain::{Changes, State};
 use crate::log::{
     EventLog, Head, LogError, Proj, STREAM_INDEX, Stored, chunk_records, decode_event,
-    describe_key, key_space, record_hash, row_write, stream_rows,
+    describe_key, key_space, outbox_key, package_key, record_hash, row_write, stream_rows,
 };
 use shoal_shared::codec;
 use shoal_shared::events::Envelope;
@@ -231,23 +231,17 @@ fn expected(r: &Rebuilt) -> impl Iterator<Item = Kv> + '_ {
                 .map(|(k, v)| Ok((k.clone(), v.clone()))),
         )
     };
-    let outbox = Box::new(s.outbox.iter().map(|(task, attempt)| {
-        let mut k = task.as_bytes().to_vec();
-        k.extend_from_slice(&attempt.to_be_bytes());
-        Ok((Proj::Outbox.key(&k), Vec::new()))
-    }));
+    let outbox =
+        Box::new(s.outbox.iter().map(|(task, attempt)| {
+            Ok((Proj::Outbox.key(&outbox_key(task, *attempt)), Vec::new()))
+        }));
     let output_end = split + r.rows[split..].partition_point(|(k, _)| k.starts_with(&output));
     // Package versions are ordered by id, then semantic version, but keyed `<id>/<version>`
     // (`a-b/` sorts before `a/`, `1.10.0` before `1.9.0`): sorted by key here.
     let mut packages: Vec<_> = s
         .packages
         .iter()
-        .map(|((id, version), doc)| {
-            (
-                Proj::Packages.key(format!("{id}/{version}").as_bytes()),
-                doc,
-            )
-        })
+        .map(|((id, version), doc)| (Proj::Packages.key(&package_key(id, version)), doc))
         .collect();
     packages.sort_by(|a, b| a.0.cmp(&b.0));
     let packages = Box::new(

@@ -335,16 +335,25 @@ async fn authenticate(
 pub async fn open_session(app: &AppState, cookie: &str) -> Result<Session, ApiError> {
     let now = Timestamp::now();
     let session = super::session::open(&app.master_key, cookie, now)?;
-    let id = session.id.clone();
-    let doc: Option<SessionDoc> = app
-        .read(move |log| Ok(log.doc(Proj::Sessions, id.as_bytes())?))
-        .await?;
-    if !doc.is_some_and(|d| d.open_at(now)) {
+    if !session_doc(app, &session.id)
+        .await?
+        .is_some_and(|d| d.open_at(now))
+    {
         return Err(ApiError::unauthorized(
             "the dashboard session has ended (logged out): log in again at /login",
         ));
     }
     Ok(session)
+}
+
+/// The log's record of the dashboard session `id`, while it is within its day.
+///
+/// # Errors
+/// The log could not be read.
+pub async fn session_doc(app: &AppState, id: &str) -> Result<Option<SessionDoc>, ApiError> {
+    let id = id.to_owned();
+    app.read(move |log| Ok(log.doc(Proj::Sessions, id.as_bytes())?))
+        .await
 }
 
 /// The caller whose token has the SHA-256 `hash` (hex).

@@ -7,8 +7,8 @@ use super::auth::Caller;
 use super::{ApiError, AppState};
 use crate::domain::Command;
 use crate::domain::package::PackageDoc;
-use crate::log::Proj;
 use crate::log::writer::Appended;
+use crate::log::{Proj, package_key};
 use crate::packages::{FeedError, PushStats, Store};
 use axum::Json;
 use axum::body::Body;
@@ -91,7 +91,7 @@ pub(super) async fn push(
         .await
         .map_err(|e| ApiError::internal("a package push", &e))??;
     let doc = app
-        .read(move |log| Ok(log.doc::<PackageDoc>(Proj::Packages, &key(&id, &version))?))
+        .read(move |log| Ok(log.doc::<PackageDoc>(Proj::Packages, &package_key(&id, &version))?))
         .await?
         .ok_or_else(|| ApiError::internal("reading a pushed package", &"not in the projection"))?;
     let status = if appended.seqs.is_empty() {
@@ -121,7 +121,7 @@ async fn push_and_record(
     let _pushing = app.feed.pushing().await;
     // A version in the feed is only hashed: the same bytes are a no-op, others a 409, and
     // neither stores a chunk.
-    let k = key(&id, &version);
+    let k = package_key(&id, &version);
     let known: Option<PackageDoc> = app
         .read(move |log| Ok(log.doc(Proj::Packages, &k)?))
         .await?;
@@ -184,11 +184,6 @@ fn idle_limited(
             )),
         }
     }))
-}
-
-/// A version's key in the projection.
-fn key(id: &PackageId, version: &semver::Version) -> Vec<u8> {
-    format!("{id}/{version}").into_bytes()
 }
 
 /// Every version in the feed, by id and then version.
@@ -259,7 +254,7 @@ pub(super) async fn version(
     Path((id, version)): Path<(String, String)>,
 ) -> Result<Json<PackageView>, ApiError> {
     let (id, version) = parse(&id, &version)?;
-    let k = key(&id, &version);
+    let k = package_key(&id, &version);
     let doc: Option<PackageDoc> = app
         .read(move |log| Ok(log.doc(Proj::Packages, &k)?))
         .await?;

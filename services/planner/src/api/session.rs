@@ -82,11 +82,6 @@ pub fn new_session(token_hash: &str, now: Timestamp) -> Session {
     }
 }
 
-/// A new session's cookie value for the token whose hash is `token_hash`, from `now`.
-pub fn issue(key: &MasterKey, token_hash: &str, now: Timestamp) -> String {
-    renew(key, &new_session(token_hash, now), now)
-}
-
 /// The cookie value of `session` lasting [`LIFETIME`] from `now`.
 pub fn renew(key: &MasterKey, session: &Session, now: Timestamp) -> String {
     let expires = (secs(now) + LIFETIME.as_secs()).min(session.born + MAX_AGE.as_secs());
@@ -286,6 +281,11 @@ mod tests {
     fn key() -> MasterKey {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         MasterKey::create(&dir.path().join("master.key")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A new session's cookie value, as a login makes it.
+    fn issue(key: &MasterKey, token_hash: &str, now: Timestamp) -> String {
+        renew(key, &new_session(token_hash, now), now)
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

@@ -6,11 +6,9 @@
 use super::html::{Markup, html, markup};
 use super::{head, respond};
 use crate::api::AppState;
-use crate::api::auth::{caller_of, hash_token};
+use crate::api::auth::{caller_of, hash_token, session_doc};
 use crate::api::session;
-use crate::domain::session::SessionDoc;
 use crate::domain::{Command, Rejection};
-use crate::log::Proj;
 use crate::log::writer::WriteError;
 use axum::Form;
 use axum::extract::State;
@@ -123,11 +121,7 @@ pub(super) async fn logout(
     }
     if let Some(s) = current {
         // The session's token, also when it was revoked since.
-        let id = s.id.clone();
-        let doc: Option<SessionDoc> = app
-            .read(move |log| Ok(log.doc(Proj::Sessions, id.as_bytes())?))
-            .await
-            .unwrap_or_default();
+        let doc = session_doc(&app, &s.id).await.unwrap_or_default();
         let actor = doc.map(|d| Actor::Token(d.token));
         if let Err(e) = app
             .writer

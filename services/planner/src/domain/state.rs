@@ -77,7 +77,7 @@ pub struct State {
     pub workers: BTreeMap<WorkerName, WorkerDoc>,
     /// API tokens by the SHA-256 of their value (hex).
     pub tokens: BTreeMap<String, TokenDoc>,
-    /// Open dashboard sessions by id.
+    /// Dashboard sessions within their day (open or ended), by id.
     pub sessions: BTreeMap<String, SessionDoc>,
     /// The versions in the package feed.
     pub packages: BTreeMap<PackageKey, PackageDoc>,

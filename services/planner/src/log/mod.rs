@@ -155,7 +155,7 @@ pub enum Proj {
     /// Idempotency keys of deployment requests.
     Idempotency,
     Webhooks,
-    /// Open dashboard sessions by id.
+    /// Dashboard sessions within their day (open or ended), by id.
     Sessions,
 }
 
@@ -264,7 +264,7 @@ pub fn doc_write(state: &State, key: &DocKey) -> Result<ProjWrite, LogError> {
         ),
         DocKey::Package(id, version) => (
             Proj::Packages,
-            format!("{id}/{version}").into_bytes(),
+            package_key(id, version),
             enc(state.packages.get(&(id.clone(), version.clone())))?,
         ),
         DocKey::Webhook(name) => (
@@ -329,7 +329,13 @@ fn output_cursor(rest: &[u8]) -> Result<LogCursor, LogError> {
     })
 }
 
-fn outbox_key(task: &TaskId, attempt: u32) -> Vec<u8> {
+/// A package version's key in its projection: `<id>/<version>`.
+pub fn package_key(id: &shoal_shared::PackageId, version: &semver::Version) -> Vec<u8> {
+    format!("{id}/{version}").into_bytes()
+}
+
+/// An outbox entry's key in its projection: the task id, then the attempt (big-endian).
+pub fn outbox_key(task: &TaskId, attempt: u32) -> Vec<u8> {
     let mut key = task.as_bytes().to_vec();
     key.extend_from_slice(&attempt.to_be_bytes());
     key
